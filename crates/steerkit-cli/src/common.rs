@@ -1,0 +1,132 @@
+//! Options shared by the commands that load a model.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Args as ClapArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+use steerkit_model::{load, LoadOptions, Loaded, SystemPrompt};
+
+/// Where the model comes from and what it runs on.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face model folder, or a repo id (owner/name) in the local HF cache.
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Device to run on.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "metal"])]
+    pub device: String,
+    /// Weight and activation dtype (f32 on CPU; bf16 or f16 on GPUs).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    /// Loads the model with a spinner on stderr.
+    pub fn load(&self) -> Result<Loaded> {
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
+            "metal" => {
+                Device::new_metal(0).context("Metal device (build with --features metal)")?
+            }
+            d => bail!("unknown device {d}"),
+        };
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            d => bail!("unknown dtype {d}"),
+        };
+        if device.is_cpu() && dtype != DType::F32 {
+            bail!("--dtype {} is for GPUs; use f32 on the CPU", self.dtype);
+        }
+        let sp = spinner(&format!("loading {}", self.model));
+        let m = load(&self.model, &LoadOptions { device, dtype });
+        sp.finish_and_clear();
+        Ok(m?)
+    }
+}
+
+/// System prompt choice shared by the commands that format prompts.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct SystemArgs {
+    /// Use this system prompt instead of the template's default.
+    #[arg(long, conflicts_with = "no_system")]
+    pub system: Option<String>,
+    /// Send an empty system message (suppresses a template's built-in default prompt).
+    #[arg(long)]
+    pub no_system: bool,
+}
+
+impl SystemArgs {
+    pub fn choice(&self) -> SystemPrompt {
+        match (&self.system, self.no_system) {
+            (Some(s), _) => SystemPrompt::Custom(s.clone()),
+            (None, true) => SystemPrompt::None,
+            (None, false) => SystemPrompt::Default,
+        }
+    }
+}
+
+/// Sampling settings shared by generate and chat.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Maximum number of new tokens per answer.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn options(&self, loaded: &Loaded) -> Result<steerkit_model::GenerateOptions> {
+        if self.temperature < 0.0 {
+            bail!("--temperature must be >= 0");
+        }
+        let sampling = if self.temperature == 0.0 {
+            steerkit_model::Sampling::Greedy
+        } else {
+            steerkit_model::Sampling::Sample {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed,
+            }
+        };
+        Ok(steerkit_model::GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling,
+            stop_ids: loaded.tok.stop_ids.clone(),
+            pad_id: loaded.tok.pad_id,
+        })
+    }
+}
+
+/// A spinner on stderr (hidden when stderr is not a terminal).
+pub fn spinner(msg: &str) -> ProgressBar {
+    let sp = ProgressBar::new_spinner();
+    sp.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+    );
+    sp.set_message(msg.to_string());
+    sp.enable_steady_tick(std::time::Duration::from_millis(120));
+    sp
+}
+
+/// A progress bar on stderr.
+pub fn bar(len: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}

@@ -1,0 +1,73 @@
+//! `steerkit inspect`.
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use serde_json::json;
+use steerkit_model::SystemPrompt;
+
+use crate::common::ModelArgs;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let m = a.model.load()?;
+    let c = &m.model.cfg;
+    let name = |id: Option<u32>| id.and_then(|i| m.tok.token(i));
+    let stops: Vec<String> = m
+        .tok
+        .stop_ids
+        .iter()
+        .filter_map(|&i| m.tok.token(i))
+        .collect();
+    let post = m.chat.post_instruction_text(&SystemPrompt::Default)?;
+    let example = m.chat.render(
+        &steerkit_model::ChatTemplate::messages("{user}", &SystemPrompt::Default),
+        true,
+    )?;
+    let info = json!({
+        "source": m.path.display().to_string(),
+        "kind": m.kind,
+        "architecture": c.arch,
+        "layers": c.num_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "heads": c.num_heads,
+        "kv_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "parameters": c.num_parameters(),
+        "dtype": format!("{:?}", m.model.dtype).to_lowercase(),
+        "tied_embeddings": c.tie_word_embeddings,
+        "attention_bias": c.attention_bias,
+        "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_norm_eps,
+        "context_length": c.max_position_embeddings,
+        "bos_token": name(m.tok.bos_id),
+        "eos_token": name(m.tok.eos_id),
+        "stop_tokens": stops,
+        "add_bos": m.tok.add_bos,
+        "chat_template_chars": m.chat.source().len(),
+        "chat_example": example,
+        "post_instruction": post,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let obj = info.as_object().expect("object");
+    for (k, v) in obj {
+        let s = match v {
+            serde_json::Value::String(s) => format!("{s:?}"),
+            v => v.to_string(),
+        };
+        println!("{k:<20} {s}");
+    }
+    Ok(())
+}

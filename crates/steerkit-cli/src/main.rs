@@ -1,0 +1,46 @@
+//! `steerkit`: the command-line front end. Argument parsing and printing only; every
+//! capability lives in a library crate.
+
+mod bench;
+mod chat;
+mod common;
+mod generate;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// Fix over-refusal in local chat models: inspect, run and measure them.
+#[derive(Parser)]
+#[command(name = "steerkit", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, size, chat template and special tokens.
+    Inspect(inspect::Args),
+    /// Generate answers to one prompt or a file of prompts (JSON lines out).
+    Generate(generate::Args),
+    /// Chat with a model in the terminal (multi-turn).
+    Chat(chat::Args),
+    /// Measure load time, prefill and decode throughput, and peak memory.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = res {
+        // One line: candle errors carry a backtrace after the message when RUST_BACKTRACE is set.
+        let msg = format!("{e:#}");
+        eprintln!("error: {}", msg.lines().next().unwrap_or("unknown error"));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,265 @@
+//! End-to-end tests of the `steerkit` binary: every command on real models, and bad input
+//! that must end in one clear error line and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use candle_core::DType;
+use steerkit_model::gguf::Gguf;
+use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::Arch;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model(name: &str) -> String {
+    let p = root()
+        .join("checkpoints/models")
+        .join(format!("{name}.gguf"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+const SMOL: &str = "smollm2-135m-instruct";
+
+fn steerkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("steerkit-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny random llama with SmolLM2's tokenizer and template, saved as a Hugging Face folder.
+fn tiny_folder(dir: &Path) -> PathBuf {
+    let g = Gguf::open(Path::new(&model(SMOL))).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let m = random_model(tiny_config(Arch::Llama, tok.vocab_size()), DType::F32, 1).unwrap();
+    let out = dir.join("tiny");
+    steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &out).unwrap();
+    out
+}
+
+/// Asserts a clean failure: non-zero exit, one `error:` line mentioning `needle`, no panic.
+fn assert_clean_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{err}"
+    );
+}
+
+#[test]
+fn inspect_reports_the_architecture() {
+    let out = steerkit(&["inspect", "--json", "-m", &model(SMOL)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["layers"], 30);
+    assert_eq!(v["hidden_size"], 576);
+    assert_eq!(v["heads"], 9);
+    assert_eq!(v["kv_heads"], 3);
+    assert_eq!(v["tied_embeddings"], true);
+    assert_eq!(v["post_instruction"], "<|im_end|>\n<|im_start|>assistant\n");
+}
+
+#[test]
+fn generate_answers_a_file_of_prompts() {
+    let d = tmpdir("gen");
+    let f = d.join("p.jsonl");
+    std::fs::write(
+        &f,
+        "{\"prompt\": \"Say hello.\"}\n{\"prompt\": \"Count to three.\"}\n",
+    )
+    .unwrap();
+    let out = steerkit(&[
+        "generate",
+        "-m",
+        &model(SMOL),
+        "--prompts",
+        f.to_str().unwrap(),
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["prompt"], "Count to three.");
+    assert!(!lines[0]["response"].as_str().unwrap().is_empty());
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn chat_keeps_a_conversation() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args(["chat", "-m", &model(SMOL), "--max-new-tokens", "6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello!\nWhat did I just say?\n/exit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("> ").count(), 3, "three prompts shown: {text}");
+}
+
+#[test]
+fn a_hugging_face_folder_and_a_cached_repo_id_load() {
+    let d = tmpdir("hf");
+    let folder = tiny_folder(&d);
+    let out = steerkit(&["inspect", "--json", "-m", folder.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "hf_folder");
+    assert_eq!(v["hidden_size"], 32);
+    // The same folder as a snapshot of the local Hugging Face cache.
+    let hub = d.join("hub");
+    let repo = hub.join("models--acme--tiny-chat");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::fs::rename(&folder, repo.join("snapshots").join(commit)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args([
+            "generate",
+            "-m",
+            "acme/tiny-chat",
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "3",
+        ])
+        .env("HF_HUB_CACHE", &hub)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prompt"], "Hi");
+    assert!(
+        v["new_tokens"].as_u64().unwrap() >= 1 || v["stopped"] == true,
+        "{v}"
+    );
+    // A repo id that is not cached is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args(["inspect", "-m", "acme/absent"])
+        .env("HF_HUB_CACHE", &hub)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "acme/absent");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn bad_input_is_one_clear_error() {
+    let d = tmpdir("bad");
+    // Missing path.
+    assert_clean_error(
+        &steerkit(&["inspect", "-m", "/no/such/model.gguf"]),
+        "model not found",
+    );
+    // Truncated GGUF: the header survives, the tensor data does not.
+    let bytes = std::fs::read(model(SMOL)).unwrap();
+    let cut = d.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    assert_clean_error(
+        &steerkit(&["inspect", "-m", cut.to_str().unwrap()]),
+        "truncated",
+    );
+    let tiny = d.join("tiny.gguf");
+    std::fs::write(&tiny, &bytes[..100]).unwrap();
+    assert_clean_error(
+        &steerkit(&["inspect", "-m", tiny.to_str().unwrap()]),
+        "not a valid GGUF",
+    );
+    // A folder without config.json.
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_clean_error(
+        &steerkit(&["inspect", "-m", empty.to_str().unwrap()]),
+        "no config.json",
+    );
+    // An unsupported architecture.
+    let folder = tiny_folder(&d);
+    let cfg_path = folder.join("config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\""),
+    )
+    .unwrap();
+    assert_clean_error(
+        &steerkit(&["inspect", "-m", folder.to_str().unwrap()]),
+        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2)",
+    );
+    // Shapes that do not match config.json.
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"intermediate_size\": 48", "\"intermediate_size\": 64"),
+    )
+    .unwrap();
+    assert_clean_error(&steerkit(&["inspect", "-m", folder.to_str().unwrap()]), "`model.layers.0.mlp.gate_proj.weight` has shape [48, 32], the configuration implies [64, 32]");
+    // A prompts file with no prompts.
+    let none = d.join("none.txt");
+    std::fs::write(&none, "\n\n").unwrap();
+    assert_clean_error(
+        &steerkit(&[
+            "generate",
+            "-m",
+            &model(SMOL),
+            "--prompts",
+            none.to_str().unwrap(),
+        ]),
+        "no prompts",
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -1,0 +1,57 @@
+//! Errors of the model runtime, one variant per kind of failure a user can act on.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The `--model` argument names nothing that exists.
+    #[error("model not found: {0} (expected a .gguf file, a Hugging Face folder with config.json, or a repo id in the local HF cache)")]
+    NotFound(String),
+    /// A folder that is not a Hugging Face model folder.
+    #[error("{}: not a model folder: {what}", path.display())]
+    BadFolder { path: PathBuf, what: String },
+    /// The file is not a readable GGUF file.
+    #[error("{}: not a valid GGUF file: {why}", path.display())]
+    BadGguf { path: PathBuf, why: String },
+    /// An architecture this runtime does not implement.
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2)")]
+    UnsupportedArch(String),
+    /// A required configuration value is missing or malformed.
+    #[error("bad model configuration: {0}")]
+    Config(String),
+    /// A tensor is missing or has the wrong shape.
+    #[error("weights do not match the configuration: {0}")]
+    Weights(String),
+    /// Tokenizer construction or use failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Chat template rendering failed.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// Invalid input to a runtime call (empty prompt, bad sampling parameter, ...).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// An I/O error with the path it concerns.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

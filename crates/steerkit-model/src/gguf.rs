@@ -1,0 +1,281 @@
+//! GGUF files: configuration, dequantized weights, tokenizer and chat template from one file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{Arch, Config};
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+use crate::template::ChatTemplate;
+use crate::tokenizer::{bpe_from_gguf, Tok};
+
+/// An opened GGUF file (header and metadata read; tensors read on demand).
+pub struct Gguf {
+    path: PathBuf,
+    content: Content,
+}
+
+impl Gguf {
+    /// Reads the header and metadata.
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let content = Content::read(&mut BufReader::new(f)).map_err(|e| ModelError::BadGguf {
+            path: path.into(),
+            why: e.to_string(),
+        })?;
+        // Catch a truncated file here, with one message, rather than tensor by tensor.
+        let size = std::fs::metadata(path)
+            .map_err(|e| ModelError::io(path, e))?
+            .len();
+        let end = content
+            .tensor_infos
+            .values()
+            .map(|t| {
+                let n = t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+                content.tensor_data_offset + t.offset + n as u64
+            })
+            .max()
+            .unwrap_or(0);
+        if end > size {
+            return Err(ModelError::BadGguf {
+                path: path.into(),
+                why: format!("truncated: the tensors need {end} bytes, the file has {size}"),
+            });
+        }
+        Ok(Gguf {
+            path: path.into(),
+            content,
+        })
+    }
+
+    fn meta(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn meta_u(&self, key: &str) -> Result<Option<usize>> {
+        self.meta(key)
+            .map(|v| {
+                v.to_u64()
+                    .or_else(|_| v.to_u32().map(u64::from))
+                    .or_else(|_| v.to_i32().map(|x| x as u64))
+                    .map(|x| x as usize)
+                    .map_err(|_| ModelError::Config(format!("GGUF key `{key}` is not an integer")))
+            })
+            .transpose()
+    }
+
+    fn meta_f(&self, key: &str) -> Result<Option<f64>> {
+        self.meta(key)
+            .map(|v| {
+                v.to_f32()
+                    .map(f64::from)
+                    .or_else(|_| v.to_f64())
+                    .map_err(|_| ModelError::Config(format!("GGUF key `{key}` is not a number")))
+            })
+            .transpose()
+    }
+
+    fn meta_str(&self, key: &str) -> Option<&str> {
+        self.meta(key)
+            .and_then(|v| v.to_string().ok())
+            .map(|s| s.as_str())
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let v = self
+            .meta(key)
+            .ok_or_else(|| ModelError::Tokenizer(format!("GGUF has no `{key}`")))?;
+        let arr = v
+            .to_vec()
+            .map_err(|_| ModelError::Tokenizer(format!("`{key}` is not an array")))?;
+        arr.iter()
+            .map(|x| {
+                x.to_string()
+                    .cloned()
+                    .map_err(|_| ModelError::Tokenizer(format!("`{key}` holds a non-string")))
+            })
+            .collect()
+    }
+
+    /// The architecture name in `general.architecture`.
+    pub fn arch_name(&self) -> Result<&str> {
+        self.meta_str("general.architecture")
+            .ok_or_else(|| ModelError::Config("GGUF has no general.architecture".into()))
+    }
+
+    /// The model configuration from metadata and tensor shapes.
+    pub fn config(&self) -> Result<Config> {
+        let name = self.arch_name()?;
+        let arch = Arch::parse(name)?;
+        let key = |k: &str| format!("{name}.{k}");
+        let req = |k: &str| -> Result<usize> {
+            self.meta_u(&key(k))?
+                .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
+        };
+        let hidden = req("embedding_length")?;
+        let heads = req("attention.head_count")?;
+        let kv_heads = self
+            .meta_u(&key("attention.head_count_kv"))?
+            .unwrap_or(heads);
+        let head_dim = self
+            .meta_u(&key("attention.key_length"))?
+            .unwrap_or(hidden / heads.max(1));
+        let vocab = match self.content.tensor_infos.get("token_embd.weight") {
+            Some(info) => info.shape.dims()[0],
+            None => {
+                return Err(ModelError::Weights(
+                    "missing tensor `token_embd.weight`".into(),
+                ))
+            }
+        };
+        let cfg = Config {
+            arch,
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: req("feed_forward_length")?,
+            num_layers: req("block_count")?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: self
+                .meta_f(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
+            rope_theta: self.meta_f(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            max_position_embeddings: self.meta_u(&key("context_length"))?.unwrap_or(4096),
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Dequantizes every tensor to f32 and builds the model (Q/K rows un-permuted for llama).
+    pub fn model(&self, device: &Device, dtype: DType) -> Result<Model> {
+        let cfg = self.config()?;
+        let permuted = matches!(cfg.arch, Arch::Llama | Arch::Mistral);
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        crate::weights::build(cfg, device, dtype, |need| {
+            let Some(name) = gguf_name(&need.name) else {
+                return Ok(None);
+            };
+            if !self.content.tensor_infos.contains_key(&name) {
+                return Ok(None);
+            }
+            let mut f = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+            let q = self
+                .content
+                .tensor(&mut f, &name, &Device::Cpu)
+                .map_err(|e| ModelError::BadGguf {
+                    path: self.path.clone(),
+                    why: format!("tensor `{name}`: {e}"),
+                })?;
+            let t = q.dequantize(&Device::Cpu)?;
+            let heads = if name.contains("attn_q.") {
+                Some(nh)
+            } else if name.contains("attn_k.") {
+                Some(nkv)
+            } else {
+                None
+            };
+            match heads {
+                Some(h) if permuted => Ok(Some(unpermute(&t, h)?)),
+                _ => Ok(Some(t)),
+            }
+        })
+    }
+
+    /// The tokenizer described by the metadata.
+    pub fn tokenizer(&self) -> Result<Tok> {
+        let model = self.meta_str("tokenizer.ggml.model").unwrap_or("");
+        if model != "gpt2" {
+            return Err(ModelError::Tokenizer(format!(
+                "GGUF tokenizer model `{model}` is not supported (supported: gpt2 byte-level BPE); load the Hugging Face folder instead"
+            )));
+        }
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let merges = self.strings("tokenizer.ggml.merges")?;
+        let types: Vec<i32> = match self.meta("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|_| ModelError::Tokenizer("token_type is not an array".into()))?
+                .iter()
+                .map(|x| x.to_i32().unwrap_or(1))
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or("default");
+        let tk = bpe_from_gguf(pre, &tokens, &merges, &types)?;
+        let id = |k: &str| -> Result<Option<u32>> { Ok(self.meta_u(k)?.map(|x| x as u32)) };
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+        eos.extend(id("tokenizer.ggml.eot_token_id")?);
+        let add_bos = self
+            .meta("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        Ok(Tok::new(tk, bos, &eos, add_bos))
+    }
+
+    /// The chat template from `tokenizer.chat_template` (ChatML when absent).
+    pub fn chat_template(&self, tok: &Tok) -> Result<ChatTemplate> {
+        let name = |id: Option<u32>| id.and_then(|i| tok.token(i)).unwrap_or_default();
+        match self.meta_str("tokenizer.chat_template") {
+            Some(src) => ChatTemplate::new(src, &name(tok.bos_id), &name(tok.eos_id)),
+            None => Ok(ChatTemplate::chatml()),
+        }
+    }
+
+    /// Tensor types present in the file, with counts (for `inspect`).
+    pub fn tensor_types(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for info in self.content.tensor_infos.values() {
+            *m.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// llama.cpp stores llama q/k rows permuted for interleaved RoPE; this restores the
+/// Hugging Face order used with half-rotation RoPE. Works for weights `[out, in]` and biases `[out]`.
+pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let out = w.dim(0)?;
+    let inner = w.elem_count() / out;
+    let hd = out / heads;
+    let t = w
+        .reshape((heads, hd / 2, 2, inner))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(w.shape())?;
+    Ok(t)
+}
+
+/// The GGUF tensor name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let (module, kind) = name.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}

@@ -1,0 +1,327 @@
+//! Hugging Face model folders (config.json, safetensors, tokenizer.json) and repo ids resolved
+//! from the local Hugging Face cache.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::config::{Arch, Config};
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tok;
+
+/// A Hugging Face model folder.
+pub struct HfFolder {
+    pub path: PathBuf,
+    config: Value,
+    tokenizer_config: Value,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let s = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&s).map_err(|e| ModelError::BadFolder {
+        path: path.into(),
+        what: format!("invalid JSON: {e}"),
+    })
+}
+
+impl HfFolder {
+    /// Opens a folder; it must hold `config.json`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let cfg = path.join("config.json");
+        if !cfg.is_file() {
+            return Err(ModelError::BadFolder {
+                path: path.into(),
+                what: "no config.json".into(),
+            });
+        }
+        let tc = path.join("tokenizer_config.json");
+        Ok(HfFolder {
+            path: path.into(),
+            config: read_json(&cfg)?,
+            tokenizer_config: if tc.is_file() {
+                read_json(&tc)?
+            } else {
+                Value::Null
+            },
+        })
+    }
+
+    /// The configuration from `config.json`.
+    pub fn config(&self) -> Result<Config> {
+        let c = &self.config;
+        let arch = Arch::parse(
+            c["model_type"]
+                .as_str()
+                .ok_or_else(|| ModelError::Config("config.json has no `model_type`".into()))?,
+        )?;
+        let u = |k: &str| -> Result<usize> {
+            c[k].as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")))
+        };
+        let hidden = u("hidden_size")?;
+        let heads = u("num_attention_heads")?;
+        let cfg = Config {
+            arch,
+            vocab_size: u("vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: u("intermediate_size")?,
+            num_layers: u("num_hidden_layers")?,
+            num_heads: heads,
+            num_kv_heads: c["num_key_value_heads"]
+                .as_u64()
+                .map_or(heads, |x| x as usize),
+            head_dim: c["head_dim"]
+                .as_u64()
+                .map_or(hidden / heads.max(1), |x| x as usize),
+            rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            rope_theta: c["rope_theta"].as_f64().unwrap_or(10_000.0),
+            max_position_embeddings: c["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+            tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(false),
+            attention_bias: match arch {
+                Arch::Qwen2 => true,
+                _ => c["attention_bias"].as_bool().unwrap_or(false),
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The safetensors files of the folder (from the index when sharded).
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>> {
+        let index = self.path.join("model.safetensors.index.json");
+        let mut files: Vec<PathBuf> = if index.is_file() {
+            let idx = read_json(&index)?;
+            let map = idx["weight_map"]
+                .as_object()
+                .ok_or_else(|| ModelError::BadFolder {
+                    path: index.clone(),
+                    what: "no weight_map".into(),
+                })?;
+            let mut v: Vec<PathBuf> = map
+                .values()
+                .filter_map(|f| f.as_str())
+                .map(|f| self.path.join(f))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        } else {
+            let rd = std::fs::read_dir(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect()
+        };
+        files.sort();
+        if files.is_empty() {
+            return Err(ModelError::BadFolder {
+                path: self.path.clone(),
+                what: "no *.safetensors files".into(),
+            });
+        }
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(ModelError::BadFolder {
+                path: self.path.clone(),
+                what: format!("missing shard {}", missing.display()),
+            });
+        }
+        Ok(files)
+    }
+
+    /// Loads the weights.
+    pub fn model(&self, device: &Device, dtype: DType) -> Result<Model> {
+        let cfg = self.config()?;
+        let files = self.weight_files()?;
+        // Safety: the files are memory-mapped read-only; they must not change while loading.
+        let st =
+            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadFolder {
+                path: self.path.clone(),
+                what: format!("unreadable safetensors: {e}"),
+            })?;
+        let names: std::collections::HashSet<String> =
+            st.tensors().into_iter().map(|(n, _)| n).collect();
+        let tied = cfg.tie_word_embeddings;
+        crate::weights::build(cfg, device, dtype, |need| {
+            if !names.contains(&need.name) {
+                return Ok(None);
+            }
+            let t = st.load(&need.name, &Device::Cpu)?;
+            Ok(Some(if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.to_dtype(DType::F32)?
+            }))
+        })
+        .map_err(|e| match e {
+            ModelError::Weights(m) if !tied && m.contains("lm_head") => {
+                ModelError::Weights(format!("{m} (config.json says tie_word_embeddings=false)"))
+            }
+            e => e,
+        })
+    }
+
+    fn special(&self, key: &str) -> Option<String> {
+        match &self.tokenizer_config[key] {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+            _ => None,
+        }
+    }
+
+    /// The tokenizer from `tokenizer.json` and the special tokens of `tokenizer_config.json`
+    /// and `generation_config.json`.
+    pub fn tokenizer(&self) -> Result<Tok> {
+        let p = self.path.join("tokenizer.json");
+        if !p.is_file() {
+            return Err(ModelError::BadFolder {
+                path: self.path.clone(),
+                what: "no tokenizer.json".into(),
+            });
+        }
+        let tk = Tokenizer::from_file(&p)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", p.display())))?;
+        let id = |s: Option<String>| s.and_then(|s| tk.token_to_id(&s));
+        let bos = id(self.special("bos_token"));
+        let mut eos: Vec<u32> = id(self.special("eos_token")).into_iter().collect();
+        let gen = self.path.join("generation_config.json");
+        if gen.is_file() {
+            match &read_json(&gen)?["eos_token_id"] {
+                Value::Number(n) => eos.extend(n.as_u64().map(|x| x as u32)),
+                Value::Array(a) => {
+                    eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+                }
+                _ => {}
+            }
+        }
+        if eos.is_empty() {
+            eos.extend(self.config["eos_token_id"].as_u64().map(|x| x as u32));
+        }
+        let add_bos = self.tokenizer_config["add_bos_token"]
+            .as_bool()
+            .unwrap_or(false);
+        Ok(Tok::new(tk, bos, &eos, add_bos))
+    }
+
+    /// The chat template from `tokenizer_config.json` or `chat_template.jinja`.
+    pub fn chat_template(&self) -> Result<ChatTemplate> {
+        let src = match &self.tokenizer_config["chat_template"] {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(a) => a
+                .iter()
+                .find(|t| t["name"] == "default")
+                .or(a.first())
+                .and_then(|t| t["template"].as_str())
+                .map(String::from),
+            _ => {
+                let f = self.path.join("chat_template.jinja");
+                f.is_file()
+                    .then(|| std::fs::read_to_string(&f).map_err(|e| ModelError::io(&f, e)))
+                    .transpose()?
+            }
+        };
+        match src {
+            Some(s) => ChatTemplate::new(
+                &s,
+                &self.special("bos_token").unwrap_or_default(),
+                &self.special("eos_token").unwrap_or_default(),
+            ),
+            None => Ok(ChatTemplate::chatml()),
+        }
+    }
+}
+
+/// Resolves `owner/name` to a snapshot folder in the local Hugging Face cache through hf-hub.
+/// Only cached files are used: nothing is downloaded.
+pub fn resolve_repo(repo_id: &str) -> Result<PathBuf> {
+    let (owner, name) = repo_id
+        .split_once('/')
+        .ok_or_else(|| ModelError::NotFound(repo_id.into()))?;
+    let client = hf_hub::HFClientSync::new()
+        .map_err(|e| ModelError::Config(format!("hf-hub client: {e}")))?;
+    let repo = client.model(owner, name);
+    let cfg = repo
+        .download_file()
+        .filename("config.json")
+        .local_files_only(true)
+        .send()
+        .map_err(|e| {
+            ModelError::NotFound(format!(
+                "{repo_id} (not in the local Hugging Face cache: {e}; download it first, e.g. `hf download {repo_id}`)"
+            ))
+        })?;
+    let dir = cfg
+        .parent()
+        .ok_or_else(|| ModelError::NotFound(repo_id.into()))?
+        .to_path_buf();
+    Ok(dir)
+}
+
+/// Writes a Hugging Face folder: `config.json`, `model.safetensors` (f32) and, when given, the
+/// tokenizer files. Everything is written into a temporary sibling folder that is renamed into
+/// place at the end, so an interrupted save leaves no half-written model. `out` must not exist.
+pub fn save_folder(
+    model: &crate::model::Model,
+    tok: Option<&Tok>,
+    chat: Option<&ChatTemplate>,
+    out: &Path,
+) -> Result<()> {
+    if out.exists() {
+        return Err(ModelError::Input(format!(
+            "{} already exists",
+            out.display()
+        )));
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    let res = (|| -> Result<()> {
+        let write = |name: &str, v: &Value| -> Result<()> {
+            let p = tmp.join(name);
+            let s = serde_json::to_string_pretty(v).expect("JSON values serialize");
+            std::fs::write(&p, s).map_err(|e| ModelError::io(&p, e))
+        };
+        write("config.json", &model.cfg.to_hf_json())?;
+        let tensors: Vec<(String, candle_core::Tensor)> = model
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+            .collect::<Result<_>>()?;
+        let st = tmp.join("model.safetensors");
+        candle_core::safetensors::save(&tensors.into_iter().collect(), &st)?;
+        if let Some(tok) = tok {
+            let p = tmp.join("tokenizer.json");
+            tok.inner()
+                .save(&p, false)
+                .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", p.display())))?;
+            let name = |id: Option<u32>| id.and_then(|i| tok.token(i));
+            let mut tc = serde_json::json!({
+                "bos_token": name(tok.bos_id),
+                "eos_token": name(tok.eos_id),
+                "add_bos_token": tok.add_bos,
+            });
+            if let Some(c) = chat {
+                tc["chat_template"] = Value::String(c.source().to_string());
+            }
+            write("tokenizer_config.json", &tc)?;
+        }
+        std::fs::rename(&tmp, out).map_err(|e| ModelError::io(out, e))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res
+}

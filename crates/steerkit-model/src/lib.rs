@@ -1,0 +1,40 @@
+//! steerkit-model: load real chat models and run them with hook points on the residual stream.
+//!
+//! Three sources, one entry point ([`load`]): a GGUF file (dequantized to f32, Q/K rows
+//! un-permuted for llama, tokenizer built from the metadata with llama.cpp's ids), a Hugging
+//! Face folder, or a Hugging Face repo id already in the local cache. Architectures: llama,
+//! mistral, qwen2.
+//!
+//! ```no_run
+//! use steerkit_model::{load, LoadOptions, SystemPrompt, NoHook};
+//! let m = load("checkpoints/models/smollm2-135m-instruct.gguf", &LoadOptions::default())?;
+//! let p = m.chat.prompt(&m.tok, "Hello!", &SystemPrompt::Default)?;
+//! let (ids, pads) = steerkit_model::left_pad(&[p.ids], m.tok.pad_id, &m.model.device)?;
+//! let logits = m.model.last_logits(&ids, &pads, &mut NoHook)?; // [1, vocab]
+//! # Ok::<(), steerkit_model::ModelError>(())
+//! ```
+//!
+//! This crate does not print, parse flags, or choose prompts: that is the CLI's and the
+//! experiment crates' job.
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod hf;
+pub mod hooks;
+pub mod model;
+pub mod random;
+pub mod source;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Arch, Config};
+pub use error::{ModelError, Result};
+pub use generate::{generate, GenerateOptions, Generated, Sampling};
+pub use hooks::{Ablate, Add, Chain, Hook, HookCtx, HookPoint, NoHook, Record, Site};
+pub use model::{Block, KvCache, Linear, Mode, Model};
+pub use source::{left_pad, load, LoadOptions, Loaded, SourceKind};
+pub use template::{ChatTemplate, Message, Prompt, SystemPrompt};
+pub use tokenizer::Tok;

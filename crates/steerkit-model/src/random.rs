@@ -1,0 +1,61 @@
+//! Tiny random models built in memory, for tests and for checks that need no download.
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Arch, Config};
+use crate::error::Result;
+use crate::model::Model;
+
+/// A small configuration of the given architecture (2 layers, hidden 32, 4/2 heads).
+pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
+    Config {
+        arch,
+        vocab_size,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 256,
+        tie_word_embeddings: arch != Arch::Qwen2,
+        attention_bias: arch == Arch::Qwen2,
+    }
+}
+
+/// A model with normally distributed weights (std 0.2; norms near 1). Each tensor is drawn
+/// from a generator seeded by `seed` and its name, so the result does not depend on the
+/// order in which tensors are built.
+pub fn random_model(cfg: Config, dtype: DType, seed: u64) -> Result<Model> {
+    crate::weights::build(cfg, &Device::Cpu, dtype, |need| {
+        let h = need
+            .name
+            .bytes()
+            .fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        let mut rng = StdRng::seed_from_u64(h);
+        let n: usize = need.shape.iter().product();
+        let (mean, std) = if need.name.ends_with("norm.weight") {
+            (1.0, 0.1)
+        } else {
+            (0.0, 0.2)
+        };
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                // Box-Muller.
+                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                (mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(
+            v,
+            need.shape.as_slice(),
+            &Device::Cpu,
+        )?))
+    })
+}

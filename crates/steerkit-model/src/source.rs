@@ -1,0 +1,113 @@
+//! One `--model` argument, three kinds of source.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::error::{ModelError, Result};
+use crate::gguf::Gguf;
+use crate::hf::{resolve_repo, HfFolder};
+use crate::model::Model;
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tok;
+
+/// Where a model came from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Gguf,
+    HfFolder,
+    HfCache,
+}
+
+/// Device and dtype for loading.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// A model with its tokenizer and chat template.
+pub struct Loaded {
+    pub model: Model,
+    pub tok: Tok,
+    pub chat: ChatTemplate,
+    pub kind: SourceKind,
+    /// The file or folder the weights came from.
+    pub path: PathBuf,
+}
+
+/// Loads a model from a GGUF file, a Hugging Face folder, or a cached repo id (`owner/name`).
+pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        let g = Gguf::open(path)?;
+        let tok = g.tokenizer()?;
+        let chat = g.chat_template(&tok)?;
+        let model = g.model(&opts.device, opts.dtype)?;
+        return Ok(Loaded {
+            model,
+            tok,
+            chat,
+            kind: SourceKind::Gguf,
+            path: path.into(),
+        });
+    }
+    let (dir, kind) = if path.is_dir() {
+        (path.to_path_buf(), SourceKind::HfFolder)
+    } else if looks_like_repo_id(spec) {
+        (resolve_repo(spec)?, SourceKind::HfCache)
+    } else {
+        return Err(ModelError::NotFound(spec.into()));
+    };
+    let f = HfFolder::open(&dir)?;
+    let tok = f.tokenizer()?;
+    let chat = f.chat_template()?;
+    let model = f.model(&opts.device, opts.dtype)?;
+    Ok(Loaded {
+        model,
+        tok,
+        chat,
+        kind,
+        path: dir,
+    })
+}
+
+fn looks_like_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p != &"."
+                && p != &".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+/// Left-pads id sequences into `[batch, max_len]` and returns the pad count of each row.
+pub fn left_pad(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<(Tensor, Vec<usize>)> {
+    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    if len == 0 || rows.iter().any(|r| r.is_empty()) {
+        return Err(ModelError::Input("empty prompt".into()));
+    }
+    let mut flat = Vec::with_capacity(rows.len() * len);
+    let mut pads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let pad = len - r.len();
+        flat.extend(std::iter::repeat_n(pad_id, pad));
+        flat.extend_from_slice(r);
+        pads.push(pad);
+    }
+    Ok((Tensor::from_vec(flat, (rows.len(), len), device)?, pads))
+}

@@ -1,0 +1,133 @@
+//! Assembling a [`Model`] from named tensors, whatever file format they came from.
+//!
+//! Loaders provide tensors by their Hugging Face names (`model.layers.3.self_attn.q_proj.weight`);
+//! every shape is checked against the configuration here, so a mismatched file is a clear
+//! error, not a panic deep inside a matmul.
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::model::{Block, Linear, Model};
+
+/// One tensor the model needs: its name and the shape it must have.
+#[derive(Debug, Clone)]
+pub struct Need {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// The tensors a configuration needs, in a fixed order.
+pub fn needs(cfg: &Config) -> Vec<Need> {
+    let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let need = |name: String, shape: Vec<usize>| Need { name, shape };
+    let mut out = vec![
+        need("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d]),
+        need("model.norm.weight".into(), vec![d]),
+    ];
+    if !cfg.tie_word_embeddings {
+        out.push(need("lm_head.weight".into(), vec![cfg.vocab_size, d]));
+    }
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        out.push(need(format!("{p}.input_layernorm.weight"), vec![d]));
+        out.push(need(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![d],
+        ));
+        for (n, o, i) in [("q", q, d), ("k", kv, d), ("v", kv, d), ("o", d, q)] {
+            out.push(need(format!("{p}.self_attn.{n}_proj.weight"), vec![o, i]));
+        }
+        if cfg.attention_bias {
+            for (n, o) in [("q", q), ("k", kv), ("v", kv)] {
+                out.push(need(format!("{p}.self_attn.{n}_proj.bias"), vec![o]));
+            }
+        }
+        out.push(need(format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
+        out.push(need(format!("{p}.mlp.up_proj.weight"), vec![f, d]));
+        out.push(need(format!("{p}.mlp.down_proj.weight"), vec![d, f]));
+    }
+    out
+}
+
+/// Loads every needed tensor with `get` (in parallel), checks shapes, converts to `dtype` on
+/// `device`, and builds the model. `get` returns `Ok(None)` for an absent tensor.
+pub fn build<F>(cfg: Config, device: &Device, dtype: DType, get: F) -> Result<Model>
+where
+    F: Fn(&Need) -> Result<Option<Tensor>> + Sync,
+{
+    cfg.validate()?;
+    let needs = needs(&cfg);
+    let loaded: Vec<Tensor> = needs
+        .par_iter()
+        .map(|n| {
+            let t = get(n)?
+                .ok_or_else(|| ModelError::Weights(format!("missing tensor `{}`", n.name)))?;
+            if t.dims() != n.shape.as_slice() {
+                return Err(ModelError::Weights(format!(
+                    "`{}` has shape {:?}, the configuration implies {:?}",
+                    n.name,
+                    t.dims(),
+                    n.shape
+                )));
+            }
+            Ok(t.to_dtype(dtype)?.to_device(device)?)
+        })
+        .collect::<Vec<Result<Tensor>>>()
+        // The first failure in file order, so the message does not depend on thread timing.
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let mut it = needs.iter().map(|n| n.name.as_str()).zip(loaded);
+    let mut next = |want: &str| -> Tensor {
+        let (name, t) = it.next().expect("needs() and build() agree on the order");
+        debug_assert_eq!(name, want);
+        t
+    };
+    let embed = next("model.embed_tokens.weight");
+    let norm = next("model.norm.weight");
+    let lm_head = (!cfg.tie_word_embeddings).then(|| next("lm_head.weight"));
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        let attn_norm = next(&format!("{p}.input_layernorm.weight"));
+        let mlp_norm = next(&format!("{p}.post_attention_layernorm.weight"));
+        let lin = |w: Tensor| Linear {
+            weight: w,
+            bias: None,
+        };
+        let mut q = lin(next(&format!("{p}.self_attn.q_proj.weight")));
+        let mut k = lin(next(&format!("{p}.self_attn.k_proj.weight")));
+        let mut v = lin(next(&format!("{p}.self_attn.v_proj.weight")));
+        let o = lin(next(&format!("{p}.self_attn.o_proj.weight")));
+        if cfg.attention_bias {
+            q.bias = Some(next(&format!("{p}.self_attn.q_proj.bias")));
+            k.bias = Some(next(&format!("{p}.self_attn.k_proj.bias")));
+            v.bias = Some(next(&format!("{p}.self_attn.v_proj.bias")));
+        }
+        let gate = lin(next(&format!("{p}.mlp.gate_proj.weight")));
+        let up = lin(next(&format!("{p}.mlp.up_proj.weight")));
+        let down = lin(next(&format!("{p}.mlp.down_proj.weight")));
+        layers.push(Block {
+            attn_norm,
+            q,
+            k,
+            v,
+            o,
+            mlp_norm,
+            gate,
+            up,
+            down,
+        });
+    }
+    Ok(Model {
+        cfg,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        device: device.clone(),
+        dtype,
+    })
+}

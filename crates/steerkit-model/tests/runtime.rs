@@ -1,0 +1,311 @@
+//! Forward-pass properties on tiny random models of each architecture: hooks, padding, the
+//! KV cache, the differentiable mode and its gradients, and Hugging Face folder round trips.
+
+use candle_core::{DType, Device, Tensor, D};
+use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::{
+    left_pad, Ablate, Arch, Chain, Hook, HookCtx, HookPoint, KvCache, Mode, Model, NoHook, Record,
+    Site,
+};
+
+const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Mistral];
+
+fn tiny(arch: Arch, dtype: DType) -> Model {
+    random_model(tiny_config(arch, 64), dtype, 7).unwrap()
+}
+
+fn rows() -> Vec<Vec<u32>> {
+    vec![
+        vec![3, 14, 15, 9, 26, 5, 35],
+        vec![8, 9, 7],
+        vec![1, 2, 3, 4, 5],
+    ]
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn logits(m: &Model, rows: &[Vec<u32>], hook: &mut dyn Hook) -> Tensor {
+    let (ids, pads) = left_pad(rows, 0, &Device::Cpu).unwrap();
+    m.last_logits(&ids, &pads, hook).unwrap()
+}
+
+/// Returns its input unchanged at every site.
+struct Identity(usize);
+impl Hook for Identity {
+    fn call(&mut self, _: HookCtx, x: &Tensor) -> steerkit_model::Result<Option<Tensor>> {
+        self.0 += 1;
+        Ok(Some(x.clone()))
+    }
+}
+
+#[test]
+fn identity_hook_leaves_logits_unchanged() {
+    for arch in ARCHS {
+        let m = tiny(arch, DType::F32);
+        let base = logits(&m, &rows(), &mut NoHook);
+        let mut id = Identity(0);
+        let hooked = logits(&m, &rows(), &mut id);
+        assert_eq!(id.0, 3 * m.cfg.num_layers, "every site is visited once");
+        assert_eq!(max_diff(&base, &hooked), 0.0, "{arch:?}");
+    }
+}
+
+#[test]
+fn ablation_leaves_the_residual_orthogonal_to_the_direction() {
+    let m = tiny(Arch::Qwen2, DType::F32);
+    let dir = Tensor::randn(0f32, 1.0, 32, &Device::Cpu).unwrap();
+    let sites: Vec<Site> = (0..m.cfg.num_layers)
+        .flat_map(|layer| HookPoint::ALL.map(|point| Site { layer, point }))
+        .collect();
+    let mut rec = Record::new(sites.clone(), vec![-3, -2, -1]);
+    let mut before = Record::new(sites.clone(), vec![-3, -2, -1]);
+    {
+        let mut chain = Chain(vec![
+            Box::new(&mut before),
+            Box::new(Ablate::new(&dir, &HookPoint::ALL).unwrap()),
+            Box::new(&mut rec),
+        ]);
+        let base = logits(&m, &rows(), &mut NoHook);
+        let ablated = logits(&m, &rows(), &mut chain);
+        assert!(
+            max_diff(&base, &ablated) > 1e-3,
+            "ablation must change something"
+        );
+    }
+    let unit = (&dir
+        / dir
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64)
+        .unwrap();
+    for s in &sites {
+        let x = rec.get(*s).expect("recorded");
+        let proj = x
+            .broadcast_matmul(&unit.reshape((32, 1)).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let norm = x
+            .sqr()
+            .unwrap()
+            .sum(D::Minus1)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(proj < 1e-5 * norm.max(1.0), "{s:?}: |x·r| = {proj}");
+        // Before ablation the component was there (except where the previous site's ablation
+        // carries over: a block's input is the previous block's ablated output).
+        if s.point == HookPoint::Input && s.layer > 0 {
+            continue;
+        }
+        let b = before
+            .get(*s)
+            .unwrap()
+            .broadcast_matmul(&unit.reshape((32, 1)).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            b > 1e-2,
+            "{s:?}: the residual already had no component ({b})"
+        );
+    }
+}
+
+#[test]
+fn left_padding_does_not_change_a_row() {
+    for arch in ARCHS {
+        let m = tiny(arch, DType::F32);
+        let batch = logits(&m, &rows(), &mut NoHook);
+        for (i, r) in rows().iter().enumerate() {
+            let alone = logits(&m, std::slice::from_ref(r), &mut NoHook);
+            let d = max_diff(&batch.narrow(0, i, 1).unwrap(), &alone);
+            assert!(d < 1e-5, "{arch:?} row {i}: {d}");
+        }
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_a_full_forward() {
+    for arch in ARCHS {
+        let m = tiny(arch, DType::F32);
+        let rows = rows();
+        let full = logits(&m, &rows, &mut NoHook);
+        // Prefill all but the last token of each row, then feed the last tokens.
+        let heads: Vec<Vec<u32>> = rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+        let (ids, pads) = left_pad(&heads, 0, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new();
+        m.forward(&ids, &pads, Some(&mut cache), &mut NoHook, Mode::Inference)
+            .unwrap();
+        let last: Vec<u32> = rows.iter().map(|r| *r.last().unwrap()).collect();
+        let ids = Tensor::from_vec(last, (3, 1), &Device::Cpu).unwrap();
+        let h = m
+            .forward(&ids, &pads, Some(&mut cache), &mut NoHook, Mode::Inference)
+            .unwrap();
+        let inc = m.logits(&h.squeeze(1).unwrap()).unwrap();
+        let d = max_diff(&full, &inc);
+        assert!(d < 1e-5, "{arch:?}: {d}");
+    }
+}
+
+#[test]
+fn differentiable_mode_computes_the_same_function() {
+    for arch in ARCHS {
+        let m = tiny(arch, DType::F32);
+        let (ids, pads) = left_pad(&rows(), 0, &Device::Cpu).unwrap();
+        let a = m
+            .forward(&ids, &pads, None, &mut NoHook, Mode::Inference)
+            .unwrap();
+        let b = m
+            .forward(&ids, &pads, None, &mut NoHook, Mode::Differentiable)
+            .unwrap();
+        let d = max_diff(&a, &b);
+        assert!(d < 1e-5, "{arch:?}: {d}");
+    }
+}
+
+/// Backprop through one block in differentiable mode equals central finite differences (f64),
+/// and every variable of the block receives a non-zero gradient.
+#[test]
+fn block_gradients_match_finite_differences() {
+    for arch in ARCHS {
+        let mut m = tiny(arch, DType::F64);
+        let vars = m.trainable_block(1).unwrap();
+        let (ids, pads) = left_pad(&rows(), 0, &Device::Cpu).unwrap();
+        // The input of block 1 is fixed: compute it once, as trainers do.
+        let x0 = m
+            .forward_layers(
+                m.embed(&ids).unwrap(),
+                &pads,
+                0..1,
+                None,
+                &mut NoHook,
+                Mode::Inference,
+            )
+            .unwrap();
+        let probe = Tensor::randn(0f64, 1.0, x0.shape(), &Device::Cpu).unwrap();
+        let loss = |m: &Model| -> Tensor {
+            let y = m
+                .forward_layers(
+                    x0.clone(),
+                    &pads,
+                    1..2,
+                    None,
+                    &mut NoHook,
+                    Mode::Differentiable,
+                )
+                .unwrap();
+            (y * &probe).unwrap().sum_all().unwrap()
+        };
+        let grads = loss(&m).backward().unwrap();
+        for (name, v) in &vars {
+            let g = grads
+                .get(v)
+                .unwrap_or_else(|| panic!("{arch:?}: {name} received no gradient"));
+            let gv: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                gv.iter().any(|x| *x != 0.0),
+                "{arch:?}: {name} has an all-zero gradient"
+            );
+            // Check three entries by central differences.
+            let w0: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for &i in &[0, w0.len() / 2, w0.len() - 1] {
+                let eps = 1e-5;
+                let at = |delta: f64| {
+                    let mut w = w0.clone();
+                    w[i] += delta;
+                    v.set(&Tensor::from_vec(w, v.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss(&m).to_scalar::<f64>().unwrap()
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                v.set(&Tensor::from_vec(w0.clone(), v.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let err = (fd - gv[i]).abs() / fd.abs().max(gv[i].abs()).max(1e-3);
+                assert!(
+                    err < 1e-4,
+                    "{arch:?} {name}[{i}]: backprop {} vs finite difference {fd}",
+                    gv[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn unpermute_inverts_the_llama_cpp_permutation() {
+    let (heads, hd, inner) = (4, 8, 5);
+    let w = Tensor::arange(0f32, (heads * hd * inner) as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((heads * hd, inner))
+        .unwrap();
+    // llama.cpp's converter: reshape(n_head, 2, hd/2, in).swapaxes(1, 2).
+    let permuted = w
+        .reshape((heads, 2, hd / 2, inner))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((heads * hd, inner))
+        .unwrap();
+    assert!(max_diff(&w, &permuted) > 0.0);
+    let back = steerkit_model::gguf::unpermute(&permuted, heads).unwrap();
+    assert_eq!(max_diff(&w, &back), 0.0);
+}
+
+#[test]
+fn hugging_face_folder_round_trip() {
+    let dir = std::env::temp_dir().join(format!("steerkit-rt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for arch in ARCHS {
+        let m = tiny(arch, DType::F32);
+        let out = dir.join(format!("{arch:?}"));
+        steerkit_model::hf::save_folder(&m, None, None, &out).unwrap();
+        let f = steerkit_model::hf::HfFolder::open(&out).unwrap();
+        let back = f.model(&Device::Cpu, DType::F32).unwrap();
+        assert_eq!(back.cfg.tie_word_embeddings, m.cfg.tie_word_embeddings);
+        assert_eq!(
+            max_diff(
+                &logits(&m, &rows(), &mut NoHook),
+                &logits(&back, &rows(), &mut NoHook)
+            ),
+            0.0
+        );
+        assert!(
+            steerkit_model::hf::save_folder(&m, None, None, &out).is_err(),
+            "no overwrite"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
