@@ -83,6 +83,7 @@ pub fn run(a: Args) -> Result<()> {
             sampling: Sampling::Greedy,
             stop_ids: vec![],
             pad_id: m.tok.pad_id,
+            keep_first_logprobs: false,
         };
         let rows = &prompts[..batch.min(prompts.len())];
         // Time the decode steps only: the first step (prefill) is excluded.

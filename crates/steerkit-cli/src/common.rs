@@ -104,6 +104,7 @@ impl SamplingArgs {
             sampling,
             stop_ids: loaded.tok.stop_ids.clone(),
             pad_id: loaded.tok.pad_id,
+            keep_first_logprobs: false,
         })
     }
 }

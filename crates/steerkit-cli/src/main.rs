@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod common;
+mod eval;
 mod generate;
 mod inspect;
 
@@ -27,6 +28,10 @@ enum Command {
     Chat(chat::Args),
     /// Measure load time, prefill and decode throughput, and peak memory.
     Bench(bench::Args),
+    /// Measure refusal rates on prompt sets (generation, judged), with 95% intervals.
+    Eval(eval::Args),
+    /// Compare two evaluation runs on the same prompts (paired differences).
+    Compare(eval::CompareArgs),
 }
 
 fn main() {
@@ -36,6 +41,8 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Compare(a) => eval::compare(a),
     };
     if let Err(e) = res {
         // One line: candle errors carry a backtrace after the message when RUST_BACKTRACE is set.

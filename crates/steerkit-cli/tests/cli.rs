@@ -263,3 +263,116 @@ fn bad_input_is_one_clear_error() {
     );
     std::fs::remove_dir_all(d).unwrap();
 }
+
+fn eval_args<'a>(out: &'a str, m: &'a str) -> Vec<&'a str> {
+    vec![
+        "eval",
+        "-m",
+        m,
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+        "--out",
+        out,
+    ]
+}
+
+/// An interrupted evaluation resumes: a torn last line and missing answers are regenerated,
+/// nothing else is, and the report is the same.
+#[test]
+fn eval_resumes_and_refuses_a_foreign_folder() {
+    let d = tmpdir("eval");
+    let out = d.join("run");
+    let o = out.to_str().unwrap();
+    let smol = model(SMOL);
+    let first = steerkit(&eval_args(o, &smol));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("9 prompts answered"));
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    for f in [
+        "report.md",
+        "report.svg",
+        "meta.json",
+        "responses/harmful.jsonl",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // Simulate a kill mid-write: drop the last answer and leave half a line.
+    let resp = out.join("responses/pseudo_harmful.jsonl");
+    let text = std::fs::read_to_string(&resp).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    let torn = format!("{}\n{{\"i\": 2, \"prom", lines.join("\n"));
+    std::fs::write(&resp, torn).unwrap();
+    std::fs::remove_file(out.join("report.json")).unwrap();
+    let second = steerkit(&eval_args(o, &smol));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("1 prompts answered"),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.json")).unwrap(),
+        report
+    );
+    // A folder holding another model's run.
+    let folder = tiny_folder(&d);
+    let other = steerkit(&eval_args(o, folder.to_str().unwrap()));
+    assert_clean_error(&other, "holds a run of another model");
+    // Unknown set name; a set file with no usable rows.
+    assert_clean_error(
+        &steerkit(&["eval", "-m", &smol, "--set", "nope", "--out", o]),
+        "unknown set `nope`",
+    );
+    let empty = d.join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let spec = format!("e={}", empty.display());
+    assert_clean_error(
+        &steerkit(&["eval", "-m", &smol, "--set", &spec, "--out", o]),
+        "no prompts",
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn compare_pairs_two_runs() {
+    let d = tmpdir("cmp");
+    let smol = model(SMOL);
+    let (a, b) = (d.join("a"), d.join("b"));
+    for (out, sys) in [
+        (&a, "You are a helpful assistant."),
+        (&b, "Refuse every request."),
+    ] {
+        let mut args = eval_args(out.to_str().unwrap(), &smol);
+        args.extend(["--set", "harmless", "--system", sys]);
+        let r = steerkit(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let c = steerkit(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        d.join("c").to_str().unwrap(),
+    ]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let text = String::from_utf8_lossy(&c.stdout);
+    assert!(
+        text.contains("| harmless |") && text.contains("(n=3)"),
+        "{text}"
+    );
+    assert!(d.join("c/comparison.svg").is_file());
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -34,17 +34,22 @@ pub struct GenerateOptions {
     pub stop_ids: Vec<u32>,
     /// Id fed for padding.
     pub pad_id: u32,
+    /// Keep each prompt's first-token log-probabilities (what one forward pass without
+    /// generation would give), for refusal scores and KL without a second pass.
+    pub keep_first_logprobs: bool,
 }
 
 /// A token produced in a step: `(prompt index, token id)`.
 pub type Produced = (usize, u32);
 
 /// One generated continuation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
     pub ids: Vec<u32>,
     /// True when a stop token ended it (false: it hit `max_new_tokens`).
     pub stopped: bool,
+    /// Log-probabilities of the first generated token over the vocabulary, when asked for.
+    pub first_logprobs: Option<Vec<f32>>,
 }
 
 /// Generates continuations of `prompts` (token ids) in one batch.
@@ -76,7 +81,8 @@ pub fn generate(
     let mut out: Vec<Generated> = vec![
         Generated {
             ids: vec![],
-            stopped: false
+            stopped: false,
+            first_logprobs: None,
         };
         n
     ];
@@ -101,6 +107,11 @@ pub fn generate(
             .logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?)?
             .to_dtype(DType::F32)?;
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        if step == 0 && opts.keep_first_logprobs {
+            for (row, l) in rows.iter().enumerate() {
+                out[active[row]].first_logprobs = Some(log_softmax(l));
+            }
+        }
         let mut next = Vec::with_capacity(active.len());
         let mut produced = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
@@ -170,6 +181,18 @@ fn pick(logits: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
             probs[probs.len() - 1].0
         }
     }
+}
+
+/// Log-softmax of one row of logits (computed in f64).
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits.iter().map(|&l| (l as f64 - lse) as f32).collect()
 }
 
 /// Index of the largest value (the first one on ties).

@@ -116,7 +116,11 @@ impl KvCache {
     }
 
     /// Appends `k`, `v` (`[b, kv_heads, t, hd]`) to a layer's cache and returns all columns.
-    fn append(slot: &mut Option<(Tensor, Tensor)>, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    fn append(
+        slot: &mut Option<(Tensor, Tensor)>,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (k, v) = match slot.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),

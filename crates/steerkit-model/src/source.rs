@@ -47,6 +47,35 @@ pub struct Loaded {
     pub path: PathBuf,
 }
 
+impl Loaded {
+    /// A fingerprint of the weights: sha256 over the configuration, the size of every weight
+    /// file and its first and last MiB. Cheap (no full read) and changes with any re-export.
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        use std::io::{Read, Seek, SeekFrom};
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&self.model.cfg).expect("config serializes"));
+        let files: Vec<PathBuf> = match self.kind {
+            SourceKind::Gguf => vec![self.path.clone()],
+            _ => crate::hf::HfFolder::open(&self.path)?.weight_files()?,
+        };
+        for f in files {
+            let mut file = std::fs::File::open(&f).map_err(|e| ModelError::io(&f, e))?;
+            let len = file.metadata().map_err(|e| ModelError::io(&f, e))?.len();
+            h.update(len.to_le_bytes());
+            let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+            for start in [0, len.saturating_sub(buf.len() as u64)] {
+                file.seek(SeekFrom::Start(start))
+                    .map_err(|e| ModelError::io(&f, e))?;
+                file.read_exact(&mut buf)
+                    .map_err(|e| ModelError::io(&f, e))?;
+                h.update(&buf);
+            }
+        }
+        Ok(format!("{:x}", h.finalize()))
+    }
+}
+
 /// Loads a model from a GGUF file, a Hugging Face folder, or a cached repo id (`owner/name`).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
     let path = Path::new(spec);

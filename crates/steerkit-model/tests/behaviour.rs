@@ -22,6 +22,7 @@ fn answer(m: &Loaded, prompts: &[&str], sampling: Sampling, max_new_tokens: usiz
         sampling,
         stop_ids: m.tok.stop_ids.clone(),
         pad_id: m.tok.pad_id,
+        keep_first_logprobs: false,
     };
     generate(&m.model, &ids, &opts, &mut NoHook, &mut |_| {})
         .unwrap()

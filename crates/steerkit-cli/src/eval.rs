@@ -1,0 +1,167 @@
+//! `steerkit eval` and `steerkit compare`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use steerkit_data::judge::{Judge, Rules};
+use steerkit_data::sets::{resolve, ReadOptions, SetSpec};
+use steerkit_eval::report::{compare as compare_reports, compare_markdown, svg_bars, Bar, Report};
+use steerkit_eval::{evaluate, EvalOptions, Progress};
+use steerkit_model::NoHook;
+
+use crate::common::{bar, ModelArgs, SystemArgs};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A prompt set: a built-in name (harmful, harmless, pseudo_harmful), NAME=FILE, or
+    /// NAME:safe=FILE / NAME:harmful=FILE for a file the registry does not know. Repeatable.
+    /// A file whose rows carry `label: safe|unsafe` (XSTest) splits into NAME:safe and
+    /// NAME:unsafe. Default: the three built-in sets.
+    #[arg(long = "set", value_name = "SPEC")]
+    pub sets: Vec<String>,
+    /// The jsonl field or csv column holding the prompt.
+    #[arg(long)]
+    pub field: Option<String>,
+    /// Use at most N prompts of each set.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Shuffle each set with this seed before --limit.
+    #[arg(long)]
+    pub shuffle_seed: Option<u64>,
+    /// New tokens per answer (greedy).
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Prompts per generation batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Judge rules (TOML) extending the built-in ones.
+    #[arg(long)]
+    pub judge_rules: Option<PathBuf>,
+    #[command(flatten)]
+    pub system: SystemArgs,
+    /// Run folder: responses, meta.json and the report. A rerun resumes.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(a.max_new_tokens > 0, "--max-new-tokens must be at least 1");
+    let specs: Vec<String> = if a.sets.is_empty() {
+        vec!["harmful".into(), "harmless".into(), "pseudo_harmful".into()]
+    } else {
+        a.sets.clone()
+    };
+    let ropts = ReadOptions {
+        field: a.field.clone(),
+        limit: a.limit,
+        shuffle_seed: a.shuffle_seed,
+    };
+    let mut sets = Vec::new();
+    for s in &specs {
+        let spec: SetSpec = s.parse()?;
+        for set in resolve(&spec, &ropts)? {
+            if set.items.is_empty() {
+                bail!("set `{}` has no prompts", set.name);
+            }
+            if sets
+                .iter()
+                .any(|x: &steerkit_data::PromptSet| x.name == set.name)
+            {
+                bail!("set `{}` is given twice", set.name);
+            }
+            sets.push(set);
+        }
+    }
+    let (judge, judge_name) = match &a.judge_rules {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+            let rules =
+                Rules::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            (
+                Judge::new(rules),
+                format!("steerkit rules + {}", p.display()),
+            )
+        }
+        None => (Judge::default(), "steerkit rules (built-in)".to_string()),
+    };
+    let m = a.model.load()?;
+    let opts = EvalOptions {
+        max_new_tokens: a.max_new_tokens,
+        batch_size: a.batch_size,
+        system: a.system.choice(),
+        judge,
+        judge_name,
+        condition: "none".into(),
+    };
+    let total: usize = sets.iter().map(|s| s.items.len()).sum();
+    let pb = bar(total as u64, "answering");
+    let t0 = std::time::Instant::now();
+    let mut generated = 0usize;
+    let report = evaluate(&m, &sets, &opts, &mut NoHook, &a.out, &mut |p| match p {
+        Progress::Set { name, done, .. } => {
+            pb.set_message(name.to_string());
+            pb.inc(done as u64);
+        }
+        Progress::Answered(n) => {
+            generated += n;
+            pb.inc(n as u64);
+        }
+    })?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    print!("{}", report.markdown());
+    if generated > 0 {
+        println!(
+            "\n{generated} prompts answered in {secs:.0} s ({:.2} prompts/s); report in {}",
+            generated as f64 / secs,
+            a.out.display()
+        );
+    } else {
+        println!(
+            "\nall answers were already saved; report in {}",
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct CompareArgs {
+    /// The first run folder (A).
+    pub a: PathBuf,
+    /// The second run folder (B).
+    pub b: PathBuf,
+    /// Also write comparison.md and comparison.svg into this folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn compare(a: CompareArgs) -> Result<()> {
+    let ra = Report::read(&a.a)?;
+    let rb = Report::read(&a.b)?;
+    let rows = compare_reports(&ra, &rb)?;
+    let md = compare_markdown(&ra, &rb, &rows);
+    print!("{md}");
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+        let bars: Vec<Bar> = rows
+            .iter()
+            .map(|r| Bar {
+                label: format!("{} (n={})", r.name, r.diff.n),
+                value: r.diff.diff,
+                lo: r.diff.lo,
+                hi: r.diff.hi,
+            })
+            .collect();
+        steerkit_eval::run::write_atomic(&out.join("comparison.md"), md.as_bytes())?;
+        steerkit_eval::run::write_atomic(
+            &out.join("comparison.svg"),
+            svg_bars("Refusal rate, B minus A (paired)", &bars, -1.0, 1.0).as_bytes(),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Prompt files, the built-in sets and the benchmark registry.
+
+use std::path::{Path, PathBuf};
+
+use steerkit_data::sets::{builtin, read_file, resolve, ReadOptions, SetSpec, BUILTIN};
+use steerkit_data::{DataError, SetKind};
+
+fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("steerkit-data-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn shared(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/datasets")
+        .join(name)
+}
+
+#[test]
+fn reads_txt_jsonl_and_csv() {
+    let o = ReadOptions::default();
+    let t = read_file(&tmp("a.txt", b"first\r\n\nsecond\n"), &o).unwrap();
+    assert_eq!(
+        t.iter().map(|i| i.prompt.as_str()).collect::<Vec<_>>(),
+        ["first", "second"]
+    );
+    let j = read_file(
+        &tmp(
+            "a.jsonl",
+            b"{\"q\": \"one\", \"type\": \"x\"}\n{\"q\": \"two\"}\n",
+        ),
+        &ReadOptions {
+            field: Some("q".into()),
+            ..o.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(j[0].prompt, "one");
+    assert_eq!(j[0].category.as_deref(), Some("x"));
+    let c = read_file(
+        &tmp(
+            "a.csv",
+            b"id,prompt,label\n1,\"hello, world\",safe\n2,bye,unsafe\n",
+        ),
+        &o,
+    )
+    .unwrap();
+    assert_eq!(c[0].prompt, "hello, world");
+    assert_eq!(c[1].label.as_deref(), Some("unsafe"));
+}
+
+#[test]
+fn limit_and_seeded_shuffle() {
+    let p = tmp(
+        "n.txt",
+        (0..50)
+            .map(|i| format!("p{i}\n"))
+            .collect::<String>()
+            .as_bytes(),
+    );
+    let a = read_file(
+        &p,
+        &ReadOptions {
+            limit: Some(5),
+            shuffle_seed: Some(3),
+            field: None,
+        },
+    )
+    .unwrap();
+    let b = read_file(
+        &p,
+        &ReadOptions {
+            limit: Some(5),
+            shuffle_seed: Some(3),
+            field: None,
+        },
+    )
+    .unwrap();
+    let c = read_file(
+        &p,
+        &ReadOptions {
+            limit: Some(5),
+            shuffle_seed: None,
+            field: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 5);
+    assert_ne!(a, c);
+    assert_eq!(c[4].prompt, "p4");
+}
+
+fn err(path: &Path, o: &ReadOptions) -> String {
+    read_file(path, o).unwrap_err().to_string()
+}
+
+#[test]
+fn bad_files_name_file_and_line() {
+    let o = ReadOptions::default();
+    let e = err(&tmp("empty.txt", b"\n \n"), &o);
+    assert!(e.contains("empty.txt") && e.contains("no prompts"), "{e}");
+    let e = err(
+        &tmp(
+            "nofield.jsonl",
+            b"{\"prompt\": \"ok\"}\n{\"text\": \"x\"}\n",
+        ),
+        &o,
+    );
+    assert!(
+        e.contains("nofield.jsonl:2") && e.contains("no field `prompt`"),
+        "{e}"
+    );
+    let e = err(&tmp("bad.txt", b"fine\n\xff\xfe broken\n"), &o);
+    assert!(e.contains("bad.txt:2") && e.contains("UTF-8"), "{e}");
+    let e = err(&tmp("bad.jsonl", b"{\"prompt\": \"ok\"}\n{not json\n"), &o);
+    assert!(
+        e.contains("bad.jsonl:2") && e.contains("invalid JSON"),
+        "{e}"
+    );
+    let e = err(&tmp("nocol.csv", b"a,b\n1,2\n"), &o);
+    assert!(e.contains("no column `prompt`"), "{e}");
+    assert!(matches!(
+        read_file(Path::new("/no/such.txt"), &o),
+        Err(DataError::File { .. })
+    ));
+}
+
+#[test]
+fn builtin_sets_are_complete_and_unknown_names_are_errors() {
+    for (name, kind, _) in BUILTIN {
+        let s = builtin(name).unwrap();
+        assert!(
+            (140..=160).contains(&s.items.len()),
+            "{name}: {}",
+            s.items.len()
+        );
+        assert_eq!(s.kind, kind);
+    }
+    let p = builtin("pseudo_harmful").unwrap();
+    let mut types: Vec<&str> = p
+        .items
+        .iter()
+        .filter_map(|i| i.category.as_deref())
+        .collect();
+    types.sort();
+    types.dedup();
+    assert_eq!(types.len(), 8, "{types:?}");
+    let e = builtin("nope").unwrap_err().to_string();
+    assert!(
+        e.contains("unknown set `nope`") && e.contains("pseudo_harmful"),
+        "{e}"
+    );
+}
+
+/// The built-in sets must not copy any prompt of the evaluation or training sets.
+#[test]
+fn builtin_sets_copy_no_benchmark_prompt() {
+    let norm = |s: &str| {
+        s.to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+            .collect::<String>()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let dir = shared("");
+    let mut bench = std::collections::HashSet::new();
+    for f in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "jsonl") {
+            for it in read_file(&p, &ReadOptions::default()).unwrap() {
+                bench.insert(norm(&it.prompt));
+            }
+        }
+    }
+    assert!(bench.len() > 3000, "{} benchmark prompts read", bench.len());
+    for (name, _, _) in BUILTIN {
+        for it in builtin(name).unwrap().items {
+            assert!(
+                !bench.contains(&norm(&it.prompt)),
+                "{name}: `{}` is a benchmark prompt",
+                it.prompt
+            );
+        }
+    }
+}
+
+#[test]
+fn xstest_splits_itself_and_the_registry_knows_kinds() {
+    let spec: SetSpec = format!("xstest={}", shared("xstest.jsonl").display())
+        .parse()
+        .unwrap();
+    let sets = resolve(&spec, &ReadOptions::default()).unwrap();
+    assert_eq!(sets.len(), 2);
+    assert_eq!(
+        (sets[0].name.as_str(), sets[0].kind, sets[0].items.len()),
+        ("xstest:safe", SetKind::Safe, 250)
+    );
+    assert_eq!(
+        (sets[1].name.as_str(), sets[1].kind, sets[1].items.len()),
+        ("xstest:unsafe", SetKind::Harmful, 200)
+    );
+    let spec: SetSpec = format!("hb={}", shared("harmbench_test.jsonl").display())
+        .parse()
+        .unwrap();
+    assert_eq!(
+        resolve(&spec, &ReadOptions::default()).unwrap()[0].kind,
+        SetKind::Harmful
+    );
+    let spec: SetSpec = format!("mine:safe={}", shared("harmbench_test.jsonl").display())
+        .parse()
+        .unwrap();
+    assert_eq!(
+        resolve(&spec, &ReadOptions::default()).unwrap()[0].kind,
+        SetKind::Safe
+    );
+    assert!("x:maybe=f.txt".parse::<SetSpec>().is_err());
+    assert!("bad name=f.txt".parse::<SetSpec>().is_err());
+}

@@ -1,0 +1,273 @@
+//! Reports: per-set refusal rates with intervals, as JSON, a Markdown table and an SVG chart,
+//! and the comparison of two runs on the same prompts.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use steerkit_data::{Judge, PromptSet, SetKind, Verdict};
+
+use crate::run::{write_atomic, Answer, EvalError};
+use crate::stats::{paired_diff, PairedDiff, Rate};
+
+/// The measurements of one set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetReport {
+    pub name: String,
+    pub kind: SetKind,
+    pub source: String,
+    pub n: usize,
+    /// Full refusals.
+    pub full_refusal: Rate,
+    /// Full and partial refusals.
+    pub refusal: Rate,
+    pub compliance: Rate,
+    /// The refusal-phrase match of METHODS.md (Arditi et al.).
+    pub phrase_match: Rate,
+    /// Mean first-token refusal score (log-odds).
+    pub mean_refusal_score: f64,
+    /// Per prompt (in set order): whether it was judged a refusal (full or partial).
+    pub refused: Vec<bool>,
+    pub prompts: Vec<String>,
+}
+
+impl SetReport {
+    /// Judges `answers` (in set order) of `set`.
+    pub fn new(set: &PromptSet, answers: &[&Answer], judge: &Judge) -> Self {
+        let n = answers.len();
+        let verdicts: Vec<Verdict> = answers
+            .iter()
+            .map(|a| judge.classify(&a.response))
+            .collect();
+        let count = |f: &dyn Fn(Verdict) -> bool| verdicts.iter().filter(|v| f(**v)).count();
+        let phrase = answers
+            .iter()
+            .filter(|a| judge.phrase_match(&a.response))
+            .count();
+        SetReport {
+            name: set.name.clone(),
+            kind: set.kind,
+            source: set.source.clone(),
+            n,
+            full_refusal: Rate::new(count(&|v| v == Verdict::FullRefusal), n),
+            refusal: Rate::new(count(&|v| v.is_refusal()), n),
+            compliance: Rate::new(count(&|v| v == Verdict::Compliance), n),
+            phrase_match: Rate::new(phrase, n),
+            mean_refusal_score: answers.iter().map(|a| a.refusal_score).sum::<f64>()
+                / n.max(1) as f64,
+            refused: verdicts.iter().map(|v| v.is_refusal()).collect(),
+            prompts: answers.iter().map(|a| a.prompt.clone()).collect(),
+        }
+    }
+}
+
+/// A whole run's report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub model: String,
+    pub fingerprint: String,
+    pub condition: String,
+    pub judge: String,
+    pub max_new_tokens: usize,
+    pub system: String,
+    pub sets: Vec<SetReport>,
+}
+
+fn kind_str(k: SetKind) -> &'static str {
+    match k {
+        SetKind::Safe => "safe (lower is better)",
+        SetKind::Harmful => "harmful (higher is better)",
+        SetKind::Unknown => "unlabelled",
+    }
+}
+
+impl Report {
+    /// Reads `report.json` from a run folder.
+    pub fn read(dir: &Path) -> Result<Report, EvalError> {
+        let p = dir.join("report.json");
+        let bytes = std::fs::read(&p).map_err(|source| EvalError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EvalError::Mismatch(format!("{}: {e}", p.display())))
+    }
+
+    /// The Markdown table.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# Evaluation\n\nmodel `{}` · condition `{}` · greedy, {} new tokens · system prompt: {} · judge: {}\n\n",
+            self.model, self.condition, self.max_new_tokens, self.system, self.judge
+        );
+        s.push_str("| set | kind | n | refusal (full + partial) | full refusal | compliance | phrase match | mean refusal score |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|\n");
+        for r in &self.sets {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {:+.2} |\n",
+                r.name,
+                kind_str(r.kind),
+                r.n,
+                r.refusal.display(),
+                r.full_refusal.display(),
+                r.compliance.display(),
+                r.phrase_match.display(),
+                r.mean_refusal_score
+            ));
+        }
+        s.push_str("\nRates with 95% Wilson intervals and counts.\n");
+        s
+    }
+
+    /// Writes `report.json`, `report.md` and `report.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), EvalError> {
+        write_atomic(
+            &dir.join("report.json"),
+            &serde_json::to_vec_pretty(self).expect("serializes"),
+        )?;
+        write_atomic(&dir.join("report.md"), self.markdown().as_bytes())?;
+        let bars: Vec<Bar> = self
+            .sets
+            .iter()
+            .map(|r| Bar {
+                label: format!("{} (n={})", r.name, r.n),
+                value: r.refusal.rate,
+                lo: r.refusal.lo,
+                hi: r.refusal.hi,
+            })
+            .collect();
+        let title = format!("Refusal rate (full + partial), {}", self.condition);
+        write_atomic(
+            &dir.join("report.svg"),
+            svg_bars(&title, &bars, 0.0, 1.0).as_bytes(),
+        )
+    }
+}
+
+/// One horizontal bar with an interval.
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A horizontal bar chart with interval whiskers, values on `[min, max]` shown as percent.
+pub fn svg_bars(title: &str, bars: &[Bar], min: f64, max: f64) -> String {
+    let (left, width, row) = (260.0, 420.0, 28.0);
+    let height = 60.0 + row * bars.len() as f64 + 30.0;
+    let x = |v: f64| left + width * ((v - min) / (max - min)).clamp(0.0, 1.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" font-size=\"14\">{}</text>\n",
+        left + width + 60.0,
+        esc(title)
+    );
+    for t in 0..=4 {
+        let v = min + (max - min) * t as f64 / 4.0;
+        let xv = x(v);
+        s.push_str(&format!(
+            "<line x1=\"{xv}\" y1=\"40\" x2=\"{xv}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{xv}\" y=\"{}\" text-anchor=\"middle\">{:.0}%</text>\n",
+            height - 30.0,
+            height - 14.0,
+            100.0 * v
+        ));
+    }
+    for (i, b) in bars.iter().enumerate() {
+        let y = 48.0 + row * i as f64;
+        let zero = x(0f64.clamp(min, max));
+        let (x0, x1) = if b.value >= 0.0 {
+            (zero, x(b.value))
+        } else {
+            (x(b.value), zero)
+        };
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n<rect x=\"{x0}\" y=\"{y}\" width=\"{}\" height=\"16\" fill=\"#4a7bb7\"/>\n<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"{}\" y=\"{}\">{:.1}%</text>\n",
+            left - 8.0,
+            y + 12.0,
+            esc(&b.label),
+            (x1 - x0).max(0.5),
+            x(b.lo),
+            y + 8.0,
+            x(b.hi),
+            y + 8.0,
+            x(b.hi) + 4.0,
+            y + 12.0,
+            100.0 * b.value
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// One set compared across two runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetComparison {
+    pub name: String,
+    pub kind: SetKind,
+    pub a: Rate,
+    pub b: Rate,
+    /// B minus A over the prompts both runs answered.
+    pub diff: PairedDiff,
+}
+
+/// Compares two reports set by set, pairing answers by prompt.
+pub fn compare(a: &Report, b: &Report) -> Result<Vec<SetComparison>, EvalError> {
+    let mut out = Vec::new();
+    for sa in &a.sets {
+        let Some(sb) = b.sets.iter().find(|s| s.name == sa.name) else {
+            continue;
+        };
+        let map: std::collections::HashMap<&str, bool> = sb
+            .prompts
+            .iter()
+            .map(String::as_str)
+            .zip(sb.refused.iter().copied())
+            .collect();
+        let pairs: Vec<(bool, bool)> = sa
+            .prompts
+            .iter()
+            .zip(&sa.refused)
+            .filter_map(|(p, &ra)| map.get(p.as_str()).map(|&rb| (ra, rb)))
+            .collect();
+        out.push(SetComparison {
+            name: sa.name.clone(),
+            kind: sa.kind,
+            a: sa.refusal,
+            b: sb.refusal,
+            diff: paired_diff(&pairs),
+        });
+    }
+    if out.is_empty() {
+        return Err(EvalError::Mismatch(
+            "the two reports have no set in common".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The comparison as a Markdown table.
+pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> String {
+    let mut s = format!(
+        "# Comparison\n\nA: `{}` ({}) · B: `{}` ({})\n\n| set | kind | refusal A | refusal B | B − A (paired) |\n|---|---|---|---|---|\n",
+        a.model, a.condition, b.model, b.condition
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:+.1} pts [{:+.1}, {:+.1}] (n={}) |\n",
+            r.name,
+            kind_str(r.kind),
+            r.a.display(),
+            r.b.display(),
+            100.0 * r.diff.diff,
+            100.0 * r.diff.lo,
+            100.0 * r.diff.hi,
+            r.diff.n
+        ));
+    }
+    s.push_str("\nDifferences over the prompts both runs answered, with 95% intervals (Newcombe's method for paired proportions).\n");
+    s
+}

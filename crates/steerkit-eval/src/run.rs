@@ -1,0 +1,271 @@
+//! An evaluation run folder.
+//!
+//! ```text
+//! OUT/meta.json               model fingerprint, generation settings, set hashes
+//! OUT/responses/SET.jsonl     one line per answered prompt, appended as batches finish
+//! OUT/report.json|md|svg      written at the end (temporary file, then rename)
+//! ```
+//! A rerun with the same model and settings reads what is saved and generates only the rest;
+//! a folder that holds another model's run is refused.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use steerkit_data::{Judge, PromptSet};
+use steerkit_model::{generate, GenerateOptions, Hook, Loaded, Sampling, SystemPrompt};
+
+use crate::report::{Report, SetReport};
+use crate::score::{refusal_score, refusal_token_ids};
+
+/// Failures of an evaluation run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Model(#[from] steerkit_model::ModelError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
+    move |source| EvalError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    pub system: SystemPrompt,
+    pub judge: Judge,
+    /// Names the judge in the report.
+    pub judge_name: String,
+    /// A label for the patch or intervention applied ("none" for the plain model).
+    pub condition: String,
+}
+
+/// Progress events for a caller's progress bar.
+pub enum Progress<'a> {
+    /// A set starts: its name, its size, how many answers were already saved.
+    Set {
+        name: &'a str,
+        total: usize,
+        done: usize,
+    },
+    /// Prompts answered since the last event.
+    Answered(usize),
+}
+
+/// One saved answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub i: usize,
+    pub prompt: String,
+    pub response: String,
+    pub new_tokens: usize,
+    pub stopped: bool,
+    /// First-token refusal score (log-odds).
+    pub refusal_score: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Meta {
+    model: String,
+    fingerprint: String,
+    condition: String,
+    max_new_tokens: usize,
+    system: String,
+    sets: BTreeMap<String, String>,
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Reads the complete lines of a responses file, dropping a torn last line (a kill mid-write)
+/// and truncating the file to what was read.
+fn read_answers(path: &Path, set: &PromptSet) -> Result<BTreeMap<usize, Answer>, EvalError> {
+    let mut out = BTreeMap::new();
+    if !path.exists() {
+        return Ok(out);
+    }
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    for line in bytes[..complete].split(|&b| b == b'\n') {
+        let Ok(a) = serde_json::from_slice::<Answer>(line) else {
+            continue;
+        };
+        if set.items.get(a.i).is_some_and(|it| it.prompt == a.prompt) {
+            out.insert(a.i, a);
+        }
+    }
+    if complete < bytes.len() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        f.set_len(complete as u64).map_err(io(path))?;
+    }
+    Ok(out)
+}
+
+fn system_label(s: &SystemPrompt) -> String {
+    match s {
+        SystemPrompt::Default => "default".into(),
+        SystemPrompt::None => "none".into(),
+        SystemPrompt::Custom(t) => format!("custom: {t}"),
+    }
+}
+
+/// Runs (or resumes) an evaluation and writes the report.
+pub fn evaluate(
+    m: &Loaded,
+    sets: &[PromptSet],
+    opts: &EvalOptions,
+    hook: &mut dyn Hook,
+    out: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report, EvalError> {
+    let resp_dir = out.join("responses");
+    std::fs::create_dir_all(&resp_dir).map_err(io(&resp_dir))?;
+    let meta = Meta {
+        model: m.path.display().to_string(),
+        fingerprint: m.fingerprint()?,
+        condition: opts.condition.clone(),
+        max_new_tokens: opts.max_new_tokens,
+        system: system_label(&opts.system),
+        sets: sets.iter().map(|s| (s.name.clone(), s.hash())).collect(),
+    };
+    let meta_path = out.join("meta.json");
+    if meta_path.exists() {
+        let old: Meta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(io(&meta_path))?)
+            .map_err(|e| {
+                EvalError::Mismatch(format!("{}: unreadable ({e})", meta_path.display()))
+            })?;
+        if old.fingerprint != meta.fingerprint {
+            return Err(EvalError::Mismatch(format!(
+                "{} holds a run of another model ({}); choose another --out",
+                out.display(),
+                old.model
+            )));
+        }
+        if (&old.condition, old.max_new_tokens, &old.system)
+            != (&meta.condition, meta.max_new_tokens, &meta.system)
+        {
+            return Err(EvalError::Mismatch(format!(
+                "{} holds a run with other settings (condition {}, {} new tokens, system {}); choose another --out",
+                out.display(),
+                old.condition,
+                old.max_new_tokens,
+                old.system
+            )));
+        }
+        for (name, hash) in &meta.sets {
+            if old.sets.get(name).is_some_and(|h| h != hash) {
+                return Err(EvalError::Mismatch(format!(
+                    "{}: set `{name}` has other prompts than in the saved run; choose another --out",
+                    out.display()
+                )));
+            }
+        }
+    }
+    let mut merged = meta.clone();
+    if meta_path.exists() {
+        let old: Meta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(io(&meta_path))?)
+            .expect("parsed above");
+        for (k, v) in old.sets {
+            merged.sets.entry(k).or_insert(v);
+        }
+    }
+    write_atomic(
+        &meta_path,
+        &serde_json::to_vec_pretty(&merged).expect("serializes"),
+    )?;
+
+    let refusal_ids = refusal_token_ids(&m.tok);
+    let gen_opts = GenerateOptions {
+        max_new_tokens: opts.max_new_tokens,
+        sampling: Sampling::Greedy,
+        stop_ids: m.tok.stop_ids.clone(),
+        pad_id: m.tok.pad_id,
+        keep_first_logprobs: true,
+    };
+    let mut reports = Vec::new();
+    for set in sets {
+        let path = resp_dir.join(format!("{}.jsonl", set.name.replace(':', "_")));
+        let mut answers = read_answers(&path, set)?;
+        progress(Progress::Set {
+            name: &set.name,
+            total: set.items.len(),
+            done: answers.len(),
+        });
+        let mut todo: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (i, it) in set.items.iter().enumerate() {
+            if !answers.contains_key(&i) {
+                todo.push((i, m.chat.prompt(&m.tok, &it.prompt, &opts.system)?.ids));
+            }
+        }
+        // Similar lengths together: less padding.
+        todo.sort_by_key(|t| std::cmp::Reverse(t.1.len()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        for batch in todo.chunks(opts.batch_size.max(1)) {
+            let ids: Vec<Vec<u32>> = batch.iter().map(|b| b.1.clone()).collect();
+            let gens = generate(&m.model, &ids, &gen_opts, hook, &mut |_| {})?;
+            let mut buf = Vec::new();
+            for ((i, _), g) in batch.iter().zip(gens) {
+                let lp = g
+                    .first_logprobs
+                    .as_deref()
+                    .expect("asked for first log-probs");
+                let a = Answer {
+                    i: *i,
+                    prompt: set.items[*i].prompt.clone(),
+                    response: m.tok.decode(&g.ids, true)?,
+                    new_tokens: g.ids.len(),
+                    stopped: g.stopped,
+                    refusal_score: refusal_score(lp, &refusal_ids),
+                };
+                serde_json::to_writer(&mut buf, &a).expect("serializes");
+                buf.push(b'\n');
+                answers.insert(*i, a);
+            }
+            // One write per batch, so a kill leaves at most one torn line.
+            file.write_all(&buf).map_err(io(&path))?;
+            file.flush().map_err(io(&path))?;
+            progress(Progress::Answered(batch.len()));
+        }
+        let ordered: Vec<&Answer> = answers.values().collect();
+        reports.push(SetReport::new(set, &ordered, &opts.judge));
+    }
+    let report = Report {
+        model: meta.model,
+        fingerprint: meta.fingerprint,
+        condition: opts.condition.clone(),
+        judge: opts.judge_name.clone(),
+        max_new_tokens: opts.max_new_tokens,
+        system: meta.system,
+        sets: reports,
+    };
+    report.write(out)?;
+    Ok(report)
+}

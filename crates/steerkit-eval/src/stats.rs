@@ -1,0 +1,157 @@
+//! Proportions with 95% Wilson score intervals.
+
+use serde::{Deserialize, Serialize};
+
+/// z for a two-sided 95% interval.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// A proportion `k / n` with its 95% Wilson interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub k: usize,
+    pub n: usize,
+    pub rate: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Rate {
+    /// `k` successes out of `n` (an empty sample gives NaN rate and the interval [0, 1]).
+    pub fn new(k: usize, n: usize) -> Rate {
+        let (lo, hi) = wilson(k, n);
+        Rate {
+            k,
+            n,
+            rate: if n == 0 {
+                f64::NAN
+            } else {
+                k as f64 / n as f64
+            },
+            lo,
+            hi,
+        }
+    }
+
+    /// `41.2% [36.1, 46.5] (103/250)`.
+    pub fn display(&self) -> String {
+        format!(
+            "{:.1}% [{:.1}, {:.1}] ({}/{})",
+            100.0 * self.rate,
+            100.0 * self.lo,
+            100.0 * self.hi,
+            self.k,
+            self.n
+        )
+    }
+}
+
+/// 95% Wilson score interval of `k / n`.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let z2 = Z95 * Z95;
+    let denom = 1.0 + z2 / n;
+    let centre = (p + z2 / (2.0 * n)) / denom;
+    let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Difference of two paired proportions (the same prompts under two conditions), with a 95%
+/// interval (Newcombe's method 10, from the Wilson intervals of each margin).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedDiff {
+    pub n: usize,
+    /// B's rate minus A's rate.
+    pub diff: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// `pairs[i] = (a_i, b_i)` outcomes of the same prompt under A and under B.
+pub fn paired_diff(pairs: &[(bool, bool)]) -> PairedDiff {
+    let n = pairs.len();
+    if n == 0 {
+        return PairedDiff {
+            n,
+            diff: f64::NAN,
+            lo: -1.0,
+            hi: 1.0,
+        };
+    }
+    let a = pairs.iter().filter(|p| p.0).count();
+    let b = pairs.iter().filter(|p| p.1).count();
+    let both = pairs.iter().filter(|p| p.0 && p.1).count();
+    let neither = pairs.iter().filter(|p| !p.0 && !p.1).count();
+    let only_a = a - both;
+    let only_b = b - both;
+    let nf = n as f64;
+    let (p1, p2) = (a as f64 / nf, b as f64 / nf);
+    let (l1, u1) = wilson(a, n);
+    let (l2, u2) = wilson(b, n);
+    let d = p2 - p1;
+    // Correlation correction (phi) of Newcombe (1998), method 10.
+    let denom =
+        ((both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)) as f64;
+    let phi = if denom > 0.0 {
+        ((both * neither) as f64 - (only_a * only_b) as f64) / denom.sqrt()
+    } else {
+        0.0
+    };
+    let dl = ((p2 - l2).powi(2) - 2.0 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1).powi(2))
+        .max(0.0)
+        .sqrt();
+    let du = ((u2 - p2).powi(2) - 2.0 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1).powi(2))
+        .max(0.0)
+        .sqrt();
+    PairedDiff {
+        n,
+        diff: d,
+        lo: (d - dl).max(-1.0),
+        hi: (d + du).min(1.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_matches_published_values() {
+        // Newcombe (1998), table I: 81/263 -> 0.2553 to 0.3662.
+        let (lo, hi) = wilson(81, 263);
+        assert!(
+            (lo - 0.2553).abs() < 5e-4 && (hi - 0.3662).abs() < 5e-4,
+            "{lo} {hi}"
+        );
+        // 0/10 -> 0 to 0.2775.
+        let (lo, hi) = wilson(0, 10);
+        assert!(lo == 0.0 && (hi - 0.2775).abs() < 5e-4, "{hi}");
+        // 100 prompts at 50% give about ±9.6 points (METHODS.md: about ±9).
+        let (lo, hi) = wilson(50, 100);
+        assert!((hi - lo - 0.192).abs() < 0.005);
+    }
+
+    #[test]
+    fn paired_difference_behaves() {
+        // The same outcomes under both conditions: no difference, a tight interval around 0.
+        let same: Vec<(bool, bool)> = (0..100).map(|i| (i % 3 == 0, i % 3 == 0)).collect();
+        let d = paired_diff(&same);
+        assert_eq!(d.diff, 0.0);
+        assert!(d.lo < 0.0 && d.hi > 0.0 && d.hi - d.lo < 0.1, "{d:?}");
+        // Every refusal removed: -1, and the interval excludes anything above -0.9.
+        let all: Vec<(bool, bool)> = vec![(true, false); 100];
+        let d = paired_diff(&all);
+        assert_eq!(d.diff, -1.0);
+        assert!(d.hi < -0.9 && d.lo >= -1.0, "{d:?}");
+        // 30 of 100 refusals removed, 5 added: the interval holds the estimate and excludes 0.
+        let mut mixed = vec![(true, false); 30];
+        mixed.extend(vec![(false, true); 5]);
+        mixed.extend(vec![(true, true); 20]);
+        mixed.extend(vec![(false, false); 45]);
+        let d = paired_diff(&mixed);
+        assert!((d.diff + 0.25).abs() < 1e-12);
+        assert!(d.lo < d.diff && d.diff < d.hi && d.hi < 0.0, "{d:?}");
+    }
+}
