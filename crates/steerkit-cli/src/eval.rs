@@ -37,6 +37,13 @@ pub struct Args {
     /// Prompts per generation batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// A reference model (usually the unpatched one): the report then includes the first-token
+    /// KL divergence from it on harmless prompts.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// The harmless set for the KL (a --set spec; default: 64 prompts of the built-in `harmless`).
+    #[arg(long, default_value = "harmless")]
+    pub kl_set: String,
     /// Judge rules (TOML) extending the built-in ones.
     #[arg(long)]
     pub judge_rules: Option<PathBuf>,
@@ -89,6 +96,22 @@ pub fn run(a: Args) -> Result<()> {
         None => (Judge::default(), "steerkit rules (built-in)".to_string()),
     };
     let m = a.model.load()?;
+    let reference = match &a.reference {
+        Some(r) => {
+            let args = ModelArgs {
+                model: r.clone(),
+                ..a.model.clone()
+            };
+            let spec: SetSpec = a.kl_set.parse()?;
+            let kl_opts = ReadOptions {
+                limit: Some(a.limit.unwrap_or(64)),
+                ..ropts.clone()
+            };
+            let set = resolve(&spec, &kl_opts)?.remove(0);
+            Some((args.load()?, set))
+        }
+        None => None,
+    };
     let opts = EvalOptions {
         max_new_tokens: a.max_new_tokens,
         batch_size: a.batch_size,
@@ -101,16 +124,25 @@ pub fn run(a: Args) -> Result<()> {
     let pb = bar(total as u64, "answering");
     let t0 = std::time::Instant::now();
     let mut generated = 0usize;
-    let report = evaluate(&m, &sets, &opts, &mut NoHook, &a.out, &mut |p| match p {
-        Progress::Set { name, done, .. } => {
-            pb.set_message(name.to_string());
-            pb.inc(done as u64);
-        }
-        Progress::Answered(n) => {
-            generated += n;
-            pb.inc(n as u64);
-        }
-    })?;
+    let reference_ref = reference.as_ref().map(|(l, s)| (l, s));
+    let report = evaluate(
+        &m,
+        &sets,
+        &opts,
+        reference_ref,
+        &mut NoHook,
+        &a.out,
+        &mut |p| match p {
+            Progress::Set { name, done, .. } => {
+                pb.set_message(name.to_string());
+                pb.inc(done as u64);
+            }
+            Progress::Answered(n) => {
+                generated += n;
+                pb.inc(n as u64);
+            }
+        },
+    )?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     print!("{}", report.markdown());

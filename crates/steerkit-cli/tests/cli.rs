@@ -356,10 +356,21 @@ fn compare_pairs_two_runs() {
         (&b, "Refuse every request."),
     ] {
         let mut args = eval_args(out.to_str().unwrap(), &smol);
-        args.extend(["--set", "harmless", "--system", sys]);
+        args.extend(["--set", "harmless", "--system", sys, "--reference", &smol]);
         let r = steerkit(&args);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }
+    // The reference is the same model: zero KL; the plain-text cross-entropy is measured.
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("report.json")).unwrap()).unwrap();
+    let kl = r["utility"]["first_token_kl"]["mean"].as_f64().unwrap();
+    assert!(kl.abs() < 1e-6, "{}", r["utility"]);
+    assert!(
+        r["utility"]["plain_text_cross_entropy"]["mean_nats"]
+            .as_f64()
+            .unwrap()
+            > 1.0
+    );
     let c = steerkit(&[
         "compare",
         a.to_str().unwrap(),

@@ -12,5 +12,6 @@ pub mod report;
 pub mod run;
 pub mod score;
 pub mod stats;
+pub mod utility;
 
 pub use run::{evaluate, EvalError, EvalOptions, Progress};

@@ -70,6 +70,16 @@ pub struct Report {
     pub max_new_tokens: usize,
     pub system: String,
     pub sets: Vec<SetReport>,
+    pub utility: Utility,
+}
+
+/// Utility measures of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Utility {
+    /// Mean cross-entropy on the built-in plain-text sample.
+    pub plain_text_cross_entropy: crate::utility::CrossEntropy,
+    /// First-token KL from a reference model on harmless prompts (when one was given).
+    pub first_token_kl: Option<crate::utility::FirstTokenKl>,
 }
 
 fn kind_str(k: SetKind) -> &'static str {
@@ -113,7 +123,19 @@ impl Report {
                 r.mean_refusal_score
             ));
         }
-        s.push_str("\nRates with 95% Wilson intervals and counts.\n");
+        s.push_str("\nRates with 95% Wilson intervals and counts.\n\n");
+        let ce = &self.utility.plain_text_cross_entropy;
+        s.push_str(&format!(
+            "Utility: mean cross-entropy {:.3} nats/token on the built-in plain-text sample ({} tokens)",
+            ce.mean_nats, ce.tokens
+        ));
+        match &self.utility.first_token_kl {
+            Some(k) => s.push_str(&format!(
+                "; first-token KL from `{}` {:.4} nats (mean over {} prompts of `{}`).\n",
+                k.reference, k.mean, k.n, k.set
+            )),
+            None => s.push_str(".\n"),
+        }
         s
     }
 

@@ -133,11 +133,13 @@ fn system_label(s: &SystemPrompt) -> String {
     }
 }
 
-/// Runs (or resumes) an evaluation and writes the report.
+/// Runs (or resumes) an evaluation and writes the report. With `reference` (a model and a
+/// harmless set), the report includes the first-token KL of `m` from the reference there.
 pub fn evaluate(
     m: &Loaded,
     sets: &[PromptSet],
     opts: &EvalOptions,
+    reference: Option<(&Loaded, &PromptSet)>,
     hook: &mut dyn Hook,
     out: &Path,
     progress: &mut dyn FnMut(Progress),
@@ -257,6 +259,19 @@ pub fn evaluate(
         let ordered: Vec<&Answer> = answers.values().collect();
         reports.push(SetReport::new(set, &ordered, &opts.judge));
     }
+    let cross_entropy = crate::utility::cross_entropy(m, crate::utility::PLAIN_TEXT, hook)?;
+    let first_token_kl = match reference {
+        Some((r, set)) => Some(crate::utility::first_token_kl(
+            r,
+            m,
+            &set.name,
+            &set.prompts(),
+            &opts.system,
+            opts.batch_size,
+            hook,
+        )?),
+        None => None,
+    };
     let report = Report {
         model: meta.model,
         fingerprint: meta.fingerprint,
@@ -265,6 +280,10 @@ pub fn evaluate(
         max_new_tokens: opts.max_new_tokens,
         system: meta.system,
         sets: reports,
+        utility: crate::report::Utility {
+            plain_text_cross_entropy: cross_entropy,
+            first_token_kl,
+        },
     };
     report.write(out)?;
     Ok(report)
