@@ -44,6 +44,16 @@ pub struct Args {
     /// The harmless set for the KL (a --set spec; default: 64 prompts of the built-in `harmless`).
     #[arg(long, default_value = "harmless")]
     pub kl_set: String,
+    /// A direction run folder (from `steerkit select`) for --intervention.
+    #[arg(long, requires = "intervention")]
+    pub run: Option<PathBuf>,
+    /// Apply the run's selected direction while generating: `ablate` (every layer) or `add`
+    /// (at the selected layer, scaled by --coeff).
+    #[arg(long, requires = "run", value_parser = ["ablate", "add"])]
+    pub intervention: Option<String>,
+    /// Scale of the direction for `--intervention add`.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    pub coeff: f64,
     /// Judge rules (TOML) extending the built-in ones.
     #[arg(long)]
     pub judge_rules: Option<PathBuf>,
@@ -112,13 +122,46 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
+    let (mut hook, condition): (Box<dyn steerkit_model::Hook>, String) =
+        match (&a.run, a.intervention.as_deref()) {
+            (Some(run), Some(kind)) => {
+                let (dir, sel) = crate::directions::selected_direction(run)?;
+                anyhow::ensure!(
+                dir.dim(0)? == m.model.cfg.hidden_size,
+                "{}: the direction has width {}, the model {} (a direction from another model?)",
+                run.display(),
+                dir.dim(0)?,
+                m.model.cfg.hidden_size
+            );
+                let dir = dir.to_device(&m.model.device)?;
+                match kind {
+                    "ablate" => (
+                        Box::new(steerkit_directions::intervene::ablation(&dir)?),
+                        format!("ablate L{} pos {} ({})", sel.layer, sel.pos, run.display()),
+                    ),
+                    _ => (
+                        Box::new(steerkit_directions::intervene::addition(
+                            &dir, sel.layer, a.coeff,
+                        )?),
+                        format!(
+                            "add {}·r at L{} pos {} ({})",
+                            a.coeff,
+                            sel.layer,
+                            sel.pos,
+                            run.display()
+                        ),
+                    ),
+                }
+            }
+            _ => (Box::new(NoHook), "none".to_string()),
+        };
     let opts = EvalOptions {
         max_new_tokens: a.max_new_tokens,
         batch_size: a.batch_size,
         system: a.system.choice(),
         judge,
         judge_name,
-        condition: "none".into(),
+        condition,
     };
     let total: usize = sets.iter().map(|s| s.items.len()).sum();
     let pb = bar(total as u64, "answering");
@@ -130,7 +173,7 @@ pub fn run(a: Args) -> Result<()> {
         &sets,
         &opts,
         reference_ref,
-        &mut NoHook,
+        hook.as_mut(),
         &a.out,
         &mut |p| match p {
             Progress::Set { name, done, .. } => {

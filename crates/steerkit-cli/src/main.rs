@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod common;
+mod directions;
 mod eval;
 mod generate;
 mod inspect;
@@ -32,6 +33,10 @@ enum Command {
     Eval(eval::Args),
     /// Compare two evaluation runs on the same prompts (paired differences).
     Compare(eval::CompareArgs),
+    /// Extract refusal-direction candidates (difference in means at every layer and position).
+    Extract(directions::ExtractArgs),
+    /// Score the candidates and select the refusal direction.
+    Select(directions::SelectArgs),
 }
 
 fn main() {
@@ -43,6 +48,8 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Compare(a) => eval::compare(a),
+        Command::Extract(a) => directions::extract(a),
+        Command::Select(a) => directions::run_select(a),
     };
     if let Err(e) = res {
         // One line: candle errors carry a backtrace after the message when RUST_BACKTRACE is set.

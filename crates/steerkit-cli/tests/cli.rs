@@ -387,3 +387,91 @@ fn compare_pairs_two_runs() {
     assert!(d.join("c/comparison.svg").is_file());
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// extract -> select (manual layer) -> eval with the intervention; bad run folders.
+#[test]
+fn directions_pipeline_and_bad_runs() {
+    let d = tmpdir("dir");
+    let smol = model(SMOL);
+    let run = d.join("run");
+    let r = run.to_str().unwrap();
+    let ex = steerkit(&["extract", "-m", &smol, "--limit", "4", "--out", r]);
+    assert!(
+        ex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    for f in ["directions.safetensors", "extract.json"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let again = steerkit(&["extract", "-m", &smol, "--limit", "4", "--out", r]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("reused"));
+    let sel = steerkit(&[
+        "select",
+        "-m",
+        &smol,
+        "--run",
+        r,
+        "--harmful-val",
+        "harmful",
+        "--harmless-val",
+        "harmless",
+        "--limit",
+        "3",
+        "--layer",
+        "10",
+        "--pos",
+        "-1",
+    ]);
+    assert!(
+        sel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sel.stderr)
+    );
+    assert!(String::from_utf8_lossy(&sel.stdout).contains("selected layer 10 position -1"));
+    for f in ["scores.csv", "scores.svg", "selected.json"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let out = d.join("ev");
+    let mut args = eval_args(out.to_str().unwrap(), &smol);
+    args.extend([
+        "--set",
+        "harmless",
+        "--run",
+        r,
+        "--intervention",
+        "add",
+        "--coeff",
+        "2",
+    ]);
+    let ev = steerkit(&args);
+    assert!(
+        ev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ev.stdout).contains("add 2·r at L10 pos -1"));
+    // A direction from another model; a run folder with missing files.
+    let folder = tiny_folder(&d);
+    let ev2 = d.join("ev2");
+    let mut args = eval_args(ev2.to_str().unwrap(), folder.to_str().unwrap());
+    args.extend(["--run", r, "--intervention", "ablate"]);
+    assert_clean_error(
+        &steerkit(&args),
+        "the direction has width 576, the model 32",
+    );
+    std::fs::remove_file(run.join("directions.safetensors")).unwrap();
+    let sel = steerkit(&[
+        "select",
+        "-m",
+        &smol,
+        "--run",
+        r,
+        "--harmful-val",
+        "harmful",
+        "--harmless-val",
+        "harmless",
+    ]);
+    assert_clean_error(&sel, "missing directions.safetensors");
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -1,0 +1,200 @@
+//! `steerkit extract` and `steerkit select`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use steerkit_data::sets::{resolve, ReadOptions, SetSpec};
+use steerkit_data::PromptSet;
+use steerkit_directions::extract::Candidates;
+use steerkit_directions::select::{scores_csv, scores_svg, select, SelectOptions, Selected};
+use steerkit_eval::run::write_atomic;
+
+use crate::common::{bar, ModelArgs, SystemArgs};
+
+/// Reads one prompt set from a `--harmful`-style argument (a file or a built-in name).
+pub fn one_set(spec: &str, name: &str, limit: Option<usize>) -> Result<PromptSet> {
+    let spec: SetSpec = if spec.contains('=') || !std::path::Path::new(spec).exists() {
+        spec.parse()?
+    } else {
+        format!("{name}={spec}").parse()?
+    };
+    let opts = ReadOptions {
+        limit,
+        ..Default::default()
+    };
+    let mut sets = resolve(&spec, &opts)?;
+    if sets.len() != 1 {
+        bail!(
+            "`{}` splits into {} sets; give one file per role",
+            spec.name,
+            sets.len()
+        );
+    }
+    Ok(sets.remove(0))
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Harmful prompts: a file (txt/jsonl/csv) or a built-in set name.
+    #[arg(long, default_value = "harmful")]
+    pub harmful: String,
+    /// Harmless prompts: a file or a built-in set name.
+    #[arg(long, default_value = "harmless")]
+    pub harmless: String,
+    /// Use the first N prompts of each (the method uses 128).
+    #[arg(long, default_value_t = 128)]
+    pub limit: usize,
+    /// Prompts per forward batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub system: SystemArgs,
+    /// Run folder for the means and candidate directions.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn extract(a: ExtractArgs) -> Result<()> {
+    let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
+    let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
+    let m = a.model.load()?;
+    let total = harmful.items.len() + harmless.items.len();
+    let pb = bar(total as u64, "extracting");
+    let t0 = std::time::Instant::now();
+    let (c, reused) = steerkit_directions::extract(
+        &m,
+        &harmful,
+        &harmless,
+        &a.system.choice(),
+        a.batch_size,
+        &a.out,
+        &mut |n| pb.inc(n as u64),
+    )?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if reused {
+        println!(
+            "reused the candidates in {} (same model, prompts and template)",
+            a.out.display()
+        );
+    } else {
+        println!(
+            "{} harmful + {} harmless prompts, {} layers x {} post-instruction positions: {:.1} s ({:.1} prompts/s); written to {}",
+            harmful.items.len(),
+            harmless.items.len(),
+            c.meta.num_layers,
+            c.meta.positions,
+            secs,
+            total as f64 / secs,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct SelectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The run folder written by `steerkit extract`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Harmful validation prompts (a file or a built-in name).
+    #[arg(long)]
+    pub harmful_val: String,
+    /// Harmless validation prompts (a file or a built-in name).
+    #[arg(long)]
+    pub harmless_val: String,
+    /// Use the first N prompts of each (the method uses 32).
+    #[arg(long, default_value_t = 32)]
+    pub limit: usize,
+    /// Largest first-token KL on harmless prompts allowed under ablation.
+    #[arg(long, default_value_t = 0.1)]
+    pub kl_max: f64,
+    /// Only layers below this fraction of the depth are candidates.
+    #[arg(long, default_value_t = 0.8)]
+    pub max_layer_frac: f64,
+    /// Score the filters of every candidate (slower; the choice is the same).
+    #[arg(long)]
+    pub exhaustive: bool,
+    /// Choose this layer instead of selecting (with --pos).
+    #[arg(long, requires = "pos")]
+    pub layer: Option<usize>,
+    /// Choose this post-instruction position (-1 is the last token).
+    #[arg(long, requires = "layer", allow_hyphen_values = true)]
+    pub pos: Option<isize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub system: SystemArgs,
+}
+
+pub fn run_select(a: SelectArgs) -> Result<()> {
+    let c = Candidates::load(&a.run)?;
+    let harmful = one_set(&a.harmful_val, "harmful_val", Some(a.limit))?;
+    let harmless = one_set(&a.harmless_val, "harmless_val", Some(a.limit))?;
+    let m = a.model.load()?;
+    c.check_model(&m, &a.run)?;
+    let opts = SelectOptions {
+        system: a.system.choice(),
+        batch: a.batch_size,
+        max_layer_frac: a.max_layer_frac,
+        kl_max: a.kl_max,
+        exhaustive: a.exhaustive,
+    };
+    let manual = a.layer.zip(a.pos);
+    let pb = bar(0, "scoring");
+    let t0 = std::time::Instant::now();
+    let (scores, sel) = select(
+        &m,
+        &c,
+        &harmful,
+        &harmless,
+        &opts,
+        manual,
+        &mut |phase, k, n| {
+            pb.set_length(n as u64);
+            pb.set_position(k as u64);
+            pb.set_message(phase.to_string());
+        },
+    )?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    write_atomic(&a.run.join("scores.csv"), scores_csv(&scores).as_bytes())?;
+    write_atomic(
+        &a.run.join("scores.svg"),
+        scores_svg(&scores, &sel, sel.baseline_harmful).as_bytes(),
+    )?;
+    write_atomic(
+        &a.run.join("selected.json"),
+        &serde_json::to_vec_pretty(&sel)?,
+    )?;
+    let filtered = scores.iter().filter(|s| s.kl.is_some()).count();
+    println!(
+        "selected layer {} position {}: refusal score on harmful prompts {:+.2} -> {:+.2} under ablation; on harmless {:+.2} -> {:+.2} under addition; KL {:.3}",
+        sel.layer, sel.pos, sel.baseline_harmful, sel.bypass, sel.baseline_harmless, sel.induce, sel.kl
+    );
+    println!(
+        "{} candidates scored for bypass, {filtered} for the filters, in {secs:.0} s; scores.csv, scores.svg and selected.json in {}",
+        scores.len(),
+        a.run.display()
+    );
+    Ok(())
+}
+
+/// The selected direction of a run and its layer.
+pub fn selected_direction(run: &std::path::Path) -> Result<(candle_core::Tensor, Selected)> {
+    let c = Candidates::load(run)?;
+    let p = run.join("selected.json");
+    if !p.is_file() {
+        bail!(
+            "{}: missing selected.json (run `steerkit select` first)",
+            run.display()
+        );
+    }
+    let sel: Selected = serde_json::from_slice(&std::fs::read(&p)?)?;
+    Ok((c.direction(sel.layer, sel.pos)?, sel))
+}

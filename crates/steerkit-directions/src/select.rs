@@ -1,0 +1,265 @@
+//! Choosing the refusal direction among the candidates (METHODS.md 1.4).
+//!
+//! For a candidate `r = r_{l,i}`:
+//! - bypass: mean first-token refusal score on harmful prompts with `r̂` ablated everywhere
+//!   (lower is better);
+//! - induce: mean refusal score on harmless prompts with `r` added at layer `l`
+//!   (must be > 0);
+//! - KL: mean first-token KL on harmless prompts, ablated vs plain (must be <= 0.1);
+//! - `l < 0.8 * layers`.
+//!
+//! The selected candidate has the lowest bypass score among those that pass. Pruning: bypass is
+//! computed for every candidate, then induce and KL only in increasing order of bypass until
+//! one passes, which chooses the same candidate as scoring everything.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use steerkit_data::PromptSet;
+use steerkit_eval::score::{kl, refusal_score, refusal_token_ids};
+use steerkit_eval::utility::first_token_logprobs;
+use steerkit_model::{Loaded, NoHook, SystemPrompt};
+
+use crate::extract::{run_err, Candidates, RunError};
+use crate::intervene::{ablation, addition};
+
+/// The scores of one candidate (`None`: not computed, pruned).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Score {
+    pub layer: usize,
+    pub pos: isize,
+    pub bypass: f64,
+    pub induce: Option<f64>,
+    pub kl: Option<f64>,
+    pub passes: Option<bool>,
+}
+
+/// Selection settings.
+#[derive(Debug, Clone)]
+pub struct SelectOptions {
+    pub system: SystemPrompt,
+    pub batch: usize,
+    pub max_layer_frac: f64,
+    pub kl_max: f64,
+    /// Score induce and KL for every candidate, not only until the first that passes.
+    pub exhaustive: bool,
+}
+
+/// The selected direction (`selected.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Selected {
+    pub layer: usize,
+    pub pos: isize,
+    pub bypass: f64,
+    pub induce: f64,
+    pub kl: f64,
+    /// Mean refusal scores without intervention, for reference.
+    pub baseline_harmful: f64,
+    pub baseline_harmless: f64,
+    /// True when chosen with `--layer/--pos` rather than by the filters.
+    pub manual: bool,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Scores candidates and selects one (`manual` forces a layer and position).
+pub fn select(
+    m: &Loaded,
+    c: &Candidates,
+    harmful: &PromptSet,
+    harmless: &PromptSet,
+    opts: &SelectOptions,
+    manual: Option<(usize, isize)>,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<(Vec<Score>, Selected), RunError> {
+    let ids = refusal_token_ids(&m.tok);
+    let hp = harmful.prompts();
+    let bp = harmless.prompts();
+    let score_of = |lps: &[Vec<f32>]| {
+        mean(
+            &lps.iter()
+                .map(|l| refusal_score(l, &ids))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let base_harmless = first_token_logprobs(m, &bp, &opts.system, opts.batch, &mut NoHook)?;
+    let baseline_harmless = score_of(&base_harmless);
+    let baseline_harmful = score_of(&first_token_logprobs(
+        m,
+        &hp,
+        &opts.system,
+        opts.batch,
+        &mut NoHook,
+    )?);
+    let layers = c.meta.num_layers;
+    let max_layer = ((opts.max_layer_frac * layers as f64).ceil() as usize).min(layers);
+    let mut cands: Vec<(usize, isize)> = match manual {
+        Some(lp) => vec![lp],
+        None => (0..max_layer)
+            .flat_map(|l| (1..=c.meta.positions as isize).map(move |p| (l, -p)))
+            .collect(),
+    };
+    cands.sort();
+    let mut scores = Vec::with_capacity(cands.len());
+    for (k, &(layer, pos)) in cands.iter().enumerate() {
+        progress("bypass", k, cands.len());
+        let r = c.direction(layer, pos)?;
+        let mut hook = ablation(&r)?;
+        let lps = first_token_logprobs(m, &hp, &opts.system, opts.batch, &mut hook)?;
+        scores.push(Score {
+            layer,
+            pos,
+            bypass: score_of(&lps),
+            induce: None,
+            kl: None,
+            passes: None,
+        });
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].bypass.total_cmp(&scores[b].bypass));
+    let mut chosen = None;
+    for (k, &i) in order.iter().enumerate() {
+        progress("filters", k, order.len());
+        let (layer, pos) = (scores[i].layer, scores[i].pos);
+        let r = c.direction(layer, pos)?;
+        let mut add = addition(&r, layer, 1.0)?;
+        let induce = score_of(&first_token_logprobs(
+            m,
+            &bp,
+            &opts.system,
+            opts.batch,
+            &mut add,
+        )?);
+        let mut abl = ablation(&r)?;
+        let ablated = first_token_logprobs(m, &bp, &opts.system, opts.batch, &mut abl)?;
+        let kl_mean = mean(
+            &base_harmless
+                .iter()
+                .zip(&ablated)
+                .map(|(a, b)| kl(a, b))
+                .collect::<Vec<_>>(),
+        );
+        let passes = induce > 0.0 && kl_mean <= opts.kl_max && layer < max_layer;
+        let s = &mut scores[i];
+        s.induce = Some(induce);
+        s.kl = Some(kl_mean);
+        s.passes = Some(passes);
+        if (passes || manual.is_some()) && chosen.is_none() {
+            chosen = Some(i);
+            if !opts.exhaustive {
+                break;
+            }
+        }
+    }
+    let i = chosen.ok_or_else(|| {
+        run_err(Path::new("select"), "no candidate passes the filters (induce > 0, KL <= max, layer < 0.8 L); try --kl-max, or choose with --layer/--pos")
+    })?;
+    let s = &scores[i];
+    let selected = Selected {
+        layer: s.layer,
+        pos: s.pos,
+        bypass: s.bypass,
+        induce: s.induce.expect("scored"),
+        kl: s.kl.expect("scored"),
+        baseline_harmful,
+        baseline_harmless,
+        manual: manual.is_some(),
+    };
+    Ok((scores, selected))
+}
+
+/// The scores as CSV.
+pub fn scores_csv(scores: &[Score]) -> String {
+    let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.5}"));
+    let mut s = String::from("layer,pos,bypass,induce,kl,passes\n");
+    for r in scores {
+        s.push_str(&format!(
+            "{},{},{:.5},{},{},{}\n",
+            r.layer,
+            r.pos,
+            r.bypass,
+            f(r.induce),
+            f(r.kl),
+            r.passes.map_or(String::new(), |p| p.to_string())
+        ));
+    }
+    s
+}
+
+/// Bypass score by layer, one line per position, as SVG.
+pub fn scores_svg(scores: &[Score], selected: &Selected, baseline: f64) -> String {
+    let (w, h, left, top) = (640.0, 320.0, 50.0, 30.0);
+    let max_layer = scores.iter().map(|s| s.layer).max().unwrap_or(0).max(1) as f64;
+    let lo = scores
+        .iter()
+        .map(|s| s.bypass)
+        .fold(baseline, f64::min)
+        .floor();
+    let hi = scores
+        .iter()
+        .map(|s| s.bypass)
+        .fold(baseline, f64::max)
+        .ceil()
+        .max(lo + 1.0);
+    let x = |l: f64| left + (w - left - 20.0) * l / max_layer;
+    let y = |v: f64| top + (h - top - 40.0) * (hi - v) / (hi - lo);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">Refusal score on harmful prompts under ablation, by layer (dashed: no ablation)</text>\n"
+    );
+    s.push_str(&format!(
+        "<line x1=\"{}\" y1=\"{by}\" x2=\"{}\" y2=\"{by}\" stroke=\"gray\" stroke-dasharray=\"4\"/>\n",
+        x(0.0),
+        x(max_layer),
+        by = y(baseline)
+    ));
+    for t in [lo, (lo + hi) / 2.0, hi] {
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{t:.1}</text>\n",
+            left - 4.0,
+            y(t) + 4.0
+        ));
+    }
+    for l in (0..=max_layer as usize).step_by(4) {
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{l}</text>\n",
+            x(l as f64),
+            h - 22.0
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">layer</text>\n",
+        x(max_layer / 2.0),
+        h - 6.0
+    ));
+    let colours = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    ];
+    let mut positions: Vec<isize> = scores.iter().map(|s| s.pos).collect();
+    positions.sort();
+    positions.dedup();
+    for (k, p) in positions.iter().enumerate() {
+        let pts: Vec<String> = scores
+            .iter()
+            .filter(|s| s.pos == *p)
+            .map(|s| format!("{:.1},{:.1}", x(s.layer as f64), y(s.bypass)))
+            .collect();
+        let c = colours[k % colours.len()];
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" points=\"{}\"/>\n",
+            pts.join(" ")
+        ));
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{c}\">pos {p}</text>\n",
+            w - 70.0,
+            top + 14.0 * k as f64 + 10.0
+        ));
+    }
+    s.push_str(&format!(
+        "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"none\" stroke=\"black\"/>\n</svg>\n",
+        x(selected.layer as f64),
+        y(selected.bypass)
+    ));
+    s
+}

@@ -1,0 +1,70 @@
+//! Candidates are differences of means computed in batches, equal to the per-prompt residuals
+//! computed one at a time; a rerun with the same inputs reuses the run folder.
+
+use candle_core::{DType, Device, Tensor};
+use steerkit_data::sets::builtin;
+use steerkit_model::{left_pad, load, HookPoint, LoadOptions, Mode, Record, Site, SystemPrompt};
+
+#[test]
+fn candidates_are_differences_of_means_and_are_reused() {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../checkpoints/models/smollm2-135m-instruct.gguf");
+    assert!(p.is_file(), "run scripts/fetch-models.sh");
+    let m = load(p.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let harmful = builtin("harmful").unwrap().limit(5);
+    let harmless = builtin("harmless").unwrap().limit(3);
+    let dir = std::env::temp_dir().join(format!("steerkit-extract-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sys = SystemPrompt::Default;
+    // Batches of 2: the means are accumulated over uneven, padded batches.
+    let (c, reused) =
+        steerkit_directions::extract(&m, &harmful, &harmless, &sys, 2, &dir, &mut |_| {}).unwrap();
+    assert!(!reused);
+    assert_eq!(c.candidates.dims(), [30, 6, 576]);
+    // Reference: each prompt alone, its block outputs at the post-instruction positions.
+    let layer = 12;
+    let mean_alone = |set: &steerkit_data::PromptSet| -> Tensor {
+        let mut acc = Tensor::zeros((6, 576), DType::F32, &Device::Cpu).unwrap();
+        for it in &set.items {
+            let ids = m.chat.prompt(&m.tok, &it.prompt, &sys).unwrap().ids;
+            let (x, pads) = left_pad(&[ids], 0, &Device::Cpu).unwrap();
+            let site = Site {
+                layer,
+                point: HookPoint::Output,
+            };
+            let mut rec = Record::new(vec![site], (-6..0).collect());
+            m.model
+                .forward(&x, &pads, None, &mut rec, Mode::Inference)
+                .unwrap();
+            acc = (acc + rec.get(site).unwrap().squeeze(0).unwrap()).unwrap();
+        }
+        (acc / set.items.len() as f64).unwrap()
+    };
+    let want = (mean_alone(&harmful) - mean_alone(&harmless)).unwrap();
+    let got = c.candidates.get(layer).unwrap();
+    let err = (want - got)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(err < 1e-3, "max abs difference {err}");
+    // Same inputs: reused. Other prompts: recomputed.
+    let (_, reused) =
+        steerkit_directions::extract(&m, &harmful, &harmless, &sys, 2, &dir, &mut |_| {}).unwrap();
+    assert!(reused);
+    let (_, reused) = steerkit_directions::extract(
+        &m,
+        &harmful.clone().limit(4),
+        &harmless,
+        &sys,
+        2,
+        &dir,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(!reused);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
