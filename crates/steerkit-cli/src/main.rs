@@ -6,6 +6,7 @@ mod chat;
 mod common;
 mod directions;
 mod eval;
+mod export;
 mod generate;
 mod inspect;
 
@@ -37,6 +38,8 @@ enum Command {
     Extract(directions::ExtractArgs),
     /// Score the candidates and select the refusal direction.
     Select(directions::SelectArgs),
+    /// Export weights (optionally orthogonalized) or a llama.cpp control vector.
+    Export(export::Args),
 }
 
 fn main() {
@@ -50,6 +53,7 @@ fn main() {
         Command::Compare(a) => eval::compare(a),
         Command::Extract(a) => directions::extract(a),
         Command::Select(a) => directions::run_select(a),
+        Command::Export(a) => export::run(a),
     };
     if let Err(e) = res {
         // One line: candle errors carry a backtrace after the message when RUST_BACKTRACE is set.

@@ -451,6 +451,91 @@ fn directions_pipeline_and_bad_runs() {
         String::from_utf8_lossy(&ev.stderr)
     );
     assert!(String::from_utf8_lossy(&ev.stdout).contains("add 2·r at L10 pos -1"));
+    // Exports: orthogonalized weights load and answer; the control vector holds -r at layer 10.
+    let ortho = d.join("ortho");
+    let ex = steerkit(&[
+        "export",
+        "-m",
+        &smol,
+        "--run",
+        r,
+        "--orthogonalize",
+        "--out",
+        ortho.to_str().unwrap(),
+    ]);
+    assert!(
+        ex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    let g = steerkit(&[
+        "generate",
+        "-m",
+        ortho.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    assert_clean_error(
+        &steerkit(&[
+            "export",
+            "-m",
+            &smol,
+            "--run",
+            r,
+            "--orthogonalize",
+            "--out",
+            ortho.to_str().unwrap(),
+        ]),
+        "already exists",
+    );
+    let cv = d.join("cv.gguf");
+    let ex = steerkit(&[
+        "export",
+        "-m",
+        &smol,
+        "--run",
+        r,
+        "--format",
+        "control-vector",
+        "--out",
+        cv.to_str().unwrap(),
+    ]);
+    assert!(
+        ex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    let mut f = std::fs::File::open(&cv).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    assert_eq!(
+        content.metadata["general.architecture"]
+            .to_string()
+            .unwrap(),
+        "controlvector"
+    );
+    let v = content
+        .tensor(&mut f, "direction.10", &candle_core::Device::Cpu)
+        .unwrap()
+        .dequantize(&candle_core::Device::Cpu)
+        .unwrap();
+    let dirs = candle_core::safetensors::load(
+        run.join("directions.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = dirs["candidates"].get(10).unwrap().get(5).unwrap(); // position -1 of 6
+    let diff = (v + want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-6, "control vector is not -r: {diff}");
     // A direction from another model; a run folder with missing files.
     let folder = tiny_folder(&d);
     let ev2 = d.join("ev2");

@@ -261,7 +261,11 @@ pub fn resolve_repo(repo_id: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes a Hugging Face folder: `config.json`, `model.safetensors` (f32) and, when given, the
+/// Largest safetensors shard written by [`save_folder`].
+pub const SHARD_BYTES: usize = 2 << 30;
+
+/// Writes a Hugging Face folder: `config.json`, `model.safetensors` (f32; sharded with
+/// `model.safetensors.index.json` above [`SHARD_BYTES`]) and, when given, the
 /// tokenizer files. Everything is written into a temporary sibling folder that is renamed into
 /// place at the end, so an interrupted save leaves no half-written model. `out` must not exist.
 pub fn save_folder(
@@ -300,8 +304,41 @@ pub fn save_folder(
             .into_iter()
             .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
             .collect::<Result<_>>()?;
-        let st = tmp.join("model.safetensors");
-        candle_core::safetensors::save(&tensors.into_iter().collect(), &st)?;
+        // Shards of at most SHARD_BYTES, with an index when there is more than one.
+        let mut shards: Vec<Vec<(String, candle_core::Tensor)>> = vec![vec![]];
+        let mut size = 0usize;
+        for (n, t) in tensors {
+            let bytes = t.elem_count() * 4;
+            if size + bytes > SHARD_BYTES && !shards.last().expect("non-empty").is_empty() {
+                shards.push(vec![]);
+                size = 0;
+            }
+            size += bytes;
+            shards.last_mut().expect("non-empty").push((n, t));
+        }
+        let count = shards.len();
+        let mut weight_map = serde_json::Map::new();
+        let mut total = 0usize;
+        for (i, shard) in shards.into_iter().enumerate() {
+            let name = if count == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{count:05}.safetensors", i + 1)
+            };
+            for (n, t) in &shard {
+                weight_map.insert(n.clone(), Value::String(name.clone()));
+                total += t.elem_count() * 4;
+            }
+            let map: std::collections::HashMap<String, candle_core::Tensor> =
+                shard.into_iter().collect();
+            candle_core::safetensors::save(&map, tmp.join(&name))?;
+        }
+        if count > 1 {
+            write(
+                "model.safetensors.index.json",
+                &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
+            )?;
+        }
         if let Some(tok) = tok {
             let p = tmp.join("tokenizer.json");
             tok.inner()

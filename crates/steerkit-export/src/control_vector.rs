@@ -1,0 +1,57 @@
+//! llama.cpp control vectors (`--control-vector FILE`): a GGUF file with
+//! `general.architecture = controlvector`, `controlvector.model_hint`,
+//! `controlvector.layer_count`, and f32 tensors `direction.N`.
+//!
+//! llama.cpp adds `direction.N` to the output of block `N` (0-based; there is no slot for
+//! block 0), which is where steerkit's activation addition at the output of layer `N` acts.
+//! This convention is taken from llama.cpp's loader and has not been checked against a
+//! llama.cpp run here yet.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use steerkit_model::ModelError;
+
+/// Writes `coeff * direction` as the control vector of block `layer` (temporary file, then rename).
+pub fn write(
+    direction: &Tensor,
+    layer: usize,
+    num_layers: usize,
+    coeff: f64,
+    model_hint: &str,
+    out: &Path,
+) -> Result<(), ModelError> {
+    if layer == 0 || layer >= num_layers {
+        return Err(ModelError::Input(format!(
+            "llama.cpp control vectors address blocks 1..{} (0-based outputs); layer {layer} cannot be written",
+            num_layers - 1
+        )));
+    }
+    let v = (direction.to_dtype(DType::F32)?.to_device(&Device::Cpu)? * coeff)?;
+    let q = QTensor::quantize(&v, GgmlDType::F32)?;
+    let name = format!("direction.{layer}");
+    let arch = Value::String("controlvector".into());
+    let hint = Value::String(model_hint.into());
+    let count = Value::U32(1);
+    let tmp = out.with_extension("gguf.tmp");
+    let res = (|| -> Result<(), ModelError> {
+        let mut f = std::fs::File::create(&tmp)
+            .map_err(|e| ModelError::Input(format!("{}: {e}", tmp.display())))?;
+        gguf_file::write(
+            &mut f,
+            &[
+                ("general.architecture", &arch),
+                ("controlvector.model_hint", &hint),
+                ("controlvector.layer_count", &count),
+            ],
+            &[(name.as_str(), &q)],
+        )?;
+        std::fs::rename(&tmp, out).map_err(|e| ModelError::Input(format!("{}: {e}", out.display())))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
