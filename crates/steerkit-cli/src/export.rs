@@ -15,10 +15,14 @@ pub struct Args {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Output format.
-    #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "control-vector"])]
+    #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "gguf", "control-vector"])]
     pub format: String,
+    /// Matrix storage for --format gguf (the source must be a GGUF file: its tokenizer and
+    /// template metadata are carried over).
+    #[arg(long, default_value = "f16", value_parser = ["f16", "q8_0"])]
+    pub gguf_type: String,
     /// Project the run's selected direction out of every matrix that writes to the residual
-    /// stream (safetensors only).
+    /// stream (safetensors and gguf).
     #[arg(long, requires = "run")]
     pub orthogonalize: bool,
     /// Control vector scale: the file carries `-scale * r` at the selected layer.
@@ -34,7 +38,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{} already exists", a.out.display());
     }
     match a.format.as_str() {
-        "safetensors" => {
+        "safetensors" | "gguf" => {
             let m = a.model.load()?;
             let model = match (&a.run, a.orthogonalize) {
                 (Some(run), true) => {
@@ -51,12 +55,31 @@ pub fn run(a: Args) -> Result<()> {
                 _ => m.model.clone(),
             };
             let sp = spinner(&format!("writing {}", a.out.display()));
-            steerkit_model::hf::save_folder(&model, Some(&m.tok), Some(&m.chat), &a.out)?;
-            sp.finish_and_clear();
-            println!(
-                "wrote {} (config.json, safetensors, tokenizer.json, tokenizer_config.json)",
-                a.out.display()
-            );
+            if a.format == "gguf" {
+                if m.kind != steerkit_model::SourceKind::Gguf {
+                    bail!("--format gguf needs a GGUF source model (its tokenizer metadata is carried over)");
+                }
+                let src = steerkit_model::gguf::Gguf::open(&m.path)?;
+                let ty = if a.gguf_type == "q8_0" {
+                    steerkit_export::gguf::GgufType::Q8_0
+                } else {
+                    steerkit_export::gguf::GgufType::F16
+                };
+                steerkit_export::gguf::write(&model, &src, ty, &a.out)?;
+                sp.finish_and_clear();
+                println!(
+                    "wrote {} ({} matrices, f32 vectors, source metadata)",
+                    a.out.display(),
+                    a.gguf_type
+                );
+            } else {
+                steerkit_model::hf::save_folder(&model, Some(&m.tok), Some(&m.chat), &a.out)?;
+                sp.finish_and_clear();
+                println!(
+                    "wrote {} (config.json, safetensors, tokenizer.json, tokenizer_config.json)",
+                    a.out.display()
+                );
+            }
         }
         _ => {
             let Some(run) = &a.run else {

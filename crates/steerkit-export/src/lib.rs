@@ -8,6 +8,7 @@
 //!   (temporary folder, then rename; sharded with an index above 2 GiB).
 
 pub mod control_vector;
+pub mod gguf;
 
 use candle_core::{DType, Tensor};
 use steerkit_model::{Model, ModelError};

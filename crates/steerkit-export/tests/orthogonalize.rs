@@ -70,6 +70,24 @@ fn orthogonalized_weights_equal_hook_ablation() {
         hooked
     );
     std::fs::remove_dir_all(&out).unwrap();
+    // As an f16 GGUF file with the source's tokenizer and template.
+    let gguf = std::env::temp_dir().join(format!("steerkit-ortho-{}.gguf", std::process::id()));
+    let src = steerkit_model::gguf::Gguf::open(&p).unwrap();
+    steerkit_export::gguf::write(&ortho, &src, steerkit_export::gguf::GgufType::F16, &gguf)
+        .unwrap();
+    let back = load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        back.tok.encode_text("Hello world").unwrap(),
+        m.tok.encode_text("Hello world").unwrap()
+    );
+    let f16 = greedy(&back.model, &prompts, &back.tok.stop_ids, &mut NoHook);
+    let same = f16.iter().zip(&hooked).filter(|(a, b)| a == b).count();
+    eprintln!(
+        "f16 GGUF: {same}/{} prompts token-identical to hook ablation",
+        prompts.len()
+    );
+    assert_eq!(f16, hooked);
+    std::fs::remove_file(&gguf).unwrap();
     // A direction of the wrong width.
     let bad = Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(steerkit_export::orthogonalize(&m.model, &bad)

@@ -157,7 +157,7 @@ impl Gguf {
     /// Dequantizes every tensor to f32 and builds the model (Q/K rows un-permuted for llama).
     pub fn model(&self, device: &Device, dtype: DType) -> Result<Model> {
         let cfg = self.config()?;
-        let permuted = matches!(cfg.arch, Arch::Llama | Arch::Mistral);
+        let permuted = qk_permuted(cfg.arch);
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
         crate::weights::build(cfg, device, dtype, |need| {
             let Some(name) = gguf_name(&need.name) else {
@@ -230,6 +230,11 @@ impl Gguf {
         }
     }
 
+    /// The metadata key/values (tokenizer, template, hyper-parameters), for re-export.
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
     /// Tensor types present in the file, with counts (for `inspect`).
     pub fn tensor_types(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
@@ -252,6 +257,22 @@ pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .contiguous()?
         .reshape(w.shape())?;
     Ok(t)
+}
+
+/// The inverse of [`unpermute`]: llama.cpp's row order for llama q/k.
+pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let out = w.dim(0)?;
+    let inner = w.elem_count() / out;
+    let hd = out / heads;
+    Ok(w.reshape((heads, 2, hd / 2, inner))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(w.shape())?)
+}
+
+/// Whether an architecture's GGUF files store q/k rows permuted.
+pub fn qk_permuted(arch: Arch) -> bool {
+    matches!(arch, Arch::Llama | Arch::Mistral)
 }
 
 /// The GGUF tensor name of a Hugging Face tensor name.
