@@ -4,8 +4,7 @@
 //!
 //! llama.cpp adds `direction.N` to the output of block `N` (0-based; there is no slot for
 //! block 0), which is where steerkit's activation addition at the output of layer `N` acts.
-//! This convention is taken from llama.cpp's loader and has not been checked against a
-//! llama.cpp run here yet.
+//! `scripts/check_llamacpp_export.py` checks this placement in llama.cpp.
 
 use std::path::Path;
 
