@@ -164,9 +164,21 @@ pub fn run_select(a: SelectArgs) -> Result<()> {
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     write_atomic(&a.run.join("scores.csv"), scores_csv(&scores).as_bytes())?;
+    let Some(sel) = sel else {
+        write_atomic(
+            &a.run.join("scores.svg"),
+            scores_svg(&scores, None).as_bytes(),
+        )?;
+        bail!(
+            "no candidate passes the filters (induce > 0, KL <= {}, layer < {} of the depth); scores in {}; try --kl-max, or choose with --layer/--pos",
+            a.kl_max,
+            a.max_layer_frac,
+            a.run.join("scores.csv").display()
+        );
+    };
     write_atomic(
         &a.run.join("scores.svg"),
-        scores_svg(&scores, &sel, sel.baseline_harmful).as_bytes(),
+        scores_svg(&scores, Some(&sel)).as_bytes(),
     )?;
     write_atomic(
         &a.run.join("selected.json"),

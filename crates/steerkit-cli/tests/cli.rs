@@ -406,6 +406,25 @@ fn directions_pipeline_and_bad_runs() {
     }
     let again = steerkit(&["extract", "-m", &smol, "--limit", "4", "--out", r]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("reused"));
+    // SmolLM2 never refuses: no early candidate passes; the scores are still written.
+    let auto = steerkit(&[
+        "select",
+        "-m",
+        &smol,
+        "--run",
+        r,
+        "--harmful-val",
+        "harmful",
+        "--harmless-val",
+        "harmless",
+        "--limit",
+        "2",
+        "--max-layer-frac",
+        "0.1",
+    ]);
+    assert_clean_error(&auto, "no candidate passes the filters");
+    let csv = std::fs::read_to_string(run.join("scores.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * 6, "{csv}");
     let sel = steerkit(&[
         "select",
         "-m",

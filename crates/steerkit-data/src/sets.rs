@@ -113,14 +113,10 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<Vec<PromptItem>, Dat
     let mut items = match ext {
         "jsonl" | "json" => parse_jsonl(path, &bytes, field)?,
         "csv" => parse_csv(path, &bytes, field)?,
-        _ => {
-            let mut v = Vec::new();
-            for (i, line) in lines(path, &bytes)? {
-                v.push(item(line.to_string(), None, None));
-                let _ = i;
-            }
-            v
-        }
+        _ => lines(path, &bytes)?
+            .into_iter()
+            .map(|(_, line)| item(line.to_string(), None, None))
+            .collect(),
     };
     if items.is_empty() {
         return Err(file_err(path, "no prompts in this file"));

@@ -12,15 +12,13 @@
 //! computed for every candidate, then induce and KL only in increasing order of bypass until
 //! one passes, which chooses the same candidate as scoring everything.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use steerkit_data::PromptSet;
 use steerkit_eval::score::{kl, refusal_score, refusal_token_ids};
 use steerkit_eval::utility::first_token_logprobs;
 use steerkit_model::{Loaded, NoHook, SystemPrompt};
 
-use crate::extract::{run_err, Candidates, RunError};
+use crate::extract::{Candidates, RunError};
 use crate::intervene::{ablation, addition};
 
 /// The scores of one candidate (`None`: not computed, pruned).
@@ -64,7 +62,8 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// Scores candidates and selects one (`manual` forces a layer and position).
+/// Scores candidates and selects one (`manual` forces a layer and position). The scores are
+/// returned even when no candidate passes the filters (`None`), so they can be inspected.
 pub fn select(
     m: &Loaded,
     c: &Candidates,
@@ -73,7 +72,7 @@ pub fn select(
     opts: &SelectOptions,
     manual: Option<(usize, isize)>,
     progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<(Vec<Score>, Selected), RunError> {
+) -> Result<(Vec<Score>, Option<Selected>), RunError> {
     let ids = refusal_token_ids(&m.tok);
     let hp = harmful.prompts();
     let bp = harmless.prompts();
@@ -153,9 +152,9 @@ pub fn select(
             }
         }
     }
-    let i = chosen.ok_or_else(|| {
-        run_err(Path::new("select"), "no candidate passes the filters (induce > 0, KL <= max, layer < 0.8 L); try --kl-max, or choose with --layer/--pos")
-    })?;
+    let Some(i) = chosen else {
+        return Ok((scores, None));
+    };
     let s = &scores[i];
     let selected = Selected {
         layer: s.layer,
@@ -167,7 +166,7 @@ pub fn select(
         baseline_harmless,
         manual: manual.is_some(),
     };
-    Ok((scores, selected))
+    Ok((scores, Some(selected)))
 }
 
 /// The scores as CSV.
@@ -188,8 +187,9 @@ pub fn scores_csv(scores: &[Score]) -> String {
     s
 }
 
-/// Bypass score by layer, one line per position, as SVG.
-pub fn scores_svg(scores: &[Score], selected: &Selected, baseline: f64) -> String {
+/// Bypass score by layer, one line per position, as SVG (the selected candidate circled).
+pub fn scores_svg(scores: &[Score], selected: Option<&Selected>) -> String {
+    let baseline = selected.map_or(f64::NAN, |s| s.baseline_harmful);
     let (w, h, left, top) = (640.0, 320.0, 50.0, 30.0);
     let max_layer = scores.iter().map(|s| s.layer).max().unwrap_or(0).max(1) as f64;
     let lo = scores
@@ -208,12 +208,14 @@ pub fn scores_svg(scores: &[Score], selected: &Selected, baseline: f64) -> Strin
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">Refusal score on harmful prompts under ablation, by layer (dashed: no ablation)</text>\n"
     );
-    s.push_str(&format!(
-        "<line x1=\"{}\" y1=\"{by}\" x2=\"{}\" y2=\"{by}\" stroke=\"gray\" stroke-dasharray=\"4\"/>\n",
-        x(0.0),
-        x(max_layer),
-        by = y(baseline)
-    ));
+    if baseline.is_finite() {
+        s.push_str(&format!(
+            "<line x1=\"{}\" y1=\"{by}\" x2=\"{}\" y2=\"{by}\" stroke=\"gray\" stroke-dasharray=\"4\"/>\n",
+            x(0.0),
+            x(max_layer),
+            by = y(baseline)
+        ));
+    }
     for t in [lo, (lo + hi) / 2.0, hi] {
         s.push_str(&format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{t:.1}</text>\n",
@@ -256,10 +258,13 @@ pub fn scores_svg(scores: &[Score], selected: &Selected, baseline: f64) -> Strin
             top + 14.0 * k as f64 + 10.0
         ));
     }
-    s.push_str(&format!(
-        "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"none\" stroke=\"black\"/>\n</svg>\n",
-        x(selected.layer as f64),
-        y(selected.bypass)
-    ));
+    if let Some(sel) = selected {
+        s.push_str(&format!(
+            "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"none\" stroke=\"black\"/>\n",
+            x(sel.layer as f64),
+            y(sel.bypass)
+        ));
+    }
+    s.push_str("</svg>\n");
     s
 }
