@@ -155,11 +155,16 @@ pub fn evaluate(
         sets: sets.iter().map(|s| (s.name.clone(), s.hash())).collect(),
     };
     let meta_path = out.join("meta.json");
-    if meta_path.exists() {
-        let old: Meta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(io(&meta_path))?)
-            .map_err(|e| {
-                EvalError::Mismatch(format!("{}: unreadable ({e})", meta_path.display()))
-            })?;
+    let old: Option<Meta> = if meta_path.exists() {
+        let bytes = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+        Some(serde_json::from_slice(&bytes).map_err(|e| {
+            EvalError::Mismatch(format!("{}: unreadable ({e})", meta_path.display()))
+        })?)
+    } else {
+        None
+    };
+    let mut merged = meta.clone();
+    if let Some(old) = old {
         if old.fingerprint != meta.fingerprint {
             return Err(EvalError::Mismatch(format!(
                 "{} holds a run of another model ({}); choose another --out",
@@ -178,21 +183,20 @@ pub fn evaluate(
                 old.system
             )));
         }
-        for (name, hash) in &meta.sets {
-            if old.sets.get(name).is_some_and(|h| h != hash) {
-                return Err(EvalError::Mismatch(format!(
-                    "{}: set `{name}` has other prompts than in the saved run; choose another --out",
-                    out.display()
-                )));
+        for (name, hash) in old.sets {
+            match meta.sets.get(&name) {
+                Some(h) if *h != hash => {
+                    return Err(EvalError::Mismatch(format!(
+                        "{}: set `{name}` has other prompts than in the saved run; choose another --out",
+                        out.display()
+                    )))
+                }
+                Some(_) => {}
+                // Sets evaluated earlier into the same folder stay recorded.
+                None => {
+                    merged.sets.insert(name, hash);
+                }
             }
-        }
-    }
-    let mut merged = meta.clone();
-    if meta_path.exists() {
-        let old: Meta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(io(&meta_path))?)
-            .expect("parsed above");
-        for (k, v) in old.sets {
-            merged.sets.entry(k).or_insert(v);
         }
     }
     write_atomic(
