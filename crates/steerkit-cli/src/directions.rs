@@ -117,9 +117,19 @@ pub struct SelectArgs {
     /// Only layers below this fraction of the depth are candidates.
     #[arg(long, default_value_t = 0.8)]
     pub max_layer_frac: f64,
-    /// Score the filters of every candidate (slower; the choice is the same).
+    /// Score every candidate on every prompt: no screening, no early stop (slow: about 25x
+    /// the default on Qwen 0.5B).
     #[arg(long)]
     pub exhaustive: bool,
+    /// Harmful prompts in the screening pass that ranks every candidate.
+    #[arg(long, default_value_t = 8)]
+    pub screen: usize,
+    /// Candidates kept after screening and scored on all prompts.
+    #[arg(long, default_value_t = 12)]
+    pub keep: usize,
+    /// Coefficient of the direction in the induce test (METHODS.md uses 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub induce_coeff: f64,
     /// Choose this layer instead of selecting (with --pos).
     #[arg(long, requires = "pos")]
     pub layer: Option<usize>,
@@ -144,6 +154,9 @@ pub fn run_select(a: SelectArgs) -> Result<()> {
         max_layer_frac: a.max_layer_frac,
         kl_max: a.kl_max,
         exhaustive: a.exhaustive,
+        screen: a.screen,
+        keep: a.keep,
+        induce_coeff: a.induce_coeff,
     };
     let manual = a.layer.zip(a.pos);
     let pb = bar(0, "scoring");
@@ -170,7 +183,8 @@ pub fn run_select(a: SelectArgs) -> Result<()> {
             scores_svg(&scores, None).as_bytes(),
         )?;
         bail!(
-            "no candidate passes the filters (induce > 0, KL <= {}, layer < {} of the depth); scores in {}; try --kl-max, or choose with --layer/--pos",
+            "no candidate passes the filters (induce > 0 at coefficient {}, KL <= {}, layer < {} of the depth); scores in {}; try --induce-coeff, --kl-max or --keep, or choose with --layer/--pos",
+            a.induce_coeff,
             a.kl_max,
             a.max_layer_frac,
             a.run.join("scores.csv").display()
@@ -184,14 +198,19 @@ pub fn run_select(a: SelectArgs) -> Result<()> {
         &a.run.join("selected.json"),
         &serde_json::to_vec_pretty(&sel)?,
     )?;
+    let full = scores.iter().filter(|s| s.bypass.is_some()).count();
     let filtered = scores.iter().filter(|s| s.kl.is_some()).count();
+    let screened = scores.iter().filter(|s| s.screen.is_some()).count();
+    let (nh, nb) = (harmful.items.len(), harmless.items.len());
+    let forwards = screened * a.screen.min(nh) + full * nh + filtered * 2 * nb + nh + nb;
     println!(
         "selected layer {} position {}: refusal score on harmful prompts {:+.2} -> {:+.2} under ablation; on harmless {:+.2} -> {:+.2} under addition; KL {:.3}",
         sel.layer, sel.pos, sel.baseline_harmful, sel.bypass, sel.baseline_harmless, sel.induce, sel.kl
     );
     println!(
-        "{} candidates scored for bypass, {filtered} for the filters, in {secs:.0} s; scores.csv, scores.svg and selected.json in {}",
+        "{} candidates screened, {full} scored on all prompts, {filtered} for the filters, in {secs:.0} s ({:.1} prompt forwards/s); scores.csv, scores.svg and selected.json in {}",
         scores.len(),
+        forwards as f64 / secs,
         a.run.display()
     );
     Ok(())

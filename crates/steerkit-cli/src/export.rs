@@ -11,7 +11,8 @@ use crate::common::{spinner, ModelArgs};
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A direction run folder (from `steerkit select`).
+    /// A direction run folder (from `steerkit select`, with --orthogonalize) or an ACTOR run
+    /// folder (from `steerkit actor`: its last checkpoint is exported).
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Output format.
@@ -41,6 +42,9 @@ pub fn run(a: Args) -> Result<()> {
         "safetensors" | "gguf" => {
             let m = a.model.load()?;
             let model = match (&a.run, a.orthogonalize) {
+                (Some(run), false) if crate::actor::is_actor_run(run) => {
+                    crate::actor::patched(&m, run)?
+                }
                 (Some(run), true) => {
                     let (dir, sel) = crate::directions::selected_direction(run)?;
                     println!(

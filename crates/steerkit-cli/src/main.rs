@@ -1,6 +1,7 @@
 //! `steerkit`: the command-line front end. Argument parsing and printing only; every
 //! capability lives in a library crate.
 
+mod actor;
 mod bench;
 mod chat;
 mod common;
@@ -38,7 +39,9 @@ enum Command {
     Extract(directions::ExtractArgs),
     /// Score the candidates and select the refusal direction.
     Select(directions::SelectArgs),
-    /// Export weights (optionally orthogonalized) or a llama.cpp control vector.
+    /// ACTOR: fine-tune one block so safe prompts stop being refused and harmful ones are not.
+    Actor(actor::Args),
+    /// Export weights (orthogonalized, or patched by an ACTOR run) or a llama.cpp control vector.
     Export(export::Args),
 }
 
@@ -53,6 +56,7 @@ fn main() {
         Command::Compare(a) => eval::compare(a),
         Command::Extract(a) => directions::extract(a),
         Command::Select(a) => directions::run_select(a),
+        Command::Actor(a) => actor::run(a),
         Command::Export(a) => export::run(a),
     };
     if let Err(e) = res {

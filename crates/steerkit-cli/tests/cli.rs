@@ -425,6 +425,36 @@ fn directions_pipeline_and_bad_runs() {
     assert_clean_error(&auto, "no candidate passes the filters");
     let csv = std::fs::read_to_string(run.join("scores.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 * 6, "{csv}");
+    // Screening: every candidate on 1 prompt, the best 2 on all 3.
+    let screened = steerkit(&[
+        "select",
+        "-m",
+        &smol,
+        "--run",
+        r,
+        "--harmful-val",
+        "harmful",
+        "--harmless-val",
+        "harmless",
+        "--limit",
+        "3",
+        "--screen",
+        "1",
+        "--keep",
+        "2",
+        "--max-layer-frac",
+        "0.1",
+    ]);
+    assert_clean_error(&screened, "no candidate passes the filters");
+    let csv = std::fs::read_to_string(run.join("scores.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 18);
+    assert!(rows.iter().all(|r| !r[2].is_empty()), "{csv}");
+    assert_eq!(rows.iter().filter(|r| !r[3].is_empty()).count(), 2, "{csv}");
     let sel = steerkit(&[
         "select",
         "-m",
@@ -578,4 +608,154 @@ fn directions_pipeline_and_bad_runs() {
     ]);
     assert_clean_error(&sel, "missing directions.safetensors");
     std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn actor_trains_resumes_and_exports() {
+    let d = tmpdir("actor");
+    let tiny = tiny_folder(&d);
+    let t = tiny.to_str().unwrap();
+    let run = d.join("run");
+    let r = run.to_str().unwrap();
+    let base = [
+        "actor",
+        "-m",
+        t,
+        "--limit",
+        "6",
+        "--pseudo-limit",
+        "6",
+        "--layer",
+        "1",
+        "--min-silhouette",
+        "-1",
+        "--val",
+        "pseudo_harmful",
+        "--out",
+        r,
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--epochs", "1"]);
+    let first = steerkit(&args);
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(out.contains("epoch 1: loss"), "{out}");
+    assert!(out.contains("pseudo_harmful refused"), "{out}");
+    // A second run with more epochs reuses the cache and resumes after epoch 1.
+    let mut args = base.to_vec();
+    args.extend(["--epochs", "2"]);
+    let second = steerkit(&args);
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        out.contains("reused") && out.contains("epoch 2: loss"),
+        "{out}"
+    );
+    assert!(!out.contains("epoch 1: loss"), "{out}");
+    for f in [
+        "actor.json",
+        "inputs.safetensors",
+        "block-epoch2.safetensors",
+        "log.csv",
+        "loss.svg",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    // Other settings in the same folder: refused.
+    let mut args = base.to_vec();
+    args.extend(["--epochs", "3", "--alpha", "0.5"]);
+    assert_clean_error(&steerkit(&args), "other settings");
+    // Export: the folder carries the trained block and loads.
+    let exported = d.join("patched");
+    let ex = steerkit(&[
+        "export",
+        "-m",
+        t,
+        "--run",
+        r,
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        ex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    let m = steerkit_model::load(exported.to_str().unwrap(), &Default::default()).unwrap();
+    let ck = candle_core::safetensors::load(
+        run.join("block-epoch2.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = ck["model.layers.1.mlp.down_proj.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let got = m.model.layers[1]
+        .down
+        .weight
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(want, got);
+    let orig = steerkit_model::load(t, &Default::default()).unwrap();
+    let before = orig.model.layers[1]
+        .down
+        .weight
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_ne!(before, got, "training changed nothing");
+    // Another model cannot take the run.
+    let other = steerkit(&[
+        "export",
+        "-m",
+        &model(SMOL),
+        "--run",
+        r,
+        "--out",
+        d.join("x").to_str().unwrap(),
+    ]);
+    assert_clean_error(&other, "not on this model");
+    assert!(!d.join("x").exists());
+    // Bad settings.
+    let bad = d.join("bad");
+    let b = bad.to_str().unwrap();
+    assert_clean_error(
+        &steerkit(&["actor", "-m", t, "--layer", "7", "--limit", "2", "--out", b]),
+        "out of range",
+    );
+    assert_clean_error(
+        &steerkit(&["actor", "-m", t, "--train", "ffn", "--out", b]),
+        "unknown part",
+    );
+    assert_clean_error(
+        &steerkit(&[
+            "actor",
+            "-m",
+            t,
+            "--limit",
+            "4",
+            "--pseudo-limit",
+            "2",
+            "--layer",
+            "1",
+            "--min-silhouette",
+            "0.99",
+            "--out",
+            b,
+        ]),
+        "no refusal signal",
+    );
 }

@@ -8,9 +8,12 @@
 //! - KL: mean first-token KL on harmless prompts, ablated vs plain (must be <= 0.1);
 //! - `l < 0.8 * layers`.
 //!
-//! The selected candidate has the lowest bypass score among those that pass. Pruning: bypass is
-//! computed for every candidate, then induce and KL only in increasing order of bypass until
-//! one passes, which chooses the same candidate as scoring everything.
+//! The selected candidate has the lowest bypass score among those that pass. Pruning, in three
+//! steps: (1) a screening bypass score on the first `screen` harmful prompts for every
+//! candidate; (2) the full bypass score for the `keep` best of them; (3) induce and KL in
+//! increasing order of full bypass until one passes. Step 3 never changes the choice among the
+//! kept candidates; steps 1-2 can (a candidate ranked low on a few prompts is not rescored):
+//! `exhaustive` scores everything on every prompt.
 
 use serde::{Deserialize, Serialize};
 use steerkit_data::PromptSet;
@@ -26,7 +29,9 @@ use crate::intervene::{ablation, addition};
 pub struct Score {
     pub layer: usize,
     pub pos: isize,
-    pub bypass: f64,
+    /// Bypass score on the screening prompts (when screening ran).
+    pub screen: Option<f64>,
+    pub bypass: Option<f64>,
     pub induce: Option<f64>,
     pub kl: Option<f64>,
     pub passes: Option<bool>,
@@ -39,8 +44,14 @@ pub struct SelectOptions {
     pub batch: usize,
     pub max_layer_frac: f64,
     pub kl_max: f64,
-    /// Score induce and KL for every candidate, not only until the first that passes.
+    /// Score every candidate on every prompt (no screening, no early stop).
     pub exhaustive: bool,
+    /// Harmful prompts in the screening pass.
+    pub screen: usize,
+    /// Candidates kept after screening for the full bypass score.
+    pub keep: usize,
+    /// Coefficient of the direction in the induce test (METHODS.md: 1).
+    pub induce_coeff: f64,
 }
 
 /// The selected direction (`selected.json`).
@@ -101,29 +112,61 @@ pub fn select(
             .collect(),
     };
     cands.sort();
+    // Screening: every candidate on the first `screen` harmful prompts.
+    let screening = !opts.exhaustive && manual.is_none() && opts.screen < hp.len();
+    let screen_prompts = if screening {
+        &hp[..opts.screen]
+    } else {
+        &hp[..]
+    };
     let mut scores = Vec::with_capacity(cands.len());
     for (k, &(layer, pos)) in cands.iter().enumerate() {
-        progress("bypass", k, cands.len());
+        progress("bypass (screening)", k, cands.len());
         let r = c.direction(layer, pos)?;
         let mut hook = ablation(&r)?;
-        let lps = first_token_logprobs(m, &hp, &opts.system, opts.batch, &mut hook)?;
+        let lps = first_token_logprobs(m, screen_prompts, &opts.system, opts.batch, &mut hook)?;
         scores.push(Score {
             layer,
             pos,
-            bypass: score_of(&lps),
+            screen: screening.then(|| score_of(&lps)),
+            bypass: (!screening).then(|| score_of(&lps)),
             induce: None,
             kl: None,
             passes: None,
         });
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].bypass.total_cmp(&scores[b].bypass));
+    if screening {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| {
+            scores[a]
+                .screen
+                .unwrap()
+                .total_cmp(&scores[b].screen.unwrap())
+        });
+        order.truncate(opts.keep.max(1));
+        for (k, &i) in order.iter().enumerate() {
+            progress("bypass (kept)", k, order.len());
+            let r = c.direction(scores[i].layer, scores[i].pos)?;
+            let mut hook = ablation(&r)?;
+            let lps = first_token_logprobs(m, &hp, &opts.system, opts.batch, &mut hook)?;
+            scores[i].bypass = Some(score_of(&lps));
+        }
+    }
+    let mut order: Vec<usize> = (0..scores.len())
+        .filter(|&i| scores[i].bypass.is_some())
+        .collect();
+    order.sort_by(|&a, &b| {
+        scores[a]
+            .bypass
+            .unwrap()
+            .total_cmp(&scores[b].bypass.unwrap())
+    });
     let mut chosen = None;
     for (k, &i) in order.iter().enumerate() {
         progress("filters", k, order.len());
         let (layer, pos) = (scores[i].layer, scores[i].pos);
         let r = c.direction(layer, pos)?;
-        let mut add = addition(&r, layer, 1.0)?;
+        let mut add = addition(&r, layer, opts.induce_coeff)?;
         let induce = score_of(&first_token_logprobs(
             m,
             &bp,
@@ -159,7 +202,7 @@ pub fn select(
     let selected = Selected {
         layer: s.layer,
         pos: s.pos,
-        bypass: s.bypass,
+        bypass: s.bypass.expect("scored"),
         induce: s.induce.expect("scored"),
         kl: s.kl.expect("scored"),
         baseline_harmful,
@@ -172,13 +215,14 @@ pub fn select(
 /// The scores as CSV.
 pub fn scores_csv(scores: &[Score]) -> String {
     let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.5}"));
-    let mut s = String::from("layer,pos,bypass,induce,kl,passes\n");
+    let mut s = String::from("layer,pos,screen,bypass,induce,kl,passes\n");
     for r in scores {
         s.push_str(&format!(
-            "{},{},{:.5},{},{},{}\n",
+            "{},{},{},{},{},{},{}\n",
             r.layer,
             r.pos,
-            r.bypass,
+            f(r.screen),
+            f(r.bypass),
             f(r.induce),
             f(r.kl),
             r.passes.map_or(String::new(), |p| p.to_string())
@@ -187,26 +231,28 @@ pub fn scores_csv(scores: &[Score]) -> String {
     s
 }
 
+/// The plotted bypass score of a candidate: the screening score when screening ran (every
+/// candidate has one), else the full one.
+fn plotted(s: &Score) -> f64 {
+    s.screen.or(s.bypass).unwrap_or(f64::NAN)
+}
+
 /// Bypass score by layer, one line per position, as SVG (the selected candidate circled).
 pub fn scores_svg(scores: &[Score], selected: Option<&Selected>) -> String {
     let baseline = selected.map_or(f64::NAN, |s| s.baseline_harmful);
     let (w, h, left, top) = (640.0, 320.0, 50.0, 30.0);
     let max_layer = scores.iter().map(|s| s.layer).max().unwrap_or(0).max(1) as f64;
-    let lo = scores
-        .iter()
-        .map(|s| s.bypass)
-        .fold(baseline, f64::min)
-        .floor();
+    let lo = scores.iter().map(plotted).fold(baseline, f64::min).floor();
     let hi = scores
         .iter()
-        .map(|s| s.bypass)
+        .map(plotted)
         .fold(baseline, f64::max)
         .ceil()
         .max(lo + 1.0);
     let x = |l: f64| left + (w - left - 20.0) * l / max_layer;
     let y = |v: f64| top + (h - top - 40.0) * (hi - v) / (hi - lo);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">Refusal score on harmful prompts under ablation, by layer (dashed: no ablation)</text>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">Refusal score on harmful prompts under ablation (screening prompts), by layer (dashed: none)</text>\n"
     );
     if baseline.is_finite() {
         s.push_str(&format!(
@@ -245,7 +291,7 @@ pub fn scores_svg(scores: &[Score], selected: Option<&Selected>) -> String {
         let pts: Vec<String> = scores
             .iter()
             .filter(|s| s.pos == *p)
-            .map(|s| format!("{:.1},{:.1}", x(s.layer as f64), y(s.bypass)))
+            .map(|s| format!("{:.1},{:.1}", x(s.layer as f64), y(plotted(s))))
             .collect();
         let c = colours[k % colours.len()];
         s.push_str(&format!(
@@ -258,11 +304,16 @@ pub fn scores_svg(scores: &[Score], selected: Option<&Selected>) -> String {
             top + 14.0 * k as f64 + 10.0
         ));
     }
-    if let Some(sel) = selected {
+    let chosen = selected.and_then(|sel| {
+        scores
+            .iter()
+            .find(|s| s.layer == sel.layer && s.pos == sel.pos)
+    });
+    if let Some(c) = chosen {
         s.push_str(&format!(
             "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"none\" stroke=\"black\"/>\n",
-            x(sel.layer as f64),
-            y(sel.bypass)
+            x(c.layer as f64),
+            y(plotted(c))
         ));
     }
     s.push_str("</svg>\n");

@@ -1,0 +1,228 @@
+//! Residual states the trainer needs: block inputs at the target layer (cached, because the
+//! layers below it are frozen), last-token states for choosing the layer, and the silhouette
+//! score that measures how well they separate harmful from harmless prompts.
+
+use candle_core::{DType, Device, Tensor, D};
+use steerkit_eval::score::refusal_score;
+use steerkit_model::{
+    left_pad, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, NoHook, Record, Site,
+    SystemPrompt,
+};
+
+/// Keeps the residual at the input of one block (all positions).
+struct Capture {
+    layer: usize,
+    got: Option<Tensor>,
+}
+
+impl Hook for Capture {
+    fn call(&mut self, ctx: HookCtx, x: &Tensor) -> Result<Option<Tensor>, ModelError> {
+        if ctx.site.layer == self.layer && ctx.site.point == HookPoint::Input {
+            self.got = Some(x.clone());
+        }
+        Ok(None)
+    }
+}
+
+fn token_rows(
+    m: &Loaded,
+    prompts: &[&str],
+    system: &SystemPrompt,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    prompts
+        .iter()
+        .map(|p| m.chat.prompt(&m.tok, p, system).map(|p| p.ids))
+        .collect()
+}
+
+/// The input of block `layer` for every prompt, each `[tokens, hidden]` (f32, CPU, no
+/// padding). With `refusal_ids`, the whole model also runs and each prompt's first-token
+/// refusal score is returned (one pass for both); without, only the blocks below `layer` run.
+pub fn block_inputs(
+    m: &Loaded,
+    prompts: &[&str],
+    system: &SystemPrompt,
+    layer: usize,
+    batch: usize,
+    refusal_ids: Option<&[u32]>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<Tensor>, Option<Vec<f64>>), ModelError> {
+    let mut inputs = Vec::with_capacity(prompts.len());
+    let mut scores = refusal_ids.map(|_| Vec::with_capacity(prompts.len()));
+    for chunk in prompts.chunks(batch.max(1)) {
+        let rows = token_rows(m, chunk, system)?;
+        let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
+        let x = match (refusal_ids, scores.as_mut()) {
+            (Some(rid), Some(sc)) => {
+                let mut cap = Capture { layer, got: None };
+                let logits = m.model.last_logits(&ids, &pads, &mut cap)?;
+                let lp = log_softmax(&logits)?.to_vec2::<f32>()?;
+                sc.extend(lp.iter().map(|l| refusal_score(l, rid)));
+                cap.got.expect("every block input is visited")
+            }
+            _ => {
+                let x = m.model.embed(&ids)?;
+                m.model
+                    .forward_layers(x, &pads, 0..layer, None, &mut NoHook, Mode::Inference)?
+            }
+        };
+        let t = x.dim(1)?;
+        for (b, &pad) in pads.iter().enumerate() {
+            inputs.push(
+                x.get(b)?
+                    .narrow(0, pad, t - pad)?
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
+            );
+        }
+        progress(chunk.len());
+    }
+    Ok((inputs, scores))
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Last-token block outputs at every layer, `[layers, prompts, hidden]` (f32, CPU).
+pub fn last_token_states(
+    m: &Loaded,
+    prompts: &[&str],
+    system: &SystemPrompt,
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor, ModelError> {
+    let layers = m.model.cfg.num_layers;
+    let sites: Vec<Site> = (0..layers)
+        .map(|layer| Site {
+            layer,
+            point: HookPoint::Output,
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for chunk in prompts.chunks(batch.max(1)) {
+        let rows = token_rows(m, chunk, system)?;
+        let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
+        let mut rec = Record::new(sites.clone(), vec![-1]);
+        let x = m.model.embed(&ids)?;
+        m.model
+            .forward_layers(x, &pads, 0..layers, None, &mut rec, Mode::Inference)?;
+        let per_layer = sites
+            .iter()
+            .map(|s| {
+                rec.get(*s)
+                    .expect("recorded")
+                    .squeeze(1)?
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        parts.push(Tensor::stack(&per_layer, 0)?);
+        progress(chunk.len());
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// Mean silhouette score (Euclidean) of two clusters: `x: [n, hidden]`, `in_a[i]` tells the
+/// cluster of row `i`. 1 means tight, well separated clusters, 0 overlapping ones. `None`
+/// when a cluster has fewer than two points.
+pub fn silhouette(x: &Tensor, in_a: &[bool]) -> candle_core::Result<Option<f64>> {
+    let n = in_a.len();
+    let na = in_a.iter().filter(|a| **a).count();
+    if na < 2 || n - na < 2 {
+        return Ok(None);
+    }
+    let x = x.to_dtype(DType::F64)?;
+    let sq = x.sqr()?.sum_keepdim(1)?; // [n, 1]
+    let gram = x.matmul(&x.t()?)?;
+    let d2 = (sq.broadcast_add(&sq.t()?)? - (gram * 2.0)?)?;
+    let d: Vec<Vec<f64>> = d2.relu()?.sqrt()?.to_vec2()?;
+    let mut total = 0.0;
+    for i in 0..n {
+        let (mut same, mut other) = (0.0, 0.0);
+        for j in 0..n {
+            if j == i {
+                continue;
+            }
+            if in_a[j] == in_a[i] {
+                same += d[i][j];
+            } else {
+                other += d[i][j];
+            }
+        }
+        let n_same = if in_a[i] { na } else { n - na } - 1;
+        let a = same / n_same as f64;
+        let b = other / (n - n_same - 1) as f64;
+        let m = a.max(b);
+        total += if m > 0.0 { (b - a) / m } else { 0.0 };
+    }
+    Ok(Some(total / n as f64))
+}
+
+/// Left-pads `[tokens, hidden]` rows with zeros into `[batch, max_tokens, hidden]`, and
+/// returns the pad counts (the model masks pad columns).
+pub fn pad_rows(rows: &[&Tensor]) -> candle_core::Result<(Tensor, Vec<usize>)> {
+    let t = rows
+        .iter()
+        .map(|r| r.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let max = t.iter().copied().max().unwrap_or(0);
+    let mut out = Vec::with_capacity(rows.len());
+    let mut pads = Vec::with_capacity(rows.len());
+    for (r, len) in rows.iter().zip(t) {
+        let pad = max - len;
+        pads.push(pad);
+        out.push(if pad == 0 {
+            (*r).clone()
+        } else {
+            let z = Tensor::zeros((pad, r.dim(1)?), r.dtype(), r.device())?;
+            Tensor::cat(&[&z, *r], 0)?
+        });
+    }
+    Ok((Tensor::stack(&out, 0)?, pads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silhouette_of_separated_and_mixed_clusters() {
+        let dev = Device::Cpu;
+        // Two tight clusters far apart: close to 1.
+        let x = Tensor::new(
+            &[
+                [0.0f32, 0.0],
+                [0.1, 0.0],
+                [0.0, 0.1],
+                [10.0, 10.0],
+                [10.1, 10.0],
+                [10.0, 10.1],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let lab = [true, true, true, false, false, false];
+        let s = silhouette(&x, &lab).unwrap().unwrap();
+        assert!(s > 0.95, "{s}");
+        // The same points with labels alternating: negative.
+        let mixed = [true, false, true, false, true, false];
+        let s = silhouette(&x, &mixed).unwrap().unwrap();
+        assert!(s < 0.0, "{s}");
+        // Hand-computed: points 0, 1 (a) and 3 (b) on a line.
+        let x = Tensor::new(&[[0.0f32], [1.0], [3.0], [4.0]], &dev).unwrap();
+        let s = silhouette(&x, &[true, true, false, false])
+            .unwrap()
+            .unwrap();
+        // a(0)=1, b(0)=3.5 -> 0.714..; a(1)=1, b(1)=2.5 -> 0.6; symmetric for the others.
+        let want = ((1.0 - 1.0 / 3.5) + (1.0 - 1.0 / 2.5)) / 2.0;
+        assert!((s - want).abs() < 1e-9, "{s} vs {want}");
+        assert!(silhouette(&x, &[true, false, false, false])
+            .unwrap()
+            .is_none());
+    }
+}

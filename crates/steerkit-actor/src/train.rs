@@ -1,0 +1,563 @@
+//! The trainer: targets, loss, AdamW on block `l*` only, per-epoch checkpoints and resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use steerkit_eval::run::write_atomic;
+use steerkit_eval::score::refusal_score;
+use steerkit_model::{Mode, Model, NoHook};
+
+use crate::adamw::{AdamW, AdamWConfig};
+use crate::states::{log_softmax, pad_rows};
+use crate::ActorError;
+
+/// The role of a training prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    Harmful,
+    Harmless,
+    Pseudo,
+}
+
+/// Which tensors of the block are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parts {
+    pub attn: bool,
+    pub mlp: bool,
+    pub norms: bool,
+}
+
+impl std::str::FromStr for Parts {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut p = Parts {
+            attn: false,
+            mlp: false,
+            norms: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            match part {
+                "attn" => p.attn = true,
+                "mlp" => p.mlp = true,
+                "norms" => p.norms = true,
+                other => return Err(format!("unknown part `{other}` (attn, mlp, norms)")),
+            }
+        }
+        if !(p.attn || p.mlp || p.norms) {
+            return Err("train at least one of attn, mlp, norms".into());
+        }
+        Ok(p)
+    }
+}
+
+impl Parts {
+    /// True when the tensor (Hugging Face name suffix) belongs to a trained part.
+    pub fn includes(&self, name: &str) -> bool {
+        (self.attn && name.contains(".self_attn."))
+            || (self.mlp && name.contains(".mlp."))
+            || (self.norms && name.contains("layernorm"))
+    }
+}
+
+/// Training settings (`config` in `actor.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub layer: usize,
+    /// Shift of harmless and pseudo-harmful targets along `R` (`t = a - alpha P(a)`).
+    pub alpha: f64,
+    /// Shift of harmful targets (`t = a + alpha_harmful P(a)`).
+    pub alpha_harmful: f64,
+    pub adamw: AdamWConfig,
+    pub epochs: usize,
+    pub batch: usize,
+    /// Largest global gradient norm (0: no clipping).
+    pub clip: f64,
+    pub seed: u64,
+    pub parts: Parts,
+    /// Recompute `R` and the targets with the current weights every epoch.
+    pub refresh: bool,
+}
+
+impl TrainConfig {
+    /// Settings that must match to resume a run (all but the number of epochs).
+    fn same_run(&self, other: &TrainConfig) -> bool {
+        let mut a = self.clone();
+        a.epochs = other.epochs;
+        a == *other
+    }
+}
+
+/// Held-out prompts whose first-token refusal rate is measured after every epoch.
+pub struct Val {
+    pub name: String,
+    pub inputs: Vec<Tensor>,
+}
+
+/// One line of `log.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub r_norm: f64,
+    /// Mean projection `a·R̂` of each group's last-token states at the start of the epoch.
+    pub proj_harmful: f64,
+    pub proj_harmless: f64,
+    pub proj_pseudo: f64,
+    pub seconds: f64,
+    /// `(name, share with refusal score > 0, mean refusal score)` after the epoch.
+    pub val: Vec<(String, f64, f64)>,
+}
+
+/// Progress events.
+pub enum Progress<'a> {
+    Epoch { epoch: usize, steps: usize },
+    Step { loss: f64 },
+    Done(&'a EpochLog),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    epochs_done: usize,
+    step: usize,
+    config: TrainConfig,
+}
+
+const STATE: &str = "state.json";
+const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// The checkpoint file of an epoch.
+pub fn block_file(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(format!("block-epoch{epoch}.safetensors"))
+}
+
+fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<(), ActorError> {
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(map, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| crate::run_err(path, e.to_string()))
+}
+
+/// The last completed epoch of a run folder and its checkpoint (None: nothing trained yet).
+pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, ActorError> {
+    let p = dir.join(STATE);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let s: State =
+        serde_json::from_slice(&std::fs::read(&p).map_err(|e| crate::run_err(&p, e.to_string()))?)
+            .map_err(|e| crate::run_err(&p, format!("unreadable: {e}")))?;
+    if s.epochs_done == 0 {
+        return Ok(None);
+    }
+    let f = block_file(dir, s.epochs_done);
+    if !f.is_file() {
+        return Err(crate::run_err(
+            dir,
+            format!(
+                "state.json says epoch {} is done but {} is missing",
+                s.epochs_done,
+                f.display()
+            ),
+        ));
+    }
+    Ok(Some((s.epochs_done, f)))
+}
+
+/// Copies a checkpoint's tensors into the model (names `model.layers.N.…`).
+pub fn load_block(model: &mut Model, file: &Path) -> Result<usize, ActorError> {
+    let t = candle_core::safetensors::load(file, &Device::Cpu)
+        .map_err(|e| crate::run_err(file, e.to_string()))?;
+    let layer = t
+        .keys()
+        .find_map(|k| {
+            k.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .ok_or_else(|| crate::run_err(file, "no block tensors"))?;
+    let n = model.layers.len();
+    let dev = model.device.clone();
+    let dtype = model.dtype;
+    let blk = model.layers.get_mut(layer).ok_or_else(|| {
+        crate::run_err(file, format!("block {layer}, but the model has {n} layers"))
+    })?;
+    for (name, slot) in blk.named_tensors_mut() {
+        let key = format!("model.layers.{layer}.{name}");
+        let v = t
+            .get(&key)
+            .ok_or_else(|| crate::run_err(file, format!("no tensor `{key}`")))?;
+        if v.dims() != slot.dims() {
+            return Err(crate::run_err(
+                file,
+                format!(
+                    "`{key}` has shape {:?}, the model {:?}",
+                    v.dims(),
+                    slot.dims()
+                ),
+            ));
+        }
+        *slot = v.to_device(&dev)?.to_dtype(dtype)?;
+    }
+    Ok(layer)
+}
+
+/// Last-token output of block `layer` for rows of cached inputs (left-padded together),
+/// `[rows, hidden]`.
+pub fn block_last(
+    model: &Model,
+    layer: usize,
+    rows: &[&Tensor],
+    mode: Mode,
+) -> Result<Tensor, ActorError> {
+    let (x, pads) = pad_rows(rows)?;
+    let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
+    let y = model.forward_layers(x, &pads, layer..layer + 1, None, &mut NoHook, mode)?;
+    let t = y.dim(1)?;
+    Ok(y.narrow(1, t - 1, 1)?.squeeze(1)?)
+}
+
+/// Last-token states of every example with the current weights, `[n, hidden]` (f64, CPU).
+fn current_states(
+    model: &Model,
+    layer: usize,
+    inputs: &[&Tensor],
+    batch: usize,
+) -> Result<Tensor, ActorError> {
+    let mut parts = Vec::new();
+    for chunk in inputs.chunks(batch.max(1)) {
+        parts.push(
+            block_last(model, layer, chunk, Mode::Inference)?
+                .to_dtype(DType::F64)?
+                .to_device(&Device::Cpu)?,
+        );
+    }
+    // Detached: the targets are constants for the loss.
+    Ok(Tensor::cat(&parts, 0)?.detach())
+}
+
+/// The refusal vector and the targets: `R = mean_harmful a - mean_harmless a`, and
+/// `t = a ∓ alpha P(a)` with `P(a) = (a·R / R·R) R`. Returns (targets, R, mean projections
+/// a·R̂ per group in the order harmful, harmless, pseudo). `a` is detached.
+pub fn targets(
+    a: &Tensor,
+    groups: &[Group],
+    alpha: f64,
+    alpha_harmful: f64,
+) -> Result<(Tensor, Tensor, [f64; 3]), ActorError> {
+    // Constants for the loss: no gradient flows into the targets.
+    let a = &a.detach();
+    let mean_of = |g: Group| -> Result<Option<Tensor>, ActorError> {
+        let idx: Vec<u32> = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x == g)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if idx.is_empty() {
+            return Ok(None);
+        }
+        let i = Tensor::new(idx.as_slice(), a.device())?;
+        Ok(Some(a.index_select(&i, 0)?.mean(0)?))
+    };
+    let (Some(h), Some(b)) = (mean_of(Group::Harmful)?, mean_of(Group::Harmless)?) else {
+        return Err(ActorError::Input(
+            "ACTOR needs harmful and harmless prompts".into(),
+        ));
+    };
+    let r = (h - b)?;
+    let rr = r.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    if rr <= 0.0 || !rr.is_finite() {
+        return Err(ActorError::Input(
+            "the harmful and harmless means coincide: no refusal vector".into(),
+        ));
+    }
+    let coef: Vec<f64> = (a.matmul(&r.unsqueeze(1)?)? / rr)?.squeeze(1)?.to_vec1()?;
+    let rnorm = rr.sqrt();
+    let mut sums = [0.0f64; 3];
+    let mut counts = [0usize; 3];
+    let shift: Vec<f64> = coef
+        .iter()
+        .zip(groups)
+        .map(|(c, g)| {
+            let k = match g {
+                Group::Harmful => 0,
+                Group::Harmless => 1,
+                Group::Pseudo => 2,
+            };
+            sums[k] += c * rnorm;
+            counts[k] += 1;
+            match g {
+                Group::Harmful => alpha_harmful * c,
+                _ => -alpha * c,
+            }
+        })
+        .collect();
+    let n = shift.len();
+    let shift = Tensor::from_vec(shift, (n, 1), a.device())?;
+    let t = (a + shift.broadcast_mul(&r.unsqueeze(0)?)?)?;
+    let proj = std::array::from_fn(|k| {
+        if counts[k] == 0 {
+            f64::NAN
+        } else {
+            sums[k] / counts[k] as f64
+        }
+    });
+    Ok((t, r, proj))
+}
+
+/// `mean(1 - cos(h, t))` over rows.
+pub fn cosine_loss(h: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+    let dot = (h * t)?.sum(D::Minus1)?;
+    let nh = h.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let nt = t.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let cos = (dot / ((nh * nt)? + 1e-12)?)?;
+    cos.affine(-1.0, 1.0)?.mean_all()
+}
+
+/// First-token refusal statistics of held-out prompts from their cached inputs at `layer`:
+/// (share with refusal score > 0, mean score).
+pub fn val_refusal(
+    model: &Model,
+    layer: usize,
+    inputs: &[Tensor],
+    refusal_ids: &[u32],
+    batch: usize,
+) -> Result<(f64, f64), ActorError> {
+    let mut scores = Vec::with_capacity(inputs.len());
+    let n = model.cfg.num_layers;
+    for chunk in inputs.chunks(batch.max(1)) {
+        let rows: Vec<&Tensor> = chunk.iter().collect();
+        let (x, pads) = pad_rows(&rows)?;
+        let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
+        let y = model.forward_layers(x, &pads, layer..n, None, &mut NoHook, Mode::Inference)?;
+        let t = y.dim(1)?;
+        let h = model.final_norm(&y.narrow(1, t - 1, 1)?.squeeze(1)?, Mode::Inference)?;
+        let lp: Vec<Vec<f32>> = log_softmax(&model.logits(&h)?.to_dtype(DType::F32)?)?.to_vec2()?;
+        scores.extend(lp.iter().map(|l| refusal_score(l, refusal_ids)));
+    }
+    let k = scores.len().max(1) as f64;
+    Ok((
+        scores.iter().filter(|s| **s > 0.0).count() as f64 / k,
+        scores.iter().sum::<f64>() / k,
+    ))
+}
+
+/// Trains block `cfg.layer` of `model` in place on cached inputs, writing checkpoints to
+/// `dir`. Resumes after the last completed epoch when `dir` holds a run with the same settings.
+/// Returns the log of every epoch, including those done before a resume.
+pub fn train(
+    model: &mut Model,
+    data: &[(Group, Tensor)],
+    vals: &[Val],
+    refusal_ids: &[u32],
+    cfg: &TrainConfig,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<EpochLog>, ActorError> {
+    if data.is_empty() || cfg.batch == 0 || cfg.epochs == 0 {
+        return Err(ActorError::Input(
+            "nothing to train: no prompts, batch 0 or 0 epochs".into(),
+        ));
+    }
+    let layer = cfg.layer;
+    let mut logs = read_log(dir);
+    let mut start = 0;
+    let mut resume_state = None;
+    let sp = dir.join(STATE);
+    if sp.is_file() {
+        let s: State = serde_json::from_slice(
+            &std::fs::read(&sp).map_err(|e| crate::run_err(&sp, e.to_string()))?,
+        )
+        .map_err(|e| crate::run_err(&sp, format!("unreadable: {e}")))?;
+        if !s.config.same_run(cfg) {
+            return Err(crate::run_err(
+                dir,
+                "holds a training run with other settings; use another --out or delete it",
+            ));
+        }
+        if s.epochs_done > 0 {
+            load_block(model, &block_file(dir, s.epochs_done))?;
+            start = s.epochs_done;
+            resume_state = Some(s.step);
+        }
+    }
+    logs.truncate(start);
+    let all = model.trainable_block(layer)?;
+    let trained: Vec<(String, Var)> = all
+        .iter()
+        .filter(|(n, _)| cfg.parts.includes(n))
+        .cloned()
+        .collect();
+    let mut opt = AdamW::new(trained, cfg.adamw)?;
+    if let Some(step) = resume_state {
+        let p = dir.join(OPTIMIZER);
+        let st = candle_core::safetensors::load(&p, &model.device)
+            .map_err(|e| crate::run_err(&p, e.to_string()))?;
+        if !opt.restore(&st, step) {
+            return Err(crate::run_err(
+                &p,
+                "optimizer state does not match the block",
+            ));
+        }
+    }
+    let inputs: Vec<&Tensor> = data.iter().map(|(_, t)| t).collect();
+    let groups: Vec<Group> = data.iter().map(|(g, _)| *g).collect();
+    let mut fixed: Option<(Tensor, Tensor, [f64; 3])> = None;
+    for epoch in start + 1..=cfg.epochs {
+        let t0 = Instant::now();
+        if cfg.refresh || fixed.is_none() {
+            let a = current_states(model, layer, &inputs, cfg.batch * 2)?;
+            fixed = Some(targets(&a, &groups, cfg.alpha, cfg.alpha_harmful)?);
+        }
+        let (tg, r, proj) = fixed.clone().expect("computed");
+        let tg = tg.to_dtype(model.dtype)?.to_device(&model.device)?;
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+            cfg.seed.wrapping_add(epoch as u64),
+        ));
+        let steps = order.len().div_ceil(cfg.batch);
+        progress(Progress::Epoch { epoch, steps });
+        let (mut loss_sum, mut gn_sum) = (0.0, 0.0);
+        for (step, chunk) in order.chunks(cfg.batch).enumerate() {
+            let rows: Vec<&Tensor> = chunk.iter().map(|&i| inputs[i]).collect();
+            let idx = Tensor::new(
+                chunk
+                    .iter()
+                    .map(|&i| i as u32)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+                &model.device,
+            )?;
+            let h = block_last(model, layer, &rows, Mode::Differentiable)?;
+            let loss = cosine_loss(&h, &tg.index_select(&idx, 0)?)?;
+            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grads = loss.backward()?;
+            let mut gs = Vec::with_capacity(opt.vars().len());
+            let mut sq = 0.0;
+            for (_, v) in opt.vars() {
+                let g = match grads.get(v.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => v.as_tensor().zeros_like()?,
+                };
+                sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+                gs.push(g);
+            }
+            let gn = sq.sqrt();
+            if !lv.is_finite() || !gn.is_finite() {
+                return Err(ActorError::Diverged(format!(
+                    "epoch {epoch}, step {}: loss {lv}, gradient norm {gn}; the last good checkpoint is kept{}",
+                    step + 1,
+                    if epoch > 1 { format!(" ({})", block_file(dir, epoch - 1).display()) } else { String::new() }
+                )));
+            }
+            if cfg.clip > 0.0 && gn > cfg.clip {
+                let s = cfg.clip / gn;
+                gs = gs
+                    .iter()
+                    .map(|g| g * s)
+                    .collect::<candle_core::Result<_>>()?;
+            }
+            opt.apply(&gs)?;
+            loss_sum += lv;
+            gn_sum += gn;
+            progress(Progress::Step { loss: lv });
+        }
+        let mut val = Vec::new();
+        for v in vals {
+            let (share, mean) = val_refusal(model, layer, &v.inputs, refusal_ids, cfg.batch * 2)?;
+            val.push((v.name.clone(), share, mean));
+        }
+        let log = EpochLog {
+            epoch,
+            loss: loss_sum / steps as f64,
+            grad_norm: gn_sum / steps as f64,
+            r_norm: r.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt(),
+            proj_harmful: proj[0],
+            proj_harmless: proj[1],
+            proj_pseudo: proj[2],
+            seconds: t0.elapsed().as_secs_f64(),
+            val,
+        };
+        // Checkpoint: block, optimizer, then state.json (the commit point), then the log.
+        let block: HashMap<String, Tensor> = all
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        save_safetensors(&block, &block_file(dir, epoch))?;
+        save_safetensors(&opt.state(), &dir.join(OPTIMIZER))?;
+        let state = State {
+            epochs_done: epoch,
+            step: opt.step,
+            config: cfg.clone(),
+        };
+        write_atomic(&sp, &serde_json::to_vec_pretty(&state).expect("serializes"))?;
+        logs.push(log);
+        write_log(dir, &logs)?;
+        progress(Progress::Done(logs.last().expect("pushed")));
+    }
+    Ok(logs)
+}
+
+const LOG: &str = "log.json";
+
+fn read_log(dir: &Path) -> Vec<EpochLog> {
+    std::fs::read(dir.join(LOG))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_log(dir: &Path, logs: &[EpochLog]) -> Result<(), ActorError> {
+    write_atomic(
+        &dir.join(LOG),
+        &serde_json::to_vec_pretty(logs).expect("serializes"),
+    )?;
+    write_atomic(&dir.join("log.csv"), log_csv(logs).as_bytes())?;
+    write_atomic(
+        &dir.join("loss.svg"),
+        crate::plot::loss_svg(logs).as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The epoch log as CSV (one column pair per validation set).
+pub fn log_csv(logs: &[EpochLog]) -> String {
+    let mut s =
+        String::from("epoch,loss,grad_norm,r_norm,proj_harmful,proj_harmless,proj_pseudo,seconds");
+    if let Some(l) = logs.first() {
+        for (name, _, _) in &l.val {
+            s.push_str(&format!(",{name}_refusal_share,{name}_refusal_score"));
+        }
+    }
+    s.push('\n');
+    for l in logs {
+        s.push_str(&format!(
+            "{},{:.6},{:.5},{:.4},{:.4},{:.4},{:.4},{:.2}",
+            l.epoch,
+            l.loss,
+            l.grad_norm,
+            l.r_norm,
+            l.proj_harmful,
+            l.proj_harmless,
+            l.proj_pseudo,
+            l.seconds
+        ));
+        for (_, share, mean) in &l.val {
+            s.push_str(&format!(",{share:.4},{mean:.4}"));
+        }
+        s.push('\n');
+    }
+    s
+}

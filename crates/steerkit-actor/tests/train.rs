@@ -1,0 +1,314 @@
+//! The ACTOR trainer on tiny random models: exact gradients, a falling loss that moves the
+//! right projections, exact resume, and a diverging run that keeps its last good checkpoint.
+
+use candle_core::{DType, Device, Tensor};
+use steerkit_actor::adamw::AdamWConfig;
+use steerkit_actor::train::{
+    block_last, cosine_loss, last_checkpoint, targets, train, Group, Parts, TrainConfig,
+};
+use steerkit_actor::ActorError;
+use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::{Arch, Mode, Model};
+
+fn inputs(n: usize, offset: f64, seed: u64, dtype: DType) -> Vec<Tensor> {
+    // Rows of 3-6 tokens, hidden 32, with a shared offset on the first coordinates.
+    (0..n)
+        .map(|i| {
+            let t = 3 + (i + seed as usize) % 4;
+            let base = Tensor::randn(0.0f32, 1.0, (t, 32), &Device::Cpu).unwrap();
+            let shift: Vec<f32> = (0..32)
+                .map(|k| if k < 8 { offset as f32 } else { 0.0 })
+                .collect();
+            let shift = Tensor::from_vec(shift, 32, &Device::Cpu).unwrap();
+            base.broadcast_add(&shift).unwrap().to_dtype(dtype).unwrap()
+        })
+        .collect()
+}
+
+fn data(dtype: DType) -> Vec<(Group, Tensor)> {
+    let mut d = Vec::new();
+    d.extend(
+        inputs(12, 1.5, 1, dtype)
+            .into_iter()
+            .map(|t| (Group::Harmful, t)),
+    );
+    d.extend(
+        inputs(12, -1.5, 2, dtype)
+            .into_iter()
+            .map(|t| (Group::Harmless, t)),
+    );
+    d.extend(
+        inputs(8, 0.8, 3, dtype)
+            .into_iter()
+            .map(|t| (Group::Pseudo, t)),
+    );
+    d
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        layer: 1,
+        alpha: 1.0,
+        alpha_harmful: 0.3,
+        adamw: AdamWConfig {
+            lr: 3e-3,
+            ..Default::default()
+        },
+        epochs,
+        batch: 8,
+        clip: 1.0,
+        seed: 7,
+        parts: "attn,mlp,norms".parse().unwrap(),
+        refresh: true,
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let mut model = random_model(tiny_config(arch, 64), DType::F64, 3).unwrap();
+        let vars = model.trainable_block(1).unwrap();
+        let d = data(DType::F64);
+        // Two of each group, of different lengths (so padding is on the path).
+        let pick = [0, 1, 12, 13, 24, 25];
+        let rows: Vec<&Tensor> = pick.iter().map(|&i| &d[i].1).collect();
+        let groups: Vec<Group> = pick.iter().map(|&i| d[i].0).collect();
+        let a = block_last(&model, 1, &rows, Mode::Inference).unwrap();
+        // Targets from a different point so that the loss is not at its minimum.
+        let (t, _, _) = targets(&(a * 1.3).unwrap(), &groups, 1.0, 0.3).unwrap();
+        let loss_of = |m: &Model| {
+            let h = block_last(m, 1, &rows, Mode::Differentiable).unwrap();
+            cosine_loss(&h, &t).unwrap()
+        };
+        let grads = loss_of(&model).backward().unwrap();
+        let mut checked = 0;
+        for (name, var) in &vars {
+            let g = grads
+                .get(var.as_tensor())
+                .expect("every block tensor gets a gradient");
+            let gf: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+            let w0: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for &k in &[0usize, w0.len() / 2, w0.len() - 1] {
+                let eps = 1e-6;
+                let mut f = [0.0; 2];
+                for (s, sign) in [1.0, -1.0].iter().enumerate() {
+                    let mut w = w0.clone();
+                    w[k] += sign * eps;
+                    var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    f[s] = loss_of(&model).to_scalar::<f64>().unwrap();
+                }
+                var.set(&Tensor::from_vec(w0.clone(), var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let fd = (f[0] - f[1]) / (2.0 * eps);
+                assert!(
+                    (fd - gf[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
+                    "{arch:?} {name}[{k}]: backprop {} vs finite difference {fd}",
+                    gf[k]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 27, "{checked}");
+    }
+}
+
+fn projections(model: &Model, d: &[(Group, Tensor)]) -> [f64; 3] {
+    let rows: Vec<&Tensor> = d.iter().map(|(_, t)| t).collect();
+    let groups: Vec<Group> = d.iter().map(|(g, _)| *g).collect();
+    let a = block_last(model, 1, &rows, Mode::Inference)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    targets(&a, &groups, 1.0, 0.3).unwrap().2
+}
+
+#[test]
+fn training_lowers_the_loss_and_moves_pseudo_harmful_states_off_the_refusal_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = random_model(tiny_config(Arch::Llama, 64), DType::F32, 5).unwrap();
+    let d = data(DType::F32);
+    let before = projections(&model, &d);
+    let logs = train(
+        &mut model,
+        &d,
+        &[],
+        &[],
+        &config(8),
+        dir.path(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let after = projections(&model, &d);
+    assert_eq!(logs.len(), 8);
+    assert!(
+        logs[7].loss < logs[0].loss,
+        "{:?}",
+        logs.iter().map(|l| l.loss).collect::<Vec<_>>()
+    );
+    // Pseudo-harmful states move toward the harmless side, relative to the harmful ones.
+    let gap = |p: [f64; 3]| (p[0] - p[2]) / (p[0] - p[1]);
+    assert!(
+        gap(after) > gap(before) + 0.05,
+        "before {before:?} after {after:?}"
+    );
+    for e in 1..=8 {
+        assert!(dir
+            .path()
+            .join(format!("block-epoch{e}.safetensors"))
+            .is_file());
+    }
+    let csv = std::fs::read_to_string(dir.path().join("log.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 9);
+    assert!(std::fs::read_to_string(dir.path().join("loss.svg"))
+        .unwrap()
+        .contains("<polyline"));
+}
+
+fn block_values(model: &Model) -> Vec<f32> {
+    let mut m = model.clone();
+    m.layers[1]
+        .named_tensors_mut()
+        .into_iter()
+        .flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    let d = data(DType::F32);
+    let straight = tempfile::tempdir().unwrap();
+    let mut a = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    train(
+        &mut a,
+        &d,
+        &[],
+        &[],
+        &config(3),
+        straight.path(),
+        &mut |_| {},
+    )
+    .unwrap();
+
+    let resumed = tempfile::tempdir().unwrap();
+    let mut b = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    train(
+        &mut b,
+        &d,
+        &[],
+        &[],
+        &config(2),
+        resumed.path(),
+        &mut |_| {},
+    )
+    .unwrap();
+    // A fresh process: the original weights again, then resume to 3 epochs.
+    let mut c = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    let logs = train(
+        &mut c,
+        &d,
+        &[],
+        &[],
+        &config(3),
+        resumed.path(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(logs.len(), 3);
+    assert_eq!(last_checkpoint(resumed.path()).unwrap().unwrap().0, 3);
+    let (x, y) = (block_values(&a), block_values(&c));
+    let diff = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-6, "max difference {diff}");
+    // Other settings in the same folder are refused.
+    let mut other = config(4);
+    other.alpha = 0.5;
+    let err = train(&mut c, &d, &[], &[], &other, resumed.path(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("other settings"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = random_model(tiny_config(Arch::Llama, 64), DType::F32, 5).unwrap();
+    let d = data(DType::F32);
+    train(
+        &mut model,
+        &d,
+        &[],
+        &[],
+        &config(1),
+        dir.path(),
+        &mut |_| {},
+    )
+    .unwrap();
+    // A pseudo-harmful row of NaNs (it does not enter R): its loss is NaN in epoch 2.
+    let mut bad = d.clone();
+    let last = bad.len() - 1;
+    bad[last].1 = Tensor::full(f32::NAN, bad[last].1.dims(), &Device::Cpu).unwrap();
+    let mut poisoned = random_model(tiny_config(Arch::Llama, 64), DType::F32, 5).unwrap();
+    let err = train(
+        &mut poisoned,
+        &bad,
+        &[],
+        &[],
+        &config(2),
+        dir.path(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, ActorError::Diverged(_)), "{err}");
+    assert!(err.to_string().contains("block-epoch1"), "{err}");
+    assert_eq!(last_checkpoint(dir.path()).unwrap().unwrap().0, 1);
+    assert!(!dir.path().join("block-epoch2.safetensors").exists());
+}
+
+#[test]
+fn bad_settings_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = random_model(tiny_config(Arch::Llama, 64), DType::F32, 5).unwrap();
+    let only_harmful: Vec<(Group, Tensor)> = data(DType::F32)
+        .into_iter()
+        .filter(|(g, _)| *g == Group::Harmful)
+        .collect();
+    let err = train(
+        &mut model,
+        &only_harmful,
+        &[],
+        &[],
+        &config(1),
+        dir.path(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("harmful and harmless"), "{err}");
+    let err = train(
+        &mut model,
+        &[],
+        &[],
+        &[],
+        &config(1),
+        dir.path(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nothing to train"), "{err}");
+    let mut cfg = config(1);
+    cfg.layer = 9;
+    let err = train(
+        &mut model,
+        &data(DType::F32),
+        &[],
+        &[],
+        &cfg,
+        dir.path(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("layer 9 does not exist"), "{err}");
+    assert!("attn,ffn".parse::<Parts>().is_err());
+    assert!("".parse::<Parts>().is_err());
+}

@@ -1,0 +1,287 @@
+//! `steerkit actor`: ACTOR single-layer fine-tuning.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use serde::{Deserialize, Serialize};
+use steerkit_actor::adamw::AdamWConfig;
+use steerkit_actor::train::{val_refusal, Progress};
+use steerkit_actor::{Parts, PrepareOptions, TrainConfig};
+use steerkit_eval::run::write_atomic;
+use steerkit_eval::score::refusal_token_ids;
+
+use crate::common::{bar, ModelArgs, SystemArgs};
+use crate::directions::one_set;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Harmful prompts (refusals to keep): a file or a built-in set name.
+    #[arg(long, default_value = "harmful")]
+    pub harmful: String,
+    /// Harmless prompts: a file or a built-in set name.
+    #[arg(long, default_value = "harmless")]
+    pub harmless: String,
+    /// Pseudo-harmful prompts (safe, but the model refuses them): a file or a built-in name.
+    #[arg(long, default_value = "pseudo_harmful")]
+    pub pseudo: String,
+    /// Use the first N harmful and harmless prompts.
+    #[arg(long, default_value_t = 128)]
+    pub limit: usize,
+    /// Use the first N pseudo-harmful prompts (before --only-refused screening).
+    #[arg(long)]
+    pub pseudo_limit: Option<usize>,
+    /// Keep only the pseudo-harmful prompts the model refuses (first-token refusal score above
+    /// --refused-above).
+    #[arg(long)]
+    pub only_refused: bool,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub refused_above: f64,
+    /// Train this block (default: the middle layer where harmful and harmless last-token
+    /// states separate best, by silhouette score).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Shift of harmless and pseudo-harmful targets against the refusal vector (t = a - αP(a)).
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f64,
+    /// Shift of harmful targets along the refusal vector (t = a + αP(a)); the paper uses 1,
+    /// which made over-refusal worse on Qwen 0.5B (see the README).
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha_harmful: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Which parts of the block train: attn, mlp, norms (comma-separated).
+    #[arg(long = "train", default_value = "attn,mlp")]
+    pub parts: String,
+    /// Keep R and the targets of the first epoch (default: recompute them every epoch).
+    #[arg(long)]
+    pub no_refresh: bool,
+    /// A held-out set whose first-token refusal share is logged after every epoch
+    /// (NAME=FILE or a built-in name; repeatable). Use it to tune α, lr and epochs.
+    #[arg(long = "val", value_name = "SPEC")]
+    pub vals: Vec<String>,
+    /// Smallest silhouette at the layer (below it: no refusal signal, an error).
+    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
+    pub min_silhouette: f64,
+    #[command(flatten)]
+    pub system: SystemArgs,
+    /// Run folder (cached inputs, checkpoints, log); rerun with it to resume.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `actor.json`: what a run was trained from, for export and reports.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActorMeta {
+    pub model: String,
+    pub fingerprint: String,
+    pub layer: usize,
+    pub silhouettes: Vec<(usize, f64)>,
+    pub harmful: usize,
+    pub harmless: usize,
+    pub pseudo_kept: usize,
+    pub pseudo_total: usize,
+    pub config: TrainConfig,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let parts: Parts = a.parts.parse().map_err(anyhow::Error::msg)?;
+    if a.batch_size == 0 || a.epochs == 0 {
+        bail!("--batch-size and --epochs must be at least 1");
+    }
+    if !(a.lr > 0.0 && a.lr.is_finite()) {
+        bail!("--lr must be a positive number");
+    }
+    let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
+    let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
+    let pseudo = one_set(&a.pseudo, "pseudo", a.pseudo_limit)?;
+    let vals = a
+        .vals
+        .iter()
+        .map(|s| one_set(s, "val", None))
+        .collect::<Result<Vec<_>>>()?;
+    let m = a.model.load()?;
+    let t0 = std::time::Instant::now();
+    let total = (harmful.items.len() * 2 + harmless.items.len() * 2 + pseudo.items.len())
+        + vals.iter().map(|v| v.items.len()).sum::<usize>();
+    let pb = bar(total as u64, "preparing");
+    let opts = PrepareOptions {
+        system: a.system.choice(),
+        batch: 16,
+        layer: a.layer,
+        layer_range: (0.25, 0.75),
+        only_refused: a.only_refused.then_some(a.refused_above),
+        min_silhouette: a.min_silhouette,
+    };
+    let prep = steerkit_actor::prepare(
+        &m,
+        &harmful,
+        &harmless,
+        &pseudo,
+        &vals,
+        &opts,
+        &a.out,
+        &mut |phase, k| {
+            pb.set_message(phase.to_string());
+            pb.inc(k as u64);
+        },
+    )?;
+    pb.finish_and_clear();
+    let prep_secs = t0.elapsed().as_secs_f64();
+    let sil = prep
+        .silhouettes
+        .iter()
+        .find(|(l, _)| *l == prep.layer)
+        .map_or(f64::NAN, |x| x.1);
+    println!(
+        "layer {} (silhouette {sil:.3}); {} harmful, {} harmless, {} of {} pseudo-harmful prompts{}; {}",
+        prep.layer,
+        harmful.items.len(),
+        harmless.items.len(),
+        prep.kept_pseudo,
+        prep.total_pseudo,
+        if a.only_refused { " (refused ones)" } else { "" },
+        if prep.reused {
+            "block inputs reused from the run folder".to_string()
+        } else {
+            format!("block inputs cached in {prep_secs:.1} s")
+        }
+    );
+    let cfg = TrainConfig {
+        layer: prep.layer,
+        alpha: a.alpha,
+        alpha_harmful: a.alpha_harmful,
+        adamw: AdamWConfig {
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            ..Default::default()
+        },
+        epochs: a.epochs,
+        batch: a.batch_size,
+        clip: a.clip,
+        seed: a.seed,
+        parts,
+        refresh: !a.no_refresh,
+    };
+    let meta = ActorMeta {
+        model: m.path.display().to_string(),
+        fingerprint: m.fingerprint()?,
+        layer: prep.layer,
+        silhouettes: prep.silhouettes.clone(),
+        harmful: harmful.items.len(),
+        harmless: harmless.items.len(),
+        pseudo_kept: prep.kept_pseudo,
+        pseudo_total: prep.total_pseudo,
+        config: cfg.clone(),
+    };
+    write_atomic(
+        &a.out.join("actor.json"),
+        &serde_json::to_vec_pretty(&meta)?,
+    )?;
+    let ids = refusal_token_ids(&m.tok);
+    let mut model = m.model.clone();
+    for v in &prep.vals {
+        let (share, mean) = val_refusal(&model, prep.layer, &v.inputs, &ids, 32)?;
+        println!(
+            "before training: {} refused {:.1}% (first-token score {mean:+.2})",
+            v.name,
+            100.0 * share
+        );
+    }
+    let pb = bar(0, "training");
+    let t1 = std::time::Instant::now();
+    let logs = steerkit_actor::train(
+        &mut model,
+        &prep.data,
+        &prep.vals,
+        &ids,
+        &cfg,
+        &a.out,
+        &mut |p| match p {
+            Progress::Epoch { epoch, steps } => {
+                pb.set_length(steps as u64);
+                pb.set_position(0);
+                pb.set_message(format!("epoch {epoch}/{}", cfg.epochs));
+            }
+            Progress::Step { loss } => {
+                pb.inc(1);
+                pb.set_message(format!("epoch loss {loss:.4}"));
+            }
+            Progress::Done(l) => {
+                pb.suspend(|| {
+                    let val: Vec<String> = l
+                        .val
+                        .iter()
+                        .map(|(n, s, _)| format!("{n} refused {:.1}%", 100.0 * s))
+                        .collect();
+                    println!(
+                        "epoch {}: loss {:.4}, |R| {:.2}, projections harmful {:+.2} harmless {:+.2} pseudo {:+.2}, {:.1} s{}{}",
+                        l.epoch,
+                        l.loss,
+                        l.r_norm,
+                        l.proj_harmful,
+                        l.proj_harmless,
+                        l.proj_pseudo,
+                        l.seconds,
+                        if val.is_empty() { "" } else { "; " },
+                        val.join(", ")
+                    )
+                });
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    let train_secs = t1.elapsed().as_secs_f64();
+    let per_epoch: Vec<String> = logs.iter().map(|l| format!("{:.1}", l.seconds)).collect();
+    println!(
+        "trained to epoch {} ({train_secs:.1} s in this run; seconds per epoch: {}); total {:.1} s",
+        logs.len(),
+        per_epoch.join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    println!(
+        "checkpoints, log.csv and loss.svg in {r}; export with: steerkit export -m {} --run {r} --out DIR",
+        a.model.model,
+        r = a.out.display()
+    );
+    Ok(())
+}
+
+/// Is `run` an ACTOR run folder?
+pub fn is_actor_run(run: &Path) -> bool {
+    run.join("actor.json").is_file()
+}
+
+/// The model with an ACTOR run's last checkpoint in place.
+pub fn patched(m: &steerkit_model::Loaded, run: &Path) -> Result<steerkit_model::Model> {
+    let p = run.join("actor.json");
+    let meta: ActorMeta = serde_json::from_slice(&std::fs::read(&p)?)
+        .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", p.display()))?;
+    if meta.fingerprint != m.fingerprint()? {
+        bail!(
+            "{} was trained on {}, not on this model",
+            run.display(),
+            meta.model
+        );
+    }
+    let Some((epoch, file)) = steerkit_actor::train::last_checkpoint(run)? else {
+        bail!("{}: no completed epoch to export yet", run.display());
+    };
+    let mut model = m.model.clone();
+    let layer = steerkit_actor::train::load_block(&mut model, &file)?;
+    println!("block {layer} from epoch {epoch} of {}", run.display());
+    Ok(model)
+}
