@@ -1,6 +1,7 @@
 //! `steerkit`: the command-line front end. Argument parsing and printing only; every
 //! capability lives in a library crate.
 
+mod ablate;
 mod actor;
 mod bench;
 mod chat;
@@ -39,6 +40,8 @@ enum Command {
     Extract(directions::ExtractArgs),
     /// Score the candidates and select the refusal direction.
     Select(directions::SelectArgs),
+    /// Intervention experiments: ablation, addition, ablation in some layers, or a sweep.
+    Ablate(ablate::Args),
     /// ACTOR: fine-tune one block so safe prompts stop being refused and harmful ones are not.
     Actor(actor::Args),
     /// Export weights (orthogonalized, or patched by an ACTOR run) or a llama.cpp control vector.
@@ -56,6 +59,7 @@ fn main() {
         Command::Compare(a) => eval::compare(a),
         Command::Extract(a) => directions::extract(a),
         Command::Select(a) => directions::run_select(a),
+        Command::Ablate(a) => ablate::run(a),
         Command::Actor(a) => actor::run(a),
         Command::Export(a) => export::run(a),
     };

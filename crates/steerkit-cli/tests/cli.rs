@@ -500,6 +500,75 @@ fn directions_pipeline_and_bad_runs() {
         String::from_utf8_lossy(&ev.stderr)
     );
     assert!(String::from_utf8_lossy(&ev.stdout).contains("add 2·r at L10 pos -1"));
+    // Experiments: a 2 x 2 sweep plus the baseline, resumable; bad layer specs are errors.
+    let ab = d.join("ablate");
+    let sweep_args = [
+        "ablate",
+        "-m",
+        &smol,
+        "--run",
+        r,
+        "--prompts",
+        "harmless",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--mode",
+        "sweep",
+        "--layers",
+        "9,10",
+        "--scales",
+        "1,8",
+        "--out",
+        ab.to_str().unwrap(),
+    ];
+    let sw = steerkit(&sweep_args);
+    assert!(
+        sw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sw.stderr)
+    );
+    let csv = std::fs::read_to_string(ab.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
+    assert!(csv.contains("\"add 8·r at L10\",10,8,"), "{csv}");
+    let kl = |line: &str| line.rsplit(',').next().unwrap().parse::<f64>().unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(kl(rows[0]), 0.0, "baseline KL");
+    // A larger push moves the first token further from the unmodified model.
+    assert!(kl(rows[4]) > kl(rows[3]), "{csv}");
+    assert!(std::fs::read_to_string(ab.join("heatmap.svg"))
+        .unwrap()
+        .contains("L10"));
+    let again = steerkit(&sweep_args);
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(ab.join("results.csv")).unwrap(),
+        csv
+    );
+    let ab2 = d.join("ablate2");
+    let ab2 = ab2.to_str().unwrap();
+    assert_clean_error(
+        &steerkit(&[
+            "ablate",
+            "-m",
+            &smol,
+            "--run",
+            r,
+            "--mode",
+            "ablate-layers",
+            "--out",
+            ab2,
+        ]),
+        "needs --layers",
+    );
+    assert_clean_error(
+        &steerkit(&[
+            "ablate", "-m", &smol, "--run", r, "--mode", "sweep", "--layers", "20..40", "--out",
+            ab2,
+        ]),
+        "does not exist",
+    );
     // Exports: orthogonalized weights load and answer; the control vector holds -r at layer 10.
     let ortho = d.join("ortho");
     let ex = steerkit(&[

@@ -6,11 +6,14 @@
 //! - [`select`]: scores every candidate (refusal score on harmful prompts under ablation,
 //!   on harmless prompts under addition, first-token KL under ablation) and picks the direction.
 //! - [`intervene`]: the hooks that apply a direction (ablation at every layer, addition at one).
+//! - [`experiment`]: generation with an intervention in place (ablation, ablation in some
+//!   layers, addition, a layers x scales sweep), judged, with first-token KL.
 //!
 //! Files of a run folder: `directions.safetensors` (`mean_harmful`, `mean_harmless`,
 //! `candidates`, all `[layers, positions, hidden]` f32), `extract.json`, `scores.csv`,
 //! `scores.svg`, `selected.json`.
 
+pub mod experiment;
 pub mod extract;
 pub mod intervene;
 pub mod select;

@@ -143,6 +143,7 @@ impl Hook for Record {
 pub struct Ablate {
     unit: Tensor,
     points: Vec<HookPoint>,
+    layers: Option<std::ops::Range<usize>>,
 }
 
 impl Ablate {
@@ -162,7 +163,14 @@ impl Ablate {
         Ok(Ablate {
             unit: (direction / norm as f64)?.flatten_all()?,
             points: points.to_vec(),
+            layers: None,
         })
+    }
+
+    /// Restricts the ablation to the blocks in `layers`.
+    pub fn only_layers(mut self, layers: std::ops::Range<usize>) -> Self {
+        self.layers = Some(layers);
+        self
     }
 }
 
@@ -176,7 +184,11 @@ pub fn project_out(x: &Tensor, unit: &Tensor) -> Result<Tensor> {
 
 impl Hook for Ablate {
     fn call(&mut self, ctx: HookCtx, x: &Tensor) -> Result<Option<Tensor>> {
-        if !self.points.contains(&ctx.site.point) {
+        let in_layers = self
+            .layers
+            .as_ref()
+            .is_none_or(|r| r.contains(&ctx.site.layer));
+        if !in_layers || !self.points.contains(&ctx.site.point) {
             return Ok(None);
         }
         Ok(Some(project_out(x, &self.unit)?))

@@ -309,3 +309,47 @@ fn hugging_face_folder_round_trip() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `Ablate::only_layers` ablates in the chosen blocks and nowhere else.
+#[test]
+fn ablation_restricted_to_layers() {
+    let m = tiny(Arch::Llama, DType::F32);
+    let dir = Tensor::randn(0f32, 1.0, 32, &Device::Cpu).unwrap();
+    let unit = dir
+        .broadcast_div(&dir.sqr().unwrap().sum_all().unwrap().sqrt().unwrap())
+        .unwrap();
+    let site = |layer| Site {
+        layer,
+        point: HookPoint::Output,
+    };
+    let mut rec = Record::new(vec![site(0), site(1)], vec![-1]);
+    {
+        let mut chain = Chain(vec![
+            Box::new(
+                Ablate::new(&dir, &HookPoint::ALL)
+                    .unwrap()
+                    .only_layers(1..2),
+            ),
+            Box::new(&mut rec),
+        ]);
+        logits(&m, &rows(), &mut chain);
+    }
+    let proj = |layer| {
+        rec.get(site(layer))
+            .unwrap()
+            .broadcast_matmul(&unit.reshape((32, 1)).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(
+        proj(0) > 1e-2,
+        "layer 0 must keep its component: {}",
+        proj(0)
+    );
+    assert!(proj(1) < 1e-5, "layer 1 must be ablated: {}", proj(1));
+}
