@@ -104,7 +104,7 @@ pub fn run_condition(
     Ok(Row {
         intervention: iv.clone(),
         label: iv.label(),
-        refusal: s.refusal.clone(),
+        refusal: s.refusal,
         mean_refusal_score: s.mean_refusal_score,
         kl: report
             .utility
