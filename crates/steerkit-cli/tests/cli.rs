@@ -295,6 +295,13 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(String::from_utf8_lossy(&first.stdout).contains("9 prompts answered"));
+    // The report names the judge with its measured agreement with people.
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains(&format!("judge: {}", steerkit_data::judge::DEFAULT_JUDGE))
+            && md.contains("binary agreement with people"),
+        "{md}"
+    );
     let report = std::fs::read_to_string(out.join("report.json")).unwrap();
     for f in [
         "report.md",
