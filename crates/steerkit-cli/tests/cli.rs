@@ -648,6 +648,20 @@ fn judge_writes_verdicts_and_agreement() {
         .unwrap()
         .starts_with("opening: "));
     assert_eq!(written[4]["judge_rule"], "none");
+    // A user's rules file adds a phrase to the built-in lists.
+    let rules = d.join("rules.toml");
+    std::fs::write(&rules, "refusal_openings = [\"Paris is\"]\n").unwrap();
+    let o = steerkit(&[
+        "judge",
+        input.to_str().unwrap(),
+        "--judge-rules",
+        rules.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("extended by") && err.contains("compliance 1, full_refusal 4"),
+        "{err}"
+    );
     // Without --out: rows on stdout, the summary on stderr; another field.
     std::fs::write(&input, "{\"text\": \"I won't.\"}\n").unwrap();
     let o = steerkit(&["judge", input.to_str().unwrap(), "--field", "text"]);
@@ -680,7 +694,6 @@ fn judge_writes_verdicts_and_agreement() {
     );
     bad("", &format!("{f}: no rows in this file"));
     bad("{\"completion\": \n", &format!("{f}:1: invalid JSON"));
-    let rules = d.join("rules.toml");
     std::fs::write(&rules, "refusal_opening = [\"x\"]\n").unwrap();
     std::fs::write(&input, "{\"completion\": \"a\"}\n").unwrap();
     assert_clean_error(
