@@ -96,8 +96,8 @@ pub const DEFAULT_JUDGE: &str = "steerkit rules v2, binary agreement with people
 /// The default rules, as shipped (generated: `judge_base.toml` plus learned phrases).
 pub const DEFAULT_RULES: &str = include_str!("judge.toml");
 
-/// The hand-written rules, written before any human-labelled data was looked at: the starting
-/// point of [`crate::learn::learn`].
+/// The hand-written rules (their header says what they were written from): the starting point
+/// of [`crate::learn::learn`].
 pub const BASE_RULES: &str = include_str!("judge_base.toml");
 
 impl Default for Rules {
