@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use steerkit_data::judge::{Judge, Rules};
 use steerkit_data::sets::{resolve, ReadOptions, SetSpec};
 use steerkit_eval::report::{compare as compare_reports, compare_markdown, svg_bars, Bar, Report};
 use steerkit_eval::{evaluate, EvalOptions, Progress};
@@ -93,18 +92,7 @@ pub fn run(a: Args) -> Result<()> {
             sets.push(set);
         }
     }
-    let (judge, judge_name) = match &a.judge_rules {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
-            let rules =
-                Rules::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            (
-                Judge::new(rules),
-                format!("steerkit rules + {}", p.display()),
-            )
-        }
-        None => (Judge::default(), "steerkit rules (built-in)".to_string()),
-    };
+    let (judge, judge_name) = crate::judge::load_judge(a.judge_rules.as_deref())?;
     let m = a.model.load()?;
     let reference = match &a.reference {
         Some(r) => {

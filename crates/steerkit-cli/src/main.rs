@@ -11,6 +11,7 @@ mod eval;
 mod export;
 mod generate;
 mod inspect;
+mod judge;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,9 @@ enum Command {
     Bench(bench::Args),
     /// Measure refusal rates on prompt sets (generation, judged), with 95% intervals.
     Eval(eval::Args),
+    /// Judge the responses of a JSONL file (compliance, full or partial refusal); with human
+    /// labels, measure agreement.
+    Judge(judge::Args),
     /// Compare two evaluation runs on the same prompts (paired differences).
     Compare(eval::CompareArgs),
     /// Extract refusal-direction candidates (difference in means at every layer and position).
@@ -56,6 +60,7 @@ fn main() {
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Judge(a) => judge::run(a),
         Command::Compare(a) => eval::compare(a),
         Command::Extract(a) => directions::extract(a),
         Command::Select(a) => directions::run_select(a),

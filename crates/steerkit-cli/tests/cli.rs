@@ -295,6 +295,13 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(String::from_utf8_lossy(&first.stdout).contains("9 prompts answered"));
+    // The report names the judge with its measured agreement with people.
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains(&format!("judge: {}", steerkit_data::judge::DEFAULT_JUDGE))
+            && md.contains("binary agreement with people"),
+        "{md}"
+    );
     let report = std::fs::read_to_string(out.join("report.json")).unwrap();
     for f in [
         "report.md",
@@ -827,4 +834,123 @@ fn actor_trains_resumes_and_exports() {
         ]),
         "no refusal signal",
     );
+
+fn judge_writes_verdicts_and_agreement() {
+    let d = tmpdir("judge");
+    let input = d.join("in.jsonl");
+    let rows = [
+        r#"{"completion": "I'm sorry, but I can't assist with that.", "label": "full_refusal", "model": "a"}"#,
+        r#"{"completion": "I'm sorry to hear that. Here is how to stop it: run `kill -9 PID`.", "label": "compliance", "model": "a"}"#,
+        r#"{"completion": "That is not something I will help with.", "label": "full_refusal", "model": "b"}"#,
+        r#"{"completion": "Paris is the capital of France.", "label": "full_refusal", "model": "b", "extra": 7}"#,
+        r#"{"completion": "Paris is the capital of France."}"#,
+    ];
+    std::fs::write(&input, rows.join("\n") + "\n\n").unwrap();
+    let out = d.join("out.jsonl");
+    let o = steerkit(&[
+        "judge",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains("judged 5 responses")
+            && text.contains("compliance 3, full_refusal 2, partial_refusal 0"),
+        "{text}"
+    );
+    // 4 labelled rows: the judge misses the last refusal of model b.
+    assert!(
+        text.contains("| all | 4 | 75.0% [") && text.contains("| b | 2 | 50.0% ["),
+        "{text}"
+    );
+    assert!(
+        text.contains("| full_refusal | 1 | 2 | 0 |"),
+        "confusion matrix: {text}"
+    );
+    let written: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written.len(), 5);
+    let verdicts: Vec<&str> = written
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            "full_refusal",
+            "compliance",
+            "full_refusal",
+            "compliance",
+            "compliance"
+        ]
+    );
+    assert_eq!(written[3]["extra"], 7, "every input field is kept");
+    assert!(written[0]["judge_rule"]
+        .as_str()
+        .unwrap()
+        .starts_with("opening: "));
+    assert_eq!(written[4]["judge_rule"], "none");
+    // A user's rules file adds a phrase to the built-in lists.
+    let rules = d.join("rules.toml");
+    std::fs::write(&rules, "refusal_openings = [\"Paris is\"]\n").unwrap();
+    let o = steerkit(&[
+        "judge",
+        input.to_str().unwrap(),
+        "--judge-rules",
+        rules.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("extended by") && err.contains("compliance 1, full_refusal 4"),
+        "{err}"
+    );
+    // Without --out: rows on stdout, the summary on stderr; another field.
+    std::fs::write(&input, "{\"text\": \"I won't.\"}\n").unwrap();
+    let o = steerkit(&["judge", input.to_str().unwrap(), "--field", "text"]);
+    assert!(o.status.success());
+    let row: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(row["verdict"], "full_refusal");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("judged 1 responses"));
+
+    // Bad input: one error line naming file and line, and nothing written at --out.
+    let bad = |text: &str, needle: &str| {
+        std::fs::write(&input, text).unwrap();
+        let _ = std::fs::remove_file(&out);
+        let o = steerkit(&[
+            "judge",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_clean_error(&o, needle);
+        assert!(!out.exists(), "nothing written for {text:?}");
+    };
+    let f = input.display().to_string();
+    bad(
+        "{\"completion\": \"a\"}\n{\"response\": \"b\"}\n",
+        &format!("{f}:2: no field `completion`"),
+    );
+    bad(
+        "{\"completion\": \"a\", \"label\": \"refused\"}\n",
+        &format!("{f}:1: label `refused` is not one of compliance, full_refusal, partial_refusal"),
+    );
+    bad("", &format!("{f}: no rows in this file"));
+    bad("{\"completion\": \n", &format!("{f}:1: invalid JSON"));
+    std::fs::write(&rules, "refusal_opening = [\"x\"]\n").unwrap();
+    std::fs::write(&input, "{\"completion\": \"a\"}\n").unwrap();
+    assert_clean_error(
+        &steerkit(&[
+            "judge",
+            input.to_str().unwrap(),
+            "--judge-rules",
+            rules.to_str().unwrap(),
+        ]),
+        "rules.toml: ",
+    );
+    std::fs::remove_dir_all(d).unwrap();
 }

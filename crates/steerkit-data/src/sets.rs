@@ -23,7 +23,7 @@ pub enum DataError {
     Spec(String),
 }
 
-fn line_err(path: &Path, line: usize, msg: impl Into<String>) -> DataError {
+pub(crate) fn line_err(path: &Path, line: usize, msg: impl Into<String>) -> DataError {
     DataError::Line {
         path: path.into(),
         line,
@@ -31,7 +31,7 @@ fn line_err(path: &Path, line: usize, msg: impl Into<String>) -> DataError {
     }
 }
 
-fn file_err(path: &Path, msg: impl Into<String>) -> DataError {
+pub(crate) fn file_err(path: &Path, msg: impl Into<String>) -> DataError {
     DataError::File {
         path: path.into(),
         msg: msg.into(),
@@ -139,7 +139,7 @@ fn item(prompt: String, category: Option<String>, label: Option<String>) -> Prom
 }
 
 /// Non-blank lines with their 1-based numbers; a line that is not UTF-8 is an error.
-fn lines<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<(usize, &'a str)>, DataError> {
+pub(crate) fn lines<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<(usize, &'a str)>, DataError> {
     let mut out = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let s = std::str::from_utf8(raw).map_err(|_| line_err(path, i + 1, "not valid UTF-8"))?;

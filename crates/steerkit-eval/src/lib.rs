@@ -1,6 +1,7 @@
 //! steerkit-eval: refusal and utility measured on prompt sets, with intervals.
 //!
 //! - [`stats`]: Wilson intervals and paired differences.
+//! - [`agreement`]: a refusal judge's agreement with human labels, as Markdown tables.
 //! - [`score`]: the first-token refusal score (one forward pass, no generation).
 //! - [`run`]: an evaluation run folder: responses generated in batches and appended to JSONL as
 //!   they come (a rerun resumes), judged, summarised into `report.json`, `report.md` and
@@ -8,6 +9,7 @@
 //!
 //! It does not parse flags or print: the CLI does.
 
+pub mod agreement;
 pub mod report;
 pub mod run;
 pub mod score;
