@@ -834,7 +834,9 @@ fn actor_trains_resumes_and_exports() {
         ]),
         "no refusal signal",
     );
+}
 
+#[test]
 fn judge_writes_verdicts_and_agreement() {
     let d = tmpdir("judge");
     let input = d.join("in.jsonl");
