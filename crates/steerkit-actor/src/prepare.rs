@@ -152,16 +152,28 @@ pub fn prepare(
     }
     let hp = harmful.prompts();
     let bp = harmless.prompts();
-    let (layer, silhouettes) = match opts.layer {
-        Some(l) => (l, Vec::new()),
+    let ids = refusal_token_ids(&m.tok);
+    let (layer, silhouettes, h_in, b_in) = match opts.layer {
+        Some(l) => {
+            let mut inputs = |p: &[&str]| {
+                block_inputs(m, p, &opts.system, l, opts.batch, None, &mut |k| {
+                    progress("caching block inputs", k)
+                })
+                .map(|x| x.0)
+            };
+            (l, Vec::new(), inputs(&hp)?, inputs(&bp)?)
+        }
         None => {
             let both: Vec<&str> = hp.iter().chain(&bp).copied().collect();
-            let states = last_token_states(m, &both, &opts.system, opts.batch, &mut |k| {
-                progress("choosing the layer", k)
-            })?;
-            let labels: Vec<bool> = (0..both.len()).map(|i| i < hp.len()).collect();
             let lo = ((opts.layer_range.0 * n as f64).floor() as usize).min(n - 1);
             let hi = ((opts.layer_range.1 * n as f64).ceil() as usize).clamp(lo + 1, n);
+            // One pass: last-token states for the choice, and the inputs of every candidate
+            // layer, so that the chosen one needs no second pass.
+            let (states, mut inputs) =
+                last_token_states(m, &both, &opts.system, opts.batch, lo..hi, &mut |k| {
+                    progress("choosing the layer", k)
+                })?;
+            let labels: Vec<bool> = (0..both.len()).map(|i| i < hp.len()).collect();
             let mut sil = Vec::new();
             for l in lo..hi {
                 if let Some(s) = silhouette(&states.get(l)?, &labels)? {
@@ -175,10 +187,11 @@ pub fn prepare(
                 .ok_or_else(|| {
                     ActorError::Input("need two harmful and two harmless prompts".into())
                 })?;
-            (best, sil)
+            let mut chosen = inputs.swap_remove(best - lo);
+            let b_in = chosen.split_off(hp.len());
+            (best, sil, chosen, b_in)
         }
     };
-    let ids = refusal_token_ids(&m.tok);
     let mut caching = |p: &[&str], screen: bool| {
         block_inputs(
             m,
@@ -190,8 +203,6 @@ pub fn prepare(
             &mut |k| progress("caching block inputs", k),
         )
     };
-    let (h_in, _) = caching(&hp, false)?;
-    let (b_in, _) = caching(&bp, false)?;
     let (p_in, p_scores) = caching(&pseudo.prompts(), opts.only_refused.is_some())?;
     let total_pseudo = p_in.len();
     let p_in: Vec<Tensor> = match (opts.only_refused, p_scores) {

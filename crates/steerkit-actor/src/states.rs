@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use steerkit_eval::score::refusal_score;
 use steerkit_model::{
-    left_pad, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, NoHook, Record, Site,
+    left_pad, Chain, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, NoHook, Record, Site,
     SystemPrompt,
 };
 
@@ -88,14 +88,43 @@ pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// Last-token block outputs at every layer, `[layers, prompts, hidden]` (f32, CPU).
+/// Keeps the unpadded block inputs of every row at a range of layers.
+struct CaptureInputs {
+    layers: std::ops::Range<usize>,
+    pads: Vec<usize>,
+    /// `[layer - start][row]`.
+    got: Vec<Vec<Tensor>>,
+}
+
+impl Hook for CaptureInputs {
+    fn call(&mut self, ctx: HookCtx, x: &Tensor) -> Result<Option<Tensor>, ModelError> {
+        let l = ctx.site.layer;
+        if ctx.site.point == HookPoint::Input && self.layers.contains(&l) {
+            let t = x.dim(1)?;
+            for (b, &pad) in self.pads.iter().enumerate() {
+                self.got[l - self.layers.start].push(
+                    x.get(b)?
+                        .narrow(0, pad, t - pad)?
+                        .to_dtype(DType::F32)?
+                        .to_device(&Device::Cpu)?,
+                );
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Last-token block outputs at every layer, `[layers, prompts, hidden]` (f32, CPU), and, in
+/// the same pass, the unpadded block inputs of every prompt at the layers in `capture`
+/// (`[layer - capture.start][prompt]`), so that the chosen layer's inputs need no second pass.
 pub fn last_token_states(
     m: &Loaded,
     prompts: &[&str],
     system: &SystemPrompt,
     batch: usize,
+    capture: std::ops::Range<usize>,
     progress: &mut dyn FnMut(usize),
-) -> Result<Tensor, ModelError> {
+) -> Result<(Tensor, Vec<Vec<Tensor>>), ModelError> {
     let layers = m.model.cfg.num_layers;
     let sites: Vec<Site> = (0..layers)
         .map(|layer| Site {
@@ -104,13 +133,26 @@ pub fn last_token_states(
         })
         .collect();
     let mut parts = Vec::new();
+    let mut inputs: Vec<Vec<Tensor>> = vec![Vec::with_capacity(prompts.len()); capture.len()];
     for chunk in prompts.chunks(batch.max(1)) {
         let rows = token_rows(m, chunk, system)?;
         let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
         let mut rec = Record::new(sites.clone(), vec![-1]);
+        let mut cap = CaptureInputs {
+            layers: capture.clone(),
+            got: vec![Vec::new(); capture.len()],
+            pads,
+        };
         let x = m.model.embed(&ids)?;
-        m.model
-            .forward_layers(x, &pads, 0..layers, None, &mut rec, Mode::Inference)?;
+        let pads = cap.pads.clone();
+        {
+            let mut chain = Chain(vec![Box::new(&mut rec), Box::new(&mut cap)]);
+            m.model
+                .forward_layers(x, &pads, 0..layers, None, &mut chain, Mode::Inference)?;
+        }
+        for (all, got) in inputs.iter_mut().zip(cap.got) {
+            all.extend(got);
+        }
         let per_layer = sites
             .iter()
             .map(|s| {
@@ -124,7 +166,7 @@ pub fn last_token_states(
         parts.push(Tensor::stack(&per_layer, 0)?);
         progress(chunk.len());
     }
-    Ok(Tensor::cat(&parts, 1)?)
+    Ok((Tensor::cat(&parts, 1)?, inputs))
 }
 
 /// Mean silhouette score (Euclidean) of two clusters: `x: [n, hidden]`, `in_a[i]` tells the

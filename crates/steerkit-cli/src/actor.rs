@@ -115,12 +115,12 @@ pub fn run(a: Args) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let m = a.model.load()?;
     let t0 = std::time::Instant::now();
-    let total = (harmful.items.len() * 2 + harmless.items.len() * 2 + pseudo.items.len())
+    let total = (harmful.items.len() + harmless.items.len() + pseudo.items.len())
         + vals.iter().map(|v| v.items.len()).sum::<usize>();
     let pb = bar(total as u64, "preparing");
     let opts = PrepareOptions {
         system: a.system.choice(),
-        batch: 16,
+        batch: 32,
         layer: a.layer,
         layer_range: (0.25, 0.75),
         only_refused: a.only_refused.then_some(a.refused_above),
