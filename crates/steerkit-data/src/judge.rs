@@ -91,7 +91,7 @@ pub struct Rules {
 
 /// How reports name the default judge, with its measured agreement with people (README, "The
 /// judge against people"; update both when `judge.toml` changes).
-pub const DEFAULT_JUDGE: &str = "steerkit rules v2, binary agreement with people 94.4% on xstest_judged (1,275/1,350, in-sample; leave-one-model-out minimum 87.8%, Mistral-7B)";
+pub const DEFAULT_JUDGE: &str = "steerkit rules v2, binary agreement with people 92.1% on xstest_judged (1,244/1,350; GPT-4 95.8%, Llama-2 92.9%, Mistral-7B 87.8%)";
 
 /// The default rules, as shipped (generated: `judge_base.toml` plus learned phrases).
 pub const DEFAULT_RULES: &str = include_str!("judge.toml");
