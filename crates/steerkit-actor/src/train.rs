@@ -413,11 +413,15 @@ pub fn train(
     let mut fixed: Option<(Tensor, Tensor, [f64; 3])> = None;
     for epoch in start + 1..=cfg.epochs {
         let t0 = Instant::now();
+        // The states with the current weights: new targets when refreshing, and the logged
+        // projections and |R| either way.
+        let a = current_states(model, layer, &inputs, cfg.batch * 2)?;
+        let now = targets(&a, &groups, cfg.alpha, cfg.alpha_harmful)?;
         if cfg.refresh || fixed.is_none() {
-            let a = current_states(model, layer, &inputs, cfg.batch * 2)?;
-            fixed = Some(targets(&a, &groups, cfg.alpha, cfg.alpha_harmful)?);
+            fixed = Some(now.clone());
         }
-        let (tg, r, proj) = fixed.clone().expect("computed");
+        let (tg, _, _) = fixed.clone().expect("computed");
+        let (_, r, proj) = now;
         let tg = tg.to_dtype(model.dtype)?.to_device(&model.device)?;
         let mut order: Vec<usize> = (0..data.len()).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(

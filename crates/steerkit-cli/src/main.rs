@@ -12,19 +12,20 @@ mod export;
 mod generate;
 mod inspect;
 mod judge;
+mod pipeline;
 
 use clap::{Parser, Subcommand};
 
 /// Fix over-refusal in local chat models: inspect, run and measure them.
 #[derive(Parser)]
 #[command(name = "steerkit", version, about, long_about = None)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Show a model's architecture, size, chat template and special tokens.
     Inspect(inspect::Args),
     /// Generate answers to one prompt or a file of prompts (JSON lines out).
@@ -50,25 +51,32 @@ enum Command {
     Actor(actor::Args),
     /// Export weights (orthogonalized, or patched by an ACTOR run) or a llama.cpp control vector.
     Export(export::Args),
+    /// The whole job from a config: ACTOR, export, evaluation before and after, report.md.
+    Run(pipeline::Args),
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let res = match cli.command {
+/// Runs one command.
+pub(crate) fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
-        Command::Judge(a) => judge::run(a),
         Command::Compare(a) => eval::compare(a),
+        Command::Judge(a) => judge::run(a),
         Command::Extract(a) => directions::extract(a),
         Command::Select(a) => directions::run_select(a),
         Command::Ablate(a) => ablate::run(a),
         Command::Actor(a) => actor::run(a),
         Command::Export(a) => export::run(a),
-    };
-    if let Err(e) = res {
+        Command::Run(a) => pipeline::run(a),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli.command) {
         // One line: candle errors carry a backtrace after the message when RUST_BACKTRACE is set.
         let msg = format!("{e:#}");
         eprintln!("error: {}", msg.lines().next().unwrap_or("unknown error"));

@@ -956,3 +956,99 @@ fn judge_writes_verdicts_and_agreement() {
     );
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn run_pipeline_from_a_config_skips_finished_phases() {
+    let d = tmpdir("pipeline");
+    let tiny = tiny_folder(&d);
+    let out = d.join("run");
+    let cfg = d.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"model = "{}"
+out = "{}"
+[actor]
+limit = 4
+pseudo_limit = 4
+layer = 1
+min_silhouette = -1.0
+epochs = 1
+no_refresh = true
+[eval]
+set = ["harmful", "pseudo_harmful"]
+limit = 2
+max_new_tokens = 4
+kl_set = "harmless"
+"#,
+            tiny.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let first = steerkit(&["run", c]);
+    let so = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{}\n{so}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "Refusal rates, before and after",
+        "pseudo_harmful",
+        "first-token KL from the original model",
+        "steerkit actor -m",
+        "ACTOR trained block 1",
+    ] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+    for f in [
+        "actor/block-epoch1.safetensors",
+        "patched/config.json",
+        "eval-before/report.json",
+        "eval-after/report.json",
+        "comparison.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // Again: export is skipped, training and answers are reused.
+    let second = steerkit(&["run", c]);
+    let so = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{so}");
+    assert!(so.contains("holds the last checkpoint; skipped"), "{so}");
+    assert!(so.contains("all answers were already saved"), "{so}");
+    // One more epoch from the command line: training resumes and the export is redone.
+    let third = steerkit(&["run", c, "--set", "actor.epochs=2"]);
+    let so = String::from_utf8_lossy(&third.stdout);
+    assert!(third.status.success(), "{so}");
+    assert!(
+        so.contains("epoch 2: loss") && !so.contains("epoch 1: loss"),
+        "{so}"
+    );
+    assert!(!so.contains("skipped"), "{so}");
+    // Bad configurations: one clear error naming the phase or the file.
+    let bad = d.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "model = \"{}\"\nout = \"{}\"\n[actor]\nbogus = 1\n",
+            tiny.display(),
+            d.join("b").display()
+        ),
+    )
+    .unwrap();
+    assert_clean_error(
+        &steerkit(&["run", bad.to_str().unwrap()]),
+        "phase actor: bad configuration",
+    );
+    std::fs::write(&bad, "out = \"x\"\n").unwrap();
+    assert_clean_error(
+        &steerkit(&["run", bad.to_str().unwrap()]),
+        "missing `model`",
+    );
+    std::fs::write(&bad, "model = [\n").unwrap();
+    assert_clean_error(&steerkit(&["run", bad.to_str().unwrap()]), "bad.toml");
+    std::fs::remove_dir_all(d).unwrap();
+}

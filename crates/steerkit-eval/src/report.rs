@@ -82,7 +82,8 @@ pub struct Utility {
     pub first_token_kl: Option<crate::utility::FirstTokenKl>,
 }
 
-fn kind_str(k: SetKind) -> &'static str {
+/// How a set kind reads in reports.
+pub fn kind_str(k: SetKind) -> &'static str {
     match k {
         SetKind::Safe => "safe (lower is better)",
         SetKind::Harmful => "harmful (higher is better)",

@@ -1,0 +1,334 @@
+//! `steerkit run CONFIG.toml`: model -> ACTOR -> export -> evaluation before and after ->
+//! report.md, each phase skipped when its output in the run folder is already valid.
+//!
+//! The config's sections hold the flags of the commands it runs: `[actor]` keys are
+//! `steerkit actor` flags, `[eval]` keys `steerkit eval` flags, `[export]` keys `steerkit
+//! export` flags (`epochs = 3` is `--epochs 3`, `only_refused = true` is `--only-refused`, a
+//! list repeats the flag). Top-level keys: `model`, `out`, `device`, `dtype`, `system`,
+//! `no_system`. `--set section.key=value` overrides any key from the command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use clap::Parser;
+use steerkit_eval::report::{compare as compare_reports, compare_markdown, Report};
+use steerkit_eval::run::write_atomic;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The run configuration (TOML; see configs/).
+    pub config: PathBuf,
+    /// Override a key: `--set actor.epochs=1`, `--set out=runs/x` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// Reads the config and applies the overrides (values parsed as TOML, else taken as strings).
+fn read_config(a: &Args) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("{}: cannot read", a.config.display()))?;
+    let mut t: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", a.config.display(), e.message()))?;
+    for o in &a.overrides {
+        let Some((key, value)) = o.split_once('=') else {
+            bail!("--set {o}: expected KEY=VALUE");
+        };
+        let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut x| x.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let mut table = &mut t;
+        let parts: Vec<&str> = key.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            table = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .with_context(|| format!("--set {o}: `{p}` is not a section"))?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), v);
+    }
+    Ok(t)
+}
+
+/// A section's keys as command-line flags.
+fn flags(t: &toml::Table, section: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let Some(v) = t.get(section) else {
+        return Ok(out);
+    };
+    let sec = v
+        .as_table()
+        .with_context(|| format!("`{section}` must be a section ([{section}])"))?;
+    for (k, v) in sec {
+        let flag = format!("--{}", k.replace('_', "-"));
+        let scalar = |v: &toml::Value| -> Result<String> {
+            Ok(match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => bail!("[{section}] {k}: unsupported value {other}"),
+            })
+        };
+        match v {
+            toml::Value::Boolean(true) => out.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for it in items {
+                    out.push(flag.clone());
+                    out.push(scalar(it)?);
+                }
+            }
+            v => {
+                out.push(flag);
+                out.push(scalar(v)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn top(t: &toml::Table, key: &str) -> Option<String> {
+    t.get(key).and_then(|v| match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Boolean(true) => Some(String::new()),
+        _ => None,
+    })
+}
+
+/// Runs one phase as the command line `argv` would, naming the phase in an error.
+fn phase(name: &str, argv: &[String], log: &mut Vec<String>) -> Result<()> {
+    let shown: Vec<String> = argv
+        .iter()
+        .map(|a| {
+            if a.contains(' ') || a.is_empty() {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let line = format!("steerkit {}", shown.join(" "));
+    println!("\n== {name}: {line}");
+    log.push(line);
+    let cli = crate::Cli::try_parse_from(
+        std::iter::once("steerkit".to_string()).chain(argv.iter().cloned()),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "phase {name}: bad configuration: {}",
+            e.to_string().lines().next().unwrap_or("")
+        )
+    })?;
+    crate::dispatch(cli.command).with_context(|| format!("phase {name} failed (fix the config or the inputs and rerun: finished phases are kept)"))
+}
+
+/// The export marker: which checkpoint the exported folder holds.
+fn export_marker(actor_run: &Path) -> Result<String> {
+    let state = std::fs::read_to_string(actor_run.join("state.json"))
+        .with_context(|| format!("{}: no state.json", actor_run.display()))?;
+    Ok(state)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let t = read_config(&a)?;
+    let Some(model) = top(&t, "model") else {
+        bail!("{}: missing `model`", a.config.display());
+    };
+    let out = PathBuf::from(top(&t, "out").unwrap_or_else(|| "runs/steerkit".into()));
+    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    let mut common: Vec<String> = Vec::new();
+    for k in ["device", "dtype"] {
+        if let Some(v) = top(&t, k) {
+            common.extend([format!("--{k}"), v]);
+        }
+    }
+    let mut system: Vec<String> = Vec::new();
+    if let Some(s) = top(&t, "system") {
+        system.extend(["--system".into(), s]);
+    }
+    if t.get("no_system").and_then(|v| v.as_bool()) == Some(true) {
+        system.push("--no-system".into());
+    }
+    let t0 = std::time::Instant::now();
+    let mut log = Vec::new();
+    let actor_run = out.join("actor");
+    let patched = out.join("patched");
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+
+    // 1. ACTOR (resumes; the cache and finished epochs are reused).
+    let mut argv: Vec<String> = vec!["actor".into(), "-m".into(), model.clone()];
+    argv.extend(common.clone());
+    argv.extend(system.clone());
+    argv.extend(flags(&t, "actor")?);
+    argv.extend(["--out".into(), path(&actor_run)]);
+    phase("actor", &argv, &mut log)?;
+
+    // 2. Export, unless the folder already holds this checkpoint.
+    let marker = export_marker(&actor_run)?;
+    let marker_path = out.join("patched.state.json");
+    let fresh = patched.join("config.json").is_file()
+        && std::fs::read_to_string(&marker_path).ok().as_deref() == Some(marker.as_str());
+    let mut argv: Vec<String> = vec!["export".into(), "-m".into(), model.clone()];
+    argv.extend(common.clone());
+    argv.extend(flags(&t, "export")?);
+    argv.extend([
+        "--run".into(),
+        path(&actor_run),
+        "--out".into(),
+        path(&patched),
+    ]);
+    if fresh {
+        println!(
+            "\n== export: {} holds the last checkpoint; skipped",
+            patched.display()
+        );
+        log.push(format!("steerkit {}", argv.join(" ")));
+    } else {
+        if patched.exists() {
+            std::fs::remove_dir_all(&patched).with_context(|| patched.display().to_string())?;
+        }
+        phase("export", &argv, &mut log)?;
+        write_atomic(&marker_path, marker.as_bytes())?;
+        // Answers of an earlier patched model are stale.
+        let stale = out.join("eval-after");
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale).with_context(|| stale.display().to_string())?;
+        }
+    }
+
+    // 3-4. Evaluations (resumable: saved answers are kept).
+    let eval_flags = flags(&t, "eval")?;
+    let before = out.join("eval-before");
+    let after = out.join("eval-after");
+    let mut argv: Vec<String> = vec!["eval".into(), "-m".into(), model.clone()];
+    argv.extend(common.clone());
+    argv.extend(system.clone());
+    argv.extend(eval_flags.clone());
+    argv.extend(["--out".into(), path(&before)]);
+    phase("evaluate before", &argv, &mut log)?;
+    let mut argv: Vec<String> = vec!["eval".into(), "-m".into(), path(&patched)];
+    argv.extend(common.clone());
+    argv.extend(system.clone());
+    argv.extend(eval_flags);
+    argv.extend([
+        "--reference".into(),
+        model.clone(),
+        "--out".into(),
+        path(&after),
+    ]);
+    phase("evaluate after", &argv, &mut log)?;
+
+    // 5. The report.
+    let argv: Vec<String> = vec![
+        "compare".into(),
+        path(&before),
+        path(&after),
+        "--out".into(),
+        path(&out),
+    ];
+    phase("compare", &argv, &mut log)?;
+    let rb = Report::read(&before)?;
+    let ra = Report::read(&after)?;
+    let rows = compare_reports(&rb, &ra)?;
+    let md = report_md(
+        &a.config,
+        &model,
+        &actor_run,
+        &rb,
+        &ra,
+        &compare_markdown(&rb, &ra, &rows),
+        &log,
+    )?;
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    println!(
+        "\nreport: {} ({:.0} s)",
+        out.join("report.md").display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn rate_table(r: &Report) -> String {
+    let mut s = String::from("| set | kind | refused | rate [95% CI] |\n|---|---|---|---|\n");
+    for x in &r.sets {
+        s.push_str(&format!(
+            "| {} | {} | {}/{} | {:.1}% [{:.1}, {:.1}] |\n",
+            x.name,
+            steerkit_eval::report::kind_str(x.kind),
+            x.refusal.k,
+            x.refusal.n,
+            100.0 * x.refusal.rate,
+            100.0 * x.refusal.lo,
+            100.0 * x.refusal.hi
+        ));
+    }
+    s
+}
+
+fn report_md(
+    config: &Path,
+    model: &str,
+    actor_run: &Path,
+    before: &Report,
+    after: &Report,
+    comparison: &str,
+    log: &[String],
+) -> Result<String> {
+    let meta: crate::actor::ActorMeta = serde_json::from_slice(
+        &std::fs::read(actor_run.join("actor.json")).context("actor.json")?,
+    )?;
+    let logs: Vec<steerkit_actor::train::EpochLog> =
+        serde_json::from_slice(&std::fs::read(actor_run.join("log.json")).context("log.json")?)?;
+    let secs: f64 = logs.iter().map(|l| l.seconds).sum();
+    let mut s = format!(
+        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts ({} of {} kept as refused) for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
+        config.display(),
+        meta.layer,
+        meta.harmful,
+        meta.harmless,
+        meta.pseudo_kept,
+        meta.pseudo_kept,
+        meta.pseudo_total,
+        logs.len(),
+        meta.config.alpha,
+        meta.config.alpha_harmful,
+        meta.config.adamw.lr,
+        meta.config.refresh,
+    );
+    s.push_str("## Refusal rates, before and after\n\nSafe sets: lower is better (over-refusal). Harmful sets: higher is better.\n\n");
+    s.push_str(&format!(
+        "Before (`{}`):\n\n{}\n",
+        before.model,
+        rate_table(before)
+    ));
+    s.push_str(&format!(
+        "After (`{}`):\n\n{}\n",
+        after.model,
+        rate_table(after)
+    ));
+    s.push_str(comparison);
+    s.push_str("\n![before and after](comparison.svg)\n\n## Utility\n\n");
+    s.push_str(&format!(
+        "- plain-text cross-entropy: {:.3} nats/token before, {:.3} after\n",
+        before.utility.plain_text_cross_entropy.mean_nats,
+        after.utility.plain_text_cross_entropy.mean_nats
+    ));
+    if let Some(k) = &after.utility.first_token_kl {
+        s.push_str(&format!(
+            "- first-token KL from the original model on `{}` ({} prompts): {:.4}\n",
+            k.set, k.n, k.mean
+        ));
+    }
+    s.push_str(&format!(
+        "\nJudge: {}. Its error is part of every rate above.\n\n## Reproduce\n\n```\n",
+        after.judge
+    ));
+    for l in log {
+        s.push_str(l);
+        s.push('\n');
+    }
+    s.push_str("```\n");
+    Ok(s)
+}
