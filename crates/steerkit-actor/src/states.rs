@@ -2,8 +2,9 @@
 //! layers below it are frozen), last-token states for choosing the layer, and the silhouette
 //! score that measures how well they separate harmful from harmless prompts.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use steerkit_eval::score::refusal_score;
+pub use steerkit_eval::utility::log_softmax;
 use steerkit_model::{
     left_pad, Chain, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, NoHook, Record, Site,
     SystemPrompt,
@@ -80,14 +81,6 @@ pub fn block_inputs(
     Ok((inputs, scores))
 }
 
-/// Log-softmax over the last dimension.
-pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
-}
-
 /// Keeps the unpadded block inputs of every row at a range of layers.
 struct CaptureInputs {
     layers: std::ops::Range<usize>,
@@ -126,12 +119,7 @@ pub fn last_token_states(
     progress: &mut dyn FnMut(usize),
 ) -> Result<(Tensor, Vec<Vec<Tensor>>), ModelError> {
     let layers = m.model.cfg.num_layers;
-    let sites: Vec<Site> = (0..layers)
-        .map(|layer| Site {
-            layer,
-            point: HookPoint::Output,
-        })
-        .collect();
+    let sites = Site::block_outputs(layers);
     let mut parts = Vec::new();
     let mut inputs: Vec<Vec<Tensor>> = vec![Vec::with_capacity(prompts.len()); capture.len()];
     for chunk in prompts.chunks(batch.max(1)) {

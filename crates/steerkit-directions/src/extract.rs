@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use steerkit_data::PromptSet;
-use steerkit_model::{left_pad, HookPoint, Loaded, Mode, ModelError, Record, Site, SystemPrompt};
+use steerkit_model::{left_pad, Loaded, Mode, ModelError, Record, Site, SystemPrompt};
 
 /// Failures around a run folder.
 #[derive(Debug, thiserror::Error)]
@@ -182,12 +182,7 @@ fn mean_activations(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor, RunError> {
     let layers = m.model.cfg.num_layers;
-    let sites: Vec<Site> = (0..layers)
-        .map(|layer| Site {
-            layer,
-            point: HookPoint::Output,
-        })
-        .collect();
+    let sites = Site::block_outputs(layers);
     let pos: Vec<isize> = (-(positions as isize)..0).collect();
     let mut sum = Tensor::zeros(
         (layers, positions, m.model.cfg.hidden_size),

@@ -42,7 +42,7 @@ pub fn cross_entropy(
     // Logits a slice of positions at a time: a full [t, vocab] matrix can be hundreds of MB.
     for start in (0..t).step_by(64) {
         let len = 64.min(t - start);
-        let lp = candle_nn_log_softmax(
+        let lp = log_softmax(
             &m.model
                 .logits(&h.narrow(0, start, len)?)?
                 .to_dtype(DType::F32)?,
@@ -56,7 +56,8 @@ pub fn cross_entropy(
     })
 }
 
-fn candle_nn_log_softmax(x: &Tensor) -> Result<Tensor, ModelError> {
+/// Log-softmax over the last dimension.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor, ModelError> {
     let max = x.max_keepdim(D::Minus1)?;
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -88,7 +89,7 @@ pub fn first_token_logprobs(
             .collect::<Result<Vec<_>, _>>()?;
         let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
         let logits = m.model.last_logits(&ids, &pads, hook)?;
-        let lp: Vec<Vec<f32>> = candle_nn_log_softmax(&logits)?.to_vec2()?;
+        let lp: Vec<Vec<f32>> = log_softmax(&logits)?.to_vec2()?;
         out.extend(lp);
     }
     Ok(out)

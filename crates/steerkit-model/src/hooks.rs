@@ -36,6 +36,18 @@ pub struct Site {
     pub point: HookPoint,
 }
 
+impl Site {
+    /// The output site of every block `0..layers`.
+    pub fn block_outputs(layers: usize) -> Vec<Site> {
+        (0..layers)
+            .map(|layer| Site {
+                layer,
+                point: HookPoint::Output,
+            })
+            .collect()
+    }
+}
+
 /// What a hook is told besides the tensor.
 #[derive(Debug, Clone, Copy)]
 pub struct HookCtx {
