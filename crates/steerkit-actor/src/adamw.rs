@@ -60,17 +60,30 @@ impl AdamW {
 
     /// One update with one gradient per variable (same order as [`AdamW::vars`]).
     pub fn apply(&mut self, grads: &[Tensor]) -> Result<()> {
+        self.apply_projected(grads, &mut |_, u| Ok(u.clone()))
+    }
+
+    /// One update whose step (the Adam direction plus weight decay, before the learning
+    /// rate) passes through `project(name, step)` first: gradient projection for an adaptive
+    /// optimizer must act on the step, since Adam's per-coordinate scaling would rotate a
+    /// projected gradient out of the allowed subspace.
+    pub fn apply_projected(
+        &mut self,
+        grads: &[Tensor],
+        project: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
         self.step += 1;
         let c = self.cfg;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        for (i, ((_, var), g)) in self.vars.iter().zip(grads).enumerate() {
+        for (i, ((name, var), g)) in self.vars.iter().zip(grads).enumerate() {
             let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let mhat = (&m / bc1)?;
             let denom = ((&v / bc2)?.sqrt()? + c.eps)?;
-            let w = (var.as_tensor() * (1.0 - c.lr * c.weight_decay))?;
-            var.set(&(w - (mhat / denom)?.affine(c.lr, 0.0)?)?)?;
+            let step = ((mhat / denom)? + (var.as_tensor() * c.weight_decay)?)?;
+            let step = project(name, &step)?;
+            var.set(&(var.as_tensor() - step.affine(c.lr, 0.0)?)?)?;
             self.m[i] = m;
             self.v[i] = v;
         }

@@ -6,9 +6,11 @@
 //! - [`prepare`]: the layer choice, the training sets (optionally only the pseudo-harmful
 //!   prompts the model refuses) and the input cache of a run folder;
 //! - [`train`]: targets `a ∓ αP(a)`, loss `1 - cos`, AdamW on the block, checkpoints, resume;
-//! - [`adamw`]: the optimizer, with its state saved for exact resumes.
+//! - [`adamw`]: the optimizer, with its state saved for exact resumes;
+//! - [`ogp`]: capability subspaces of the block for activation-based gradient projection.
 
 pub mod adamw;
+pub mod ogp;
 pub mod plot;
 pub mod prepare;
 pub mod states;

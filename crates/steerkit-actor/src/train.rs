@@ -82,6 +82,20 @@ pub struct TrainConfig {
     pub parts: Parts,
     /// Recompute `R` and the targets with the current weights every epoch.
     pub refresh: bool,
+    /// Gradient projection (none when absent).
+    #[serde(default)]
+    pub ogp: Option<OgpSettings>,
+}
+
+/// Settings of the activation-based gradient projection (GPM; `steerkit_ogp`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OgpSettings {
+    /// The capability prompts (a set name) and how many.
+    pub data: String,
+    pub n: usize,
+    /// Fraction of the capability inputs' energy each basis keeps, and its largest size.
+    pub energy: f64,
+    pub max_k: usize,
 }
 
 impl TrainConfig {
@@ -113,6 +127,10 @@ pub struct EpochLog {
     pub seconds: f64,
     /// `(name, share with refusal score > 0, mean refusal score)` after the epoch.
     pub val: Vec<(String, f64, f64)>,
+    /// With gradient projection: the mean share of the step's norm removed (over matrices and
+    /// steps).
+    #[serde(default)]
+    pub ogp_removed: Option<f64>,
 }
 
 /// Progress events.
@@ -362,6 +380,23 @@ pub fn train(
     dir: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<EpochLog>, ActorError> {
+    train_projected(model, data, vals, refusal_ids, cfg, None, dir, progress)
+}
+
+/// [`train`] with every optimizer step projected off the capability subspaces of `projector`
+/// (named like the block's tensors, `model.layers.N.mlp.up_proj.weight`). The norm removed per
+/// matrix per step goes to `ogp.csv`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_projected(
+    model: &mut Model,
+    data: &[(Group, Tensor)],
+    vals: &[Val],
+    refusal_ids: &[u32],
+    cfg: &TrainConfig,
+    projector: Option<&steerkit_ogp::Projector>,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<EpochLog>, ActorError> {
     if data.is_empty() || cfg.batch == 0 || cfg.epochs == 0 {
         return Err(ActorError::Input(
             "nothing to train: no prompts, batch 0 or 0 epochs".into(),
@@ -430,6 +465,8 @@ pub fn train(
         let steps = order.len().div_ceil(cfg.batch);
         progress(Progress::Epoch { epoch, steps });
         let (mut loss_sum, mut gn_sum) = (0.0, 0.0);
+        let (mut removed_sum, mut removed_n) = (0.0, 0usize);
+        let mut ogp_rows = String::new();
         for (step, chunk) in order.chunks(cfg.batch).enumerate() {
             let rows: Vec<&Tensor> = chunk.iter().map(|&i| inputs[i]).collect();
             let idx = Tensor::new(
@@ -473,7 +510,39 @@ pub fn train(
                     .map(|g| g * s)
                     .collect::<candle_core::Result<_>>()?;
             }
-            opt.apply(&gs)?;
+            match projector {
+                Some(p) => {
+                    let mut err = None;
+                    opt.apply_projected(&gs, &mut |name, u| {
+                        let (pu, removed) = p.project(name, u).map_err(|e| {
+                            let msg = e.to_string();
+                            err = Some(e);
+                            candle_core::Error::Msg(msg)
+                        })?;
+                        let norm = u
+                            .sqr()?
+                            .sum_all()?
+                            .to_dtype(DType::F64)?
+                            .to_scalar::<f64>()?
+                            .sqrt();
+                        if p.bases().contains_key(name) {
+                            ogp_rows.push_str(&format!(
+                                "{epoch},{},{name},{norm:.6e},{removed:.6e}\n",
+                                step + 1
+                            ));
+                            if norm > 0.0 {
+                                removed_sum += removed / norm;
+                                removed_n += 1;
+                            }
+                        }
+                        Ok(pu)
+                    })?;
+                    if let Some(e) = err {
+                        return Err(ActorError::Input(e.to_string()));
+                    }
+                }
+                None => opt.apply(&gs)?,
+            }
             loss_sum += lv;
             gn_sum += gn;
             progress(Progress::Step { loss: lv });
@@ -493,7 +562,11 @@ pub fn train(
             proj_pseudo: proj[2],
             seconds: t0.elapsed().as_secs_f64(),
             val,
+            ogp_removed: (removed_n > 0).then(|| removed_sum / removed_n as f64),
         };
+        if projector.is_some() {
+            append_ogp_rows(dir, epoch, &ogp_rows)?;
+        }
         // Checkpoint: block, optimizer, then state.json (the commit point), then the log.
         let block: HashMap<String, Tensor> = all
             .iter()
@@ -515,6 +588,28 @@ pub fn train(
 }
 
 const LOG: &str = "log.json";
+
+/// `ogp.csv`: the norm of every projected step and the norm removed, per matrix per step.
+/// Rows of epochs at or after `epoch` (from an interrupted run) are replaced.
+fn append_ogp_rows(dir: &Path, epoch: usize, rows: &str) -> Result<(), ActorError> {
+    let p = dir.join("ogp.csv");
+    let mut text: String = std::fs::read_to_string(&p)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split(',')
+                .next()
+                .and_then(|e| e.parse::<usize>().ok())
+                .is_some_and(|e| e < epoch)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.insert_str(0, "epoch,step,matrix,step_norm,removed_norm\n");
+    text.push_str(rows);
+    write_atomic(&p, text.as_bytes())?;
+    Ok(())
+}
 
 fn read_log(dir: &Path) -> Vec<EpochLog> {
     std::fs::read(dir.join(LOG))

@@ -60,6 +60,7 @@ fn config(epochs: usize) -> TrainConfig {
         seed: 7,
         parts: "attn,mlp,norms".parse().unwrap(),
         refresh: true,
+        ogp: None,
     }
 }
 

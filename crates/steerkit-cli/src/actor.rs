@@ -73,6 +73,23 @@ pub struct Args {
     /// (NAME=FILE or a built-in name; repeatable). Use it to tune α, lr and epochs.
     #[arg(long = "val", value_name = "SPEC")]
     pub vals: Vec<String>,
+    /// Gradient projection: `act` keeps every optimizer step of the block off the subspace
+    /// its linear maps' inputs span on capability prompts (GPM), so their outputs there stay
+    /// unchanged to first order; `none` trains freely.
+    #[arg(long, default_value = "none", value_parser = ["none", "act"])]
+    pub ogp: String,
+    /// Capability prompts for --ogp act (a file or a built-in set name).
+    #[arg(long, default_value = "harmless")]
+    pub ogp_data: String,
+    /// Use the first N capability prompts.
+    #[arg(long, default_value_t = 64)]
+    pub ogp_limit: usize,
+    /// Fraction of the capability inputs' energy each basis keeps.
+    #[arg(long, default_value_t = 0.95)]
+    pub ogp_energy: f64,
+    /// Largest basis size per matrix.
+    #[arg(long, default_value_t = 256)]
+    pub ogp_max_k: usize,
     /// Smallest silhouette at the layer (below it: no refusal signal, an error).
     #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
     pub min_silhouette: f64,
@@ -175,6 +192,12 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         parts,
         refresh: !a.no_refresh,
+        ogp: (a.ogp == "act").then(|| steerkit_actor::train::OgpSettings {
+            data: a.ogp_data.clone(),
+            n: a.ogp_limit,
+            energy: a.ogp_energy,
+            max_k: a.ogp_max_k,
+        }),
     };
     let meta = ActorMeta {
         model: m.path.display().to_string(),
@@ -201,14 +224,52 @@ pub fn run(a: Args) -> Result<()> {
             100.0 * share
         );
     }
+    let projector = match &cfg.ogp {
+        Some(o) => {
+            let set = one_set(&o.data, "capability", Some(o.n))?;
+            let t = std::time::Instant::now();
+            let (inputs, _) = steerkit_actor::states::block_inputs(
+                &m,
+                &set.prompts(),
+                &a.system.choice(),
+                prep.layer,
+                32,
+                None,
+                &mut |_| {},
+            )?;
+            let (p, summary) = steerkit_actor::ogp::capability_projector(
+                &m.model, prep.layer, &inputs, o, &a.out,
+            )?;
+            let sizes: Vec<String> = summary
+                .iter()
+                .map(|(n, k, e)| {
+                    format!(
+                        "{} k={k} ({:.1}%)",
+                        n.rsplit('.').nth(1).unwrap_or(n),
+                        100.0 * e
+                    )
+                })
+                .collect();
+            println!(
+                "gradient projection (act) on {} capability prompts of `{}`: {} ({:.1} s)",
+                set.items.len(),
+                set.name,
+                sizes.join(", "),
+                t.elapsed().as_secs_f64()
+            );
+            Some(p)
+        }
+        None => None,
+    };
     let pb = bar(0, "training");
     let t1 = std::time::Instant::now();
-    let logs = steerkit_actor::train(
+    let logs = steerkit_actor::train::train_projected(
         &mut model,
         &prep.data,
         &prep.vals,
         &ids,
         &cfg,
+        projector.as_ref(),
         &a.out,
         &mut |p| match p {
             Progress::Epoch { epoch, steps } => {
@@ -227,8 +288,12 @@ pub fn run(a: Args) -> Result<()> {
                         .iter()
                         .map(|(n, s, _)| format!("{n} refused {:.1}%", 100.0 * s))
                         .collect();
+                    let ogp = l
+                        .ogp_removed
+                        .map(|r| format!(", {:.0}% of each step projected out", 100.0 * r))
+                        .unwrap_or_default();
                     println!(
-                        "epoch {}: loss {:.4}, |R| {:.2}, projections harmful {:+.2} harmless {:+.2} pseudo {:+.2}, {:.1} s{}{}",
+                        "epoch {}: loss {:.4}, |R| {:.2}, projections harmful {:+.2} harmless {:+.2} pseudo {:+.2}{ogp}, {:.1} s{}{}",
                         l.epoch,
                         l.loss,
                         l.r_norm,

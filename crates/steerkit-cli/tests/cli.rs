@@ -805,6 +805,35 @@ fn actor_trains_resumes_and_exports() {
     ]);
     assert_clean_error(&other, "not on this model");
     assert!(!d.join("x").exists());
+    // With gradient projection: bases saved, the share projected out logged per step.
+    let proj = d.join("proj");
+    let mut args = base.to_vec();
+    let pr = proj.to_str().unwrap();
+    *args.last_mut().unwrap() = pr;
+    args.extend([
+        "--epochs",
+        "1",
+        "--ogp",
+        "act",
+        "--ogp-limit",
+        "4",
+        "--ogp-energy",
+        "0.9",
+    ]);
+    let o = steerkit(&args);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("gradient projection (act) on 4 capability prompts"),
+        "{out}"
+    );
+    assert!(out.contains("of each step projected out"), "{out}");
+    let csv = std::fs::read_to_string(proj.join("ogp.csv")).unwrap();
+    assert!(
+        csv.lines().count() > 7 && csv.contains("down_proj"),
+        "{csv}"
+    );
+    assert!(proj.join("ogp_bases.safetensors").is_file());
     // Bad settings.
     let bad = d.join("bad");
     let b = bad.to_str().unwrap();

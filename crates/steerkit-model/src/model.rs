@@ -271,6 +271,52 @@ impl Model {
         Ok(x)
     }
 
+    /// The inputs of every linear map of block `layer` for the block input `x: [batch, seq,
+    /// hidden]` (left-padded by `pads`), as `[rows, in]` matrices of the real (not pad)
+    /// positions, named by the Hugging Face weight they multiply (`self_attn.q_proj.weight`):
+    /// what gradient projection (GPM) needs to keep those maps' outputs unchanged.
+    pub fn linear_inputs(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        pads: &[usize],
+    ) -> Result<Vec<(String, Tensor)>> {
+        let (b, t, _) = x.dims3()?;
+        let blk = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| ModelError::Input(format!("layer {layer} does not exist")))?;
+        let mode = Mode::Inference;
+        let rope = self.rope_tables(pads, 0, t)?;
+        let mask = self.attention_mask(pads, 0, t)?;
+        let h1 = self.rms_norm(x, &blk.attn_norm, mode)?;
+        let mix = self.attention_mix(blk, &h1, &rope, &mask, None, mode)?;
+        let x2 = (x + blk.o.forward(&mix)?)?;
+        let h2 = self.rms_norm(&x2, &blk.mlp_norm, mode)?;
+        let act = (blk.gate.forward(&h2)?.silu()? * blk.up.forward(&h2)?)?;
+        // Row indices of the real positions.
+        let keep: Vec<u32> = pads
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &p)| (p..t).map(move |c| (r * t + c) as u32))
+            .collect();
+        let keep = Tensor::new(keep, x.device())?;
+        let rows = |m: &Tensor| -> Result<Tensor> {
+            let d = m.dim(2)?;
+            Ok(m.reshape((b * t, d))?.index_select(&keep, 0)?)
+        };
+        let (h1, mix, h2, act) = (rows(&h1)?, rows(&mix)?, rows(&h2)?, rows(&act)?);
+        Ok(vec![
+            ("self_attn.q_proj.weight".into(), h1.clone()),
+            ("self_attn.k_proj.weight".into(), h1.clone()),
+            ("self_attn.v_proj.weight".into(), h1),
+            ("self_attn.o_proj.weight".into(), mix),
+            ("mlp.gate_proj.weight".into(), h2.clone()),
+            ("mlp.up_proj.weight".into(), h2),
+            ("mlp.down_proj.weight".into(), act),
+        ])
+    }
+
     /// The final RMSNorm.
     pub fn final_norm(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.rms_norm(x, &self.norm, mode)
@@ -377,6 +423,20 @@ impl Model {
         &self,
         blk: &Block,
         h: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        blk.o
+            .forward(&self.attention_mix(blk, h, rope, mask, cache, mode)?)
+    }
+
+    /// Attention up to the output projection: the heads' mixed values `[b, t, heads*hd]`.
+    fn attention_mix(
+        &self,
+        blk: &Block,
+        h: &Tensor,
         (cos, sin): &(Tensor, Tensor),
         mask: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
@@ -414,6 +474,6 @@ impl Model {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        blk.o.forward(&y)
+        Ok(y)
     }
 }

@@ -1,0 +1,94 @@
+//! The capability subspaces of the trained block (activation-based gradient projection):
+//! inputs of every linear map of block `l*` on capability prompts, their GPM bases, saved in
+//! the run folder and reused.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use steerkit_model::Model;
+use steerkit_ogp::{gpm_basis, Projector};
+
+use crate::states::pad_rows;
+use crate::train::OgpSettings;
+use crate::{run_err, ActorError};
+
+const BASES: &str = "ogp_bases.safetensors";
+const META: &str = "ogp.json";
+
+/// The projector for block `layer` from the block inputs of capability prompts, or the one
+/// saved in `dir` for the same settings. Returns the projector and, per matrix, the basis size
+/// and the energy it keeps.
+pub fn capability_projector(
+    model: &Model,
+    layer: usize,
+    inputs: &[Tensor],
+    settings: &OgpSettings,
+    dir: &Path,
+) -> Result<(Projector, Vec<(String, usize, f64)>), ActorError> {
+    let key = serde_json::to_string(&(layer, settings)).expect("serializes");
+    let meta_path = dir.join(META);
+    if let (Ok(old), Ok(t)) = (
+        std::fs::read_to_string(&meta_path),
+        candle_core::safetensors::load(dir.join(BASES), &Device::Cpu),
+    ) {
+        if let Ok((k, summary)) = serde_json::from_str::<(String, Vec<(String, usize, f64)>)>(&old)
+        {
+            if k == key {
+                return Ok((Projector::new(t), summary));
+            }
+        }
+    }
+    if inputs.is_empty() {
+        return Err(ActorError::Input(
+            "no capability prompts for the projection".into(),
+        ));
+    }
+    // Inputs of every linear map, all real positions of all prompts.
+    let mut rows: HashMap<String, Vec<Tensor>> = HashMap::new();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    for chunk in refs.chunks(16) {
+        let (x, pads) = pad_rows(chunk)?;
+        let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
+        for (name, a) in model.linear_inputs(layer, &x, &pads)? {
+            rows.entry(name)
+                .or_default()
+                .push(a.to_device(&Device::Cpu)?);
+        }
+    }
+    // q/k/v and gate/up share their inputs: one basis each.
+    let mut by_input: HashMap<&str, steerkit_ogp::Basis> = HashMap::new();
+    let mut bases = HashMap::new();
+    let mut summary = Vec::new();
+    let mut names: Vec<&String> = rows.keys().collect();
+    names.sort();
+    for name in names {
+        let shared = match name.as_str() {
+            "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => {
+                "attention input"
+            }
+            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => "mlp input",
+            other => other,
+        };
+        if !by_input.contains_key(shared) {
+            let a = Tensor::cat(&rows[name], 0)?;
+            let b = gpm_basis(&a, settings.energy, settings.max_k)
+                .map_err(|e| ActorError::Input(e.to_string()))?;
+            by_input.insert(shared, b);
+        }
+        let b = &by_input[shared];
+        let full = format!("model.layers.{layer}.{name}");
+        summary.push((full.clone(), b.u.dim(1)?, b.energy));
+        bases.insert(full, b.u.to_dtype(candle_core::DType::F32)?);
+    }
+    let tmp = dir.join(format!("{BASES}.tmp"));
+    candle_core::safetensors::save(&bases, &tmp)?;
+    std::fs::rename(&tmp, dir.join(BASES)).map_err(|e| run_err(dir, e.to_string()))?;
+    steerkit_eval::run::write_atomic(
+        &meta_path,
+        serde_json::to_string_pretty(&(key, &summary))
+            .expect("serializes")
+            .as_bytes(),
+    )?;
+    Ok((Projector::new(bases), summary))
+}

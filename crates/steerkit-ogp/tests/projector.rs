@@ -1,0 +1,163 @@
+//! The capability subspace and the projector: eigenvectors, energy, orthogonality, and the
+//! property that matters: a projected step leaves a block's outputs on capability inputs
+//! unchanged to first order.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::{Arch, Mode, NoHook};
+use steerkit_ogp::{gpm_basis, top_eigen, Projector};
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn top_eigenvectors_satisfy_the_eigen_equation() {
+    let a = Tensor::randn(0f64, 1.0, (60, 20), &Device::Cpu).unwrap();
+    let c = a.t().unwrap().matmul(&a).unwrap();
+    let (u, vals) = top_eigen(&c, 6, 60).unwrap();
+    assert_eq!(u.dims(), &[20, 6]);
+    let eye = u.t().unwrap().matmul(&u).unwrap();
+    assert!(max_abs(&(eye - Tensor::eye(6, DType::F64, &Device::Cpu).unwrap()).unwrap()) < 1e-9);
+    assert!(vals.windows(2).all(|w| w[0] >= w[1]), "{vals:?}");
+    for j in 0..6 {
+        let v = u.narrow(1, j, 1).unwrap();
+        let r = (c.matmul(&v).unwrap() - (&v * vals[j]).unwrap()).unwrap();
+        assert!(
+            max_abs(&r) < 1e-6 * vals[0],
+            "column {j}: residual {}",
+            max_abs(&r)
+        );
+    }
+}
+
+#[test]
+fn basis_of_a_low_rank_input_and_orthogonal_projection() {
+    // Inputs in a 3-dimensional subspace of R^16, plus a little noise.
+    let basis = Tensor::randn(0f64, 1.0, (3, 16), &Device::Cpu).unwrap();
+    let coef = Tensor::randn(0f64, 1.0, (200, 3), &Device::Cpu).unwrap();
+    let noise = (Tensor::randn(0f64, 1.0, (200, 16), &Device::Cpu).unwrap() * 1e-3).unwrap();
+    let x = (coef.matmul(&basis).unwrap() + noise).unwrap();
+    let b = gpm_basis(&x, 0.999, 16).unwrap();
+    assert_eq!(b.u.dim(1).unwrap(), 3, "energy {}", b.energy);
+    assert!(b.energy >= 0.999);
+    let p = Projector::new(HashMap::from([("w".to_string(), b.u.clone())]));
+    let g = Tensor::randn(0f64, 1.0, (5, 16), &Device::Cpu).unwrap();
+    let (pg, removed) = p.project("w", &g).unwrap();
+    // Orthogonal to the basis, and the removed part is what was taken away.
+    assert!(max_abs(&pg.matmul(&b.u).unwrap()) < 1e-5);
+    let diff = (g.clone() - &pg)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt();
+    assert!((diff - removed).abs() < 1e-9);
+    // A projected update barely moves the outputs on the capability inputs.
+    let moved = max_abs(&x.matmul(&pg.t().unwrap()).unwrap());
+    let unprojected = max_abs(&x.matmul(&g.t().unwrap()).unwrap());
+    assert!(moved < 1e-2 * unprojected, "{moved} vs {unprojected}");
+    // Other tensors pass unchanged.
+    let (same, none) = p.project("other", &g).unwrap();
+    assert_eq!(max_abs(&(same - &g).unwrap()), 0.0);
+    assert_eq!(none, 0.0);
+    assert!(gpm_basis(&x, 1.5, 4).is_err());
+}
+
+#[test]
+fn linear_inputs_reproduce_the_block() {
+    let m = random_model(tiny_config(Arch::Qwen2, 64), DType::F64, 2).unwrap();
+    let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
+    let pads = [0usize, 2];
+    let y = m
+        .forward_layers(x.clone(), &pads, 1..2, None, &mut NoHook, Mode::Inference)
+        .unwrap();
+    let ins: HashMap<String, Tensor> = m.linear_inputs(1, &x, &pads).unwrap().into_iter().collect();
+    assert_eq!(ins["mlp.down_proj.weight"].dims(), &[8, 48]);
+    // y = x + o(mix) + down(act) on the real rows.
+    let blk = &m.layers[1];
+    let real = |t: &Tensor| {
+        Tensor::cat(
+            &[
+                t.get(0).unwrap(),
+                t.get(1).unwrap().narrow(0, 2, 3).unwrap(),
+            ],
+            0,
+        )
+        .unwrap()
+    };
+    let o = blk.o.forward(&ins["self_attn.o_proj.weight"]).unwrap();
+    let d = blk.down.forward(&ins["mlp.down_proj.weight"]).unwrap();
+    let rebuilt = ((real(&x) + o).unwrap() + d).unwrap();
+    assert!(max_abs(&(rebuilt - real(&y)).unwrap()) < 1e-10);
+}
+
+#[test]
+fn a_projected_step_leaves_block_outputs_on_capability_inputs_unchanged_to_first_order() {
+    let mut m = random_model(tiny_config(Arch::Llama, 64), DType::F64, 3).unwrap();
+    let vars = m.trainable_block(1).unwrap();
+    // Capability inputs: 6 rows of 4 tokens (24 rows per linear map, below every input width).
+    let cap = Tensor::randn(0f64, 1.0, (6, 4, 32), &Device::Cpu).unwrap();
+    let pads = [0usize; 6];
+    let bases: HashMap<String, Tensor> = m
+        .linear_inputs(1, &cap, &pads)
+        .unwrap()
+        .into_iter()
+        .map(|(n, a)| {
+            (
+                format!("model.layers.1.{n}"),
+                gpm_basis(&a, 1.0 - 1e-12, 64).unwrap().u,
+            )
+        })
+        .collect();
+    let p = Projector::new(bases);
+    let out = |m: &steerkit_model::Model| {
+        m.forward_layers(cap.clone(), &pads, 1..2, None, &mut NoHook, Mode::Inference)
+            .unwrap()
+    };
+    let y0 = out(&m);
+    // An arbitrary update direction for every matrix, scaled by lr.
+    let originals: Vec<Tensor> = vars
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy().unwrap())
+        .collect();
+    let change = |project: bool, lr: f64| -> f64 {
+        for ((name, v), w0) in vars.iter().zip(&originals) {
+            let g = Tensor::randn(0f64, 1.0, v.dims(), &Device::Cpu).unwrap();
+            let g = if project && v.dims().len() == 2 {
+                p.project(name, &g).unwrap().0
+            } else if v.dims().len() == 2 {
+                g
+            } else {
+                g.zeros_like().unwrap()
+            };
+            v.set(&(w0 - (g * lr).unwrap()).unwrap()).unwrap();
+        }
+        let d = max_abs(&(out(&m) - &y0).unwrap());
+        for ((_, v), w0) in vars.iter().zip(&originals) {
+            v.set(w0).unwrap();
+        }
+        d
+    };
+    for lr in [1e-3, 1e-4] {
+        let plain = change(false, lr);
+        let projected = change(true, lr);
+        // First order in lr without projection, second order (lr²) with it.
+        assert!(
+            projected < 1e-3 * plain,
+            "lr {lr}: projected {projected} vs plain {plain}"
+        );
+    }
+}
