@@ -16,6 +16,9 @@ use crate::{run_err, ActorError};
 const BASES: &str = "ogp_bases.safetensors";
 const META: &str = "ogp.json";
 
+/// Per matrix: its name, the basis size and the share of the inputs' energy it keeps.
+pub type BasisSummary = Vec<(String, usize, f64)>;
+
 /// The projector for block `layer` from the block inputs of capability prompts, or the one
 /// saved in `dir` for the same settings. Returns the projector and, per matrix, the basis size
 /// and the energy it keeps.
@@ -25,15 +28,14 @@ pub fn capability_projector(
     inputs: &[Tensor],
     settings: &OgpSettings,
     dir: &Path,
-) -> Result<(Projector, Vec<(String, usize, f64)>), ActorError> {
+) -> Result<(Projector, BasisSummary), ActorError> {
     let key = serde_json::to_string(&(layer, settings)).expect("serializes");
     let meta_path = dir.join(META);
     if let (Ok(old), Ok(t)) = (
         std::fs::read_to_string(&meta_path),
         candle_core::safetensors::load(dir.join(BASES), &Device::Cpu),
     ) {
-        if let Ok((k, summary)) = serde_json::from_str::<(String, Vec<(String, usize, f64)>)>(&old)
-        {
+        if let Ok((k, summary)) = serde_json::from_str::<(String, BasisSummary)>(&old) {
             if k == key {
                 return Ok((Projector::new(t), summary));
             }
