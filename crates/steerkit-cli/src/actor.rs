@@ -47,8 +47,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub alpha: f64,
     /// Shift of harmful targets along the refusal vector (t = a + αP(a)); the paper uses 1,
-    /// which made over-refusal worse on Qwen 0.5B (see the README).
-    #[arg(long, default_value_t = 0.3)]
+    /// and with fixed targets it kept harmful refusals best on Qwen 0.5B (README).
+    #[arg(long, default_value_t = 1.0)]
     pub alpha_harmful: f64,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
@@ -66,9 +66,10 @@ pub struct Args {
     /// Which parts of the block train: attn, mlp, norms (comma-separated).
     #[arg(long = "train", default_value = "attn,mlp")]
     pub parts: String,
-    /// Keep R and the targets of the first epoch (default: recompute them every epoch).
+    /// Recompute R and the targets with the current weights every epoch, as the paper does
+    /// (default: keep those of the first epoch; refreshing oscillated on Qwen 0.5B, README).
     #[arg(long)]
-    pub no_refresh: bool,
+    pub refresh: bool,
     /// A held-out set whose first-token refusal share is logged after every epoch
     /// (NAME=FILE or a built-in name; repeatable). Use it to tune α, lr and epochs.
     #[arg(long = "val", value_name = "SPEC")]
@@ -191,7 +192,7 @@ pub fn run(a: Args) -> Result<()> {
         clip: a.clip,
         seed: a.seed,
         parts,
-        refresh: !a.no_refresh,
+        refresh: a.refresh,
         ogp: (a.ogp == "act").then(|| steerkit_actor::train::OgpSettings {
             data: a.ogp_data.clone(),
             n: a.ogp_limit,

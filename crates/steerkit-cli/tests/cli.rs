@@ -1003,7 +1003,6 @@ pseudo_limit = 4
 layer = 1
 min_silhouette = -1.0
 epochs = 1
-no_refresh = true
 [eval]
 set = ["harmful", "pseudo_harmful"]
 limit = 2

@@ -61,7 +61,6 @@ fn actor_on_qwen_reduces_over_refusal_and_keeps_refusals() {
         "17",
         "--epochs",
         "2",
-        "--no-refresh",
         "--val",
         &format!("orbench_hard_val={}", f("orbench_hard_val.jsonl")),
         "--val",
