@@ -12,9 +12,10 @@ use steerkit_eval::run::write_atomic;
 use steerkit_eval::score::refusal_token_ids;
 use steerkit_model::{Loaded, SystemPrompt};
 
-use crate::states::{block_inputs, last_token_states, pad_rows, silhouette};
-use crate::train::{Group, Val};
+use crate::states::{block_inputs, last_token_states, silhouette};
+use crate::train::{block_last, Group, Val};
 use crate::{run_err, ActorError};
+use steerkit_model::Mode;
 
 /// Settings of the preparation.
 #[derive(Debug, Clone)]
@@ -192,6 +193,28 @@ pub fn prepare(
             (best, sil, chosen, b_in)
         }
     };
+    // The refusal signal at the layer: silhouette of the block's last-token outputs (already
+    // measured when the layer was chosen; otherwise one block forward from the cached inputs).
+    let sil_at = match silhouettes.iter().find(|(l, _)| *l == layer) {
+        Some((_, s)) => *s,
+        None => {
+            let rows: Vec<&Tensor> = h_in.iter().chain(&b_in).collect();
+            let mut outs = Vec::new();
+            for chunk in rows.chunks(opts.batch.max(1)) {
+                outs.push(
+                    block_last(&m.model, layer, chunk, Mode::Inference)?.to_device(&Device::Cpu)?,
+                );
+            }
+            let labels: Vec<bool> = (0..rows.len()).map(|i| i < h_in.len()).collect();
+            silhouette(&Tensor::cat(&outs, 0)?, &labels)?.unwrap_or(0.0)
+        }
+    };
+    if sil_at < opts.min_silhouette {
+        return Err(ActorError::Input(format!(
+            "no refusal signal at layer {layer}: harmful and harmless states are not separable (silhouette {sil_at:.3} < {}); this model may not refuse, or choose another --layer",
+            opts.min_silhouette
+        )));
+    }
     let mut caching = |p: &[&str], screen: bool| {
         block_inputs(
             m,
@@ -222,33 +245,6 @@ pub fn prepare(
         )));
     }
     let kept_pseudo = p_in.len();
-    // The refusal signal at the chosen layer: silhouette of the block's last-token outputs.
-    let sil_at = {
-        let rows: Vec<&Tensor> = h_in.iter().chain(&b_in).collect();
-        let mut outs = Vec::new();
-        for chunk in rows.chunks(opts.batch.max(1)) {
-            let (x, pads) = pad_rows(chunk)?;
-            let x = x.to_device(&m.model.device)?.to_dtype(m.model.dtype)?;
-            let y = m.model.forward_layers(
-                x,
-                &pads,
-                layer..layer + 1,
-                None,
-                &mut steerkit_model::NoHook,
-                steerkit_model::Mode::Inference,
-            )?;
-            let t = y.dim(1)?;
-            outs.push(y.narrow(1, t - 1, 1)?.squeeze(1)?.to_device(&Device::Cpu)?);
-        }
-        let labels: Vec<bool> = (0..rows.len()).map(|i| i < h_in.len()).collect();
-        silhouette(&Tensor::cat(&outs, 0)?, &labels)?.unwrap_or(0.0)
-    };
-    if sil_at < opts.min_silhouette {
-        return Err(ActorError::Input(format!(
-            "no refusal signal at layer {layer}: harmful and harmless states are not separable (silhouette {sil_at:.3} < {}); this model may not refuse, or choose another --layer",
-            opts.min_silhouette
-        )));
-    }
     let mut silhouettes = silhouettes;
     if !silhouettes.iter().any(|(l, _)| *l == layer) {
         silhouettes.push((layer, sil_at));

@@ -67,18 +67,25 @@ pub fn block_inputs(
                     .forward_layers(x, &pads, 0..layer, None, &mut NoHook, Mode::Inference)?
             }
         };
-        let t = x.dim(1)?;
-        for (b, &pad) in pads.iter().enumerate() {
-            inputs.push(
-                x.get(b)?
-                    .narrow(0, pad, t - pad)?
-                    .to_dtype(DType::F32)?
-                    .to_device(&Device::Cpu)?,
-            );
-        }
+        inputs.extend(unpadded(&x, &pads)?);
         progress(chunk.len());
     }
     Ok((inputs, scores))
+}
+
+/// The rows of a left-padded `[batch, seq, hidden]` tensor without their pad columns, each
+/// `[tokens, hidden]` (f32, CPU).
+fn unpadded(x: &Tensor, pads: &[usize]) -> candle_core::Result<Vec<Tensor>> {
+    let t = x.dim(1)?;
+    pads.iter()
+        .enumerate()
+        .map(|(b, &pad)| {
+            x.get(b)?
+                .narrow(0, pad, t - pad)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)
+        })
+        .collect()
 }
 
 /// Keeps the unpadded block inputs of every row at a range of layers.
@@ -93,15 +100,7 @@ impl Hook for CaptureInputs {
     fn call(&mut self, ctx: HookCtx, x: &Tensor) -> Result<Option<Tensor>, ModelError> {
         let l = ctx.site.layer;
         if ctx.site.point == HookPoint::Input && self.layers.contains(&l) {
-            let t = x.dim(1)?;
-            for (b, &pad) in self.pads.iter().enumerate() {
-                self.got[l - self.layers.start].push(
-                    x.get(b)?
-                        .narrow(0, pad, t - pad)?
-                        .to_dtype(DType::F32)?
-                        .to_device(&Device::Cpu)?,
-                );
-            }
+            self.got[l - self.layers.start].extend(unpadded(x, &self.pads)?);
         }
         Ok(None)
     }
