@@ -1,10 +1,10 @@
 //! Orthogonalized weights give the same greedy tokens as hook-based ablation, in memory and
 //! after a safetensors round trip.
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, IndexOp, Tensor};
 use steerkit_model::{
-    generate, load, Ablate, GenerateOptions, Hook, HookPoint, LoadOptions, Model, NoHook, Sampling,
-    SystemPrompt,
+    generate, load, Ablate, GenerateOptions, Hook, HookPoint, LoadOptions, Mode, Model, NoHook,
+    Sampling, SystemPrompt,
 };
 
 fn greedy(model: &Model, prompts: &[Vec<u32>], stop: &[u32], hook: &mut dyn Hook) -> Vec<Vec<u32>> {
@@ -20,6 +20,39 @@ fn greedy(model: &Model, prompts: &[Vec<u32>], stop: &[u32], hook: &mut dyn Hook
         .into_iter()
         .map(|g| g.ids)
         .collect()
+}
+
+/// How far the greedy continuations `expected` are from being `model`'s own greedy choice:
+/// the largest logit gap `max - logit[expected token]` over every generated position of every
+/// prompt, teacher-forced. Zero when `model` would generate exactly `expected`; a few hundredths
+/// where rounding (f16 weights, another CPU's kernels) flips a near tie.
+fn max_gap(model: &Model, prompts: &[Vec<u32>], expected: &[Vec<u32>]) -> f32 {
+    let mut worst = 0f32;
+    for (p, e) in prompts.iter().zip(expected) {
+        let ids: Vec<u32> = p.iter().chain(e).copied().collect();
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let h = model
+            .forward(&x, &[0], None, &mut NoHook, Mode::Inference)
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let logits = model
+            .logits(&h.narrow(0, p.len() - 1, e.len()).unwrap())
+            .unwrap();
+        let rows: Vec<Vec<f32>> = logits
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (row, &tok) in rows.iter().zip(e) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            worst = worst.max(max - row[tok as usize]);
+        }
+    }
+    worst
 }
 
 #[test]
@@ -58,17 +91,20 @@ fn orthogonalized_weights_equal_hook_ablation() {
     assert_ne!(hooked, plain, "the ablation should change something");
     let ortho = steerkit_export::orthogonalize(&m.model, &dir).unwrap();
     assert!(ortho.lm_head.is_some(), "the tied head is untied");
-    let baked = greedy(&ortho, &prompts, &m.tok.stop_ids, &mut NoHook);
-    assert_eq!(baked, hooked);
+    // Token equality is the goal, but a near tie can flip on another CPU, so the check is
+    // the teacher-forced logit gap; the unmodified model shows that the check discriminates.
+    let unmodified = max_gap(&m.model, &prompts, &hooked);
+    assert!(unmodified > 1.0, "unmodified model's gap {unmodified}");
+    let gap = max_gap(&ortho, &prompts, &hooked);
+    eprintln!("orthogonalized: gap {gap:.2e} (unmodified {unmodified:.2})");
+    assert!(gap < 1e-2, "orthogonalized weights: gap {gap}");
     // Written as a Hugging Face folder and loaded back.
     let out = std::env::temp_dir().join(format!("steerkit-ortho-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     steerkit_model::hf::save_folder(&ortho, Some(&m.tok), Some(&m.chat), &out).unwrap();
     let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_eq!(
-        greedy(&back.model, &prompts, &back.tok.stop_ids, &mut NoHook),
-        hooked
-    );
+    let gap = max_gap(&back.model, &prompts, &hooked);
+    assert!(gap < 1e-2, "safetensors round trip: gap {gap}");
     std::fs::remove_dir_all(&out).unwrap();
     // As an f16 GGUF file with the source's tokenizer and template.
     let gguf = std::env::temp_dir().join(format!("steerkit-ortho-{}.gguf", std::process::id()));
@@ -82,11 +118,12 @@ fn orthogonalized_weights_equal_hook_ablation() {
     );
     let f16 = greedy(&back.model, &prompts, &back.tok.stop_ids, &mut NoHook);
     let same = f16.iter().zip(&hooked).filter(|(a, b)| a == b).count();
+    let gap = max_gap(&back.model, &prompts, &hooked);
     eprintln!(
-        "f16 GGUF: {same}/{} prompts token-identical to hook ablation",
+        "f16 GGUF: {same}/{} prompts token-identical to hook ablation, gap {gap:.3}",
         prompts.len()
     );
-    assert_eq!(f16, hooked);
+    assert!(gap < 0.1, "f16 GGUF: gap {gap}");
     std::fs::remove_file(&gguf).unwrap();
     // A direction of the wrong width.
     let bad = Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap();
