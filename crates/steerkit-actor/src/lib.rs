@@ -30,6 +30,8 @@ pub enum ActorError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Eval(#[from] steerkit_eval::EvalError),
+    #[error(transparent)]
+    Ogp(#[from] steerkit_ogp::OgpError),
     #[error("{0}")]
     Input(String),
     #[error("training diverged: {0}")]

@@ -41,6 +41,29 @@ pub fn capability_projector(
             }
         }
     }
+    let (bases, summary) = layer_bases(model, layer, inputs, settings.energy, settings.max_k)?;
+    let tmp = dir.join(format!("{BASES}.tmp"));
+    candle_core::safetensors::save(&bases, &tmp)?;
+    std::fs::rename(&tmp, dir.join(BASES)).map_err(|e| run_err(dir, e.to_string()))?;
+    steerkit_eval::run::write_atomic(
+        &meta_path,
+        serde_json::to_string_pretty(&(key, &summary))
+            .expect("serializes")
+            .as_bytes(),
+    )?;
+    Ok((Projector::new(bases), summary))
+}
+
+/// The GPM bases (`[in, k]`, f32, named `model.layers.L.…weight`) of every linear map of block
+/// `layer` from its inputs `inputs` (block inputs of capability sequences, `[tokens, hidden]`
+/// each), with per matrix the basis size and the energy kept. q/k/v and gate/up share a basis.
+pub fn layer_bases(
+    model: &Model,
+    layer: usize,
+    inputs: &[Tensor],
+    energy: f64,
+    max_k: usize,
+) -> Result<(HashMap<String, Tensor>, BasisSummary), ActorError> {
     if inputs.is_empty() {
         return Err(ActorError::Input(
             "no capability prompts for the projection".into(),
@@ -74,8 +97,7 @@ pub fn capability_projector(
         };
         if !by_input.contains_key(shared) {
             let a = Tensor::cat(&rows[name], 0)?;
-            let b = gpm_basis(&a, settings.energy, settings.max_k)
-                .map_err(|e| ActorError::Input(e.to_string()))?;
+            let b = gpm_basis(&a, energy, max_k).map_err(|e| ActorError::Input(e.to_string()))?;
             by_input.insert(shared, b);
         }
         let b = &by_input[shared];
@@ -83,14 +105,5 @@ pub fn capability_projector(
         summary.push((full.clone(), b.u.dim(1)?, b.energy));
         bases.insert(full, b.u.to_dtype(candle_core::DType::F32)?);
     }
-    let tmp = dir.join(format!("{BASES}.tmp"));
-    candle_core::safetensors::save(&bases, &tmp)?;
-    std::fs::rename(&tmp, dir.join(BASES)).map_err(|e| run_err(dir, e.to_string()))?;
-    steerkit_eval::run::write_atomic(
-        &meta_path,
-        serde_json::to_string_pretty(&(key, &summary))
-            .expect("serializes")
-            .as_bytes(),
-    )?;
-    Ok((Projector::new(bases), summary))
+    Ok((bases, summary))
 }

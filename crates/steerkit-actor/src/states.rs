@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use steerkit_eval::score::refusal_score;
 pub use steerkit_eval::utility::log_softmax;
+pub use steerkit_model::{pad_rows, unpad_rows};
 use steerkit_model::{
     left_pad, Chain, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, NoHook, Record, Site,
     SystemPrompt,
@@ -67,25 +68,10 @@ pub fn block_inputs(
                     .forward_layers(x, &pads, 0..layer, None, &mut NoHook, Mode::Inference)?
             }
         };
-        inputs.extend(unpadded(&x, &pads)?);
+        inputs.extend(unpad_rows(&x, &pads)?);
         progress(chunk.len());
     }
     Ok((inputs, scores))
-}
-
-/// The rows of a left-padded `[batch, seq, hidden]` tensor without their pad columns, each
-/// `[tokens, hidden]` (f32, CPU).
-fn unpadded(x: &Tensor, pads: &[usize]) -> candle_core::Result<Vec<Tensor>> {
-    let t = x.dim(1)?;
-    pads.iter()
-        .enumerate()
-        .map(|(b, &pad)| {
-            x.get(b)?
-                .narrow(0, pad, t - pad)?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)
-        })
-        .collect()
 }
 
 /// Keeps the unpadded block inputs of every row at a range of layers.
@@ -100,7 +86,7 @@ impl Hook for CaptureInputs {
     fn call(&mut self, ctx: HookCtx, x: &Tensor) -> Result<Option<Tensor>, ModelError> {
         let l = ctx.site.layer;
         if ctx.site.point == HookPoint::Input && self.layers.contains(&l) {
-            self.got[l - self.layers.start].extend(unpadded(x, &self.pads)?);
+            self.got[l - self.layers.start].extend(unpad_rows(x, &self.pads)?);
         }
         Ok(None)
     }
@@ -190,29 +176,6 @@ pub fn silhouette(x: &Tensor, in_a: &[bool]) -> candle_core::Result<Option<f64>>
         total += if m > 0.0 { (b - a) / m } else { 0.0 };
     }
     Ok(Some(total / n as f64))
-}
-
-/// Left-pads `[tokens, hidden]` rows with zeros into `[batch, max_tokens, hidden]`, and
-/// returns the pad counts (the model masks pad columns).
-pub fn pad_rows(rows: &[&Tensor]) -> candle_core::Result<(Tensor, Vec<usize>)> {
-    let t = rows
-        .iter()
-        .map(|r| r.dim(0))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let max = t.iter().copied().max().unwrap_or(0);
-    let mut out = Vec::with_capacity(rows.len());
-    let mut pads = Vec::with_capacity(rows.len());
-    for (r, len) in rows.iter().zip(t) {
-        let pad = max - len;
-        pads.push(pad);
-        out.push(if pad == 0 {
-            (*r).clone()
-        } else {
-            let z = Tensor::zeros((pad, r.dim(1)?), r.dtype(), r.device())?;
-            Tensor::cat(&[&z, *r], 0)?
-        });
-    }
-    Ok((Tensor::stack(&out, 0)?, pads))
 }
 
 #[cfg(test)]

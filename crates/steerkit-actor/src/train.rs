@@ -155,7 +155,8 @@ pub fn block_file(dir: &Path, epoch: usize) -> PathBuf {
     dir.join(format!("block-epoch{epoch}.safetensors"))
 }
 
-fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<(), ActorError> {
+/// Writes tensors to `path` through a temporary file and a rename.
+pub fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<(), ActorError> {
     let tmp = path.with_extension("safetensors.tmp");
     candle_core::safetensors::save(map, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| crate::run_err(path, e.to_string()))
@@ -187,44 +188,63 @@ pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, ActorErro
     Ok(Some((s.epochs_done, f)))
 }
 
-/// Copies a checkpoint's tensors into the model (names `model.layers.N.…`).
-pub fn load_block(model: &mut Model, file: &Path) -> Result<usize, ActorError> {
+/// Copies a checkpoint's tensors into the model (names `model.layers.N.…`; every tensor of
+/// each block named in the file must be there). Returns the blocks, in order.
+pub fn load_layers(model: &mut Model, file: &Path) -> Result<Vec<usize>, ActorError> {
     let t = candle_core::safetensors::load(file, &Device::Cpu)
         .map_err(|e| crate::run_err(file, e.to_string()))?;
-    let layer = t
+    let mut layers: Vec<usize> = t
         .keys()
-        .find_map(|k| {
+        .filter_map(|k| {
             k.strip_prefix("model.layers.")?
                 .split('.')
                 .next()?
                 .parse::<usize>()
                 .ok()
         })
-        .ok_or_else(|| crate::run_err(file, "no block tensors"))?;
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    if layers.is_empty() {
+        return Err(crate::run_err(file, "no block tensors"));
+    }
     let n = model.layers.len();
     let dev = model.device.clone();
     let dtype = model.dtype;
-    let blk = model.layers.get_mut(layer).ok_or_else(|| {
-        crate::run_err(file, format!("block {layer}, but the model has {n} layers"))
-    })?;
-    for (name, slot) in blk.named_tensors_mut() {
-        let key = format!("model.layers.{layer}.{name}");
-        let v = t
-            .get(&key)
-            .ok_or_else(|| crate::run_err(file, format!("no tensor `{key}`")))?;
-        if v.dims() != slot.dims() {
-            return Err(crate::run_err(
-                file,
-                format!(
-                    "`{key}` has shape {:?}, the model {:?}",
-                    v.dims(),
-                    slot.dims()
-                ),
-            ));
+    for &layer in &layers {
+        let blk = model.layers.get_mut(layer).ok_or_else(|| {
+            crate::run_err(file, format!("block {layer}, but the model has {n} layers"))
+        })?;
+        for (name, slot) in blk.named_tensors_mut() {
+            let key = format!("model.layers.{layer}.{name}");
+            let v = t
+                .get(&key)
+                .ok_or_else(|| crate::run_err(file, format!("no tensor `{key}`")))?;
+            if v.dims() != slot.dims() {
+                return Err(crate::run_err(
+                    file,
+                    format!(
+                        "`{key}` has shape {:?}, the model {:?}",
+                        v.dims(),
+                        slot.dims()
+                    ),
+                ));
+            }
+            *slot = v.to_device(&dev)?.to_dtype(dtype)?;
         }
-        *slot = v.to_device(&dev)?.to_dtype(dtype)?;
     }
-    Ok(layer)
+    Ok(layers)
+}
+
+/// [`load_layers`] for a checkpoint of one block; returns that block.
+pub fn load_block(model: &mut Model, file: &Path) -> Result<usize, ActorError> {
+    match load_layers(model, file)?.as_slice() {
+        [l] => Ok(*l),
+        more => Err(crate::run_err(
+            file,
+            format!("holds blocks {more:?}, not one block"),
+        )),
+    }
 }
 
 /// Last-token output of block `layer` for rows of cached inputs (left-padded together),

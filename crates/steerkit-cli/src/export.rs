@@ -12,7 +12,8 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// A direction run folder (from `steerkit select`, with --orthogonalize) or an ACTOR run
-    /// folder (from `steerkit actor`: its last checkpoint is exported).
+    /// folder (from `steerkit actor`) or a safety-tuning run folder (`steerkit safety-tune`):
+    /// the run's last checkpoint is exported.
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Output format.
@@ -44,6 +45,9 @@ pub fn run(a: Args) -> Result<()> {
             let model = match (&a.run, a.orthogonalize) {
                 (Some(run), false) if crate::actor::is_actor_run(run) => {
                     crate::actor::patched(&m, run)?
+                }
+                (Some(run), false) if crate::safety::is_safety_run(run) => {
+                    crate::safety::patched(&m, run)?
                 }
                 (Some(run), true) => {
                     let (dir, sel) = crate::directions::selected_direction(run)?;

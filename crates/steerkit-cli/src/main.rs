@@ -13,6 +13,7 @@ mod generate;
 mod inspect;
 mod judge;
 mod pipeline;
+mod safety;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,9 @@ pub(crate) enum Command {
     Ablate(ablate::Args),
     /// ACTOR: fine-tune one block so safe prompts stop being refused and harmful ones are not.
     Actor(actor::Args),
+    /// Safety tuning: fine-tune chosen blocks on refusals (harmful prompts) and the model's
+    /// own answers (harmless ones), optionally with gradient projection.
+    SafetyTune(safety::Args),
     /// Export weights (orthogonalized, or patched by an ACTOR run) or a llama.cpp control vector.
     Export(export::Args),
     /// The whole job from a config: ACTOR, export, evaluation before and after, report.md.
@@ -69,6 +73,7 @@ pub(crate) fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Select(a) => directions::run_select(a),
         Command::Ablate(a) => ablate::run(a),
         Command::Actor(a) => actor::run(a),
+        Command::SafetyTune(a) => safety::run(a),
         Command::Export(a) => export::run(a),
         Command::Run(a) => pipeline::run(a),
     }

@@ -765,34 +765,7 @@ fn actor_trains_resumes_and_exports() {
         "{}",
         String::from_utf8_lossy(&ex.stderr)
     );
-    let m = steerkit_model::load(exported.to_str().unwrap(), &Default::default()).unwrap();
-    let ck = candle_core::safetensors::load(
-        run.join("block-epoch2.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let want = ck["model.layers.1.mlp.down_proj.weight"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let got = m.model.layers[1]
-        .down
-        .weight
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_eq!(want, got);
-    let orig = steerkit_model::load(t, &Default::default()).unwrap();
-    let before = orig.model.layers[1]
-        .down
-        .weight
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_ne!(before, got, "training changed nothing");
+    assert_export_holds(t, &run.join("block-epoch2.safetensors"), &exported, 1);
     // Another model cannot take the run.
     let other = steerkit(&[
         "export",
@@ -1079,4 +1052,117 @@ kl_set = "harmless"
     std::fs::write(&bad, "model = [\n").unwrap();
     assert_clean_error(&steerkit(&["run", bad.to_str().unwrap()]), "bad.toml");
     std::fs::remove_dir_all(d).unwrap();
+}
+
+/// The exported folder `exported` loads and carries block `layer`'s down projection from the
+/// checkpoint `ck`, which differs from the source model `src`'s.
+fn assert_export_holds(src: &str, ck: &Path, exported: &Path, layer: usize) {
+    let down = |m: &steerkit_model::Model| -> Vec<f32> {
+        m.layers[layer]
+            .down
+            .weight
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let m = steerkit_model::load(exported.to_str().unwrap(), &Default::default()).unwrap();
+    let ck = candle_core::safetensors::load(ck, &candle_core::Device::Cpu).unwrap();
+    let want: Vec<f32> = ck[&format!("model.layers.{layer}.mlp.down_proj.weight")]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(want, down(&m.model));
+    let orig = steerkit_model::load(src, &Default::default()).unwrap();
+    assert_ne!(down(&orig.model), want, "training changed nothing");
+}
+
+#[test]
+fn safety_tune_trains_resumes_and_exports() {
+    let d = tmpdir("safety");
+    let tiny = tiny_folder(&d);
+    let t = tiny.to_str().unwrap();
+    let run = d.join("run");
+    let r = run.to_str().unwrap();
+    let base = [
+        "safety-tune",
+        "-m",
+        t,
+        "--limit",
+        "6",
+        "--answer-tokens",
+        "4",
+        "--batch-size",
+        "4",
+        "--save-every",
+        "2",
+        "--ogp",
+        "grad",
+        "--ogp-limit",
+        "4",
+        "--ogp-k",
+        "2",
+        "--lr",
+        "1e-3",
+        "--out",
+        r,
+    ];
+    let run_with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        steerkit(&args)
+    };
+    let first = run_with(&["--steps", "2", "--layers", "1..2"]);
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("step 2: loss") && out.contains("steps/s"),
+        "{out}"
+    );
+    // More steps: resumes after step 2, the answers come from the cache.
+    let second = run_with(&["--steps", "4", "--layers", "1..2"]);
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(out.contains("2 steps in this run"), "{out}");
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 1 + 4, "{log}");
+    for f in [
+        "safety.json",
+        "answers.json",
+        "trained.safetensors",
+        "ogp_grad.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    assert_clean_error(
+        &run_with(&["--steps", "6", "--layers", "1..2", "--seed", "3"]),
+        "other settings",
+    );
+    assert_clean_error(&run_with(&["--steps", "1", "--layers", "1..9"]), "--layers");
+    let exported = d.join("patched");
+    let ex = steerkit(&[
+        "export",
+        "-m",
+        t,
+        "--run",
+        r,
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        ex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    assert_export_holds(t, &run.join("trained.safetensors"), &exported, 1);
+    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -35,6 +35,6 @@ pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generated, Sampling};
 pub use hooks::{Ablate, Add, Chain, Hook, HookCtx, HookPoint, NoHook, Record, Site};
 pub use model::{Block, KvCache, Linear, Mode, Model};
-pub use source::{left_pad, load, LoadOptions, Loaded, SourceKind};
+pub use source::{left_pad, load, pad_rows, unpad_rows, LoadOptions, Loaded, SourceKind};
 pub use template::{ChatTemplate, Message, Prompt, SystemPrompt};
 pub use tokenizer::Tok;

@@ -140,3 +140,41 @@ pub fn left_pad(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<(Tens
     }
     Ok((Tensor::from_vec(flat, (rows.len(), len), device)?, pads))
 }
+
+/// Left-pads `[tokens, hidden]` rows with zeros into `[batch, max_tokens, hidden]`, and
+/// returns the pad counts (the model masks pad columns): batches of cached residual states.
+pub fn pad_rows(rows: &[&Tensor]) -> candle_core::Result<(Tensor, Vec<usize>)> {
+    let t = rows
+        .iter()
+        .map(|r| r.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let max = t.iter().copied().max().unwrap_or(0);
+    let mut out = Vec::with_capacity(rows.len());
+    let mut pads = Vec::with_capacity(rows.len());
+    for (r, len) in rows.iter().zip(t) {
+        let pad = max - len;
+        pads.push(pad);
+        out.push(if pad == 0 {
+            (*r).clone()
+        } else {
+            let z = Tensor::zeros((pad, r.dim(1)?), r.dtype(), r.device())?;
+            Tensor::cat(&[&z, *r], 0)?
+        });
+    }
+    Tensor::stack(&out, 0).map(|x| (x, pads))
+}
+
+/// The rows of a left-padded `[batch, seq, hidden]` tensor without their pad columns, each
+/// `[tokens, hidden]` (f32, CPU): the inverse of [`pad_rows`], for caching states.
+pub fn unpad_rows(x: &Tensor, pads: &[usize]) -> candle_core::Result<Vec<Tensor>> {
+    let t = x.dim(1)?;
+    pads.iter()
+        .enumerate()
+        .map(|(b, &pad)| {
+            x.get(b)?
+                .narrow(0, pad, t - pad)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)
+        })
+        .collect()
+}

@@ -1,5 +1,7 @@
-//! Orthogonal gradient projection (METHODS.md section 3), the activation-based (GPM) variant.
+//! Orthogonal gradient projection (METHODS.md section 3): two capability-subspace estimators
+//! and the projections trainers apply to their optimizer steps.
 //!
+//! **Activation-based (GPM).**
 //! For a linear map `y = W x` with `W: [out, in]`, the capability subspace is spanned by the
 //! top left singular vectors `U: [in, k]` of its inputs on capability data, `k` chosen to keep
 //! a fraction of their energy ([`gpm_basis`]). Projecting an update `ΔW <- ΔW (I - U Uᵀ)`
@@ -8,6 +10,17 @@
 //! With an adaptive optimizer (AdamW) the projection must be applied to the *update*, not to
 //! the gradient: Adam rescales each coordinate, which would rotate a projected gradient back
 //! out of the allowed subspace. Trainers here therefore project the optimizer's step.
+//!
+//! **Gradient-based (OGPSA).** The subspace of a matrix is spanned by `k` language-modelling
+//! gradients of that matrix on capability data (one per capability batch), orthonormalised as
+//! flattened vectors ([`GradBasis`]); an update loses its component in their span, so to first
+//! order it does not change the capability loss on those batches. Trainers refresh the
+//! gradients every few steps, since they move with the weights.
+//!
+//! Both implement [`Subspace`], which is what a trainer holds. [`capability`] holds the
+//! capability data (prompts answered by the model itself), its loss and the gradient bases.
+
+pub mod capability;
 
 use std::collections::HashMap;
 
@@ -18,6 +31,10 @@ use candle_core::{DType, Device, Tensor};
 pub enum OgpError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] steerkit_model::ModelError),
+    #[error(transparent)]
+    Eval(#[from] steerkit_eval::EvalError),
     #[error("{0}")]
     Input(String),
 }
@@ -97,12 +114,15 @@ fn jacobi_eigen(a: &[Vec<f64>]) -> (Vec<Vec<f64>>, Vec<f64>) {
     let mut v: Vec<Vec<f64>> = (0..n)
         .map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
         .collect();
+    // Converged when the off-diagonal mass is at rounding level relative to the matrix (an
+    // absolute threshold never triggers for large entries and runs every sweep).
+    let scale: f64 = a.iter().flatten().map(|x| x * x).sum();
     for _ in 0..100 {
         let off: f64 = (0..n)
             .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
             .map(|(i, j)| a[i][j] * a[i][j])
             .sum();
-        if off < 1e-22 {
+        if off <= 1e-24 * scale || off < 1e-300 {
             break;
         }
         for p in 0..n {
@@ -207,6 +227,148 @@ impl Projector {
             .to_scalar::<f64>()?
             .sqrt();
         Ok(((g - removed)?, norm))
+    }
+}
+
+/// What a trainer applies to each optimizer step: `(projected step, norm removed)`; tensors
+/// without a basis pass unchanged.
+pub trait Subspace {
+    fn project(&self, name: &str, step: &Tensor) -> Result<(Tensor, f64), OgpError>;
+    /// True when `name` has a basis (its statistics are worth logging).
+    fn covers(&self, name: &str) -> bool;
+}
+
+impl Subspace for Projector {
+    fn project(&self, name: &str, step: &Tensor) -> Result<(Tensor, f64), OgpError> {
+        Projector::project(self, name, step)
+    }
+    fn covers(&self, name: &str) -> bool {
+        self.bases.contains_key(name)
+    }
+}
+
+/// An orthonormal basis (in the Frobenius inner product) of the span of some gradients of one
+/// matrix: the gradient-based capability subspace.
+#[derive(Debug, Clone)]
+pub struct GradBasis {
+    /// Orthonormal directions as rows `[k, numel]` (f64, CPU); `None` when `k = 0`.
+    q: Option<Tensor>,
+    dims: Vec<usize>,
+}
+
+impl GradBasis {
+    /// The basis of `grads` (all of one shape); directions that add less than 1e-6 of their
+    /// norm to the span are dropped.
+    pub fn new(grads: &[Tensor]) -> Result<Self, OgpError> {
+        let Some(first) = grads.first() else {
+            return Err(OgpError::Input("no gradients for the basis".into()));
+        };
+        let dims = first.dims().to_vec();
+        let mut q: Vec<Vec<f64>> = Vec::new();
+        for g in grads {
+            if g.dims() != dims.as_slice() {
+                return Err(OgpError::Input(format!(
+                    "gradients of shapes {dims:?} and {:?}",
+                    g.dims()
+                )));
+            }
+            let mut v: Vec<f64> = g.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let n0 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            // Twice, for numerical orthogonality.
+            for _ in 0..2 {
+                for b in &q {
+                    let d: f64 = b.iter().zip(&v).map(|(a, c)| a * c).sum();
+                    v.iter_mut().zip(b).for_each(|(c, a)| *c -= d * a);
+                }
+            }
+            let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if n0 > 0.0 && n > 1e-6 * n0 {
+                v.iter_mut().for_each(|c| *c /= n);
+                q.push(v);
+            }
+        }
+        let k = q.len();
+        let numel = first.elem_count();
+        let q = (k > 0)
+            .then(|| Tensor::from_vec(q.concat(), (k, numel), &Device::Cpu))
+            .transpose()?;
+        Ok(GradBasis { q, dims })
+    }
+
+    /// Number of directions.
+    pub fn k(&self) -> usize {
+        self.q.as_ref().map_or(0, |q| q.dim(0).unwrap_or(0))
+    }
+
+    /// `u - Σ_j <u, q_j> q_j` and the norm removed.
+    pub fn project(&self, u: &Tensor) -> Result<(Tensor, f64), OgpError> {
+        if u.dims() != self.dims.as_slice() {
+            return Err(OgpError::Input(format!(
+                "a step of shape {:?} for a basis of {:?}",
+                u.dims(),
+                self.dims
+            )));
+        }
+        let Some(q) = &self.q else {
+            return Ok((u.clone(), 0.0));
+        };
+        let flat = u
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_device(&Device::Cpu)?
+            .unsqueeze(1)?; // [numel, 1]
+        let coeffs = q.matmul(&flat)?; // [k, 1]
+        let removed = q.t()?.matmul(&coeffs)?; // [numel, 1]
+                                               // q is orthonormal: |removed| = |coeffs|.
+        let norm = coeffs.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+        let out = (flat - removed)?
+            .reshape(self.dims.as_slice())?
+            .to_dtype(u.dtype())?
+            .to_device(u.device())?;
+        Ok((out, norm))
+    }
+
+    /// The directions as one `[k, ...dims]` tensor (f32), for saving.
+    pub fn to_tensor(&self) -> Result<Tensor, OgpError> {
+        let mut shape = vec![self.k()];
+        shape.extend(&self.dims);
+        Ok(match &self.q {
+            Some(q) => q.to_dtype(DType::F32)?.reshape(shape)?,
+            None => Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
+        })
+    }
+
+    /// A basis saved by [`GradBasis::to_tensor`] (re-orthonormalised after the f32 round trip).
+    pub fn from_tensor(t: &Tensor) -> Result<Self, OgpError> {
+        let k = t.dim(0)?;
+        if k == 0 {
+            return Ok(GradBasis {
+                q: None,
+                dims: t.dims()[1..].to_vec(),
+            });
+        }
+        let rows = (0..k)
+            .map(|j| t.get(j))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        GradBasis::new(&rows)
+    }
+}
+
+/// Gradient-based subspaces of named matrices.
+#[derive(Debug, Default, Clone)]
+pub struct GradProjector {
+    pub bases: HashMap<String, GradBasis>,
+}
+
+impl Subspace for GradProjector {
+    fn project(&self, name: &str, step: &Tensor) -> Result<(Tensor, f64), OgpError> {
+        match self.bases.get(name) {
+            Some(b) => b.project(step),
+            None => Ok((step.clone(), 0.0)),
+        }
+    }
+    fn covers(&self, name: &str) -> bool {
+        self.bases.contains_key(name)
     }
 }
 

@@ -195,3 +195,51 @@ fn a_projected_step_leaves_block_outputs_on_capability_inputs_unchanged_to_first
         );
     }
 }
+
+#[test]
+fn gradient_basis_projection_is_orthogonal_to_every_gradient() {
+    // Three gradients of a [12, 20] matrix, one a combination of the others (dropped).
+    let g1 = dense(12, 20);
+    let g2 = dense(20, 12)
+        .t()
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .affine(0.5, 0.1)
+        .unwrap();
+    let g3 = ((&g1 * 2.0).unwrap() - &g2).unwrap();
+    let b = steerkit_ogp::GradBasis::new(&[g1.clone(), g2.clone(), g3]).unwrap();
+    assert_eq!(b.k(), 2, "the dependent gradient adds nothing");
+    let u = dense(240, 1).reshape((12, 20)).unwrap().sin().unwrap();
+    let (p, removed) = b.project(&u).unwrap();
+    for g in [&g1, &g2] {
+        let dot: f64 = (&p * g).unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let scale = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt();
+        assert!(dot.abs() < 1e-5 * scale, "<p, g> = {dot}");
+    }
+    // The removed part and the kept part add up to the step.
+    let back = (&u - &p).unwrap();
+    let n: f64 = back
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt();
+    assert!((n - removed).abs() < 1e-9 * n.max(1.0), "{n} vs {removed}");
+    assert!(removed > 0.0);
+    // Saved and loaded (f32) it projects the same way.
+    let again = steerkit_ogp::GradBasis::from_tensor(&b.to_tensor().unwrap()).unwrap();
+    let (p2, _) = again.project(&u).unwrap();
+    assert!(max_abs(&(p2 - &p).unwrap()) < 1e-5);
+    // A step of another shape is an error, not a panic.
+    assert!(b.project(&dense(3, 3)).is_err());
+}

@@ -1,0 +1,461 @@
+//! The trainer: next-token cross-entropy on answer tokens, AdamW on blocks `start..end`,
+//! optional gradient projection of every step, checkpoints every few steps and exact resume.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use steerkit_actor::adamw::{AdamW, AdamWConfig};
+use steerkit_actor::train::{load_layers, save_safetensors};
+use steerkit_actor::Parts;
+use steerkit_eval::run::write_atomic;
+use steerkit_model::{pad_rows, unpad_rows, Mode, Model, NoHook};
+pub use steerkit_ogp::capability::{answer_loss, block_inputs};
+use steerkit_ogp::capability::{batch_indices, grad_projector, gradients, Example};
+use steerkit_ogp::{GradBasis, GradProjector, Projector, Subspace};
+
+use crate::SftError;
+
+/// Gradient projection of the optimizer's steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ogp {
+    None,
+    /// GPM: per matrix, the top singular vectors of its inputs on the capability sequences
+    /// (with the weights before training), keeping `energy` of their energy, at most `max_k`.
+    Act {
+        energy: f64,
+        max_k: usize,
+    },
+    /// OGPSA: per matrix, the span of its cross-entropy gradients on `k` capability batches,
+    /// recomputed every `every` steps.
+    Grad {
+        k: usize,
+        every: usize,
+    },
+}
+
+/// Training settings (`config` in `safety.json` and `state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftConfig {
+    /// Trained blocks `start..end`.
+    pub layers: (usize, usize),
+    pub adamw: AdamWConfig,
+    pub steps: usize,
+    pub batch: usize,
+    /// Largest global gradient norm (0: no clipping).
+    pub clip: f64,
+    pub seed: u64,
+    pub parts: Parts,
+    pub ogp: Ogp,
+    /// Checkpoint every this many steps (and after the last).
+    pub save_every: usize,
+}
+
+impl SftConfig {
+    fn same_run(&self, other: &SftConfig) -> bool {
+        let mut a = self.clone();
+        a.steps = other.steps;
+        a.save_every = other.save_every;
+        a == *other
+    }
+}
+
+/// One line of `log.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// Mean share of the step's norm removed by the projection, over projected matrices.
+    pub removed: f64,
+    /// Tokens in the batch (prompt and answer) and answer tokens (with a loss).
+    pub tokens: usize,
+    pub answer_tokens: usize,
+    /// Seconds of the step, and of them the projection's (basis refresh and projecting).
+    pub seconds: f64,
+    pub ogp_seconds: f64,
+}
+
+/// What a run reports at the end (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub steps: usize,
+    /// Steps of this invocation (fewer than `steps` after a resume) and their time.
+    pub steps_run: usize,
+    pub seconds: f64,
+    pub steps_per_s: f64,
+    pub tokens_per_s: f64,
+    /// Share of the training time spent on the projection (0 without).
+    pub ogp_share: f64,
+    /// Seconds to compute the `act` bases (before training).
+    pub ogp_setup_seconds: f64,
+    pub first_loss: f64,
+    pub last_loss: f64,
+}
+
+/// Progress events.
+pub enum Progress {
+    Phase(&'static str, usize),
+    Advance(usize),
+    Step { step: usize, loss: f64 },
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    step: usize,
+    config: SftConfig,
+}
+
+const STATE: &str = "state.json";
+const WEIGHTS: &str = "trained.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const GRAD_BASES: &str = "ogp_grad.safetensors";
+const LOG: &str = "log.json";
+
+/// The last checkpoint of a run folder: the step and the trained blocks' file.
+pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, std::path::PathBuf)>, SftError> {
+    let p = dir.join(STATE);
+    let Ok(b) = std::fs::read(&p) else {
+        return Ok(None);
+    };
+    let s: State = serde_json::from_slice(&b)
+        .map_err(|e| SftError::Input(format!("{}: unreadable: {e}", p.display())))?;
+    Ok((s.step > 0).then(|| (s.step, dir.join(WEIGHTS))))
+}
+
+/// Blocks `layers` run on the original weights: the block inputs at each of them, from those
+/// at the first.
+fn inputs_at_each_layer(
+    model: &Model,
+    first: &[Tensor],
+    layers: (usize, usize),
+) -> Result<Vec<Vec<Tensor>>, SftError> {
+    let mut out = vec![first.to_vec()];
+    for l in layers.0..layers.1 - 1 {
+        let prev = out.last().expect("one at least");
+        let mut next = Vec::with_capacity(prev.len());
+        for chunk in prev.chunks(16) {
+            let refs: Vec<&Tensor> = chunk.iter().collect();
+            let (x, pads) = pad_rows(&refs)?;
+            let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
+            let y = model.forward_layers(x, &pads, l..l + 1, None, &mut NoHook, Mode::Inference)?;
+            next.extend(unpad_rows(&y, &pads)?);
+        }
+        out.push(next);
+    }
+    Ok(out)
+}
+
+/// Trains blocks `cfg.layers` of `model` in place on `data`, with gradient projection from
+/// `capability` (sequences the model should keep predicting; unused with [`Ogp::None`]).
+/// Checkpoints go to `dir`; a rerun with the same settings resumes after the last checkpoint
+/// (a larger `steps` extends a finished run).
+pub fn train(
+    model: &mut Model,
+    data: &[Example],
+    capability: &[Example],
+    cfg: &SftConfig,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, SftError> {
+    let (a, b) = cfg.layers;
+    let n_layers = model.layers.len();
+    if a >= b || b > n_layers {
+        return Err(SftError::Input(format!(
+            "layers {a}..{b}: need start < end <= {n_layers}"
+        )));
+    }
+    if data.is_empty() || cfg.batch == 0 || cfg.steps == 0 || cfg.save_every == 0 {
+        return Err(SftError::Input(
+            "nothing to train: no examples, or batch, steps or save-every of 0".into(),
+        ));
+    }
+    if let Some(e) = data
+        .iter()
+        .chain(capability)
+        .find(|e| e.start == 0 || e.start >= e.ids.len())
+    {
+        return Err(SftError::Input(format!(
+            "an example without prompt or answer ({} tokens, answer from {})",
+            e.ids.len(),
+            e.start
+        )));
+    }
+    match cfg.ogp {
+        Ogp::None => {}
+        Ogp::Act { energy, max_k } if energy > 0.0 && energy <= 1.0 && max_k > 0 => {}
+        Ogp::Grad { k, every } if k > 0 && every > 0 => {}
+        _ => {
+            return Err(SftError::Input(format!(
+                "bad projection settings {:?}",
+                cfg.ogp
+            )))
+        }
+    }
+    if cfg.ogp != Ogp::None && capability.is_empty() {
+        return Err(SftError::Input(
+            "gradient projection needs capability data".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| SftError::Input(format!("{}: {e}", dir.display())))?;
+    // The frozen part runs once, on the original weights.
+    progress(Progress::Phase(
+        "block inputs",
+        data.len() + capability.len(),
+    ));
+    let inputs = block_inputs(model, data, a, 16, &mut |k| progress(Progress::Advance(k)))?;
+    let cap_inputs = if cfg.ogp == Ogp::None {
+        Vec::new()
+    } else {
+        block_inputs(model, capability, a, 16, &mut |k| {
+            progress(Progress::Advance(k))
+        })?
+    };
+    // Activation bases from the original weights (before any checkpoint is loaded).
+    let t_setup = Instant::now();
+    let act = match cfg.ogp {
+        Ogp::Act { energy, max_k } => {
+            progress(Progress::Phase("capability subspaces", b - a));
+            let per_layer = inputs_at_each_layer(model, &cap_inputs, cfg.layers)?;
+            let mut bases = HashMap::new();
+            for (l, x) in (a..b).zip(&per_layer) {
+                let (bs, _) = steerkit_actor::ogp::layer_bases(model, l, x, energy, max_k)?;
+                bases.extend(bs);
+                progress(Progress::Advance(1));
+            }
+            candle_core::safetensors::save(&bases, dir.join("ogp_act.safetensors.tmp"))?;
+            std::fs::rename(
+                dir.join("ogp_act.safetensors.tmp"),
+                dir.join("ogp_act.safetensors"),
+            )
+            .map_err(|e| SftError::Input(e.to_string()))?;
+            Some(Projector::new(bases))
+        }
+        _ => None,
+    };
+    let ogp_setup_seconds = t_setup.elapsed().as_secs_f64();
+    // Resume.
+    let sp = dir.join(STATE);
+    let mut start = 0;
+    if let Ok(bytes) = std::fs::read(&sp) {
+        let s: State = serde_json::from_slice(&bytes)
+            .map_err(|e| SftError::Input(format!("{}: unreadable: {e}", sp.display())))?;
+        if !s.config.same_run(cfg) {
+            return Err(SftError::Input(format!(
+                "{} holds a run with other settings; use another --out or delete it",
+                dir.display()
+            )));
+        }
+        if s.step > 0 {
+            load_layers(model, &dir.join(WEIGHTS))?;
+            start = s.step;
+        }
+    }
+    let mut vars: Vec<(String, Var)> = Vec::new();
+    let mut all: Vec<(String, Var)> = Vec::new();
+    for l in a..b {
+        let blk = model.trainable_block(l)?;
+        vars.extend(blk.iter().filter(|(n, _)| cfg.parts.includes(n)).cloned());
+        all.extend(blk);
+    }
+    let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
+    let mut grad_proj = GradProjector::default();
+    if start > 0 {
+        let p = dir.join(OPTIMIZER);
+        let st = candle_core::safetensors::load(&p, &model.device)?;
+        if !opt.restore(&st, start) {
+            return Err(SftError::Input(format!(
+                "{}: does not match the blocks",
+                p.display()
+            )));
+        }
+        if matches!(cfg.ogp, Ogp::Grad { .. }) {
+            for (name, t) in candle_core::safetensors::load(dir.join(GRAD_BASES), &Device::Cpu)? {
+                grad_proj.bases.insert(name, GradBasis::from_tensor(&t)?);
+            }
+        }
+    }
+    let mut logs: Vec<StepLog> = std::fs::read(dir.join(LOG))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    logs.truncate(start);
+    let t_run = Instant::now();
+    if start < cfg.steps {
+        progress(Progress::Phase("training", cfg.steps));
+        progress(Progress::Advance(start));
+    }
+    for step in start..cfg.steps {
+        let t0 = Instant::now();
+        let mut ogp_secs = 0.0;
+        // Gradient bases: refreshed on schedule with the current weights.
+        if let Ogp::Grad { k, every } = cfg.ogp {
+            if step % every == 0 || grad_proj.bases.is_empty() {
+                let t = Instant::now();
+                grad_proj = grad_projector(
+                    model,
+                    a,
+                    &vars,
+                    &cap_inputs,
+                    capability,
+                    k,
+                    cfg.batch,
+                    step / every,
+                )?;
+                ogp_secs += t.elapsed().as_secs_f64();
+            }
+        }
+        let idx = batch_indices(data.len(), cfg.batch, step, cfg.seed);
+        let rows: Vec<&Tensor> = idx.iter().map(|&i| &inputs[i]).collect();
+        let ex: Vec<&Example> = idx.iter().map(|&i| &data[i]).collect();
+        let loss = answer_loss(model, a, &rows, &ex)?;
+        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let (mut gs, gn) = gradients(&loss, &vars)?;
+        if !lv.is_finite() || !gn.is_finite() {
+            return Err(SftError::Diverged(format!(
+                "step {}: loss {lv}, gradient norm {gn}; the last checkpoint is kept",
+                step + 1
+            )));
+        }
+        if cfg.clip > 0.0 && gn > cfg.clip {
+            let s = cfg.clip / gn;
+            gs = gs
+                .iter()
+                .map(|g| g * s)
+                .collect::<candle_core::Result<_>>()?;
+        }
+        let subspace: Option<&dyn Subspace> = match &cfg.ogp {
+            Ogp::None => None,
+            Ogp::Act { .. } => act.as_ref().map(|p| p as &dyn Subspace),
+            Ogp::Grad { .. } => Some(&grad_proj),
+        };
+        let (mut removed_sum, mut removed_n) = (0.0, 0usize);
+        match subspace {
+            None => opt.apply(&gs)?,
+            Some(p) => {
+                let t = Instant::now();
+                opt.apply_projected(&gs, &mut |name, u| {
+                    let (pu, removed) = p
+                        .project(name, u)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    if p.covers(name) {
+                        let norm = u
+                            .sqr()?
+                            .sum_all()?
+                            .to_dtype(DType::F64)?
+                            .to_scalar::<f64>()?
+                            .sqrt();
+                        if norm > 0.0 {
+                            removed_sum += removed / norm;
+                            removed_n += 1;
+                        }
+                    }
+                    Ok(pu)
+                })?;
+                // The projection's share of the update (the update itself is cheap).
+                ogp_secs += t.elapsed().as_secs_f64();
+            }
+        }
+        logs.push(StepLog {
+            step: step + 1,
+            loss: lv,
+            grad_norm: gn,
+            removed: if removed_n > 0 {
+                removed_sum / removed_n as f64
+            } else {
+                0.0
+            },
+            tokens: ex.iter().map(|e| e.ids.len()).sum(),
+            answer_tokens: ex.iter().map(|e| e.answer_len()).sum(),
+            seconds: t0.elapsed().as_secs_f64(),
+            ogp_seconds: ogp_secs,
+        });
+        progress(Progress::Step {
+            step: step + 1,
+            loss: lv,
+        });
+        if (step + 1) % cfg.save_every == 0 || step + 1 == cfg.steps {
+            let weights: HashMap<String, Tensor> = all
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect();
+            save_safetensors(&weights, &dir.join(WEIGHTS))?;
+            save_safetensors(&opt.state(), &dir.join(OPTIMIZER))?;
+            if matches!(cfg.ogp, Ogp::Grad { .. }) {
+                let bases = grad_proj
+                    .bases
+                    .iter()
+                    .map(|(n, b)| Ok((n.clone(), b.to_tensor()?)))
+                    .collect::<Result<HashMap<_, _>, steerkit_ogp::OgpError>>()?;
+                save_safetensors(&bases, &dir.join(GRAD_BASES))?;
+            }
+            write_atomic(
+                &dir.join(LOG),
+                &serde_json::to_vec(&logs).expect("serializes"),
+            )?;
+            write_atomic(&dir.join("log.csv"), log_csv(&logs).as_bytes())?;
+            // The commit point: a crash before it resumes from the previous checkpoint.
+            let state = State {
+                step: step + 1,
+                config: cfg.clone(),
+            };
+            write_atomic(&sp, &serde_json::to_vec_pretty(&state).expect("serializes"))?;
+        }
+    }
+    let ran = &logs[start.min(logs.len())..];
+    let secs: f64 = ran.iter().map(|l| l.seconds).sum();
+    let summary = Summary {
+        steps: cfg.steps,
+        steps_run: ran.len(),
+        seconds: t_run.elapsed().as_secs_f64(),
+        steps_per_s: if secs > 0.0 {
+            ran.len() as f64 / secs
+        } else {
+            0.0
+        },
+        tokens_per_s: if secs > 0.0 {
+            ran.iter().map(|l| l.tokens).sum::<usize>() as f64 / secs
+        } else {
+            0.0
+        },
+        ogp_share: if secs > 0.0 {
+            ran.iter().map(|l| l.ogp_seconds).sum::<f64>() / secs
+        } else {
+            0.0
+        },
+        ogp_setup_seconds,
+        first_loss: logs.first().map_or(f64::NAN, |l| l.loss),
+        last_loss: logs.last().map_or(f64::NAN, |l| l.loss),
+    };
+    if !ran.is_empty() {
+        write_atomic(
+            &dir.join("summary.json"),
+            &serde_json::to_vec_pretty(&summary).expect("serializes"),
+        )?;
+    }
+    Ok(summary)
+}
+
+/// The step log as CSV.
+pub fn log_csv(logs: &[StepLog]) -> String {
+    let mut s = String::from(
+        "step,loss,grad_norm,removed_share,tokens,answer_tokens,seconds,ogp_seconds\n",
+    );
+    for l in logs {
+        s.push_str(&format!(
+            "{},{:.6},{:.5},{:.4},{},{},{:.3},{:.3}\n",
+            l.step,
+            l.loss,
+            l.grad_norm,
+            l.removed,
+            l.tokens,
+            l.answer_tokens,
+            l.seconds,
+            l.ogp_seconds
+        ));
+    }
+    s
+}

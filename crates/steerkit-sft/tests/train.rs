@@ -1,0 +1,300 @@
+//! The safety-tuning trainer on tiny random models: exact gradients of the answer loss, a
+//! falling loss, exact resume (with gradient bases), and both projections doing what they
+//! promise to first order: `act` keeps the trained block's outputs on capability sequences,
+//! `grad` keeps the capability loss.
+
+use candle_core::{DType, Device, Tensor};
+use steerkit_actor::adamw::AdamWConfig;
+use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::{Arch, Mode, Model, NoHook};
+use steerkit_sft::train::{answer_loss, block_inputs, last_checkpoint};
+use steerkit_sft::{train, Example, Ogp, SftConfig};
+
+fn model(dtype: DType, seed: u64) -> Model {
+    let mut cfg = tiny_config(Arch::Llama, 64);
+    cfg.num_layers = 3;
+    random_model(cfg, dtype, seed).unwrap()
+}
+
+/// Deterministic pseudo-random sequences of 6-10 tokens, the answer from token 3 or 4.
+fn examples(n: usize, seed: u64) -> Vec<Example> {
+    (0..n)
+        .map(|i| {
+            let len = 6 + (i + seed as usize) % 5;
+            let ids = (0..len)
+                .map(|k| {
+                    let h = ((k + 100 * i + 10_000 * seed as usize) as u64)
+                        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        >> 40;
+                    (h % 64) as u32
+                })
+                .collect();
+            Example {
+                ids,
+                start: 3 + i % 2,
+            }
+        })
+        .collect()
+}
+
+fn config(steps: usize, ogp: Ogp) -> SftConfig {
+    SftConfig {
+        layers: (1, 3),
+        adamw: AdamWConfig {
+            lr: 3e-3,
+            ..Default::default()
+        },
+        steps,
+        batch: 4,
+        clip: 1.0,
+        seed: 11,
+        parts: "attn,mlp".parse().unwrap(),
+        ogp,
+        save_every: 2,
+    }
+}
+
+fn weights(m: &Model) -> Vec<f32> {
+    m.named_tensors()
+        .into_iter()
+        .flat_map(|(_, t)| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn loss_on(m: &Model, ex: &[Example]) -> f64 {
+    let x = block_inputs(m, ex, 1, 16, &mut |_| {}).unwrap();
+    let rows: Vec<&Tensor> = x.iter().collect();
+    let refs: Vec<&Example> = ex.iter().collect();
+    answer_loss(m, 1, &rows, &refs)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn answer_loss_gradients_match_finite_differences() {
+    let mut m = model(DType::F64, 3);
+    let ex = examples(4, 1);
+    let x = block_inputs(&m, &ex, 1, 16, &mut |_| {}).unwrap();
+    let rows: Vec<&Tensor> = x.iter().collect();
+    let refs: Vec<&Example> = ex.iter().collect();
+    let mut vars = m.trainable_block(1).unwrap();
+    vars.extend(m.trainable_block(2).unwrap());
+    let grads = answer_loss(&m, 1, &rows, &refs)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut checked = 0;
+    for (name, var) in &vars {
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .expect("every trained tensor gets a gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let w0: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for &k in &[0, w0.len() / 3, w0.len() - 1] {
+            let eps = 1e-6;
+            let mut f = [0.0; 2];
+            for (s, sign) in [1.0, -1.0].iter().enumerate() {
+                let mut w = w0.clone();
+                w[k] += sign * eps;
+                var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                f[s] = answer_loss(&m, 1, &rows, &refs)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+            }
+            var.set(&Tensor::from_vec(w0.clone(), var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            let fd = (f[0] - f[1]) / (2.0 * eps);
+            assert!(
+                (fd - g[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
+                "{name}[{k}]: backprop {} vs finite difference {fd}",
+                g[k]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2 * 9 * 3, "{checked}");
+}
+
+#[test]
+fn training_lowers_the_loss_and_resumes_exactly() {
+    let data = examples(12, 2);
+    let cap = examples(8, 3);
+    for ogp in [Ogp::None, Ogp::Grad { k: 2, every: 3 }] {
+        let before = loss_on(&model(DType::F32, 5), &data);
+        // Uninterrupted: 6 steps.
+        let full = tempfile::tempdir().unwrap();
+        let mut a = model(DType::F32, 5);
+        let s = train(
+            &mut a,
+            &data,
+            &cap,
+            &config(6, ogp.clone()),
+            full.path(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.steps_run, 6);
+        let after = loss_on(&a, &data);
+        assert!(after < before - 0.05, "{ogp:?}: loss {before} -> {after}");
+        // Interrupted after 4 steps (a checkpoint), then resumed to 6 in a fresh process.
+        let part = tempfile::tempdir().unwrap();
+        let mut b = model(DType::F32, 5);
+        train(
+            &mut b,
+            &data,
+            &cap,
+            &config(4, ogp.clone()),
+            part.path(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(last_checkpoint(part.path()).unwrap().unwrap().0, 4);
+        let mut c = model(DType::F32, 5);
+        let s = train(
+            &mut c,
+            &data,
+            &cap,
+            &config(6, ogp.clone()),
+            part.path(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.steps_run, 2, "resumed after step 4");
+        let (wa, wc) = (weights(&a), weights(&c));
+        let worst = wa
+            .iter()
+            .zip(&wc)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{ogp:?}: resumed run differs by {worst}");
+        // Other settings in the same folder are refused.
+        let mut other = config(6, ogp.clone());
+        other.adamw.lr = 1e-3;
+        let err = train(
+            &mut model(DType::F32, 5),
+            &data,
+            &cap,
+            &other,
+            part.path(),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("other settings"), "{err}");
+    }
+}
+
+/// The output of block 1 on the capability sequences (all positions).
+fn block_out(m: &Model, cap_inputs: &[Tensor]) -> Vec<f32> {
+    cap_inputs
+        .iter()
+        .flat_map(|x| {
+            m.forward_layers(
+                x.unsqueeze(0).unwrap(),
+                &[0],
+                1..2,
+                None,
+                &mut NoHook,
+                Mode::Inference,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+        })
+        .collect()
+}
+
+fn max_change(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn projected_steps_keep_capability_outputs_and_loss_to_first_order() {
+    let data = examples(12, 2);
+    let cap = examples(6, 4);
+    let base = model(DType::F32, 8);
+    let cap_in = block_inputs(&base, &cap, 1, 16, &mut |_| {}).unwrap();
+    let out0 = block_out(&base, &cap_in);
+    let loss0 = loss_on(&base, &cap);
+    let one_step = |ogp: Ogp| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = base.clone();
+        let mut cfg = config(1, ogp);
+        cfg.adamw.lr = 1e-3;
+        // The whole capability set in one batch, so `grad`'s basis holds its full gradient.
+        cfg.batch = 6;
+        train(&mut m, &data, &cap, &cfg, dir.path(), &mut |_| {}).unwrap();
+        m
+    };
+    let free = one_step(Ogp::None);
+    // act: the block's outputs on capability sequences barely move (energy 0.999).
+    let act = one_step(Ogp::Act {
+        energy: 0.999,
+        max_k: 64,
+    });
+    let (d_free, d_act) = (
+        max_change(&block_out(&free, &cap_in), &out0),
+        max_change(&block_out(&act, &cap_in), &out0),
+    );
+    assert!(d_free > 1e-3, "the free step moves the outputs: {d_free}");
+    assert!(d_act < 0.1 * d_free, "act: {d_act} vs free {d_free}");
+    // grad: the capability loss is unchanged to first order.
+    let grad = one_step(Ogp::Grad { k: 1, every: 1 });
+    let (l_free, l_grad) = (
+        (loss_on(&free, &cap) - loss0).abs(),
+        (loss_on(&grad, &cap) - loss0).abs(),
+    );
+    assert!(
+        l_free > 1e-4,
+        "the free step changes the capability loss: {l_free}"
+    );
+    assert!(l_grad < 0.2 * l_free, "grad: {l_grad} vs free {l_free}");
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let data = examples(4, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model(DType::F32, 5);
+    let mut cfg = config(2, Ogp::None);
+    cfg.layers = (2, 4);
+    assert!(train(&mut m, &data, &[], &cfg, dir.path(), &mut |_| {}).is_err());
+    let cfg = config(2, Ogp::Grad { k: 2, every: 1 });
+    let err = train(&mut m, &data, &[], &cfg, dir.path(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("capability"), "{err}");
+    let bad = vec![Example {
+        ids: vec![1, 2, 3],
+        start: 3,
+    }];
+    assert!(train(
+        &mut m,
+        &bad,
+        &[],
+        &config(2, Ogp::None),
+        dir.path(),
+        &mut |_| {}
+    )
+    .is_err());
+}
