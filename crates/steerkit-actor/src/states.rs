@@ -5,11 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 use steerkit_eval::score::refusal_score;
 pub use steerkit_eval::utility::log_softmax;
-pub use steerkit_model::{pad_rows, unpad_rows};
 use steerkit_model::{
     left_pad, Chain, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, NoHook, Record, Site,
     SystemPrompt,
 };
+pub use steerkit_model::{pad_rows, unpad_rows};
 
 /// Keeps the residual at the input of one block (all positions).
 struct Capture {

@@ -87,15 +87,51 @@ pub struct TrainConfig {
     pub ogp: Option<OgpSettings>,
 }
 
-/// Settings of the activation-based gradient projection (GPM; `steerkit_ogp`).
+/// Settings of the gradient projection (`steerkit_ogp`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OgpSettings {
     /// The capability prompts (a set name) and how many.
     pub data: String,
     pub n: usize,
-    /// Fraction of the capability inputs' energy each basis keeps, and its largest size.
+    /// act: fraction of the capability inputs' energy each basis keeps, and its largest size.
     pub energy: f64,
     pub max_k: usize,
+    /// Which subspace (runs saved before `grad` existed are `act`).
+    #[serde(default)]
+    pub estimator: Estimator,
+}
+
+/// The capability-subspace estimator.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Estimator {
+    /// GPM bases of the block's linear maps' inputs on capability prompts.
+    #[default]
+    Act,
+    /// The span of the block's cross-entropy gradients on `k` batches of `batch` capability
+    /// sequences (prompts with the model's own answers of up to `answer_tokens`), recomputed
+    /// at the start of every epoch and every `every` steps within it.
+    Grad {
+        k: usize,
+        every: usize,
+        batch: usize,
+        answer_tokens: usize,
+    },
+}
+
+/// The projection a run applies to its optimizer steps.
+pub enum Projection<'a> {
+    /// A subspace fixed before training (`act`).
+    Fixed(&'a dyn steerkit_ogp::Subspace),
+    /// Gradient bases recomputed during training from capability sequences and their block
+    /// inputs at the trained layer (`grad`).
+    Grad {
+        examples: &'a [steerkit_ogp::capability::Example],
+        inputs: &'a [Tensor],
+        k: usize,
+        every: usize,
+        batch: usize,
+    },
 }
 
 impl TrainConfig {
@@ -403,7 +439,7 @@ pub fn train(
     train_projected(model, data, vals, refusal_ids, cfg, None, dir, progress)
 }
 
-/// [`train`] with every optimizer step projected off the capability subspaces of `projector`
+/// [`train`] with every optimizer step projected off the capability subspaces of `projection`
 /// (named like the block's tensors, `model.layers.N.mlp.up_proj.weight`). The norm removed per
 /// matrix per step goes to `ogp.csv`.
 #[allow(clippy::too_many_arguments)]
@@ -413,7 +449,7 @@ pub fn train_projected(
     vals: &[Val],
     refusal_ids: &[u32],
     cfg: &TrainConfig,
-    projector: Option<&steerkit_ogp::Projector>,
+    projection: Option<Projection>,
     dir: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<EpochLog>, ActorError> {
@@ -466,6 +502,7 @@ pub fn train_projected(
     let inputs: Vec<&Tensor> = data.iter().map(|(_, t)| t).collect();
     let groups: Vec<Group> = data.iter().map(|(g, _)| *g).collect();
     let mut fixed: Option<(Tensor, Tensor, [f64; 3])> = None;
+    let mut grad_basis: Option<steerkit_ogp::GradProjector> = None;
     for epoch in start + 1..=cfg.epochs {
         let t0 = Instant::now();
         // The states with the current weights: new targets when refreshing, and the logged
@@ -500,22 +537,7 @@ pub fn train_projected(
             let h = block_last(model, layer, &rows, Mode::Differentiable)?;
             let loss = cosine_loss(&h, &tg.index_select(&idx, 0)?)?;
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let grads = loss.backward()?;
-            let mut gs = Vec::with_capacity(opt.vars().len());
-            let mut sq = 0.0;
-            for (_, v) in opt.vars() {
-                let g = match grads.get(v.as_tensor()) {
-                    Some(g) => g.clone(),
-                    None => v.as_tensor().zeros_like()?,
-                };
-                sq += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
-                gs.push(g);
-            }
-            let gn = sq.sqrt();
+            let (mut gs, gn) = steerkit_ogp::capability::gradients(&loss, opt.vars())?;
             if !lv.is_finite() || !gn.is_finite() {
                 return Err(ActorError::Diverged(format!(
                     "epoch {epoch}, step {}: loss {lv}, gradient norm {gn}; the last good checkpoint is kept{}",
@@ -530,7 +552,37 @@ pub fn train_projected(
                     .map(|g| g * s)
                     .collect::<candle_core::Result<_>>()?;
             }
-            match projector {
+            // Gradient bases: at the start of each epoch (so a resume recomputes them from the
+            // same weights) and every `every` steps within it.
+            if let Some(Projection::Grad {
+                examples,
+                inputs: cap,
+                k,
+                every,
+                batch,
+            }) = &projection
+            {
+                if step % every.max(&1) == 0 {
+                    grad_basis = Some(steerkit_ogp::capability::grad_projector(
+                        model,
+                        layer,
+                        opt.vars(),
+                        cap,
+                        examples,
+                        *k,
+                        *batch,
+                        (epoch - 1) * steps + step,
+                    )?);
+                }
+            }
+            let subspace: Option<&dyn steerkit_ogp::Subspace> = match &projection {
+                Some(Projection::Fixed(p)) => Some(*p),
+                Some(Projection::Grad { .. }) => grad_basis
+                    .as_ref()
+                    .map(|g| g as &dyn steerkit_ogp::Subspace),
+                None => None,
+            };
+            match subspace {
                 Some(p) => {
                     let mut err = None;
                     opt.apply_projected(&gs, &mut |name, u| {
@@ -545,7 +597,7 @@ pub fn train_projected(
                             .to_dtype(DType::F64)?
                             .to_scalar::<f64>()?
                             .sqrt();
-                        if p.bases().contains_key(name) {
+                        if p.covers(name) {
                             ogp_rows.push_str(&format!(
                                 "{epoch},{},{name},{norm:.6e},{removed:.6e}\n",
                                 step + 1
@@ -584,7 +636,7 @@ pub fn train_projected(
             val,
             ogp_removed: (removed_n > 0).then(|| removed_sum / removed_n as f64),
         };
-        if projector.is_some() {
+        if projection.is_some() {
             append_ogp_rows(dir, epoch, &ogp_rows)?;
         }
         // Checkpoint: block, optimizer, then state.json (the commit point), then the log.

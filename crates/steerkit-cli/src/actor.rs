@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::AdamWConfig;
-use steerkit_actor::train::{val_refusal, Progress};
+use steerkit_actor::train::{val_refusal, Estimator, Progress, Projection};
 use steerkit_actor::{Parts, PrepareOptions, TrainConfig};
 use steerkit_eval::run::write_atomic;
 use steerkit_eval::score::refusal_token_ids;
@@ -76,8 +76,10 @@ pub struct Args {
     pub vals: Vec<String>,
     /// Gradient projection: `act` keeps every optimizer step of the block off the subspace
     /// its linear maps' inputs span on capability prompts (GPM), so their outputs there stay
-    /// unchanged to first order; `none` trains freely.
-    #[arg(long, default_value = "none", value_parser = ["none", "act"])]
+    /// unchanged to first order; `grad` keeps it off the span of the block's cross-entropy
+    /// gradients on capability prompts answered by the model itself (OGPSA; refreshed during
+    /// training), so the capability loss stays unchanged to first order; `none` trains freely.
+    #[arg(long, default_value = "none", value_parser = ["none", "act", "grad"])]
     pub ogp: String,
     /// Capability prompts for --ogp act (a file or a built-in set name).
     #[arg(long, default_value = "harmless")]
@@ -91,6 +93,16 @@ pub struct Args {
     /// Largest basis size per matrix.
     #[arg(long, default_value_t = 256)]
     pub ogp_max_k: usize,
+    /// grad: gradients (capability batches) per basis, steps between refreshes (and at the
+    /// start of every epoch), sequences per capability batch, and the longest own answer.
+    #[arg(long, default_value_t = 4)]
+    pub ogp_k: usize,
+    #[arg(long, default_value_t = 10)]
+    pub ogp_every: usize,
+    #[arg(long, default_value_t = 4)]
+    pub ogp_batch: usize,
+    #[arg(long, default_value_t = 32)]
+    pub ogp_answer_tokens: usize,
     /// Smallest silhouette at the layer (below it: no refusal signal, an error).
     #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
     pub min_silhouette: f64,
@@ -193,11 +205,21 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         parts,
         refresh: a.refresh,
-        ogp: (a.ogp == "act").then(|| steerkit_actor::train::OgpSettings {
+        ogp: (a.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
             data: a.ogp_data.clone(),
             n: a.ogp_limit,
             energy: a.ogp_energy,
             max_k: a.ogp_max_k,
+            estimator: if a.ogp == "grad" {
+                Estimator::Grad {
+                    k: a.ogp_k,
+                    every: a.ogp_every,
+                    batch: a.ogp_batch,
+                    answer_tokens: a.ogp_answer_tokens,
+                }
+            } else {
+                Estimator::Act
+            },
         }),
     };
     let meta = ActorMeta {
@@ -225,42 +247,87 @@ pub fn run(a: Args) -> Result<()> {
             100.0 * share
         );
     }
-    let projector = match &cfg.ogp {
-        Some(o) => {
-            let set = one_set(&o.data, "capability", Some(o.n))?;
-            let t = std::time::Instant::now();
-            let (inputs, _) = steerkit_actor::states::block_inputs(
-                &m,
-                &set.prompts(),
-                &a.system.choice(),
-                prep.layer,
-                32,
-                None,
-                &mut |_| {},
-            )?;
-            let (p, summary) = steerkit_actor::ogp::capability_projector(
-                &m.model, prep.layer, &inputs, o, &a.out,
-            )?;
-            let sizes: Vec<String> = summary
-                .iter()
-                .map(|(n, k, e)| {
-                    format!(
-                        "{} k={k} ({:.1}%)",
-                        n.rsplit('.').nth(1).unwrap_or(n),
-                        100.0 * e
-                    )
-                })
-                .collect();
-            println!(
-                "gradient projection (act) on {} capability prompts of `{}`: {} ({:.1} s)",
-                set.items.len(),
-                set.name,
-                sizes.join(", "),
-                t.elapsed().as_secs_f64()
-            );
-            Some(p)
+    let mut act_projector = None;
+    let mut capability = None;
+    if let Some(o) = &cfg.ogp {
+        let set = one_set(&o.data, "capability", Some(o.n))?;
+        let t = std::time::Instant::now();
+        match o.estimator {
+            Estimator::Act => {
+                let (inputs, _) = steerkit_actor::states::block_inputs(
+                    &m,
+                    &set.prompts(),
+                    &a.system.choice(),
+                    prep.layer,
+                    32,
+                    None,
+                    &mut |_| {},
+                )?;
+                let (p, summary) = steerkit_actor::ogp::capability_projector(
+                    &m.model, prep.layer, &inputs, o, &a.out,
+                )?;
+                let sizes: Vec<String> = summary
+                    .iter()
+                    .map(|(n, k, e)| {
+                        format!(
+                            "{} k={k} ({:.1}%)",
+                            n.rsplit('.').nth(1).unwrap_or(n),
+                            100.0 * e
+                        )
+                    })
+                    .collect();
+                println!(
+                    "gradient projection (act) on {} capability prompts of `{}`: {} ({:.1} s)",
+                    set.items.len(),
+                    set.name,
+                    sizes.join(", "),
+                    t.elapsed().as_secs_f64()
+                );
+                act_projector = Some(p);
+            }
+            Estimator::Grad { answer_tokens, .. } => {
+                let pb = bar(set.items.len() as u64, "capability answers");
+                let examples = steerkit_ogp::capability::own_answer_examples(
+                    &m,
+                    &set.prompts(),
+                    &a.system.choice(),
+                    answer_tokens,
+                    &a.out.join("answers.json"),
+                    &mut |k| pb.inc(k as u64),
+                )?;
+                let inputs = steerkit_ogp::capability::block_inputs(
+                    &m.model,
+                    &examples,
+                    prep.layer,
+                    16,
+                    &mut |_| {},
+                )?;
+                pb.finish_and_clear();
+                println!(
+                    "gradient projection (grad) on {} capability prompts of `{}` with own answers ({:.1} s)",
+                    set.items.len(),
+                    set.name,
+                    t.elapsed().as_secs_f64()
+                );
+                capability = Some((examples, inputs));
+            }
         }
-        None => None,
+    }
+    let projection = match (&cfg.ogp, &act_projector, &capability) {
+        (_, Some(p), _) => Some(Projection::Fixed(p)),
+        (Some(o), _, Some((examples, inputs))) => match o.estimator {
+            Estimator::Grad {
+                k, every, batch, ..
+            } => Some(Projection::Grad {
+                examples,
+                inputs,
+                k,
+                every,
+                batch,
+            }),
+            Estimator::Act => None,
+        },
+        _ => None,
     };
     let pb = bar(0, "training");
     let t1 = std::time::Instant::now();
@@ -270,7 +337,7 @@ pub fn run(a: Args) -> Result<()> {
         &prep.vals,
         &ids,
         &cfg,
-        projector.as_ref(),
+        projection,
         &a.out,
         &mut |p| match p {
             Progress::Epoch { epoch, steps } => {

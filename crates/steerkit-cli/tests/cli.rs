@@ -391,6 +391,13 @@ fn compare_pairs_two_runs() {
         text.contains("| harmless |") && text.contains("(n=3)"),
         "{text}"
     );
+    // The same model on the same text: every paired per-token difference is exactly zero.
+    let ce_row = text
+        .lines()
+        .find(|l| l.contains("plain-text cross-entropy"))
+        .unwrap_or_else(|| panic!("no utility row: {text}"));
+    assert!(ce_row.contains("+0.0000 [+0.0000, +0.0000]"), "{ce_row}");
+    assert!(text.contains("first-token KL from the reference"), "{text}");
     assert!(d.join("c/comparison.svg").is_file());
     std::fs::remove_dir_all(d).unwrap();
 }
@@ -807,6 +814,31 @@ fn actor_trains_resumes_and_exports() {
         "{csv}"
     );
     assert!(proj.join("ogp_bases.safetensors").is_file());
+    // The gradient estimator: capability answers cached, bases refreshed, steps projected.
+    let gproj = d.join("gproj");
+    let mut args = base.to_vec();
+    *args.last_mut().unwrap() = gproj.to_str().unwrap();
+    args.extend([
+        "--epochs",
+        "1",
+        "--ogp",
+        "grad",
+        "--ogp-limit",
+        "4",
+        "--ogp-k",
+        "2",
+        "--ogp-every",
+        "1",
+    ]);
+    let o = steerkit(&args);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("gradient projection (grad) on 4 capability prompts"),
+        "{out}"
+    );
+    assert!(out.contains("of each step projected out"), "{out}");
+    assert!(gproj.join("answers.json").is_file() && gproj.join("ogp.csv").is_file());
     // Bad settings.
     let bad = d.join("bad");
     let b = bad.to_str().unwrap();

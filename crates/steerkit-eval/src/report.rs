@@ -272,6 +272,47 @@ pub fn compare(a: &Report, b: &Report) -> Result<Vec<SetComparison>, EvalError> 
     Ok(out)
 }
 
+/// A utility measure compared across two runs: `(name, A, B, paired B − A)`. Present when
+/// both reports carry per-item values for it (cross-entropy per token on the same text; KL
+/// per prompt on the same set and reference).
+pub fn compare_utility(a: &Report, b: &Report) -> Vec<(String, f64, f64, PairedDiff)> {
+    let mut out = Vec::new();
+    let (ca, cb) = (
+        &a.utility.plain_text_cross_entropy,
+        &b.utility.plain_text_cross_entropy,
+    );
+    if !ca.per_token.is_empty() && ca.per_token.len() == cb.per_token.len() {
+        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        out.push((
+            format!(
+                "plain-text cross-entropy (nats/token, {} tokens)",
+                ca.tokens
+            ),
+            ca.mean_nats,
+            cb.mean_nats,
+            crate::stats::paired_mean_diff(&f(&ca.per_token), &f(&cb.per_token)),
+        ));
+    }
+    if let (Some(ka), Some(kb)) = (&a.utility.first_token_kl, &b.utility.first_token_kl) {
+        if !ka.per_prompt.is_empty()
+            && ka.per_prompt.len() == kb.per_prompt.len()
+            && ka.set == kb.set
+            && ka.reference == kb.reference
+        {
+            out.push((
+                format!(
+                    "first-token KL from the reference ({}, {} prompts)",
+                    ka.set, ka.n
+                ),
+                ka.mean,
+                kb.mean,
+                crate::stats::paired_mean_diff(&ka.per_prompt, &kb.per_prompt),
+            ));
+        }
+    }
+    out
+}
+
 /// The comparison as a Markdown table.
 pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> String {
     let mut s = format!(
@@ -292,5 +333,16 @@ pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> Strin
         ));
     }
     s.push_str("\nDifferences over the prompts both runs answered, with 95% intervals (Newcombe's method for paired proportions).\n");
+    let util = compare_utility(a, b);
+    if !util.is_empty() {
+        s.push_str("\n| utility | A | B | B − A (paired, 95% interval) |\n|---|---|---|---|\n");
+        for (name, va, vb, d) in &util {
+            s.push_str(&format!(
+                "| {name} | {va:.4} | {vb:.4} | {:+.4} [{:+.4}, {:+.4}] |\n",
+                d.diff, d.lo, d.hi
+            ));
+        }
+        s.push_str("\nUtility differences are means of per-item differences (tokens, prompts) with a normal-approximation interval.\n");
+    }
     s
 }

@@ -113,9 +113,50 @@ pub fn paired_diff(pairs: &[(bool, bool)]) -> PairedDiff {
     }
 }
 
+/// Mean of paired differences `b_i - a_i` with a 95% normal-approximation interval
+/// (`1.96 s / sqrt(n)`): for continuous per-item measures (cross-entropy per token, KL per
+/// prompt) of the same items under two conditions.
+pub fn paired_mean_diff(a: &[f64], b: &[f64]) -> PairedDiff {
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| y - x).collect();
+    let n = d.len();
+    if n < 2 {
+        return PairedDiff {
+            n,
+            diff: d.first().copied().unwrap_or(f64::NAN),
+            lo: f64::NEG_INFINITY,
+            hi: f64::INFINITY,
+        };
+    }
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = 1.96 * (var / n as f64).sqrt();
+    PairedDiff {
+        n,
+        diff: mean,
+        lo: mean - half,
+        hi: mean + half,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_mean_difference_and_interval() {
+        // Differences 1, 2, 3, 4: mean 2.5, sd 1.291, half-width 1.96 * 1.291 / 2 = 1.265.
+        let a = [0.0, 0.0, 0.0, 0.0];
+        let b = [1.0, 2.0, 3.0, 4.0];
+        let d = paired_mean_diff(&a, &b);
+        assert_eq!(d.n, 4);
+        assert!((d.diff - 2.5).abs() < 1e-12);
+        assert!((d.hi - d.diff - 1.96 * (5.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-9);
+        // Pairing matters: a shared shift cancels, so the interval is narrow.
+        let a = [10.0, 20.0, 30.0];
+        let b = [10.1, 20.1, 30.1];
+        let d = paired_mean_diff(&a, &b);
+        assert!((d.diff - 0.1).abs() < 1e-9 && d.hi - d.lo < 1e-6);
+    }
 
     #[test]
     fn wilson_matches_published_values() {

@@ -11,10 +11,13 @@ use crate::score::kl;
 pub const PLAIN_TEXT: &str = include_str!("../../steerkit-data/sets/plain_text.txt");
 
 /// Mean next-token cross-entropy (nats) of a text, and the number of predicted tokens.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CrossEntropy {
     pub mean_nats: f64,
     pub tokens: usize,
+    /// Each predicted token's cross-entropy, for paired comparisons (empty in old reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_token: Vec<f32>,
 }
 
 /// Mean cross-entropy of `text` (tokenized as plain text, BOS first when the model uses one).
@@ -38,7 +41,7 @@ pub fn cross_entropy(
         .forward(&x, &pads, None, hook, Mode::Inference)?
         .squeeze(0)?; // [t, d]
     let t = ids.len() - 1;
-    let mut total = 0.0;
+    let mut per_token = Vec::with_capacity(t);
     // Logits a slice of positions at a time: a full [t, vocab] matrix can be hundreds of MB.
     for start in (0..t).step_by(64) {
         let len = 64.min(t - start);
@@ -48,11 +51,18 @@ pub fn cross_entropy(
                 .to_dtype(DType::F32)?,
         )?;
         let next = Tensor::new(&ids[start + 1..start + 1 + len], &m.model.device)?.unsqueeze(1)?;
-        total -= lp.gather(&next, 1)?.sum_all()?.to_scalar::<f32>()? as f64;
+        per_token.extend(
+            lp.gather(&next, 1)?
+                .squeeze(1)?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|x| -x),
+        );
     }
     Ok(CrossEntropy {
-        mean_nats: total / t as f64,
+        mean_nats: per_token.iter().map(|&x| x as f64).sum::<f64>() / t as f64,
         tokens: t,
+        per_token,
     })
 }
 
@@ -71,6 +81,9 @@ pub struct FirstTokenKl {
     pub n: usize,
     pub set: String,
     pub reference: String,
+    /// Each prompt's KL, in the set's order, for paired comparisons (empty in old reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_prompt: Vec<f64>,
 }
 
 /// First-token log-probabilities `[n][vocab]` of formatted prompts, in batches.
@@ -119,11 +132,12 @@ pub fn first_token_kl(
         &mut steerkit_model::NoHook,
     )?;
     let q = first_token_logprobs(m, prompts, system, batch, hook)?;
-    let mean = p.iter().zip(&q).map(|(a, b)| kl(a, b)).sum::<f64>() / p.len().max(1) as f64;
+    let per_prompt: Vec<f64> = p.iter().zip(&q).map(|(a, b)| kl(a, b)).collect();
     Ok(FirstTokenKl {
-        mean,
+        mean: per_prompt.iter().sum::<f64>() / p.len().max(1) as f64,
         n: p.len(),
         set: set_name.into(),
         reference: reference.path.display().to_string(),
+        per_prompt,
     })
 }
