@@ -21,7 +21,7 @@ for ogp in none act grad; do
     cp "$OUT/train-none/answers.json" "$run/"
   fi
   "$BIN" safety-tune -m "$M" --harmful "$D/harmful_train.jsonl" --harmless "$D/harmless_train.jsonl" \
-    --limit 260 --steps "$STEPS" --lr 1e-4 --ogp "$ogp" --out "$run" 2>/dev/null
+    --limit 260 --steps "$STEPS" --lr 1e-4 --ogp "$ogp" --ogp-every 25 --out "$run" 2>/dev/null
 done
 evaluate() { # name model
   "$BIN" eval -m "$2" --set "harmful_val=$D/harmful_val.jsonl" --set "xstest=$D/xstest.jsonl" \

@@ -75,7 +75,7 @@ pub struct Args {
     /// grad: gradients (capability batches) per basis, and steps between refreshes.
     #[arg(long, default_value_t = 4)]
     pub ogp_k: usize,
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 50)]
     pub ogp_every: usize,
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 25)]

@@ -251,7 +251,9 @@ impl Subspace for Projector {
 /// matrix: the gradient-based capability subspace.
 #[derive(Debug, Clone)]
 pub struct GradBasis {
-    /// Orthonormal directions as rows `[k, numel]` (f64, CPU); `None` when `k = 0`.
+    /// Orthonormal directions as rows `[k, numel]` (orthonormalised in f64, stored in f32:
+    /// a projection reads them once per step, and memory traffic is its cost); `None` when
+    /// `k = 0`.
     q: Option<Tensor>,
     dims: Vec<usize>,
 }
@@ -290,7 +292,10 @@ impl GradBasis {
         let k = q.len();
         let numel = first.elem_count();
         let q = (k > 0)
-            .then(|| Tensor::from_vec(q.concat(), (k, numel), &Device::Cpu))
+            .then(|| {
+                Tensor::from_vec(q.concat(), (k, numel), &Device::Cpu)
+                    .and_then(|t| t.to_dtype(DType::F32))
+            })
             .transpose()?;
         Ok(GradBasis { q, dims })
     }
@@ -314,13 +319,19 @@ impl GradBasis {
         };
         let flat = u
             .flatten_all()?
-            .to_dtype(DType::F64)?
+            .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?
-            .unsqueeze(1)?; // [numel, 1]
-        let coeffs = q.matmul(&flat)?; // [k, 1]
-        let removed = q.t()?.matmul(&coeffs)?; // [numel, 1]
-                                               // q is orthonormal: |removed| = |coeffs|.
-        let norm = coeffs.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+            .unsqueeze(0)?; // [1, numel]
+        let coeffs = flat.matmul(&q.t()?)?; // [1, k]
+                                            // [1, k] x [k, numel]: q is used as stored (no transposed copy of it per step).
+        let removed = coeffs.matmul(q)?; // [1, numel]
+                                         // q is orthonormal: |removed| = |coeffs|.
+        let norm = coeffs
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?
+            .sqrt();
         let out = (flat - removed)?
             .reshape(self.dims.as_slice())?
             .to_dtype(u.dtype())?

@@ -114,6 +114,8 @@ const WEIGHTS: &str = "trained.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const GRAD_BASES: &str = "ogp_grad.safetensors";
 const LOG: &str = "log.json";
+const ACT_BASES: &str = "ogp_act.safetensors";
+const ACT_KEY: &str = "ogp_act.key";
 
 /// The last checkpoint of a run folder: the step and the trained blocks' file.
 pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, std::path::PathBuf)>, SftError> {
@@ -218,20 +220,38 @@ pub fn train(
     let t_setup = Instant::now();
     let act = match cfg.ogp {
         Ogp::Act { energy, max_k } => {
-            progress(Progress::Phase("capability subspaces", b - a));
-            let per_layer = inputs_at_each_layer(model, &cap_inputs, cfg.layers)?;
-            let mut bases = HashMap::new();
-            for (l, x) in (a..b).zip(&per_layer) {
-                let (bs, _) = steerkit_actor::ogp::layer_bases(model, l, x, energy, max_k)?;
-                bases.extend(bs);
-                progress(Progress::Advance(1));
-            }
-            candle_core::safetensors::save(&bases, dir.join("ogp_act.safetensors.tmp"))?;
-            std::fs::rename(
-                dir.join("ogp_act.safetensors.tmp"),
-                dir.join("ogp_act.safetensors"),
-            )
-            .map_err(|e| SftError::Input(e.to_string()))?;
+            // Saved bases are reused when they were built for the same blocks, settings and
+            // capability sequences (the original weights are the same: the run's model).
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for e in capability {
+                    e.ids.hash(&mut h);
+                    e.start.hash(&mut h);
+                }
+                format!("{:?} {energy} {max_k} {:x}", cfg.layers, h.finish())
+            };
+            let (file, key_file) = (dir.join(ACT_BASES), dir.join(ACT_KEY));
+            let saved = match std::fs::read_to_string(&key_file) {
+                Ok(k) if k == key => candle_core::safetensors::load(&file, &Device::Cpu).ok(),
+                _ => None,
+            };
+            let bases = match saved {
+                Some(b) => b,
+                None => {
+                    progress(Progress::Phase("capability subspaces", b - a));
+                    let per_layer = inputs_at_each_layer(model, &cap_inputs, cfg.layers)?;
+                    let mut bases = HashMap::new();
+                    for (l, x) in (a..b).zip(&per_layer) {
+                        let (bs, _) = steerkit_actor::ogp::layer_bases(model, l, x, energy, max_k)?;
+                        bases.extend(bs);
+                        progress(Progress::Advance(1));
+                    }
+                    save_safetensors(&bases, &file)?;
+                    write_atomic(&key_file, key.as_bytes())?;
+                    bases
+                }
+            };
             Some(Projector::new(bases))
         }
         _ => None,
@@ -336,8 +356,10 @@ pub fn train(
         match subspace {
             None => opt.apply(&gs)?,
             Some(p) => {
-                let t = Instant::now();
+                // Only the projection is timed (and the statistics it needs), not AdamW.
+                let mut secs = 0.0;
                 opt.apply_projected(&gs, &mut |name, u| {
+                    let t = Instant::now();
                     let (pu, removed) = p
                         .project(name, u)
                         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -353,10 +375,10 @@ pub fn train(
                             removed_n += 1;
                         }
                     }
+                    secs += t.elapsed().as_secs_f64();
                     Ok(pu)
                 })?;
-                // The projection's share of the update (the update itself is cheap).
-                ogp_secs += t.elapsed().as_secs_f64();
+                ogp_secs += secs;
             }
         }
         logs.push(StepLog {

@@ -134,7 +134,14 @@ fn answer_loss_gradients_match_finite_differences() {
 fn training_lowers_the_loss_and_resumes_exactly() {
     let data = examples(12, 2);
     let cap = examples(8, 3);
-    for ogp in [Ogp::None, Ogp::Grad { k: 2, every: 3 }] {
+    for ogp in [
+        Ogp::None,
+        Ogp::Grad { k: 2, every: 3 },
+        Ogp::Act {
+            energy: 0.9,
+            max_k: 16,
+        },
+    ] {
         let before = loss_on(&model(DType::F32, 5), &data);
         // Uninterrupted: 6 steps.
         let full = tempfile::tempdir().unwrap();
@@ -175,6 +182,9 @@ fn training_lowers_the_loss_and_resumes_exactly() {
         )
         .unwrap();
         assert_eq!(s.steps_run, 2, "resumed after step 4");
+        if matches!(ogp, Ogp::Act { .. }) {
+            assert!(part.path().join("ogp_act.key").is_file(), "act bases saved");
+        }
         let (wa, wc) = (weights(&a), weights(&c));
         let worst = wa
             .iter()
