@@ -637,7 +637,12 @@ pub fn train_projected(
             ogp_removed: (removed_n > 0).then(|| removed_sum / removed_n as f64),
         };
         if projection.is_some() {
-            append_ogp_rows(dir, epoch, &ogp_rows)?;
+            append_ogp_rows(
+                dir,
+                "epoch,step,matrix,step_norm,removed_norm",
+                epoch,
+                &ogp_rows,
+            )?;
         }
         // Checkpoint: block, optimizer, then state.json (the commit point), then the log.
         let block: HashMap<String, Tensor> = all
@@ -661,9 +666,15 @@ pub fn train_projected(
 
 const LOG: &str = "log.json";
 
-/// `ogp.csv`: the norm of every projected step and the norm removed, per matrix per step.
-/// Rows of epochs at or after `epoch` (from an interrupted run) are replaced.
-fn append_ogp_rows(dir: &Path, epoch: usize, rows: &str) -> Result<(), ActorError> {
+/// `ogp.csv`: the norm of every projected step and the norm removed, per matrix per step,
+/// under `header`. Rows whose first column (epoch, or step) is `from` or later (left by an
+/// interrupted run) are replaced by `rows`.
+pub fn append_ogp_rows(
+    dir: &Path,
+    header: &str,
+    from: usize,
+    rows: &str,
+) -> Result<(), ActorError> {
     let p = dir.join("ogp.csv");
     let mut text: String = std::fs::read_to_string(&p)
         .unwrap_or_default()
@@ -673,11 +684,11 @@ fn append_ogp_rows(dir: &Path, epoch: usize, rows: &str) -> Result<(), ActorErro
             l.split(',')
                 .next()
                 .and_then(|e| e.parse::<usize>().ok())
-                .is_some_and(|e| e < epoch)
+                .is_some_and(|e| e < from)
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    text.insert_str(0, "epoch,step,matrix,step_norm,removed_norm\n");
+    text.insert_str(0, &format!("{header}\n"));
     text.push_str(rows);
     write_atomic(&p, text.as_bytes())?;
     Ok(())

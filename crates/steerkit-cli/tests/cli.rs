@@ -1167,6 +1167,10 @@ fn safety_tune_trains_resumes_and_exports() {
     assert!(out.contains("2 steps in this run"), "{out}");
     let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
     assert_eq!(log.lines().count(), 1 + 4, "{log}");
+    // Norms per matrix per step, across the resume: 4 steps x 7 matrices of block 1.
+    let ogp = std::fs::read_to_string(run.join("ogp.csv")).unwrap();
+    assert_eq!(ogp.lines().count(), 1 + 4 * 7, "{ogp}");
+    assert!(ogp.lines().nth(28).unwrap().starts_with("4,"), "{ogp}");
     for f in [
         "safety.json",
         "answers.json",

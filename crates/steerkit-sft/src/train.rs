@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::{AdamW, AdamWConfig};
-use steerkit_actor::train::{load_layers, save_safetensors};
+use steerkit_actor::train::{append_ogp_rows, load_layers, save_safetensors};
 use steerkit_actor::Parts;
 use steerkit_eval::run::write_atomic;
 use steerkit_model::{pad_rows, unpad_rows, Mode, Model, NoHook};
@@ -308,6 +308,10 @@ pub fn train(
         progress(Progress::Phase("training", cfg.steps));
         progress(Progress::Advance(start));
     }
+    // Per matrix per step, written to `ogp.csv` at each checkpoint.
+    let mut ogp_rows = String::new();
+    let mut last_saved = start;
+    let subspace_used = cfg.ogp != Ogp::None;
     for step in start..cfg.steps {
         let t0 = Instant::now();
         let mut ogp_secs = 0.0;
@@ -370,6 +374,8 @@ pub fn train(
                             .to_dtype(DType::F64)?
                             .to_scalar::<f64>()?
                             .sqrt();
+                        ogp_rows
+                            .push_str(&format!("{},{name},{norm:.6e},{removed:.6e}\n", step + 1));
                         if norm > 0.0 {
                             removed_sum += removed / norm;
                             removed_n += 1;
@@ -414,6 +420,16 @@ pub fn train(
                     .collect::<Result<HashMap<_, _>, steerkit_ogp::OgpError>>()?;
                 save_safetensors(&bases, &dir.join(GRAD_BASES))?;
             }
+            if subspace_used {
+                append_ogp_rows(
+                    dir,
+                    "step,matrix,step_norm,removed_norm",
+                    last_saved + 1,
+                    &ogp_rows,
+                )?;
+                ogp_rows.clear();
+            }
+            last_saved = step + 1;
             write_atomic(
                 &dir.join(LOG),
                 &serde_json::to_vec(&logs).expect("serializes"),
