@@ -89,12 +89,12 @@ fn flags(t: &toml::Table, section: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn top(t: &toml::Table, key: &str) -> Option<String> {
-    t.get(key).and_then(|v| match v {
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Boolean(true) => Some(String::new()),
-        _ => None,
-    })
+fn top(t: &toml::Table, key: &str) -> Result<Option<String>> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => bail!("`{key}` must be a string, not {}", v.type_str()),
+    }
 }
 
 /// Runs one phase as the command line `argv` would, naming the phase in an error.
@@ -133,19 +133,19 @@ fn export_marker(actor_run: &Path) -> Result<String> {
 
 pub fn run(a: Args) -> Result<()> {
     let t = read_config(&a)?;
-    let Some(model) = top(&t, "model") else {
+    let Some(model) = top(&t, "model")? else {
         bail!("{}: missing `model`", a.config.display());
     };
-    let out = PathBuf::from(top(&t, "out").unwrap_or_else(|| "runs/steerkit".into()));
+    let out = PathBuf::from(top(&t, "out")?.unwrap_or_else(|| "runs/steerkit".into()));
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     let mut common: Vec<String> = Vec::new();
     for k in ["device", "dtype"] {
-        if let Some(v) = top(&t, k) {
+        if let Some(v) = top(&t, k)? {
             common.extend([format!("--{k}"), v]);
         }
     }
     let mut system: Vec<String> = Vec::new();
-    if let Some(s) = top(&t, "system") {
+    if let Some(s) = top(&t, "system")? {
         system.extend(["--system".into(), s]);
     }
     if t.get("no_system").and_then(|v| v.as_bool()) == Some(true) {

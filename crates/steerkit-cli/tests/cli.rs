@@ -1081,6 +1081,11 @@ kl_set = "harmless"
         &steerkit(&["run", bad.to_str().unwrap()]),
         "missing `model`",
     );
+    std::fs::write(&bad, "model = true\n").unwrap();
+    assert_clean_error(
+        &steerkit(&["run", bad.to_str().unwrap()]),
+        "`model` must be a string, not boolean",
+    );
     std::fs::write(&bad, "model = [\n").unwrap();
     assert_clean_error(&steerkit(&["run", bad.to_str().unwrap()]), "bad.toml");
     std::fs::remove_dir_all(d).unwrap();
