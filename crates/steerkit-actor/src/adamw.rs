@@ -1,8 +1,10 @@
 //! AdamW (Loshchilov & Hutter) with its state exposed, so that a run can be resumed exactly.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
+use steerkit_ogp::Subspace;
 
 /// AdamW settings.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -23,6 +25,28 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.0,
         }
+    }
+}
+
+/// What a projected update removed, for every matrix the subspace covers.
+#[derive(Debug, Default)]
+pub struct Projected {
+    /// `(name, norm of the step, norm removed)`.
+    pub matrices: Vec<(String, f64, f64)>,
+    /// Seconds spent projecting and measuring (not the update itself).
+    pub seconds: f64,
+}
+
+impl Projected {
+    /// Mean share of the step's norm removed, over the matrices with a non-zero step.
+    pub fn mean_share(&self) -> Option<f64> {
+        let shares: Vec<f64> = self
+            .matrices
+            .iter()
+            .filter(|(_, norm, _)| *norm > 0.0)
+            .map(|(_, norm, removed)| removed / norm)
+            .collect();
+        (!shares.is_empty()).then(|| shares.iter().sum::<f64>() / shares.len() as f64)
     }
 }
 
@@ -88,6 +112,38 @@ impl AdamW {
             self.v[i] = v;
         }
         Ok(())
+    }
+
+    /// One update whose step is projected off `subspace` when there is one (see
+    /// [`AdamW::apply_projected`]), with what the projection removed per covered matrix.
+    pub fn apply_subspace(
+        &mut self,
+        grads: &[Tensor],
+        subspace: Option<&dyn Subspace>,
+    ) -> Result<Projected> {
+        let mut out = Projected::default();
+        let Some(p) = subspace else {
+            self.apply(grads)?;
+            return Ok(out);
+        };
+        self.apply_projected(grads, &mut |name, u| {
+            let t = Instant::now();
+            let (pu, removed) = p
+                .project(name, u)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            if p.covers(name) {
+                let norm = u
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    .sqrt();
+                out.matrices.push((name.to_string(), norm, removed));
+            }
+            out.seconds += t.elapsed().as_secs_f64();
+            Ok(pu)
+        })?;
+        Ok(out)
     }
 
     /// The moments as named tensors (`m.NAME`, `v.NAME`), for a checkpoint.

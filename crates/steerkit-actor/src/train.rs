@@ -537,7 +537,7 @@ pub fn train_projected(
             let h = block_last(model, layer, &rows, Mode::Differentiable)?;
             let loss = cosine_loss(&h, &tg.index_select(&idx, 0)?)?;
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let (mut gs, gn) = steerkit_ogp::capability::gradients(&loss, opt.vars())?;
+            let (gs, gn) = steerkit_ogp::capability::gradients(&loss, opt.vars())?;
             if !lv.is_finite() || !gn.is_finite() {
                 return Err(ActorError::Diverged(format!(
                     "epoch {epoch}, step {}: loss {lv}, gradient norm {gn}; the last good checkpoint is kept{}",
@@ -545,13 +545,7 @@ pub fn train_projected(
                     if epoch > 1 { format!(" ({})", block_file(dir, epoch - 1).display()) } else { String::new() }
                 )));
             }
-            if cfg.clip > 0.0 && gn > cfg.clip {
-                let s = cfg.clip / gn;
-                gs = gs
-                    .iter()
-                    .map(|g| g * s)
-                    .collect::<candle_core::Result<_>>()?;
-            }
+            let gs = steerkit_ogp::capability::clip_to_norm(gs, gn, cfg.clip)?;
             // Gradient bases: at the start of each epoch (so a resume recomputes them from the
             // same weights) and every `every` steps within it.
             if let Some(Projection::Grad {
@@ -582,38 +576,15 @@ pub fn train_projected(
                     .map(|g| g as &dyn steerkit_ogp::Subspace),
                 None => None,
             };
-            match subspace {
-                Some(p) => {
-                    let mut err = None;
-                    opt.apply_projected(&gs, &mut |name, u| {
-                        let (pu, removed) = p.project(name, u).map_err(|e| {
-                            let msg = e.to_string();
-                            err = Some(e);
-                            candle_core::Error::Msg(msg)
-                        })?;
-                        let norm = u
-                            .sqr()?
-                            .sum_all()?
-                            .to_dtype(DType::F64)?
-                            .to_scalar::<f64>()?
-                            .sqrt();
-                        if p.covers(name) {
-                            ogp_rows.push_str(&format!(
-                                "{epoch},{},{name},{norm:.6e},{removed:.6e}\n",
-                                step + 1
-                            ));
-                            if norm > 0.0 {
-                                removed_sum += removed / norm;
-                                removed_n += 1;
-                            }
-                        }
-                        Ok(pu)
-                    })?;
-                    if let Some(e) = err {
-                        return Err(ActorError::Input(e.to_string()));
-                    }
+            for (name, norm, removed) in opt.apply_subspace(&gs, subspace)?.matrices {
+                ogp_rows.push_str(&format!(
+                    "{epoch},{},{name},{norm:.6e},{removed:.6e}\n",
+                    step + 1
+                ));
+                if norm > 0.0 {
+                    removed_sum += removed / norm;
+                    removed_n += 1;
                 }
-                None => opt.apply(&gs)?,
             }
             loss_sum += lv;
             gn_sum += gn;

@@ -211,6 +211,19 @@ pub fn gradients(loss: &Tensor, vars: &[(String, Var)]) -> Result<(Vec<Tensor>, 
     Ok((gs, sq.sqrt()))
 }
 
+/// Gradients scaled so that their global norm `norm` (from [`gradients`]) is at most `max`
+/// (`max <= 0`: unchanged).
+pub fn clip_to_norm(grads: Vec<Tensor>, norm: f64, max: f64) -> Result<Vec<Tensor>, OgpError> {
+    if max <= 0.0 || norm <= max {
+        return Ok(grads);
+    }
+    let s = max / norm;
+    Ok(grads
+        .iter()
+        .map(|g| g * s)
+        .collect::<candle_core::Result<_>>()?)
+}
+
 /// Example indices of batch number `k` when `n` examples are drawn in reshuffled epochs
 /// (deterministic in `seed`, so that a resumed run draws the same batches).
 pub fn batch_indices(n: usize, batch: usize, k: usize, seed: u64) -> Vec<usize> {

@@ -13,7 +13,7 @@ use steerkit_actor::Parts;
 use steerkit_eval::run::write_atomic;
 use steerkit_model::{pad_rows, unpad_rows, Mode, Model, NoHook};
 pub use steerkit_ogp::capability::{answer_loss, block_inputs};
-use steerkit_ogp::capability::{batch_indices, grad_projector, gradients, Example};
+use steerkit_ogp::capability::{batch_indices, clip_to_norm, grad_projector, gradients, Example};
 use steerkit_ogp::{GradBasis, GradProjector, Projector, Subspace};
 
 use crate::SftError;
@@ -203,18 +203,20 @@ pub fn train(
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| SftError::Input(format!("{}: {e}", dir.display())))?;
-    // The frozen part runs once, on the original weights.
+    // The frozen part runs once, on the original weights. `grad` needs the capability
+    // sequences' inputs throughout; `act` only when its bases are not saved yet.
+    let grad = matches!(cfg.ogp, Ogp::Grad { .. });
     progress(Progress::Phase(
         "block inputs",
-        data.len() + capability.len(),
+        data.len() + if grad { capability.len() } else { 0 },
     ));
     let inputs = block_inputs(model, data, a, 16, &mut |k| progress(Progress::Advance(k)))?;
-    let cap_inputs = if cfg.ogp == Ogp::None {
-        Vec::new()
-    } else {
+    let cap_inputs = if grad {
         block_inputs(model, capability, a, 16, &mut |k| {
             progress(Progress::Advance(k))
         })?
+    } else {
+        Vec::new()
     };
     // Activation bases from the original weights (before any checkpoint is loaded).
     let t_setup = Instant::now();
@@ -240,7 +242,8 @@ pub fn train(
                 Some(b) => b,
                 None => {
                     progress(Progress::Phase("capability subspaces", b - a));
-                    let per_layer = inputs_at_each_layer(model, &cap_inputs, cfg.layers)?;
+                    let first = block_inputs(model, capability, a, 16, &mut |_| {})?;
+                    let per_layer = inputs_at_each_layer(model, &first, cfg.layers)?;
                     let mut bases = HashMap::new();
                     for (l, x) in (a..b).zip(&per_layer) {
                         let (bs, _) = steerkit_actor::ogp::layer_bases(model, l, x, energy, max_k)?;
@@ -337,65 +340,29 @@ pub fn train(
         let ex: Vec<&Example> = idx.iter().map(|&i| &data[i]).collect();
         let loss = answer_loss(model, a, &rows, &ex)?;
         let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let (mut gs, gn) = gradients(&loss, &vars)?;
+        let (gs, gn) = gradients(&loss, &vars)?;
         if !lv.is_finite() || !gn.is_finite() {
             return Err(SftError::Diverged(format!(
                 "step {}: loss {lv}, gradient norm {gn}; the last checkpoint is kept",
                 step + 1
             )));
         }
-        if cfg.clip > 0.0 && gn > cfg.clip {
-            let s = cfg.clip / gn;
-            gs = gs
-                .iter()
-                .map(|g| g * s)
-                .collect::<candle_core::Result<_>>()?;
-        }
+        let gs = clip_to_norm(gs, gn, cfg.clip)?;
         let subspace: Option<&dyn Subspace> = match &cfg.ogp {
             Ogp::None => None,
             Ogp::Act { .. } => act.as_ref().map(|p| p as &dyn Subspace),
             Ogp::Grad { .. } => Some(&grad_proj),
         };
-        let (mut removed_sum, mut removed_n) = (0.0, 0usize);
-        match subspace {
-            None => opt.apply(&gs)?,
-            Some(p) => {
-                // Only the projection is timed (and the statistics it needs), not AdamW.
-                let mut secs = 0.0;
-                opt.apply_projected(&gs, &mut |name, u| {
-                    let t = Instant::now();
-                    let (pu, removed) = p
-                        .project(name, u)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                    if p.covers(name) {
-                        let norm = u
-                            .sqr()?
-                            .sum_all()?
-                            .to_dtype(DType::F64)?
-                            .to_scalar::<f64>()?
-                            .sqrt();
-                        ogp_rows
-                            .push_str(&format!("{},{name},{norm:.6e},{removed:.6e}\n", step + 1));
-                        if norm > 0.0 {
-                            removed_sum += removed / norm;
-                            removed_n += 1;
-                        }
-                    }
-                    secs += t.elapsed().as_secs_f64();
-                    Ok(pu)
-                })?;
-                ogp_secs += secs;
-            }
+        let projected = opt.apply_subspace(&gs, subspace)?;
+        ogp_secs += projected.seconds;
+        for (name, norm, removed) in &projected.matrices {
+            ogp_rows.push_str(&format!("{},{name},{norm:.6e},{removed:.6e}\n", step + 1));
         }
         logs.push(StepLog {
             step: step + 1,
             loss: lv,
             grad_norm: gn,
-            removed: if removed_n > 0 {
-                removed_sum / removed_n as f64
-            } else {
-                0.0
-            },
+            removed: projected.mean_share().unwrap_or(0.0),
             tokens: ex.iter().map(|e| e.ids.len()).sum(),
             answer_tokens: ex.iter().map(|e| e.answer_len()).sum(),
             seconds: t0.elapsed().as_secs_f64(),
