@@ -11,7 +11,7 @@ use steerkit_actor::{Parts, PrepareOptions, TrainConfig};
 use steerkit_eval::run::write_atomic;
 use steerkit_eval::score::refusal_token_ids;
 
-use crate::common::{bar, ModelArgs, SystemArgs};
+use crate::common::{bar, ModelArgs, OgpArgs, SystemArgs};
 use crate::directions::one_set;
 
 #[derive(ClapArgs, Debug)]
@@ -74,29 +74,10 @@ pub struct Args {
     /// (NAME=FILE or a built-in name; repeatable). Use it to tune α, lr and epochs.
     #[arg(long = "val", value_name = "SPEC")]
     pub vals: Vec<String>,
-    /// Gradient projection: `act` keeps every optimizer step of the block off the subspace
-    /// its linear maps' inputs span on capability prompts (GPM), so their outputs there stay
-    /// unchanged to first order; `grad` keeps it off the span of the block's cross-entropy
-    /// gradients on capability prompts answered by the model itself (OGPSA; refreshed during
-    /// training), so the capability loss stays unchanged to first order; `none` trains freely.
-    #[arg(long, default_value = "none", value_parser = ["none", "act", "grad"])]
-    pub ogp: String,
-    /// Capability prompts for --ogp act (a file or a built-in set name).
-    #[arg(long, default_value = "harmless")]
-    pub ogp_data: String,
-    /// Use the first N capability prompts.
-    #[arg(long, default_value_t = 64)]
-    pub ogp_limit: usize,
-    /// Fraction of the capability inputs' energy each basis keeps.
-    #[arg(long, default_value_t = 0.95)]
-    pub ogp_energy: f64,
-    /// Largest basis size per matrix.
-    #[arg(long, default_value_t = 256)]
-    pub ogp_max_k: usize,
-    /// grad: gradients (capability batches) per basis, steps between refreshes (and at the
-    /// start of every epoch), sequences per capability batch, and the longest own answer.
-    #[arg(long, default_value_t = 4)]
-    pub ogp_k: usize,
+    #[command(flatten)]
+    pub proj: OgpArgs,
+    /// grad: steps between refreshes (and at the start of every epoch), sequences per
+    /// capability batch, and the longest own answer.
     #[arg(long, default_value_t = 10)]
     pub ogp_every: usize,
     #[arg(long, default_value_t = 4)]
@@ -205,14 +186,14 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         parts,
         refresh: a.refresh,
-        ogp: (a.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
-            data: a.ogp_data.clone(),
-            n: a.ogp_limit,
-            energy: a.ogp_energy,
-            max_k: a.ogp_max_k,
-            estimator: if a.ogp == "grad" {
+        ogp: (a.proj.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
+            data: a.proj.ogp_data.clone(),
+            n: a.proj.ogp_limit,
+            energy: a.proj.ogp_energy,
+            max_k: a.proj.ogp_max_k,
+            estimator: if a.proj.ogp == "grad" {
                 Estimator::Grad {
-                    k: a.ogp_k,
+                    k: a.proj.ogp_k,
                     every: a.ogp_every,
                     batch: a.ogp_batch,
                     answer_tokens: a.ogp_answer_tokens,
@@ -400,16 +381,7 @@ pub fn is_actor_run(run: &Path) -> bool {
 
 /// The model with an ACTOR run's last checkpoint in place.
 pub fn patched(m: &steerkit_model::Loaded, run: &Path) -> Result<steerkit_model::Model> {
-    let p = run.join("actor.json");
-    let meta: ActorMeta = serde_json::from_slice(&std::fs::read(&p)?)
-        .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", p.display()))?;
-    if meta.fingerprint != m.fingerprint()? {
-        bail!(
-            "{} was trained on {}, not on this model",
-            run.display(),
-            meta.model
-        );
-    }
+    crate::common::check_trained_on(m, run, "actor.json")?;
     let Some((epoch, file)) = steerkit_actor::train::last_checkpoint(run)? else {
         bail!("{}: no completed epoch to export yet", run.display());
     };

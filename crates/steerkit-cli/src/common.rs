@@ -68,6 +68,34 @@ impl SystemArgs {
     }
 }
 
+/// Gradient projection settings shared by `actor` and `safety-tune`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct OgpArgs {
+    /// Gradient projection of every optimizer step off a capability subspace: `act` (GPM:
+    /// the span of each trained matrix's inputs on capability prompts, so its outputs there
+    /// stay unchanged to first order), `grad` (OGPSA: the span of the trained matrices'
+    /// cross-entropy gradients on capability prompts answered by the model itself, refreshed
+    /// every --ogp-every steps, so the capability loss stays unchanged to first order), or
+    /// `none`.
+    #[arg(long, default_value = "none", value_parser = ["none", "act", "grad"])]
+    pub ogp: String,
+    /// Capability prompts: a file or a built-in set name.
+    #[arg(long, default_value = "harmless")]
+    pub ogp_data: String,
+    /// Use the first N capability prompts.
+    #[arg(long, default_value_t = 64)]
+    pub ogp_limit: usize,
+    /// act: fraction of the capability inputs' energy each basis keeps.
+    #[arg(long, default_value_t = 0.95)]
+    pub ogp_energy: f64,
+    /// act: largest basis size per matrix.
+    #[arg(long, default_value_t = 256)]
+    pub ogp_max_k: usize,
+    /// grad: gradients (capability batches) per basis.
+    #[arg(long, default_value_t = 4)]
+    pub ogp_k: usize,
+}
+
 /// Sampling settings shared by generate and chat.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct SamplingArgs {
@@ -107,6 +135,30 @@ impl SamplingArgs {
             keep_first_logprobs: false,
         })
     }
+}
+
+/// The model a training run was made from: the `model` and `fingerprint` fields of its meta
+/// file (`actor.json`, `safety.json`).
+#[derive(serde::Deserialize)]
+struct RunOrigin {
+    model: String,
+    fingerprint: String,
+}
+
+/// Checks that the training run in `run` (meta file `meta`) was trained on `m`, so that its
+/// checkpoint may be put into `m`.
+pub fn check_trained_on(m: &Loaded, run: &std::path::Path, meta: &str) -> Result<()> {
+    let p = run.join(meta);
+    let o: RunOrigin = serde_json::from_slice(&std::fs::read(&p)?)
+        .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", p.display()))?;
+    if o.fingerprint != m.fingerprint()? {
+        bail!(
+            "{} was trained on {}, not on this model",
+            run.display(),
+            o.model
+        );
+    }
+    Ok(())
 }
 
 /// A spinner on stderr (hidden when stderr is not a terminal).

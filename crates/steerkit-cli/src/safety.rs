@@ -12,7 +12,7 @@ use steerkit_eval::run::write_atomic;
 use steerkit_sft::data::{own_answer_examples, refusal_examples, DEFAULT_REFUSALS};
 use steerkit_sft::{Ogp, Progress, SftConfig};
 
-use crate::common::{bar, ModelArgs, SystemArgs};
+use crate::common::{bar, ModelArgs, OgpArgs, SystemArgs};
 use crate::directions::one_set;
 
 #[derive(ClapArgs, Debug)]
@@ -55,26 +55,9 @@ pub struct Args {
     pub clip: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Gradient projection of every optimizer step off a capability subspace: `act` (GPM:
-    /// each matrix's inputs on the capability sequences), `grad` (OGPSA: the span of
-    /// cross-entropy gradients on capability batches, refreshed every --ogp-every steps), or
-    /// `none`.
-    #[arg(long, default_value = "none", value_parser = ["none", "act", "grad"])]
-    pub ogp: String,
-    /// Capability prompts (answered by the model itself, cached): a file or a built-in set.
-    #[arg(long, default_value = "harmless")]
-    pub ogp_data: String,
-    /// Use the first N capability prompts.
-    #[arg(long, default_value_t = 64)]
-    pub ogp_limit: usize,
-    /// act: fraction of the inputs' energy each basis keeps, and the largest basis.
-    #[arg(long, default_value_t = 0.95)]
-    pub ogp_energy: f64,
-    #[arg(long, default_value_t = 256)]
-    pub ogp_max_k: usize,
-    /// grad: gradients (capability batches) per basis, and steps between refreshes.
-    #[arg(long, default_value_t = 4)]
-    pub ogp_k: usize,
+    #[command(flatten)]
+    pub proj: OgpArgs,
+    /// grad: steps between refreshes.
     #[arg(long, default_value_t = 50)]
     pub ogp_every: usize,
     /// Checkpoint every N steps.
@@ -137,9 +120,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
     let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
-    let capability = match a.ogp.as_str() {
+    let capability = match a.proj.ogp.as_str() {
         "none" => None,
-        _ => Some(one_set(&a.ogp_data, "capability", Some(a.ogp_limit))?),
+        _ => Some(one_set(
+            &a.proj.ogp_data,
+            "capability",
+            Some(a.proj.ogp_limit),
+        )?),
     };
     let m = a.model.load()?;
     let n = m.model.layers.len();
@@ -188,13 +175,13 @@ pub fn run(a: Args) -> Result<()> {
         clip: a.clip,
         seed: a.seed,
         parts,
-        ogp: match a.ogp.as_str() {
+        ogp: match a.proj.ogp.as_str() {
             "act" => Ogp::Act {
-                energy: a.ogp_energy,
-                max_k: a.ogp_max_k,
+                energy: a.proj.ogp_energy,
+                max_k: a.proj.ogp_max_k,
             },
             "grad" => Ogp::Grad {
-                k: a.ogp_k,
+                k: a.proj.ogp_k,
                 every: a.ogp_every,
             },
             _ => Ogp::None,
@@ -269,16 +256,7 @@ pub fn is_safety_run(run: &Path) -> bool {
 
 /// The model with a safety-tuning run's last checkpoint in place.
 pub fn patched(m: &steerkit_model::Loaded, run: &Path) -> Result<steerkit_model::Model> {
-    let p = run.join("safety.json");
-    let meta: SafetyMeta = serde_json::from_slice(&std::fs::read(&p)?)
-        .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", p.display()))?;
-    if meta.fingerprint != m.fingerprint()? {
-        bail!(
-            "{} was trained on {}, not on this model",
-            run.display(),
-            meta.model
-        );
-    }
+    crate::common::check_trained_on(m, run, "safety.json")?;
     let Some((step, file)) = steerkit_sft::train::last_checkpoint(run)? else {
         bail!("{}: no checkpoint to export yet", run.display());
     };
