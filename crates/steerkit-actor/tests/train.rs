@@ -7,7 +7,7 @@ use steerkit_actor::train::{
     block_last, cosine_loss, last_checkpoint, targets, train, Group, Parts, TrainConfig,
 };
 use steerkit_actor::ActorError;
-use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::random::{central_differences, random_model, tiny_config};
 use steerkit_model::{Arch, Mode, Model};
 
 fn inputs(n: usize, offset: f64, seed: u64, dtype: DType) -> Vec<Tensor> {
@@ -97,20 +97,13 @@ fn gradients_match_finite_differences() {
                 .get(var.as_tensor())
                 .expect("every block tensor gets a gradient");
             let gf: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-            let w0: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            for &k in &[0usize, w0.len() / 2, w0.len() - 1] {
-                let eps = 1e-6;
-                let mut f = [0.0; 2];
-                for (s, sign) in [1.0, -1.0].iter().enumerate() {
-                    let mut w = w0.clone();
-                    w[k] += sign * eps;
-                    var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap())
-                        .unwrap();
-                    f[s] = loss_of(&model).to_scalar::<f64>().unwrap();
-                }
-                var.set(&Tensor::from_vec(w0.clone(), var.dims(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let fd = (f[0] - f[1]) / (2.0 * eps);
+            let n = gf.len();
+            let at = [0usize, n / 2, n - 1];
+            let fds = central_differences(var, &at, 1e-6, &mut || {
+                loss_of(&model).to_scalar::<f64>().unwrap()
+            })
+            .unwrap();
+            for (&k, fd) in at.iter().zip(fds) {
                 assert!(
                     (fd - gf[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
                     "{arch:?} {name}[{k}]: backprop {} vs finite difference {fd}",

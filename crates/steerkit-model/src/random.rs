@@ -1,6 +1,6 @@
 //! Tiny random models built in memory, for tests and for checks that need no download.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -58,4 +58,29 @@ pub fn random_model(cfg: Config, dtype: DType, seed: u64) -> Result<Model> {
             &Device::Cpu,
         )?))
     })
+}
+
+/// Central finite differences `(f(w + eps e_i) - f(w - eps e_i)) / 2 eps` of `loss` for the
+/// entries `indices` of the f64 variable `var` (which `loss` reads, e.g. a weight of a model
+/// whose block was made trainable); `var` is restored afterwards. For gradient checks.
+pub fn central_differences(
+    var: &Var,
+    indices: &[usize],
+    eps: f64,
+    loss: &mut dyn FnMut() -> f64,
+) -> Result<Vec<f64>> {
+    let w0: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
+    let mut out = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let mut at = |delta: f64| -> Result<f64> {
+            let mut w = w0.clone();
+            w[i] += delta;
+            var.set(&Tensor::from_vec(w, var.shape(), var.device())?)?;
+            Ok(loss())
+        };
+        let (plus, minus) = (at(eps)?, at(-eps)?);
+        out.push((plus - minus) / (2.0 * eps));
+    }
+    var.set(&Tensor::from_vec(w0, var.shape(), var.device())?)?;
+    Ok(out)
 }

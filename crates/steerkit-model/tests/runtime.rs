@@ -2,7 +2,7 @@
 //! KV cache, the differentiable mode and its gradients, and Hugging Face folder round trips.
 
 use candle_core::{DType, Device, Tensor, D};
-use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::random::{central_differences, random_model, tiny_config};
 use steerkit_model::{
     left_pad, Ablate, Arch, Chain, Hook, HookCtx, HookPoint, KvCache, Mode, Model, NoHook, Record,
     Site,
@@ -238,19 +238,11 @@ fn block_gradients_match_finite_differences() {
                 "{arch:?}: {name} has an all-zero gradient"
             );
             // Check three entries by central differences.
-            let w0: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            for &i in &[0, w0.len() / 2, w0.len() - 1] {
-                let eps = 1e-5;
-                let at = |delta: f64| {
-                    let mut w = w0.clone();
-                    w[i] += delta;
-                    v.set(&Tensor::from_vec(w, v.shape(), &Device::Cpu).unwrap())
-                        .unwrap();
-                    loss(&m).to_scalar::<f64>().unwrap()
-                };
-                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-                v.set(&Tensor::from_vec(w0.clone(), v.shape(), &Device::Cpu).unwrap())
+            let at = [0, gv.len() / 2, gv.len() - 1];
+            let fds =
+                central_differences(v, &at, 1e-5, &mut || loss(&m).to_scalar::<f64>().unwrap())
                     .unwrap();
+            for (&i, fd) in at.iter().zip(fds) {
                 let err = (fd - gv[i]).abs() / fd.abs().max(gv[i].abs()).max(1e-3);
                 assert!(
                     err < 1e-4,

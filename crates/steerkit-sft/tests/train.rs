@@ -3,9 +3,9 @@
 //! promise to first order: `act` keeps the trained block's outputs on capability sequences,
 //! `grad` keeps the capability loss.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use steerkit_actor::adamw::AdamWConfig;
-use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::random::{central_differences, random_model, tiny_config};
 use steerkit_model::{Arch, Mode, Model, NoHook};
 use steerkit_sft::train::{answer_loss, block_inputs, last_checkpoint};
 use steerkit_sft::{train, Example, Ogp, SftConfig};
@@ -102,23 +102,15 @@ fn answer_loss_gradients_match_finite_differences() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let w0: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        for &k in &[0, w0.len() / 3, w0.len() - 1] {
-            let eps = 1e-6;
-            let mut f = [0.0; 2];
-            for (s, sign) in [1.0, -1.0].iter().enumerate() {
-                let mut w = w0.clone();
-                w[k] += sign * eps;
-                var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap())
-                    .unwrap();
-                f[s] = answer_loss(&m, 1, &rows, &refs)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
-            }
-            var.set(&Tensor::from_vec(w0.clone(), var.dims(), &Device::Cpu).unwrap())
-                .unwrap();
-            let fd = (f[0] - f[1]) / (2.0 * eps);
+        let at = [0, g.len() / 3, g.len() - 1];
+        let fds = central_differences(var, &at, 1e-6, &mut || {
+            answer_loss(&m, 1, &rows, &refs)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        })
+        .unwrap();
+        for (&k, fd) in at.iter().zip(fds) {
             assert!(
                 (fd - g[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
                 "{name}[{k}]: backprop {} vs finite difference {fd}",
