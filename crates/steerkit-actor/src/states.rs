@@ -5,11 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 use steerkit_eval::score::refusal_score;
 pub use steerkit_eval::utility::log_softmax;
+pub use steerkit_model::{pad_rows, unpad_rows};
 use steerkit_model::{
-    left_pad, Chain, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, NoHook, Record, Site,
+    Chain, Hook, HookCtx, HookPoint, Loaded, Mode, ModelError, Record, SharedPrefix, Site,
     SystemPrompt,
 };
-pub use steerkit_model::{pad_rows, unpad_rows};
 
 /// Keeps the residual at the input of one block (all positions).
 struct Capture {
@@ -49,27 +49,43 @@ pub fn block_inputs(
     refusal_ids: Option<&[u32]>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(Vec<Tensor>, Option<Vec<f64>>), ModelError> {
+    let top = match refusal_ids {
+        Some(_) => m.model.cfg.num_layers,
+        None => layer,
+    };
+    let mut pre = Capture { layer, got: None };
+    let shared = SharedPrefix::new(&m.model, token_rows(m, prompts, system)?, 1, top, &mut pre)?;
     let mut inputs = Vec::with_capacity(prompts.len());
     let mut scores = refusal_ids.map(|_| Vec::with_capacity(prompts.len()));
-    for chunk in prompts.chunks(batch.max(1)) {
-        let rows = token_rows(m, chunk, system)?;
-        let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
+    for b in shared.batches(&m.model, m.tok.pad_id, batch) {
+        let (ids, pads, mut cache) = b?;
+        let mut cap = Capture { layer, got: None };
+        let x = m.model.embed(&ids)?;
+        let h = m.model.forward_layers(
+            x,
+            &pads,
+            0..top,
+            Some(&mut cache),
+            &mut cap,
+            Mode::Inference,
+        )?;
         let x = match (refusal_ids, scores.as_mut()) {
             (Some(rid), Some(sc)) => {
-                let mut cap = Capture { layer, got: None };
-                let logits = m.model.last_logits(&ids, &pads, &mut cap)?;
+                let t = h.dim(1)?;
+                let last = m
+                    .model
+                    .final_norm(&h.narrow(1, t - 1, 1)?.squeeze(1)?, Mode::Inference)?;
+                let logits = m.model.logits(&last)?.to_dtype(DType::F32)?;
                 let lp = log_softmax(&logits)?.to_vec2::<f32>()?;
                 sc.extend(lp.iter().map(|l| refusal_score(l, rid)));
                 cap.got.expect("every block input is visited")
             }
-            _ => {
-                let x = m.model.embed(&ids)?;
-                m.model
-                    .forward_layers(x, &pads, 0..layer, None, &mut NoHook, Mode::Inference)?
-            }
+            _ => h,
         };
-        inputs.extend(unpad_rows(&x, &pads)?);
-        progress(chunk.len());
+        // The shared tokens' input of `layer`: captured on the way, or the prefix run's output.
+        let prefix = pre.got.as_ref().or(shared.out.as_ref());
+        inputs.extend(SharedPrefix::join(prefix, &x, &pads)?);
+        progress(pads.len());
     }
     Ok((inputs, scores))
 }
@@ -105,26 +121,48 @@ pub fn last_token_states(
 ) -> Result<(Tensor, Vec<Vec<Tensor>>), ModelError> {
     let layers = m.model.cfg.num_layers;
     let sites = Site::block_outputs(layers);
+    let mut pre = CaptureInputs {
+        layers: capture.clone(),
+        got: vec![Vec::new(); capture.len()],
+        pads: vec![0],
+    };
+    let shared = SharedPrefix::new(
+        &m.model,
+        token_rows(m, prompts, system)?,
+        1,
+        layers,
+        &mut pre,
+    )?;
     let mut parts = Vec::new();
     let mut inputs: Vec<Vec<Tensor>> = vec![Vec::with_capacity(prompts.len()); capture.len()];
-    for chunk in prompts.chunks(batch.max(1)) {
-        let rows = token_rows(m, chunk, system)?;
-        let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
+    for b in shared.batches(&m.model, m.tok.pad_id, batch) {
+        let (ids, pads, mut cache) = b?;
         let mut rec = Record::new(sites.clone(), vec![-1]);
         let mut cap = CaptureInputs {
             layers: capture.clone(),
             got: vec![Vec::new(); capture.len()],
-            pads,
+            pads: pads.clone(),
         };
         let x = m.model.embed(&ids)?;
-        let pads = cap.pads.clone();
         {
             let mut chain = Chain(vec![Box::new(&mut rec), Box::new(&mut cap)]);
-            m.model
-                .forward_layers(x, &pads, 0..layers, None, &mut chain, Mode::Inference)?;
+            m.model.forward_layers(
+                x,
+                &pads,
+                0..layers,
+                Some(&mut cache),
+                &mut chain,
+                Mode::Inference,
+            )?;
         }
-        for (all, got) in inputs.iter_mut().zip(cap.got) {
-            all.extend(got);
+        for (k, (all, got)) in inputs.iter_mut().zip(cap.got).enumerate() {
+            let prefix = pre.got[k].first();
+            for row in got {
+                all.push(match prefix {
+                    Some(p) => Tensor::cat(&[p, &row], 0)?,
+                    None => row,
+                });
+            }
         }
         let per_layer = sites
             .iter()
@@ -137,7 +175,7 @@ pub fn last_token_states(
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         parts.push(Tensor::stack(&per_layer, 0)?);
-        progress(chunk.len());
+        progress(pads.len());
     }
     Ok((Tensor::cat(&parts, 1)?, inputs))
 }

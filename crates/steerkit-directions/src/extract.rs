@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use steerkit_data::PromptSet;
-use steerkit_model::{left_pad, Loaded, Mode, ModelError, Record, Site, SystemPrompt};
+use steerkit_model::{Loaded, Mode, ModelError, NoHook, Record, SharedPrefix, Site, SystemPrompt};
 
 /// Failures around a run folder.
 #[derive(Debug, thiserror::Error)]
@@ -189,17 +189,26 @@ fn mean_activations(
         DType::F64,
         &Device::Cpu,
     )?;
-    for chunk in set.items.chunks(batch.max(1)) {
-        let rows = chunk
-            .iter()
-            .map(|it| m.chat.prompt(&m.tok, &it.prompt, system).map(|p| p.ids))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
+    let rows = set
+        .items
+        .iter()
+        .map(|it| m.chat.prompt(&m.tok, &it.prompt, system).map(|p| p.ids))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The template's shared first tokens run once; the recorded positions stay each row's own.
+    let shared = SharedPrefix::new(&m.model, rows, positions, layers, &mut NoHook)?;
+    for b in shared.batches(&m.model, m.tok.pad_id, batch) {
+        let (ids, pads, mut cache) = b?;
         let mut rec = Record::new(sites.clone(), pos.clone());
         // Only the blocks: no final norm, no LM head.
         let x = m.model.embed(&ids)?;
-        m.model
-            .forward_layers(x, &pads, 0..layers, None, &mut rec, Mode::Inference)?;
+        m.model.forward_layers(
+            x,
+            &pads,
+            0..layers,
+            Some(&mut cache),
+            &mut rec,
+            Mode::Inference,
+        )?;
         let per_layer: Vec<Tensor> = sites
             .iter()
             .map(|s| {
@@ -212,7 +221,7 @@ fn mean_activations(
             })
             .collect::<Result<_, RunError>>()?;
         sum = (sum + Tensor::stack(&per_layer, 0)?)?;
-        progress(chunk.len());
+        progress(pads.len());
     }
     Ok((sum / set.items.len() as f64)?.to_dtype(DType::F32)?)
 }

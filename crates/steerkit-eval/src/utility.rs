@@ -86,7 +86,8 @@ pub struct FirstTokenKl {
     pub per_prompt: Vec<f64>,
 }
 
-/// First-token log-probabilities `[n][vocab]` of formatted prompts, in batches.
+/// First-token log-probabilities `[n][vocab]` of formatted prompts, in batches (the template's
+/// shared first tokens run once, with `hook` too).
 pub fn first_token_logprobs(
     m: &Loaded,
     prompts: &[&str],
@@ -94,18 +95,12 @@ pub fn first_token_logprobs(
     batch: usize,
     hook: &mut dyn Hook,
 ) -> Result<Vec<Vec<f32>>, ModelError> {
-    let mut out = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch.max(1)) {
-        let rows = chunk
-            .iter()
-            .map(|p| m.chat.prompt(&m.tok, p, system).map(|p| p.ids))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
-        let logits = m.model.last_logits(&ids, &pads, hook)?;
-        let lp: Vec<Vec<f32>> = log_softmax(&logits)?.to_vec2()?;
-        out.extend(lp);
-    }
-    Ok(out)
+    let rows = prompts
+        .iter()
+        .map(|p| m.chat.prompt(&m.tok, p, system).map(|p| p.ids))
+        .collect::<Result<Vec<_>, _>>()?;
+    let logits = m.model.last_logits_of(rows, m.tok.pad_id, batch, hook)?;
+    Ok(log_softmax(&logits)?.to_vec2()?)
 }
 
 /// KL of the model's first-token distribution from a reference model's, on the same prompts.

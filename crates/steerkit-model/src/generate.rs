@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{ModelError, Result};
 use crate::hooks::Hook;
-use crate::model::{KvCache, Mode, Model};
-use crate::source::left_pad;
+use crate::model::{Mode, Model};
+use crate::source::{left_pad, shared_prefix_len};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,8 +95,12 @@ pub fn generate(
             Sampling::Greedy => StdRng::seed_from_u64(0),
         })
         .collect();
-    let (ids, mut pads) = left_pad(prompts, opts.pad_id, &model.device)?;
-    let mut cache = KvCache::new();
+    // The prompts' shared first tokens (the template's header) run once, then every row's own.
+    let shared = shared_prefix_len(prompts);
+    let (prefix, _) = model.prefix_cache(&prompts[0][..shared], model.cfg.num_layers, hook)?;
+    let mut cache = prefix.shared(n)?;
+    let own: Vec<Vec<u32>> = prompts.iter().map(|p| p[shared..].to_vec()).collect();
+    let (ids, mut pads) = left_pad(&own, opts.pad_id, &model.device)?;
     // `active[i]` is the prompt index of batch row i.
     let mut active: Vec<usize> = (0..n).collect();
     let mut input = ids;

@@ -24,6 +24,7 @@ pub mod gguf;
 pub mod hf;
 pub mod hooks;
 pub mod model;
+pub mod prefix;
 pub mod random;
 pub mod source;
 pub mod template;
@@ -35,6 +36,9 @@ pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generated, Sampling};
 pub use hooks::{Ablate, Add, Chain, Hook, HookCtx, HookPoint, NoHook, Record, Site};
 pub use model::{Block, KvCache, Linear, Mode, Model};
-pub use source::{left_pad, load, pad_rows, unpad_rows, LoadOptions, Loaded, SourceKind};
+pub use prefix::SharedPrefix;
+pub use source::{
+    left_pad, load, pad_rows, shared_prefix_len, unpad_rows, LoadOptions, Loaded, SourceKind,
+};
 pub use template::{ChatTemplate, Message, Prompt, SystemPrompt};
 pub use tokenizer::Tok;

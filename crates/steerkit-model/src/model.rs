@@ -98,12 +98,48 @@ pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Columns already in the cache.
     pub len: usize,
+    /// The column where each row's left pad columns begin: 0, unless the cache holds a prefix
+    /// shared by every row ([`KvCache::shared`]), whose rows are padded after it.
+    pad_at: usize,
 }
 
 impl KvCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This cache (of a batch of one: a prefix that every row of a batch shares) repeated for
+    /// `rows` rows. The rows that follow are left-padded *after* the prefix: their pad columns
+    /// start at the prefix's end, and positions continue from it.
+    pub fn shared(&self, rows: usize) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|slot| {
+                slot.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                        if k.dim(0)? != 1 {
+                            return Err(ModelError::Input(format!(
+                                "a shared prefix cache must hold one row, not {}",
+                                k.dim(0)?
+                            )));
+                        }
+                        let rep = |x: &Tensor| -> Result<Tensor> {
+                            let mut d = x.dims().to_vec();
+                            d[0] = rows;
+                            Ok(x.broadcast_as(d)?.contiguous()?)
+                        };
+                        Ok((rep(k)?, rep(v)?))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+            pad_at: self.len,
+        })
     }
 
     /// Keeps only the rows in `keep` (used to drop finished sequences from a batch).
@@ -213,6 +249,27 @@ impl Model {
         self.final_norm(&x, mode)
     }
 
+    /// Runs the tokens `ids` (one row: a prefix that later batches share) through blocks
+    /// `0..top` with `hook`, and returns their keys and values and the residual after the last
+    /// of those blocks (`[1, len, hidden]`; `None` for no tokens). [`KvCache::shared`] repeats
+    /// the keys and values for a batch whose rows continue after the prefix, so shared tokens
+    /// (a chat template's system prompt and turn header) are computed once instead of per row.
+    pub fn prefix_cache(
+        &self,
+        ids: &[u32],
+        top: usize,
+        hook: &mut dyn Hook,
+    ) -> Result<(KvCache, Option<Tensor>)> {
+        let mut cache = KvCache::new();
+        if ids.is_empty() {
+            return Ok((cache, None));
+        }
+        let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let x = self.embed(&ids)?;
+        let x = self.forward_layers(x, &[0], 0..top, Some(&mut cache), hook, Mode::Inference)?;
+        Ok((cache, Some(x)))
+    }
+
     /// Runs blocks `layers` on the residual `x: [batch, seq, hidden]` (their input), returning
     /// the residual after the last of them (not normed). Used by trainers that cache a
     /// block's input and run only that block.
@@ -233,8 +290,9 @@ impl Model {
             )));
         }
         let offset = cache.as_ref().map_or(0, |c| c.len);
-        let rope = self.rope_tables(pads, offset, t)?;
-        let mask = self.attention_mask(pads, offset, t)?;
+        let pad_at = cache.as_ref().map_or(0, |c| c.pad_at);
+        let rope = self.rope_tables(pads, pad_at, offset, t)?;
+        let mask = self.attention_mask(pads, pad_at, offset, t)?;
         if let Some(c) = cache.as_deref_mut() {
             if c.layers.len() < self.cfg.num_layers {
                 c.layers.resize(self.cfg.num_layers, None);
@@ -287,8 +345,8 @@ impl Model {
             .get(layer)
             .ok_or_else(|| ModelError::Input(format!("layer {layer} does not exist")))?;
         let mode = Mode::Inference;
-        let rope = self.rope_tables(pads, 0, t)?;
-        let mask = self.attention_mask(pads, 0, t)?;
+        let rope = self.rope_tables(pads, 0, 0, t)?;
+        let mask = self.attention_mask(pads, 0, 0, t)?;
         let h1 = self.rms_norm(x, &blk.attn_norm, mode)?;
         let mix = self.attention_mix(blk, &h1, &rope, &mask, None, mode)?;
         let x2 = (x + blk.o.forward(&mix)?)?;
@@ -360,8 +418,16 @@ impl Model {
         }
     }
 
-    /// cos/sin tables `[batch, seq, head_dim/2]` for the positions of the new columns.
-    fn rope_tables(&self, pads: &[usize], offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
+    /// cos/sin tables `[batch, seq, head_dim/2]` for the positions of the new columns. Row `b`
+    /// has `pads[b]` pad columns starting at column `pad_at`; columns after them continue the
+    /// positions of those before.
+    fn rope_tables(
+        &self,
+        pads: &[usize],
+        pad_at: usize,
+        offset: usize,
+        t: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.cfg.head_dim / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| {
@@ -373,7 +439,11 @@ impl Model {
         let mut sin = Vec::with_capacity(b * t * half);
         for &pad in pads {
             for c in offset..offset + t {
-                let pos = c.saturating_sub(pad) as f32;
+                let pos = match c {
+                    c if c < pad_at => c,
+                    c if c < pad_at + pad => pad_at, // a pad column: masked, any finite value
+                    c => c - pad,
+                } as f32;
                 for f in &inv {
                     let a = pos * f;
                     cos.push(a.cos());
@@ -387,15 +457,22 @@ impl Model {
         Ok((cos, sin))
     }
 
-    /// Additive mask `[batch, 1, seq, offset + seq]`: causal, and no attention to pad columns.
-    fn attention_mask(&self, pads: &[usize], offset: usize, t: usize) -> Result<Tensor> {
+    /// Additive mask `[batch, 1, seq, offset + seq]`: causal, and no attention to the pad
+    /// columns `pad_at..pad_at + pads[b]`.
+    fn attention_mask(
+        &self,
+        pads: &[usize],
+        pad_at: usize,
+        offset: usize,
+        t: usize,
+    ) -> Result<Tensor> {
         let tk = offset + t;
         let mut m = Vec::with_capacity(pads.len() * t * tk);
         for &pad in pads {
             for q in offset..offset + t {
                 // A pad query may see itself only, which keeps its softmax finite.
                 for k in 0..tk {
-                    let ok = k <= q && (k >= pad || k == q);
+                    let ok = k <= q && (k < pad_at || k >= pad_at + pad || k == q);
                     m.push(if ok { 0.0 } else { MASKED });
                 }
             }

@@ -124,6 +124,26 @@ fn looks_like_repo_id(s: &str) -> bool {
         })
 }
 
+/// The number of leading tokens every row shares (a chat template's system prompt and turn
+/// header), leaving at least one token of each row: what [`Model::prefix_cache`] can run once.
+///
+/// [`Model::prefix_cache`]: crate::Model::prefix_cache
+pub fn shared_prefix_len(rows: &[Vec<u32>]) -> usize {
+    let Some(first) = rows.first() else {
+        return 0;
+    };
+    let mut n = rows
+        .iter()
+        .map(Vec::len)
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    for r in &rows[1..] {
+        n = first[..n].iter().zip(r).take_while(|(a, b)| a == b).count();
+    }
+    n
+}
+
 /// Left-pads id sequences into `[batch, max_len]` and returns the pad count of each row.
 pub fn left_pad(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<(Tensor, Vec<usize>)> {
     let len = rows.iter().map(Vec::len).max().unwrap_or(0);

@@ -345,3 +345,80 @@ fn ablation_restricted_to_layers() {
     );
     assert!(proj(1) < 1e-5, "layer 1 must be ablated: {}", proj(1));
 }
+
+#[test]
+fn shared_prefix_length_leaves_every_row_a_token() {
+    use steerkit_model::shared_prefix_len;
+    assert_eq!(shared_prefix_len(&[vec![1, 2, 3], vec![1, 2, 4, 5]]), 2);
+    assert_eq!(shared_prefix_len(&[vec![1, 2], vec![1, 2, 3]]), 1);
+    assert_eq!(shared_prefix_len(&[vec![1, 2, 3]]), 2);
+    assert_eq!(shared_prefix_len(&[vec![7, 2], vec![1, 2]]), 0);
+    assert_eq!(shared_prefix_len(&[]), 0);
+}
+
+/// Rows that share their first tokens: the shared tokens run once ([`Model::prefix_cache`]),
+/// then the left-padded rest of every row runs after them. Every position's hidden state and a
+/// decoding step after it equal each row run alone from its first token.
+#[test]
+fn a_shared_prefix_equals_a_full_forward() {
+    for arch in ARCHS {
+        let m = tiny(arch, DType::F32);
+        let prefix = [11u32, 12, 13, 14];
+        let rest = rows();
+        let rows: Vec<Vec<u32>> = rest
+            .iter()
+            .map(|r| prefix.iter().chain(r).copied().collect())
+            .collect();
+        let (pre, out) = m
+            .prefix_cache(&prefix, m.cfg.num_layers, &mut NoHook)
+            .unwrap();
+        assert_eq!(out.unwrap().dims(), &[1, 4, 32]);
+        let (ids, pads) = left_pad(&rest, 0, &Device::Cpu).unwrap();
+        let mut cache = pre.shared(rows.len()).unwrap();
+        let h = m
+            .forward(&ids, &pads, Some(&mut cache), &mut NoHook, Mode::Inference)
+            .unwrap();
+        let next = Tensor::new(&[[5u32], [6], [7]], &Device::Cpu).unwrap();
+        let step = m
+            .forward(&next, &pads, Some(&mut cache), &mut NoHook, Mode::Inference)
+            .unwrap();
+        let t = h.dim(1).unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            let alone = Tensor::new(r.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let full = m
+                .forward(&alone, &[0], None, &mut NoHook, Mode::Inference)
+                .unwrap();
+            // The row's own positions: the last `r.len() - 4` columns of the shared run.
+            let own = r.len() - prefix.len();
+            let got = h.narrow(0, i, 1).unwrap().narrow(1, t - own, own).unwrap();
+            let want = full.narrow(1, prefix.len(), own).unwrap();
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-5, "{arch:?} row {i}: {d}");
+            // One decoding step continues the same sequence.
+            let mut longer = r.clone();
+            longer.push(5 + i as u32);
+            let ids = Tensor::new(longer.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let full = m
+                .forward(&ids, &[0], None, &mut NoHook, Mode::Inference)
+                .unwrap();
+            let d = max_diff(
+                &step.narrow(0, i, 1).unwrap(),
+                &full.narrow(1, longer.len() - 1, 1).unwrap(),
+            );
+            assert!(d < 1e-5, "{arch:?} row {i}, decoding: {d}");
+        }
+    }
+    // A cache of two rows cannot be shared.
+    let m = tiny(Arch::Llama, DType::F32);
+    let (ids, pads) = left_pad(&rows()[1..], 0, &Device::Cpu).unwrap();
+    let mut two = KvCache::new();
+    m.forward(&ids, &pads, Some(&mut two), &mut NoHook, Mode::Inference)
+        .unwrap();
+    assert!(two.shared(3).is_err());
+}
