@@ -1,9 +1,10 @@
-//! `steerkit run CONFIG.toml`: model -> ACTOR -> export -> evaluation before and after ->
+//! `steerkit run CONFIG.toml`: model -> refusal direction (when configured) -> ACTOR -> export
+//! -> evaluation before and after (and under directional ablation, for comparison) ->
 //! report.md, each phase skipped when its output in the run folder is already valid.
 //!
-//! The config's sections hold the flags of the commands it runs: `[actor]` keys are
-//! `steerkit actor` flags, `[eval]` keys `steerkit eval` flags, `[export]` keys `steerkit
-//! export` flags (`epochs = 3` is `--epochs 3`, `only_refused = true` is `--only-refused`, a
+//! The config's sections hold the flags of the commands it runs: `[extract]`, `[select]`,
+//! `[actor]`, `[eval]` and `[export]` keys are the flags of `steerkit extract`, `select`,
+//! `actor`, `eval` and `export` (`epochs = 3` is `--epochs 3`, `only_refused = true` is `--only-refused`, a
 //! list repeats the flag). Top-level keys: `model`, `out`, `device`, `dtype`, `system`,
 //! `no_system`. `--set section.key=value` overrides any key from the command line.
 
@@ -22,6 +23,9 @@ pub struct Args {
     /// Override a key: `--set actor.epochs=1`, `--set out=runs/x` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Check the configuration and print every phase's command without running any.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Reads the config and applies the overrides (values parsed as TOML, else taken as strings).
@@ -97,8 +101,9 @@ fn top(t: &toml::Table, key: &str) -> Result<Option<String>> {
     }
 }
 
-/// Runs one phase as the command line `argv` would, naming the phase in an error.
-fn phase(name: &str, argv: &[String], log: &mut Vec<String>) -> Result<()> {
+/// Runs one phase as the command line `argv` would, naming the phase in an error (`dry`: only
+/// checks the arguments).
+fn phase(name: &str, argv: &[String], log: &mut Vec<String>, dry: bool) -> Result<()> {
     let shown: Vec<String> = argv
         .iter()
         .map(|a| {
@@ -121,6 +126,9 @@ fn phase(name: &str, argv: &[String], log: &mut Vec<String>) -> Result<()> {
             e.to_string().lines().next().unwrap_or("")
         )
     })?;
+    if dry {
+        return Ok(());
+    }
     crate::dispatch(cli.command).with_context(|| format!("phase {name} failed (fix the config or the inputs and rerun: finished phases are kept)"))
 }
 
@@ -137,7 +145,9 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: missing `model`", a.config.display());
     };
     let out = PathBuf::from(top(&t, "out")?.unwrap_or_else(|| "runs/steerkit".into()));
-    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    if !a.dry_run {
+        std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    }
     let mut common: Vec<String> = Vec::new();
     for k in ["device", "dtype"] {
         if let Some(v) = top(&t, k)? {
@@ -152,21 +162,72 @@ pub fn run(a: Args) -> Result<()> {
         system.push("--no-system".into());
     }
     let t0 = std::time::Instant::now();
+    let dry = a.dry_run;
     let mut log = Vec::new();
     let actor_run = out.join("actor");
     let patched = out.join("patched");
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    // 1. ACTOR (resumes; the cache and finished epochs are reused).
+    // 1. The refusal direction, when the config has a [select] section: extraction (reused
+    // by `extract` itself when its inputs are the same) and selection (skipped when its
+    // arguments and the extraction are those of the last selection).
+    let direction = out.join("direction");
+    let with_direction = t.contains_key("select");
+    if with_direction {
+        let mut argv: Vec<String> = vec!["extract".into(), "-m".into(), model.clone()];
+        argv.extend(common.clone());
+        argv.extend(system.clone());
+        argv.extend(flags(&t, "extract")?);
+        argv.extend(["--out".into(), path(&direction)]);
+        phase("extract", &argv, &mut log, dry)?;
+        let mut argv: Vec<String> = vec!["select".into(), "-m".into(), model.clone()];
+        argv.extend(common.clone());
+        argv.extend(system.clone());
+        argv.extend(flags(&t, "select")?);
+        argv.extend(["--run".into(), path(&direction)]);
+        // The selection's arguments and the extraction it scored.
+        let marker = || -> Result<String> {
+            let extracted = std::fs::read_to_string(direction.join("extract.json"))
+                .with_context(|| format!("{}: no extract.json", direction.display()))?;
+            Ok(format!("{}\n{extracted}", argv.join("\u{1f}")))
+        };
+        let marker_path = direction.join("select.args");
+        if dry {
+            phase("select", &argv, &mut log, dry)?;
+        } else if direction.join("selected.json").is_file()
+            && std::fs::read_to_string(&marker_path).ok() == Some(marker()?)
+        {
+            println!(
+                "\n== select: {} holds this selection; skipped",
+                direction.join("selected.json").display()
+            );
+            log.push(format!("steerkit {}", argv.join(" ")));
+        } else {
+            let _ = std::fs::remove_file(&marker_path);
+            phase("select", &argv, &mut log, dry)?;
+            write_atomic(&marker_path, marker()?.as_bytes())?;
+            // Answers under an earlier direction are stale.
+            let stale = out.join("eval-ablated");
+            if stale.exists() {
+                std::fs::remove_dir_all(&stale).with_context(|| stale.display().to_string())?;
+            }
+        }
+    }
+
+    // 2. ACTOR (resumes; the cache and finished epochs are reused).
     let mut argv: Vec<String> = vec!["actor".into(), "-m".into(), model.clone()];
     argv.extend(common.clone());
     argv.extend(system.clone());
     argv.extend(flags(&t, "actor")?);
     argv.extend(["--out".into(), path(&actor_run)]);
-    phase("actor", &argv, &mut log)?;
+    phase("actor", &argv, &mut log, dry)?;
 
-    // 2. Export, unless the folder already holds this checkpoint.
-    let marker = export_marker(&actor_run)?;
+    // 3. Export, unless the folder already holds this checkpoint.
+    let marker = if dry {
+        String::new()
+    } else {
+        export_marker(&actor_run)?
+    };
     let marker_path = out.join("patched.state.json");
     let fresh = patched.join("config.json").is_file()
         && std::fs::read_to_string(&marker_path).ok().as_deref() == Some(marker.as_str());
@@ -179,7 +240,9 @@ pub fn run(a: Args) -> Result<()> {
         "--out".into(),
         path(&patched),
     ]);
-    if fresh {
+    if dry {
+        phase("export", &argv, &mut log, dry)?;
+    } else if fresh {
         println!(
             "\n== export: {} holds the last checkpoint; skipped",
             patched.display()
@@ -189,7 +252,7 @@ pub fn run(a: Args) -> Result<()> {
         if patched.exists() {
             std::fs::remove_dir_all(&patched).with_context(|| patched.display().to_string())?;
         }
-        phase("export", &argv, &mut log)?;
+        phase("export", &argv, &mut log, dry)?;
         write_atomic(&marker_path, marker.as_bytes())?;
         // Answers of an earlier patched model are stale.
         let stale = out.join("eval-after");
@@ -198,7 +261,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
 
-    // 3-4. Evaluations (resumable: saved answers are kept).
+    // 4. Evaluations (resumable: saved answers are kept).
     let eval_flags = flags(&t, "eval")?;
     let before = out.join("eval-before");
     let after = out.join("eval-after");
@@ -207,18 +270,41 @@ pub fn run(a: Args) -> Result<()> {
     argv.extend(system.clone());
     argv.extend(eval_flags.clone());
     argv.extend(["--out".into(), path(&before)]);
-    phase("evaluate before", &argv, &mut log)?;
+    phase("evaluate before", &argv, &mut log, dry)?;
     let mut argv: Vec<String> = vec!["eval".into(), "-m".into(), path(&patched)];
     argv.extend(common.clone());
     argv.extend(system.clone());
-    argv.extend(eval_flags);
+    argv.extend(eval_flags.clone());
     argv.extend([
         "--reference".into(),
         model.clone(),
         "--out".into(),
         path(&after),
     ]);
-    phase("evaluate after", &argv, &mut log)?;
+    phase("evaluate after", &argv, &mut log, dry)?;
+    let ablated = out.join("eval-ablated");
+    if with_direction {
+        let mut argv: Vec<String> = vec!["eval".into(), "-m".into(), model.clone()];
+        argv.extend(common.clone());
+        argv.extend(system.clone());
+        argv.extend(eval_flags);
+        argv.extend([
+            "--run".into(),
+            path(&direction),
+            "--intervention".into(),
+            "ablate".into(),
+            "--reference".into(),
+            model.clone(),
+            "--out".into(),
+            path(&ablated),
+        ]);
+        phase("evaluate ablated", &argv, &mut log, dry)?;
+    }
+
+    if dry {
+        println!("\ndry run: the configuration is valid; nothing was run");
+        return Ok(());
+    }
 
     // 5. The report.
     let argv: Vec<String> = vec![
@@ -228,10 +314,26 @@ pub fn run(a: Args) -> Result<()> {
         "--out".into(),
         path(&out),
     ];
-    phase("compare", &argv, &mut log)?;
+    phase("compare", &argv, &mut log, dry)?;
     let rb = Report::read(&before)?;
     let ra = Report::read(&after)?;
     let rows = compare_reports(&rb, &ra)?;
+    let abl = if with_direction {
+        let rab = Report::read(&ablated)?;
+        let rows = compare_reports(&rb, &rab)?;
+        let sel = std::fs::read_to_string(direction.join("selected.json"))
+            .context("direction/selected.json")?;
+        let sel: serde_json::Value = serde_json::from_str(&sel)?;
+        Some(ablation_md(
+            &rb,
+            &ra,
+            &rab,
+            &compare_markdown(&rb, &rab, &rows),
+            &sel,
+        ))
+    } else {
+        None
+    };
     let md = report_md(
         &a.config,
         &model,
@@ -239,6 +341,7 @@ pub fn run(a: Args) -> Result<()> {
         &rb,
         &ra,
         &compare_markdown(&rb, &ra, &rows),
+        abl.as_deref(),
         &log,
     )?;
     write_atomic(&out.join("report.md"), md.as_bytes())?;
@@ -267,6 +370,54 @@ fn rate_table(r: &Report) -> String {
     s
 }
 
+/// The report's section on directional ablation: the three models side by side, then the
+/// paired differences of ablation from the original model.
+fn ablation_md(
+    before: &Report,
+    after: &Report,
+    ablated: &Report,
+    comparison: &str,
+    selected: &serde_json::Value,
+) -> String {
+    let rate = |r: &Report, name: &str| {
+        r.sets
+            .iter()
+            .find(|x| x.name == name)
+            .map(|x| {
+                format!(
+                    "{:.1}% ({}/{})",
+                    100.0 * x.refusal.rate,
+                    x.refusal.k,
+                    x.refusal.n
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut s = format!(
+        "## Directional ablation, for comparison\n\nThe refusal direction of layer {} (position {}; `direction/selected.json`) projected out of the residual stream at every layer, on the same prompts. Ablation removes refusals wholesale, harmful ones included; ACTOR is meant to remove only the over-refusal.\n\n| set | kind | original | ACTOR | ablation |\n|---|---|---|---|---|\n",
+        selected["layer"], selected["pos"]
+    );
+    for x in &before.sets {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            x.name,
+            steerkit_eval::report::kind_str(x.kind),
+            rate(before, &x.name),
+            rate(after, &x.name),
+            rate(ablated, &x.name)
+        ));
+    }
+    s.push('\n');
+    s.push_str(&comparison.replacen(
+        "# Comparison",
+        "### Ablation against the original model, paired",
+        1,
+    ));
+    s.push('\n');
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
 fn report_md(
     config: &Path,
     model: &str,
@@ -274,6 +425,7 @@ fn report_md(
     before: &Report,
     after: &Report,
     comparison: &str,
+    ablation: Option<&str>,
     log: &[String],
 ) -> Result<String> {
     let meta: crate::actor::ActorMeta = serde_json::from_slice(
@@ -320,6 +472,10 @@ fn report_md(
             "- first-token KL from the original model on `{}` ({} prompts): {:.4}\n",
             k.set, k.n, k.mean
         ));
+    }
+    if let Some(a) = ablation {
+        s.push('\n');
+        s.push_str(a);
     }
     s.push_str(&format!(
         "\nJudge: {}. Its error is part of every rate above.\n\n## Reproduce\n\n```\n",

@@ -1008,6 +1008,14 @@ pseudo_limit = 4
 layer = 1
 min_silhouette = -1.0
 epochs = 1
+[extract]
+limit = 4
+[select]
+harmful_val = "harmful"
+harmless_val = "harmless"
+limit = 2
+layer = 1
+pos = -1
 [eval]
 set = ["harmful", "pseudo_harmful"]
 limit = 2
@@ -1034,24 +1042,50 @@ kl_set = "harmless"
         "first-token KL from the original model",
         "steerkit actor -m",
         "ACTOR trained block 1",
+        "steerkit extract -m",
+        "--intervention ablate",
+        "Directional ablation, for comparison",
+        "refusal direction of layer 1 (position -1",
+        "| original | ACTOR | ablation |",
+        "Ablation against the original model, paired",
     ] {
         assert!(report.contains(needle), "{needle}: {report}");
     }
     for f in [
+        "direction/selected.json",
         "actor/block-epoch1.safetensors",
         "patched/config.json",
         "eval-before/report.json",
         "eval-after/report.json",
+        "eval-ablated/report.json",
         "comparison.svg",
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    // Again: export is skipped, training and answers are reused.
+    // Again: extraction, selection and export are skipped, training and answers are reused.
     let second = steerkit(&["run", c]);
     let so = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{so}");
     assert!(so.contains("holds the last checkpoint; skipped"), "{so}");
-    assert!(so.contains("all answers were already saved"), "{so}");
+    assert!(so.contains("holds this selection; skipped"), "{so}");
+    assert!(so.contains("reused"), "{so}");
+    assert_eq!(
+        so.matches("all answers were already saved").count(),
+        3,
+        "{so}"
+    );
+    // A different selection redoes the ablated answers only.
+    let other = steerkit(&["run", c, "--set", "select.layer=0"]);
+    let so = String::from_utf8_lossy(&other.stdout);
+    assert!(other.status.success(), "{so}");
+    assert!(!so.contains("holds this selection"), "{so}");
+    assert_eq!(
+        so.matches("all answers were already saved").count(),
+        2,
+        "{so}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("refusal direction of layer 0"), "{report}");
     // One more epoch from the command line: training resumes and the export is redone.
     let third = steerkit(&["run", c, "--set", "actor.epochs=2"]);
     let so = String::from_utf8_lossy(&third.stdout);
@@ -1060,7 +1094,7 @@ kl_set = "harmless"
         so.contains("epoch 2: loss") && !so.contains("epoch 1: loss"),
         "{so}"
     );
-    assert!(!so.contains("skipped"), "{so}");
+    assert!(!so.contains("holds the last checkpoint"), "{so}");
     // Bad configurations: one clear error naming the phase or the file.
     let bad = d.join("bad.toml");
     std::fs::write(
@@ -1088,6 +1122,52 @@ kl_set = "harmless"
     );
     std::fs::write(&bad, "model = [\n").unwrap();
     assert_clean_error(&steerkit(&["run", bad.to_str().unwrap()]), "bad.toml");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Every shipped configuration names only flags its commands accept (`--dry-run` parses every
+/// phase's command line and runs nothing), and a bad key is caught the same way.
+#[test]
+fn shipped_configs_are_valid() {
+    let d = tmpdir("configs");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let out = d.join(p.file_stem().unwrap());
+            let o = steerkit(&[
+                "run",
+                p.to_str().unwrap(),
+                "--dry-run",
+                "--set",
+                &format!("out={}", out.display()),
+            ]);
+            let so = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(so.contains("== actor: steerkit actor"), "{so}");
+            assert!(so.contains("the configuration is valid"), "{so}");
+            assert!(!out.exists(), "a dry run wrote {}", out.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} configs");
+    let qwen = dir.join("qwen2.5-coder-0.5b.toml");
+    assert_clean_error(
+        &steerkit(&[
+            "run",
+            qwen.to_str().unwrap(),
+            "--dry-run",
+            "--set",
+            "select.bogus=1",
+        ]),
+        "phase select: bad configuration",
+    );
     std::fs::remove_dir_all(d).unwrap();
 }
 
