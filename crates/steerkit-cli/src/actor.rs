@@ -379,11 +379,23 @@ pub fn is_actor_run(run: &Path) -> bool {
     run.join("actor.json").is_file()
 }
 
-/// The model with an ACTOR run's last checkpoint in place.
-pub fn patched(m: &steerkit_model::Loaded, run: &Path) -> Result<steerkit_model::Model> {
+/// The model with an ACTOR run's last checkpoint (or that of `epoch`) in place.
+pub fn patched(
+    m: &steerkit_model::Loaded,
+    run: &Path,
+    epoch: Option<usize>,
+) -> Result<steerkit_model::Model> {
     crate::common::check_trained_on(m, run, "actor.json")?;
-    let Some((epoch, file)) = steerkit_actor::train::last_checkpoint(run)? else {
+    let Some((last, file)) = steerkit_actor::train::last_checkpoint(run)? else {
         bail!("{}: no completed epoch to export yet", run.display());
+    };
+    let (epoch, file) = match epoch {
+        None => (last, file),
+        Some(e) if (1..=last).contains(&e) => (e, steerkit_actor::train::block_file(run, e)),
+        Some(e) => bail!(
+            "{}: epoch {e} is not a completed epoch (epochs 1..={last} are)",
+            run.display()
+        ),
     };
     let mut model = m.model.clone();
     let layer = steerkit_actor::train::load_block(&mut model, &file)?;

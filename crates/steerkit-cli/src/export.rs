@@ -16,6 +16,10 @@ pub struct Args {
     /// the run's last checkpoint is exported.
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// Export this epoch's checkpoint of an ACTOR run instead of the last (when validation
+    /// favoured an earlier epoch).
+    #[arg(long, requires = "run")]
+    pub epoch: Option<usize>,
     /// Output format.
     #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "gguf", "control-vector"])]
     pub format: String,
@@ -42,9 +46,12 @@ pub fn run(a: Args) -> Result<()> {
     match a.format.as_str() {
         "safetensors" | "gguf" => {
             let m = a.model.load()?;
+            if a.epoch.is_some() && !a.run.as_deref().is_some_and(crate::actor::is_actor_run) {
+                bail!("--epoch applies to ACTOR run folders only");
+            }
             let model = match (&a.run, a.orthogonalize) {
                 (Some(run), false) if crate::actor::is_actor_run(run) => {
-                    crate::actor::patched(&m, run)?
+                    crate::actor::patched(&m, run, a.epoch)?
                 }
                 (Some(run), false) if crate::safety::is_safety_run(run) => {
                     crate::safety::patched(&m, run)?

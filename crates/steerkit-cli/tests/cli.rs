@@ -773,6 +773,33 @@ fn actor_trains_resumes_and_exports() {
         String::from_utf8_lossy(&ex.stderr)
     );
     assert_export_holds(t, &run.join("block-epoch2.safetensors"), &exported, 1);
+    // An earlier epoch on request; an epoch not trained is an error.
+    let export_epoch = |e: &str, out: &Path| {
+        steerkit(&[
+            "export",
+            "-m",
+            t,
+            "--run",
+            r,
+            "--epoch",
+            e,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = d.join("patched-1");
+    let ex = export_epoch("1", &first);
+    assert!(
+        ex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    assert_export_holds(t, &run.join("block-epoch1.safetensors"), &first, 1);
+    assert_clean_error(
+        &export_epoch("3", &d.join("y")),
+        "epoch 3 is not a completed epoch",
+    );
+    assert!(!d.join("y").exists());
     // Another model cannot take the run.
     let other = steerkit(&[
         "export",
