@@ -73,6 +73,10 @@ pub struct TrainConfig {
     pub alpha: f64,
     /// Shift of harmful targets (`t = a + alpha_harmful P(a)`).
     pub alpha_harmful: f64,
+    /// Shift of harmless targets when it differs from `alpha` (0: harmless states are kept
+    /// where they are, a retain target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_harmless: Option<f64>,
     pub adamw: AdamWConfig,
     pub epochs: usize,
     pub batch: usize,
@@ -135,6 +139,15 @@ pub enum Projection<'a> {
 }
 
 impl TrainConfig {
+    /// The target shifts of the harmful, harmless and pseudo-harmful groups.
+    pub fn alphas(&self) -> [f64; 3] {
+        [
+            self.alpha_harmful,
+            self.alpha_harmless.unwrap_or(self.alpha),
+            self.alpha,
+        ]
+    }
+
     /// Settings that must match to resume a run (all but the number of epochs).
     fn same_run(&self, other: &TrainConfig) -> bool {
         let mut a = self.clone();
@@ -318,13 +331,13 @@ fn current_states(
 }
 
 /// The refusal vector and the targets: `R = mean_harmful a - mean_harmless a`, and
-/// `t = a ∓ alpha P(a)` with `P(a) = (a·R / R·R) R`. Returns (targets, R, mean projections
+/// `t = a + alphas[0] P(a)` for harmful rows, `t = a - alphas[1|2] P(a)` for harmless and
+/// pseudo-harmful ones, with `P(a) = (a·R / R·R) R`. Returns (targets, R, mean projections
 /// a·R̂ per group in the order harmful, harmless, pseudo). `a` is detached.
 pub fn targets(
     a: &Tensor,
     groups: &[Group],
-    alpha: f64,
-    alpha_harmful: f64,
+    alphas: [f64; 3],
 ) -> Result<(Tensor, Tensor, [f64; 3]), ActorError> {
     // Constants for the loss: no gradient flows into the targets.
     let a = &a.detach();
@@ -369,8 +382,8 @@ pub fn targets(
             sums[k] += c * rnorm;
             counts[k] += 1;
             match g {
-                Group::Harmful => alpha_harmful * c,
-                _ => -alpha * c,
+                Group::Harmful => alphas[0] * c,
+                _ => -alphas[k] * c,
             }
         })
         .collect();
@@ -508,7 +521,7 @@ pub fn train_projected(
         // The states with the current weights: new targets when refreshing, and the logged
         // projections and |R| either way.
         let a = current_states(model, layer, &inputs, cfg.batch * 2)?;
-        let now = targets(&a, &groups, cfg.alpha, cfg.alpha_harmful)?;
+        let now = targets(&a, &groups, cfg.alphas())?;
         if cfg.refresh || fixed.is_none() {
             fixed = Some(now.clone());
         }

@@ -59,6 +59,7 @@ fn config(epochs: usize) -> TrainConfig {
         layer: 1,
         alpha: 1.0,
         alpha_harmful: 0.3,
+        alpha_harmless: None,
         adamw: AdamWConfig {
             lr: 3e-3,
             ..Default::default()
@@ -85,7 +86,7 @@ fn gradients_match_finite_differences() {
         let groups: Vec<Group> = pick.iter().map(|&i| d[i].0).collect();
         let a = block_last(&model, 1, &rows, Mode::Inference).unwrap();
         // Targets from a different point so that the loss is not at its minimum.
-        let (t, _, _) = targets(&(a * 1.3).unwrap(), &groups, 1.0, 0.3).unwrap();
+        let (t, _, _) = targets(&(a * 1.3).unwrap(), &groups, [0.3, 1.0, 1.0]).unwrap();
         let loss_of = |m: &Model| {
             let h = block_last(m, 1, &rows, Mode::Differentiable).unwrap();
             cosine_loss(&h, &t).unwrap()
@@ -116,6 +117,32 @@ fn gradients_match_finite_differences() {
     }
 }
 
+/// Each group's target moves along R by its own shift: harmful rows gain alphas[0] of their
+/// projection, harmless and pseudo-harmful rows lose alphas[1] and alphas[2] of it (0: kept).
+#[test]
+fn targets_shift_each_group_by_its_alpha() {
+    let groups = [Group::Harmful, Group::Harmless, Group::Pseudo, Group::Harmless];
+    let a = Tensor::new(
+        &[[3.0f64, 1.0], [1.0, 2.0], [2.0, -1.0], [-1.0, 0.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    // R = harmful mean - harmless mean = (3, 1) - (0, 1) = (3, 0): P(a) = (a_x, 0).
+    let (t, r, _) = targets(&a, &groups, [0.5, 0.0, 2.0]).unwrap();
+    assert_eq!(r.to_vec1::<f64>().unwrap(), [3.0, 0.0]);
+    let t = t.to_vec2::<f64>().unwrap();
+    assert_eq!(t[0], [4.5, 1.0]); // 3 + 0.5 * 3
+    assert_eq!(t[1], [1.0, 2.0]); // harmless, alpha 0: unchanged
+    assert_eq!(t[2], [-2.0, -1.0]); // 2 - 2 * 2
+    assert_eq!(t[3], [-1.0, 0.0]);
+    let cfg = TrainConfig {
+        alpha_harmless: Some(0.0),
+        ..config(1)
+    };
+    assert_eq!(cfg.alphas(), [0.3, 0.0, 1.0]);
+    assert_eq!(config(1).alphas(), [0.3, 1.0, 1.0]);
+}
+
 fn projections(model: &Model, d: &[(Group, Tensor)]) -> [f64; 3] {
     let rows: Vec<&Tensor> = d.iter().map(|(_, t)| t).collect();
     let groups: Vec<Group> = d.iter().map(|(g, _)| *g).collect();
@@ -123,7 +150,7 @@ fn projections(model: &Model, d: &[(Group, Tensor)]) -> [f64; 3] {
         .unwrap()
         .to_dtype(DType::F64)
         .unwrap();
-    targets(&a, &groups, 1.0, 0.3).unwrap().2
+    targets(&a, &groups, [0.3, 1.0, 1.0]).unwrap().2
 }
 
 #[test]

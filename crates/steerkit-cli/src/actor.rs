@@ -50,6 +50,10 @@ pub struct Args {
     /// and with fixed targets it kept harmful refusals best on Qwen 0.5B (README).
     #[arg(long, default_value_t = 1.0)]
     pub alpha_harmful: f64,
+    /// Shift of harmless targets, when it should differ from --alpha (0: keep harmless states
+    /// where they are, which limits the drift on ordinary prompts; a departure from the paper).
+    #[arg(long)]
+    pub alpha_harmless: Option<f64>,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -175,6 +179,7 @@ pub fn run(a: Args) -> Result<()> {
         layer: prep.layer,
         alpha: a.alpha,
         alpha_harmful: a.alpha_harmful,
+        alpha_harmless: a.alpha_harmless,
         adamw: AdamWConfig {
             lr: a.lr,
             weight_decay: a.weight_decay,

@@ -435,7 +435,7 @@ fn report_md(
         serde_json::from_slice(&std::fs::read(actor_run.join("log.json")).context("log.json")?)?;
     let secs: f64 = logs.iter().map(|l| l.seconds).sum();
     let mut s = format!(
-        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts ({} of {} kept as refused) for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
+        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts ({} of {} kept as refused) for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}{}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
         config.display(),
         meta.layer,
         meta.harmful,
@@ -446,6 +446,10 @@ fn report_md(
         logs.len(),
         meta.config.alpha,
         meta.config.alpha_harmful,
+        meta.config
+            .alpha_harmless
+            .map(|x| format!(", α_harmless = {x}"))
+            .unwrap_or_default(),
         meta.config.adamw.lr,
         meta.config.refresh,
     );
