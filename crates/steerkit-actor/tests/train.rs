@@ -121,7 +121,12 @@ fn gradients_match_finite_differences() {
 /// projection, harmless and pseudo-harmful rows lose alphas[1] and alphas[2] of it (0: kept).
 #[test]
 fn targets_shift_each_group_by_its_alpha() {
-    let groups = [Group::Harmful, Group::Harmless, Group::Pseudo, Group::Harmless];
+    let groups = [
+        Group::Harmful,
+        Group::Harmless,
+        Group::Pseudo,
+        Group::Harmless,
+    ];
     let a = Tensor::new(
         &[[3.0f64, 1.0], [1.0, 2.0], [2.0, -1.0], [-1.0, 0.0]],
         &Device::Cpu,

@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::AdamWConfig;
 use steerkit_actor::train::{val_refusal, Estimator, Progress, Projection};
 use steerkit_actor::{Parts, PrepareOptions, TrainConfig};
+use steerkit_data::PromptSet;
 use steerkit_eval::run::write_atomic;
 use steerkit_eval::score::refusal_token_ids;
 
@@ -18,19 +19,21 @@ use crate::directions::one_set;
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Harmful prompts (refusals to keep): a file or a built-in set name.
+    /// Harmful prompts (refusals to keep): a file or a built-in set name (`harmful`, or its
+    /// split `harmful.train`); repeat the flag to combine sets.
     #[arg(long, default_value = "harmful")]
-    pub harmful: String,
-    /// Harmless prompts: a file or a built-in set name.
+    pub harmful: Vec<String>,
+    /// Harmless prompts: a file or a built-in set name; repeatable.
     #[arg(long, default_value = "harmless")]
-    pub harmless: String,
-    /// Pseudo-harmful prompts (safe, but the model refuses them): a file or a built-in name.
+    pub harmless: Vec<String>,
+    /// Pseudo-harmful prompts (safe, but the model refuses them): a file or a built-in name;
+    /// repeatable.
     #[arg(long, default_value = "pseudo_harmful")]
-    pub pseudo: String,
-    /// Use the first N harmful and harmless prompts.
+    pub pseudo: Vec<String>,
+    /// Use the first N prompts of each harmful and each harmless set.
     #[arg(long, default_value_t = 128)]
     pub limit: usize,
-    /// Use the first N pseudo-harmful prompts (before --only-refused screening).
+    /// Use the first N prompts of each pseudo-harmful set (before --only-refused screening).
     #[arg(long)]
     pub pseudo_limit: Option<usize>,
     /// Keep only the pseudo-harmful prompts the model refuses (first-token refusal score above
@@ -112,6 +115,22 @@ pub struct ActorMeta {
     pub config: TrainConfig,
 }
 
+/// The prompts of one role from one or more sets, each cut to its first `limit`, in order.
+fn role_set(specs: &[String], role: &str, limit: Option<usize>) -> Result<PromptSet> {
+    let mut sets = specs
+        .iter()
+        .map(|s| one_set(s, role, limit))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    let mut all = sets.next().context("no set given")?;
+    for s in sets {
+        all.name = format!("{}+{}", all.name, s.name);
+        all.source = format!("{} + {}", all.source, s.source);
+        all.items.extend(s.items);
+    }
+    Ok(all)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let parts: Parts = a.parts.parse().map_err(anyhow::Error::msg)?;
     if a.batch_size == 0 || a.epochs == 0 {
@@ -120,9 +139,9 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.lr > 0.0 && a.lr.is_finite()) {
         bail!("--lr must be a positive number");
     }
-    let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
-    let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
-    let pseudo = one_set(&a.pseudo, "pseudo", a.pseudo_limit)?;
+    let harmful = role_set(&a.harmful, "harmful", Some(a.limit))?;
+    let harmless = role_set(&a.harmless, "harmless", Some(a.limit))?;
+    let pseudo = role_set(&a.pseudo, "pseudo", a.pseudo_limit)?;
     let vals = a
         .vals
         .iter()

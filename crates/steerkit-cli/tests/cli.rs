@@ -752,6 +752,46 @@ fn actor_trains_resumes_and_exports() {
     ] {
         assert!(run.join(f).is_file(), "{f}");
     }
+    // Several sets per role combine, each cut to --limit; built-in splits are set names.
+    let combined = d.join("combined");
+    let mixed = steerkit(&[
+        "actor",
+        "-m",
+        t,
+        "--harmful",
+        "harmful.train",
+        "--harmful",
+        "harmful.val",
+        "--harmless",
+        "harmless.train",
+        "--limit",
+        "6",
+        "--pseudo",
+        "pseudo_harmful.train",
+        "--pseudo-limit",
+        "5",
+        "--layer",
+        "1",
+        "--min-silhouette",
+        "-1",
+        "--epochs",
+        "1",
+        "--val",
+        "pseudo_harmful.val",
+        "--out",
+        combined.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&mixed.stdout);
+    assert!(
+        mixed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mixed.stderr)
+    );
+    assert!(
+        out.contains("12 harmful, 6 harmless, 5 of 5 pseudo-harmful"),
+        "{out}"
+    );
+    assert!(out.contains("pseudo_harmful.val refused"), "{out}");
     // Other settings in the same folder: refused.
     let mut args = base.to_vec();
     args.extend(["--epochs", "3", "--alpha", "0.5"]);

@@ -229,18 +229,39 @@ pub const BUILTIN: [(&str, SetKind, &str); 3] = [
     ),
 ];
 
-/// A built-in set by name.
+/// A built-in set's name without a split suffix, and the split: `NAME.train` and `NAME.val`
+/// are fixed splits of every built-in set (every third prompt, from the third, is validation).
+fn builtin_split(name: &str) -> (&str, Option<bool>) {
+    match name.rsplit_once('.') {
+        Some((base, "train")) => (base, Some(false)),
+        Some((base, "val")) => (base, Some(true)),
+        _ => (name, None),
+    }
+}
+
+/// A built-in set by name; `NAME.train` and `NAME.val` are its fixed two-thirds / one-third
+/// splits (every third prompt, from the third, is validation), for tuning on prompts that
+/// training did not see.
 pub fn builtin(name: &str) -> Result<PromptSet, DataError> {
-    let (n, kind, text) = BUILTIN.iter().find(|b| b.0 == name).ok_or_else(|| {
+    let (base, split) = builtin_split(name);
+    let (_, kind, text) = BUILTIN.iter().find(|b| b.0 == base).ok_or_else(|| {
         DataError::Spec(format!(
-            "unknown set `{name}` (built-in sets: {})",
+            "unknown set `{name}` (built-in sets: {}; each also as NAME.train and NAME.val)",
             builtin_names()
         ))
     })?;
-    let src = format!("builtin:{n}");
-    let items = parse_jsonl(Path::new(&src), text.as_bytes(), "prompt")?;
+    let src = format!("builtin:{name}");
+    let mut items = parse_jsonl(Path::new(&src), text.as_bytes(), "prompt")?;
+    if let Some(val) = split {
+        items = items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| (i % 3 == 2) == val)
+            .map(|(_, it)| it)
+            .collect();
+    }
     Ok(PromptSet {
-        name: n.to_string(),
+        name: name.to_string(),
         kind: *kind,
         source: src,
         items,
@@ -366,7 +387,10 @@ pub fn resolve(spec: &SetSpec, opts: &ReadOptions) -> Result<Vec<PromptSet>, Dat
                 .find(|r| r.0 == spec.name || r.0 == stem)
                 .map(|r| r.1)
         })
-        .or_else(|| BUILTIN.iter().find(|b| b.0 == spec.name).map(|b| b.1))
+        .or_else(|| {
+            let base = builtin_split(&spec.name).0;
+            BUILTIN.iter().find(|b| b.0 == base).map(|b| b.1)
+        })
         .unwrap_or(SetKind::Unknown);
     Ok(vec![PromptSet {
         name: spec.name.clone(),

@@ -154,6 +154,30 @@ fn builtin_sets_are_complete_and_unknown_names_are_errors() {
         e.contains("unknown set `nope`") && e.contains("pseudo_harmful"),
         "{e}"
     );
+    assert!(builtin("harmful.test").is_err());
+}
+
+/// `NAME.train` and `NAME.val` split a built-in set two to one, disjoint and complete, the
+/// same way every time, and keep its kind (also through a spec).
+#[test]
+fn builtin_splits_are_disjoint_and_complete() {
+    for (name, kind, _) in BUILTIN {
+        let all = builtin(name).unwrap();
+        let train = builtin(&format!("{name}.train")).unwrap();
+        let val = builtin(&format!("{name}.val")).unwrap();
+        assert_eq!(train.items.len() + val.items.len(), all.items.len());
+        assert_eq!(val.items.len(), all.items.len() / 3, "{name}");
+        assert_eq!(val.items[0].prompt, all.items[2].prompt);
+        assert_eq!(train.items[2].prompt, all.items[3].prompt);
+        let seen: std::collections::HashSet<&str> =
+            train.items.iter().map(|i| i.prompt.as_str()).collect();
+        assert!(val.items.iter().all(|i| !seen.contains(i.prompt.as_str())));
+        assert_eq!((train.kind, val.kind), (kind, kind));
+        let spec: SetSpec = format!("{name}.val").parse().unwrap();
+        let r = resolve(&spec, &ReadOptions::default()).unwrap();
+        assert_eq!(r[0].items.len(), val.items.len());
+        assert_eq!(r[0].name, format!("{name}.val"));
+    }
 }
 
 /// The built-in sets must not copy any prompt of the evaluation or training sets.
