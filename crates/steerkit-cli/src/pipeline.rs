@@ -435,14 +435,20 @@ fn report_md(
         serde_json::from_slice(&std::fs::read(actor_run.join("log.json")).context("log.json")?)?;
     let secs: f64 = logs.iter().map(|l| l.seconds).sum();
     let mut s = format!(
-        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts ({} of {} kept as refused) for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}{}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
+        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts{} for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}{}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
         config.display(),
         meta.layer,
         meta.harmful,
         meta.harmless,
         meta.pseudo_kept,
-        meta.pseudo_kept,
-        meta.pseudo_total,
+        if meta.pseudo_kept < meta.pseudo_total {
+            format!(
+                " ({} of {} kept: those the model refuses)",
+                meta.pseudo_kept, meta.pseudo_total
+            )
+        } else {
+            String::new()
+        },
         logs.len(),
         meta.config.alpha,
         meta.config.alpha_harmful,
