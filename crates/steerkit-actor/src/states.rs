@@ -26,17 +26,6 @@ impl Hook for Capture {
     }
 }
 
-fn token_rows(
-    m: &Loaded,
-    prompts: &[&str],
-    system: &SystemPrompt,
-) -> Result<Vec<Vec<u32>>, ModelError> {
-    prompts
-        .iter()
-        .map(|p| m.chat.prompt(&m.tok, p, system).map(|p| p.ids))
-        .collect()
-}
-
 /// The input of block `layer` for every prompt, each `[tokens, hidden]` (f32, CPU, no
 /// padding). With `refusal_ids`, the whole model also runs and each prompt's first-token
 /// refusal score is returned (one pass for both); without, only the blocks below `layer` run.
@@ -54,7 +43,7 @@ pub fn block_inputs(
         None => layer,
     };
     let mut pre = Capture { layer, got: None };
-    let shared = SharedPrefix::new(&m.model, token_rows(m, prompts, system)?, 1, top, &mut pre)?;
+    let shared = SharedPrefix::new(&m.model, m.prompt_ids(prompts, system)?, 1, top, &mut pre)?;
     let mut inputs = Vec::with_capacity(prompts.len());
     let mut scores = refusal_ids.map(|_| Vec::with_capacity(prompts.len()));
     for b in shared.batches(&m.model, m.tok.pad_id, batch) {
@@ -83,8 +72,11 @@ pub fn block_inputs(
             _ => h,
         };
         // The shared tokens' input of `layer`: captured on the way, or the prefix run's output.
-        let prefix = pre.got.as_ref().or(shared.out.as_ref());
-        inputs.extend(SharedPrefix::join(prefix, &x, &pads)?);
+        let prefix = match pre.got.as_ref().or(shared.out.as_ref()) {
+            Some(p) => Some(p.squeeze(0)?),
+            None => None,
+        };
+        inputs.extend(SharedPrefix::join(prefix.as_ref(), unpad_rows(&x, &pads)?)?);
         progress(pads.len());
     }
     Ok((inputs, scores))
@@ -128,7 +120,7 @@ pub fn last_token_states(
     };
     let shared = SharedPrefix::new(
         &m.model,
-        token_rows(m, prompts, system)?,
+        m.prompt_ids(prompts, system)?,
         1,
         layers,
         &mut pre,
@@ -156,13 +148,7 @@ pub fn last_token_states(
             )?;
         }
         for (k, (all, got)) in inputs.iter_mut().zip(cap.got).enumerate() {
-            let prefix = pre.got[k].first();
-            for row in got {
-                all.push(match prefix {
-                    Some(p) => Tensor::cat(&[p, &row], 0)?,
-                    None => row,
-                });
-            }
+            all.extend(SharedPrefix::join(pre.got[k].first(), got)?);
         }
         let per_layer = sites
             .iter()

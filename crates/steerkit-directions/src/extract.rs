@@ -189,11 +189,7 @@ fn mean_activations(
         DType::F64,
         &Device::Cpu,
     )?;
-    let rows = set
-        .items
-        .iter()
-        .map(|it| m.chat.prompt(&m.tok, &it.prompt, system).map(|p| p.ids))
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = m.prompt_ids(&set.prompts(), system)?;
     // The template's shared first tokens run once; the recorded positions stay each row's own.
     let shared = SharedPrefix::new(&m.model, rows, positions, layers, &mut NoHook)?;
     for b in shared.batches(&m.model, m.tok.pad_id, batch) {

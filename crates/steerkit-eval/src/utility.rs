@@ -95,10 +95,7 @@ pub fn first_token_logprobs(
     batch: usize,
     hook: &mut dyn Hook,
 ) -> Result<Vec<Vec<f32>>, ModelError> {
-    let rows = prompts
-        .iter()
-        .map(|p| m.chat.prompt(&m.tok, p, system).map(|p| p.ids))
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = m.prompt_ids(prompts, system)?;
     let logits = m.model.last_logits_of(rows, m.tok.pad_id, batch, hook)?;
     Ok(log_softmax(&logits)?.to_vec2()?)
 }

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use crate::error::{ModelError, Result};
 use crate::hooks::Hook;
 use crate::model::{Mode, Model};
-use crate::source::{left_pad, shared_prefix_len};
+use crate::prefix::SharedPrefix;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,11 +96,11 @@ pub fn generate(
         })
         .collect();
     // The prompts' shared first tokens (the template's header) run once, then every row's own.
-    let shared = shared_prefix_len(prompts);
-    let (prefix, _) = model.prefix_cache(&prompts[0][..shared], model.cfg.num_layers, hook)?;
-    let mut cache = prefix.shared(n)?;
-    let own: Vec<Vec<u32>> = prompts.iter().map(|p| p[shared..].to_vec()).collect();
-    let (ids, mut pads) = left_pad(&own, opts.pad_id, &model.device)?;
+    let shared = SharedPrefix::new(model, prompts.to_vec(), 1, model.cfg.num_layers, hook)?;
+    let (ids, mut pads, mut cache) = shared
+        .batches(model, opts.pad_id, n)
+        .next()
+        .expect("one batch of n > 0 rows")?;
     // `active[i]` is the prompt index of batch row i.
     let mut active: Vec<usize> = (0..n).collect();
     let mut input = ids;

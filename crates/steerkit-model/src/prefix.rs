@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::Result;
 use crate::hooks::Hook;
 use crate::model::{KvCache, Mode, Model};
-use crate::source::{left_pad, shared_prefix_len, unpad_rows};
+use crate::source::{left_pad, shared_prefix_len};
 
 /// Token rows split into the prefix they all share, already run, and their own tokens.
 pub struct SharedPrefix {
@@ -60,22 +60,17 @@ impl SharedPrefix {
         })
     }
 
-    /// Whole rows `[tokens, hidden]` (f32, CPU): the shared tokens' states `prefix: [1, len,
-    /// hidden]` (`None` when nothing is shared) before each row's own, unpadded from `x`.
-    pub fn join(prefix: Option<&Tensor>, x: &Tensor, pads: &[usize]) -> Result<Vec<Tensor>> {
-        let own = unpad_rows(x, pads)?;
-        Ok(match prefix {
-            None => own,
-            Some(p) => {
-                let p = p
-                    .squeeze(0)?
-                    .to_dtype(DType::F32)?
-                    .to_device(&Device::Cpu)?;
-                own.iter()
-                    .map(|r| Tensor::cat(&[&p, r], 0))
-                    .collect::<candle_core::Result<_>>()?
-            }
-        })
+    /// Whole rows `[tokens, hidden]` (f32, CPU): the shared tokens' states `prefix: [len,
+    /// hidden]` (`None` when nothing is shared) before each row's own states `own`.
+    pub fn join(prefix: Option<&Tensor>, own: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let Some(p) = prefix else {
+            return Ok(own);
+        };
+        let p = p.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        Ok(own
+            .iter()
+            .map(|r| Tensor::cat(&[&p, r], 0))
+            .collect::<candle_core::Result<_>>()?)
     }
 }
 

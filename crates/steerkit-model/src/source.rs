@@ -9,7 +9,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::Gguf;
 use crate::hf::{resolve_repo, HfFolder};
 use crate::model::Model;
-use crate::template::ChatTemplate;
+use crate::template::{ChatTemplate, SystemPrompt};
 use crate::tokenizer::Tok;
 
 /// Where a model came from.
@@ -48,6 +48,15 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Token ids of each prompt formatted by the chat template as one user turn (with
+    /// `system`), ready for generation.
+    pub fn prompt_ids(&self, prompts: &[&str], system: &SystemPrompt) -> Result<Vec<Vec<u32>>> {
+        prompts
+            .iter()
+            .map(|p| self.chat.prompt(&self.tok, p, system).map(|p| p.ids))
+            .collect()
+    }
+
     /// A fingerprint of the weights: sha256 over the configuration, the size of every weight
     /// file and its first and last MiB. Cheap (no full read) and changes with any re-export.
     pub fn fingerprint(&self) -> Result<String> {

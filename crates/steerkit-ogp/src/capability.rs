@@ -98,10 +98,7 @@ pub fn own_answers(
         keep_first_logprobs: false,
     };
     for chunk in missing.chunks(16) {
-        let ids = chunk
-            .iter()
-            .map(|p| m.chat.prompt(&m.tok, p, system).map(|x| x.ids))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ids = m.prompt_ids(chunk, system)?;
         let out = generate(&m.model, &ids, &opts, &mut NoHook, &mut |_| {})?;
         for (p, g) in chunk.iter().zip(out) {
             c.answers.insert(p.to_string(), g.ids);
