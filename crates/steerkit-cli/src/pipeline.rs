@@ -132,6 +132,65 @@ fn phase(name: &str, argv: &[String], log: &mut Vec<String>, dry: bool) -> Resul
     crate::dispatch(cli.command).with_context(|| format!("phase {name} failed (fix the config or the inputs and rerun: finished phases are kept)"))
 }
 
+/// A phase whose output is kept while its inputs are unchanged: `marker_path` holds `marker()`
+/// (the inputs, e.g. the arguments and what they read) of the run that wrote `output`.
+struct Fresh<'a> {
+    output: &'a Path,
+    /// A file that exists once the output is complete.
+    complete: &'a Path,
+    /// A folder removed before the phase runs again (one the command will not overwrite).
+    clear: Option<&'a Path>,
+    /// What a kept output holds, for the message.
+    holds: &'a str,
+    marker_path: &'a Path,
+    marker: &'a dyn Fn() -> Result<String>,
+    /// A folder of outputs derived from an earlier `output`, removed when the phase runs again.
+    stale: &'a Path,
+}
+
+impl Fresh<'_> {
+    /// Runs the phase unless its output is complete with the same marker. A run removes the old
+    /// marker first and writes the marker last, so an interrupted run is redone.
+    fn run_unless_fresh(
+        &self,
+        name: &str,
+        argv: &[String],
+        log: &mut Vec<String>,
+        dry: bool,
+    ) -> Result<()> {
+        if dry {
+            return phase(name, argv, log, dry);
+        }
+        let marker = (self.marker)()?;
+        if self.complete.is_file()
+            && std::fs::read_to_string(self.marker_path).ok().as_deref() == Some(marker.as_str())
+        {
+            println!(
+                "\n== {name}: {} holds {}; skipped",
+                self.output.display(),
+                self.holds
+            );
+            log.push(format!("steerkit {}", argv.join(" ")));
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(self.marker_path);
+        if let Some(c) = self.clear {
+            remove_dir(c)?;
+        }
+        phase(name, argv, log, dry)?;
+        write_atomic(self.marker_path, marker.as_bytes())?;
+        remove_dir(self.stale)
+    }
+}
+
+/// Removes a folder, if there.
+fn remove_dir(p: &Path) -> Result<()> {
+    if p.exists() {
+        std::fs::remove_dir_all(p).with_context(|| p.display().to_string())?;
+    }
+    Ok(())
+}
+
 /// The export marker: which checkpoint the exported folder holds.
 fn export_marker(actor_run: &Path) -> Result<String> {
     let state = std::fs::read_to_string(actor_run.join("state.json"))
@@ -168,127 +227,119 @@ pub fn run(a: Args) -> Result<()> {
     let patched = out.join("patched");
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
+    // A command line: the command, the model, the device flags, the system prompt flags when
+    // the command takes them, then `rest`.
+    let command = |cmd: &str, m: &str, with_system: bool, rest: Vec<String>| -> Vec<String> {
+        let mut argv: Vec<String> = vec![cmd.into(), "-m".into(), m.into()];
+        argv.extend(common.clone());
+        if with_system {
+            argv.extend(system.clone());
+        }
+        argv.extend(rest);
+        argv
+    };
+
     // 1. The refusal direction, when the config has a [select] section: extraction (reused
     // by `extract` itself when its inputs are the same) and selection (skipped when its
     // arguments and the extraction are those of the last selection).
     let direction = out.join("direction");
     let with_direction = t.contains_key("select");
     if with_direction {
-        let mut argv: Vec<String> = vec!["extract".into(), "-m".into(), model.clone()];
-        argv.extend(common.clone());
-        argv.extend(system.clone());
-        argv.extend(flags(&t, "extract")?);
-        argv.extend(["--out".into(), path(&direction)]);
-        phase("extract", &argv, &mut log, dry)?;
-        let mut argv: Vec<String> = vec!["select".into(), "-m".into(), model.clone()];
-        argv.extend(common.clone());
-        argv.extend(system.clone());
-        argv.extend(flags(&t, "select")?);
-        argv.extend(["--run".into(), path(&direction)]);
+        let mut rest = flags(&t, "extract")?;
+        rest.extend(["--out".into(), path(&direction)]);
+        phase(
+            "extract",
+            &command("extract", &model, true, rest),
+            &mut log,
+            dry,
+        )?;
+        let mut rest = flags(&t, "select")?;
+        rest.extend(["--run".into(), path(&direction)]);
+        let argv = command("select", &model, true, rest);
         // The selection's arguments and the extraction it scored.
         let marker = || -> Result<String> {
             let extracted = std::fs::read_to_string(direction.join("extract.json"))
                 .with_context(|| format!("{}: no extract.json", direction.display()))?;
             Ok(format!("{}\n{extracted}", argv.join("\u{1f}")))
         };
-        let marker_path = direction.join("select.args");
-        if dry {
-            phase("select", &argv, &mut log, dry)?;
-        } else if direction.join("selected.json").is_file()
-            && std::fs::read_to_string(&marker_path).ok() == Some(marker()?)
-        {
-            println!(
-                "\n== select: {} holds this selection; skipped",
-                direction.join("selected.json").display()
-            );
-            log.push(format!("steerkit {}", argv.join(" ")));
-        } else {
-            let _ = std::fs::remove_file(&marker_path);
-            phase("select", &argv, &mut log, dry)?;
-            write_atomic(&marker_path, marker()?.as_bytes())?;
+        let selected = direction.join("selected.json");
+        let fresh = Fresh {
+            output: &selected,
+            complete: &selected,
+            clear: None,
+            holds: "this selection",
+            marker_path: &direction.join("select.args"),
+            marker: &marker,
             // Answers under an earlier direction are stale.
-            let stale = out.join("eval-ablated");
-            if stale.exists() {
-                std::fs::remove_dir_all(&stale).with_context(|| stale.display().to_string())?;
-            }
-        }
+            stale: &out.join("eval-ablated"),
+        };
+        fresh.run_unless_fresh("select", &argv, &mut log, dry)?;
     }
 
     // 2. ACTOR (resumes; the cache and finished epochs are reused).
-    let mut argv: Vec<String> = vec!["actor".into(), "-m".into(), model.clone()];
-    argv.extend(common.clone());
-    argv.extend(system.clone());
-    argv.extend(flags(&t, "actor")?);
-    argv.extend(["--out".into(), path(&actor_run)]);
-    phase("actor", &argv, &mut log, dry)?;
+    let mut rest = flags(&t, "actor")?;
+    rest.extend(["--out".into(), path(&actor_run)]);
+    phase(
+        "actor",
+        &command("actor", &model, true, rest),
+        &mut log,
+        dry,
+    )?;
 
     // 3. Export, unless the folder already holds this checkpoint.
-    let marker = if dry {
-        String::new()
-    } else {
-        export_marker(&actor_run)?
-    };
-    let marker_path = out.join("patched.state.json");
-    let fresh = patched.join("config.json").is_file()
-        && std::fs::read_to_string(&marker_path).ok().as_deref() == Some(marker.as_str());
-    let mut argv: Vec<String> = vec!["export".into(), "-m".into(), model.clone()];
-    argv.extend(common.clone());
-    argv.extend(flags(&t, "export")?);
-    argv.extend([
+    let mut rest = flags(&t, "export")?;
+    rest.extend([
         "--run".into(),
         path(&actor_run),
         "--out".into(),
         path(&patched),
     ]);
-    if dry {
-        phase("export", &argv, &mut log, dry)?;
-    } else if fresh {
-        println!(
-            "\n== export: {} holds the last checkpoint; skipped",
-            patched.display()
-        );
-        log.push(format!("steerkit {}", argv.join(" ")));
-    } else {
-        if patched.exists() {
-            std::fs::remove_dir_all(&patched).with_context(|| patched.display().to_string())?;
-        }
-        phase("export", &argv, &mut log, dry)?;
-        write_atomic(&marker_path, marker.as_bytes())?;
+    let fresh = Fresh {
+        output: &patched,
+        complete: &patched.join("config.json"),
+        clear: Some(&patched),
+        holds: "the last checkpoint",
+        marker_path: &out.join("patched.state.json"),
+        marker: &|| export_marker(&actor_run),
         // Answers of an earlier patched model are stale.
-        let stale = out.join("eval-after");
-        if stale.exists() {
-            std::fs::remove_dir_all(&stale).with_context(|| stale.display().to_string())?;
-        }
-    }
+        stale: &out.join("eval-after"),
+    };
+    fresh.run_unless_fresh(
+        "export",
+        &command("export", &model, false, rest),
+        &mut log,
+        dry,
+    )?;
 
     // 4. Evaluations (resumable: saved answers are kept).
     let eval_flags = flags(&t, "eval")?;
     let before = out.join("eval-before");
     let after = out.join("eval-after");
-    let mut argv: Vec<String> = vec!["eval".into(), "-m".into(), model.clone()];
-    argv.extend(common.clone());
-    argv.extend(system.clone());
-    argv.extend(eval_flags.clone());
-    argv.extend(["--out".into(), path(&before)]);
-    phase("evaluate before", &argv, &mut log, dry)?;
-    let mut argv: Vec<String> = vec!["eval".into(), "-m".into(), path(&patched)];
-    argv.extend(common.clone());
-    argv.extend(system.clone());
-    argv.extend(eval_flags.clone());
-    argv.extend([
+    let mut rest = eval_flags.clone();
+    rest.extend(["--out".into(), path(&before)]);
+    phase(
+        "evaluate before",
+        &command("eval", &model, true, rest),
+        &mut log,
+        dry,
+    )?;
+    let mut rest = eval_flags.clone();
+    rest.extend([
         "--reference".into(),
         model.clone(),
         "--out".into(),
         path(&after),
     ]);
-    phase("evaluate after", &argv, &mut log, dry)?;
+    phase(
+        "evaluate after",
+        &command("eval", &path(&patched), true, rest),
+        &mut log,
+        dry,
+    )?;
     let ablated = out.join("eval-ablated");
     if with_direction {
-        let mut argv: Vec<String> = vec!["eval".into(), "-m".into(), model.clone()];
-        argv.extend(common.clone());
-        argv.extend(system.clone());
-        argv.extend(eval_flags);
-        argv.extend([
+        let mut rest = eval_flags;
+        rest.extend([
             "--run".into(),
             path(&direction),
             "--intervention".into(),
@@ -298,7 +349,12 @@ pub fn run(a: Args) -> Result<()> {
             "--out".into(),
             path(&ablated),
         ]);
-        phase("evaluate ablated", &argv, &mut log, dry)?;
+        phase(
+            "evaluate ablated",
+            &command("eval", &model, true, rest),
+            &mut log,
+            dry,
+        )?;
     }
 
     if dry {
