@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use steerkit_ogp::Subspace;
 
 /// AdamW settings.
@@ -132,12 +132,7 @@ impl AdamW {
                 .project(name, u)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             if p.covers(name) {
-                let norm = u
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?
-                    .sqrt();
+                let norm = steerkit_ogp::sum_squares(u)?.sqrt();
                 out.matrices.push((name.to_string(), norm, removed));
             }
             out.seconds += t.elapsed().as_secs_f64();

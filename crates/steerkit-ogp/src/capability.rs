@@ -16,7 +16,7 @@ use steerkit_model::{
     Sampling, SystemPrompt,
 };
 
-use crate::{GradBasis, GradProjector, OgpError};
+use crate::{sum_squares, GradBasis, GradProjector, OgpError};
 
 /// One sequence (prompt then answer); the loss covers `ids[start..]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,11 +198,7 @@ pub fn gradients(loss: &Tensor, vars: &[(String, Var)]) -> Result<(Vec<Tensor>, 
             Some(g) => g.clone(),
             None => v.as_tensor().zeros_like()?,
         };
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        sq += sum_squares(&g)?;
         gs.push(g);
     }
     Ok((gs, sq.sqrt()))

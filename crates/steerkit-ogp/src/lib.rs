@@ -59,6 +59,11 @@ fn orthonormalise(v: &mut [Vec<f64>]) {
     }
 }
 
+/// The sum of the squares of a tensor's entries (any dtype), in f64: a squared Frobenius norm.
+pub fn sum_squares(t: &Tensor) -> candle_core::Result<f64> {
+    t.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
 /// The top `k` eigenvectors (columns of `[n, k]`) and eigenvalues of a symmetric positive
 /// semi-definite matrix `c: [n, n]`, by subspace iteration from a fixed start.
 pub fn top_eigen(c: &Tensor, k: usize, iters: usize) -> Result<(Tensor, Vec<f64>), OgpError> {
@@ -220,12 +225,7 @@ impl Projector {
         };
         let u = u.to_dtype(g.dtype())?.to_device(g.device())?;
         let removed = g.matmul(&u)?.matmul(&u.t()?)?;
-        let norm = removed
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .sqrt();
+        let norm = sum_squares(&removed)?.sqrt();
         Ok(((g - removed)?, norm))
     }
 }
