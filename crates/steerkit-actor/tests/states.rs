@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use steerkit_actor::states::{block_inputs, last_token_states, log_softmax};
 use steerkit_eval::score::refusal_score;
 use steerkit_model::gguf::Gguf;
-use steerkit_model::random::{random_model, tiny_config};
+use steerkit_model::random::{max_abs_diff, random_model, tiny_config};
 use steerkit_model::{shared_prefix_len, Arch, Loaded, Mode, NoHook, SourceKind, SystemPrompt};
 
 fn tiny() -> Loaded {
@@ -51,14 +51,7 @@ fn captured_inputs_equal_a_second_pass() {
         assert!(scores.is_none());
         for (a, b) in captured[layer - 1].iter().zip(&again) {
             assert_eq!(a.dims(), b.dims());
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(a, b).unwrap();
             assert!(d < 1e-5, "layer {layer}: {d}");
         }
     }
@@ -110,14 +103,7 @@ fn block_inputs_with_the_shared_prefix_equal_each_prompt_alone() {
             .unwrap();
         for got in [&inputs[i], &below[i]] {
             assert_eq!(got.dims(), want.dims());
-            let d = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(got, &want).unwrap();
             assert!(d < 1e-5, "prompt {i}: {d}");
         }
         let logits = m.model.last_logits(&ids, &[0], &mut NoHook).unwrap();

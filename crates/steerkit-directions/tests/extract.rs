@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use steerkit_data::sets::builtin;
+use steerkit_model::random::max_abs_diff;
 use steerkit_model::{left_pad, load, HookPoint, LoadOptions, Mode, Record, Site, SystemPrompt};
 
 #[test]
@@ -42,14 +43,7 @@ fn candidates_are_differences_of_means_and_are_reused() {
     };
     let want = (mean_alone(&harmful) - mean_alone(&harmless)).unwrap();
     let got = c.candidates.get(layer).unwrap();
-    let err = (want - got)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = max_abs_diff(&want, &got).unwrap();
     assert!(err < 1e-3, "max abs difference {err}");
     // Same inputs: reused. Other prompts: recomputed.
     let (_, reused) =

@@ -60,6 +60,17 @@ pub fn random_model(cfg: Config, dtype: DType, seed: u64) -> Result<Model> {
     })
 }
 
+/// The largest absolute entry of `a - b` (same shape, any dtype), as f64: how far apart two
+/// tensors are, for tests that compare computations.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    Ok((a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?)
+}
+
 /// Central finite differences `(f(w + eps e_i) - f(w - eps e_i)) / 2 eps` of `loss` for the
 /// entries `indices` of the f64 variable `var` (which `loss` reads, e.g. a weight of a model
 /// whose block was made trainable); `var` is restored afterwards. For gradient checks.

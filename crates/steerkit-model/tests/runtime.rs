@@ -2,7 +2,7 @@
 //! KV cache, the differentiable mode and its gradients, and Hugging Face folder round trips.
 
 use candle_core::{DType, Device, Tensor, D};
-use steerkit_model::random::{central_differences, random_model, tiny_config};
+use steerkit_model::random::{central_differences, max_abs_diff, random_model, tiny_config};
 use steerkit_model::{
     left_pad, Ablate, Arch, Chain, Hook, HookCtx, HookPoint, KvCache, Mode, Model, NoHook, Record,
     Site,
@@ -23,18 +23,7 @@ fn rows() -> Vec<Vec<u32>> {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    max_abs_diff(a, b).unwrap()
 }
 
 fn logits(m: &Model, rows: &[Vec<u32>], hook: &mut dyn Hook) -> Tensor {
