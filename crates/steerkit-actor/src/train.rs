@@ -306,9 +306,7 @@ pub fn block_last(
 ) -> Result<Tensor, ActorError> {
     let (x, pads) = pad_rows(rows)?;
     let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
-    let y = model.forward_layers(x, &pads, layer..layer + 1, None, &mut NoHook, mode)?;
-    let t = y.dim(1)?;
-    Ok(y.narrow(1, t - 1, 1)?.squeeze(1)?)
+    Ok(model.block_last(layer, &x, &pads, mode)?)
 }
 
 /// Last-token states of every example with the current weights, `[n, hidden]` (f64, CPU).
@@ -424,9 +422,10 @@ pub fn val_refusal(
         let rows: Vec<&Tensor> = chunk.iter().collect();
         let (x, pads) = pad_rows(&rows)?;
         let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
-        let y = model.forward_layers(x, &pads, layer..n, None, &mut NoHook, Mode::Inference)?;
-        let t = y.dim(1)?;
-        let h = model.final_norm(&y.narrow(1, t - 1, 1)?.squeeze(1)?, Mode::Inference)?;
+        // Every column through the blocks before the last; the last block at the last column.
+        let y = model.forward_layers(x, &pads, layer..n - 1, None, &mut NoHook, Mode::Inference)?;
+        let y = model.block_last(n - 1, &y, &pads, Mode::Inference)?;
+        let h = model.final_norm(&y, Mode::Inference)?;
         let lp: Vec<Vec<f32>> = log_softmax(&model.logits(&h)?.to_dtype(DType::F32)?)?.to_vec2()?;
         scores.extend(lp.iter().map(|l| refusal_score(l, refusal_ids)));
     }

@@ -441,8 +441,10 @@ fn ablation_md(
             .find(|x| x.name == name)
             .map(|x| {
                 format!(
-                    "{:.1}% ({}/{})",
+                    "{:.1}% [{:.1}, {:.1}] ({}/{})",
                     100.0 * x.refusal.rate,
+                    100.0 * x.refusal.lo,
+                    100.0 * x.refusal.hi,
                     x.refusal.k,
                     x.refusal.n
                 )
@@ -450,7 +452,7 @@ fn ablation_md(
             .unwrap_or_else(|| "-".into())
     };
     let mut s = format!(
-        "## Directional ablation, for comparison\n\nThe refusal direction of layer {} (position {}; `direction/selected.json`) projected out of the residual stream at every layer, on the same prompts. Ablation removes refusals wholesale, harmful ones included; ACTOR is meant to remove only the over-refusal.\n\n| set | kind | original | ACTOR | ablation |\n|---|---|---|---|---|\n",
+        "## Directional ablation, for comparison\n\nThe refusal direction of layer {} (position {}; `direction/selected.json`) projected out of the residual stream at every layer, on the same prompts (refusal rates, 95% Wilson intervals, counts). Ablation removes refusals wholesale, harmful ones included; ACTOR is meant to remove only the over-refusal.\n\n| set | kind | original | ACTOR | ablation |\n|---|---|---|---|---|\n",
         selected["layer"], selected["pos"]
     );
     for x in &before.sets {

@@ -1118,6 +1118,20 @@ kl_set = "harmless"
     ] {
         assert!(report.contains(needle), "{needle}: {report}");
     }
+    // Every rate of the side-by-side table carries its interval.
+    let side = report
+        .split("| original | ACTOR | ablation |")
+        .nth(1)
+        .unwrap();
+    let rows: Vec<&str> = side
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(!rows.is_empty(), "{side}");
+    for r in rows {
+        assert_eq!(r.matches("% [").count(), 3, "{r}");
+    }
     for f in [
         "direction/selected.json",
         "actor/block-epoch1.safetensors",

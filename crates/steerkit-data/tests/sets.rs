@@ -134,7 +134,7 @@ fn builtin_sets_are_complete_and_unknown_names_are_errors() {
     for (name, kind, _) in BUILTIN {
         let s = builtin(name).unwrap();
         assert!(
-            (140..=160).contains(&s.items.len()),
+            (150..=200).contains(&s.items.len()),
             "{name}: {}",
             s.items.len()
         );
@@ -148,7 +148,7 @@ fn builtin_sets_are_complete_and_unknown_names_are_errors() {
         .collect();
     types.sort();
     types.dedup();
-    assert_eq!(types.len(), 8, "{types:?}");
+    assert_eq!(types.len(), 10, "{types:?}");
     let e = builtin("nope").unwrap_err().to_string();
     assert!(
         e.contains("unknown set `nope`") && e.contains("pseudo_harmful"),
@@ -203,14 +203,40 @@ fn builtin_sets_copy_no_benchmark_prompt() {
         }
     }
     assert!(bench.len() > 3000, "{} benchmark prompts read", bench.len());
-    for (name, _, _) in BUILTIN {
-        for it in builtin(name).unwrap().items {
-            assert!(
-                !bench.contains(&norm(&it.prompt)),
-                "{name}: `{}` is a benchmark prompt",
-                it.prompt
-            );
-        }
+    let contrast = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sets/contrast.jsonl");
+    let contrast = read_file(&contrast, &ReadOptions::default()).unwrap();
+    assert_eq!(contrast.len(), 64);
+    let own = BUILTIN
+        .iter()
+        .flat_map(|(name, _, _)| builtin(name).unwrap().items)
+        .chain(contrast);
+    for it in own {
+        assert!(
+            !bench.contains(&norm(&it.prompt)),
+            "`{}` is a benchmark prompt",
+            it.prompt
+        );
+    }
+}
+
+/// The project's contrast pairs: every safe prompt followed by its unsafe twin.
+#[test]
+fn contrast_pairs_alternate_safe_and_unsafe() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sets/contrast.jsonl");
+    let rows = read_file(&p, &ReadOptions::default()).unwrap();
+    for pair in rows.chunks(2) {
+        assert_eq!(pair[0].label.as_deref(), Some("safe"), "{}", pair[0].prompt);
+        assert_eq!(
+            pair[1].label.as_deref(),
+            Some("unsafe"),
+            "{}",
+            pair[1].prompt
+        );
+        let t = pair[0].category.as_deref().unwrap();
+        assert_eq!(
+            pair[1].category.as_deref(),
+            Some(format!("contrast_{t}").as_str())
+        );
     }
 }
 

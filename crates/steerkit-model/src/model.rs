@@ -329,6 +329,49 @@ impl Model {
         Ok(x)
     }
 
+    /// The output of block `layer` at the last position only, `[batch, hidden]`, for the block
+    /// input `x: [batch, seq, hidden]` left-padded by `pads`: equal to the last column of
+    /// [`Model::forward_layers`] over that one block (no hooks), but keys and values are the
+    /// only part computed at every position; queries, the output projection and the MLP run
+    /// for the last position alone. For trainers whose loss reads the last token only, that
+    /// is about `seq` times less work than the whole block.
+    pub fn block_last(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        pads: &[usize],
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        if pads.len() != b || t == 0 {
+            return Err(ModelError::Input(format!(
+                "{} pad counts for a batch of {b} rows of {t} columns",
+                pads.len()
+            )));
+        }
+        let blk = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| ModelError::Input(format!("layer {layer} does not exist")))?;
+        let (nh, nkv) = (self.cfg.num_heads, self.cfg.num_kv_heads);
+        let h = self.rms_norm(x, &blk.attn_norm, mode)?;
+        let (cos, sin) = self.rope_tables(pads, 0, 0, t)?;
+        let k = self.rope(&self.heads(blk.k.forward(&h)?, nkv)?, &cos, &sin, mode)?;
+        let v = self.heads(blk.v.forward(&h)?, nkv)?;
+        // The last column: its query, rotation and mask row.
+        let (cos, sin) = self.rope_tables(pads, 0, t - 1, 1)?;
+        let h_last = h.narrow(1, t - 1, 1)?;
+        let q = self.rope(&self.heads(blk.q.forward(&h_last)?, nh)?, &cos, &sin, mode)?;
+        let mask = self.attention_mask(pads, 0, t - 1, 1)?;
+        let mix = self.attend(&q, &k, &v, &mask, mode)?;
+        let x = (x.narrow(1, t - 1, 1)? + blk.o.forward(&mix)?)?;
+        let h = self.rms_norm(&x, &blk.mlp_norm, mode)?;
+        let m = blk
+            .down
+            .forward(&(blk.gate.forward(&h)?.silu()? * blk.up.forward(&h)?)?)?;
+        Ok((x + m)?.squeeze(1)?)
+    }
+
     /// The inputs of every linear map of block `layer` for the block input `x: [batch, seq,
     /// hidden]` (left-padded by `pads`), as `[rows, in]` matrices of the real (not pad)
     /// positions, named by the Hugging Face weight they multiply (`self_attn.q_proj.weight`):
@@ -519,24 +562,41 @@ impl Model {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (b, t, _) = h.dims3()?;
-        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
-        let rep = nh / nkv;
-        // [b, t, heads*hd] -> [b, heads, t, hd]
-        let split = |y: Tensor, heads: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(blk.q.forward(h)?, nh)?;
-        let k = split(blk.k.forward(h)?, nkv)?;
-        let v = split(blk.v.forward(h)?, nkv)?;
+        let (nh, nkv) = (self.cfg.num_heads, self.cfg.num_kv_heads);
+        let q = self.heads(blk.q.forward(h)?, nh)?;
+        let k = self.heads(blk.k.forward(h)?, nkv)?;
+        let v = self.heads(blk.v.forward(h)?, nkv)?;
         let q = self.rope(&q, cos, sin, mode)?;
         let k = self.rope(&k, cos, sin, mode)?;
         let (k, v) = match cache {
             Some(slot) => KvCache::append(slot, k, v)?,
             None => (k, v),
         };
+        self.attend(&q, &k, &v, mask, mode)
+    }
+
+    /// `[b, t, heads*hd]` -> `[b, heads, t, hd]`.
+    fn heads(&self, y: Tensor, heads: usize) -> Result<Tensor> {
+        let (b, t, _) = y.dims3()?;
+        Ok(y.reshape((b, t, heads, self.cfg.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// Scaled dot-product attention of queries `q: [b, heads, t, hd]` (rotated) over keys and
+    /// values `[b, kv_heads, tk, hd]` with the additive `mask: [b, 1, t, tk]`, returning the
+    /// heads' mixed values `[b, t, heads*hd]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, _, t, _) = q.dims4()?;
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let rep = nh / nkv;
         let tk = k.dim(2)?;
         // Group the query heads that share a key/value head: [b, nkv, rep*t, hd]; no copies of k/v.
         let q = (q.reshape((b, nkv, rep * t, hd))? * (1.0 / (hd as f64).sqrt()))?;
@@ -546,7 +606,7 @@ impl Model {
             Mode::Inference => candle_nn::ops::softmax_last_dim(&att)?,
             Mode::Differentiable => candle_nn::ops::softmax(&att, D::Minus1)?,
         };
-        let y = att.reshape((b, nkv, rep * t, tk))?.matmul(&v)?; // [b, nkv, rep*t, hd]
+        let y = att.reshape((b, nkv, rep * t, tk))?.matmul(v)?; // [b, nkv, rep*t, hd]
         let y = y
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?

@@ -1,7 +1,7 @@
 //! Forward-pass properties on tiny random models of each architecture: hooks, padding, the
 //! KV cache, the differentiable mode and its gradients, and Hugging Face folder round trips.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use steerkit_model::random::{central_differences, max_abs_diff, random_model, tiny_config};
 use steerkit_model::{
     left_pad, Ablate, Arch, Chain, Hook, HookCtx, HookPoint, KvCache, Mode, Model, NoHook, Record,
@@ -183,25 +183,92 @@ fn differentiable_mode_computes_the_same_function() {
     }
 }
 
+/// A tiny f64 model with block 1 trainable, and that block's input for `rows()` (fixed: it is
+/// computed once, as trainers do) with the rows' pad counts.
+fn trainable_block_1(arch: Arch) -> (Model, Vec<(String, Var)>, Tensor, Vec<usize>) {
+    let mut m = tiny(arch, DType::F64);
+    let vars = m.trainable_block(1).unwrap();
+    let (ids, pads) = left_pad(&rows(), 0, &Device::Cpu).unwrap();
+    let x0 = m
+        .forward_layers(
+            m.embed(&ids).unwrap(),
+            &pads,
+            0..1,
+            None,
+            &mut NoHook,
+            Mode::Inference,
+        )
+        .unwrap();
+    (m, vars, x0, pads)
+}
+
+/// `block_last` (queries, output projection and MLP at the last column only) equals the last
+/// column of the whole block, in both modes, with left padding, and gives every variable the
+/// same gradient.
+#[test]
+fn block_last_equals_the_last_column_of_the_block() {
+    for arch in ARCHS {
+        let (m, vars, x0, pads) = trainable_block_1(arch);
+        let t = x0.dim(1).unwrap();
+        let probe = Tensor::randn(
+            0f64,
+            1.0,
+            (x0.dim(0).unwrap(), x0.dim(2).unwrap()),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let full = |mode| {
+            m.forward_layers(x0.clone(), &pads, 1..2, None, &mut NoHook, mode)
+                .unwrap()
+                .narrow(1, t - 1, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+        };
+        for mode in [Mode::Inference, Mode::Differentiable] {
+            let last = m.block_last(1, &x0, &pads, mode).unwrap();
+            let d = max_diff(&last, &full(mode));
+            assert!(d < 1e-10, "{arch:?} {mode:?}: {d}");
+        }
+        let g_full = (full(Mode::Differentiable) * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_last = (m.block_last(1, &x0, &pads, Mode::Differentiable).unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in &vars {
+            let (a, b) = (g_full.get(v).unwrap(), g_last.get(v));
+            let b = b.unwrap_or_else(|| panic!("{arch:?}: {name} received no gradient"));
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(scale > 0.0, "{arch:?}: {name}");
+            let d = max_diff(a, b) / scale;
+            assert!(d < 1e-10, "{arch:?} {name}: {d}");
+        }
+    }
+    let m = tiny(Arch::Llama, DType::F32);
+    let x = Tensor::zeros((2, 3, m.cfg.hidden_size), DType::F32, &Device::Cpu).unwrap();
+    assert!(m.block_last(1, &x, &[0], Mode::Inference).is_err());
+    assert!(m.block_last(99, &x, &[0, 0], Mode::Inference).is_err());
+}
+
 /// Backprop through one block in differentiable mode equals central finite differences (f64),
 /// and every variable of the block receives a non-zero gradient.
 #[test]
 fn block_gradients_match_finite_differences() {
     for arch in ARCHS {
-        let mut m = tiny(arch, DType::F64);
-        let vars = m.trainable_block(1).unwrap();
-        let (ids, pads) = left_pad(&rows(), 0, &Device::Cpu).unwrap();
-        // The input of block 1 is fixed: compute it once, as trainers do.
-        let x0 = m
-            .forward_layers(
-                m.embed(&ids).unwrap(),
-                &pads,
-                0..1,
-                None,
-                &mut NoHook,
-                Mode::Inference,
-            )
-            .unwrap();
+        let (m, vars, x0, pads) = trainable_block_1(arch);
         let probe = Tensor::randn(0f64, 1.0, x0.shape(), &Device::Cpu).unwrap();
         let loss = |m: &Model| -> Tensor {
             let y = m
