@@ -257,9 +257,28 @@ fn block_last_equals_the_last_column_of_the_block() {
             assert!(d < 1e-10, "{arch:?} {name}: {d}");
         }
     }
+    // f32 and the fused kernels (rms_norm, rope, softmax) of the inference mode.
+    for arch in ARCHS {
+        let m = tiny(arch, DType::F32);
+        let (ids, pads) = left_pad(&rows(), 0, &Device::Cpu).unwrap();
+        let x = m.embed(&ids).unwrap();
+        let t = x.dim(1).unwrap();
+        let full = m
+            .forward_layers(x.clone(), &pads, 0..1, None, &mut NoHook, Mode::Inference)
+            .unwrap()
+            .narrow(1, t - 1, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let last = m.block_last(0, &x, &pads, Mode::Inference).unwrap();
+        let d = max_diff(&last, &full);
+        assert!(d < 1e-5, "{arch:?} f32: {d}");
+    }
     let m = tiny(Arch::Llama, DType::F32);
     let x = Tensor::zeros((2, 3, m.cfg.hidden_size), DType::F32, &Device::Cpu).unwrap();
     assert!(m.block_last(1, &x, &[0], Mode::Inference).is_err());
+    let empty = Tensor::zeros((1, 0, m.cfg.hidden_size), DType::F32, &Device::Cpu).unwrap();
+    assert!(m.block_last(1, &empty, &[0], Mode::Inference).is_err());
     assert!(m.block_last(99, &x, &[0, 0], Mode::Inference).is_err());
 }
 
