@@ -229,13 +229,21 @@ pub fn run(a: Args) -> Result<()> {
 
     // A command line: the command, the model, the device flags, the system prompt flags when
     // the command takes them, then `rest`.
-    let command = |cmd: &str, m: &str, with_system: bool, rest: Vec<String>| -> Vec<String> {
+    // `steerkit CMD -m M`, the device and dtype, the system prompt (when the command takes
+    // one), the flags of the config's section, then the run's own arguments.
+    let command = |cmd: &str,
+                   m: &str,
+                   with_system: bool,
+                   section: &[String],
+                   own: &[String]|
+     -> Vec<String> {
         let mut argv: Vec<String> = vec![cmd.into(), "-m".into(), m.into()];
-        argv.extend(common.clone());
+        argv.extend(common.iter().cloned());
         if with_system {
-            argv.extend(system.clone());
+            argv.extend(system.iter().cloned());
         }
-        argv.extend(rest);
+        argv.extend(section.iter().cloned());
+        argv.extend(own.iter().cloned());
         argv
     };
 
@@ -245,17 +253,25 @@ pub fn run(a: Args) -> Result<()> {
     let direction = out.join("direction");
     let with_direction = t.contains_key("select");
     if with_direction {
-        let mut rest = flags(&t, "extract")?;
-        rest.extend(["--out".into(), path(&direction)]);
         phase(
             "extract",
-            &command("extract", &model, true, rest),
+            &command(
+                "extract",
+                &model,
+                true,
+                &flags(&t, "extract")?,
+                &["--out".into(), path(&direction)],
+            ),
             &mut log,
             dry,
         )?;
-        let mut rest = flags(&t, "select")?;
-        rest.extend(["--run".into(), path(&direction)]);
-        let argv = command("select", &model, true, rest);
+        let argv = command(
+            "select",
+            &model,
+            true,
+            &flags(&t, "select")?,
+            &["--run".into(), path(&direction)],
+        );
         // The selection's arguments and the extraction it scored.
         let marker = || -> Result<String> {
             let extracted = std::fs::read_to_string(direction.join("extract.json"))
@@ -277,23 +293,20 @@ pub fn run(a: Args) -> Result<()> {
     }
 
     // 2. ACTOR (resumes; the cache and finished epochs are reused).
-    let mut rest = flags(&t, "actor")?;
-    rest.extend(["--out".into(), path(&actor_run)]);
     phase(
         "actor",
-        &command("actor", &model, true, rest),
+        &command(
+            "actor",
+            &model,
+            true,
+            &flags(&t, "actor")?,
+            &["--out".into(), path(&actor_run)],
+        ),
         &mut log,
         dry,
     )?;
 
     // 3. Export, unless the folder already holds this checkpoint.
-    let mut rest = flags(&t, "export")?;
-    rest.extend([
-        "--run".into(),
-        path(&actor_run),
-        "--out".into(),
-        path(&patched),
-    ]);
     let fresh = Fresh {
         output: &patched,
         complete: &patched.join("config.json"),
@@ -306,7 +319,18 @@ pub fn run(a: Args) -> Result<()> {
     };
     fresh.run_unless_fresh(
         "export",
-        &command("export", &model, false, rest),
+        &command(
+            "export",
+            &model,
+            false,
+            &flags(&t, "export")?,
+            &[
+                "--run".into(),
+                path(&actor_run),
+                "--out".into(),
+                path(&patched),
+            ],
+        ),
         &mut log,
         dry,
     )?;
@@ -315,43 +339,55 @@ pub fn run(a: Args) -> Result<()> {
     let eval_flags = flags(&t, "eval")?;
     let before = out.join("eval-before");
     let after = out.join("eval-after");
-    let mut rest = eval_flags.clone();
-    rest.extend(["--out".into(), path(&before)]);
     phase(
         "evaluate before",
-        &command("eval", &model, true, rest),
+        &command(
+            "eval",
+            &model,
+            true,
+            &eval_flags,
+            &["--out".into(), path(&before)],
+        ),
         &mut log,
         dry,
     )?;
-    let mut rest = eval_flags.clone();
-    rest.extend([
-        "--reference".into(),
-        model.clone(),
-        "--out".into(),
-        path(&after),
-    ]);
     phase(
         "evaluate after",
-        &command("eval", &path(&patched), true, rest),
+        &command(
+            "eval",
+            &path(&patched),
+            true,
+            &eval_flags,
+            &[
+                "--reference".into(),
+                model.clone(),
+                "--out".into(),
+                path(&after),
+            ],
+        ),
         &mut log,
         dry,
     )?;
     let ablated = out.join("eval-ablated");
     if with_direction {
-        let mut rest = eval_flags;
-        rest.extend([
-            "--run".into(),
-            path(&direction),
-            "--intervention".into(),
-            "ablate".into(),
-            "--reference".into(),
-            model.clone(),
-            "--out".into(),
-            path(&ablated),
-        ]);
         phase(
             "evaluate ablated",
-            &command("eval", &model, true, rest),
+            &command(
+                "eval",
+                &model,
+                true,
+                &eval_flags,
+                &[
+                    "--run".into(),
+                    path(&direction),
+                    "--intervention".into(),
+                    "ablate".into(),
+                    "--reference".into(),
+                    model.clone(),
+                    "--out".into(),
+                    path(&ablated),
+                ],
+            ),
             &mut log,
             dry,
         )?;

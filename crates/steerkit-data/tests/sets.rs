@@ -13,6 +13,12 @@ fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// The project's contrast pairs (`sets/contrast.jsonl`, validation only).
+fn contrast_pairs() -> Vec<steerkit_data::PromptItem> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sets/contrast.jsonl");
+    read_file(&p, &ReadOptions::default()).unwrap()
+}
+
 fn shared(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/datasets")
@@ -203,8 +209,7 @@ fn builtin_sets_copy_no_benchmark_prompt() {
         }
     }
     assert!(bench.len() > 3000, "{} benchmark prompts read", bench.len());
-    let contrast = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sets/contrast.jsonl");
-    let contrast = read_file(&contrast, &ReadOptions::default()).unwrap();
+    let contrast = contrast_pairs();
     assert_eq!(contrast.len(), 64);
     let own = BUILTIN
         .iter()
@@ -222,9 +227,7 @@ fn builtin_sets_copy_no_benchmark_prompt() {
 /// The project's contrast pairs: every safe prompt followed by its unsafe twin.
 #[test]
 fn contrast_pairs_alternate_safe_and_unsafe() {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sets/contrast.jsonl");
-    let rows = read_file(&p, &ReadOptions::default()).unwrap();
-    for pair in rows.chunks(2) {
+    for pair in contrast_pairs().chunks(2) {
         assert_eq!(pair[0].label.as_deref(), Some("safe"), "{}", pair[0].prompt);
         assert_eq!(
             pair[1].label.as_deref(),

@@ -54,6 +54,16 @@ pub struct Block {
 }
 
 impl Block {
+    /// The MLP's input to the down projection, `silu(h Gᵀ) * (h Uᵀ)`.
+    fn mlp_act(&self, h: &Tensor) -> Result<Tensor> {
+        Ok((self.gate.forward(h)?.silu()? * self.up.forward(h)?)?)
+    }
+
+    /// The MLP of the normed residual `h`.
+    fn mlp(&self, h: &Tensor) -> Result<Tensor> {
+        self.down.forward(&self.mlp_act(h)?)
+    }
+
     /// Every tensor of the block with its Hugging Face name suffix (after `model.layers.N.`),
     /// mutable so that trainers can swap in variables.
     pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
@@ -315,9 +325,7 @@ impl Model {
                 x = y;
             }
             let h = self.rms_norm(&x, &blk.mlp_norm, mode)?;
-            let m = blk
-                .down
-                .forward(&(blk.gate.forward(&h)?.silu()? * blk.up.forward(&h)?)?)?;
+            let m = blk.mlp(&h)?;
             x = (x + m)?;
             if let Some(y) = hook.call(site(HookPoint::Output), &x)? {
                 x = y;
@@ -366,9 +374,7 @@ impl Model {
         let mix = self.attend(&q, &k, &v, &mask, mode)?;
         let x = (x.narrow(1, t - 1, 1)? + blk.o.forward(&mix)?)?;
         let h = self.rms_norm(&x, &blk.mlp_norm, mode)?;
-        let m = blk
-            .down
-            .forward(&(blk.gate.forward(&h)?.silu()? * blk.up.forward(&h)?)?)?;
+        let m = blk.mlp(&h)?;
         Ok((x + m)?.squeeze(1)?)
     }
 
@@ -394,7 +400,7 @@ impl Model {
         let mix = self.attention_mix(blk, &h1, &rope, &mask, None, mode)?;
         let x2 = (x + blk.o.forward(&mix)?)?;
         let h2 = self.rms_norm(&x2, &blk.mlp_norm, mode)?;
-        let act = (blk.gate.forward(&h2)?.silu()? * blk.up.forward(&h2)?)?;
+        let act = blk.mlp_act(&h2)?;
         // Row indices of the real positions.
         let keep: Vec<u32> = pads
             .iter()
