@@ -15,7 +15,8 @@ use crate::common::{bar, ModelArgs, SystemArgs};
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A prompt set: a built-in name (harmful, harmless, pseudo_harmful), NAME=FILE, or
+    /// A prompt set: a built-in name (harmful, harmless, pseudo_harmful, pairs_safe,
+    /// pairs_unsafe; each also as NAME.train and NAME.val), NAME=FILE, or
     /// NAME:safe=FILE / NAME:harmful=FILE for a file the registry does not know. Repeatable.
     /// A file whose rows carry `label: safe|unsafe` (XSTest) splits into NAME:safe and
     /// NAME:unsafe. Default: the three built-in sets.

@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use steerkit_data::agreement::{labelled, read_responses, Confusion};
+use steerkit_data::agreement::ResponseRow;
+use steerkit_data::agreement::{read_responses, tally, Confusion};
 use steerkit_data::judge::{Judge, Rules, Verdict, DEFAULT_JUDGE};
 use steerkit_eval::agreement::{confusion_table, table};
+use steerkit_eval::model_judge::{judge_with_model, AnswerCache, PROMPT_VERSION};
+
+use crate::common::{bar, ModelArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -26,6 +30,32 @@ pub struct Args {
     /// Judge rules (TOML) extending the built-in ones.
     #[arg(long)]
     pub judge_rules: Option<PathBuf>,
+    /// Judge with a local chat model instead (a .gguf file, a Hugging Face folder or a cached
+    /// repo id): it reads a fixed instruction, the request and the response's first 600
+    /// characters and answers A (compliance), B (full refusal) or C (partial refusal); where
+    /// its answer names no class, the rules decide. Slow on a CPU: 1.4 rows/s with
+    /// Qwen2.5-Coder-0.5B on 2 cores, and that model is a poor judge (57% binary agreement
+    /// with people on XSTest's completions; README).
+    #[arg(long)]
+    pub judge_model: Option<String>,
+    /// The field holding the request shown to the judge model (rows without it are judged on
+    /// the response alone).
+    #[arg(long, default_value = "prompt")]
+    pub prompt_field: String,
+    /// Where the judge model's answers are cached (JSONL, keyed by model, prompt version,
+    /// request and response); a rerun or a restarted run generates only what is missing.
+    /// Default: `FILE.judge-cache.jsonl` beside the input.
+    #[arg(long)]
+    pub judge_cache: Option<PathBuf>,
+    /// Rows per batch for the judge model.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Device for the judge model.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "metal"])]
+    pub device: String,
+    /// Dtype for the judge model (f32 on CPU; bf16 or f16 on GPUs).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
 }
 
 /// The judge and its name for reports: the built-in rules, or those extended by a file.
@@ -86,21 +116,75 @@ fn summary(
     s
 }
 
+/// Every row's verdict and the rule (or model answer) behind it, and the judge's name.
+fn verdicts(a: &Args, rows: &[ResponseRow]) -> Result<(Vec<(Verdict, String)>, String)> {
+    let (rules, name) = load_judge(a.judge_rules.as_deref())?;
+    let Some(spec) = &a.judge_model else {
+        let v = rows
+            .iter()
+            .map(|r| {
+                let j = rules.judge(&r.response);
+                (j.verdict, j.rule)
+            })
+            .collect();
+        return Ok((v, name));
+    };
+    let m = ModelArgs {
+        model: spec.clone(),
+        device: a.device.clone(),
+        dtype: a.dtype.clone(),
+    }
+    .load()?;
+    let cache_path = a.judge_cache.clone().unwrap_or_else(|| {
+        let mut p = a.file.clone().into_os_string();
+        p.push(".judge-cache.jsonl");
+        p.into()
+    });
+    let mut cache = AnswerCache::open(&cache_path)?;
+    let items: Vec<(Option<&str>, &str)> = rows
+        .iter()
+        .map(|r| {
+            let q = r.object.get(&a.prompt_field).and_then(|v| v.as_str());
+            (q, r.response.as_str())
+        })
+        .collect();
+    let pb = bar(rows.len() as u64, "judging");
+    let judged = judge_with_model(&m, &items, &rules, &mut cache, a.batch_size, &mut |k| {
+        pb.inc(k as u64)
+    });
+    pb.finish_and_clear();
+    let judged = judged?;
+    let unparsed = judged
+        .iter()
+        .filter(|j| !j.rule.starts_with("model: "))
+        .count();
+    let name = format!(
+        "model {spec} ({PROMPT_VERSION}; {unparsed} of {} answers named no class: the rules judged those)",
+        rows.len()
+    );
+    Ok((
+        judged.into_iter().map(|j| (j.verdict, j.rule)).collect(),
+        name,
+    ))
+}
+
 pub fn run(a: Args) -> Result<()> {
-    let (judge, name) = load_judge(a.judge_rules.as_deref())?;
     let rows = read_responses(&a.file, &a.field)?;
+    let (judged, name) = verdicts(&a, &rows)?;
     let mut out = String::new();
-    let mut verdicts = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let j = judge.judge(&r.response);
+    for (r, (v, rule)) in rows.iter().zip(&judged) {
         let mut o = r.object.clone();
-        o.insert("verdict".into(), j.verdict.as_str().into());
-        o.insert("judge_rule".into(), j.rule.into());
+        o.insert("verdict".into(), v.as_str().into());
+        o.insert("judge_rule".into(), rule.as_str().into());
         out.push_str(&serde_json::Value::Object(o).to_string());
         out.push('\n');
-        verdicts.push(j.verdict);
     }
-    let per_model = steerkit_data::agreement::by_model(&judge, &labelled(&rows));
+    let verdicts: Vec<Verdict> = judged.iter().map(|j| j.0).collect();
+    let per_model = tally(
+        rows.iter()
+            .zip(&verdicts)
+            .filter_map(|(r, &v)| Some((r.model.as_deref().unwrap_or("?"), r.label?, v))),
+    );
     let text = summary(&a.file, &name, &verdicts, &per_model);
     match &a.out {
         Some(p) => {

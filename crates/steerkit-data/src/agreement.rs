@@ -86,11 +86,20 @@ pub fn by_model<'a>(
     judge: &Judge,
     rows: impl IntoIterator<Item = &'a Labelled>,
 ) -> BTreeMap<String, Confusion> {
+    tally(
+        rows.into_iter()
+            .map(|r| (r.model.as_str(), r.label, judge.classify(&r.response))),
+    )
+}
+
+/// The confusion matrix per model from `(model, human label, verdict)` triples, for verdicts
+/// that come from elsewhere (a judge model).
+pub fn tally<'a>(
+    rows: impl IntoIterator<Item = (&'a str, Verdict, Verdict)>,
+) -> BTreeMap<String, Confusion> {
     let mut per: BTreeMap<String, Confusion> = BTreeMap::new();
-    for r in rows {
-        per.entry(r.model.clone())
-            .or_default()
-            .add(r.label, judge.classify(&r.response));
+    for (model, human, judge) in rows {
+        per.entry(model.to_string()).or_default().add(human, judge);
     }
     per
 }

@@ -211,7 +211,10 @@ fn parse_csv(path: &Path, bytes: &[u8], field: &str) -> Result<Vec<PromptItem>, 
 }
 
 /// The built-in sets written for this project (none is copied from an evaluation set).
-pub const BUILTIN: [(&str, SetKind, &str); 3] = [
+/// `pairs_safe` and `pairs_unsafe` are twins: line k of one and line k of the other share
+/// most of their words and their category, one safe and one harmful, so that their splits
+/// hold whole pairs.
+pub const BUILTIN: [(&str, SetKind, &str); 5] = [
     (
         "harmful",
         SetKind::Harmful,
@@ -226,6 +229,16 @@ pub const BUILTIN: [(&str, SetKind, &str); 3] = [
         "pseudo_harmful",
         SetKind::Safe,
         include_str!("../sets/pseudo_harmful.jsonl"),
+    ),
+    (
+        "pairs_safe",
+        SetKind::Safe,
+        include_str!("../sets/pairs_safe.jsonl"),
+    ),
+    (
+        "pairs_unsafe",
+        SetKind::Harmful,
+        include_str!("../sets/pairs_unsafe.jsonl"),
     ),
 ];
 

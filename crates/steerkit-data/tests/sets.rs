@@ -139,11 +139,12 @@ fn bad_files_name_file_and_line() {
 fn builtin_sets_are_complete_and_unknown_names_are_errors() {
     for (name, kind, _) in BUILTIN {
         let s = builtin(name).unwrap();
-        assert!(
-            (150..=200).contains(&s.items.len()),
-            "{name}: {}",
-            s.items.len()
-        );
+        let size = if name.starts_with("pairs_") {
+            80..=100
+        } else {
+            150..=200
+        };
+        assert!(size.contains(&s.items.len()), "{name}: {}", s.items.len());
         assert_eq!(s.kind, kind);
     }
     let p = builtin("pseudo_harmful").unwrap();
@@ -241,6 +242,32 @@ fn contrast_pairs_alternate_safe_and_unsafe() {
             Some(format!("contrast_{t}").as_str())
         );
     }
+}
+
+/// `pairs_safe` and `pairs_unsafe` are twins line by line (same category, distinct prompts), so
+/// their `.train` and `.val` splits hold whole pairs.
+#[test]
+fn pair_sets_are_twins_line_by_line() {
+    for split in ["", ".train", ".val"] {
+        let safe = builtin(&format!("pairs_safe{split}")).unwrap();
+        let unsafe_ = builtin(&format!("pairs_unsafe{split}")).unwrap();
+        assert_eq!(safe.items.len(), unsafe_.items.len(), "{split}");
+        for (s, u) in safe.items.iter().zip(&unsafe_.items) {
+            assert!(
+                s.category.is_some() && s.category == u.category,
+                "{}",
+                s.prompt
+            );
+            assert_ne!(s.prompt, u.prompt);
+        }
+    }
+    assert_eq!(
+        (SetKind::Safe, SetKind::Harmful),
+        (
+            builtin("pairs_safe").unwrap().kind,
+            builtin("pairs_unsafe").unwrap().kind
+        )
+    );
 }
 
 #[test]
