@@ -44,7 +44,8 @@ pub struct Args {
     pub prompt_field: String,
     /// Where the judge model's answers are cached (JSONL, keyed by model, prompt version,
     /// request and response); a rerun or a restarted run generates only what is missing.
-    /// Default: `FILE.judge-cache.jsonl` beside the input.
+    /// Default: `OUT.judge-cache.jsonl` beside --out, or `FILE.judge-cache.jsonl` beside the
+    /// input without --out.
     #[arg(long)]
     pub judge_cache: Option<PathBuf>,
     /// Rows per batch for the judge model.
@@ -136,11 +137,20 @@ fn verdicts(a: &Args, rows: &[ResponseRow]) -> Result<(Vec<(Verdict, String)>, S
     }
     .load()?;
     let cache_path = a.judge_cache.clone().unwrap_or_else(|| {
-        let mut p = a.file.clone().into_os_string();
+        let mut p = a.out.as_ref().unwrap_or(&a.file).clone().into_os_string();
         p.push(".judge-cache.jsonl");
         p.into()
     });
-    let mut cache = AnswerCache::open(&cache_path)?;
+    // Opening appends nothing yet; a read-only folder shows at the first batch's write, so
+    // check that the file can be opened for appending now.
+    let mut cache = AnswerCache::open(&cache_path)
+        .and_then(|c| c.check_writable().map(|()| c))
+        .with_context(|| {
+            format!(
+                "the judge model's answer cache {} (choose another with --judge-cache)",
+                cache_path.display()
+            )
+        })?;
     let items: Vec<(Option<&str>, &str)> = rows
         .iter()
         .map(|r| {

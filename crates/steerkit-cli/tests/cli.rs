@@ -1142,8 +1142,23 @@ fn judge_model_answers_are_cached_and_parsed_or_left_to_the_rules() {
         .as_str()
         .unwrap()
         .starts_with("rules (unparsed model answer \"Hmm\"): opening: "));
-    // A model that cannot be loaded: a clean error and nothing at --out.
+    // A cache that cannot be written (its folder is a file): a clean error naming the flag.
     std::fs::remove_file(&out).unwrap();
+    assert_clean_error(
+        &steerkit(&[
+            "judge",
+            input.to_str().unwrap(),
+            "--judge-model",
+            &smol,
+            "--judge-cache",
+            input.join("cache.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "--judge-cache",
+    );
+    assert!(!out.exists());
+    // A model that cannot be loaded: a clean error and nothing at --out.
     assert_clean_error(
         &steerkit(&[
             "judge",

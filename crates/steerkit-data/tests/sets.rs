@@ -13,10 +13,17 @@ fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// One of the project's validation-only files in `sets/`.
+fn validation_file(name: &str) -> Vec<steerkit_data::PromptItem> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("sets")
+        .join(name);
+    read_file(&p, &ReadOptions::default()).unwrap()
+}
+
 /// The project's contrast pairs (`sets/contrast.jsonl`, validation only).
 fn contrast_pairs() -> Vec<steerkit_data::PromptItem> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sets/contrast.jsonl");
-    read_file(&p, &ReadOptions::default()).unwrap()
+    validation_file("contrast.jsonl")
 }
 
 fn shared(name: &str) -> PathBuf {
@@ -212,10 +219,13 @@ fn builtin_sets_copy_no_benchmark_prompt() {
     assert!(bench.len() > 3000, "{} benchmark prompts read", bench.len());
     let contrast = contrast_pairs();
     assert_eq!(contrast.len(), 64);
+    let borderline = validation_file("borderline_unsafe.jsonl");
+    assert_eq!(borderline.len(), 60);
     let own = BUILTIN
         .iter()
         .flat_map(|(name, _, _)| builtin(name).unwrap().items)
-        .chain(contrast);
+        .chain(contrast)
+        .chain(borderline);
     for it in own {
         assert!(
             !bench.contains(&norm(&it.prompt)),

@@ -134,6 +134,21 @@ impl AnswerCache {
         self.answers.is_empty()
     }
 
+    /// Fails when the cache file cannot be opened for appending (a read-only folder).
+    pub fn check_writable(&self) -> Result<(), EvalError> {
+        let existed = self.path.exists();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io(&self.path))?;
+        if !existed {
+            // Leave no empty file behind for a run that fails later.
+            let _ = std::fs::remove_file(&self.path);
+        }
+        Ok(())
+    }
+
     fn append(&mut self, new: Vec<(String, String)>) -> Result<(), EvalError> {
         let mut buf = Vec::new();
         for (key, answer) in &new {
