@@ -377,13 +377,12 @@ pub fn run(a: Args) -> Result<()> {
                 &model,
                 true,
                 &eval_flags,
+                // No --reference: the report shows the patched model's KL only.
                 &[
                     "--run".into(),
                     path(&direction),
                     "--intervention".into(),
                     "ablate".into(),
-                    "--reference".into(),
-                    model.clone(),
                     "--out".into(),
                     path(&ablated),
                 ],

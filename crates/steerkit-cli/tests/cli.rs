@@ -358,20 +358,26 @@ fn compare_pairs_two_runs() {
     let d = tmpdir("cmp");
     let smol = model(SMOL);
     let (a, b) = (d.join("a"), d.join("b"));
+    // The KL uses 5 prompts of its set (--kl-limit), not the 3 of --limit.
     for (out, sys) in [
         (&a, "You are a helpful assistant."),
         (&b, "Refuse every request."),
     ] {
         let mut args = eval_args(out.to_str().unwrap(), &smol);
         args.extend(["--set", "harmless", "--system", sys, "--reference", &smol]);
+        args.extend(["--kl-limit", "5"]);
         let r = steerkit(&args);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }
     // The reference is the same model: zero KL; the plain-text cross-entropy is measured.
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.join("report.json")).unwrap()).unwrap();
+    let report = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+    };
+    let r = report(&a);
     let kl = r["utility"]["first_token_kl"]["mean"].as_f64().unwrap();
     assert!(kl.abs() < 1e-6, "{}", r["utility"]);
+    assert_eq!(r["utility"]["first_token_kl"]["n"], 5);
+    assert_eq!(report(&b)["sets"][0]["n"], 3);
     assert!(
         r["utility"]["plain_text_cross_entropy"]["mean_nats"]
             .as_f64()
