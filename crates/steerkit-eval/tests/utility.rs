@@ -20,7 +20,7 @@ fn cross_entropy_is_plausible_and_rises_under_damage() {
         "{ce:?}"
     );
     // Ablating a random direction everywhere hurts a little; the measure must see it.
-    let dir = candle_core::Tensor::randn(0f32, 1.0, 576, &candle_core::Device::Cpu).unwrap();
+    let dir = steerkit_model::random::seeded_normal(576, 1).unwrap();
     let mut ablate = Ablate::new(&dir, &HookPoint::ALL).unwrap();
     let worse = cross_entropy(&m, PLAIN_TEXT, &mut ablate).unwrap();
     assert!(worse.mean_nats > ce.mean_nats, "{worse:?} vs {ce:?}");
@@ -41,7 +41,7 @@ fn first_token_kl_is_zero_against_itself() {
     )
     .unwrap();
     assert!(k.mean.abs() < 1e-6, "{k:?}");
-    let dir = candle_core::Tensor::randn(0f32, 1.0, 576, &candle_core::Device::Cpu).unwrap();
+    let dir = steerkit_model::random::seeded_normal(576, 1).unwrap();
     let mut ablate = Ablate::new(&dir, &HookPoint::ALL).unwrap();
     let k = first_token_kl(
         &m,

@@ -83,8 +83,8 @@ fn orthogonalized_weights_equal_hook_ablation() {
                 .ids
         })
         .collect();
-    // A fixed direction, strong enough to change the outputs.
-    let dir = Tensor::randn(0f32, 1.0, 576, &Device::Cpu).unwrap();
+    // A fixed direction (the same on every run), strong enough to change the outputs.
+    let dir = steerkit_model::random::seeded_normal(576, 1).unwrap();
     let mut hook = Ablate::new(&dir, &HookPoint::ALL).unwrap();
     let hooked = greedy(&m.model, &prompts, &m.tok.stop_ids, &mut hook);
     let plain = greedy(&m.model, &prompts, &m.tok.stop_ids, &mut NoHook);
@@ -94,7 +94,7 @@ fn orthogonalized_weights_equal_hook_ablation() {
     // Token equality is the goal, but a near tie can flip on another CPU, so the check is
     // the teacher-forced logit gap; the unmodified model shows that the check discriminates.
     let unmodified = max_gap(&m.model, &prompts, &hooked);
-    assert!(unmodified > 1.0, "unmodified model's gap {unmodified}");
+    assert!(unmodified > 0.5, "unmodified model's gap {unmodified}");
     let gap = max_gap(&ortho, &prompts, &hooked);
     eprintln!("orthogonalized: gap {gap:.2e} (unmodified {unmodified:.2})");
     assert!(gap < 1e-2, "orthogonalized weights: gap {gap}");

@@ -45,19 +45,33 @@ pub fn random_model(cfg: Config, dtype: DType, seed: u64) -> Result<Model> {
         } else {
             (0.0, 0.2)
         };
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                // Box-Muller.
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                (mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect();
         Ok(Some(Tensor::from_vec(
-            v,
+            normal(&mut rng, n, mean, std),
             need.shape.as_slice(),
             &Device::Cpu,
         )?))
     })
+}
+
+/// `n` normal draws (Box-Muller) with the given mean and standard deviation.
+fn normal(rng: &mut StdRng, n: usize, mean: f64, std: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+            (mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
+}
+
+/// A standard normal f32 vector of length `len` on the CPU, the same for the same `seed` on
+/// every run (candle's `Tensor::randn` is not seeded on the CPU).
+pub fn seeded_normal(len: usize, seed: u64) -> Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    Ok(Tensor::from_vec(
+        normal(&mut rng, len, 0.0, 1.0),
+        len,
+        &Device::Cpu,
+    )?)
 }
 
 /// The largest absolute entry of `a - b` (same shape, any dtype), as f64: how far apart two
