@@ -12,6 +12,20 @@ pub struct ModelArgs {
     /// A .gguf file, a Hugging Face model folder, or a repo id (owner/name) in the local HF cache.
     #[arg(long, short = 'm')]
     pub model: String,
+    #[command(flatten)]
+    pub on: DeviceArgs,
+}
+
+impl ModelArgs {
+    /// Loads the model with a spinner on stderr.
+    pub fn load(&self) -> Result<Loaded> {
+        self.on.load(&self.model)
+    }
+}
+
+/// What a model runs on: device and dtype.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct DeviceArgs {
     /// Device to run on.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "metal"])]
     pub device: String,
@@ -20,9 +34,10 @@ pub struct ModelArgs {
     pub dtype: String,
 }
 
-impl ModelArgs {
-    /// Loads the model with a spinner on stderr.
-    pub fn load(&self) -> Result<Loaded> {
+impl DeviceArgs {
+    /// Loads the model `spec` (a .gguf file, a folder or a cached repo id) on this device,
+    /// with a spinner on stderr.
+    pub fn load(&self, spec: &str) -> Result<Loaded> {
         let device = match self.device.as_str() {
             "cpu" => Device::Cpu,
             "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
@@ -40,8 +55,8 @@ impl ModelArgs {
         if device.is_cpu() && dtype != DType::F32 {
             bail!("--dtype {} is for GPUs; use f32 on the CPU", self.dtype);
         }
-        let sp = spinner(&format!("loading {}", self.model));
-        let m = load(&self.model, &LoadOptions { device, dtype });
+        let sp = spinner(&format!("loading {spec}"));
+        let m = load(spec, &LoadOptions { device, dtype });
         sp.finish_and_clear();
         Ok(m?)
     }

@@ -102,17 +102,13 @@ pub fn run(a: Args) -> Result<()> {
     let m = a.model.load()?;
     let reference = match &a.reference {
         Some(r) => {
-            let args = ModelArgs {
-                model: r.clone(),
-                ..a.model.clone()
-            };
             let spec: SetSpec = a.kl_set.parse()?;
             let kl_opts = ReadOptions {
                 limit: Some(a.kl_limit.or(a.limit).unwrap_or(64)),
                 ..ropts.clone()
             };
             let set = resolve(&spec, &kl_opts)?.remove(0);
-            Some((args.load()?, set))
+            Some((a.model.on.load(r)?, set))
         }
         None => None,
     };

@@ -11,9 +11,9 @@ use steerkit_data::agreement::ResponseRow;
 use steerkit_data::agreement::{read_responses, tally, Confusion};
 use steerkit_data::judge::{Judge, Rules, Verdict, DEFAULT_JUDGE};
 use steerkit_eval::agreement::{confusion_table, table};
-use steerkit_eval::model_judge::{judge_with_model, AnswerCache, PROMPT_VERSION};
+use steerkit_eval::model_judge::{judge_with_model, parse_answer, AnswerCache, PROMPT_VERSION};
 
-use crate::common::{bar, ModelArgs};
+use crate::common::{bar, DeviceArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -51,12 +51,9 @@ pub struct Args {
     /// Rows per batch for the judge model.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Device for the judge model.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "metal"])]
-    pub device: String,
-    /// Dtype for the judge model (f32 on CPU; bf16 or f16 on GPUs).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
-    pub dtype: String,
+    /// Where the judge model runs.
+    #[command(flatten)]
+    pub on: DeviceArgs,
 }
 
 /// The judge and its name for reports: the built-in rules, or those extended by a file.
@@ -130,12 +127,7 @@ fn verdicts(a: &Args, rows: &[ResponseRow]) -> Result<(Vec<(Verdict, String)>, S
             .collect();
         return Ok((v, name));
     };
-    let m = ModelArgs {
-        model: spec.clone(),
-        device: a.device.clone(),
-        dtype: a.dtype.clone(),
-    }
-    .load()?;
+    let m = a.on.load(spec)?;
     let cache_path = a.judge_cache.clone().unwrap_or_else(|| {
         let mut p = a.out.as_ref().unwrap_or(&a.file).clone().into_os_string();
         p.push(".judge-cache.jsonl");
@@ -166,7 +158,7 @@ fn verdicts(a: &Args, rows: &[ResponseRow]) -> Result<(Vec<(Verdict, String)>, S
     let judged = judged?;
     let unparsed = judged
         .iter()
-        .filter(|j| !j.rule.starts_with("model: "))
+        .filter(|j| parse_answer(&j.answer).is_none())
         .count();
     let name = format!(
         "model {spec} ({PROMPT_VERSION}; {unparsed} of {} answers named no class: the rules judged those)",
