@@ -38,9 +38,12 @@ fn actor_on_qwen_reduces_over_refusal_and_keeps_refusals() {
     assert!(model.is_file(), "run scripts/fetch-models.sh");
     let ds = r.join("../shared/datasets");
     let f = |n: &str| ds.join(n).to_string_lossy().into_owned();
-    let d = std::env::temp_dir().join(format!("steerkit-qwen-actor-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    let run = d.join("run");
+    // Removed when the test ends, also when it fails.
+    let d = tempfile::Builder::new()
+        .prefix("steerkit-qwen-actor-")
+        .tempdir()
+        .unwrap();
+    let run = d.path().join("run");
     let m = model.to_string_lossy().into_owned();
     let out = steerkit(&[
         "actor",
@@ -93,14 +96,20 @@ fn actor_on_qwen_reduces_over_refusal_and_keeps_refusals() {
         "harmful refusal {before_h}% -> {after_h}%\n{out}"
     );
 
-    // Exported and judged on generated answers, with the KL from the original model.
-    let patched = d.join("patched");
+    // Exported as the serving stack would take it (a q8_0 GGUF like the source: 0.5 GB, where
+    // an f32 safetensors folder takes 2.4 GB of the CI machine's disk), then judged on
+    // generated answers, with the KL from the original model.
+    let patched = d.path().join("patched.gguf");
     steerkit(&[
         "export",
         "-m",
         &m,
         "--run",
         run.to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--gguf-type",
+        "q8_0",
         "--out",
         patched.to_str().unwrap(),
     ]);
@@ -120,7 +129,7 @@ fn actor_on_qwen_reduces_over_refusal_and_keeps_refusals() {
             "--kl-set".into(),
             format!("harmless_val={}", f("harmless_val.jsonl")),
             "--out".into(),
-            d.join(out).to_string_lossy().into_owned(),
+            d.path().join(out).to_string_lossy().into_owned(),
         ];
         if reference {
             args.extend(["--reference".into(), m.clone()]);
@@ -128,7 +137,7 @@ fn actor_on_qwen_reduces_over_refusal_and_keeps_refusals() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let _ = steerkit(&a);
         let rep: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(d.join(out).join("report.json")).unwrap())
+            serde_json::from_slice(&std::fs::read(d.path().join(out).join("report.json")).unwrap())
                 .unwrap();
         rep
     };
@@ -143,5 +152,4 @@ fn actor_on_qwen_reduces_over_refusal_and_keeps_refusals() {
     );
     let kl = after["utility"]["first_token_kl"]["mean"].as_f64().unwrap();
     assert!(kl < 0.3, "first-token KL {kl}");
-    std::fs::remove_dir_all(d).unwrap();
 }

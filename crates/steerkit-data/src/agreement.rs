@@ -219,9 +219,8 @@ mod tests {
 
     #[test]
     fn read_responses_checks_every_row() {
-        let d = std::env::temp_dir().join(format!("steerkit-agree-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let f = d.join("r.jsonl");
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("r.jsonl");
         let read = |text: &str| {
             std::fs::write(&f, text).unwrap();
             read_responses(&f, "completion").map_err(|e| e.to_string())
@@ -242,6 +241,5 @@ mod tests {
         assert!(e.ends_with("r.jsonl: no rows in this file"), "{e}");
         let e = read("[1]").unwrap_err();
         assert!(e.contains(":1: not a JSON object"), "{e}");
-        std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use steerkit_data::sets::{builtin, read_file, resolve, ReadOptions, SetSpec, BUILTIN};
 use steerkit_data::{DataError, SetKind};
 
-fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("steerkit-data-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
+/// `bytes` written to `name` in the test's scratch folder `d`.
+fn tmp(d: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = d.path().join(name);
     std::fs::write(&p, bytes).unwrap();
     p
 }
@@ -34,14 +33,16 @@ fn shared(name: &str) -> PathBuf {
 
 #[test]
 fn reads_txt_jsonl_and_csv() {
+    let d = tempfile::tempdir().unwrap();
     let o = ReadOptions::default();
-    let t = read_file(&tmp("a.txt", b"first\r\n\nsecond\n"), &o).unwrap();
+    let t = read_file(&tmp(&d, "a.txt", b"first\r\n\nsecond\n"), &o).unwrap();
     assert_eq!(
         t.iter().map(|i| i.prompt.as_str()).collect::<Vec<_>>(),
         ["first", "second"]
     );
     let j = read_file(
         &tmp(
+            &d,
             "a.jsonl",
             b"{\"q\": \"one\", \"type\": \"x\"}\n{\"q\": \"two\"}\n",
         ),
@@ -55,6 +56,7 @@ fn reads_txt_jsonl_and_csv() {
     assert_eq!(j[0].category.as_deref(), Some("x"));
     let c = read_file(
         &tmp(
+            &d,
             "a.csv",
             b"id,prompt,label\n1,\"hello, world\",safe\n2,bye,unsafe\n",
         ),
@@ -67,7 +69,9 @@ fn reads_txt_jsonl_and_csv() {
 
 #[test]
 fn limit_and_seeded_shuffle() {
+    let d = tempfile::tempdir().unwrap();
     let p = tmp(
+        &d,
         "n.txt",
         (0..50)
             .map(|i| format!("p{i}\n"))
@@ -113,11 +117,13 @@ fn err(path: &Path, o: &ReadOptions) -> String {
 
 #[test]
 fn bad_files_name_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
     let o = ReadOptions::default();
-    let e = err(&tmp("empty.txt", b"\n \n"), &o);
+    let e = err(&tmp(&d, "empty.txt", b"\n \n"), &o);
     assert!(e.contains("empty.txt") && e.contains("no prompts"), "{e}");
     let e = err(
         &tmp(
+            &d,
             "nofield.jsonl",
             b"{\"prompt\": \"ok\"}\n{\"text\": \"x\"}\n",
         ),
@@ -127,14 +133,17 @@ fn bad_files_name_file_and_line() {
         e.contains("nofield.jsonl:2") && e.contains("no field `prompt`"),
         "{e}"
     );
-    let e = err(&tmp("bad.txt", b"fine\n\xff\xfe broken\n"), &o);
+    let e = err(&tmp(&d, "bad.txt", b"fine\n\xff\xfe broken\n"), &o);
     assert!(e.contains("bad.txt:2") && e.contains("UTF-8"), "{e}");
-    let e = err(&tmp("bad.jsonl", b"{\"prompt\": \"ok\"}\n{not json\n"), &o);
+    let e = err(
+        &tmp(&d, "bad.jsonl", b"{\"prompt\": \"ok\"}\n{not json\n"),
+        &o,
+    );
     assert!(
         e.contains("bad.jsonl:2") && e.contains("invalid JSON"),
         "{e}"
     );
-    let e = err(&tmp("nocol.csv", b"a,b\n1,2\n"), &o);
+    let e = err(&tmp(&d, "nocol.csv", b"a,b\n1,2\n"), &o);
     assert!(e.contains("no column `prompt`"), "{e}");
     assert!(matches!(
         read_file(Path::new("/no/such.txt"), &o),

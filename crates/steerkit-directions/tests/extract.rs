@@ -14,8 +14,8 @@ fn candidates_are_differences_of_means_and_are_reused() {
     let m = load(p.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let harmful = builtin("harmful").unwrap().limit(5);
     let harmless = builtin("harmless").unwrap().limit(3);
-    let dir = std::env::temp_dir().join(format!("steerkit-extract-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
     let sys = SystemPrompt::Default;
     // Batches of 2: the means are accumulated over uneven, padded batches.
     let (c, reused) =
@@ -60,5 +60,4 @@ fn candidates_are_differences_of_means_and_are_reused() {
     )
     .unwrap();
     assert!(!reused);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -288,9 +288,8 @@ mod tests {
 
     #[test]
     fn the_cache_survives_a_torn_line_and_keys_differ_by_model() {
-        let d = std::env::temp_dir().join(format!("steerkit-judge-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        let p = d.join("sub/cache.jsonl");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/cache.jsonl");
         let mut c = AnswerCache::open(&p).unwrap();
         assert!(c.is_empty());
         c.append(vec![("k1".into(), "A".into()), ("k2".into(), "B".into())])
@@ -308,6 +307,5 @@ mod tests {
         );
         assert_ne!(key("model-a", "m"), key("model-b", "m"));
         assert_ne!(key("ab", "c"), key("a", "bc"));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

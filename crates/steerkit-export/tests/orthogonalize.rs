@@ -99,15 +99,14 @@ fn orthogonalized_weights_equal_hook_ablation() {
     eprintln!("orthogonalized: gap {gap:.2e} (unmodified {unmodified:.2})");
     assert!(gap < 1e-2, "orthogonalized weights: gap {gap}");
     // Written as a Hugging Face folder and loaded back.
-    let out = std::env::temp_dir().join(format!("steerkit-ortho-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hf");
     steerkit_model::hf::save_folder(&ortho, Some(&m.tok), Some(&m.chat), &out).unwrap();
     let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let gap = max_gap(&back.model, &prompts, &hooked);
     assert!(gap < 1e-2, "safetensors round trip: gap {gap}");
-    std::fs::remove_dir_all(&out).unwrap();
     // As an f16 GGUF file with the source's tokenizer and template.
-    let gguf = std::env::temp_dir().join(format!("steerkit-ortho-{}.gguf", std::process::id()));
+    let gguf = tmp.path().join("ortho.gguf");
     let src = steerkit_model::gguf::Gguf::open(&p).unwrap();
     steerkit_export::gguf::write(&ortho, &src, steerkit_export::gguf::GgufType::F16, &gguf)
         .unwrap();
@@ -124,7 +123,6 @@ fn orthogonalized_weights_equal_hook_ablation() {
         prompts.len()
     );
     assert!(gap < 0.1, "f16 GGUF: gap {gap}");
-    std::fs::remove_file(&gguf).unwrap();
     // A direction of the wrong width.
     let bad = Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(steerkit_export::orthogonalize(&m.model, &bad)

@@ -353,11 +353,10 @@ fn unpermute_inverts_the_llama_cpp_permutation() {
 
 #[test]
 fn hugging_face_folder_round_trip() {
-    let dir = std::env::temp_dir().join(format!("steerkit-rt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempfile::tempdir().unwrap();
     for arch in ARCHS {
         let m = tiny(arch, DType::F32);
-        let out = dir.join(format!("{arch:?}"));
+        let out = dir.path().join(format!("{arch:?}"));
         steerkit_model::hf::save_folder(&m, None, None, &out).unwrap();
         let f = steerkit_model::hf::HfFolder::open(&out).unwrap();
         let back = f.model(&Device::Cpu, DType::F32).unwrap();
@@ -374,7 +373,6 @@ fn hugging_face_folder_round_trip() {
             "no overwrite"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `Ablate::only_layers` ablates in the chosen blocks and nowhere else.
