@@ -230,11 +230,14 @@ fn builtin_sets_copy_no_benchmark_prompt() {
     assert_eq!(contrast.len(), 64);
     let borderline = validation_file("borderline_unsafe.jsonl");
     assert_eq!(borderline.len(), 60);
+    let fresh = validation_file("fresh_twins.jsonl");
+    assert_eq!(fresh.len(), 320);
     let own = BUILTIN
         .iter()
         .flat_map(|(name, _, _)| builtin(name).unwrap().items)
         .chain(contrast)
-        .chain(borderline);
+        .chain(borderline)
+        .chain(fresh);
     for it in own {
         assert!(
             !bench.contains(&norm(&it.prompt)),
@@ -260,6 +263,23 @@ fn contrast_pairs_alternate_safe_and_unsafe() {
             pair[1].category.as_deref(),
             Some(format!("contrast_{t}").as_str())
         );
+    }
+}
+
+/// `sets/fresh_twins.jsonl` (validation only): every safe prompt followed by its unsafe twin of
+/// the same kind.
+#[test]
+fn fresh_twins_alternate_safe_and_unsafe() {
+    for pair in validation_file("fresh_twins.jsonl").chunks(2) {
+        assert_eq!(pair[0].label.as_deref(), Some("safe"), "{}", pair[0].prompt);
+        assert_eq!(
+            pair[1].label.as_deref(),
+            Some("unsafe"),
+            "{}",
+            pair[1].prompt
+        );
+        assert_eq!(pair[0].category, pair[1].category, "{}", pair[0].prompt);
+        assert_ne!(pair[0].prompt, pair[1].prompt);
     }
 }
 
