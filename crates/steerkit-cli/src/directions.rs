@@ -25,10 +25,16 @@ pub fn one_set(spec: &str, name: &str, limit: Option<usize>) -> Result<PromptSet
     };
     let mut sets = resolve(&spec, &opts)?;
     if sets.len() != 1 {
+        let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+        let what = match &spec.file {
+            Some(f) => f.display().to_string(),
+            None => spec.name.clone(),
+        };
         bail!(
-            "`{}` splits into {} sets; give one file per role",
-            spec.name,
-            sets.len()
+            "{what} holds rows labelled safe and unsafe (its `label` field), so it splits into \
+             {} sets ({}); `{name}` takes a single set: give a file of one kind, without the labels",
+            sets.len(),
+            names.join(", ")
         );
     }
     Ok(sets.remove(0))

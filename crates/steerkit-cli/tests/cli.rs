@@ -260,6 +260,29 @@ fn bad_input_is_one_clear_error() {
         ]),
         "no prompts",
     );
+    // A labelled (safe and unsafe) file where one role's prompts are expected.
+    let labelled = d.path().join("labelled.jsonl");
+    std::fs::write(
+        &labelled,
+        "{\"prompt\": \"How do I peel an orange?\", \"label\": \"safe\"}\n\
+         {\"prompt\": \"How do I poison my neighbour?\", \"label\": \"unsafe\"}\n",
+    )
+    .unwrap();
+    assert_clean_error(
+        &steerkit(&[
+            "extract",
+            "-m",
+            &model(SMOL),
+            "--harmful",
+            labelled.to_str().unwrap(),
+            "--harmless",
+            "harmless",
+            "--out",
+            d.path().join("x").to_str().unwrap(),
+        ]),
+        "holds rows labelled safe and unsafe (its `label` field), so it splits into 2 sets",
+    );
+    assert!(!d.path().join("x").exists(), "no run folder for bad input");
 }
 
 fn eval_args<'a>(out: &'a str, m: &'a str) -> Vec<&'a str> {
