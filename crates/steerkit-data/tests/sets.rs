@@ -247,20 +247,34 @@ fn builtin_sets_copy_no_benchmark_prompt() {
     }
 }
 
+/// The (safe, unsafe) pairs of a validation file whose every safe prompt is followed by its
+/// unsafe twin; fails unless the labels alternate so.
+fn alternating_twins(
+    items: &[steerkit_data::PromptItem],
+) -> Vec<(&steerkit_data::PromptItem, &steerkit_data::PromptItem)> {
+    assert_eq!(items.len() % 2, 0, "an unpaired prompt");
+    items
+        .chunks(2)
+        .map(|pair| {
+            assert_eq!(pair[0].label.as_deref(), Some("safe"), "{}", pair[0].prompt);
+            assert_eq!(
+                pair[1].label.as_deref(),
+                Some("unsafe"),
+                "{}",
+                pair[1].prompt
+            );
+            (&pair[0], &pair[1])
+        })
+        .collect()
+}
+
 /// The project's contrast pairs: every safe prompt followed by its unsafe twin.
 #[test]
 fn contrast_pairs_alternate_safe_and_unsafe() {
-    for pair in contrast_pairs().chunks(2) {
-        assert_eq!(pair[0].label.as_deref(), Some("safe"), "{}", pair[0].prompt);
+    for (safe, unsafe_) in alternating_twins(&contrast_pairs()) {
+        let t = safe.category.as_deref().unwrap();
         assert_eq!(
-            pair[1].label.as_deref(),
-            Some("unsafe"),
-            "{}",
-            pair[1].prompt
-        );
-        let t = pair[0].category.as_deref().unwrap();
-        assert_eq!(
-            pair[1].category.as_deref(),
+            unsafe_.category.as_deref(),
             Some(format!("contrast_{t}").as_str())
         );
     }
@@ -270,16 +284,9 @@ fn contrast_pairs_alternate_safe_and_unsafe() {
 /// the same kind.
 #[test]
 fn fresh_twins_alternate_safe_and_unsafe() {
-    for pair in validation_file("fresh_twins.jsonl").chunks(2) {
-        assert_eq!(pair[0].label.as_deref(), Some("safe"), "{}", pair[0].prompt);
-        assert_eq!(
-            pair[1].label.as_deref(),
-            Some("unsafe"),
-            "{}",
-            pair[1].prompt
-        );
-        assert_eq!(pair[0].category, pair[1].category, "{}", pair[0].prompt);
-        assert_ne!(pair[0].prompt, pair[1].prompt);
+    for (safe, unsafe_) in alternating_twins(&validation_file("fresh_twins.jsonl")) {
+        assert_eq!(safe.category, unsafe_.category, "{}", safe.prompt);
+        assert_ne!(safe.prompt, unsafe_.prompt);
     }
 }
 
