@@ -78,6 +78,13 @@ fn cache_key(
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// The key of the cache in `dir`, when there is a readable one.
+fn cached_key(dir: &Path) -> Option<String> {
+    let meta: CacheMeta =
+        serde_json::from_slice(&std::fs::read(dir.join(CACHE_META)).ok()?).ok()?;
+    Some(meta.key)
+}
+
 fn load_cache(dir: &Path, key: &str) -> Option<Prepared> {
     let meta: CacheMeta =
         serde_json::from_slice(&std::fs::read(dir.join(CACHE_META)).ok()?).ok()?;
@@ -150,6 +157,15 @@ pub fn prepare(
     let key = cache_key(m, [harmful, harmless, pseudo], vals, opts)?;
     if let Some(p) = load_cache(dir, &key) {
         return Ok(p);
+    }
+    // Caching anew where training has started would resume that training on other prompts.
+    if crate::train::has_started(dir) && cached_key(dir).is_some_and(|k| k != key) {
+        return Err(run_err(
+            dir,
+            "holds a training run prepared from other prompts or preparation settings (model, \
+             sets, validation sets, system prompt, layer, screening); use another --out or \
+             delete it",
+        ));
     }
     let hp = harmful.prompts();
     let bp = harmless.prompts();

@@ -156,6 +156,49 @@ impl TrainConfig {
     }
 }
 
+/// The training state of run folder `dir`, when training has started there.
+fn read_state(dir: &Path) -> Result<Option<State>, ActorError> {
+    let sp = dir.join(STATE);
+    if !sp.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&sp).map_err(|e| crate::run_err(&sp, e.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| crate::run_err(&sp, format!("unreadable: {e}")))
+}
+
+/// True when training has started in `dir` (it holds a training state).
+pub fn has_started(dir: &Path) -> bool {
+    dir.join(STATE).is_file()
+}
+
+/// Fails when `dir` holds a training run whose settings differ from `cfg` in anything but the
+/// number of epochs, and, unless `layer_known`, the layer (chosen later, from the prompts).
+/// Cheap: meant to run before the block inputs are cached, so that a mismatch is reported
+/// before minutes of work rather than after.
+pub fn check_resumable(dir: &Path, cfg: &TrainConfig, layer_known: bool) -> Result<(), ActorError> {
+    let Some(s) = read_state(dir)? else {
+        return Ok(());
+    };
+    let mut want = cfg.clone();
+    if !layer_known {
+        want.layer = s.config.layer;
+    }
+    if s.config.same_run(&want) {
+        Ok(())
+    } else {
+        Err(other_settings(dir))
+    }
+}
+
+fn other_settings(dir: &Path) -> ActorError {
+    crate::run_err(
+        dir,
+        "holds a training run with other settings; use another --out or delete it",
+    )
+}
+
 /// Held-out prompts whose first-token refusal rate is measured after every epoch.
 pub struct Val {
     pub name: String,
@@ -474,17 +517,9 @@ pub fn train_projected(
     let mut logs = read_log(dir);
     let mut start = 0;
     let mut resume_state = None;
-    let sp = dir.join(STATE);
-    if sp.is_file() {
-        let s: State = serde_json::from_slice(
-            &std::fs::read(&sp).map_err(|e| crate::run_err(&sp, e.to_string()))?,
-        )
-        .map_err(|e| crate::run_err(&sp, format!("unreadable: {e}")))?;
+    if let Some(s) = read_state(dir)? {
         if !s.config.same_run(cfg) {
-            return Err(crate::run_err(
-                dir,
-                "holds a training run with other settings; use another --out or delete it",
-            ));
+            return Err(other_settings(dir));
         }
         if s.epochs_done > 0 {
             load_block(model, &block_file(dir, s.epochs_done))?;
@@ -639,7 +674,10 @@ pub fn train_projected(
             step: opt.step,
             config: cfg.clone(),
         };
-        write_atomic(&sp, &serde_json::to_vec_pretty(&state).expect("serializes"))?;
+        write_atomic(
+            &dir.join(STATE),
+            &serde_json::to_vec_pretty(&state).expect("serializes"),
+        )?;
         logs.push(log);
         write_log(dir, &logs)?;
         progress(Progress::Done(logs.last().expect("pushed")));

@@ -147,6 +147,42 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|s| one_set(s, "val", None))
         .collect::<Result<Vec<_>>>()?;
+    // The settings first, so that a run folder trained with other ones is reported before
+    // the block inputs are cached (minutes); the layer is filled in once chosen.
+    let mut cfg = TrainConfig {
+        layer: a.layer.unwrap_or(0),
+        alpha: a.alpha,
+        alpha_harmful: a.alpha_harmful,
+        alpha_harmless: a.alpha_harmless,
+        adamw: AdamWConfig {
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            ..Default::default()
+        },
+        epochs: a.epochs,
+        batch: a.batch_size,
+        clip: a.clip,
+        seed: a.seed,
+        parts,
+        refresh: a.refresh,
+        ogp: (a.proj.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
+            data: a.proj.ogp_data.clone(),
+            n: a.proj.ogp_limit,
+            energy: a.proj.ogp_energy,
+            max_k: a.proj.ogp_max_k,
+            estimator: if a.proj.ogp == "grad" {
+                Estimator::Grad {
+                    k: a.proj.ogp_k,
+                    every: a.ogp_every,
+                    batch: a.ogp_batch,
+                    answer_tokens: a.ogp_answer_tokens,
+                }
+            } else {
+                Estimator::Act
+            },
+        }),
+    };
+    steerkit_actor::train::check_resumable(&a.out, &cfg, a.layer.is_some())?;
     let m = a.model.load()?;
     let t0 = std::time::Instant::now();
     let total = (harmful.items.len() + harmless.items.len() + pseudo.items.len())
@@ -194,39 +230,7 @@ pub fn run(a: Args) -> Result<()> {
             format!("block inputs cached in {prep_secs:.1} s")
         }
     );
-    let cfg = TrainConfig {
-        layer: prep.layer,
-        alpha: a.alpha,
-        alpha_harmful: a.alpha_harmful,
-        alpha_harmless: a.alpha_harmless,
-        adamw: AdamWConfig {
-            lr: a.lr,
-            weight_decay: a.weight_decay,
-            ..Default::default()
-        },
-        epochs: a.epochs,
-        batch: a.batch_size,
-        clip: a.clip,
-        seed: a.seed,
-        parts,
-        refresh: a.refresh,
-        ogp: (a.proj.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
-            data: a.proj.ogp_data.clone(),
-            n: a.proj.ogp_limit,
-            energy: a.proj.ogp_energy,
-            max_k: a.proj.ogp_max_k,
-            estimator: if a.proj.ogp == "grad" {
-                Estimator::Grad {
-                    k: a.proj.ogp_k,
-                    every: a.ogp_every,
-                    batch: a.ogp_batch,
-                    answer_tokens: a.ogp_answer_tokens,
-                }
-            } else {
-                Estimator::Act
-            },
-        }),
-    };
+    cfg.layer = prep.layer;
     let meta = ActorMeta {
         model: m.path.display().to_string(),
         fingerprint: m.fingerprint()?,
