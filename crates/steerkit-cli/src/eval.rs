@@ -123,22 +123,20 @@ pub fn run(a: Args) -> Result<()> {
                 dir.dim(0)?,
                 m.model.cfg.hidden_size
             );
+                let id = steerkit_directions::intervene::direction_id(&dir)?;
                 let dir = dir.to_device(&m.model.device)?;
                 match kind {
                     "ablate" => (
                         Box::new(steerkit_directions::intervene::ablation(&dir)?),
-                        format!("ablate L{} pos {} ({})", sel.layer, sel.pos, run.display()),
+                        format!("ablate L{} pos {} (direction {id})", sel.layer, sel.pos),
                     ),
                     _ => (
                         Box::new(steerkit_directions::intervene::addition(
                             &dir, sel.layer, a.coeff,
                         )?),
                         format!(
-                            "add {}·r at L{} pos {} ({})",
-                            a.coeff,
-                            sel.layer,
-                            sel.pos,
-                            run.display()
+                            "add {}·r at L{} pos {} (direction {id})",
+                            a.coeff, sel.layer, sel.pos
                         ),
                     ),
                 }

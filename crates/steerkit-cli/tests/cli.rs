@@ -539,6 +539,26 @@ fn directions_pipeline_and_bad_runs() {
         String::from_utf8_lossy(&ev.stderr)
     );
     assert!(String::from_utf8_lossy(&ev.stdout).contains("add 2·r at L10 pos -1"));
+    // Answers name the direction by its values, not by its folder: from a copy of the run
+    // folder they are all reused.
+    let moved = d.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for f in std::fs::read_dir(&run).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, moved.join(f.file_name().unwrap())).unwrap();
+    }
+    let again: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == r { moved.to_str().unwrap() } else { a })
+        .collect();
+    let ev = steerkit(&again);
+    let said = String::from_utf8_lossy(&ev.stdout);
+    assert!(
+        ev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+    assert!(said.contains("all answers were already saved"), "{said}");
     // Experiments: a 2 x 2 sweep plus the baseline, resumable; bad layer specs are errors.
     let ab = d.path().join("ablate");
     let sweep_args = [
@@ -819,7 +839,20 @@ fn actor_trains_resumes_and_exports() {
     // Other settings in the same folder: refused.
     let mut args = base.to_vec();
     args.extend(["--epochs", "3", "--alpha", "0.5"]);
-    assert_clean_error(&steerkit(&args), "other settings");
+    let cache = std::fs::read(run.join("inputs.json")).unwrap();
+    let other = steerkit(&args);
+    assert_clean_error(&other, "other settings");
+    // ... before any preparation (no layer line: nothing was cached or loaded from the cache).
+    let said = String::from_utf8_lossy(&other.stdout);
+    assert!(!said.contains("silhouette"), "{said}");
+    // Other prompts (a smaller --limit) with the same settings: refused before caching them,
+    // so the folder's training is never resumed on prompts it was not started on.
+    let mut args = base.to_vec();
+    assert_eq!((args[3], args[4]), ("--limit", "6"));
+    args[4] = "5";
+    args.extend(["--epochs", "3"]);
+    assert_clean_error(&steerkit(&args), "other prompts");
+    assert_eq!(std::fs::read(run.join("inputs.json")).unwrap(), cache);
     // Export: the folder carries the trained block and loads.
     let exported = d.path().join("patched");
     let ex = steerkit(&[
