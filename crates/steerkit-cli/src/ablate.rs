@@ -142,6 +142,7 @@ pub fn run(a: Args) -> Result<()> {
         judge: Judge::default(),
         judge_name: "steerkit rules (built-in)".into(),
         condition: String::new(),
+        earlier_labels: Vec::new(),
     };
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let total = (conditions.len() * set.items.len()) as u64;

@@ -112,37 +112,44 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let (mut hook, condition): (Box<dyn steerkit_model::Hook>, String) =
-        match (&a.run, a.intervention.as_deref()) {
-            (Some(run), Some(kind)) => {
-                let (dir, sel) = crate::directions::selected_direction(run)?;
-                anyhow::ensure!(
+    // The condition names the direction by its values; versions before 2026-11-26 named it
+    // by its folder, and folders they saved resume under that earlier label.
+    let (mut hook, condition, earlier_labels): (
+        Box<dyn steerkit_model::Hook>,
+        String,
+        Vec<String>,
+    ) = match (&a.run, a.intervention.as_deref()) {
+        (Some(run), Some(kind)) => {
+            let (dir, sel) = crate::directions::selected_direction(run)?;
+            anyhow::ensure!(
                 dir.dim(0)? == m.model.cfg.hidden_size,
                 "{}: the direction has width {}, the model {} (a direction from another model?)",
                 run.display(),
                 dir.dim(0)?,
                 m.model.cfg.hidden_size
             );
-                let id = steerkit_directions::intervene::direction_id(&dir)?;
-                let dir = dir.to_device(&m.model.device)?;
-                match kind {
-                    "ablate" => (
-                        Box::new(steerkit_directions::intervene::ablation(&dir)?),
-                        format!("ablate L{} pos {} (direction {id})", sel.layer, sel.pos),
-                    ),
-                    _ => (
-                        Box::new(steerkit_directions::intervene::addition(
-                            &dir, sel.layer, a.coeff,
-                        )?),
-                        format!(
-                            "add {}·r at L{} pos {} (direction {id})",
-                            a.coeff, sel.layer, sel.pos
-                        ),
-                    ),
-                }
-            }
-            _ => (Box::new(NoHook), "none".to_string()),
-        };
+            let id = steerkit_directions::intervene::direction_id(&dir)?;
+            let dir = dir.to_device(&m.model.device)?;
+            let (hook, what): (Box<dyn steerkit_model::Hook>, String) = match kind {
+                "ablate" => (
+                    Box::new(steerkit_directions::intervene::ablation(&dir)?),
+                    format!("ablate L{} pos {}", sel.layer, sel.pos),
+                ),
+                _ => (
+                    Box::new(steerkit_directions::intervene::addition(
+                        &dir, sel.layer, a.coeff,
+                    )?),
+                    format!("add {}·r at L{} pos {}", a.coeff, sel.layer, sel.pos),
+                ),
+            };
+            (
+                hook,
+                format!("{what} (direction {id})"),
+                vec![format!("{what} ({})", run.display())],
+            )
+        }
+        _ => (Box::new(NoHook), "none".to_string(), Vec::new()),
+    };
     let opts = EvalOptions {
         max_new_tokens: a.max_new_tokens,
         batch_size: a.batch_size,
@@ -150,6 +157,7 @@ pub fn run(a: Args) -> Result<()> {
         judge,
         judge_name,
         condition,
+        earlier_labels,
     };
     let total: usize = sets.iter().map(|s| s.items.len()).sum();
     let pb = bar(total as u64, "answering");

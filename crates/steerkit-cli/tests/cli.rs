@@ -559,6 +559,24 @@ fn directions_pipeline_and_bad_runs() {
         String::from_utf8_lossy(&ev.stderr)
     );
     assert!(said.contains("all answers were already saved"), "{said}");
+    // A folder saved by an earlier version names the direction by its folder; it resumes and
+    // takes the current name.
+    let meta_path = out.join("meta.json");
+    let meta = std::fs::read_to_string(&meta_path).unwrap();
+    let current = "add 2·r at L10 pos -1 (direction ";
+    assert!(meta.contains(current), "{meta}");
+    let mut old: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    old["condition"] = format!("add 2·r at L10 pos -1 ({r})").into();
+    std::fs::write(&meta_path, old.to_string()).unwrap();
+    let ev = steerkit(&args);
+    assert!(
+        String::from_utf8_lossy(&ev.stdout).contains("all answers were already saved"),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+    assert!(std::fs::read_to_string(&meta_path)
+        .unwrap()
+        .contains(current));
     // Experiments: a 2 x 2 sweep plus the baseline, resumable; bad layer specs are errors.
     let ab = d.path().join("ablate");
     let sweep_args = [

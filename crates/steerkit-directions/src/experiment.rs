@@ -88,6 +88,7 @@ pub fn run_condition(
     let mut hook = iv.hook(direction)?;
     let opts = EvalOptions {
         condition: iv.label(),
+        earlier_labels: Vec::new(),
         ..opts.clone()
     };
     let reference = (*iv != Intervention::None).then_some((m, set));

@@ -52,6 +52,9 @@ pub struct EvalOptions {
     pub judge_name: String,
     /// A label for the patch or intervention applied ("none" for the plain model).
     pub condition: String,
+    /// Labels the same condition had in folders saved by earlier versions of steerkit: such a
+    /// folder resumes, and its meta.json takes the current label.
+    pub earlier_labels: Vec<String>,
 }
 
 /// Progress events for a caller's progress bar.
@@ -172,7 +175,12 @@ pub fn evaluate(
                 old.model
             )));
         }
-        if (&old.condition, old.max_new_tokens, &old.system)
+        let condition = if opts.earlier_labels.contains(&old.condition) {
+            &meta.condition
+        } else {
+            &old.condition
+        };
+        if (condition, old.max_new_tokens, &old.system)
             != (&meta.condition, meta.max_new_tokens, &meta.system)
         {
             return Err(EvalError::Mismatch(format!(
