@@ -8,24 +8,9 @@
 //! ```
 //!
 //! Writes `[rows, layers, hidden]` little-endian f32, rows in file order.
-use candle_core::{DType, Tensor};
 use std::io::Write;
 use steerkit_eval::model_judge::judge_message;
-use steerkit_model::{load, Hook, HookCtx, HookPoint, LoadOptions, Mode, SystemPrompt};
-
-struct Rec {
-    layers: Vec<usize>,
-    got: Vec<Tensor>,
-}
-impl Hook for Rec {
-    fn call(&mut self, c: HookCtx, x: &Tensor) -> steerkit_model::Result<Option<Tensor>> {
-        if c.site.point == HookPoint::Output && self.layers.contains(&c.site.layer) {
-            let t = x.dim(1)?;
-            self.got.push(x.narrow(1, t - 1, 1)?.squeeze(1)?);
-        }
-        Ok(None)
-    }
-}
+use steerkit_model::{left_pad, load, HookPoint, LoadOptions, Mode, Record, Site, SystemPrompt};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
@@ -54,30 +39,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hidden = m.model.cfg.hidden_size;
     let mut out = vec![0f32; rows.len() * layers.len() * hidden];
     let t0 = std::time::Instant::now();
+    let sites: Vec<Site> = layers
+        .iter()
+        .map(|&layer| Site {
+            layer,
+            point: HookPoint::Output,
+        })
+        .collect();
     for (bi, batch) in ids.chunks(8).enumerate() {
-        let t = batch[0].1.len();
-        let mut flat = Vec::new();
-        let mut pads = Vec::new();
-        for (_, v) in batch {
-            pads.push(t - v.len());
-            flat.extend(std::iter::repeat_n(m.tok.pad_id, t - v.len()));
-            flat.extend(v);
-        }
-        let x = Tensor::from_vec(flat, (batch.len(), t), &m.model.device)?;
-        let x = m.model.embed(&x)?;
-        let mut rec = Rec {
-            layers: layers.clone(),
-            got: vec![],
-        };
-        m.model
-            .forward_layers(x, &pads, 0..top, None, &mut rec, Mode::Inference)?;
-        // [layers, batch, hidden] in layer order (hooks fire in forward order).
-        let st = Tensor::stack(&rec.got, 0)?.to_dtype(DType::F32)?;
-        let v: Vec<Vec<Vec<f32>>> = st.to_vec3()?;
-        for (k, (i, _)) in batch.iter().enumerate() {
-            for (li, lv) in v.iter().enumerate() {
+        let rows: Vec<Vec<u32>> = batch.iter().map(|(_, v)| v.clone()).collect();
+        let (x, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device)?;
+        let mut rec = Record::new(sites.clone(), vec![-1]);
+        m.model.forward_layers(
+            m.model.embed(&x)?,
+            &pads,
+            0..top,
+            None,
+            &mut rec,
+            Mode::Inference,
+        )?;
+        for (li, site) in sites.iter().enumerate() {
+            // [batch, 1, hidden], f32.
+            let v: Vec<Vec<Vec<f32>>> = rec.get(*site).ok_or("a layer not reached")?.to_vec3()?;
+            for (k, (i, _)) in batch.iter().enumerate() {
                 let o = (i * layers.len() + li) * hidden;
-                out[o..o + hidden].copy_from_slice(&lv[k]);
+                out[o..o + hidden].copy_from_slice(&v[k][0]);
             }
         }
         if bi % 10 == 0 {
