@@ -78,16 +78,13 @@ fn cache_key(
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// The key of the cache in `dir`, when there is a readable one.
-fn cached_key(dir: &Path) -> Option<String> {
-    let meta: CacheMeta =
-        serde_json::from_slice(&std::fs::read(dir.join(CACHE_META)).ok()?).ok()?;
-    Some(meta.key)
+/// The description of the cache in `dir`, when there is a readable one.
+fn read_meta(dir: &Path) -> Option<CacheMeta> {
+    serde_json::from_slice(&std::fs::read(dir.join(CACHE_META)).ok()?).ok()
 }
 
 fn load_cache(dir: &Path, key: &str) -> Option<Prepared> {
-    let meta: CacheMeta =
-        serde_json::from_slice(&std::fs::read(dir.join(CACHE_META)).ok()?).ok()?;
+    let meta = read_meta(dir)?;
     if meta.key != key {
         return None;
     }
@@ -159,7 +156,7 @@ pub fn prepare(
         return Ok(p);
     }
     // Caching anew where training has started would resume that training on other prompts.
-    if crate::train::has_started(dir) && cached_key(dir).is_some_and(|k| k != key) {
+    if crate::train::has_started(dir) && read_meta(dir).is_some_and(|m| m.key != key) {
         return Err(run_err(
             dir,
             "holds a training run prepared from other prompts or preparation settings (model, \
