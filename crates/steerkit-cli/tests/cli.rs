@@ -54,6 +54,17 @@ fn tiny_folder(dir: &Path) -> PathBuf {
 }
 
 /// Asserts a clean failure: non-zero exit, one `error:` line mentioning `needle`, no panic.
+/// Asserts that the command succeeded, showing its stderr and stdout when it did not.
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "command failed ({})\nstderr:\n{}\nstdout:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 fn assert_clean_error(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "should fail: {err}");
@@ -69,11 +80,7 @@ fn assert_clean_error(out: &Output, needle: &str) {
 #[test]
 fn inspect_reports_the_architecture() {
     let out = steerkit(&["inspect", "--json", "-m", &model(SMOL)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["architecture"], "llama");
     assert_eq!(v["layers"], 30);
@@ -102,11 +109,7 @@ fn generate_answers_a_file_of_prompts() {
         "--max-new-tokens",
         "8",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -133,11 +136,7 @@ fn chat_keeps_a_conversation() {
         .write_all(b"Hello!\nWhat did I just say?\n/exit\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches("> ").count(), 3, "three prompts shown: {text}");
 }
@@ -147,11 +146,7 @@ fn a_hugging_face_folder_and_a_cached_repo_id_load() {
     let d = tmpdir("hf");
     let folder = tiny_folder(d.path());
     let out = steerkit(&["inspect", "--json", "-m", folder.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["kind"], "hf_folder");
     assert_eq!(v["hidden_size"], 32);
@@ -177,11 +172,7 @@ fn a_hugging_face_folder_and_a_cached_repo_id_load() {
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["prompt"], "Hi");
     assert!(
@@ -310,11 +301,7 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
     let o = out.to_str().unwrap();
     let smol = model(SMOL);
     let first = steerkit(&eval_args(o, &smol));
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert_ok(&first);
     assert!(String::from_utf8_lossy(&first.stdout).contains("9 prompts answered"));
     // The report names the judge with its measured agreement with people.
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
@@ -341,11 +328,7 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
     std::fs::write(&resp, torn).unwrap();
     std::fs::remove_file(out.join("report.json")).unwrap();
     let second = steerkit(&eval_args(o, &smol));
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    assert_ok(&second);
     assert!(
         String::from_utf8_lossy(&second.stdout).contains("1 prompts answered"),
         "{}",
@@ -387,7 +370,7 @@ fn compare_pairs_two_runs() {
         args.extend(["--set", "harmless", "--system", sys, "--reference", &smol]);
         args.extend(["--kl-limit", "5"]);
         let r = steerkit(&args);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_ok(&r);
     }
     // The reference is the same model: zero KL; the plain-text cross-entropy is measured.
     let report = |dir: &Path| -> serde_json::Value {
@@ -411,7 +394,7 @@ fn compare_pairs_two_runs() {
         "--out",
         d.path().join("c").to_str().unwrap(),
     ]);
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_ok(&c);
     let text = String::from_utf8_lossy(&c.stdout);
     assert!(
         text.contains("| harmless |") && text.contains("(n=3)"),
@@ -435,11 +418,7 @@ fn directions_pipeline_and_bad_runs() {
     let run = d.path().join("run");
     let r = run.to_str().unwrap();
     let ex = steerkit(&["extract", "-m", &smol, "--limit", "4", "--out", r]);
-    assert!(
-        ex.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ex.stderr)
-    );
+    assert_ok(&ex);
     for f in ["directions.safetensors", "extract.json"] {
         assert!(run.join(f).is_file(), "{f}");
     }
@@ -511,11 +490,7 @@ fn directions_pipeline_and_bad_runs() {
         "--pos",
         "-1",
     ]);
-    assert!(
-        sel.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sel.stderr)
-    );
+    assert_ok(&sel);
     assert!(String::from_utf8_lossy(&sel.stdout).contains("selected layer 10 position -1"));
     for f in ["scores.csv", "scores.svg", "selected.json"] {
         assert!(run.join(f).is_file(), "{f}");
@@ -533,11 +508,7 @@ fn directions_pipeline_and_bad_runs() {
         "2",
     ]);
     let ev = steerkit(&args);
-    assert!(
-        ev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ev.stderr)
-    );
+    assert_ok(&ev);
     assert!(String::from_utf8_lossy(&ev.stdout).contains("add 2·r at L10 pos -1"));
     // Answers name the direction by its values, not by its folder: from a copy of the run
     // folder they are all reused.
@@ -553,11 +524,7 @@ fn directions_pipeline_and_bad_runs() {
         .collect();
     let ev = steerkit(&again);
     let said = String::from_utf8_lossy(&ev.stdout);
-    assert!(
-        ev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ev.stderr)
-    );
+    assert_ok(&ev);
     assert!(said.contains("all answers were already saved"), "{said}");
     // A folder saved by an earlier version names the direction by its folder; it resumes and
     // takes the current name.
@@ -601,11 +568,7 @@ fn directions_pipeline_and_bad_runs() {
         ab.to_str().unwrap(),
     ];
     let sw = steerkit(&sweep_args);
-    assert!(
-        sw.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sw.stderr)
-    );
+    assert_ok(&sw);
     let csv = std::fs::read_to_string(ab.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
     assert!(csv.contains("\"add 8·r at L10\",10,8,"), "{csv}");
@@ -618,7 +581,7 @@ fn directions_pipeline_and_bad_runs() {
         .unwrap()
         .contains("L10"));
     let again = steerkit(&sweep_args);
-    assert!(again.status.success());
+    assert_ok(&again);
     assert_eq!(
         std::fs::read_to_string(ab.join("results.csv")).unwrap(),
         csv
@@ -658,11 +621,7 @@ fn directions_pipeline_and_bad_runs() {
         "--out",
         ortho.to_str().unwrap(),
     ]);
-    assert!(
-        ex.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ex.stderr)
-    );
+    assert_ok(&ex);
     let g = steerkit(&[
         "generate",
         "-m",
@@ -672,7 +631,7 @@ fn directions_pipeline_and_bad_runs() {
         "--max-new-tokens",
         "4",
     ]);
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    assert_ok(&g);
     assert_clean_error(
         &steerkit(&[
             "export",
@@ -698,11 +657,7 @@ fn directions_pipeline_and_bad_runs() {
         "--out",
         cv.to_str().unwrap(),
     ]);
-    assert!(
-        ex.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ex.stderr)
-    );
+    assert_ok(&ex);
     let mut f = std::fs::File::open(&cv).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     assert_eq!(
@@ -783,11 +738,7 @@ fn actor_trains_resumes_and_exports() {
     args.extend(["--epochs", "1"]);
     let first = steerkit(&args);
     let out = String::from_utf8_lossy(&first.stdout);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert_ok(&first);
     assert!(out.contains("epoch 1: loss"), "{out}");
     assert!(out.contains("pseudo_harmful refused"), "{out}");
     // A second run with more epochs reuses the cache and resumes after epoch 1.
@@ -795,11 +746,7 @@ fn actor_trains_resumes_and_exports() {
     args.extend(["--epochs", "2"]);
     let second = steerkit(&args);
     let out = String::from_utf8_lossy(&second.stdout);
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    assert_ok(&second);
     assert!(
         out.contains("reused") && out.contains("epoch 2: loss"),
         "{out}"
@@ -844,11 +791,7 @@ fn actor_trains_resumes_and_exports() {
         combined.to_str().unwrap(),
     ]);
     let out = String::from_utf8_lossy(&mixed.stdout);
-    assert!(
-        mixed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&mixed.stderr)
-    );
+    assert_ok(&mixed);
     assert!(
         out.contains("12 harmful, 6 harmless, 5 of 5 pseudo-harmful"),
         "{out}"
@@ -882,11 +825,7 @@ fn actor_trains_resumes_and_exports() {
         "--out",
         exported.to_str().unwrap(),
     ]);
-    assert!(
-        ex.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ex.stderr)
-    );
+    assert_ok(&ex);
     assert_export_holds(t, &run.join("block-epoch2.safetensors"), &exported, 1);
     // An earlier epoch on request; an epoch not trained is an error.
     let export_epoch = |e: &str, out: &Path| {
@@ -904,11 +843,7 @@ fn actor_trains_resumes_and_exports() {
     };
     let first = d.path().join("patched-1");
     let ex = export_epoch("1", &first);
-    assert!(
-        ex.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ex.stderr)
-    );
+    assert_ok(&ex);
     assert_export_holds(t, &run.join("block-epoch1.safetensors"), &first, 1);
     assert_clean_error(
         &export_epoch("3", &d.path().join("y")),
@@ -944,7 +879,7 @@ fn actor_trains_resumes_and_exports() {
     ]);
     let o = steerkit(&args);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ok(&o);
     assert!(
         out.contains("gradient projection (act) on 4 capability prompts"),
         "{out}"
@@ -974,7 +909,7 @@ fn actor_trains_resumes_and_exports() {
     ]);
     let o = steerkit(&args);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ok(&o);
     assert!(
         out.contains("gradient projection (grad) on 4 capability prompts"),
         "{out}"
@@ -1032,7 +967,7 @@ fn judge_writes_verdicts_and_agreement() {
         out.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ok(&o);
     assert!(
         text.contains("judged 5 responses")
             && text.contains("compliance 3, full_refusal 2, partial_refusal 0"),
@@ -1090,7 +1025,7 @@ fn judge_writes_verdicts_and_agreement() {
     // Without --out: rows on stdout, the summary on stderr; another field.
     std::fs::write(&input, "{\"text\": \"I won't.\"}\n").unwrap();
     let o = steerkit(&["judge", input.to_str().unwrap(), "--field", "text"]);
-    assert!(o.status.success());
+    assert_ok(&o);
     let row: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(row["verdict"], "full_refusal");
     assert!(String::from_utf8_lossy(&o.stderr).contains("judged 1 responses"));
@@ -1157,7 +1092,7 @@ fn judge_model_answers_are_cached_and_parsed_or_left_to_the_rules() {
             "--out",
             out.to_str().unwrap(),
         ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_ok(&o);
         let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
             .unwrap()
             .lines()
@@ -1285,12 +1220,7 @@ kl_set = "harmless"
     .unwrap();
     let c = cfg.to_str().unwrap();
     let first = steerkit(&["run", c]);
-    let so = String::from_utf8_lossy(&first.stdout);
-    assert!(
-        first.status.success(),
-        "{}\n{so}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert_ok(&first);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for needle in [
         "Refusal rates, before and after",
@@ -1335,7 +1265,7 @@ kl_set = "harmless"
     // Again: extraction, selection and export are skipped, training and answers are reused.
     let second = steerkit(&["run", c]);
     let so = String::from_utf8_lossy(&second.stdout);
-    assert!(second.status.success(), "{so}");
+    assert_ok(&second);
     assert!(so.contains("holds the last checkpoint; skipped"), "{so}");
     assert!(so.contains("holds this selection; skipped"), "{so}");
     assert!(so.contains("reused"), "{so}");
@@ -1347,7 +1277,7 @@ kl_set = "harmless"
     // A different selection redoes the ablated answers only.
     let other = steerkit(&["run", c, "--set", "select.layer=0"]);
     let so = String::from_utf8_lossy(&other.stdout);
-    assert!(other.status.success(), "{so}");
+    assert_ok(&other);
     assert!(!so.contains("holds this selection"), "{so}");
     assert_eq!(
         so.matches("all answers were already saved").count(),
@@ -1359,7 +1289,7 @@ kl_set = "harmless"
     // One more epoch from the command line: training resumes and the export is redone.
     let third = steerkit(&["run", c, "--set", "actor.epochs=2"]);
     let so = String::from_utf8_lossy(&third.stdout);
-    assert!(third.status.success(), "{so}");
+    assert_ok(&third);
     assert!(
         so.contains("epoch 2: loss") && !so.contains("epoch 1: loss"),
         "{so}"
@@ -1500,11 +1430,7 @@ fn safety_tune_trains_resumes_and_exports() {
     };
     let first = run_with(&["--steps", "2", "--layers", "1..2"]);
     let out = String::from_utf8_lossy(&first.stdout);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert_ok(&first);
     assert!(
         out.contains("step 2: loss") && out.contains("steps/s"),
         "{out}"
@@ -1512,11 +1438,7 @@ fn safety_tune_trains_resumes_and_exports() {
     // More steps: resumes after step 2, the answers come from the cache.
     let second = run_with(&["--steps", "4", "--layers", "1..2"]);
     let out = String::from_utf8_lossy(&second.stdout);
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    assert_ok(&second);
     assert!(out.contains("2 steps in this run"), "{out}");
     let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
     assert_eq!(log.lines().count(), 1 + 4, "{log}");
@@ -1547,10 +1469,6 @@ fn safety_tune_trains_resumes_and_exports() {
         "--out",
         exported.to_str().unwrap(),
     ]);
-    assert!(
-        ex.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ex.stderr)
-    );
+    assert_ok(&ex);
     assert_export_holds(t, &run.join("trained.safetensors"), &exported, 1);
 }
