@@ -514,6 +514,9 @@ pub fn train_projected(
         ));
     }
     let layer = cfg.layer;
+    let inputs: Vec<&Tensor> = data.iter().map(|(_, t)| t).collect();
+    let groups: Vec<Group> = data.iter().map(|(g, _)| *g).collect();
+    let mut fixed: Option<(Tensor, Tensor, [f64; 3])> = None;
     let mut logs = read_log(dir);
     let mut start = 0;
     let mut resume_state = None;
@@ -522,6 +525,13 @@ pub fn train_projected(
             return Err(other_settings(dir));
         }
         if s.epochs_done > 0 {
+            if !cfg.refresh {
+                // Fixed targets are the first epoch's, from the weights before any training:
+                // take them before the checkpoint replaces those weights, so that a resumed
+                // run trains towards the same targets as an uninterrupted one.
+                let a = current_states(model, layer, &inputs, cfg.batch * 2)?;
+                fixed = Some(targets(&a, &groups, cfg.alphas())?);
+            }
             load_block(model, &block_file(dir, s.epochs_done))?;
             start = s.epochs_done;
             resume_state = Some(s.step);
@@ -546,9 +556,6 @@ pub fn train_projected(
             ));
         }
     }
-    let inputs: Vec<&Tensor> = data.iter().map(|(_, t)| t).collect();
-    let groups: Vec<Group> = data.iter().map(|(g, _)| *g).collect();
-    let mut fixed: Option<(Tensor, Tensor, [f64; 3])> = None;
     let mut grad_basis: Option<steerkit_ogp::GradProjector> = None;
     for epoch in start + 1..=cfg.epochs {
         let t0 = Instant::now();

@@ -209,60 +209,41 @@ fn block_values(model: &Model) -> Vec<f32> {
         .collect()
 }
 
+/// Both target modes: refreshed every epoch, and fixed after the first (the default), where a
+/// resume must train towards the first epoch's targets, not ones from the resumed weights.
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
-    let d = data(DType::F32);
-    let straight = tempfile::tempdir().unwrap();
-    let mut a = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
-    train(
-        &mut a,
-        &d,
-        &[],
-        &[],
-        &config(3),
-        straight.path(),
-        &mut |_| {},
-    )
-    .unwrap();
+    for refresh in [true, false] {
+        let cfg = |epochs| TrainConfig {
+            refresh,
+            ..config(epochs)
+        };
+        let d = data(DType::F32);
+        let straight = tempfile::tempdir().unwrap();
+        let mut a = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+        train(&mut a, &d, &[], &[], &cfg(3), straight.path(), &mut |_| {}).unwrap();
 
-    let resumed = tempfile::tempdir().unwrap();
-    let mut b = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
-    train(
-        &mut b,
-        &d,
-        &[],
-        &[],
-        &config(2),
-        resumed.path(),
-        &mut |_| {},
-    )
-    .unwrap();
-    // A fresh process: the original weights again, then resume to 3 epochs.
-    let mut c = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
-    let logs = train(
-        &mut c,
-        &d,
-        &[],
-        &[],
-        &config(3),
-        resumed.path(),
-        &mut |_| {},
-    )
-    .unwrap();
-    assert_eq!(logs.len(), 3);
-    assert_eq!(last_checkpoint(resumed.path()).unwrap().unwrap().0, 3);
-    let (x, y) = (block_values(&a), block_values(&c));
-    let diff = x
-        .iter()
-        .zip(&y)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0f32, f32::max);
-    assert!(diff < 1e-6, "max difference {diff}");
-    // Other settings in the same folder are refused.
-    let mut other = config(4);
-    other.alpha = 0.5;
-    let err = train(&mut c, &d, &[], &[], &other, resumed.path(), &mut |_| {}).unwrap_err();
-    assert!(err.to_string().contains("other settings"), "{err}");
+        let resumed = tempfile::tempdir().unwrap();
+        let mut b = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+        train(&mut b, &d, &[], &[], &cfg(1), resumed.path(), &mut |_| {}).unwrap();
+        // A fresh process: the original weights again, then resume to 3 epochs.
+        let mut c = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+        let logs = train(&mut c, &d, &[], &[], &cfg(3), resumed.path(), &mut |_| {}).unwrap();
+        assert_eq!(logs.len(), 3);
+        assert_eq!(last_checkpoint(resumed.path()).unwrap().unwrap().0, 3);
+        let (x, y) = (block_values(&a), block_values(&c));
+        let diff = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "refresh {refresh}: max difference {diff}");
+        // Other settings in the same folder are refused.
+        let mut other = cfg(4);
+        other.alpha = 0.5;
+        let err = train(&mut c, &d, &[], &[], &other, resumed.path(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("other settings"), "{err}");
+    }
 }
 
 #[test]
