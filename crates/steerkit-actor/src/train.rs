@@ -254,6 +254,20 @@ pub fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()
     std::fs::rename(&tmp, path).map_err(|e| crate::run_err(path, e.to_string()))
 }
 
+/// The name of a tensor holding NaN or an infinity, if any: a step whose loss was finite can
+/// still leave such weights (a huge learning rate), and they must never be saved.
+pub fn non_finite(map: &HashMap<String, Tensor>) -> candle_core::Result<Option<String>> {
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    for n in names {
+        let values = map[n].to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if !values.iter().all(|x| x.is_finite()) {
+            return Ok(Some(n.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// The last completed epoch of a run folder and its checkpoint (None: nothing trained yet).
 pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, ActorError> {
     let p = dir.join(STATE);
@@ -674,6 +688,12 @@ pub fn train_projected(
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
+        if let Some(name) = non_finite(&block)? {
+            return Err(ActorError::Diverged(format!(
+                "epoch {epoch}: `{name}` holds NaN or infinite values after training; nothing of this epoch is saved{}",
+                if epoch > 1 { format!(" (the last good checkpoint: {})", block_file(dir, epoch - 1).display()) } else { String::new() }
+            )));
+        }
         save_safetensors(&block, &block_file(dir, epoch))?;
         save_safetensors(&opt.state(), &dir.join(OPTIMIZER))?;
         let state = State {

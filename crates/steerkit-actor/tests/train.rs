@@ -282,6 +282,23 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     assert!(!dir.path().join("block-epoch2.safetensors").exists());
 }
 
+/// A single step with a huge learning rate has a finite loss but leaves infinite weights: the
+/// epoch is not saved (before, the only checkpoint held them).
+#[test]
+fn non_finite_weights_are_never_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = random_model(tiny_config(Arch::Llama, 64), DType::F32, 5).unwrap();
+    let d = data(DType::F32);
+    let mut cfg = config(1);
+    cfg.batch = d.len();
+    cfg.adamw.lr = 1e300;
+    let err = train(&mut model, &d, &[], &[], &cfg, dir.path(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ActorError::Diverged(_)), "{err}");
+    assert!(err.to_string().contains("NaN or infinite"), "{err}");
+    assert!(last_checkpoint(dir.path()).unwrap().is_none());
+    assert!(!dir.path().join("block-epoch1.safetensors").exists());
+}
+
 #[test]
 fn bad_settings_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value = "ablate", value_parser = ["ablate", "add", "ablate-layers", "sweep"])]
     pub mode: String,
     /// Coefficient of the direction for --mode add.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
     pub scale: f64,
     /// Layer for --mode add (default: the selected layer).
     #[arg(long)]
@@ -101,9 +101,9 @@ pub fn run(a: Args) -> Result<()> {
     let scales: Vec<f64> = a
         .scales
         .split(',')
-        .map(|x| x.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--scales {}", a.scales))?;
+        .map(crate::common::finite)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--scales {}: {e}", a.scales))?;
     let mut conditions = vec![Intervention::None];
     let mut grid = None;
     match a.mode.as_str() {

@@ -40,33 +40,33 @@ pub struct Args {
     /// --refused-above).
     #[arg(long)]
     pub only_refused: bool,
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
     pub refused_above: f64,
     /// Train this block (default: the middle layer where harmful and harmless last-token
     /// states separate best, by silhouette score).
     #[arg(long)]
     pub layer: Option<usize>,
     /// Shift of harmless and pseudo-harmful targets against the refusal vector (t = a - αP(a)).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub alpha: f64,
     /// Shift of harmful targets along the refusal vector (t = a + αP(a)); the paper uses 1,
     /// and with fixed targets it kept harmful refusals best on Qwen 0.5B (README).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub alpha_harmful: f64,
     /// Shift of harmless targets, when it should differ from --alpha (0: keep harmless states
     /// where they are, which limits the drift on ordinary prompts; a departure from the paper).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::finite)]
     pub alpha_harmless: Option<f64>,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::common::finite)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Clip the global gradient norm to this (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub clip: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -92,7 +92,7 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     pub ogp_answer_tokens: usize,
     /// Smallest silhouette at the layer (below it: no refusal signal, an error).
-    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true, value_parser = crate::common::finite)]
     pub min_silhouette: f64,
     #[command(flatten)]
     pub system: SystemArgs,

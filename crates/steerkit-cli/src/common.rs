@@ -101,7 +101,7 @@ pub struct OgpArgs {
     #[arg(long, default_value_t = 64)]
     pub ogp_limit: usize,
     /// act: fraction of the capability inputs' energy each basis keeps.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = crate::common::fraction)]
     pub ogp_energy: f64,
     /// act: largest basis size per matrix.
     #[arg(long, default_value_t = 256)]
@@ -118,10 +118,10 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 means greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
     pub temperature: f64,
     /// Nucleus sampling: keep the smallest set of tokens with this much probability.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub top_p: f64,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
@@ -197,4 +197,24 @@ pub fn bar(len: u64, msg: &str) -> ProgressBar {
     );
     pb.set_message(msg.to_string());
     pb
+}
+
+/// Value parser for a number flag: NaN and infinities are refused at the flag, before any work.
+pub fn finite(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is not a finite number"))
+    }
+}
+
+/// Value parser for a share in (0, 1].
+pub fn fraction(s: &str) -> std::result::Result<f64, String> {
+    let v = finite(s)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be in (0, 1]"))
+    }
 }

@@ -118,10 +118,10 @@ pub struct SelectArgs {
     #[arg(long, default_value_t = 32)]
     pub limit: usize,
     /// Largest first-token KL on harmless prompts allowed under ablation.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::common::finite)]
     pub kl_max: f64,
     /// Only layers below this fraction of the depth are candidates.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = crate::common::fraction)]
     pub max_layer_frac: f64,
     /// Score every candidate on every prompt: no screening, no early stop (slow: about 25x
     /// the default on Qwen 0.5B).
@@ -134,7 +134,7 @@ pub struct SelectArgs {
     #[arg(long, default_value_t = 12)]
     pub keep: usize,
     /// Coefficient of the direction in the induce test (METHODS.md uses 1).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub induce_coeff: f64,
     /// Choose this layer instead of selecting (with --pos).
     #[arg(long, requires = "pos")]

@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long, requires = "run", value_parser = ["ablate", "add"])]
     pub intervention: Option<String>,
     /// Scale of the direction for `--intervention add`.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
     pub coeff: f64,
     /// Judge rules (TOML) extending the built-in ones.
     #[arg(long)]

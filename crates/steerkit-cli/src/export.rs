@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, requires = "run")]
     pub orthogonalize: bool,
     /// Control vector scale: the file carries `-scale * r` at the selected layer.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
     pub scale: f64,
     /// Output folder (safetensors) or file (control vector). Must not exist.
     #[arg(long)]

@@ -46,12 +46,12 @@ pub struct Args {
     pub steps: usize,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::common::finite)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub clip: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

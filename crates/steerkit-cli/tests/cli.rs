@@ -238,6 +238,61 @@ fn bad_input_is_one_clear_error() {
     )
     .unwrap();
     assert_clean_error(&steerkit(&["inspect", "-m", folder.to_str().unwrap()]), "`model.layers.0.mlp.gate_proj.weight` has shape [48, 32], the configuration implies [64, 32]");
+    // Non-finite or out-of-range numbers are refused at the flag, before anything is written
+    // (NaN once trained and saved all-NaN weights with exit status 0).
+    let out_dir = d.path().join("never");
+    let o = out_dir.to_str().unwrap();
+    let smol = model(SMOL);
+    for (args, needle) in [
+        (
+            vec!["actor", "-m", &smol, "--clip", "nan", "--out", o],
+            "not a finite number",
+        ),
+        (
+            vec!["actor", "-m", &smol, "--alpha", "inf", "--out", o],
+            "not a finite number",
+        ),
+        (
+            vec![
+                "safety-tune",
+                "-m",
+                &smol,
+                "--weight-decay",
+                "NaN",
+                "--out",
+                o,
+            ],
+            "not a finite number",
+        ),
+        (
+            vec!["actor", "-m", &smol, "--ogp-energy", "2", "--out", o],
+            "must be in (0, 1]",
+        ),
+        (
+            vec!["select", "--run", o, "--max-layer-frac", "0"],
+            "must be in (0, 1]",
+        ),
+        (
+            vec![
+                "export",
+                "-m",
+                &smol,
+                "--format",
+                "control-vector",
+                "--scale",
+                "nan",
+                "--out",
+                o,
+            ],
+            "not a finite number",
+        ),
+    ] {
+        let out = steerkit(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out_dir.exists(), "{args:?} wrote {o}");
+    }
     // A prompts file with no prompts.
     let none = d.path().join("none.txt");
     std::fs::write(&none, "\n\n").unwrap();

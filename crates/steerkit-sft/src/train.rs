@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::{AdamW, AdamWConfig};
-use steerkit_actor::train::{append_ogp_rows, load_layers, save_safetensors};
+use steerkit_actor::train::{append_ogp_rows, load_layers, non_finite, save_safetensors};
 use steerkit_actor::Parts;
 use steerkit_eval::run::write_atomic;
 use steerkit_model::{pad_rows, unpad_rows, Mode, Model, NoHook};
@@ -377,6 +377,12 @@ pub fn train(
                 .iter()
                 .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
                 .collect();
+            if let Some(name) = non_finite(&weights)? {
+                return Err(SftError::Diverged(format!(
+                    "step {}: `{name}` holds NaN or infinite values; the last checkpoint is kept",
+                    step + 1
+                )));
+            }
             save_safetensors(&weights, &dir.join(WEIGHTS))?;
             save_safetensors(&opt.state(), &dir.join(OPTIMIZER))?;
             if matches!(cfg.ogp, Ogp::Grad { .. }) {
