@@ -260,7 +260,10 @@ pub fn non_finite(map: &HashMap<String, Tensor>) -> candle_core::Result<Option<S
     let mut names: Vec<&String> = map.keys().collect();
     names.sort();
     for n in names {
-        let values = map[n].to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let values = map[n]
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         if !values.iter().all(|x| x.is_finite()) {
             return Ok(Some(n.clone()));
         }

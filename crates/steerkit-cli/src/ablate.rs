@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, default_value = "harmful")]
     pub prompts: String,
     /// Use the first N prompts.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub limit: usize,
     /// ablate: directional ablation everywhere; add: scale·r added at --layer;
     /// ablate-layers: ablation in --layers only; sweep: addition over --layers x --scales.
@@ -42,9 +42,9 @@ pub struct Args {
     /// Scales of the sweep.
     #[arg(long, default_value = "0.5,1,2,4", allow_hyphen_values = true)]
     pub scales: String,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::common::positive)]
     pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[command(flatten)]
     pub system: SystemArgs,

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value = "pseudo_harmful")]
     pub pseudo: Vec<String>,
     /// Use the first N prompts of each harmful and each harmless set.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::common::positive)]
     pub limit: usize,
     /// Use the first N prompts of each pseudo-harmful set (before --only-refused screening).
     #[arg(long)]
@@ -61,9 +61,9 @@ pub struct Args {
     pub lr: f64,
     #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::common::positive)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::positive)]
     pub batch_size: usize,
     /// Clip the global gradient norm to this (0: no clipping).
     #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
@@ -85,11 +85,11 @@ pub struct Args {
     pub proj: OgpArgs,
     /// grad: steps between refreshes (and at the start of every epoch), sequences per
     /// capability batch, and the longest own answer.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::common::positive)]
     pub ogp_every: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::common::positive)]
     pub ogp_batch: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub ogp_answer_tokens: usize,
     /// Smallest silhouette at the layer (below it: no refusal signal, an error).
     #[arg(long, default_value_t = 0.05, allow_hyphen_values = true, value_parser = crate::common::finite)]

@@ -98,16 +98,16 @@ pub struct OgpArgs {
     #[arg(long, default_value = "harmless")]
     pub ogp_data: String,
     /// Use the first N capability prompts.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::common::positive)]
     pub ogp_limit: usize,
     /// act: fraction of the capability inputs' energy each basis keeps.
     #[arg(long, default_value_t = 0.95, value_parser = crate::common::fraction)]
     pub ogp_energy: f64,
     /// act: largest basis size per matrix.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::common::positive)]
     pub ogp_max_k: usize,
     /// grad: gradients (capability batches) per basis.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::common::positive)]
     pub ogp_k: usize,
 }
 
@@ -115,7 +115,7 @@ pub struct OgpArgs {
 #[derive(ClapArgs, Debug, Clone)]
 pub struct SamplingArgs {
     /// Maximum number of new tokens per answer.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::common::positive)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 means greedy decoding.
     #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
@@ -216,5 +216,14 @@ pub fn fraction(s: &str) -> std::result::Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("`{s}` must be in (0, 1]"))
+    }
+}
+
+/// Value parser for a count that must be at least 1 (prompts, tokens, batch sizes, steps).
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("`{s}`: {e}")),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use steerkit_data::sets::{resolve, ReadOptions, SetSpec};
 use steerkit_data::PromptSet;
@@ -51,10 +51,10 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "harmless")]
     pub harmless: String,
     /// Use the first N prompts of each (the method uses 128).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::common::positive)]
     pub limit: usize,
     /// Prompts per forward batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[command(flatten)]
     pub system: SystemArgs,
@@ -68,6 +68,7 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
     let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
     let m = a.model.load()?;
     let total = harmful.items.len() + harmless.items.len();
+    let had_selection = a.out.join("selected.json").is_file();
     let pb = bar(total as u64, "extracting");
     let t0 = std::time::Instant::now();
     let (c, reused) = steerkit_directions::extract(
@@ -97,6 +98,11 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
             total as f64 / secs,
             a.out.display()
         );
+        if had_selection {
+            println!(
+                "the folder's earlier selection (selected.json, scores.csv, scores.svg) came from other candidates and was removed; run `steerkit select` again"
+            );
+        }
     }
     Ok(())
 }
@@ -115,7 +121,7 @@ pub struct SelectArgs {
     #[arg(long)]
     pub harmless_val: String,
     /// Use the first N prompts of each (the method uses 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub limit: usize,
     /// Largest first-token KL on harmless prompts allowed under ablation.
     #[arg(long, default_value_t = 0.1, value_parser = crate::common::finite)]
@@ -128,10 +134,10 @@ pub struct SelectArgs {
     #[arg(long)]
     pub exhaustive: bool,
     /// Harmful prompts in the screening pass that ranks every candidate.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::common::positive)]
     pub screen: usize,
     /// Candidates kept after screening and scored on all prompts.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = crate::common::positive)]
     pub keep: usize,
     /// Coefficient of the direction in the induce test (METHODS.md uses 1).
     #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
@@ -142,7 +148,7 @@ pub struct SelectArgs {
     /// Choose this post-instruction position (-1 is the last token).
     #[arg(long, requires = "layer", allow_hyphen_values = true)]
     pub pos: Option<isize>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[command(flatten)]
     pub system: SystemArgs,
@@ -184,16 +190,23 @@ pub fn run_select(a: SelectArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     write_atomic(&a.run.join("scores.csv"), scores_csv(&scores).as_bytes())?;
     let Some(sel) = sel else {
+        // An earlier selection no longer matches the scores just written.
+        let stale = a.run.join("selected.json");
+        let removed = stale.is_file();
+        if removed {
+            std::fs::remove_file(&stale).with_context(|| stale.display().to_string())?;
+        }
         write_atomic(
             &a.run.join("scores.svg"),
             scores_svg(&scores, None).as_bytes(),
         )?;
         bail!(
-            "no candidate passes the filters (induce > 0 at coefficient {}, KL <= {}, layer < {} of the depth); scores in {}; try --induce-coeff, --kl-max or --keep, or choose with --layer/--pos",
+            "no candidate passes the filters (induce > 0 at coefficient {}, KL <= {}, layer < {} of the depth); scores in {}{}; try --induce-coeff, --kl-max or --keep, or choose with --layer/--pos",
             a.induce_coeff,
             a.kl_max,
             a.max_layer_frac,
-            a.run.join("scores.csv").display()
+            a.run.join("scores.csv").display(),
+            if removed { " (the earlier selected.json, from other scores, was removed)" } else { "" }
         );
     };
     write_atomic(

@@ -26,16 +26,16 @@ pub struct Args {
     #[arg(long)]
     pub field: Option<String>,
     /// Use at most N prompts of each set.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive)]
     pub limit: Option<usize>,
     /// Shuffle each set with this seed before --limit.
     #[arg(long)]
     pub shuffle_seed: Option<u64>,
     /// New tokens per answer (greedy).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::common::positive)]
     pub max_new_tokens: usize,
     /// Prompts per generation batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub batch_size: usize,
     /// A reference model (usually the unpatched one): the report then includes the first-token
     /// KL divergence from it on harmless prompts.
@@ -47,7 +47,7 @@ pub struct Args {
     /// Use at most N prompts of the KL set (default: --limit, or 64). The KL is one forward
     /// pass per prompt and per model, so more prompts are cheap; on 40 prompts it is noisy
     /// (0.14 against 0.10 on all 256 of harmless_val for one patch).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive)]
     pub kl_limit: Option<usize>,
     /// A direction run folder (from `steerkit select`) for --intervention.
     #[arg(long, requires = "intervention")]

@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     /// Prompts per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[command(flatten)]
     pub system: SystemArgs,

@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long)]
     pub judge_cache: Option<PathBuf>,
     /// Rows per batch for the judge model.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::positive)]
     pub batch_size: usize,
     /// Where the judge model runs.
     #[command(flatten)]

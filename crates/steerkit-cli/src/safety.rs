@@ -27,14 +27,14 @@ pub struct Args {
     #[arg(long, default_value = "harmless")]
     pub harmless: String,
     /// Use the first N harmful and the first N harmless prompts.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::common::positive)]
     pub limit: usize,
     /// Refusal texts, one per line (default: five built-in refusals). Harmful prompt i gets
     /// refusal i mod n.
     #[arg(long)]
     pub refusals: Option<PathBuf>,
     /// Longest own answer to a harmless prompt, in tokens.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::common::positive)]
     pub answer_tokens: usize,
     /// Trained blocks START..END (end exclusive; default: the upper third of the model).
     #[arg(long)]
@@ -42,9 +42,9 @@ pub struct Args {
     /// Which parts of each block train: attn, mlp, norms (comma-separated).
     #[arg(long = "train", default_value = "attn,mlp")]
     pub parts: String,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::common::positive)]
     pub steps: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-4, value_parser = crate::common::finite)]
     pub lr: f64,
@@ -58,10 +58,10 @@ pub struct Args {
     #[command(flatten)]
     pub proj: OgpArgs,
     /// grad: steps between refreshes.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = crate::common::positive)]
     pub ogp_every: usize,
     /// Checkpoint every N steps.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = crate::common::positive)]
     pub save_every: usize,
     #[command(flatten)]
     pub system: SystemArgs,

@@ -238,8 +238,8 @@ fn bad_input_is_one_clear_error() {
     )
     .unwrap();
     assert_clean_error(&steerkit(&["inspect", "-m", folder.to_str().unwrap()]), "`model.layers.0.mlp.gate_proj.weight` has shape [48, 32], the configuration implies [64, 32]");
-    // Non-finite or out-of-range numbers are refused at the flag, before anything is written
-    // (NaN once trained and saved all-NaN weights with exit status 0).
+    // Non-finite, out-of-range or zero numbers are refused at the flag, before anything is
+    // written (NaN once trained and saved all-NaN weights with exit status 0).
     let out_dir = d.path().join("never");
     let o = out_dir.to_str().unwrap();
     let smol = model(SMOL);
@@ -271,6 +271,31 @@ fn bad_input_is_one_clear_error() {
         (
             vec!["select", "--run", o, "--max-layer-frac", "0"],
             "must be in (0, 1]",
+        ),
+        // Zero counts once panicked (extract, ablate) or failed deep inside (select).
+        (
+            vec!["extract", "-m", &smol, "--limit", "0", "--out", o],
+            "must be at least 1",
+        ),
+        (
+            vec![
+                "ablate",
+                "-m",
+                &smol,
+                "--run",
+                o,
+                "--prompts",
+                "harmful",
+                "--max-new-tokens",
+                "0",
+                "--out",
+                o,
+            ],
+            "must be at least 1",
+        ),
+        (
+            vec!["select", "--run", o, "--screen", "0"],
+            "must be at least 1",
         ),
         (
             vec![
@@ -750,6 +775,45 @@ fn directions_pipeline_and_bad_runs() {
         &steerkit(&args),
         "the direction has width 576, the model 32",
     );
+    // Selections never outlive what they scored. A failed selection removes the earlier
+    // selected.json (its scores.csv was just replaced) ...
+    let select_args = |extra: &[&'static str]| {
+        let mut v = vec![
+            "select",
+            "-m",
+            &smol,
+            "--run",
+            r,
+            "--harmful-val",
+            "harmful",
+            "--harmless-val",
+            "harmless",
+            "--limit",
+            "2",
+        ];
+        v.extend(extra);
+        steerkit(&v)
+    };
+    assert_clean_error(
+        &select_args(&["--max-layer-frac", "0.1"]),
+        "the earlier selected.json, from other scores, was removed",
+    );
+    assert!(!run.join("selected.json").exists());
+    let mut args = eval_args(out.to_str().unwrap(), &smol);
+    args.extend(["--run", r, "--intervention", "ablate"]);
+    assert_clean_error(&steerkit(&args), "missing selected.json");
+    // ... and new candidates (other prompts) remove the selection made from the old ones.
+    assert_ok(&select_args(&["--layer", "10", "--pos", "-1"]));
+    let ex = steerkit(&["extract", "-m", &smol, "--limit", "3", "--out", r]);
+    assert_ok(&ex);
+    assert!(
+        String::from_utf8_lossy(&ex.stdout).contains("earlier selection"),
+        "{}",
+        String::from_utf8_lossy(&ex.stdout)
+    );
+    for f in ["scores.csv", "scores.svg", "selected.json"] {
+        assert!(!run.join(f).exists(), "{f}");
+    }
     std::fs::remove_file(run.join("directions.safetensors")).unwrap();
     let sel = steerkit(&[
         "select",

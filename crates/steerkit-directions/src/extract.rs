@@ -222,6 +222,10 @@ fn mean_activations(
     Ok((sum / set.items.len() as f64)?.to_dtype(DType::F32)?)
 }
 
+/// Files of a run folder derived from its candidates (the selection and its scores), removed
+/// when new candidates replace the old ones.
+pub const STALE_AFTER_EXTRACTION: [&str; 3] = ["selected.json", "scores.csv", "scores.svg"];
+
 /// Extracts the candidates, or reuses `dir`'s when they were computed from the same model,
 /// prompts and template. `progress(n)` is told about every `n` prompts done.
 pub fn extract(
@@ -265,6 +269,16 @@ pub fn extract(
     if let Ok(old) = Candidates::load(dir) {
         if old.meta == meta {
             return Ok((old, true));
+        }
+    }
+    // `steerkit select`'s outputs scored the candidates about to be replaced: remove them
+    // first, so that an interrupted or finished extraction never sits beside a stale selection.
+    for f in STALE_AFTER_EXTRACTION {
+        match std::fs::remove_file(dir.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(run_err(&dir.join(f), e.to_string()))
+            }
+            _ => {}
         }
     }
     let mean_harmful = mean_activations(m, harmful, system, positions, batch, progress)?;
