@@ -14,7 +14,16 @@ use crate::common::{bar, ModelArgs, SystemArgs};
 
 /// Reads one prompt set from a `--harmful`-style argument (a file or a built-in name).
 pub fn one_set(spec: &str, name: &str, limit: Option<usize>) -> Result<PromptSet> {
-    let spec: SetSpec = if spec.contains('=') || !std::path::Path::new(spec).exists() {
+    let path = std::path::Path::new(spec);
+    let looks_like_a_file = spec.contains(['/', '\\'])
+        || matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("jsonl" | "json" | "txt" | "csv")
+        );
+    if !spec.contains('=') && !path.exists() && looks_like_a_file {
+        bail!("{spec}: no such file (`{name}` takes a file or the name of a built-in set)");
+    }
+    let spec: SetSpec = if spec.contains('=') || !path.exists() {
         spec.parse()?
     } else {
         format!("{name}={spec}").parse()?

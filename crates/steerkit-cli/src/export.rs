@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 
 use crate::common::{spinner, ModelArgs};
@@ -42,6 +42,10 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     if a.out.exists() {
         bail!("{} already exists", a.out.display());
+    }
+    // The output's folder is made up front, not found missing after the work.
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
     match a.format.as_str() {
         "safetensors" | "gguf" => {

@@ -318,6 +318,78 @@ fn bad_input_is_one_clear_error() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!out_dir.exists(), "{args:?} wrote {o}");
     }
+    // Paths: a missing prompt file is named as such (it once read as a bad set name); judge's
+    // --out may not be a folder (no stray temporary file) and makes missing parent folders;
+    // compare says what a folder without report.json is.
+    assert_clean_error(
+        &steerkit(&[
+            "extract",
+            "-m",
+            &smol,
+            "--harmful",
+            "/no/such/h.jsonl",
+            "--out",
+            o,
+        ]),
+        "/no/such/h.jsonl: no such file",
+    );
+    let answers = d.path().join("answers.jsonl");
+    std::fs::write(&answers, "{\"completion\": \"I cannot help with that.\"}\n").unwrap();
+    let a = answers.to_str().unwrap();
+    let folder_out = d.path().join("folder_out");
+    std::fs::create_dir_all(&folder_out).unwrap();
+    assert_clean_error(
+        &steerkit(&[
+            "judge",
+            a,
+            "--field",
+            "completion",
+            "--out",
+            folder_out.to_str().unwrap(),
+        ]),
+        "is a directory",
+    );
+    assert_eq!(
+        std::fs::read_dir(d.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("tmp"))
+            .count(),
+        0
+    );
+    // The OS error is said once (it was repeated: "...(os error 2): ...(os error 2)").
+    let missing = steerkit(&["judge", "/no/such/answers.jsonl"]);
+    assert_clean_error(&missing, "/no/such/answers.jsonl");
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr)
+            .matches("os error")
+            .count(),
+        1
+    );
+    let nested = d.path().join("new/sub/judged.jsonl");
+    assert_ok(&steerkit(&[
+        "judge",
+        a,
+        "--field",
+        "completion",
+        "--out",
+        nested.to_str().unwrap(),
+    ]));
+    assert!(std::fs::read_to_string(&nested)
+        .unwrap()
+        .contains("full_refusal"));
+    assert_clean_error(
+        &steerkit(&[
+            "compare",
+            d.path().to_str().unwrap(),
+            folder_out.to_str().unwrap(),
+        ]),
+        "not an evaluation folder",
+    );
     // A prompts file with no prompts.
     let none = d.path().join("none.txt");
     std::fs::write(&none, "\n\n").unwrap();

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use steerkit_data::{Judge, Verdict};
 use steerkit_model::{generate, GenerateOptions, Loaded, NoHook, Sampling, SystemPrompt};
 
-use crate::run::EvalError;
+use crate::run::{io, EvalError};
 
 /// Changes whenever the instruction or the response cut changes, so cached answers of another
 /// prompt are never reused.
@@ -94,13 +94,6 @@ pub struct AnswerCache {
 struct CacheLine<S> {
     key: S,
     answer: S,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
-    move |source| EvalError::Io {
-        path: path.into(),
-        source,
-    }
 }
 
 impl AnswerCache {

@@ -95,10 +95,13 @@ impl Report {
     /// Reads `report.json` from a run folder.
     pub fn read(dir: &Path) -> Result<Report, EvalError> {
         let p = dir.join("report.json");
-        let bytes = std::fs::read(&p).map_err(|source| EvalError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        if !p.exists() {
+            return Err(EvalError::Mismatch(format!(
+                "{}: not an evaluation folder (no report.json; `steerkit eval --out` writes one)",
+                dir.display()
+            )));
+        }
+        let bytes = std::fs::read(&p).map_err(crate::run::io(&p))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| EvalError::Mismatch(format!("{}: {e}", p.display())))
     }

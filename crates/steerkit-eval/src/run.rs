@@ -24,20 +24,21 @@ use crate::score::{refusal_score, refusal_token_ids};
 pub enum EvalError {
     #[error(transparent)]
     Model(#[from] steerkit_model::ModelError),
-    #[error("{}: {source}", path.display())]
+    // The OS error is part of the message, not a `source`: a source would be printed a
+    // second time by `{:#}` (the CLI's one-line error).
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Mismatch(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
-    move |source| EvalError::Io {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
+    move |error| EvalError::Io {
         path: path.into(),
-        source,
+        error,
     }
 }
 
@@ -91,14 +92,28 @@ struct Meta {
     sets: BTreeMap<String, String>,
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file (`PATH.tmp`, removed on failure) and a
+/// rename, creating missing parent folders. A directory at `path` is an error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    if path.is_dir() {
+        return Err(EvalError::Mismatch(format!(
+            "{}: is a directory; give a file name",
+            path.display()
+        )));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let written = std::fs::write(&tmp, bytes)
+        .map_err(io(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Reads the complete lines of a responses file, dropping a torn last line (a kill mid-write)

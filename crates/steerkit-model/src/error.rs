@@ -36,11 +36,12 @@ pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// An I/O error with the path it concerns.
-    #[error("{}: {source}", path.display())]
+    // The OS error is part of the message, not a `source`: a source would be printed a
+    // second time by `{:#}` (the CLI's one-line error).
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -48,10 +49,10 @@ pub enum ModelError {
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 impl ModelError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }
