@@ -53,8 +53,34 @@ fn read_config(a: &Args) -> Result<toml::Table> {
         }
         table.insert(parts[parts.len() - 1].to_string(), v);
     }
+    // Every key is known: a misspelt key, or a section whose header was lost (its keys then
+    // sit at the top), would otherwise be ignored without a word.
+    for (k, v) in &t {
+        let known = if SECTIONS.contains(&k.as_str()) {
+            v.is_table()
+        } else {
+            TOP_KEYS.contains(&k.as_str()) && !v.is_table()
+        };
+        if !known {
+            let what = if v.is_table() {
+                format!("section [{k}]")
+            } else {
+                format!("top-level key `{k}`")
+            };
+            bail!(
+                "{}: unknown {what} (top-level keys: {}; sections: {})",
+                a.config.display(),
+                TOP_KEYS.join(", "),
+                SECTIONS.map(|s| format!("[{s}]")).join(", ")
+            );
+        }
+    }
     Ok(t)
 }
+
+/// The config's top-level keys and its sections (one per command the pipeline runs).
+const TOP_KEYS: [&str; 6] = ["model", "out", "device", "dtype", "system", "no_system"];
+const SECTIONS: [&str; 5] = ["extract", "select", "actor", "eval", "export"];
 
 /// A section's keys as command-line flags.
 fn flags(t: &toml::Table, section: &str) -> Result<Vec<String>> {

@@ -1558,6 +1558,18 @@ fn shipped_configs_are_valid() {
         ]),
         "phase select: bad configuration",
     );
+    // Keys outside the known sections were ignored without a word; a lost section header
+    // leaves its keys at the top.
+    for (set, needle) in [
+        ("nosuch.key=1", "unknown section [nosuch]"),
+        ("bogus=1", "unknown top-level key `bogus`"),
+        ("alpha=1.5", "unknown top-level key `alpha`"),
+    ] {
+        assert_clean_error(
+            &steerkit(&["run", qwen.to_str().unwrap(), "--dry-run", "--set", set]),
+            needle,
+        );
+    }
 }
 
 /// The exported folder `exported` loads and carries block `layer`'s down projection from the
