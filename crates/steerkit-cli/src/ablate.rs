@@ -20,7 +20,7 @@ pub struct Args {
     /// The direction run folder (from `steerkit select`).
     #[arg(long)]
     pub run: PathBuf,
-    /// Prompts to answer: a file (txt/jsonl/csv) or a built-in set name.
+    /// Prompts to answer: a file (txt/jsonl/csv), NAME=FILE, or a built-in set name.
     #[arg(long, default_value = "harmful")]
     pub prompts: String,
     /// Use the first N prompts.
@@ -42,8 +42,10 @@ pub struct Args {
     /// Scales of the sweep.
     #[arg(long, default_value = "0.5,1,2,4", allow_hyphen_values = true)]
     pub scales: String,
+    /// New tokens per answer (greedy).
     #[arg(long, default_value_t = 64, value_parser = crate::common::positive)]
     pub max_new_tokens: usize,
+    /// Prompts per generation batch.
     #[arg(long, default_value_t = 16, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[command(flatten)]

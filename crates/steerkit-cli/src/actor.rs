@@ -34,12 +34,14 @@ pub struct Args {
     #[arg(long, default_value_t = 128, value_parser = crate::common::positive)]
     pub limit: usize,
     /// Use the first N prompts of each pseudo-harmful set (before --only-refused screening).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive)]
     pub pseudo_limit: Option<usize>,
     /// Keep only the pseudo-harmful prompts the model refuses (first-token refusal score above
     /// --refused-above).
     #[arg(long)]
     pub only_refused: bool,
+    /// The first-token refusal score (log-probability margin of refusal tokens) above which
+    /// --only-refused counts a prompt as refused.
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
     pub refused_above: f64,
     /// Train this block (default: the middle layer where harmful and harmless last-token
@@ -57,17 +59,22 @@ pub struct Args {
     /// where they are, which limits the drift on ordinary prompts; a departure from the paper).
     #[arg(long, value_parser = crate::common::finite)]
     pub alpha_harmless: Option<f64>,
+    /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-4, value_parser = crate::common::finite)]
     pub lr: f64,
+    /// AdamW weight decay (decoupled).
     #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
     pub weight_decay: f64,
+    /// Passes over the training prompts; a checkpoint is saved after each.
     #[arg(long, default_value_t = 3, value_parser = crate::common::positive)]
     pub epochs: usize,
+    /// Prompts per optimizer step (mixed across the three groups).
     #[arg(long, default_value_t = 16, value_parser = crate::common::positive)]
     pub batch_size: usize,
     /// Clip the global gradient norm to this (0: no clipping).
     #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub clip: f64,
+    /// Seed of the per-epoch shuffle of the training prompts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Which parts of the block train: attn, mlp, norms (comma-separated).
@@ -83,12 +90,14 @@ pub struct Args {
     pub vals: Vec<String>,
     #[command(flatten)]
     pub proj: OgpArgs,
-    /// grad: steps between refreshes (and at the start of every epoch), sequences per
-    /// capability batch, and the longest own answer.
+    /// --ogp grad: steps between refreshes of the gradient subspace (also refreshed at the
+    /// start of every epoch).
     #[arg(long, default_value_t = 10, value_parser = crate::common::positive)]
     pub ogp_every: usize,
+    /// --ogp grad: sequences per capability batch (one gradient per batch).
     #[arg(long, default_value_t = 4, value_parser = crate::common::positive)]
     pub ogp_batch: usize,
+    /// --ogp grad: the longest answer (tokens) the model writes to each capability prompt.
     #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub ogp_answer_tokens: usize,
     /// Smallest silhouette at the layer (below it: no refusal signal, an error).

@@ -157,6 +157,7 @@ pub struct SelectArgs {
     /// Choose this post-instruction position (-1 is the last token).
     #[arg(long, requires = "layer", allow_hyphen_values = true)]
     pub pos: Option<isize>,
+    /// Prompts per forward batch.
     #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[command(flatten)]

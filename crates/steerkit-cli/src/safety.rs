@@ -42,17 +42,22 @@ pub struct Args {
     /// Which parts of each block train: attn, mlp, norms (comma-separated).
     #[arg(long = "train", default_value = "attn,mlp")]
     pub parts: String,
+    /// Optimizer steps in all.
     #[arg(long, default_value_t = 100, value_parser = crate::common::positive)]
     pub steps: usize,
+    /// Sequences (prompt and answer) per step.
     #[arg(long, default_value_t = 8, value_parser = crate::common::positive)]
     pub batch_size: usize,
+    /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-4, value_parser = crate::common::finite)]
     pub lr: f64,
+    /// AdamW weight decay (decoupled).
     #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this (0: no clipping).
     #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
     pub clip: f64,
+    /// Seed of the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
