@@ -11,7 +11,7 @@ use steerkit_ogp::{gpm_basis, Projector};
 
 use crate::states::pad_rows;
 use crate::train::OgpSettings;
-use crate::{run_err, ActorError};
+use crate::ActorError;
 
 const BASES: &str = "ogp_bases.safetensors";
 const META: &str = "ogp.json";
@@ -42,9 +42,7 @@ pub fn capability_projector(
         }
     }
     let (bases, summary) = layer_bases(model, layer, inputs, settings.energy, settings.max_k)?;
-    let tmp = dir.join(format!("{BASES}.tmp"));
-    candle_core::safetensors::save(&bases, &tmp)?;
-    std::fs::rename(&tmp, dir.join(BASES)).map_err(|e| run_err(dir, e.to_string()))?;
+    steerkit_model::weights::save_safetensors(&bases, &dir.join(BASES))?;
     steerkit_eval::run::write_atomic(
         &meta_path,
         serde_json::to_string_pretty(&(key, &summary))

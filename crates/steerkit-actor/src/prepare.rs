@@ -284,9 +284,7 @@ pub fn prepare(
             map.insert(format!("val.{k}.{i}"), t.clone());
         }
     }
-    let tmp = dir.join(format!("{CACHE}.tmp"));
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, dir.join(CACHE)).map_err(|e| run_err(dir, e.to_string()))?;
+    steerkit_model::weights::save_safetensors(&map, &dir.join(CACHE))?;
     let meta = CacheMeta {
         key,
         layer,

@@ -249,9 +249,7 @@ pub fn block_file(dir: &Path, epoch: usize) -> PathBuf {
 
 /// Writes tensors to `path` through a temporary file and a rename.
 pub fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<(), ActorError> {
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| crate::run_err(path, e.to_string()))
+    Ok(steerkit_model::weights::save_safetensors(map, path)?)
 }
 
 /// The name of a tensor holding NaN or an infinity, if any: a step whose loss was finite can

@@ -54,6 +54,16 @@ fn tiny_folder(dir: &Path) -> PathBuf {
 }
 
 /// Asserts a clean failure: non-zero exit, one `error:` line mentioning `needle`, no panic.
+/// Asserts that a written file is readable by everyone, as a model file must be to be served.
+fn assert_readable_by_others(p: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "{}: mode {mode:o}", p.display());
+    }
+}
+
 /// Asserts that the command succeeded, showing its stderr and stdout when it did not.
 fn assert_ok(out: &Output) {
     assert!(
@@ -574,6 +584,8 @@ fn directions_pipeline_and_bad_runs() {
     for f in ["directions.safetensors", "extract.json"] {
         assert!(run.join(f).is_file(), "{f}");
     }
+    // Readable by a serving stack running as another user (candle writes 0600).
+    assert_readable_by_others(&run.join("directions.safetensors"));
     let again = steerkit(&["extract", "-m", &smol, "--limit", "4", "--out", r]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("reused"));
     // SmolLM2 never refuses: no early candidate passes; the scores are still written.
@@ -774,6 +786,9 @@ fn directions_pipeline_and_bad_runs() {
         ortho.to_str().unwrap(),
     ]);
     assert_ok(&ex);
+    for e in std::fs::read_dir(&ortho).unwrap() {
+        assert_readable_by_others(&e.unwrap().path());
+    }
     let g = steerkit(&[
         "generate",
         "-m",

@@ -92,15 +92,13 @@ impl Candidates {
     /// Writes the tensors and metadata (temporary files, then renames).
     pub fn save(&self, dir: &Path) -> Result<(), RunError> {
         std::fs::create_dir_all(dir).map_err(|e| run_err(dir, e.to_string()))?;
-        let tmp = dir.join(format!("{TENSORS}.tmp"));
         let map: std::collections::HashMap<String, Tensor> = [
             ("mean_harmful".to_string(), self.mean_harmful.clone()),
             ("mean_harmless".to_string(), self.mean_harmless.clone()),
             ("candidates".to_string(), self.candidates.clone()),
         ]
         .into();
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, dir.join(TENSORS)).map_err(|e| run_err(dir, e.to_string()))?;
+        steerkit_model::weights::save_safetensors(&map, &dir.join(TENSORS))?;
         let meta = serde_json::to_vec_pretty(&self.meta).expect("serializes");
         steerkit_eval::run::write_atomic(&dir.join(META), &meta)?;
         Ok(())

@@ -331,7 +331,7 @@ pub fn save_folder(
             }
             let map: std::collections::HashMap<String, candle_core::Tensor> =
                 shard.into_iter().collect();
-            candle_core::safetensors::save(&map, tmp.join(&name))?;
+            crate::weights::save_safetensors(&map, &tmp.join(&name))?;
         }
         if count > 1 {
             write(

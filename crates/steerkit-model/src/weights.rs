@@ -131,3 +131,27 @@ where
         dtype,
     })
 }
+
+/// Writes `tensors` as a safetensors file at `path`, through `PATH.tmp` and a rename, so an
+/// interrupted write never leaves a torn file. On Unix the file is made readable by others
+/// (0644) like the project's other outputs: candle creates safetensors files 0600, which a
+/// serving stack running as another user could not read.
+pub fn save_safetensors<K>(
+    tensors: &std::collections::HashMap<K, Tensor>,
+    path: &std::path::Path,
+) -> Result<()>
+where
+    K: AsRef<str> + Ord + std::fmt::Display,
+{
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    candle_core::safetensors::save(tensors, &tmp)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| ModelError::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
