@@ -30,18 +30,18 @@ pub struct Args {
     /// ablate-layers: ablation in --layers only; sweep: addition over --layers x --scales.
     #[arg(long, default_value = "ablate", value_parser = ["ablate", "add", "ablate-layers", "sweep"])]
     pub mode: String,
-    /// Coefficient of the direction for --mode add.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
-    pub scale: f64,
+    /// Coefficient of the direction for --mode add [default: 1].
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::common::finite)]
+    pub scale: Option<f64>,
     /// Layer for --mode add (default: the selected layer).
     #[arg(long)]
     pub layer: Option<usize>,
     /// Layers: A..B (A to B-1) for ablate-layers and sweep, or a list 4,8,12 for sweep.
     #[arg(long)]
     pub layers: Option<String>,
-    /// Scales of the sweep.
-    #[arg(long, default_value = "0.5,1,2,4", allow_hyphen_values = true)]
-    pub scales: String,
+    /// Scales of the sweep, comma-separated [default: 0.5,1,2,4].
+    #[arg(long, allow_hyphen_values = true)]
+    pub scales: Option<String>,
     /// New tokens per answer (greedy).
     #[arg(long, default_value_t = 64, value_parser = crate::common::positive)]
     pub max_new_tokens: usize,
@@ -71,6 +71,9 @@ fn parse_layers(s: &str, n: usize) -> Result<Vec<usize>> {
     if v.is_empty() {
         bail!("--layers {s} is empty");
     }
+    if let Some(twice) = v.iter().enumerate().find(|(i, l)| v[..*i].contains(l)) {
+        bail!("--layers {s} lists layer {} twice", twice.1);
+    }
     if let Some(bad) = v.iter().find(|l| **l >= n) {
         bail!(
             "--layers {s}: layer {bad} does not exist (the model has 0..{})",
@@ -81,6 +84,18 @@ fn parse_layers(s: &str, n: usize) -> Result<Vec<usize>> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // A flag the mode does not use is an error, not silently ignored.
+    let mode = a.mode.as_str();
+    for (given, flag, modes) in [
+        (a.scale.is_some(), "--scale", "add"),
+        (a.layer.is_some(), "--layer", "add and sweep"),
+        (a.layers.is_some(), "--layers", "ablate-layers and sweep"),
+        (a.scales.is_some(), "--scales", "sweep"),
+    ] {
+        if given && !modes.split(" and ").any(|m| m == mode) {
+            bail!("{flag} applies to --mode {modes}, not {mode}");
+        }
+    }
     let (dir, sel) = selected_direction(&a.run)?;
     let set = one_set(&a.prompts, "prompts", Some(a.limit))?;
     let m = a.model.load()?;
@@ -100,24 +115,34 @@ pub fn run(a: Args) -> Result<()> {
             n - 1
         );
     }
-    let scales: Vec<f64> = a
-        .scales
+    let scales_spec = a.scales.as_deref().unwrap_or("0.5,1,2,4");
+    let scales: Vec<f64> = scales_spec
         .split(',')
         .map(crate::common::finite)
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("--scales {}: {e}", a.scales))?;
+        .map_err(|e| anyhow::anyhow!("--scales {scales_spec}: {e}"))?;
+    if let Some(twice) = scales
+        .iter()
+        .enumerate()
+        .find(|(i, x)| scales[..*i].contains(x))
+    {
+        bail!("--scales {scales_spec} lists {} twice", twice.1);
+    }
     let mut conditions = vec![Intervention::None];
     let mut grid = None;
     match a.mode.as_str() {
         "ablate" => conditions.push(Intervention::Ablate),
         "add" => conditions.push(Intervention::Add {
             layer,
-            scale: a.scale,
+            scale: a.scale.unwrap_or(1.0),
         }),
         "ablate-layers" => {
             let Some(spec) = &a.layers else {
                 bail!("--mode ablate-layers needs --layers A..B");
             };
+            if !spec.contains("..") {
+                bail!("--mode ablate-layers takes a range of layers A..B, not the list {spec}");
+            }
             let ls = parse_layers(spec, n)?;
             conditions.push(Intervention::AblateLayers {
                 start: ls[0],
@@ -142,7 +167,7 @@ pub fn run(a: Args) -> Result<()> {
         batch_size: a.batch_size,
         system: a.system.choice(),
         judge: Judge::default(),
-        judge_name: "steerkit rules (built-in)".into(),
+        judge_name: steerkit_data::judge::DEFAULT_JUDGE.into(),
         condition: String::new(),
         earlier_labels: Vec::new(),
     };

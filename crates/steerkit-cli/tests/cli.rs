@@ -773,6 +773,35 @@ fn directions_pipeline_and_bad_runs() {
         ]),
         "does not exist",
     );
+    // Flags the mode does not use, lists where a range is meant, and repeats are errors (they
+    // were ignored, read as a range, or run twice).
+    for (extra, needle) in [
+        (
+            vec!["--mode", "ablate", "--scale", "2"],
+            "--scale applies to --mode add, not ablate",
+        ),
+        (
+            vec!["--mode", "add", "--layers", "4..8"],
+            "--layers applies to --mode ablate-layers and sweep",
+        ),
+        (
+            vec!["--mode", "ablate-layers", "--layers", "4,8"],
+            "takes a range of layers A..B",
+        ),
+        (
+            vec!["--mode", "sweep", "--layers", "4,8,4"],
+            "lists layer 4 twice",
+        ),
+        (
+            vec!["--mode", "sweep", "--scales", "1,2,1"],
+            "lists 1 twice",
+        ),
+    ] {
+        let mut args = vec!["ablate", "-m", &smol, "--run", r, "--out", ab2];
+        args.extend(extra);
+        assert_clean_error(&steerkit(&args), needle);
+    }
+    assert!(!Path::new(ab2).exists());
     // Exports: orthogonalized weights load and answer; the control vector holds -r at layer 10.
     let ortho = d.path().join("ortho");
     let ex = steerkit(&[
