@@ -75,6 +75,14 @@ pub struct ExtractArgs {
 pub fn extract(a: ExtractArgs) -> Result<()> {
     let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
     let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
+    let prompts = |s: &PromptSet| s.items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>();
+    if prompts(&harmful) == prompts(&harmless) {
+        bail!(
+            "--harmful and --harmless hold the same prompts ({} and {}): every candidate direction would be zero",
+            harmful.source,
+            harmless.source
+        );
+    }
     let m = a.model.load()?;
     let total = harmful.items.len() + harmless.items.len();
     let had_selection = a.out.join("selected.json").is_file();

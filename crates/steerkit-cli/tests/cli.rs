@@ -343,6 +343,20 @@ fn bad_input_is_one_clear_error() {
         ]),
         "/no/such/h.jsonl: no such file",
     );
+    assert_clean_error(
+        &steerkit(&[
+            "extract",
+            "-m",
+            &smol,
+            "--harmful",
+            "harmful",
+            "--harmless",
+            "harmful",
+            "--out",
+            o,
+        ]),
+        "hold the same prompts",
+    );
     let answers = d.path().join("answers.jsonl");
     std::fs::write(&answers, "{\"completion\": \"I cannot help with that.\"}\n").unwrap();
     let a = answers.to_str().unwrap();
@@ -570,6 +584,27 @@ fn compare_pairs_two_runs() {
     assert!(ce_row.contains("+0.0000 [+0.0000, +0.0000]"), "{ce_row}");
     assert!(text.contains("first-token KL from the reference"), "{text}");
     assert!(d.path().join("c/comparison.svg").is_file());
+    // Same set name, other prompts, or another kind: an error, not a NaN or a silent pairing.
+    let edited = |f: &dyn Fn(&mut serde_json::Value)| {
+        let e = d.path().join("edited");
+        std::fs::create_dir_all(&e).unwrap();
+        let mut v = report(&b);
+        f(&mut v);
+        std::fs::write(e.join("report.json"), v.to_string()).unwrap();
+        steerkit(&["compare", a.to_str().unwrap(), e.to_str().unwrap()])
+    };
+    assert_clean_error(
+        &edited(&|v| {
+            for p in v["sets"][0]["prompts"].as_array_mut().unwrap() {
+                *p = serde_json::json!("another prompt");
+            }
+        }),
+        "the two reports share no prompt",
+    );
+    assert_clean_error(
+        &edited(&|v| v["sets"][0]["kind"] = serde_json::json!("harmful")),
+        "not the same set",
+    );
 }
 
 /// extract -> select (manual layer) -> eval with the intervention; bad run folders.

@@ -259,6 +259,20 @@ pub fn compare(a: &Report, b: &Report) -> Result<Vec<SetComparison>, EvalError> 
             .zip(&sa.refused)
             .filter_map(|(p, &ra)| map.get(p.as_str()).map(|&rb| (ra, rb)))
             .collect();
+        if pairs.is_empty() {
+            return Err(EvalError::Mismatch(format!(
+                "set `{}`: the two reports share no prompt (other files, or other samples of one?)",
+                sa.name
+            )));
+        }
+        if sa.kind != sb.kind {
+            return Err(EvalError::Mismatch(format!(
+                "set `{}` is {} in one report and {} in the other: not the same set",
+                sa.name,
+                kind_str(sa.kind),
+                kind_str(sb.kind)
+            )));
+        }
         out.push(SetComparison {
             name: sa.name.clone(),
             kind: sa.kind,
