@@ -150,7 +150,6 @@ pub fn prepare(
             )));
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| run_err(dir, e.to_string()))?;
     let key = cache_key(m, [harmful, harmless, pseudo], vals, opts)?;
     if let Some(p) = load_cache(dir, &key) {
         return Ok(p);
@@ -284,6 +283,8 @@ pub fn prepare(
             map.insert(format!("val.{k}.{i}"), t.clone());
         }
     }
+    // The folder is made only now, so that an error above leaves nothing behind.
+    std::fs::create_dir_all(dir).map_err(|e| run_err(dir, e.to_string()))?;
     steerkit_model::weights::save_safetensors(&map, &dir.join(CACHE))?;
     let meta = CacheMeta {
         key,

@@ -1753,4 +1753,10 @@ fn safety_tune_trains_resumes_and_exports() {
     ]);
     assert_ok(&ex);
     assert_export_holds(t, &run.join("trained.safetensors"), &exported, 1);
+    // A resume whose optimizer state is gone names the file (it said only "No such file").
+    std::fs::remove_file(run.join("optimizer.safetensors")).unwrap();
+    assert_clean_error(
+        &run_with(&["--steps", "5", "--layers", "1..2"]),
+        "optimizer.safetensors",
+    );
 }

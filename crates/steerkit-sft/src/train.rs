@@ -288,7 +288,8 @@ pub fn train(
     let mut grad_proj = GradProjector::default();
     if start > 0 {
         let p = dir.join(OPTIMIZER);
-        let st = candle_core::safetensors::load(&p, &model.device)?;
+        let st = candle_core::safetensors::load(&p, &model.device)
+            .map_err(|e| SftError::Input(format!("{}: {e}", p.display())))?;
         if !opt.restore(&st, start) {
             return Err(SftError::Input(format!(
                 "{}: does not match the blocks",
@@ -296,7 +297,10 @@ pub fn train(
             )));
         }
         if matches!(cfg.ogp, Ogp::Grad { .. }) {
-            for (name, t) in candle_core::safetensors::load(dir.join(GRAD_BASES), &Device::Cpu)? {
+            let gb = dir.join(GRAD_BASES);
+            let bases = candle_core::safetensors::load(&gb, &Device::Cpu)
+                .map_err(|e| SftError::Input(format!("{}: {e}", gb.display())))?;
+            for (name, t) in bases {
                 grad_proj.bases.insert(name, GradBasis::from_tensor(&t)?);
             }
         }
