@@ -47,9 +47,30 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
+    // A training run where a direction run is needed: say so, not "missing extract.json".
+    if let Some(run) = &a.run {
+        let needs_direction = a.orthogonalize || a.format == "control-vector";
+        let training = if crate::actor::is_actor_run(run) {
+            Some("an ACTOR run")
+        } else if crate::safety::is_safety_run(run) {
+            Some("a safety-tune run")
+        } else {
+            None
+        };
+        if let (true, Some(kind)) = (needs_direction, training) {
+            bail!(
+                "{} is {kind}; {} needs a direction run (`steerkit extract` then `steerkit select`)",
+                run.display(),
+                if a.orthogonalize { "--orthogonalize" } else { "a control vector" }
+            );
+        }
+    }
     match a.format.as_str() {
         "safetensors" | "gguf" => {
             let m = a.model.load()?;
+            if a.format == "gguf" && m.kind != steerkit_model::SourceKind::Gguf {
+                bail!("--format gguf needs a GGUF source model (its tokenizer metadata is carried over)");
+            }
             if a.epoch.is_some() && !a.run.as_deref().is_some_and(crate::actor::is_actor_run) {
                 bail!("--epoch applies to ACTOR run folders only");
             }
@@ -75,9 +96,6 @@ pub fn run(a: Args) -> Result<()> {
             };
             let sp = spinner(&format!("writing {}", a.out.display()));
             if a.format == "gguf" {
-                if m.kind != steerkit_model::SourceKind::Gguf {
-                    bail!("--format gguf needs a GGUF source model (its tokenizer metadata is carried over)");
-                }
                 let src = steerkit_model::gguf::Gguf::open(&m.path)?;
                 let ty = if a.gguf_type == "q8_0" {
                     steerkit_export::gguf::GgufType::Q8_0

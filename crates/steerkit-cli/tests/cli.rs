@@ -1132,6 +1132,25 @@ fn actor_trains_resumes_and_exports() {
     ]);
     assert_clean_error(&other, "not on this model");
     assert!(!d.path().join("x").exists());
+    // What needs a direction run says so; GGUF needs a GGUF source, checked before the work.
+    let x = d.path().join("x");
+    let xs = x.to_str().unwrap();
+    for (extra, needle) in [
+        (
+            vec!["--format", "control-vector"],
+            "is an ACTOR run; a control vector needs a direction run",
+        ),
+        (
+            vec!["--orthogonalize"],
+            "is an ACTOR run; --orthogonalize needs a direction run",
+        ),
+        (vec!["--format", "gguf"], "needs a GGUF source model"),
+    ] {
+        let mut args = vec!["export", "-m", t, "--run", r, "--out", xs];
+        args.extend(extra);
+        assert_clean_error(&steerkit(&args), needle);
+        assert!(!x.exists());
+    }
     // With gradient projection: bases saved, the share projected out logged per step.
     let proj = d.path().join("proj");
     let mut args = base.to_vec();
