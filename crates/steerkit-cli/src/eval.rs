@@ -99,16 +99,28 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let (judge, judge_name) = crate::judge::load_judge(a.judge_rules.as_deref())?;
+    // The KL set is read even without --reference (then unused), so that a bad spec is an
+    // error here and not only in the run that has a reference.
+    let kl_set = {
+        let spec: SetSpec = a.kl_set.parse()?;
+        let kl_opts = ReadOptions {
+            limit: Some(a.kl_limit.or(a.limit).unwrap_or(64)),
+            ..ropts.clone()
+        };
+        resolve(&spec, &kl_opts)?.remove(0)
+    };
     let m = a.model.load()?;
     let reference = match &a.reference {
         Some(r) => {
-            let spec: SetSpec = a.kl_set.parse()?;
-            let kl_opts = ReadOptions {
-                limit: Some(a.kl_limit.or(a.limit).unwrap_or(64)),
-                ..ropts.clone()
-            };
-            let set = resolve(&spec, &kl_opts)?.remove(0);
-            Some((a.model.on.load(r)?, set))
+            let reference = a.model.on.load(r)?;
+            // Checked before any answer is generated, not after.
+            anyhow::ensure!(
+                reference.model.cfg.vocab_size == m.model.cfg.vocab_size,
+                "--reference {r} has a vocabulary of {}, the model {}: the KL needs the same tokenizer",
+                reference.model.cfg.vocab_size,
+                m.model.cfg.vocab_size
+            );
+            Some((reference, kl_set))
         }
         None => None,
     };

@@ -584,6 +584,17 @@ fn compare_pairs_two_runs() {
     assert!(ce_row.contains("+0.0000 [+0.0000, +0.0000]"), "{ce_row}");
     assert!(text.contains("first-token KL from the reference"), "{text}");
     assert!(d.path().join("c/comparison.svg").is_file());
+    // A reference with another vocabulary fails before any answer (it failed after all of
+    // them); a bad KL set is an error even without --reference.
+    let e = d.path().join("vocab");
+    let mut args = eval_args(e.to_str().unwrap(), &smol);
+    let qwen = model("qwen2.5-coder-0.5b-instruct");
+    args.extend(["--reference", &qwen]);
+    assert_clean_error(&steerkit(&args), "the KL needs the same tokenizer");
+    assert!(!e.join("responses").exists());
+    let mut args = eval_args(e.to_str().unwrap(), &smol);
+    args.extend(["--kl-set", "nosuch"]);
+    assert_clean_error(&steerkit(&args), "unknown set `nosuch`");
     // Same set name, other prompts, or another kind: an error, not a NaN or a silent pairing.
     let edited = |f: &dyn Fn(&mut serde_json::Value)| {
         let e = d.path().join("edited");
