@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde_json::json;
 use steerkit_model::NoHook;
@@ -17,7 +17,8 @@ pub struct Args {
     /// One prompt (the user's message).
     #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
     pub prompt: Option<String>,
-    /// A file of prompts: one per line, or JSON lines with a `prompt` field (.jsonl).
+    /// A file of prompts: JSON lines (.jsonl, .json) or CSV (.csv) with a `prompt` field,
+    /// anything else one prompt per line.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     /// Prompts per batch.
@@ -29,39 +30,16 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
-/// Reads prompts: `.jsonl` files by their `prompt` field, anything else one per line.
-fn read_prompts(path: &PathBuf) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if jsonl {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
-            match v["prompt"].as_str() {
-                Some(p) => out.push(p.to_string()),
-                None => bail!("{}:{}: no string field `prompt`", path.display(), i + 1),
-            }
-        } else {
-            out.push(line.to_string());
-        }
-    }
-    if out.is_empty() {
-        bail!("{}: no prompts", path.display());
-    }
-    Ok(out)
-}
-
 pub fn run(a: Args) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let prompts = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![p.clone()],
-        (None, Some(f)) => read_prompts(f)?,
+        (None, Some(f)) => steerkit_data::sets::read_file(f, &Default::default())?
+            .into_iter()
+            .map(|i| i.prompt)
+            .collect(),
         (None, None) => bail!("give --prompt or --prompts"),
     };
     let m = a.model.load()?;

@@ -127,6 +127,22 @@ fn generate_answers_a_file_of_prompts() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["prompt"], "Count to three.");
     assert!(!lines[0]["response"].as_str().unwrap().is_empty());
+    // A CSV is read by its `prompt` column, as everywhere else (its header line was a prompt).
+    let csv = d.path().join("p.csv");
+    std::fs::write(&csv, "prompt,category\n\"Say hi, briefly.\",greeting\n").unwrap();
+    let out = steerkit(&[
+        "generate",
+        "-m",
+        &model(SMOL),
+        "--prompts",
+        csv.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"prompt\":\"Say hi, briefly.\""), "{text}");
 }
 
 #[test]
