@@ -61,6 +61,22 @@ pub(crate) enum Command {
 
 /// Runs one command.
 pub(crate) fn dispatch(command: Command) -> anyhow::Result<()> {
+    // A run folder given as --out that is a file: said before any work.
+    let out_folder = match &command {
+        Command::Eval(a) => Some(&a.out),
+        Command::Compare(a) => a.out.as_ref(),
+        Command::Extract(a) => Some(&a.out),
+        Command::Ablate(a) => Some(&a.out),
+        Command::Actor(a) => Some(&a.out),
+        Command::SafetyTune(a) => Some(&a.out),
+        _ => None,
+    };
+    if let Some(out) = out_folder.filter(|o| o.exists() && !o.is_dir()) {
+        anyhow::bail!(
+            "--out {}: a file is there; --out is a folder",
+            out.display()
+        );
+    }
     match command {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),

@@ -230,6 +230,12 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: missing `model`", a.config.display());
     };
     let out = PathBuf::from(top(&t, "out")?.unwrap_or_else(|| "runs/steerkit".into()));
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "`out` {}: a file is there; `out` is a folder",
+            out.display()
+        );
+    }
     if !a.dry_run {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     }

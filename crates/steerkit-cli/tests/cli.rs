@@ -401,6 +401,13 @@ fn bad_input_is_one_clear_error() {
             .count(),
         0
     );
+    // A file where a run folder is meant, before any work.
+    for cmd in ["eval", "extract", "actor"] {
+        assert_clean_error(
+            &steerkit(&[cmd, "-m", &smol, "--out", a]),
+            "a file is there; --out is a folder",
+        );
+    }
     // The OS error is said once (it was repeated: "...(os error 2): ...(os error 2)").
     let missing = steerkit(&["judge", "/no/such/answers.jsonl"]);
     assert_clean_error(&missing, "/no/such/answers.jsonl");
