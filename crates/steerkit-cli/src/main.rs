@@ -96,6 +96,13 @@ pub(crate) fn dispatch(command: Command) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // Output piped into a reader that stops early (`| head`) ends the process quietly, as
+    // with other Unix tools; Rust's default (SIGPIPE ignored) made `println!` panic there.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli.command) {
         // One line: candle errors carry a backtrace after the message when RUST_BACKTRACE is set.

@@ -145,6 +145,35 @@ fn generate_answers_a_file_of_prompts() {
     assert!(text.contains("\"prompt\":\"Say hi, briefly.\""), "{text}");
 }
 
+/// Output into a reader that stops early (`| head -1`) ends the process quietly, by SIGPIPE
+/// as with other Unix tools; `generate` panicked and `judge` printed an error.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let d = tmpdir("pipe");
+    let f = d.path().join("many.jsonl");
+    let row =
+        "{\"completion\": \"I cannot help with that; this row is long enough to fill a pipe.\"}\n";
+    std::fs::write(&f, row.repeat(5000)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args(["judge", f.to_str().unwrap(), "--field", "completion"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("full_refusal"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}
+
 #[test]
 fn chat_keeps_a_conversation() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_steerkit"))
