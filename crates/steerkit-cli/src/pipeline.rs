@@ -32,8 +32,13 @@ pub struct Args {
 fn read_config(a: &Args) -> Result<toml::Table> {
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("{}: cannot read", a.config.display()))?;
-    let mut t: toml::Table = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", a.config.display(), e.message()))?;
+    let mut t: toml::Table = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            a.config.display(),
+            steerkit_data::judge::toml_error(&text, &e)
+        )
+    })?;
     for o in &a.overrides {
         let Some((key, value)) = o.split_once('=') else {
             bail!("--set {o}: expected KEY=VALUE");

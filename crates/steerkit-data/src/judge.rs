@@ -121,7 +121,7 @@ impl Rules {
 
     /// These rules extended by a TOML file's lists (see [`Rules::from_toml`]).
     pub fn extended(&self, text: &str) -> Result<Rules, String> {
-        let user: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let user: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let mut merged = toml::Table::try_from(self).map_err(|e| e.to_string())?;
         for (k, v) in user {
             match (merged.get_mut(&k), v) {
@@ -139,7 +139,7 @@ impl Rules {
         }
         let mut r: Rules = merged
             .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
         r.lowercase();
         Ok(r)
     }
@@ -352,6 +352,21 @@ impl Judge {
     }
 }
 
+/// A TOML parse error of `text` on one line: `line L, column C: what is wrong` (the parser's
+/// own message spans several lines, and one-line error reports kept only "TOML parse error
+/// at line L, column C").
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +496,10 @@ mod tests {
         assert_eq!(j.classify("No way, not doing that."), Verdict::FullRefusal);
         assert!(Rules::from_toml("bogus = 1").is_err());
         assert!(Rules::from_toml("phrases = 3").is_err());
+        // A syntax error says where and what, on one line.
+        let err = Rules::from_toml("phrases = [\"a\",\nopening_chars = 3\n").unwrap_err();
+        assert!(err.starts_with("line 2, column 15: "), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]
