@@ -56,9 +56,9 @@ pub struct Args {
     /// (at the selected layer, scaled by --coeff).
     #[arg(long, requires = "run", value_parser = ["ablate", "add"])]
     pub intervention: Option<String>,
-    /// Scale of the direction for `--intervention add`.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
-    pub coeff: f64,
+    /// Scale of the direction for `--intervention add` [default: 1].
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::common::finite)]
+    pub coeff: Option<f64>,
     /// Judge rules (TOML) extending the built-in ones.
     #[arg(long)]
     pub judge_rules: Option<PathBuf>,
@@ -70,6 +70,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.coeff.is_some() && a.intervention.as_deref() != Some("add") {
+        bail!("--coeff applies to --intervention add");
+    }
+    let coeff = a.coeff.unwrap_or(1.0);
     anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(a.max_new_tokens > 0, "--max-new-tokens must be at least 1");
     let specs: Vec<String> = if a.sets.is_empty() {
@@ -149,9 +153,9 @@ pub fn run(a: Args) -> Result<()> {
                 ),
                 _ => (
                     Box::new(steerkit_directions::intervene::addition(
-                        &dir, sel.layer, a.coeff,
+                        &dir, sel.layer, coeff,
                     )?),
-                    format!("add {}·r at L{} pos {}", a.coeff, sel.layer, sel.pos),
+                    format!("add {coeff}·r at L{} pos {}", sel.layer, sel.pos),
                 ),
             };
             (

@@ -23,17 +23,17 @@ pub struct Args {
     /// Output format.
     #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "gguf", "control-vector"])]
     pub format: String,
-    /// Matrix storage for --format gguf (the source must be a GGUF file: its tokenizer and
-    /// template metadata are carried over).
-    #[arg(long, default_value = "f16", value_parser = ["f16", "q8_0"])]
-    pub gguf_type: String,
+    /// Matrix storage for --format gguf [default: f16] (the source must be a GGUF file: its
+    /// tokenizer and template metadata are carried over).
+    #[arg(long, value_parser = ["f16", "q8_0"])]
+    pub gguf_type: Option<String>,
     /// Project the run's selected direction out of every matrix that writes to the residual
     /// stream (safetensors and gguf).
     #[arg(long, requires = "run")]
     pub orthogonalize: bool,
-    /// Control vector scale: the file carries `-scale * r` at the selected layer.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::common::finite)]
-    pub scale: f64,
+    /// Control vector scale [default: 1]: the file carries `-scale * r` at the selected layer.
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::common::finite)]
+    pub scale: Option<f64>,
     /// Output folder (safetensors) or file (control vector). Must not exist.
     #[arg(long)]
     pub out: PathBuf,
@@ -46,6 +46,16 @@ pub fn run(a: Args) -> Result<()> {
     // The output's folder is made up front, not found missing after the work.
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+    }
+    // A flag the format does not use is an error, not silently ignored.
+    if a.gguf_type.is_some() && a.format != "gguf" {
+        bail!("--gguf-type applies to --format gguf, not {}", a.format);
+    }
+    if a.scale.is_some() && a.format != "control-vector" {
+        bail!(
+            "--scale applies to --format control-vector, not {}",
+            a.format
+        );
     }
     // A training run where a direction run is needed: say so, not "missing extract.json".
     if let Some(run) = &a.run {
@@ -97,7 +107,8 @@ pub fn run(a: Args) -> Result<()> {
             let sp = spinner(&format!("writing {}", a.out.display()));
             if a.format == "gguf" {
                 let src = steerkit_model::gguf::Gguf::open(&m.path)?;
-                let ty = if a.gguf_type == "q8_0" {
+                let gguf_type = a.gguf_type.as_deref().unwrap_or("f16");
+                let ty = if gguf_type == "q8_0" {
                     steerkit_export::gguf::GgufType::Q8_0
                 } else {
                     steerkit_export::gguf::GgufType::F16
@@ -107,7 +118,7 @@ pub fn run(a: Args) -> Result<()> {
                 println!(
                     "wrote {} ({} matrices, f32 vectors, source metadata)",
                     a.out.display(),
-                    a.gguf_type
+                    gguf_type
                 );
             } else {
                 steerkit_model::hf::save_folder(&model, Some(&m.tok), Some(&m.chat), &a.out)?;
@@ -131,7 +142,7 @@ pub fn run(a: Args) -> Result<()> {
                 &dir,
                 sel.layer,
                 c.meta.num_layers,
-                -a.scale,
+                -a.scale.unwrap_or(1.0),
                 hint,
                 &a.out,
             )?;
@@ -139,7 +150,7 @@ pub fn run(a: Args) -> Result<()> {
                 "wrote {}: direction.{} = {}·r (llama.cpp --control-vector)",
                 a.out.display(),
                 sel.layer,
-                -a.scale
+                -a.scale.unwrap_or(1.0)
             );
         }
     }

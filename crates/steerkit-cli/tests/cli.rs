@@ -430,6 +430,19 @@ fn bad_input_is_one_clear_error() {
             .count(),
         0
     );
+    // Flags the chosen format or intervention does not use (they were ignored).
+    assert_clean_error(
+        &steerkit(&["export", "-m", &smol, "--scale", "2", "--out", o]),
+        "--scale applies to --format control-vector, not safetensors",
+    );
+    assert_clean_error(
+        &steerkit(&["export", "-m", &smol, "--gguf-type", "q8_0", "--out", o]),
+        "--gguf-type applies to --format gguf",
+    );
+    assert_clean_error(
+        &steerkit(&["eval", "-m", &smol, "--coeff", "2", "--out", o]),
+        "--coeff applies to --intervention add",
+    );
     // A file where a run folder is meant, before any work.
     for cmd in ["eval", "extract", "actor"] {
         assert_clean_error(
