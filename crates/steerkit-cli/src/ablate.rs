@@ -83,7 +83,8 @@ fn parse_layers(s: &str, n: usize) -> Result<Vec<usize>> {
     Ok(v)
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Checks of the arguments alone, before any work (also run by `steerkit run --dry-run`).
+pub fn validate(a: &Args) -> Result<()> {
     // A flag the mode does not use is an error, not silently ignored.
     let mode = a.mode.as_str();
     for (given, flag, modes) in [
@@ -96,6 +97,10 @@ pub fn run(a: Args) -> Result<()> {
             bail!("{flag} applies to --mode {modes}, not {mode}");
         }
     }
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
     let (dir, sel) = selected_direction(&a.run)?;
     let set = one_set(&a.prompts, "prompts", Some(a.limit))?;
     let m = a.model.load()?;

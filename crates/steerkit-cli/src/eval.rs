@@ -69,10 +69,15 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Checks of the arguments alone, before any work (also run by `steerkit run --dry-run`).
+pub fn validate(a: &Args) -> Result<()> {
     if a.coeff.is_some() && a.intervention.as_deref() != Some("add") {
         bail!("--coeff applies to --intervention add");
     }
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
     let coeff = a.coeff.unwrap_or(1.0);
     anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(a.max_new_tokens > 0, "--max-new-tokens must be at least 1");

@@ -39,14 +39,8 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    if a.out.exists() {
-        bail!("{} already exists", a.out.display());
-    }
-    // The output's folder is made up front, not found missing after the work.
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
-    }
+/// Checks of the arguments alone, before any work (also run by `steerkit run --dry-run`).
+pub fn validate(a: &Args) -> Result<()> {
     // A flag the format does not use is an error, not silently ignored.
     if a.gguf_type.is_some() && a.format != "gguf" {
         bail!("--gguf-type applies to --format gguf, not {}", a.format);
@@ -74,6 +68,17 @@ pub fn run(a: Args) -> Result<()> {
                 if a.orthogonalize { "--orthogonalize" } else { "a control vector" }
             );
         }
+    }
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.out.exists() {
+        bail!("{} already exists", a.out.display());
+    }
+    // The output's folder is made up front, not found missing after the work.
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
     match a.format.as_str() {
         "safetensors" | "gguf" => {

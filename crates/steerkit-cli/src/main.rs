@@ -59,10 +59,11 @@ pub(crate) enum Command {
     Run(pipeline::Args),
 }
 
-/// Runs one command.
-pub(crate) fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Checks of a command's arguments alone, before any work; `steerkit run` runs them for every
+/// phase before the first one starts.
+pub(crate) fn validate(command: &Command) -> anyhow::Result<()> {
     // A run folder given as --out that is a file: said before any work.
-    let out_folder = match &command {
+    let out_folder = match command {
         Command::Eval(a) => Some(&a.out),
         Command::Compare(a) => a.out.as_ref(),
         Command::Extract(a) => Some(&a.out),
@@ -77,6 +78,17 @@ pub(crate) fn dispatch(command: Command) -> anyhow::Result<()> {
             out.display()
         );
     }
+    match command {
+        Command::Ablate(a) => ablate::validate(a),
+        Command::Export(a) => export::validate(a),
+        Command::Eval(a) => eval::validate(a),
+        _ => Ok(()),
+    }
+}
+
+/// Runs one command.
+pub(crate) fn dispatch(command: Command) -> anyhow::Result<()> {
+    validate(&command)?;
     match command {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),

@@ -132,9 +132,20 @@ fn top(t: &toml::Table, key: &str) -> Result<Option<String>> {
     }
 }
 
-/// Runs one phase as the command line `argv` would, naming the phase in an error (`dry`: only
-/// checks the arguments).
-fn phase(name: &str, argv: &[String], log: &mut Vec<String>, dry: bool) -> Result<()> {
+/// How far a pass over the phases goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Check every phase's arguments, silently (before a real run, so that a bad key of a
+    /// late phase is found before the early phases spend minutes).
+    Check,
+    /// `--dry-run`: show and check every phase's command line.
+    DryRun,
+    Run,
+}
+
+/// Runs one phase as the command line `argv` would, naming the phase in an error (other
+/// passes than `Run` only check the arguments, with the command's own checks).
+fn phase(name: &str, argv: &[String], log: &mut Vec<String>, pass: Pass) -> Result<()> {
     let shown: Vec<String> = argv
         .iter()
         .map(|a| {
@@ -146,7 +157,9 @@ fn phase(name: &str, argv: &[String], log: &mut Vec<String>, dry: bool) -> Resul
         })
         .collect();
     let line = format!("steerkit {}", shown.join(" "));
-    println!("\n== {name}: {line}");
+    if pass != Pass::Check {
+        println!("\n== {name}: {line}");
+    }
     log.push(line);
     let cli = crate::Cli::try_parse_from(
         std::iter::once("steerkit".to_string()).chain(argv.iter().cloned()),
@@ -157,8 +170,9 @@ fn phase(name: &str, argv: &[String], log: &mut Vec<String>, dry: bool) -> Resul
             e.to_string().lines().next().unwrap_or("")
         )
     })?;
-    if dry {
-        return Ok(());
+    if pass != Pass::Run {
+        return crate::validate(&cli.command)
+            .map_err(|e| anyhow::anyhow!("phase {name}: bad configuration: {e:#}"));
     }
     crate::dispatch(cli.command).with_context(|| format!("phase {name} failed (fix the config or the inputs and rerun: finished phases are kept)"))
 }
@@ -187,10 +201,10 @@ impl Fresh<'_> {
         name: &str,
         argv: &[String],
         log: &mut Vec<String>,
-        dry: bool,
+        pass: Pass,
     ) -> Result<()> {
-        if dry {
-            return phase(name, argv, log, dry);
+        if pass != Pass::Run {
+            return phase(name, argv, log, pass);
         }
         let marker = (self.marker)()?;
         if self.complete.is_file()
@@ -208,7 +222,7 @@ impl Fresh<'_> {
         if let Some(c) = self.clear {
             remove_dir(c)?;
         }
-        phase(name, argv, log, dry)?;
+        phase(name, argv, log, pass)?;
         write_atomic(self.marker_path, marker.as_bytes())?;
         remove_dir(self.stale)
     }
@@ -230,7 +244,14 @@ fn export_marker(actor_run: &Path) -> Result<String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let t = read_config(&a)?;
+    if !a.dry_run {
+        execute(&a, Pass::Check)?;
+    }
+    execute(&a, if a.dry_run { Pass::DryRun } else { Pass::Run })
+}
+
+fn execute(a: &Args, pass: Pass) -> Result<()> {
+    let t = read_config(a)?;
     let Some(model) = top(&t, "model")? else {
         bail!("{}: missing `model`", a.config.display());
     };
@@ -241,7 +262,7 @@ pub fn run(a: Args) -> Result<()> {
             out.display()
         );
     }
-    if !a.dry_run {
+    if pass == Pass::Run {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     }
     let mut common: Vec<String> = Vec::new();
@@ -258,7 +279,7 @@ pub fn run(a: Args) -> Result<()> {
         system.push("--no-system".into());
     }
     let t0 = std::time::Instant::now();
-    let dry = a.dry_run;
+    let dry = pass;
     let mut log = Vec::new();
     let actor_run = out.join("actor");
     let patched = out.join("patched");
@@ -429,8 +450,10 @@ pub fn run(a: Args) -> Result<()> {
         )?;
     }
 
-    if dry {
-        println!("\ndry run: the configuration is valid; nothing was run");
+    if dry != Pass::Run {
+        if dry == Pass::DryRun {
+            println!("\ndry run: the configuration is valid; nothing was run");
+        }
         return Ok(());
     }
 

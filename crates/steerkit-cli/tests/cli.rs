@@ -1738,12 +1738,35 @@ fn shipped_configs_are_valid() {
         ("nosuch.key=1", "unknown section [nosuch]"),
         ("bogus=1", "unknown top-level key `bogus`"),
         ("alpha=1.5", "unknown top-level key `alpha`"),
+        // The commands' own checks run in a dry run too, and before a real run's first phase.
+        (
+            "export.gguf_type=q8_0",
+            "phase export: bad configuration: --gguf-type applies to --format gguf",
+        ),
+        (
+            "eval.coeff=2",
+            "phase evaluate before: bad configuration: --coeff applies",
+        ),
     ] {
         assert_clean_error(
             &steerkit(&["run", qwen.to_str().unwrap(), "--dry-run", "--set", set]),
             needle,
         );
     }
+    // A real run checks every phase first: the bad export key stops it before extraction.
+    let never = d.path().join("never");
+    assert_clean_error(
+        &steerkit(&[
+            "run",
+            qwen.to_str().unwrap(),
+            "--set",
+            &format!("out={}", never.display()),
+            "--set",
+            "export.gguf_type=q8_0",
+        ]),
+        "phase export: bad configuration",
+    );
+    assert!(!never.exists());
 }
 
 /// The exported folder `exported` loads and carries block `layer`'s down projection from the
