@@ -1,5 +1,5 @@
 """Which block separates unsafe twins from safe ones along the refusal direction (README,
-"ACTOR, the layer"). Reads the states written by the `state_dump` example (and its `.json` shape) for three files in
+"ACTOR, the block"). Reads the states written by the `state_dump` example (and its `.json` shape) for three files in
 this order: 128 harmful prompts, 128 harmless prompts, and a twin file (`label` safe/unsafe,
 twins on consecutive lines). Per layer: the refusal direction R (harmful minus harmless mean
 of the last-token block outputs, unit length), then the AUC of the projections on R for
@@ -35,7 +35,8 @@ assert len(S) == len(U), "the twin file must hold as many safe as unsafe prompts
 
 
 def auc(a, b):
-    """P(a > b) for two samples (ties count half)."""
+    """P(a > b) for two samples of continuous values (ranks; ties, which do not occur in
+    these states, would be broken by order)."""
     r = np.concatenate([a, b]).argsort(kind="stable").argsort() + 1.0
     return (r[: len(a)].sum() - len(a) * (len(a) + 1) / 2) / (len(a) * len(b))
 

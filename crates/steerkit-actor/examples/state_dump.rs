@@ -1,8 +1,8 @@
 //! Experiment helper: the last-token block output of every layer for the prompts of one or
-//! more JSONL files (`prompt` field; `--limit N` keeps each file's first N), written as
-//! `[prompts, layers, hidden]` little-endian f32, prompts in file order, with the shape in
-//! `OUT.f32.json`. Used for the README's
-//! layer study of ACTOR (which block separates unsafe twins from safe ones).
+//! more prompt files (read as every command reads them; LIMIT keeps each file's first N),
+//! written as `[prompts, layers, hidden]` little-endian f32, prompts in file order, with the
+//! shape in `OUT.f32.json`. Used for the README's layer study of ACTOR ("ACTOR, the block":
+//! which block separates unsafe twins from safe ones).
 //!
 //! ```text
 //! cargo run --release -p steerkit-actor --example state_dump -- MODEL OUT.f32 LIMIT FILE...
@@ -20,19 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limit: usize = a[3].parse()?;
     let mut prompts = Vec::new();
     for f in &a[4..] {
-        let text = std::fs::read_to_string(f)?;
-        let mut n = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()).take(limit) {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            prompts.push(
-                v["prompt"]
-                    .as_str()
-                    .ok_or("a row without `prompt`")?
-                    .to_string(),
-            );
-            n += 1;
-        }
-        eprintln!("{f}: {n} prompts");
+        let opts = steerkit_data::ReadOptions {
+            limit: Some(limit),
+            ..Default::default()
+        };
+        let items = steerkit_data::sets::read_file(std::path::Path::new(f), &opts)?;
+        eprintln!("{f}: {} prompts", items.len());
+        prompts.extend(items.into_iter().map(|i| i.prompt));
     }
     let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
     let t0 = std::time::Instant::now();

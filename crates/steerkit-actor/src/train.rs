@@ -495,8 +495,10 @@ pub fn val_refusal(
 }
 
 /// Trains block `cfg.layer` of `model` in place on cached inputs, writing checkpoints to
-/// `dir`. Resumes after the last completed epoch when `dir` holds a run with the same settings.
-/// Returns the log of every epoch, including those done before a resume.
+/// `dir`. Resumes after the last completed epoch when `dir` holds a run with the same settings;
+/// `model` must then hold the original weights, as in a fresh process (fixed targets are
+/// taken from them before the checkpoint is loaded). Returns the log of every epoch, including
+/// those done before a resume.
 pub fn train(
     model: &mut Model,
     data: &[(Group, Tensor)],
@@ -540,7 +542,7 @@ pub fn train_projected(
             return Err(other_settings(dir));
         }
         if s.epochs_done > 0 {
-            if !cfg.refresh {
+            if !cfg.refresh && s.epochs_done < cfg.epochs {
                 // Fixed targets are the first epoch's, from the weights before any training:
                 // take them before the checkpoint replaces those weights, so that a resumed
                 // run trains towards the same targets as an uninterrupted one.
@@ -676,14 +678,6 @@ pub fn train_projected(
             val,
             ogp_removed: (removed_n > 0).then(|| removed_sum / removed_n as f64),
         };
-        if projection.is_some() {
-            append_ogp_rows(
-                dir,
-                "epoch,step,matrix,step_norm,removed_norm",
-                epoch,
-                &ogp_rows,
-            )?;
-        }
         // Checkpoint: block, optimizer, then state.json (the commit point), then the log.
         let block: HashMap<String, Tensor> = all
             .iter()
@@ -694,6 +688,14 @@ pub fn train_projected(
                 "epoch {epoch}: `{name}` holds NaN or infinite values after training; nothing of this epoch is saved{}",
                 if epoch > 1 { format!(" (the last good checkpoint: {})", block_file(dir, epoch - 1).display()) } else { String::new() }
             )));
+        }
+        if projection.is_some() {
+            append_ogp_rows(
+                dir,
+                "epoch,step,matrix,step_norm,removed_norm",
+                epoch,
+                &ogp_rows,
+            )?;
         }
         save_safetensors(&block, &block_file(dir, epoch))?;
         save_safetensors(&opt.state(), &dir.join(OPTIMIZER))?;

@@ -33,7 +33,8 @@ pub struct Args {
     /// Coefficient of the direction for --mode add [default: 1].
     #[arg(long, allow_hyphen_values = true, value_parser = crate::common::finite)]
     pub scale: Option<f64>,
-    /// Layer for --mode add (default: the selected layer).
+    /// Layer for --mode add, or the one layer of a sweep without --layers (default: the
+    /// selected layer).
     #[arg(long)]
     pub layer: Option<usize>,
     /// Layers: A..B (A to B-1) for ablate-layers and sweep, or a list 4,8,12 for sweep.
@@ -97,7 +98,29 @@ pub fn validate(a: &Args) -> Result<()> {
             bail!("{flag} applies to --mode {modes}, not {mode}");
         }
     }
+    if a.layer.is_some() && a.layers.is_some() {
+        bail!("--layer and --layers together: a sweep takes one of them");
+    }
+    parse_scales(a)?;
     Ok(())
+}
+
+/// The sweep's scales: `--scales`, or 0.5, 1, 2 and 4.
+fn parse_scales(a: &Args) -> Result<Vec<f64>> {
+    let scales_spec = a.scales.as_deref().unwrap_or("0.5,1,2,4");
+    let scales: Vec<f64> = scales_spec
+        .split(',')
+        .map(crate::common::finite)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--scales {scales_spec}: {e}"))?;
+    if let Some(twice) = scales
+        .iter()
+        .enumerate()
+        .find(|(i, x)| scales[..*i].contains(x))
+    {
+        bail!("--scales {scales_spec} lists {} twice", twice.1);
+    }
+    Ok(scales)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -120,19 +143,7 @@ pub fn run(a: Args) -> Result<()> {
             n - 1
         );
     }
-    let scales_spec = a.scales.as_deref().unwrap_or("0.5,1,2,4");
-    let scales: Vec<f64> = scales_spec
-        .split(',')
-        .map(crate::common::finite)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("--scales {scales_spec}: {e}"))?;
-    if let Some(twice) = scales
-        .iter()
-        .enumerate()
-        .find(|(i, x)| scales[..*i].contains(x))
-    {
-        bail!("--scales {scales_spec} lists {} twice", twice.1);
-    }
+    let scales = parse_scales(&a)?;
     let mut conditions = vec![Intervention::None];
     let mut grid = None;
     match a.mode.as_str() {

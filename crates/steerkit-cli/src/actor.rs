@@ -142,9 +142,6 @@ fn role_set(specs: &[String], role: &str, limit: Option<usize>) -> Result<Prompt
 
 pub fn run(a: Args) -> Result<()> {
     let parts: Parts = a.parts.parse().map_err(anyhow::Error::msg)?;
-    if a.batch_size == 0 || a.epochs == 0 {
-        bail!("--batch-size and --epochs must be at least 1");
-    }
     if !(a.lr > 0.0 && a.lr.is_finite()) {
         bail!("--lr must be a positive number");
     }

@@ -21,7 +21,7 @@ pub fn one_set(spec: &str, name: &str, limit: Option<usize>) -> Result<PromptSet
             Some("jsonl" | "json" | "txt" | "csv")
         );
     if !spec.contains('=') && !path.exists() && looks_like_a_file {
-        bail!("{spec}: no such file (`{name}` takes a file or the name of a built-in set)");
+        bail!("{spec}: no such file (the {name} prompts are a file or the name of a built-in set)");
     }
     let spec: SetSpec = if spec.contains('=') || !path.exists() {
         spec.parse()?
@@ -75,7 +75,12 @@ pub struct ExtractArgs {
 pub fn extract(a: ExtractArgs) -> Result<()> {
     let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
     let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
-    let prompts = |s: &PromptSet| s.items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>();
+    fn sorted_prompts(s: &PromptSet) -> Vec<&str> {
+        let mut v: Vec<&str> = s.items.iter().map(|i| i.prompt.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+    let prompts = sorted_prompts;
     if prompts(&harmful) == prompts(&harmless) {
         bail!(
             "--harmful and --harmless hold the same prompts ({} and {}): every candidate direction would be zero",

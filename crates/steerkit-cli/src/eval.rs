@@ -79,8 +79,6 @@ pub fn validate(a: &Args) -> Result<()> {
 
 pub fn run(a: Args) -> Result<()> {
     let coeff = a.coeff.unwrap_or(1.0);
-    anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(a.max_new_tokens > 0, "--max-new-tokens must be at least 1");
     let specs: Vec<String> = if a.sets.is_empty() {
         vec!["harmful".into(), "harmless".into(), "pseudo_harmful".into()]
     } else {
@@ -123,12 +121,8 @@ pub fn run(a: Args) -> Result<()> {
         Some(r) => {
             let reference = a.model.on.load(r)?;
             // Checked before any answer is generated, not after.
-            anyhow::ensure!(
-                reference.model.cfg.vocab_size == m.model.cfg.vocab_size,
-                "--reference {r} has a vocabulary of {}, the model {}: the KL needs the same tokenizer",
-                reference.model.cfg.vocab_size,
-                m.model.cfg.vocab_size
-            );
+            steerkit_eval::utility::same_vocabulary(&reference, &m)
+                .with_context(|| format!("--reference {r}"))?;
             Some((reference, kl_set))
         }
         None => None,

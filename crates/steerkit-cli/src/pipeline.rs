@@ -36,7 +36,7 @@ fn read_config(a: &Args) -> Result<toml::Table> {
         anyhow::anyhow!(
             "{}: {}",
             a.config.display(),
-            steerkit_data::judge::toml_error(&text, &e)
+            steerkit_data::toml_error(&text, &e)
         )
     })?;
     for o in &a.overrides {
@@ -61,24 +61,23 @@ fn read_config(a: &Args) -> Result<toml::Table> {
     // Every key is known: a misspelt key, or a section whose header was lost (its keys then
     // sit at the top), would otherwise be ignored without a word.
     for (k, v) in &t {
-        let known = if SECTIONS.contains(&k.as_str()) {
-            v.is_table()
-        } else {
-            TOP_KEYS.contains(&k.as_str()) && !v.is_table()
+        let (section, top) = (
+            SECTIONS.contains(&k.as_str()),
+            TOP_KEYS.contains(&k.as_str()),
+        );
+        let problem = match (section, top, v.is_table()) {
+            (true, _, false) => format!("`{k}` must be a section ([{k}])"),
+            (_, true, true) => format!("`{k}` must be a value, not a section"),
+            (false, false, true) => format!("unknown section [{k}]"),
+            (false, false, false) => format!("unknown top-level key `{k}`"),
+            _ => continue,
         };
-        if !known {
-            let what = if v.is_table() {
-                format!("section [{k}]")
-            } else {
-                format!("top-level key `{k}`")
-            };
-            bail!(
-                "{}: unknown {what} (top-level keys: {}; sections: {})",
-                a.config.display(),
-                TOP_KEYS.join(", "),
-                SECTIONS.map(|s| format!("[{s}]")).join(", ")
-            );
-        }
+        bail!(
+            "{}: {problem} (top-level keys: {}; sections: {})",
+            a.config.display(),
+            TOP_KEYS.join(", "),
+            SECTIONS.map(|s| format!("[{s}]")).join(", ")
+        );
     }
     Ok(t)
 }

@@ -100,9 +100,6 @@ fn parse_layers(s: &str, n: usize) -> Result<(usize, usize)> {
 
 pub fn run(a: Args) -> Result<()> {
     let parts: Parts = a.parts.parse().map_err(anyhow::Error::msg)?;
-    if a.batch_size == 0 || a.steps == 0 || a.save_every == 0 {
-        bail!("--batch-size, --steps and --save-every must be at least 1");
-    }
     if !(a.lr > 0.0 && a.lr.is_finite()) {
         bail!("--lr must be a positive number");
     }

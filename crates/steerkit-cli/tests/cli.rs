@@ -53,7 +53,6 @@ fn tiny_folder(dir: &Path) -> PathBuf {
     out
 }
 
-/// Asserts a clean failure: non-zero exit, one `error:` line mentioning `needle`, no panic.
 /// Asserts that a written file is readable by everyone, as a model file must be to be served.
 fn assert_readable_by_others(p: &Path) {
     #[cfg(unix)]
@@ -75,6 +74,7 @@ fn assert_ok(out: &Output) {
     );
 }
 
+/// Asserts a clean failure: non-zero exit, one `error:` line mentioning `needle`, no panic.
 fn assert_clean_error(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "should fail: {err}");
@@ -907,6 +907,10 @@ fn directions_pipeline_and_bad_runs() {
             vec!["--mode", "sweep", "--scales", "1,2,1"],
             "lists 1 twice",
         ),
+        (
+            vec!["--mode", "sweep", "--layer", "4", "--layers", "4..8"],
+            "--layer and --layers together",
+        ),
     ] {
         let mut args = vec!["ablate", "-m", &smol, "--run", r, "--out", ab2];
         args.extend(extra);
@@ -1738,6 +1742,7 @@ fn shipped_configs_are_valid() {
         ("nosuch.key=1", "unknown section [nosuch]"),
         ("bogus=1", "unknown top-level key `bogus`"),
         ("alpha=1.5", "unknown top-level key `alpha`"),
+        ("actor=1", "`actor` must be a section ([actor])"),
         // The commands' own checks run in a dry run too, and before a real run's first phase.
         (
             "export.gguf_type=q8_0",

@@ -121,7 +121,7 @@ impl Rules {
 
     /// These rules extended by a TOML file's lists (see [`Rules::from_toml`]).
     pub fn extended(&self, text: &str) -> Result<Rules, String> {
-        let user: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let user: toml::Table = toml::from_str(text).map_err(|e| crate::toml_error(text, &e))?;
         let mut merged = toml::Table::try_from(self).map_err(|e| e.to_string())?;
         for (k, v) in user {
             match (merged.get_mut(&k), v) {
@@ -349,21 +349,6 @@ impl Judge {
     /// True when any refusal phrase of METHODS.md occurs anywhere (Arditi et al.'s judge).
     pub fn phrase_match(&self, response: &str) -> bool {
         find_any(&normalise(response), &self.rules.phrases).is_some()
-    }
-}
-
-/// A TOML parse error of `text` on one line: `line L, column C: what is wrong` (the parser's
-/// own message spans several lines, and one-line error reports kept only "TOML parse error
-/// at line L, column C").
-pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {}", e.message().trim())
-        }
-        None => e.message().trim().to_string(),
     }
 }
 

@@ -27,3 +27,36 @@ pub mod sets;
 
 pub use judge::{Judge, Verdict};
 pub use sets::{DataError, PromptItem, PromptSet, ReadOptions, SetKind, SetSpec};
+
+/// A TOML parse error of `text` on one line: `line L, column C: what is wrong`, the column
+/// in characters (the parser's own message spans several lines, and one-line error reports
+/// kept only "TOML parse error at line L, column C").
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let line = before.matches('\n').count() + 1;
+            let column = before[line_start..].chars().count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn toml_errors_say_where_in_characters_on_one_line() {
+        let text = "system = \"Réponds\"\nphrases = [\"a\",\nx = 1\n";
+        let e = toml::from_str::<toml::Table>(text).unwrap_err();
+        let m = super::toml_error(text, &e);
+        assert!(m.starts_with("line 3, column 3: "), "{m}");
+        assert!(!m.contains('\n'), "{m}");
+        // A column counts characters: `é` is two bytes.
+        let text = "a = \"é\" b\n";
+        let e = toml::from_str::<toml::Table>(text).unwrap_err();
+        assert!(super::toml_error(text, &e).starts_with("line 1, column 9: "));
+    }
+}

@@ -93,16 +93,13 @@ struct Meta {
 }
 
 /// Writes `bytes` to `path` through a temporary file (`PATH.tmp`, removed on failure) and a
-/// rename, creating missing parent folders. A directory at `path` is an error.
+/// rename. A directory at `path` is an error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     if path.is_dir() {
         return Err(EvalError::Mismatch(format!(
             "{}: is a directory; give a file name",
             path.display()
         )));
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");

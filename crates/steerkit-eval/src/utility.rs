@@ -100,6 +100,17 @@ pub fn first_token_logprobs(
     Ok(log_softmax(&logits)?.to_vec2()?)
 }
 
+/// The KL compares distributions over one vocabulary: an error when the two models differ.
+pub fn same_vocabulary(reference: &Loaded, m: &Loaded) -> Result<(), ModelError> {
+    if reference.model.cfg.vocab_size != m.model.cfg.vocab_size {
+        return Err(ModelError::Input(format!(
+            "the reference model has a vocabulary of {}, the model {}: the KL needs the same tokenizer",
+            reference.model.cfg.vocab_size, m.model.cfg.vocab_size
+        )));
+    }
+    Ok(())
+}
+
 /// KL of the model's first-token distribution from a reference model's, on the same prompts.
 pub fn first_token_kl(
     reference: &Loaded,
@@ -110,12 +121,7 @@ pub fn first_token_kl(
     batch: usize,
     hook: &mut dyn Hook,
 ) -> Result<FirstTokenKl, ModelError> {
-    if reference.model.cfg.vocab_size != m.model.cfg.vocab_size {
-        return Err(ModelError::Input(format!(
-            "the reference model has a vocabulary of {}, the model {}: KL needs the same tokenizer",
-            reference.model.cfg.vocab_size, m.model.cfg.vocab_size
-        )));
-    }
+    same_vocabulary(reference, m)?;
     let p = first_token_logprobs(
         reference,
         prompts,

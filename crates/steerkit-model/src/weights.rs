@@ -133,8 +133,8 @@ where
 }
 
 /// Writes `tensors` as a safetensors file at `path`, through `PATH.tmp` and a rename, so an
-/// interrupted write never leaves a torn file. On Unix the file is made readable by others
-/// (0644) like the project's other outputs: candle creates safetensors files 0600, which a
+/// interrupted write never leaves a torn file (nor, on an error, the temporary one). On Unix
+/// the file is made 0644, whatever the umask: candle creates safetensors files 0600, which a
 /// serving stack running as another user could not read.
 pub fn save_safetensors<K>(
     tensors: &std::collections::HashMap<K, Tensor>,
@@ -146,12 +146,23 @@ where
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
-    candle_core::safetensors::save(tensors, &tmp)?;
+    let written = candle_core::safetensors::save(tensors, &tmp)
+        .map_err(ModelError::from)
+        .and_then(|()| readable(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Mode 0644 on Unix (whatever the umask: these are model files, meant to be served).
+fn readable(path: &std::path::Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| ModelError::io(&tmp, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| ModelError::io(path, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    Ok(())
 }
