@@ -121,7 +121,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
     pub temperature: f64,
     /// Nucleus sampling: keep the smallest set of tokens with this much probability.
-    #[arg(long, default_value_t = 1.0, value_parser = crate::common::finite)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::fraction)]
     pub top_p: f64,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]

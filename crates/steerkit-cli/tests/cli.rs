@@ -320,6 +320,10 @@ fn bad_input_is_one_clear_error() {
             "not a finite number",
         ),
         (
+            vec!["chat", "-m", &smol, "--top-p", "1.5"],
+            "must be in (0, 1]",
+        ),
+        (
             vec!["actor", "-m", &smol, "--ogp-energy", "2", "--out", o],
             "must be in (0, 1]",
         ),
