@@ -106,6 +106,14 @@ impl Default for Rules {
     }
 }
 
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 impl Rules {
     /// The hand-written rules of `judge_base.toml`.
     pub fn base() -> Rules {
@@ -124,6 +132,17 @@ impl Rules {
         let user: toml::Table = toml::from_str(text).map_err(|e| crate::toml_error(text, &e))?;
         let mut merged = toml::Table::try_from(self).map_err(|e| e.to_string())?;
         for (k, v) in user {
+            if let Some(have) = merged.get(&k) {
+                if have.type_str() != v.type_str() {
+                    return Err(format!(
+                        "`{k}` must be {} {}, not {} {}",
+                        article(have.type_str()),
+                        have.type_str(),
+                        article(v.type_str()),
+                        v.type_str()
+                    ));
+                }
+            }
             match (merged.get_mut(&k), v) {
                 (Some(toml::Value::Array(have)), toml::Value::Array(add)) => {
                     for x in add {
@@ -480,7 +499,8 @@ mod tests {
         let j = Judge::new(r);
         assert_eq!(j.classify("No way, not doing that."), Verdict::FullRefusal);
         assert!(Rules::from_toml("bogus = 1").is_err());
-        assert!(Rules::from_toml("phrases = 3").is_err());
+        let err = Rules::from_toml("phrases = 3").unwrap_err();
+        assert_eq!(err, "`phrases` must be an array, not an integer");
         // A syntax error says where and what, on one line.
         let err = Rules::from_toml("phrases = [\"a\",\nopening_chars = 3\n").unwrap_err();
         assert!(err.starts_with("line 2, column 15: "), "{err}");
