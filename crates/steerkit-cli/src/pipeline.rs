@@ -166,7 +166,11 @@ fn phase(name: &str, argv: &[String], log: &mut Vec<String>, pass: Pass) -> Resu
     .map_err(|e| {
         anyhow::anyhow!(
             "phase {name}: bad configuration: {}",
-            e.to_string().lines().next().unwrap_or("")
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
         )
     })?;
     if pass != Pass::Run {
