@@ -140,19 +140,56 @@ fn role_set(specs: &[String], role: &str, limit: Option<usize>) -> Result<Prompt
     Ok(all)
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let parts: Parts = a.parts.parse().map_err(anyhow::Error::msg)?;
-    if !(a.lr > 0.0 && a.lr.is_finite()) {
+/// The training, validation and capability sets, read from their files.
+struct Inputs {
+    harmful: PromptSet,
+    harmless: PromptSet,
+    pseudo: PromptSet,
+    vals: Vec<PromptSet>,
+    /// `--ogp-data`, when gradient projection is on.
+    capability: Option<PromptSet>,
+}
+
+fn read_inputs(a: &Args) -> Result<Inputs> {
+    Ok(Inputs {
+        harmful: role_set(&a.harmful, "harmful", Some(a.limit))?,
+        harmless: role_set(&a.harmless, "harmless", Some(a.limit))?,
+        pseudo: role_set(&a.pseudo, "pseudo", a.pseudo_limit)?,
+        vals: a
+            .vals
+            .iter()
+            .map(|s| one_set(s, "val", None))
+            .collect::<Result<Vec<_>>>()?,
+        capability: match a.proj.ogp.as_str() {
+            "none" => None,
+            _ => Some(one_set(
+                &a.proj.ogp_data,
+                "capability",
+                Some(a.proj.ogp_limit),
+            )?),
+        },
+    })
+}
+
+/// Checks of the arguments and the files they name, before any work (the capability set was
+/// read only after minutes of caching).
+pub fn validate(a: &Args) -> Result<()> {
+    a.parts.parse::<Parts>().map_err(anyhow::Error::msg)?;
+    if a.lr <= 0.0 {
         bail!("--lr must be a positive number");
     }
-    let harmful = role_set(&a.harmful, "harmful", Some(a.limit))?;
-    let harmless = role_set(&a.harmless, "harmless", Some(a.limit))?;
-    let pseudo = role_set(&a.pseudo, "pseudo", a.pseudo_limit)?;
-    let vals = a
-        .vals
-        .iter()
-        .map(|s| one_set(s, "val", None))
-        .collect::<Result<Vec<_>>>()?;
+    read_inputs(a).map(|_| ())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let parts: Parts = a.parts.parse().map_err(anyhow::Error::msg)?;
+    let Inputs {
+        harmful,
+        harmless,
+        pseudo,
+        vals,
+        capability: capability_set,
+    } = read_inputs(&a)?;
     // The settings first, so that a run folder trained with other ones is reported before
     // the block inputs are cached (minutes); the layer is filled in once chosen.
     let mut cfg = TrainConfig {
@@ -264,8 +301,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut act_projector = None;
     let mut capability = None;
-    if let Some(o) = &cfg.ogp {
-        let set = one_set(&o.data, "capability", Some(o.n))?;
+    if let (Some(o), Some(set)) = (&cfg.ogp, &capability_set) {
         let t = std::time::Instant::now();
         match o.estimator {
             Estimator::Act => {

@@ -72,7 +72,8 @@ pub struct ExtractArgs {
     pub out: PathBuf,
 }
 
-pub fn extract(a: ExtractArgs) -> Result<()> {
+/// The two prompt sets of an extraction (they must differ).
+fn extract_sets(a: &ExtractArgs) -> Result<(PromptSet, PromptSet)> {
     let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
     let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
     fn sorted_prompts(s: &PromptSet) -> Vec<&str> {
@@ -88,6 +89,16 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
             harmless.source
         );
     }
+    Ok((harmful, harmless))
+}
+
+/// Checks of the arguments and the files they name, before any work.
+pub fn validate_extract(a: &ExtractArgs) -> Result<()> {
+    extract_sets(a).map(|_| ())
+}
+
+pub fn extract(a: ExtractArgs) -> Result<()> {
+    let (harmful, harmless) = extract_sets(&a)?;
     let m = a.model.load()?;
     let total = harmful.items.len() + harmless.items.len();
     let had_selection = a.out.join("selected.json").is_file();
@@ -177,10 +188,22 @@ pub struct SelectArgs {
     pub system: SystemArgs,
 }
 
+/// The validation sets of a selection.
+fn select_sets(a: &SelectArgs) -> Result<(PromptSet, PromptSet)> {
+    Ok((
+        one_set(&a.harmful_val, "harmful_val", Some(a.limit))?,
+        one_set(&a.harmless_val, "harmless_val", Some(a.limit))?,
+    ))
+}
+
+/// Checks of the arguments and the files they name, before any work.
+pub fn validate_select(a: &SelectArgs) -> Result<()> {
+    select_sets(a).map(|_| ())
+}
+
 pub fn run_select(a: SelectArgs) -> Result<()> {
     let c = Candidates::load(&a.run)?;
-    let harmful = one_set(&a.harmful_val, "harmful_val", Some(a.limit))?;
-    let harmless = one_set(&a.harmless_val, "harmless_val", Some(a.limit))?;
+    let (harmful, harmless) = select_sets(&a)?;
     let m = a.model.load()?;
     c.check_model(&m, &a.run)?;
     let opts = SelectOptions {

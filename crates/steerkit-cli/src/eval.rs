@@ -69,16 +69,15 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// Checks of the arguments alone, before any work (also run by `steerkit run --dry-run`).
-pub fn validate(a: &Args) -> Result<()> {
-    if a.coeff.is_some() && a.intervention.as_deref() != Some("add") {
-        bail!("--coeff applies to --intervention add");
-    }
-    Ok(())
+/// The evaluated sets, the KL set and the judge, read from their files.
+struct Inputs {
+    sets: Vec<steerkit_data::PromptSet>,
+    kl_set: steerkit_data::PromptSet,
+    judge: steerkit_data::Judge,
+    judge_name: String,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let coeff = a.coeff.unwrap_or(1.0);
+fn read_inputs(a: &Args) -> Result<Inputs> {
     let specs: Vec<String> = if a.sets.is_empty() {
         vec!["harmful".into(), "harmless".into(), "pseudo_harmful".into()]
     } else {
@@ -105,7 +104,6 @@ pub fn run(a: Args) -> Result<()> {
             sets.push(set);
         }
     }
-    let (judge, judge_name) = crate::judge::load_judge(a.judge_rules.as_deref())?;
     // The KL set is read even without --reference (then unused), so that a bad spec is an
     // error here and not only in the run that has a reference.
     let kl_set = {
@@ -116,6 +114,32 @@ pub fn run(a: Args) -> Result<()> {
         };
         resolve(&spec, &kl_opts)?.remove(0)
     };
+    let (judge, judge_name) = crate::judge::load_judge(a.judge_rules.as_deref())?;
+    Ok(Inputs {
+        sets,
+        kl_set,
+        judge,
+        judge_name,
+    })
+}
+
+/// Checks of the arguments and the files they name, before any work (also run by `steerkit
+/// run` for every phase before the first one starts).
+pub fn validate(a: &Args) -> Result<()> {
+    if a.coeff.is_some() && a.intervention.as_deref() != Some("add") {
+        bail!("--coeff applies to --intervention add");
+    }
+    read_inputs(a).map(|_| ())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let coeff = a.coeff.unwrap_or(1.0);
+    let Inputs {
+        sets,
+        kl_set,
+        judge,
+        judge_name,
+    } = read_inputs(&a)?;
     let m = a.model.load()?;
     let reference = match &a.reference {
         Some(r) => {

@@ -82,6 +82,9 @@ pub(crate) fn validate(command: &Command) -> anyhow::Result<()> {
         Command::Ablate(a) => ablate::validate(a),
         Command::Export(a) => export::validate(a),
         Command::Eval(a) => eval::validate(a),
+        Command::Extract(a) => directions::validate_extract(a),
+        Command::Select(a) => directions::validate_select(a),
+        Command::Actor(a) => actor::validate(a),
         _ => Ok(()),
     }
 }

@@ -34,6 +34,16 @@ fn steerkit(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `steerkit` run from the repository root, as the shipped configs' relative paths expect
+/// (`../shared/datasets/...`, `checkpoints/models/...`).
+fn steerkit_at_root(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args(args)
+        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .unwrap()
+}
+
 /// A fresh folder, removed when the test ends (also when it fails).
 fn tmpdir(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -1708,7 +1718,7 @@ fn shipped_configs_are_valid() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let out = d.path().join(p.file_stem().unwrap());
-            let o = steerkit(&[
+            let o = steerkit_at_root(&[
                 "run",
                 p.to_str().unwrap(),
                 "--dry-run",
@@ -1730,7 +1740,7 @@ fn shipped_configs_are_valid() {
     }
     assert!(n >= 5, "{n} configs");
     let qwen = dir.join("qwen2.5-coder-0.5b.toml");
-    let bogus = steerkit(&[
+    let bogus = steerkit_at_root(&[
         "run",
         qwen.to_str().unwrap(),
         "--dry-run",
@@ -1759,14 +1769,26 @@ fn shipped_configs_are_valid() {
         ),
     ] {
         assert_clean_error(
-            &steerkit(&["run", qwen.to_str().unwrap(), "--dry-run", "--set", set]),
+            &steerkit_at_root(&["run", qwen.to_str().unwrap(), "--dry-run", "--set", set]),
             needle,
         );
     }
-    // A real run checks every phase first: the bad export key stops it before extraction.
+    // A real run checks every phase first, its files included: a bad export key or a missing
+    // evaluation file stops it before extraction, not after training.
+    assert_clean_error(
+        &steerkit_at_root(&[
+            "run",
+            qwen.to_str().unwrap(),
+            "--set",
+            &format!("out={}", d.path().join("never").display()),
+            "--set",
+            "eval.set=[\"x=/no/such/set.jsonl\"]",
+        ]),
+        "phase evaluate before: bad configuration: /no/such/set.jsonl",
+    );
     let never = d.path().join("never");
     assert_clean_error(
-        &steerkit(&[
+        &steerkit_at_root(&[
             "run",
             qwen.to_str().unwrap(),
             "--set",
