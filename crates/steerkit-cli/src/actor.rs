@@ -141,7 +141,7 @@ fn role_set(specs: &[String], role: &str, limit: Option<usize>) -> Result<Prompt
 }
 
 /// The training, validation and capability sets, read from their files.
-struct Inputs {
+pub(crate) struct Inputs {
     harmful: PromptSet,
     harmless: PromptSet,
     pseudo: PromptSet,
@@ -150,7 +150,9 @@ struct Inputs {
     capability: Option<PromptSet>,
 }
 
-fn read_inputs(a: &Args) -> Result<Inputs> {
+/// Reads them, the first thing `run` does (the capability set too, which was read only after
+/// minutes of caching); `steerkit run` calls it before its first phase starts.
+pub(crate) fn read_inputs(a: &Args) -> Result<Inputs> {
     Ok(Inputs {
         harmful: role_set(&a.harmful, "harmful", Some(a.limit))?,
         harmless: role_set(&a.harmless, "harmless", Some(a.limit))?,
@@ -160,25 +162,17 @@ fn read_inputs(a: &Args) -> Result<Inputs> {
             .iter()
             .map(|s| one_set(s, "val", None))
             .collect::<Result<Vec<_>>>()?,
-        capability: match a.proj.ogp.as_str() {
-            "none" => None,
-            _ => Some(one_set(
-                &a.proj.ogp_data,
-                "capability",
-                Some(a.proj.ogp_limit),
-            )?),
-        },
+        capability: a.proj.capability_set()?,
     })
 }
 
-/// Checks of the arguments and the files they name, before any work (the capability set was
-/// read only after minutes of caching).
+/// Checks of the arguments alone, before any work (also run by `steerkit run --dry-run`).
 pub fn validate(a: &Args) -> Result<()> {
     a.parts.parse::<Parts>().map_err(anyhow::Error::msg)?;
     if a.lr <= 0.0 {
         bail!("--lr must be a positive number");
     }
-    read_inputs(a).map(|_| ())
+    Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {

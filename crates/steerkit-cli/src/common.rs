@@ -111,6 +111,16 @@ pub struct OgpArgs {
     pub ogp_k: usize,
 }
 
+impl OgpArgs {
+    /// The capability prompts (`--ogp-data`, first `--ogp-limit`), when projection is on.
+    pub fn capability_set(&self) -> Result<Option<steerkit_data::PromptSet>> {
+        if self.ogp == "none" {
+            return Ok(None);
+        }
+        crate::directions::one_set(&self.ogp_data, "capability", Some(self.ogp_limit)).map(Some)
+    }
+}
+
 /// Sampling settings shared by generate and chat.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct SamplingArgs {
@@ -226,4 +236,12 @@ pub fn positive(s: &str) -> std::result::Result<usize, String> {
         Ok(v) => Ok(v),
         Err(e) => Err(format!("`{s}`: {e}")),
     }
+}
+
+/// Makes the folder that will hold the output file `path`, before the work that writes it.
+pub fn create_parent(path: &std::path::Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+    }
+    Ok(())
 }

@@ -73,7 +73,7 @@ pub struct ExtractArgs {
 }
 
 /// The two prompt sets of an extraction (they must differ).
-fn extract_sets(a: &ExtractArgs) -> Result<(PromptSet, PromptSet)> {
+pub(crate) fn extract_sets(a: &ExtractArgs) -> Result<(PromptSet, PromptSet)> {
     let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
     let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
     fn sorted_prompts(s: &PromptSet) -> Vec<&str> {
@@ -81,8 +81,7 @@ fn extract_sets(a: &ExtractArgs) -> Result<(PromptSet, PromptSet)> {
         v.sort_unstable();
         v
     }
-    let prompts = sorted_prompts;
-    if prompts(&harmful) == prompts(&harmless) {
+    if sorted_prompts(&harmful) == sorted_prompts(&harmless) {
         bail!(
             "--harmful and --harmless hold the same prompts ({} and {}): every candidate direction would be zero",
             harmful.source,
@@ -90,11 +89,6 @@ fn extract_sets(a: &ExtractArgs) -> Result<(PromptSet, PromptSet)> {
         );
     }
     Ok((harmful, harmless))
-}
-
-/// Checks of the arguments and the files they name, before any work.
-pub fn validate_extract(a: &ExtractArgs) -> Result<()> {
-    extract_sets(a).map(|_| ())
 }
 
 pub fn extract(a: ExtractArgs) -> Result<()> {
@@ -189,16 +183,11 @@ pub struct SelectArgs {
 }
 
 /// The validation sets of a selection.
-fn select_sets(a: &SelectArgs) -> Result<(PromptSet, PromptSet)> {
+pub(crate) fn select_sets(a: &SelectArgs) -> Result<(PromptSet, PromptSet)> {
     Ok((
         one_set(&a.harmful_val, "harmful_val", Some(a.limit))?,
         one_set(&a.harmless_val, "harmless_val", Some(a.limit))?,
     ))
-}
-
-/// Checks of the arguments and the files they name, before any work.
-pub fn validate_select(a: &SelectArgs) -> Result<()> {
-    select_sets(a).map(|_| ())
 }
 
 pub fn run_select(a: SelectArgs) -> Result<()> {

@@ -70,14 +70,16 @@ pub struct Args {
 }
 
 /// The evaluated sets, the KL set and the judge, read from their files.
-struct Inputs {
+pub(crate) struct Inputs {
     sets: Vec<steerkit_data::PromptSet>,
     kl_set: steerkit_data::PromptSet,
     judge: steerkit_data::Judge,
     judge_name: String,
 }
 
-fn read_inputs(a: &Args) -> Result<Inputs> {
+/// Reads them, the first thing `run` does; `steerkit run` calls it for every evaluation phase
+/// before its first phase starts.
+pub(crate) fn read_inputs(a: &Args) -> Result<Inputs> {
     let specs: Vec<String> = if a.sets.is_empty() {
         vec!["harmful".into(), "harmless".into(), "pseudo_harmful".into()]
     } else {
@@ -123,13 +125,12 @@ fn read_inputs(a: &Args) -> Result<Inputs> {
     })
 }
 
-/// Checks of the arguments and the files they name, before any work (also run by `steerkit
-/// run` for every phase before the first one starts).
+/// Checks of the arguments alone, before any work (also run by `steerkit run --dry-run`).
 pub fn validate(a: &Args) -> Result<()> {
     if a.coeff.is_some() && a.intervention.as_deref() != Some("add") {
         bail!("--coeff applies to --intervention add");
     }
-    read_inputs(a).map(|_| ())
+    Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {

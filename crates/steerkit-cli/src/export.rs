@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 
 use crate::common::{spinner, ModelArgs};
@@ -77,9 +77,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{} already exists", a.out.display());
     }
     // The output's folder is made up front, not found missing after the work.
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
-    }
+    crate::common::create_parent(&a.out)?;
     match a.format.as_str() {
         "safetensors" | "gguf" => {
             let m = a.model.load()?;

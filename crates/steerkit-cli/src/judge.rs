@@ -190,9 +190,7 @@ pub fn run(a: Args) -> Result<()> {
     let text = summary(&a.file, &name, &verdicts, &per_model);
     match &a.out {
         Some(p) => {
-            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
-            }
+            crate::common::create_parent(p)?;
             steerkit_eval::run::write_atomic(p, out.as_bytes())?;
             print!("{text}");
             println!(

@@ -82,9 +82,20 @@ pub(crate) fn validate(command: &Command) -> anyhow::Result<()> {
         Command::Ablate(a) => ablate::validate(a),
         Command::Export(a) => export::validate(a),
         Command::Eval(a) => eval::validate(a),
-        Command::Extract(a) => directions::validate_extract(a),
-        Command::Select(a) => directions::validate_select(a),
         Command::Actor(a) => actor::validate(a),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the prompt files a command would read first, without running it: `steerkit run`
+/// checks every phase this way before its first phase starts (a command run alone reads
+/// them itself before any work).
+pub(crate) fn read_inputs(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Eval(a) => eval::read_inputs(a).map(drop),
+        Command::Extract(a) => directions::extract_sets(a).map(drop),
+        Command::Select(a) => directions::select_sets(a).map(drop),
+        Command::Actor(a) => actor::read_inputs(a).map(drop),
         _ => Ok(()),
     }
 }

@@ -175,6 +175,7 @@ fn phase(name: &str, argv: &[String], log: &mut Vec<String>, pass: Pass) -> Resu
     })?;
     if pass != Pass::Run {
         return crate::validate(&cli.command)
+            .and_then(|()| crate::read_inputs(&cli.command))
             .map_err(|e| anyhow::anyhow!("phase {name}: bad configuration: {e:#}"));
     }
     crate::dispatch(cli.command).with_context(|| format!("phase {name} failed (fix the config or the inputs and rerun: finished phases are kept)"))

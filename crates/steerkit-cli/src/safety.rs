@@ -122,14 +122,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let harmful = one_set(&a.harmful, "harmful", Some(a.limit))?;
     let harmless = one_set(&a.harmless, "harmless", Some(a.limit))?;
-    let capability = match a.proj.ogp.as_str() {
-        "none" => None,
-        _ => Some(one_set(
-            &a.proj.ogp_data,
-            "capability",
-            Some(a.proj.ogp_limit),
-        )?),
-    };
+    let capability = a.proj.capability_set()?;
     let m = a.model.load()?;
     let n = m.model.layers.len();
     let layers = match &a.layers {

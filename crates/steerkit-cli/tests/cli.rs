@@ -704,6 +704,21 @@ fn directions_pipeline_and_bad_runs() {
     let smol = model(SMOL);
     let run = d.path().join("run");
     let r = run.to_str().unwrap();
+    let select = |extra: &[&str]| {
+        let mut v = vec![
+            "select",
+            "-m",
+            &smol,
+            "--run",
+            r,
+            "--harmful-val",
+            "harmful",
+            "--harmless-val",
+            "harmless",
+        ];
+        v.extend(extra);
+        steerkit(&v)
+    };
     let ex = steerkit(&["extract", "-m", &smol, "--limit", "4", "--out", r]);
     assert_ok(&ex);
     for f in ["directions.safetensors", "extract.json"] {
@@ -714,35 +729,12 @@ fn directions_pipeline_and_bad_runs() {
     let again = steerkit(&["extract", "-m", &smol, "--limit", "4", "--out", r]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("reused"));
     // SmolLM2 never refuses: no early candidate passes; the scores are still written.
-    let auto = steerkit(&[
-        "select",
-        "-m",
-        &smol,
-        "--run",
-        r,
-        "--harmful-val",
-        "harmful",
-        "--harmless-val",
-        "harmless",
-        "--limit",
-        "2",
-        "--max-layer-frac",
-        "0.1",
-    ]);
+    let auto = select(&["--limit", "2", "--max-layer-frac", "0.1"]);
     assert_clean_error(&auto, "no candidate passes the filters");
     let csv = std::fs::read_to_string(run.join("scores.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 * 6, "{csv}");
     // Screening: every candidate on 1 prompt, the best 2 on all 3.
-    let screened = steerkit(&[
-        "select",
-        "-m",
-        &smol,
-        "--run",
-        r,
-        "--harmful-val",
-        "harmful",
-        "--harmless-val",
-        "harmless",
+    let screened = select(&[
         "--limit",
         "3",
         "--screen",
@@ -762,23 +754,7 @@ fn directions_pipeline_and_bad_runs() {
     assert_eq!(rows.len(), 18);
     assert!(rows.iter().all(|r| !r[2].is_empty()), "{csv}");
     assert_eq!(rows.iter().filter(|r| !r[3].is_empty()).count(), 2, "{csv}");
-    let sel = steerkit(&[
-        "select",
-        "-m",
-        &smol,
-        "--run",
-        r,
-        "--harmful-val",
-        "harmful",
-        "--harmless-val",
-        "harmless",
-        "--limit",
-        "3",
-        "--layer",
-        "10",
-        "--pos",
-        "-1",
-    ]);
+    let sel = select(&["--limit", "3", "--layer", "10", "--pos", "-1"]);
     assert_ok(&sel);
     assert!(String::from_utf8_lossy(&sel.stdout).contains("selected layer 10 position -1"));
     for f in ["scores.csv", "scores.svg", "selected.json"] {
@@ -1022,25 +998,8 @@ fn directions_pipeline_and_bad_runs() {
     );
     // Selections never outlive what they scored. A failed selection removes the earlier
     // selected.json (its scores.csv was just replaced) ...
-    let select_args = |extra: &[&'static str]| {
-        let mut v = vec![
-            "select",
-            "-m",
-            &smol,
-            "--run",
-            r,
-            "--harmful-val",
-            "harmful",
-            "--harmless-val",
-            "harmless",
-            "--limit",
-            "2",
-        ];
-        v.extend(extra);
-        steerkit(&v)
-    };
     assert_clean_error(
-        &select_args(&["--max-layer-frac", "0.1"]),
+        &select(&["--limit", "2", "--max-layer-frac", "0.1"]),
         "the earlier selected.json, from other scores, was removed",
     );
     assert!(!run.join("selected.json").exists());
@@ -1048,7 +1007,7 @@ fn directions_pipeline_and_bad_runs() {
     args.extend(["--run", r, "--intervention", "ablate"]);
     assert_clean_error(&steerkit(&args), "missing selected.json");
     // ... and new candidates (other prompts) remove the selection made from the old ones.
-    assert_ok(&select_args(&["--layer", "10", "--pos", "-1"]));
+    assert_ok(&select(&["--limit", "2", "--layer", "10", "--pos", "-1"]));
     let ex = steerkit(&["extract", "-m", &smol, "--limit", "3", "--out", r]);
     assert_ok(&ex);
     assert!(
@@ -1060,17 +1019,7 @@ fn directions_pipeline_and_bad_runs() {
         assert!(!run.join(f).exists(), "{f}");
     }
     std::fs::remove_file(run.join("directions.safetensors")).unwrap();
-    let sel = steerkit(&[
-        "select",
-        "-m",
-        &smol,
-        "--run",
-        r,
-        "--harmful-val",
-        "harmful",
-        "--harmless-val",
-        "harmless",
-    ]);
+    let sel = select(&[]);
     assert_clean_error(&sel, "missing directions.safetensors");
 }
 
