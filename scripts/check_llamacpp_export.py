@@ -25,6 +25,11 @@ What it checks
      the file's own N must match best. An unsteered pair (llama.cpp without a
      vector vs steerkit eval without intervention) gives the agreement to expect
      from the quantized weights alone.
+  4. GGUF export of a Hugging Face folder (`--folder-only` runs just this): the model
+     is exported as a folder, and the folder as GGUF, whose metadata steerkit then
+     builds from config.json and tokenizer.json. llama.cpp must load it, answer like
+     `steerkit generate` on it (as in 2), and answer the 8 prompts exactly as it does
+     with the GGUF exported from the source file (same weights, same tokenizer).
 
 How to run
   /work/venvs/llamacpp/bin/python scripts/check_llamacpp_export.py \
@@ -140,6 +145,34 @@ def check_gguf(name, path, args, report):
     return ok, answers
 
 
+def check_folder(sk, model, w, args, report):
+    """4. A Hugging Face folder exported to GGUF (metadata built from config.json and
+    tokenizer.json, not carried over): llama.cpp must load it and answer as it answers with
+    the GGUF exported from the source file itself, token for token."""
+    report.append("4. GGUF export of a Hugging Face folder")
+    folder = os.path.join(w, "folder")
+    from_folder = os.path.join(w, "folder-f16.gguf")
+    from_file = os.path.join(w, "file-f16.gguf")
+    for f in (folder, from_folder, from_file):
+        remove(f)
+    run([sk, "export", "-m", model, "--out", folder])
+    run([sk, "export", "-m", folder, "--format", "gguf", "--out", from_folder])
+    run([sk, "export", "-m", model, "--format", "gguf", "--out", from_file])
+    ok_a, ans_a = check_gguf("from the folder, f16", from_folder, args, report)
+    if not ans_a:
+        return False
+    llm = load_llama(from_file, args.threads)
+    ans_b = [chat(llm, p, args.gen_tokens) for p in PROMPTS]
+    del llm
+    equal = sum(a == b for a, b in zip(ans_a, ans_b))
+    report.append("  llama.cpp answers equal to those of the export from the GGUF file: %d/%d"
+                  % (equal, len(PROMPTS)))
+    if equal != len(PROMPTS):
+        report.append("  FAIL: the two exports answer differently in llama.cpp")
+    remove(folder)
+    return ok_a and equal == len(PROMPTS)
+
+
 def read_cvec(path):
     import gguf
     r = gguf.GGUFReader(path)
@@ -199,6 +232,8 @@ def main():
     ap.add_argument("--min-identical", type=int, default=5,
                     help="identical answers (of 8) required per GGUF export (default 5)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--folder-only", action="store_true",
+                    help="run only check 4 (GGUF export of a Hugging Face folder)")
     args = ap.parse_args()
     args.steerkit = os.path.abspath(args.steerkit)
     model = os.path.abspath(args.model)
@@ -206,6 +241,11 @@ def main():
     os.makedirs(w, exist_ok=True)
     sk = args.steerkit
     report, ok = [], True
+
+    if args.folder_only:
+        ok = check_folder(sk, model, w, args, report)
+        print("\n".join(report))
+        sys.exit(0 if ok else 1)
 
     # 1. direction run
     rundir = os.path.join(w, "run")
@@ -292,6 +332,7 @@ def main():
             ok = False
         del llm
 
+    ok &= check_folder(sk, model, w, args, report)
     print("\n".join(report))
     print("RESULT: " + ("PASS" if ok else "FAIL"))
     return 0 if ok else 1

@@ -23,8 +23,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "gguf", "control-vector"])]
     pub format: String,
-    /// Matrix storage for --format gguf [default: f16] (the source must be a GGUF file: its
-    /// tokenizer and template metadata are carried over).
+    /// Matrix storage for --format gguf [default: f16]. A GGUF source's metadata is carried
+    /// over; for a Hugging Face folder it is built from config.json and tokenizer.json
+    /// (byte-level BPE tokenizers: Qwen2, Llama 3, SmolLM2, GPT-2 style).
     #[arg(long, value_parser = ["f16", "q8_0"])]
     pub gguf_type: Option<String>,
     /// Project the run's selected direction out of every matrix that writes to the residual
@@ -81,9 +82,21 @@ pub fn run(a: Args) -> Result<()> {
     match a.format.as_str() {
         "safetensors" | "gguf" => {
             let m = a.model.load()?;
-            if a.format == "gguf" && m.kind != steerkit_model::SourceKind::Gguf {
-                bail!("--format gguf needs a GGUF source model (its tokenizer metadata is carried over)");
-            }
+            // GGUF metadata first: an unsupported tokenizer is found before any work.
+            let meta = if a.format != "gguf" {
+                None
+            } else if m.kind == steerkit_model::SourceKind::Gguf {
+                let src = steerkit_model::gguf::Gguf::open(&m.path)?;
+                Some(steerkit_export::gguf::source_metadata(&src))
+            } else {
+                let name = m.path.file_name().unwrap_or_default().to_string_lossy();
+                Some(steerkit_export::gguf::metadata(
+                    &m.model.cfg,
+                    &m.tok,
+                    &m.chat,
+                    &name,
+                )?)
+            };
             if a.epoch.is_some() && !a.run.as_deref().is_some_and(crate::actor::is_actor_run) {
                 bail!("--epoch applies to ACTOR run folders only");
             }
@@ -108,20 +121,23 @@ pub fn run(a: Args) -> Result<()> {
                 _ => m.model.clone(),
             };
             let sp = spinner(&format!("writing {}", a.out.display()));
-            if a.format == "gguf" {
-                let src = steerkit_model::gguf::Gguf::open(&m.path)?;
+            if let Some(meta) = meta {
                 let gguf_type = a.gguf_type.as_deref().unwrap_or("f16");
                 let ty = if gguf_type == "q8_0" {
                     steerkit_export::gguf::GgufType::Q8_0
                 } else {
                     steerkit_export::gguf::GgufType::F16
                 };
-                steerkit_export::gguf::write(&model, &src, ty, &a.out)?;
+                steerkit_export::gguf::write(&model, &meta, ty, &a.out)?;
                 sp.finish_and_clear();
+                let source = if m.kind == steerkit_model::SourceKind::Gguf {
+                    "the source's metadata"
+                } else {
+                    "metadata from config.json and tokenizer.json"
+                };
                 println!(
-                    "wrote {} ({} matrices, f32 vectors, source metadata)",
+                    "wrote {} ({gguf_type} matrices, f32 vectors, {source})",
                     a.out.display(),
-                    gguf_type
                 );
             } else {
                 steerkit_model::hf::save_folder(&model, Some(&m.tok), Some(&m.chat), &a.out)?;

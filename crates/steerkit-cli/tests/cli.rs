@@ -1175,7 +1175,7 @@ fn actor_trains_resumes_and_exports() {
     ]);
     assert_clean_error(&other, "not on this model");
     assert!(!d.path().join("x").exists());
-    // What needs a direction run says so; GGUF needs a GGUF source, checked before the work.
+    // What needs a direction run says so, before the work.
     let x = d.path().join("x");
     let xs = x.to_str().unwrap();
     for (extra, needle) in [
@@ -1187,13 +1187,52 @@ fn actor_trains_resumes_and_exports() {
             vec!["--orthogonalize"],
             "is an ACTOR run; --orthogonalize needs a direction run",
         ),
-        (vec!["--format", "gguf"], "needs a GGUF source model"),
     ] {
         let mut args = vec!["export", "-m", t, "--run", r, "--out", xs];
         args.extend(extra);
         assert_clean_error(&steerkit(&args), needle);
         assert!(!x.exists());
     }
+    // GGUF from a Hugging Face folder: metadata from config.json and tokenizer.json, the
+    // trained block in f16.
+    let g = d.path().join("patched.gguf");
+    let ex = steerkit(&[
+        "export",
+        "-m",
+        t,
+        "--run",
+        r,
+        "--format",
+        "gguf",
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    assert_ok(&ex);
+    let said = String::from_utf8_lossy(&ex.stdout);
+    assert!(
+        said.contains("metadata from config.json and tokenizer.json"),
+        "{said}"
+    );
+    let back = steerkit_model::load(g.to_str().unwrap(), &Default::default()).unwrap();
+    let ck = candle_core::safetensors::load(
+        run.join("block-epoch2.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let f16 = |t: &candle_core::Tensor| -> Vec<f32> {
+        t.to_dtype(DType::F16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(
+        f16(&ck["model.layers.1.mlp.down_proj.weight"]),
+        f16(&back.model.layers[1].down.weight)
+    );
     // With gradient projection: bases saved, the share projected out logged per step.
     let proj = d.path().join("proj");
     let mut args = base.to_vec();

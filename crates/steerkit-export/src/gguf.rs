@@ -1,9 +1,14 @@
-//! GGUF export: a model's weights (for instance orthogonalized) written with the metadata of
-//! the GGUF file it was loaded from (tokenizer, chat template, hyper-parameters).
+//! GGUF export: a model's weights (for instance patched or orthogonalized) with llama.cpp's
+//! metadata (hyper-parameters, tokenizer, chat template).
+//!
+//! The metadata comes from either source a model is loaded from:
+//! - a GGUF file: [`source_metadata`] carries its key/values over unchanged;
+//! - a Hugging Face folder: [`metadata`] builds them from the configuration and the tokenizer
+//!   (byte-level BPE; the pre-tokenizer name is the one whose ids equal the tokenizer's, see
+//!   [`steerkit_model::Tok::gguf_vocab`]).
 //!
 //! Matrices are stored as f16 or q8_0, vectors (norms, biases) as f32, as llama.cpp expects;
-//! llama q/k rows are permuted back into llama.cpp's order. Only GGUF sources are supported:
-//! a Hugging Face folder has no GGUF tokenizer metadata to carry over.
+//! llama q/k rows are permuted into llama.cpp's order.
 
 use std::path::Path;
 
@@ -11,7 +16,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
 use steerkit_model::gguf::{gguf_name, permute, qk_permuted, Gguf};
-use steerkit_model::{Model, ModelError};
+use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, Tok};
 
 /// Storage type of the matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +42,91 @@ impl GgufType {
     }
 }
 
-/// Writes `model` as a GGUF file with `source`'s metadata (temporary file, then rename).
-pub fn write(model: &Model, source: &Gguf, ty: GgufType, out: &Path) -> Result<(), ModelError> {
+/// GGUF key/value pairs, written before the tensors.
+pub type Metadata = Vec<(String, Value)>;
+
+/// The key/values of a GGUF source model, carried over as they are.
+pub fn source_metadata(source: &Gguf) -> Metadata {
+    source
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// llama.cpp's architecture name: its converter writes Mistral 7B models as `llama`.
+pub fn gguf_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+    }
+}
+
+/// Key/values for a model loaded from a Hugging Face folder: the hyper-parameters llama.cpp
+/// reads, the tokenizer (`tokenizer.ggml.*`) and the chat template. `name` becomes
+/// `general.name`.
+pub fn metadata(
+    cfg: &Config,
+    tok: &Tok,
+    chat: &ChatTemplate,
+    name: &str,
+) -> Result<Metadata, ModelError> {
+    let arch = gguf_arch(cfg.arch);
+    let u = |x: usize| Value::U32(x as u32);
+    let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+    let vocab = tok.gguf_vocab(cfg.vocab_size)?;
+    let mut m: Metadata = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.name".into(), Value::String(name.into())),
+    ];
+    let hp = [
+        ("context_length", u(cfg.max_position_embeddings)),
+        ("embedding_length", u(cfg.hidden_size)),
+        ("block_count", u(cfg.num_layers)),
+        ("feed_forward_length", u(cfg.intermediate_size)),
+        ("attention.head_count", u(cfg.num_heads)),
+        ("attention.head_count_kv", u(cfg.num_kv_heads)),
+        ("attention.key_length", u(cfg.head_dim)),
+        ("attention.value_length", u(cfg.head_dim)),
+        ("rope.dimension_count", u(cfg.head_dim)),
+        ("rope.freq_base", Value::F32(cfg.rope_theta as f32)),
+        (
+            "attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("vocab_size", u(cfg.vocab_size)),
+    ];
+    m.extend(hp.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
+    m.extend([
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(vocab.pre.into())),
+        ("tokenizer.ggml.tokens".into(), strings(vocab.tokens)),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(vocab.types.into_iter().map(Value::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), strings(vocab.merges)),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            Value::Bool(tok.add_bos),
+        ),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(chat.source().to_string()),
+        ),
+    ]);
+    let ids = [("bos_token_id", tok.bos_id), ("eos_token_id", tok.eos_id)];
+    m.extend(
+        ids.into_iter()
+            .filter_map(|(k, id)| Some((format!("tokenizer.ggml.{k}"), Value::U32(id?)))),
+    );
+    Ok(m)
+}
+
+/// Writes `model` as a GGUF file with `meta` (temporary file, then rename). The file type
+/// and quantization version keys are set here.
+pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result<(), ModelError> {
     let heads = |name: &str| {
         if name.contains("q_proj") {
             Some(model.cfg.num_heads)
@@ -63,15 +151,17 @@ pub fn write(model: &Model, source: &Gguf, ty: GgufType, out: &Path) -> Result<(
         };
         tensors.push((name, QTensor::quantize(&t, ggml)?));
     }
-    let file_type = Value::U32(ty.file_type());
-    let mut meta: Vec<(&str, &Value)> = source
-        .metadata()
+    let own = [
+        ("general.file_type", Value::U32(ty.file_type())),
+        ("general.quantization_version", Value::U32(2)),
+    ];
+    let mut kv: Vec<(&str, &Value)> = meta
         .iter()
-        .filter(|(k, _)| k.as_str() != "general.file_type")
+        .filter(|(k, _)| own.iter().all(|(o, _)| o != k))
         .map(|(k, v)| (k.as_str(), v))
+        .chain(own.iter().map(|(k, v)| (*k, v)))
         .collect();
-    meta.push(("general.file_type", &file_type));
-    meta.sort_by_key(|(k, _)| *k);
+    kv.sort_by_key(|(k, _)| *k);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
     let tmp = out.with_extension("gguf.tmp");
     let res = (|| -> Result<(), ModelError> {
@@ -79,7 +169,7 @@ pub fn write(model: &Model, source: &Gguf, ty: GgufType, out: &Path) -> Result<(
             std::fs::File::create(&tmp)
                 .map_err(|e| ModelError::Input(format!("{}: {e}", tmp.display())))?,
         );
-        gguf_file::write(&mut f, &meta, &refs)?;
+        gguf_file::write(&mut f, &kv, &refs)?;
         drop(f);
         std::fs::rename(&tmp, out).map_err(|e| ModelError::Input(format!("{}: {e}", out.display())))
     })();

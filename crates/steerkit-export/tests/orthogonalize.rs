@@ -108,8 +108,13 @@ fn orthogonalized_weights_equal_hook_ablation() {
     // As an f16 GGUF file with the source's tokenizer and template.
     let gguf = tmp.path().join("ortho.gguf");
     let src = steerkit_model::gguf::Gguf::open(&p).unwrap();
-    steerkit_export::gguf::write(&ortho, &src, steerkit_export::gguf::GgufType::F16, &gguf)
-        .unwrap();
+    steerkit_export::gguf::write(
+        &ortho,
+        &steerkit_export::gguf::source_metadata(&src),
+        steerkit_export::gguf::GgufType::F16,
+        &gguf,
+    )
+    .unwrap();
     let back = load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(
         back.tok.encode_text("Hello world").unwrap(),

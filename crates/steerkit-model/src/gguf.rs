@@ -117,6 +117,19 @@ impl Gguf {
             self.meta_u(&key(k))?
                 .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
         };
+        // RoPE scaling (Llama 3.1's `rope_freqs`, YaRN, linear) is not implemented: refuse
+        // the file rather than compute other logits than llama.cpp.
+        let scaling = self.meta_str(&key("rope.scaling.type")).unwrap_or("none");
+        if scaling != "none" || self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            let what = if scaling != "none" {
+                scaling
+            } else {
+                "rope_freqs"
+            };
+            return Err(ModelError::Config(format!(
+                "the GGUF asks for RoPE scaling `{what}`; steerkit implements plain RoPE only (its logits would be wrong)"
+            )));
+        }
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
         let kv_heads = self

@@ -64,6 +64,22 @@ impl HfFolder {
                 .map(|x| x as usize)
                 .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")))
         };
+        // What the one block does not compute is an error, not silently wrong logits.
+        if let Some(act) = c["hidden_act"].as_str().filter(|a| *a != "silu") {
+            return Err(ModelError::Config(format!(
+                "config.json asks for activation `{act}`; steerkit implements silu only"
+            )));
+        }
+        if !c["rope_scaling"].is_null() {
+            let kind = &c["rope_scaling"];
+            let kind = kind["rope_type"].as_str().or(kind["type"].as_str());
+            if kind != Some("default") {
+                return Err(ModelError::Config(format!(
+                    "config.json asks for RoPE scaling `{}`; steerkit implements plain RoPE only (its logits would be wrong)",
+                    kind.unwrap_or("?")
+                )));
+            }
+        }
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
         let cfg = Config {

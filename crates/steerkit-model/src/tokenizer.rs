@@ -186,3 +186,164 @@ pub(crate) fn bpe_from_gguf(
     tk.add_tokens(user).map_err(tok_err)?;
     Ok(tk)
 }
+
+/// GGUF token kind of an ordinary vocabulary entry.
+pub(crate) const TOKEN_NORMAL: i32 = 1;
+/// GGUF token kind of a padding entry (`[PAD<id>]`) that no text produces.
+pub(crate) const TOKEN_UNUSED: i32 = 5;
+
+/// The pre-tokenizers [`bpe_from_gguf`] builds, by their `tokenizer.ggml.pre` names.
+const GGUF_PRE: &[&str] = &["qwen2", "llama-bpe", "smollm", "gpt2"];
+
+/// Texts that tell the supported pre-tokenizers apart: digit runs (single digits, groups of
+/// three, or none), contractions in both cases, runs of spaces and newlines, punctuation,
+/// accented and non-Latin letters, an emoji.
+const PRE_CHECKS: &[&str] = &[
+    "Plain words, then numbers: 7, 42, 1234567 and 3.14159.",
+    "WE'LL SEE IT'S you're they'd I'M \t tabs\t\tand  double  spaces",
+    "line one\n\nline three\r\n   indented\n\n\n",
+    "café naïve Zürich Ελληνικά русский 日本語 中文 العربية 🦙🚀",
+    "fn main() { let x: Vec<u8> = vec![0x1F; 256]; println!(\"{x:?}\"); } // $$$ ... !!!",
+    "  leading spaces and trailing  ",
+];
+
+/// A byte-level BPE tokenizer as GGUF stores it (`tokenizer.ggml.*`).
+#[derive(Debug, Clone)]
+pub struct GgufVocab {
+    /// `tokenizer.ggml.pre`: the pre-tokenizer that reproduces the source's ids.
+    pub pre: &'static str,
+    /// One string per id, `0..n_vocab`; ids the tokenizer does not use are `[PAD<id>]`.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type` per id: normal, control (special added tokens),
+    /// user-defined (other added tokens) or unused (the padding entries).
+    pub types: Vec<i32>,
+    /// `tokenizer.ggml.merges`, `"a b"` in rank order.
+    pub merges: Vec<String>,
+}
+
+impl Tok {
+    /// This tokenizer as GGUF vocabulary data for a model with `n_vocab` embedding rows.
+    ///
+    /// Only byte-level BPE tokenizers whose pre-tokenizer llama.cpp knows by name can be
+    /// written. The name is found by behaviour, not by reading the JSON: the tokenizer that
+    /// [`bpe_from_gguf`] builds from the data under each supported name must give this
+    /// tokenizer's ids on every text of a fixed check list (plain and with control tokens);
+    /// the first that does is chosen, and none is an error.
+    pub fn gguf_vocab(&self, n_vocab: usize) -> Result<GgufVocab> {
+        let json: serde_json::Value =
+            serde_json::from_str(&self.chat.to_string(false).map_err(tok_err)?).map_err(tok_err)?;
+        let model = &json["model"];
+        if model["type"] != "BPE" {
+            return Err(ModelError::Tokenizer(format!(
+                "a {} tokenizer cannot be written to GGUF (supported: byte-level BPE)",
+                model["type"].as_str().unwrap_or("non-BPE")
+            )));
+        }
+        let mut tokens: Vec<Option<String>> = vec![None; n_vocab];
+        let mut types = vec![TOKEN_USER_DEFINED; n_vocab];
+        let mut place = |id: u64, s: &str, ty: i32| -> Result<()> {
+            let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+                ModelError::Tokenizer(format!(
+                    "token `{s}` has id {id}, but the model has only {n_vocab} embedding rows"
+                ))
+            })?;
+            *slot = Some(s.to_string());
+            types[id as usize] = ty;
+            Ok(())
+        };
+        let vocab = model["vocab"]
+            .as_object()
+            .ok_or_else(|| ModelError::Tokenizer("the BPE model has no vocabulary".into()))?;
+        for (s, id) in vocab {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| ModelError::Tokenizer(format!("token `{s}` has no integer id")))?;
+            place(id, s, TOKEN_NORMAL)?;
+        }
+        for t in json["added_tokens"].as_array().into_iter().flatten() {
+            let (Some(id), Some(s)) = (t["id"].as_u64(), t["content"].as_str()) else {
+                return Err(ModelError::Tokenizer(format!("malformed added token {t}")));
+            };
+            let special = t["special"].as_bool().unwrap_or(false);
+            place(
+                id,
+                s,
+                if special {
+                    TOKEN_CONTROL
+                } else {
+                    TOKEN_USER_DEFINED
+                },
+            )?;
+        }
+        // Ids past the tokenizer's are padding, as llama.cpp's converter writes them; so are
+        // those entries already (a folder written from a GGUF file).
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let pad = format!("[PAD{i}]");
+                if t.as_ref()
+                    .is_none_or(|t| *t == pad && types[i] == TOKEN_NORMAL)
+                {
+                    types[i] = TOKEN_UNUSED;
+                }
+                t.unwrap_or(pad)
+            })
+            .collect();
+        let merges = model["merges"]
+            .as_array()
+            .ok_or_else(|| ModelError::Tokenizer("the BPE model has no merges".into()))?
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Array(p) => match p.as_slice() {
+                    [a, b] => Some(format!("{} {}", a.as_str()?, b.as_str()?)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| ModelError::Tokenizer("a merge is neither `a b` nor [a, b]".into()))?;
+        let eos: Vec<u32> = self.eos_id.into_iter().collect();
+        for pre in GGUF_PRE {
+            let tk = bpe_from_gguf(pre, &tokens, &merges, &types)?;
+            let candidate = Tok::new(tk, self.bos_id, &eos, self.add_bos);
+            if self.same_ids(&candidate)? {
+                return Ok(GgufVocab {
+                    pre,
+                    tokens,
+                    types,
+                    merges,
+                });
+            }
+        }
+        Err(ModelError::Tokenizer(format!(
+            "no GGUF pre-tokenizer that steerkit writes ({}) reproduces this tokenizer's ids",
+            GGUF_PRE.join(", ")
+        )))
+    }
+
+    /// Whether `other` gives this tokenizer's ids on the pre-tokenizer check texts, as plain
+    /// text and in a chat turn with control tokens.
+    fn same_ids(&self, other: &Tok) -> Result<bool> {
+        let mut special: Vec<(u32, String)> = self
+            .chat
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        special.sort();
+        let control: Vec<String> = special.into_iter().take(2).map(|(_, s)| s).collect();
+        for text in PRE_CHECKS {
+            if self.encode_text(text)? != other.encode_text(text)? {
+                return Ok(false);
+            }
+            let turn = format!("{}{text}{}", control.join("user\n"), control.join(""));
+            if self.encode_chat(&turn)? != other.encode_chat(&turn)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -373,6 +373,39 @@ fn hugging_face_folder_round_trip() {
             "no overwrite"
         );
     }
+    // What the block does not compute is refused, not loaded into wrong logits.
+    let out = dir.path().join("Llama");
+    let cfg_path = out.join("config.json");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut plain: serde_json::Value = serde_json::from_str(&original).unwrap();
+    plain["rope_scaling"] = serde_json::json!({"rope_type": "default"});
+    for (key, value, needle) in [
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+            "RoPE scaling `llama3`",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"type": "linear", "factor": 2.0}),
+            "RoPE scaling `linear`",
+        ),
+        ("hidden_act", serde_json::json!("gelu"), "activation `gelu`"),
+    ] {
+        let mut c = plain.clone();
+        c[key] = value;
+        std::fs::write(&cfg_path, c.to_string()).unwrap();
+        let err = steerkit_model::hf::HfFolder::open(&out)
+            .and_then(|f| f.config())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    std::fs::write(&cfg_path, plain.to_string()).unwrap();
+    steerkit_model::hf::HfFolder::open(&out)
+        .unwrap()
+        .config()
+        .unwrap();
 }
 
 /// `Ablate::only_layers` ablates in the chosen blocks and nowhere else.

@@ -1,0 +1,179 @@
+//! GGUF export of a Hugging Face folder: the metadata built from config.json and
+//! tokenizer.json equals what llama.cpp's own GGUF files carry, the weights come back as the
+//! folder holds them (f16-rounded, q/k rows in llama.cpp's order for llama), and the re-loaded
+//! tokenizer gives llama.cpp's ids. Folders are written from the two real GGUF models, whose
+//! files llama.cpp's converter made.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::DType;
+use steerkit_export::gguf::{metadata, write, GgufType};
+use steerkit_model::gguf::Gguf;
+use steerkit_model::{load, LoadOptions, SystemPrompt};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_path(name: &str) -> PathBuf {
+    let p = root().join(format!("checkpoints/models/{name}.gguf"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    p
+}
+
+/// A GGUF file's key/values, as Debug text (the values have no equality of their own).
+fn keys(p: &Path) -> BTreeMap<String, String> {
+    let mut f = std::fs::File::open(p).unwrap();
+    let c = Content::read(&mut f).unwrap();
+    c.metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), format!("{v:?}")))
+        .collect()
+}
+
+/// A fixture's list of ids.
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn check(name: &str) {
+    let path = model_path(name);
+    let d = tempfile::tempdir().unwrap();
+    let src = load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let folder = d.path().join("folder");
+    steerkit_model::hf::save_folder(&src.model, Some(&src.tok), Some(&src.chat), &folder).unwrap();
+    let hf = load(folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let out = d.path().join("model.gguf");
+    let meta = metadata(&hf.model.cfg, &hf.tok, &hf.chat, "folder").unwrap();
+    write(&hf.model, &meta, GgufType::F16, &out).unwrap();
+    drop(hf);
+
+    // Every hyper-parameter and tokenizer key of llama.cpp's file is written with its value,
+    // but for three llama.cpp writes from files a folder does not have here.
+    let (want, got) = (keys(&path), keys(&out));
+    let arch = Gguf::open(&path).unwrap().arch_name().unwrap().to_string();
+    let skipped = ["padding_token_id", "unknown_token_id", "add_space_prefix"];
+    let mut compared = 0;
+    for (k, v) in &want {
+        let ours = k.starts_with(&format!("{arch}.")) || k.starts_with("tokenizer.");
+        if !ours || skipped.iter().any(|s| k.ends_with(s)) {
+            continue;
+        }
+        assert_eq!(got.get(k), Some(v), "{name}: key {k}");
+        compared += 1;
+    }
+    assert!(compared >= 14, "{name}: only {compared} keys compared");
+    assert_eq!(got["general.architecture"], want["general.architecture"]);
+
+    // The weights: what the folder holds, rounded to f16 (vectors kept in f32).
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let f16 = |t: &candle_core::Tensor| {
+        let t = if t.rank() == 2 {
+            t.to_dtype(DType::F16).unwrap()
+        } else {
+            t.clone()
+        };
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let theirs: BTreeMap<String, candle_core::Tensor> =
+        back.model.named_tensors().into_iter().collect();
+    for (n, t) in src.model.named_tensors() {
+        assert!(f16(&t) == f16(&theirs[&n]), "{name}: tensor {n}");
+    }
+
+    // Token ids of the re-loaded file equal llama.cpp's on the fixture texts and chat prompts.
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/llamacpp_token_ids.json")).unwrap(),
+    )
+    .unwrap();
+    let m = &fx["models"][name];
+    for case in m["raw"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            back.tok.encode_text(text).unwrap(),
+            ids(&case["ids"]),
+            "{name}: {text:?}"
+        );
+    }
+    for case in m["chat"].as_array().unwrap() {
+        let user = case["user"].as_str().unwrap();
+        let system = match case["system"].as_str() {
+            Some(s) => SystemPrompt::Custom(s.into()),
+            None => SystemPrompt::Default,
+        };
+        let p = back.chat.prompt(&back.tok, user, &system).unwrap();
+        assert_eq!(p.ids, ids(&case["ids"]), "{name}: chat ids of {user:?}");
+    }
+    assert_eq!(back.tok.stop_ids, src.tok.stop_ids);
+}
+
+#[test]
+fn smollm2_folder_exports_llama_cpp_metadata_and_weights() {
+    check("smollm2-135m-instruct");
+}
+
+#[test]
+fn qwen2_folder_exports_llama_cpp_metadata_and_weights() {
+    check("qwen2.5-coder-0.5b-instruct");
+}
+
+/// A tokenizer that no GGUF pre-tokenizer reproduces, or with more tokens than the model has
+/// rows, is an error that says so (and writes nothing).
+#[test]
+fn tokenizers_gguf_cannot_hold_are_errors() {
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let cfg = g.config().unwrap();
+    let err = tok.gguf_vocab(1000).unwrap_err().to_string();
+    assert!(err.contains("only 1000 embedding rows"), "{err}");
+
+    let mut other = tok.inner().clone();
+    other.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    let other = steerkit_model::Tok::new(other, tok.bos_id, &[tok.eos_id.unwrap()], false);
+    let err = metadata(&cfg, &other, &chat, "x").unwrap_err().to_string();
+    assert!(err.contains("no GGUF pre-tokenizer"), "{err}");
+}
+
+/// A GGUF that asks for RoPE scaling is refused when loaded, not run with plain RoPE.
+#[test]
+fn gguf_with_rope_scaling_is_refused() {
+    use candle_core::quantized::gguf_file::Value;
+    use steerkit_model::random::{random_model, tiny_config};
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let m = random_model(
+        tiny_config(steerkit_model::Arch::Llama, tok.vocab_size()),
+        DType::F32,
+        3,
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mut meta = metadata(&m.cfg, &tok, &chat, "tiny").unwrap();
+    let plain = d.path().join("plain.gguf");
+    write(&m, &meta, GgufType::F16, &plain).unwrap();
+    load(plain.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    meta.push((
+        "llama.rope.scaling.type".into(),
+        Value::String("linear".into()),
+    ));
+    let scaled = d.path().join("scaled.gguf");
+    write(&m, &meta, GgufType::F16, &scaled).unwrap();
+    let err = load(scaled.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("RoPE scaling `linear`"), "{err}");
+}
