@@ -25,6 +25,11 @@ What it checks
      the file's own N must match best. An unsteered pair (llama.cpp without a
      vector vs steerkit eval without intervention) gives the agreement to expect
      from the quantized weights alone.
+  5. Llama 3 RoPE scaling (`--rope-only` runs just this; needs a llama model): the
+     folder's config.json gets a llama3 `rope_scaling`, steerkit exports it to GGUF
+     (`rope_freqs.weight`), and llama.cpp's greedy answers on that file are compared
+     with steerkit's on the folder and on the file, and with llama.cpp's on the
+     unscaled model (which must differ).
   4. GGUF export of a Hugging Face folder (`--folder-only` runs just this): the model
      is exported as a folder, and the folder as GGUF, whose metadata steerkit then
      builds from config.json and tokenizer.json. llama.cpp must load it, answer like
@@ -173,6 +178,64 @@ def check_folder(sk, model, w, args, report):
     return ok_a and equal == len(PROMPTS)
 
 
+def check_rope(sk, model, w, args, report):
+    """5. Llama 3's RoPE scaling. The model's folder gets `rope_scaling` (rope_type llama3,
+    factor 8, low 1, high 4, original context 64: with SmolLM2's θ of 100000, 3 of its 32
+    frequencies are kept, 4 interpolated and 25 divided by 8, so that a prompt of 30 tokens
+    already sees the change). steerkit exports it to GGUF, which then holds `rope_freqs.weight`.
+    llama.cpp's greedy answers on that file must equal steerkit's on the folder (the rule)
+    and on the file (its divisors), and differ from llama.cpp's on the unscaled model."""
+    report.append("5. Llama 3 RoPE scaling (rope_freqs)")
+    folder = os.path.join(w, "rope-folder")
+    scaled = os.path.join(w, "rope-f16.gguf")
+    plain = os.path.join(w, "plain-f16.gguf")
+    for f in (folder, scaled, plain):
+        remove(f)
+    run([sk, "export", "-m", model, "--out", folder])
+    cfg_path = os.path.join(folder, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    json.dump(cfg, open(cfg_path, "w"), indent=2)
+    run([sk, "export", "-m", folder, "--format", "gguf", "--out", scaled])
+    run([sk, "export", "-m", model, "--format", "gguf", "--out", plain])
+    import gguf
+    names = [t.name for t in gguf.GGUFReader(scaled).tensors]
+    has = "rope_freqs.weight" in names
+    report.append("  %s holds rope_freqs.weight: %s" % (os.path.basename(scaled), has))
+
+    def steerkit_answers(path):
+        return [json.loads(run([sk, "generate", "-m", path, "--prompt", p, "--max-new-tokens",
+                                str(args.gen_tokens)]).strip().splitlines()[-1])["response"]
+                for p in PROMPTS]
+
+    def llama_answers(path):
+        llm = load_llama(path, args.threads)
+        out = [chat(llm, p, args.gen_tokens) for p in PROMPTS]
+        del llm
+        return out
+
+    ours_rule, ours_file = steerkit_answers(folder), steerkit_answers(scaled)
+    theirs, theirs_plain = llama_answers(scaled), llama_answers(plain)
+    n = len(PROMPTS)
+    rule_file = sum(same(a, b) for a, b in zip(ours_rule, ours_file))
+    file_llama = sum(same(a, b) for a, b in zip(ours_file, theirs))
+    rule_llama = sum(same(a, b) for a, b in zip(ours_rule, theirs))
+    changed = sum(not same(a, b) for a, b in zip(theirs, theirs_plain))
+    report.append("  steerkit on the folder (llama3 rule) = steerkit on the GGUF (divisors): %d/%d"
+                  % (rule_file, n))
+    report.append("  steerkit on the GGUF = llama.cpp on the GGUF: %d/%d" % (file_llama, n))
+    report.append("  steerkit on the folder = llama.cpp on the GGUF: %d/%d" % (rule_llama, n))
+    report.append("  llama.cpp answers the scaling changed (against the unscaled file): %d/%d"
+                  % (changed, n))
+    ok = has and file_llama >= args.min_identical and rule_llama >= args.min_identical \
+        and changed >= 1
+    if not ok:
+        report.append("  FAIL")
+    remove(folder)
+    return ok
+
+
 def read_cvec(path):
     import gguf
     r = gguf.GGUFReader(path)
@@ -234,6 +297,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folder-only", action="store_true",
                     help="run only check 4 (GGUF export of a Hugging Face folder)")
+    ap.add_argument("--rope-only", action="store_true",
+                    help="run only check 5 (Llama 3 RoPE scaling; a llama-architecture model)")
     args = ap.parse_args()
     args.steerkit = os.path.abspath(args.steerkit)
     model = os.path.abspath(args.model)
@@ -242,6 +307,10 @@ def main():
     sk = args.steerkit
     report, ok = [], True
 
+    if args.rope_only:
+        ok = check_rope(sk, model, w, args, report)
+        print("\n".join(report))
+        sys.exit(0 if ok else 1)
     if args.folder_only:
         ok = check_folder(sk, model, w, args, report)
         print("\n".join(report))
@@ -333,6 +402,7 @@ def main():
         del llm
 
     ok &= check_folder(sk, model, w, args, report)
+    ok &= check_rope(sk, model, w, args, report)
     print("\n".join(report))
     print("RESULT: " + ("PASS" if ok else "FAIL"))
     return 0 if ok else 1

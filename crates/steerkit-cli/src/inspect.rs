@@ -47,6 +47,7 @@ pub fn run(a: Args) -> Result<()> {
         "tied_embeddings": c.tie_word_embeddings,
         "attention_bias": c.attention_bias,
         "rope_theta": c.rope_theta,
+        "rope_scaling": c.rope_scaling.as_ref().map(|r| r.to_hf_json(c)),
         "rms_norm_eps": c.rms_norm_eps,
         "context_length": c.max_position_embeddings,
         "bos_token": name(m.tok.bos_id),

@@ -151,6 +151,14 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         };
         tensors.push((name, QTensor::quantize(&t, ggml)?));
     }
+    // Llama 3's RoPE scaling, as llama.cpp stores it: one divisor per frequency.
+    if let Some(d) = model.cfg.rope_divisors() {
+        let t = candle_core::Tensor::new(d.as_slice(), &Device::Cpu)?;
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
+    }
     let own = [
         ("general.file_type", Value::U32(ty.file_type())),
         ("general.quantization_version", Value::U32(2)),

@@ -146,32 +146,53 @@ fn tokenizers_gguf_cannot_hold_are_errors() {
     assert!(err.contains("no GGUF pre-tokenizer"), "{err}");
 }
 
-/// A GGUF that asks for RoPE scaling is refused when loaded, not run with plain RoPE.
+/// Llama 3's RoPE scaling goes to GGUF as llama.cpp stores it (`rope_freqs.weight`, one
+/// divisor per frequency), comes back as the same divisors, and from them back to the llama3
+/// rule in a folder's config.json; a GGUF asking for another scaling is refused when loaded,
+/// not run with plain RoPE.
 #[test]
-fn gguf_with_rope_scaling_is_refused() {
+fn gguf_rope_scaling() {
     use candle_core::quantized::gguf_file::Value;
     use steerkit_model::random::{random_model, tiny_config};
+    use steerkit_model::RopeScaling;
     let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();
     let chat = g.chat_template(&tok).unwrap();
-    let m = random_model(
-        tiny_config(steerkit_model::Arch::Llama, tok.vocab_size()),
-        DType::F32,
-        3,
-    )
-    .unwrap();
+    let mut cfg = tiny_config(steerkit_model::Arch::Llama, tok.vocab_size());
+    let rule = RopeScaling::Llama3 {
+        factor: 4.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 128.0,
+        original_max_position_embeddings: 256.0,
+    };
+    cfg.rope_scaling = Some(rule.clone());
+    let m = random_model(cfg.clone(), DType::F32, 3).unwrap();
     let d = tempfile::tempdir().unwrap();
     let mut meta = metadata(&m.cfg, &tok, &chat, "tiny").unwrap();
-    let plain = d.path().join("plain.gguf");
-    write(&m, &meta, GgufType::F16, &plain).unwrap();
-    load(plain.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let scaled = d.path().join("scaled.gguf");
+    write(&m, &meta, GgufType::F16, &scaled).unwrap();
+    let back = load(scaled.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let divisors = cfg.rope_divisors().unwrap();
+    assert_eq!(
+        back.model.cfg.rope_scaling,
+        Some(RopeScaling::Divisors(divisors))
+    );
+    assert_eq!(back.model.cfg.rope_frequencies(), cfg.rope_frequencies());
+    let folder = d.path().join("folder");
+    steerkit_model::hf::save_folder(&back.model, None, None, &folder).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["rope_scaling"], rule.to_hf_json(&cfg));
+    assert_eq!(json["rope_scaling"]["rope_type"], "llama3");
+
     meta.push((
         "llama.rope.scaling.type".into(),
         Value::String("linear".into()),
     ));
-    let scaled = d.path().join("scaled.gguf");
-    write(&m, &meta, GgufType::F16, &scaled).unwrap();
-    let err = load(scaled.to_str().unwrap(), &LoadOptions::default())
+    let linear = d.path().join("linear.gguf");
+    write(&m, &meta, GgufType::F16, &linear).unwrap();
+    let err = load(linear.to_str().unwrap(), &LoadOptions::default())
         .err()
         .unwrap()
         .to_string();

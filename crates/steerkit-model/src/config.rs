@@ -54,6 +54,70 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// Biases on the q, k and v projections (qwen2).
     pub attention_bias: bool,
+    /// Frequency-dependent RoPE scaling (Llama 3.1 and 3.2), or none.
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// RoPE scaling: each rotation frequency `θ^(-2i/d)` is divided by a factor of its own.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Llama 3.1's rule (`rope_type: llama3` in config.json): frequencies whose wavelength is
+    /// over `original_max_position_embeddings / low_freq_factor` are divided by `factor`, those
+    /// under `original_max_position_embeddings / high_freq_factor` are kept, and those between
+    /// are interpolated.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+    /// The divisors themselves, one per frequency, as llama.cpp stores them in a GGUF file
+    /// (`rope_freqs.weight`).
+    Divisors(Vec<f32>),
+}
+
+impl Config {
+    /// The RoPE frequencies `θ^(-2i/d) / divisor_i`, `i < head_dim / 2`. Without scaling the
+    /// result is computed exactly as before scaling existed (f32 throughout).
+    pub fn rope_frequencies(&self) -> Vec<f32> {
+        let base: Vec<f32> = (0..self.head_dim / 2)
+            .map(|i| 1.0 / (self.rope_theta as f32).powf(2.0 * i as f32 / self.head_dim as f32))
+            .collect();
+        match self.rope_divisors() {
+            Some(div) => base.iter().zip(div).map(|(f, d)| f / d).collect(),
+            None => base,
+        }
+    }
+
+    /// The divisor of each RoPE frequency (llama.cpp's `rope_freqs`), or `None` without scaling.
+    pub fn rope_divisors(&self) -> Option<Vec<f32>> {
+        let half = self.head_dim / 2;
+        match self.rope_scaling.as_ref()? {
+            RopeScaling::Divisors(d) => Some(d.clone()),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: lo,
+                high_freq_factor: hi,
+                original_max_position_embeddings: ctx,
+            } => Some(
+                (0..half)
+                    .map(|i| {
+                        let freq = self.rope_theta.powf(-2.0 * i as f64 / self.head_dim as f64);
+                        let wavelen = 2.0 * std::f64::consts::PI / freq;
+                        if wavelen < ctx / hi {
+                            1.0
+                        } else if wavelen > ctx / lo {
+                            *factor as f32
+                        } else {
+                            let smooth = (ctx / wavelen - lo) / (hi - lo);
+                            (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                        }
+                    })
+                    .collect(),
+            ),
+        }
+    }
 }
 
 impl Config {
@@ -77,6 +141,30 @@ impl Config {
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even", self.head_dim));
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Divisors(d)) if d.len() != self.head_dim / 2 => {
+                return bad(format!(
+                    "{} RoPE frequency divisors for a head dimension of {} (needs {})",
+                    d.len(),
+                    self.head_dim,
+                    self.head_dim / 2
+                ));
+            }
+            Some(RopeScaling::Divisors(d)) if d.iter().any(|x| !x.is_finite() || *x <= 0.0) => {
+                return bad("RoPE frequency divisors must be positive and finite".into());
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: lo,
+                high_freq_factor: hi,
+                original_max_position_embeddings: ctx,
+            }) if !(*factor > 0.0 && *lo > 0.0 && hi > lo && *ctx > 0.0) => {
+                return bad(format!(
+                    "llama3 RoPE scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor (factor {factor}, low {lo}, high {hi}, original context {ctx})"
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -124,6 +212,115 @@ impl Config {
             "attention_bias": self.attention_bias,
             "hidden_act": "silu",
             "torch_dtype": "float32",
+            "rope_scaling": self.rope_scaling.as_ref().map(|r| r.to_hf_json(self)),
         })
     }
+}
+
+impl RopeScaling {
+    /// config.json's `rope_scaling` object. Divisors from a GGUF file are written as the
+    /// llama3 rule when they follow it (as Llama 3.1 and 3.2 files do): the rule's boundaries
+    /// are read off the divisors, with `low_freq_factor` 1, and checked to give the same
+    /// divisors back. Other divisors have no config.json form; they are written as
+    /// `{"rope_type": "steerkit_divisors", "divisors": [...]}`, which steerkit reads back but
+    /// transformers does not.
+    pub fn to_hf_json(&self, cfg: &Config) -> serde_json::Value {
+        let llama3 = |factor: f64, lo: f64, hi: f64, ctx: f64| {
+            serde_json::json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": lo,
+                "high_freq_factor": hi,
+                "original_max_position_embeddings": ctx,
+            })
+        };
+        match self {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => llama3(
+                *factor,
+                *low_freq_factor,
+                *high_freq_factor,
+                *original_max_position_embeddings,
+            ),
+            RopeScaling::Divisors(d) => match llama3_rule(cfg, d) {
+                Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings,
+                }) => llama3(
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings,
+                ),
+                _ => serde_json::json!({"rope_type": "steerkit_divisors", "divisors": d}),
+            },
+        }
+    }
+}
+
+/// The llama3 rule that gives `divisors` for `cfg`'s frequencies, if one does (to 1e-4
+/// relative). The rule depends on its context length and frequency factors only through the
+/// two boundary wavelengths, so `low_freq_factor` is set to 1 and the other two follow from
+/// the interpolated frequencies (at least two are needed).
+fn llama3_rule(cfg: &Config, divisors: &[f32]) -> Option<RopeScaling> {
+    let half = cfg.head_dim / 2;
+    let factor = divisors.iter().copied().fold(f32::MIN, f32::max) as f64;
+    if divisors.len() != half || factor <= 1.0 {
+        return None;
+    }
+    // Between the boundaries, 1/d = (1 - s)/factor + s with s = (ctx/λ - lo)/(hi - lo), which
+    // is linear in 1/λ: s = a/λ + b. Two interpolated points give a and b.
+    let pts: Vec<(f64, f64)> = divisors
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| (**d as f64) > 1.0 + 1e-6 && (**d as f64) < factor - 1e-6)
+        .map(|(i, d)| {
+            let freq = cfg.rope_theta.powf(-2.0 * i as f64 / cfg.head_dim as f64);
+            let s = (1.0 / *d as f64 - 1.0 / factor) / (1.0 - 1.0 / factor);
+            (freq / (2.0 * std::f64::consts::PI), s)
+        })
+        .collect();
+    let (&(x0, s0), &(x1, s1)) = (pts.first()?, pts.last()?);
+    if pts.len() < 2 || (x1 - x0).abs() < 1e-12 {
+        return None;
+    }
+    let a = (s1 - s0) / (x1 - x0);
+    let b = s0 - a * x0;
+    // s = (ctx/λ - lo)/(hi - lo) with lo = 1: a = ctx/(hi - 1), b = -1/(hi - 1).
+    if b >= 0.0 {
+        return None;
+    }
+    let hi = 1.0 - 1.0 / b;
+    let ctx = a * (hi - 1.0);
+    // The values as a config.json would write them (f32 divisors leave a few ulps), else
+    // as recovered.
+    let round = |x: f64, to: f64| (x * to).round() / to;
+    let candidates = [
+        (round(factor, 1e3), round(hi, 1e3), ctx.round()),
+        (factor, hi, ctx),
+    ];
+    candidates.into_iter().find_map(|(factor, hi, ctx)| {
+        let rule = RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: hi,
+            original_max_position_embeddings: ctx,
+        };
+        let check = Config {
+            rope_scaling: Some(rule.clone()),
+            ..cfg.clone()
+        };
+        let back = check.rope_divisors()?;
+        let same = back
+            .iter()
+            .zip(divisors)
+            .all(|(x, y)| ((x - y) / y).abs() < 1e-4);
+        same.then_some(rule)
+    })
 }

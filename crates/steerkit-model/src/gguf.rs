@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{Arch, Config};
+use crate::config::{Arch, Config, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::template::ChatTemplate;
@@ -117,19 +117,32 @@ impl Gguf {
             self.meta_u(&key(k))?
                 .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
         };
-        // RoPE scaling (Llama 3.1's `rope_freqs`, YaRN, linear) is not implemented: refuse
-        // the file rather than compute other logits than llama.cpp.
+        // Linear and YaRN scaling are not implemented: refuse the file rather than compute
+        // other logits than llama.cpp. Llama 3's scaling comes as per-frequency divisors.
         let scaling = self.meta_str(&key("rope.scaling.type")).unwrap_or("none");
-        if scaling != "none" || self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            let what = if scaling != "none" {
-                scaling
-            } else {
-                "rope_freqs"
-            };
+        if scaling != "none" {
             return Err(ModelError::Config(format!(
-                "the GGUF asks for RoPE scaling `{what}`; steerkit implements plain RoPE only (its logits would be wrong)"
+                "the GGUF asks for RoPE scaling `{scaling}`; steerkit implements plain RoPE and per-frequency divisors (rope_freqs) only (its logits would be wrong)"
             )));
         }
+        let rope_scaling = match self.content.tensor_infos.get("rope_freqs.weight") {
+            None => None,
+            Some(_) => {
+                let mut f = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+                let q = self
+                    .content
+                    .tensor(&mut f, "rope_freqs.weight", &Device::Cpu)
+                    .map_err(|e| ModelError::BadGguf {
+                        path: self.path.clone(),
+                        why: format!("tensor `rope_freqs.weight`: {e}"),
+                    })?;
+                let d = q
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                Some(RopeScaling::Divisors(d))
+            }
+        };
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
         let kv_heads = self
@@ -162,6 +175,7 @@ impl Gguf {
             max_position_embeddings: self.meta_u(&key("context_length"))?.unwrap_or(4096),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            rope_scaling,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::config::{Arch, Config};
+use crate::config::{Arch, Config, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::template::ChatTemplate;
@@ -70,16 +70,7 @@ impl HfFolder {
                 "config.json asks for activation `{act}`; steerkit implements silu only"
             )));
         }
-        if !c["rope_scaling"].is_null() {
-            let kind = &c["rope_scaling"];
-            let kind = kind["rope_type"].as_str().or(kind["type"].as_str());
-            if kind != Some("default") {
-                return Err(ModelError::Config(format!(
-                    "config.json asks for RoPE scaling `{}`; steerkit implements plain RoPE only (its logits would be wrong)",
-                    kind.unwrap_or("?")
-                )));
-            }
-        }
+        let rope_scaling = rope_scaling(&c["rope_scaling"])?;
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
         let cfg = Config {
@@ -103,6 +94,7 @@ impl HfFolder {
                 Arch::Qwen2 => true,
                 _ => c["attention_bias"].as_bool().unwrap_or(false),
             },
+            rope_scaling,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -248,6 +240,47 @@ impl HfFolder {
             ),
             None => Ok(ChatTemplate::chatml()),
         }
+    }
+}
+
+/// config.json's `rope_scaling`: none, `default`, `llama3` (Llama 3.1 and 3.2), or the
+/// divisors steerkit writes for a GGUF source's `rope_freqs` that follow no named rule. Other
+/// kinds (linear, dynamic, YaRN, ...) are refused rather than run with plain RoPE.
+fn rope_scaling(v: &Value) -> Result<Option<RopeScaling>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let kind = v["rope_type"]
+        .as_str()
+        .or(v["type"].as_str())
+        .unwrap_or("?");
+    let num = |k: &str| {
+        v[k].as_f64().ok_or_else(|| {
+            ModelError::Config(format!(
+                "config.json's {kind} rope_scaling has no number `{k}`"
+            ))
+        })
+    };
+    match kind {
+        "default" => Ok(None),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        })),
+        "steerkit_divisors" => {
+            let d: Option<Vec<f32>> = v["divisors"]
+                .as_array()
+                .map(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                .unwrap_or(None);
+            d.map(|d| Some(RopeScaling::Divisors(d))).ok_or_else(|| {
+                ModelError::Config("config.json's rope_scaling divisors are not numbers".into())
+            })
+        }
+        other => Err(ModelError::Config(format!(
+            "config.json asks for RoPE scaling `{other}`; steerkit implements plain RoPE and llama3 scaling only (its logits would be wrong)"
+        ))),
     }
 }
 

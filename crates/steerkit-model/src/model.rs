@@ -478,11 +478,7 @@ impl Model {
         t: usize,
     ) -> Result<(Tensor, Tensor)> {
         let half = self.cfg.head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| {
-                1.0 / (self.cfg.rope_theta as f32).powf(2.0 * i as f32 / self.cfg.head_dim as f32)
-            })
-            .collect();
+        let inv = self.cfg.rope_frequencies();
         let b = pads.len();
         let mut cos = Vec::with_capacity(b * t * half);
         let mut sin = Vec::with_capacity(b * t * half);

@@ -24,6 +24,7 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         max_position_embeddings: 256,
         tie_word_embeddings: arch != Arch::Qwen2,
         attention_bias: arch == Arch::Qwen2,
+        rope_scaling: None,
     }
 }
 

@@ -383,12 +383,12 @@ fn hugging_face_folder_round_trip() {
         (
             "rope_scaling",
             serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
-            "RoPE scaling `llama3`",
+            "no number `low_freq_factor`",
         ),
         (
             "rope_scaling",
-            serde_json::json!({"type": "linear", "factor": 2.0}),
-            "RoPE scaling `linear`",
+            serde_json::json!({"type": "yarn", "factor": 2.0}),
+            "RoPE scaling `yarn`",
         ),
         ("hidden_act", serde_json::json!("gelu"), "activation `gelu`"),
     ] {
@@ -527,4 +527,91 @@ fn a_shared_prefix_equals_a_full_forward() {
     m.forward(&ids, &pads, Some(&mut two), &mut NoHook, Mode::Inference)
         .unwrap();
     assert!(two.shared(3).is_err());
+}
+
+/// Llama 3.1's RoPE scaling. Llama-3.1-8B's divisors (θ 500000, head 128, factor 8, low 1,
+/// high 4, original context 8192) equal the rule's values computed separately in Python; the
+/// rule is read back from its divisors alone (what a GGUF file holds); a model with the rule
+/// computes other logits than without it, the same after a folder round trip, and the same
+/// as with its divisors; divisors that follow no rule survive a folder round trip too.
+#[test]
+fn llama3_rope_scaling() {
+    use steerkit_model::{Config, RopeScaling};
+    let mut big = tiny_config(Arch::Llama, 64);
+    big.rope_theta = 500_000.0;
+    big.head_dim = 128;
+    big.rope_scaling = Some(RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    });
+    let d = big.rope_divisors().unwrap();
+    assert_eq!(d.len(), 64);
+    assert!(d[..29].iter().all(|x| *x == 1.0), "{d:?}");
+    assert!(d[35..].iter().all(|x| *x == 8.0), "{d:?}");
+    let python = [1.207484, 1.553415, 2.026313, 2.69453, 3.684253, 5.257327];
+    for (i, want) in (29..35).zip(python) {
+        assert!(
+            (d[i] - want).abs() < 1e-5,
+            "divisor {i}: {} vs {want}",
+            d[i]
+        );
+    }
+    let from_file = RopeScaling::Divisors(d.clone());
+    assert_eq!(
+        from_file.to_hf_json(&big),
+        big.rope_scaling.as_ref().unwrap().to_hf_json(&big)
+    );
+
+    // A tiny llama whose frequencies fall between the boundaries and beyond them (wavelengths
+    // 6.3, 63, 628, 6283 against 2 and 256).
+    let mut cfg = tiny_config(Arch::Llama, 64);
+    let rule = RopeScaling::Llama3 {
+        factor: 4.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 128.0,
+        original_max_position_embeddings: 256.0,
+    };
+    cfg.rope_scaling = Some(rule.clone());
+    let scaled = random_model(cfg.clone(), DType::F32, 7).unwrap();
+    let plain = tiny(Arch::Llama, DType::F32);
+    let want = logits(&scaled, &rows(), &mut NoHook);
+    assert!(max_diff(&want, &logits(&plain, &rows(), &mut NoHook)) > 1e-3);
+    let with = |scaling: RopeScaling| {
+        let mut m = scaled.clone();
+        m.cfg = Config {
+            rope_scaling: Some(scaling),
+            ..cfg.clone()
+        };
+        m
+    };
+    let divided = with(RopeScaling::Divisors(cfg.rope_divisors().unwrap()));
+    assert_eq!(
+        max_diff(&want, &logits(&divided, &rows(), &mut NoHook)),
+        0.0
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (name, m, expect) in [
+        ("rule", scaled.clone(), rule.clone()),
+        ("divisors", divided, rule.clone()),
+        (
+            "other",
+            with(RopeScaling::Divisors(vec![1.0, 2.0, 3.0, 5.0])),
+            RopeScaling::Divisors(vec![1.0, 2.0, 3.0, 5.0]),
+        ),
+    ] {
+        let out = dir.path().join(name);
+        steerkit_model::hf::save_folder(&m, None, None, &out).unwrap();
+        let back = steerkit_model::hf::HfFolder::open(&out)
+            .unwrap()
+            .model(&Device::Cpu, DType::F32)
+            .unwrap();
+        assert_eq!(back.cfg.rope_scaling.as_ref(), Some(&expect), "{name}");
+        let got = logits(&back, &rows(), &mut NoHook);
+        assert!(
+            max_diff(&logits(&m, &rows(), &mut NoHook), &got) < 1e-6,
+            "{name}"
+        );
+    }
 }
