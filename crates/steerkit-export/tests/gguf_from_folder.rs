@@ -153,18 +153,13 @@ fn tokenizers_gguf_cannot_hold_are_errors() {
 #[test]
 fn gguf_rope_scaling() {
     use candle_core::quantized::gguf_file::Value;
-    use steerkit_model::random::{random_model, tiny_config};
+    use steerkit_model::random::{random_model, tiny_config, tiny_rope_scaling};
     use steerkit_model::RopeScaling;
     let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();
     let chat = g.chat_template(&tok).unwrap();
     let mut cfg = tiny_config(steerkit_model::Arch::Llama, tok.vocab_size());
-    let rule = RopeScaling::Llama3 {
-        factor: 4.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 128.0,
-        original_max_position_embeddings: 256.0,
-    };
+    let rule = tiny_rope_scaling();
     cfg.rope_scaling = Some(rule.clone());
     let m = random_model(cfg.clone(), DType::F32, 3).unwrap();
     let d = tempfile::tempdir().unwrap();

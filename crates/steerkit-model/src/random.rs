@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Arch, Config};
+use crate::config::{Arch, Config, RopeScaling};
 use crate::error::Result;
 use crate::model::Model;
 
@@ -25,6 +25,18 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         tie_word_embeddings: arch != Arch::Qwen2,
         attention_bias: arch == Arch::Qwen2,
         rope_scaling: None,
+    }
+}
+
+/// Llama 3 RoPE scaling for [`tiny_config`]'s head (frequencies 1, 0.1, 0.01, 0.001):
+/// boundaries at wavelengths 2 and 256, so two frequencies are interpolated and two divided by
+/// the factor 4, and the rule can be read back from its divisors.
+pub fn tiny_rope_scaling() -> RopeScaling {
+    RopeScaling::Llama3 {
+        factor: 4.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 128.0,
+        original_max_position_embeddings: 256.0,
     }
 }
 

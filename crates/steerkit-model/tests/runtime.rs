@@ -2,7 +2,9 @@
 //! KV cache, the differentiable mode and its gradients, and Hugging Face folder round trips.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use steerkit_model::random::{central_differences, max_abs_diff, random_model, tiny_config};
+use steerkit_model::random::{
+    central_differences, max_abs_diff, random_model, tiny_config, tiny_rope_scaling,
+};
 use steerkit_model::{
     left_pad, Ablate, Arch, Chain, Hook, HookCtx, HookPoint, KvCache, Mode, Model, NoHook, Record,
     Site,
@@ -564,15 +566,9 @@ fn llama3_rope_scaling() {
         big.rope_scaling.as_ref().unwrap().to_hf_json(&big)
     );
 
-    // A tiny llama whose frequencies fall between the boundaries and beyond them (wavelengths
-    // 6.3, 63, 628, 6283 against 2 and 256).
+    // A tiny llama whose frequencies fall between the boundaries and beyond them.
     let mut cfg = tiny_config(Arch::Llama, 64);
-    let rule = RopeScaling::Llama3 {
-        factor: 4.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 128.0,
-        original_max_position_embeddings: 256.0,
-    };
+    let rule = tiny_rope_scaling();
     cfg.rope_scaling = Some(rule.clone());
     let scaled = random_model(cfg.clone(), DType::F32, 7).unwrap();
     let plain = tiny(Arch::Llama, DType::F32);
