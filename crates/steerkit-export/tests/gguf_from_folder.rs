@@ -144,6 +144,13 @@ fn tokenizers_gguf_cannot_hold_are_errors() {
     let other = steerkit_model::Tok::new(other, tok.bos_id, &[tok.eos_id.unwrap()], false);
     let err = metadata(&cfg, &other, &chat, "x").unwrap_err().to_string();
     assert!(err.contains("no GGUF pre-tokenizer"), "{err}");
+    // A SentencePiece vocabulary (the test fixture) loaded from GGUF has no GGUF form here.
+    let spm = Gguf::open(&root().join("tests/fixtures/spm_vocab.gguf"))
+        .unwrap()
+        .tokenizer()
+        .unwrap();
+    let err = spm.gguf_vocab(1000).unwrap_err().to_string();
+    assert!(err.contains("SentencePiece-style tokenizer"), "{err}");
 }
 
 /// Llama 3's RoPE scaling goes to GGUF as llama.cpp stores it (`rope_freqs.weight`, one

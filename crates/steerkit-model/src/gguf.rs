@@ -12,7 +12,7 @@ use crate::config::{Arch, Config, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::template::ChatTemplate;
-use crate::tokenizer::{bpe_from_gguf, Tok};
+use crate::tokenizer::{bpe_from_gguf, spm_from_gguf, Tok};
 
 /// An opened GGUF file (header and metadata read; tensors read on demand).
 pub struct Gguf {
@@ -219,13 +219,12 @@ impl Gguf {
     /// The tokenizer described by the metadata.
     pub fn tokenizer(&self) -> Result<Tok> {
         let model = self.meta_str("tokenizer.ggml.model").unwrap_or("");
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(ModelError::Tokenizer(format!(
-                "GGUF tokenizer model `{model}` is not supported (supported: gpt2 byte-level BPE); load the Hugging Face folder instead"
+                "GGUF tokenizer model `{model}` is not supported (supported: gpt2, byte-level BPE, and llama, SentencePiece); load the Hugging Face folder instead"
             )));
         }
         let tokens = self.strings("tokenizer.ggml.tokens")?;
-        let merges = self.strings("tokenizer.ggml.merges")?;
         let types: Vec<i32> = match self.meta("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()
@@ -235,16 +234,33 @@ impl Gguf {
                 .collect(),
             None => vec![1; tokens.len()],
         };
-        let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or("default");
-        let tk = bpe_from_gguf(pre, &tokens, &merges, &types)?;
         let id = |k: &str| -> Result<Option<u32>> { Ok(self.meta_u(k)?.map(|x| x as u32)) };
+        let flag = |k: &str| self.meta(k).and_then(|v| v.to_bool().ok());
+        let tk = if model == "llama" {
+            let scores: Vec<f32> = self
+                .meta("tokenizer.ggml.scores")
+                .ok_or_else(|| ModelError::Tokenizer("GGUF has no `tokenizer.ggml.scores`".into()))?
+                .to_vec()
+                .map_err(|_| {
+                    ModelError::Tokenizer("`tokenizer.ggml.scores` is not an array".into())
+                })?
+                .iter()
+                .map(|x| x.to_f32().unwrap_or(0.0))
+                .collect();
+            // llama.cpp's defaults for SentencePiece vocabularies: a space prefix.
+            let space = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+            let unk = id("tokenizer.ggml.unknown_token_id")?;
+            spm_from_gguf(&tokens, &scores, &types, unk, space)?
+        } else {
+            let merges = self.strings("tokenizer.ggml.merges")?;
+            let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or("default");
+            bpe_from_gguf(pre, &tokens, &merges, &types)?
+        };
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
         eos.extend(id("tokenizer.ggml.eot_token_id")?);
-        let add_bos = self
-            .meta("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false);
+        // llama.cpp adds BOS by default for SentencePiece vocabularies, not for BPE ones.
+        let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama");
         Ok(Tok::new(tk, bos, &eos, add_bos))
     }
 

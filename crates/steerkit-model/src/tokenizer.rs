@@ -121,6 +121,7 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 }
 
 /// GGUF token kinds (`tokenizer.ggml.token_type`).
+pub(crate) const TOKEN_BYTE: i32 = 6;
 pub(crate) const TOKEN_CONTROL: i32 = 3;
 pub(crate) const TOKEN_USER_DEFINED: i32 = 4;
 
@@ -173,6 +174,86 @@ pub(crate) fn bpe_from_gguf(
     };
     tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre_tok)));
     tk.with_decoder(Some(ByteLevelDecoder::default()));
+    add_typed_tokens(&mut tk, tokens, token_types)?;
+    Ok(tk)
+}
+
+/// Builds llama.cpp's SentencePiece tokenizer (`tokenizer.ggml.model = llama`: Llama 2,
+/// Mistral 7B, TinyLlama) from GGUF data.
+///
+/// llama.cpp splits text into characters and repeatedly joins the adjacent pair whose joined
+/// text is the vocabulary entry of highest score; characters no entry covers become byte
+/// tokens (`<0x0A>`). That is BPE whose merges are every (left, right) split of every entry
+/// into two entries, ranked by the entry's score, with byte fallback. Before that, a space is
+/// put in front of the text and of every stretch after a special token (when
+/// `add_space_prefix`), and spaces become `▁`. Decoding does the reverse and keeps the
+/// leading space, as llama.cpp's detokenizer does.
+pub(crate) fn spm_from_gguf(
+    tokens: &[String],
+    scores: &[f32],
+    token_types: &[i32],
+    unk: Option<u32>,
+    add_space_prefix: bool,
+) -> Result<Tokenizer> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as Decoders;
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
+    use tokenizers::{DecoderWrapper, NormalizerWrapper};
+    if scores.len() != tokens.len() || token_types.len() != tokens.len() {
+        return Err(ModelError::Tokenizer(format!(
+            "{} tokens, {} scores and {} token types",
+            tokens.len(),
+            scores.len(),
+            token_types.len()
+        )));
+    }
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut ranked: Vec<(f32, u32, u32, (String, String))> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if token_types[i] == TOKEN_BYTE {
+            continue;
+        }
+        for (k, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(k);
+            if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
+                ranked.push((scores[i], ia, ib, (a.to_string(), b.to_string())));
+            }
+        }
+    }
+    // Highest score first; the splits of one entry by their parts' ids.
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+    let merges = ranked.into_iter().map(|(_, _, _, m)| m).collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
+    if let Some(t) = unk.and_then(|u| tokens.get(u as usize)) {
+        builder = builder.unk_token(t.clone());
+    }
+    let mut tk = Tokenizer::new(builder.build().map_err(tok_err)?);
+    let mut norm: Vec<NormalizerWrapper> = Vec::new();
+    if add_space_prefix {
+        norm.push(Prepend::new("\u{2581}".into()).into());
+    }
+    norm.push(Replace::new(" ", "\u{2581}").map_err(tok_err)?.into());
+    tk.with_normalizer(Some(Normalizers::new(norm)))
+        .map_err(tok_err)?;
+    tk.with_decoder(Some(Decoders::new(vec![
+        DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(tok_err)?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ])));
+    add_typed_tokens(&mut tk, tokens, token_types)?;
+    Ok(tk)
+}
+
+/// Adds control tokens as special added tokens (split out of chat text only) and
+/// user-defined tokens as plain added tokens (always split), as llama.cpp treats them.
+fn add_typed_tokens(tk: &mut Tokenizer, tokens: &[String], token_types: &[i32]) -> Result<()> {
     let mut special = Vec::new();
     let mut user = Vec::new();
     for (t, &ty) in tokens.iter().zip(token_types) {
@@ -184,7 +265,7 @@ pub(crate) fn bpe_from_gguf(
     }
     tk.add_special_tokens(special).map_err(tok_err)?;
     tk.add_tokens(user).map_err(tok_err)?;
-    Ok(tk)
+    Ok(())
 }
 
 /// GGUF token kind of an ordinary vocabulary entry.
@@ -238,6 +319,11 @@ impl Tok {
                 "a {} tokenizer cannot be written to GGUF (supported: byte-level BPE)",
                 model["type"].as_str().unwrap_or("non-BPE")
             )));
+        }
+        if model["byte_fallback"] == true {
+            return Err(ModelError::Tokenizer(
+                "a SentencePiece-style tokenizer (BPE with byte fallback: Llama 2, Mistral) cannot be written to GGUF yet; export a safetensors folder".into(),
+            ));
         }
         let mut tokens: Vec<Option<String>> = vec![None; n_vocab];
         let mut types = vec![TOKEN_USER_DEFINED; n_vocab];

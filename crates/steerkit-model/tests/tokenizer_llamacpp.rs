@@ -15,21 +15,17 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-fn check(name: &str) {
-    let g = Gguf::open(std::path::Path::new(&common::model_path(name))).unwrap();
-    let tok = g.tokenizer().unwrap();
-    let chat = g.chat_template(&tok).unwrap();
-    let fx = common::fixture("llamacpp_token_ids.json");
-    let m = &fx["models"][name];
-    assert_eq!(
-        tok.bos_id,
-        Some(m["metadata"]["bos_token_id"].as_u64().unwrap() as u32)
-    );
-    assert_eq!(
-        tok.eos_id,
-        Some(m["metadata"]["eos_token_id"].as_u64().unwrap() as u32)
-    );
-    for case in m["raw"].as_array().unwrap() {
+/// BOS and EOS ids, and the ids and decoded text of plain-text cases, equal llama.cpp's.
+fn check_raw(
+    name: &str,
+    tok: &steerkit_model::Tok,
+    meta: &serde_json::Value,
+    cases: &serde_json::Value,
+) {
+    let id = |k: &str| Some(meta[k].as_u64().unwrap() as u32);
+    assert_eq!(tok.bos_id, id("bos_token_id"));
+    assert_eq!(tok.eos_id, id("eos_token_id"));
+    for case in cases.as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let got = tok.encode_text(text).unwrap();
         assert_eq!(got, ids(&case["ids"]), "{name}: ids of {text:?}");
@@ -39,6 +35,15 @@ fn check(name: &str) {
             "{name}: decode of {text:?}"
         );
     }
+}
+
+fn check(name: &str) {
+    let g = Gguf::open(std::path::Path::new(&common::model_path(name))).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let fx = common::fixture("llamacpp_token_ids.json");
+    let m = &fx["models"][name];
+    check_raw(name, &tok, &m["metadata"], &m["raw"]);
     for case in m["chat"].as_array().unwrap() {
         let user = case["user"].as_str().unwrap();
         let system = match case["system"].as_str() {
@@ -119,4 +124,26 @@ fn custom_and_no_system_prompts() {
     ];
     let p = chat.conversation(&tok, &conv).unwrap();
     assert!(p.text.contains("<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"), "{}", p.text);
+}
+
+/// llama.cpp's SentencePiece tokenizer (`tokenizer.ggml.model = llama`; Llama 2, Mistral 7B)
+/// on a real SentencePiece BPE vocabulary trained for the test (1,000 pieces, byte fallback,
+/// two user-defined tokens; `scripts/reference_spm_ids.py`): ids of plain text, text with
+/// special tokens parsed, and the decoded text equal llama.cpp's.
+#[test]
+fn sentencepiece_ids_equal_llamacpp() {
+    let p = common::root().join("tests/fixtures/spm_vocab.gguf");
+    let g = Gguf::open(&p).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let fx = common::fixture("spm_ids.json");
+    assert!(tok.add_bos);
+    check_raw("sentencepiece", &tok, &fx, &fx["raw"]);
+    for case in fx["special"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode_chat(text).unwrap(),
+            ids(&case["ids"]),
+            "ids of {text:?}"
+        );
+    }
 }
