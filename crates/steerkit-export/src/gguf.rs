@@ -99,14 +99,16 @@ pub fn metadata(
     ];
     m.extend(hp.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
     m.extend([
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.model".into(),
+            Value::String(vocab.model.into()),
+        ),
         ("tokenizer.ggml.pre".into(), Value::String(vocab.pre.into())),
         ("tokenizer.ggml.tokens".into(), strings(vocab.tokens)),
         (
             "tokenizer.ggml.token_type".into(),
             Value::Array(vocab.types.into_iter().map(Value::I32).collect()),
         ),
-        ("tokenizer.ggml.merges".into(), strings(vocab.merges)),
         (
             "tokenizer.ggml.add_bos_token".into(),
             Value::Bool(tok.add_bos),
@@ -116,7 +118,21 @@ pub fn metadata(
             Value::String(chat.source().to_string()),
         ),
     ]);
-    let ids = [("bos_token_id", tok.bos_id), ("eos_token_id", tok.eos_id)];
+    if !vocab.merges.is_empty() {
+        m.push(("tokenizer.ggml.merges".into(), strings(vocab.merges)));
+    }
+    if let Some(scores) = vocab.scores {
+        let scores = scores.into_iter().map(Value::F32).collect();
+        m.push(("tokenizer.ggml.scores".into(), Value::Array(scores)));
+    }
+    if let Some(space) = vocab.add_space_prefix {
+        m.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(space)));
+    }
+    let ids = [
+        ("bos_token_id", tok.bos_id),
+        ("eos_token_id", tok.eos_id),
+        ("unknown_token_id", vocab.unk),
+    ];
     m.extend(
         ids.into_iter()
             .filter_map(|(k, id)| Some((format!("tokenizer.ggml.{k}"), Value::U32(id?)))),

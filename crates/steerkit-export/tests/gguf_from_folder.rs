@@ -37,6 +37,20 @@ fn keys(p: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A committed fixture, parsed.
+fn fixture(name: &str) -> serde_json::Value {
+    let p = root().join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// `encode` gives each case's `ids` for its `text`.
+fn assert_ids(cases: &serde_json::Value, encode: impl Fn(&str) -> Vec<u32>) {
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(encode(text), ids(&case["ids"]), "{text:?}");
+    }
+}
+
 /// A fixture's list of ids.
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     serde_json::from_value(v.clone()).unwrap()
@@ -93,19 +107,9 @@ fn check(name: &str) {
     }
 
     // Token ids of the re-loaded file equal llama.cpp's on the fixture texts and chat prompts.
-    let fx: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/llamacpp_token_ids.json")).unwrap(),
-    )
-    .unwrap();
+    let fx = fixture("llamacpp_token_ids.json");
     let m = &fx["models"][name];
-    for case in m["raw"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        assert_eq!(
-            back.tok.encode_text(text).unwrap(),
-            ids(&case["ids"]),
-            "{name}: {text:?}"
-        );
-    }
+    assert_ids(&m["raw"], |t| back.tok.encode_text(t).unwrap());
     for case in m["chat"].as_array().unwrap() {
         let user = case["user"].as_str().unwrap();
         let system = match case["system"].as_str() {
@@ -144,13 +148,45 @@ fn tokenizers_gguf_cannot_hold_are_errors() {
     let other = steerkit_model::Tok::new(other, tok.bos_id, &[tok.eos_id.unwrap()], false);
     let err = metadata(&cfg, &other, &chat, "x").unwrap_err().to_string();
     assert!(err.contains("no GGUF pre-tokenizer"), "{err}");
-    // A SentencePiece vocabulary (the test fixture) loaded from GGUF has no GGUF form here.
-    let spm = Gguf::open(&root().join("tests/fixtures/spm_vocab.gguf"))
-        .unwrap()
-        .tokenizer()
-        .unwrap();
-    let err = spm.gguf_vocab(1000).unwrap_err().to_string();
-    assert!(err.contains("SentencePiece-style tokenizer"), "{err}");
+}
+
+/// A SentencePiece vocabulary (the test fixture, llama.cpp's `llama` tokenizer, trained by
+/// `scripts/reference_spm_ids.py`) in a folder, where tokenizer.json holds it as BPE with
+/// byte fallback, is written back to GGUF as llama.cpp's SentencePiece data: the same tokens,
+/// token kinds and special ids, a space prefix, and llama.cpp's ids when loaded again.
+#[test]
+fn sentencepiece_folder_exports_llama_cpp_vocabulary() {
+    use steerkit_model::random::{random_model, tiny_config};
+    let vocab = root().join("tests/fixtures/spm_vocab.gguf");
+    let g = Gguf::open(&vocab).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let cfg = tiny_config(steerkit_model::Arch::Llama, tok.vocab_size());
+    let m = random_model(cfg, DType::F32, 5).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let folder = d.path().join("folder");
+    steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &folder).unwrap();
+    let hf = load(folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let out = d.path().join("spm.gguf");
+    let meta = metadata(&hf.model.cfg, &hf.tok, &hf.chat, "spm").unwrap();
+    write(&hf.model, &meta, GgufType::F16, &out).unwrap();
+    let (want, got) = (keys(&vocab), keys(&out));
+    for k in [
+        "model",
+        "tokens",
+        "token_type",
+        "bos_token_id",
+        "eos_token_id",
+        "unknown_token_id",
+    ] {
+        let k = format!("tokenizer.ggml.{k}");
+        assert_eq!(got.get(&k), want.get(&k), "{k}");
+    }
+    assert_eq!(got["tokenizer.ggml.add_space_prefix"], "Bool(true)");
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let fx = fixture("spm_ids.json");
+    assert_ids(&fx["raw"], |t| back.tok.encode_text(t).unwrap());
+    assert_ids(&fx["special"], |t| back.tok.encode_chat(t).unwrap());
 }
 
 /// Llama 3's RoPE scaling goes to GGUF as llama.cpp stores it (`rope_freqs.weight`, one

@@ -122,6 +122,7 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 
 /// GGUF token kinds (`tokenizer.ggml.token_type`).
 pub(crate) const TOKEN_BYTE: i32 = 6;
+pub(crate) const TOKEN_UNKNOWN: i32 = 2;
 pub(crate) const TOKEN_CONTROL: i32 = 3;
 pub(crate) const TOKEN_USER_DEFINED: i32 = 4;
 
@@ -288,28 +289,41 @@ const PRE_CHECKS: &[&str] = &[
     "  leading spaces and trailing  ",
 ];
 
-/// A byte-level BPE tokenizer as GGUF stores it (`tokenizer.ggml.*`).
+/// A tokenizer as GGUF stores it (`tokenizer.ggml.*`).
 #[derive(Debug, Clone)]
 pub struct GgufVocab {
-    /// `tokenizer.ggml.pre`: the pre-tokenizer that reproduces the source's ids.
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece).
+    pub model: &'static str,
+    /// `tokenizer.ggml.pre`: the pre-tokenizer that reproduces the source's ids (`default`
+    /// for SentencePiece).
     pub pre: &'static str,
     /// One string per id, `0..n_vocab`; ids the tokenizer does not use are `[PAD<id>]`.
     pub tokens: Vec<String>,
     /// `tokenizer.ggml.token_type` per id: normal, control (special added tokens),
     /// user-defined (other added tokens) or unused (the padding entries).
     pub types: Vec<i32>,
-    /// `tokenizer.ggml.merges`, `"a b"` in rank order.
+    /// `tokenizer.ggml.merges`, `"a b"` in rank order (byte-level BPE only).
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.scores` (SentencePiece only): minus the rank of the first merge that
+    /// forms each entry, so that llama.cpp's highest-score-first joining follows the merges.
+    pub scores: Option<Vec<f32>>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece only).
+    pub add_space_prefix: Option<bool>,
+    /// `tokenizer.ggml.unknown_token_id`, when the tokenizer has one.
+    pub unk: Option<u32>,
 }
 
 impl Tok {
     /// This tokenizer as GGUF vocabulary data for a model with `n_vocab` embedding rows.
     ///
-    /// Only byte-level BPE tokenizers whose pre-tokenizer llama.cpp knows by name can be
-    /// written. The name is found by behaviour, not by reading the JSON: the tokenizer that
-    /// [`bpe_from_gguf`] builds from the data under each supported name must give this
-    /// tokenizer's ids on every text of a fixed check list (plain and with control tokens);
-    /// the first that does is chosen, and none is an error.
+    /// Byte-level BPE tokenizers whose pre-tokenizer llama.cpp knows by name, and
+    /// SentencePiece-style ones (BPE with byte fallback: Llama 2, Mistral), can be written.
+    /// What is not in the JSON is found by behaviour: the tokenizer that [`bpe_from_gguf`] or
+    /// [`spm_from_gguf`] builds from the data (under each supported pre-tokenizer name, or
+    /// with and without the space prefix) must give this tokenizer's ids on every text of a
+    /// fixed check list; the first that does is chosen, and none is an error. The check
+    /// includes chat turns with control tokens for byte-level BPE, not for SentencePiece,
+    /// where llama.cpp puts a space after every special token whatever the source did.
     pub fn gguf_vocab(&self, n_vocab: usize) -> Result<GgufVocab> {
         let json: serde_json::Value =
             serde_json::from_str(&self.chat.to_string(false).map_err(tok_err)?).map_err(tok_err)?;
@@ -319,11 +333,6 @@ impl Tok {
                 "a {} tokenizer cannot be written to GGUF (supported: byte-level BPE)",
                 model["type"].as_str().unwrap_or("non-BPE")
             )));
-        }
-        if model["byte_fallback"] == true {
-            return Err(ModelError::Tokenizer(
-                "a SentencePiece-style tokenizer (BPE with byte fallback: Llama 2, Mistral) cannot be written to GGUF yet; export a safetensors folder".into(),
-            ));
         }
         let mut tokens: Vec<Option<String>> = vec![None; n_vocab];
         let mut types = vec![TOKEN_USER_DEFINED; n_vocab];
@@ -391,15 +400,23 @@ impl Tok {
             .collect::<Option<Vec<String>>>()
             .ok_or_else(|| ModelError::Tokenizer("a merge is neither `a b` nor [a, b]".into()))?;
         let eos: Vec<u32> = self.eos_id.into_iter().collect();
+        let unk = model["unk_token"].as_str().and_then(|u| self.token_id(u));
+        if model["byte_fallback"] == true {
+            return self.spm_vocab(tokens, types, &merges, unk);
+        }
         for pre in GGUF_PRE {
             let tk = bpe_from_gguf(pre, &tokens, &merges, &types)?;
             let candidate = Tok::new(tk, self.bos_id, &eos, self.add_bos);
-            if self.same_ids(&candidate)? {
+            if self.same_ids(&candidate, true)? {
                 return Ok(GgufVocab {
+                    model: "gpt2",
                     pre,
                     tokens,
                     types,
                     merges,
+                    scores: None,
+                    add_space_prefix: None,
+                    unk,
                 });
             }
         }
@@ -409,9 +426,72 @@ impl Tok {
         )))
     }
 
+    /// The SentencePiece (`llama`) form of a BPE tokenizer with byte fallback: byte tokens
+    /// and the unknown token typed, scores from the merge ranks, the space prefix found by
+    /// behaviour.
+    fn spm_vocab(
+        &self,
+        tokens: Vec<String>,
+        mut types: Vec<i32>,
+        merges: &[String],
+        unk: Option<u32>,
+    ) -> Result<GgufVocab> {
+        let is_byte = |t: &str| {
+            t.len() == 6
+                && t.starts_with("<0x")
+                && t.ends_with('>')
+                && t[3..5].chars().all(|c| c.is_ascii_hexdigit())
+        };
+        for (t, ty) in tokens.iter().zip(types.iter_mut()) {
+            if *ty == TOKEN_NORMAL && is_byte(t) {
+                *ty = TOKEN_BYTE;
+            }
+        }
+        if let Some(u) = unk.filter(|u| types.get(*u as usize) == Some(&TOKEN_NORMAL)) {
+            types[u as usize] = TOKEN_UNKNOWN;
+        }
+        let index: std::collections::HashMap<&str, usize> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        // Entries no merge forms come last.
+        let mut scores = vec![-(merges.len() as f32) - 1.0; tokens.len()];
+        let mut formed = vec![false; tokens.len()];
+        for (rank, m) in merges.iter().enumerate() {
+            let joined: String = m.split(' ').collect();
+            if let Some(&i) = index.get(joined.as_str()) {
+                if !formed[i] {
+                    formed[i] = true;
+                    scores[i] = -(rank as f32);
+                }
+            }
+        }
+        let eos: Vec<u32> = self.eos_id.into_iter().collect();
+        for space in [true, false] {
+            let tk = spm_from_gguf(&tokens, &scores, &types, unk, space)?;
+            let candidate = Tok::new(tk, self.bos_id, &eos, self.add_bos);
+            if self.same_ids(&candidate, false)? {
+                return Ok(GgufVocab {
+                    model: "llama",
+                    pre: "default",
+                    tokens,
+                    types,
+                    merges: Vec::new(),
+                    scores: Some(scores),
+                    add_space_prefix: Some(space),
+                    unk,
+                });
+            }
+        }
+        Err(ModelError::Tokenizer(
+            "this SentencePiece-style tokenizer's ids cannot be reproduced by llama.cpp's SentencePiece tokenizer".into(),
+        ))
+    }
+
     /// Whether `other` gives this tokenizer's ids on the pre-tokenizer check texts, as plain
-    /// text and in a chat turn with control tokens.
-    fn same_ids(&self, other: &Tok) -> Result<bool> {
+    /// text and (with `chat`) in a chat turn with control tokens.
+    fn same_ids(&self, other: &Tok, chat: bool) -> Result<bool> {
         let mut special: Vec<(u32, String)> = self
             .chat
             .get_added_tokens_decoder()
@@ -426,7 +506,7 @@ impl Tok {
                 return Ok(false);
             }
             let turn = format!("{}{text}{}", control.join("user\n"), control.join(""));
-            if self.encode_chat(&turn)? != other.encode_chat(&turn)? {
+            if chat && self.encode_chat(&turn)? != other.encode_chat(&turn)? {
                 return Ok(false);
             }
         }
