@@ -25,7 +25,8 @@ pub struct Args {
     pub format: String,
     /// Matrix storage for --format gguf [default: f16]. A GGUF source's metadata is carried
     /// over; for a Hugging Face folder it is built from config.json and tokenizer.json
-    /// (byte-level BPE tokenizers: Qwen2, Llama 3, SmolLM2, GPT-2 style).
+    /// (byte-level BPE tokenizers: Qwen2, Llama 3, SmolLM2, GPT-2 style; SentencePiece-style:
+    /// Llama 2, Mistral 7B).
     #[arg(long, value_parser = ["f16", "q8_0"])]
     pub gguf_type: Option<String>,
     /// Project the run's selected direction out of every matrix that writes to the residual
@@ -89,7 +90,19 @@ pub fn run(a: Args) -> Result<()> {
                 let src = steerkit_model::gguf::Gguf::open(&m.path)?;
                 Some(steerkit_export::gguf::source_metadata(&src))
             } else {
-                let name = m.path.file_name().unwrap_or_default().to_string_lossy();
+                // The name the user gave: a folder's or a repo id's last part (not the HF
+                // cache's snapshot hash).
+                let spec = std::path::Path::new(&a.model.model);
+                let name = spec
+                    .file_name()
+                    .or(m
+                        .path
+                        .canonicalize()
+                        .ok()
+                        .as_deref()
+                        .and_then(|p| p.file_name()))
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into());
                 Some(steerkit_export::gguf::metadata(
                     &m.model.cfg,
                     &m.tok,

@@ -4,8 +4,9 @@
 //! The metadata comes from either source a model is loaded from:
 //! - a GGUF file: [`source_metadata`] carries its key/values over unchanged;
 //! - a Hugging Face folder: [`metadata`] builds them from the configuration and the tokenizer
-//!   (byte-level BPE; the pre-tokenizer name is the one whose ids equal the tokenizer's, see
-//!   [`steerkit_model::Tok::gguf_vocab`]).
+//!   (byte-level BPE, with the pre-tokenizer name whose ids equal the tokenizer's, or
+//!   SentencePiece-style BPE with byte fallback; see [`steerkit_model::Tok::gguf_vocab`]).
+//! - Llama 3 RoPE scaling is written as llama.cpp's `rope_freqs.weight` divisors.
 //!
 //! Matrices are stored as f16 or q8_0, vectors (norms, biases) as f32, as llama.cpp expects;
 //! llama q/k rows are permuted into llama.cpp's order.
@@ -194,7 +195,10 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
                 .map_err(|e| ModelError::Input(format!("{}: {e}", tmp.display())))?,
         );
         gguf_file::write(&mut f, &kv, &refs)?;
-        drop(f);
+        // Flush and sync here: an error (a full disk) must stop the rename.
+        let io = |e: std::io::Error| ModelError::Input(format!("{}: {e}", tmp.display()));
+        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, out).map_err(|e| ModelError::Input(format!("{}: {e}", out.display())))
     })();
     if res.is_err() {

@@ -54,7 +54,10 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// Biases on the q, k and v projections (qwen2).
     pub attention_bias: bool,
-    /// Frequency-dependent RoPE scaling (Llama 3.1 and 3.2), or none.
+    /// Frequency-dependent RoPE scaling (Llama 3.1 and 3.2), or none. Left out of the
+    /// serialized form when none, so that a model's fingerprint (which hashes it) is what it
+    /// was before scaling existed, and older run folders still match their model.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
 }
 
@@ -166,6 +169,14 @@ impl Config {
             }
             _ => {}
         }
+        // The divisors are f32: extreme factors would turn into 0 or infinity.
+        if let Some(d) = self.rope_divisors() {
+            if d.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+                return bad(
+                    "RoPE scaling gives divisors that are zero or not finite in f32".into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -226,6 +237,12 @@ impl RopeScaling {
     /// transformers does not.
     pub fn to_hf_json(&self, cfg: &Config) -> serde_json::Value {
         let llama3 = |factor: f64, lo: f64, hi: f64, ctx: f64| {
+            // transformers expects an integer context length.
+            let ctx = if ctx.fract() == 0.0 && ctx > 0.0 && ctx < 1e15 {
+                serde_json::json!(ctx as u64)
+            } else {
+                serde_json::json!(ctx)
+            };
             serde_json::json!({
                 "rope_type": "llama3",
                 "factor": factor,

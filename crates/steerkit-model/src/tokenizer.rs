@@ -188,7 +188,9 @@ pub(crate) fn bpe_from_gguf(
 /// into two entries, ranked by the entry's score, with byte fallback. Before that, a space is
 /// put in front of the text and of every stretch after a special token (when
 /// `add_space_prefix`), and spaces become `▁`. Decoding does the reverse and keeps the
-/// leading space, as llama.cpp's detokenizer does.
+/// leading space, as llama.cpp's token pieces do (llama-cpp-python's `detokenize`).
+/// Vocabularies whose joinable entries share scores are refused: llama.cpp breaks those ties
+/// by position, which BPE ranks cannot express.
 pub(crate) fn spm_from_gguf(
     tokens: &[String],
     scores: &[f32],
@@ -215,16 +217,32 @@ pub(crate) fn spm_from_gguf(
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
     let mut ranked: Vec<(f32, u32, u32, (String, String))> = Vec::new();
+    let mut mergeable: Vec<f32> = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
         if token_types[i] == TOKEN_BYTE {
             continue;
         }
+        let before = ranked.len();
         for (k, _) in t.char_indices().skip(1) {
             let (a, b) = t.split_at(k);
             if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
                 ranked.push((scores[i], ia, ib, (a.to_string(), b.to_string())));
             }
         }
+        if ranked.len() > before && token_types[i] == TOKEN_NORMAL {
+            mergeable.push(scores[i]);
+        }
+    }
+    // llama.cpp joins the pair of equal-scored entries that comes first in the text; BPE ranks
+    // cannot say that, so such a vocabulary (one whose converter wrote one score for all, for
+    // instance) would get other ids than llama.cpp's. Refused rather than tokenized wrongly.
+    mergeable.sort_by(f32::total_cmp);
+    let tied = mergeable.windows(2).filter(|w| w[0] == w[1]).count();
+    if tied > 0 {
+        return Err(ModelError::Tokenizer(format!(
+            "{tied} of the {} joinable SentencePiece entries share their score with another; llama.cpp breaks such ties by position in the text, which steerkit does not reproduce (load the Hugging Face folder instead)",
+            mergeable.len()
+        )));
     }
     // Highest score first; the splits of one entry by their parts' ids.
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
@@ -330,7 +348,7 @@ impl Tok {
         let model = &json["model"];
         if model["type"] != "BPE" {
             return Err(ModelError::Tokenizer(format!(
-                "a {} tokenizer cannot be written to GGUF (supported: byte-level BPE)",
+                "a {} tokenizer cannot be written to GGUF (supported: BPE, byte-level or with byte fallback)",
                 model["type"].as_str().unwrap_or("non-BPE")
             )));
         }
@@ -447,7 +465,9 @@ impl Tok {
                 *ty = TOKEN_BYTE;
             }
         }
-        if let Some(u) = unk.filter(|u| types.get(*u as usize) == Some(&TOKEN_NORMAL)) {
+        // A folder lists `<unk>` among the special added tokens; llama.cpp types it unknown.
+        let plain = |ty: Option<&i32>| matches!(ty, Some(&TOKEN_NORMAL) | Some(&TOKEN_CONTROL));
+        if let Some(u) = unk.filter(|u| plain(types.get(*u as usize))) {
             types[u as usize] = TOKEN_UNKNOWN;
         }
         let index: std::collections::HashMap<&str, usize> = tokens
@@ -455,8 +475,10 @@ impl Tok {
             .enumerate()
             .map(|(i, t)| (t.as_str(), i))
             .collect();
-        // Entries no merge forms come last.
-        let mut scores = vec![-(merges.len() as f32) - 1.0; tokens.len()];
+        // Entries no merge forms come last, each with a score of its own (no ties).
+        let mut scores: Vec<f32> = (0..tokens.len())
+            .map(|i| -((merges.len() + 1 + i) as f32))
+            .collect();
         let mut formed = vec![false; tokens.len()];
         for (rank, m) in merges.iter().enumerate() {
             let joined: String = m.split(' ').collect();
@@ -511,5 +533,68 @@ impl Tok {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `<unk>`, `a`, `b`, `ab`, `ba` with the given scores.
+    fn tiny(scores: &[f32]) -> Result<Tokenizer> {
+        let tokens: Vec<String> = ["<unk>", "a", "b", "ab", "ba"].map(String::from).to_vec();
+        let types = [TOKEN_UNKNOWN, 1, 1, 1, 1];
+        spm_from_gguf(&tokens, scores, &types, Some(0), false)
+    }
+
+    fn ids(tk: &Tokenizer, text: &str) -> Vec<u32> {
+        tk.encode(text, false).unwrap().get_ids().to_vec()
+    }
+
+    /// The higher-scored entry is joined first, as in llama.cpp; equal scores are refused.
+    #[test]
+    fn sentencepiece_joins_by_score_and_refuses_ties() {
+        assert_eq!(
+            ids(&tiny(&[0.0, -1.0, -2.0, -3.0, -4.0]).unwrap(), "aba"),
+            [3, 1]
+        );
+        assert_eq!(
+            ids(&tiny(&[0.0, -1.0, -2.0, -4.0, -3.0]).unwrap(), "aba"),
+            [1, 4]
+        );
+        let err = tiny(&[0.0, -1.0, -2.0, -3.0, -3.0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 of the 2 joinable"), "{err}");
+    }
+
+    /// A folder lists `<unk>` among its special tokens; its GGUF form types it unknown, and
+    /// byte tokens byte.
+    #[test]
+    fn sentencepiece_unknown_and_byte_tokens_are_typed() {
+        let tokens: Vec<String> = ["<unk>", "<s>", "<0x41>", "a", "b", "ab"]
+            .map(String::from)
+            .to_vec();
+        let types = [TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE, 1, 1, 1];
+        let mut tk = spm_from_gguf(
+            &tokens,
+            &[0.0, 0.0, 0.0, -1.0, -2.0, -3.0],
+            &types,
+            Some(0),
+            true,
+        )
+        .unwrap();
+        tk.add_special_tokens([AddedToken::from("<unk>", true)])
+            .unwrap();
+        let tok = Tok::new(tk, Some(1), &[1], true);
+        let v = tok.gguf_vocab(8).unwrap();
+        assert_eq!(v.model, "llama");
+        assert_eq!(v.unk, Some(0));
+        assert_eq!(v.add_space_prefix, Some(true));
+        assert_eq!(
+            &v.types[..6],
+            &[TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE, 1, 1, 1]
+        );
+        assert_eq!(&v.types[6..], &[TOKEN_UNUSED, TOKEN_UNUSED]);
     }
 }

@@ -611,3 +611,15 @@ fn llama3_rope_scaling() {
         );
     }
 }
+
+/// A model's fingerprint hashes its serialized configuration. Without RoPE scaling the
+/// configuration serializes as it did before scaling existed (the field is left out), so run
+/// folders made then still match their model.
+#[test]
+fn configuration_without_rope_scaling_serializes_as_before() {
+    let s = serde_json::to_string(&tiny_config(Arch::Qwen2, 64)).unwrap();
+    assert_eq!(
+        s,
+        r#"{"arch":"qwen2","vocab_size":64,"hidden_size":32,"intermediate_size":48,"num_layers":2,"num_heads":4,"num_kv_heads":2,"head_dim":8,"rms_norm_eps":0.00001,"rope_theta":10000.0,"max_position_embeddings":256,"tie_word_embeddings":false,"attention_bias":true}"#
+    );
+}
