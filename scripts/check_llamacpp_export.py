@@ -120,6 +120,20 @@ def same(a, b):
     return a.strip() == b.strip()
 
 
+def steerkit_answer(sk, path, prompt, tokens):
+    """`steerkit generate`'s greedy answer on a model file or folder."""
+    out = run([sk, "generate", "-m", path, "--prompt", prompt, "--max-new-tokens", str(tokens)])
+    return json.loads(out.strip().splitlines()[-1])["response"]
+
+
+def llama_answers(path, args):
+    """llama.cpp's greedy answers to PROMPTS on a GGUF file."""
+    llm = load_llama(path, args.threads)
+    out = [chat(llm, p, args.gen_tokens) for p in PROMPTS]
+    del llm
+    return out
+
+
 def check_gguf(name, path, args, report):
     try:
         llm = load_llama(path, args.threads)
@@ -131,8 +145,7 @@ def check_gguf(name, path, args, report):
         n_layer_of(llm), llm.n_embd()))
     identical, diffs, answers = 0, [], []
     for i, p in enumerate(PROMPTS):
-        ours = json.loads(run([args.steerkit, "generate", "-m", path, "--prompt", p,
-                               "--max-new-tokens", str(args.gen_tokens)]).strip().splitlines()[-1])["response"]
+        ours = steerkit_answer(args.steerkit, path, p, args.gen_tokens)
         theirs = chat(llm, p, args.gen_tokens)
         answers.append(theirs)
         if same(ours, theirs):
@@ -166,9 +179,7 @@ def check_folder(sk, model, w, args, report):
     ok_a, ans_a = check_gguf("from the folder, f16", from_folder, args, report)
     if not ans_a:
         return False
-    llm = load_llama(from_file, args.threads)
-    ans_b = [chat(llm, p, args.gen_tokens) for p in PROMPTS]
-    del llm
+    ans_b = llama_answers(from_file, args)
     equal = sum(a == b for a, b in zip(ans_a, ans_b))
     report.append("  llama.cpp answers equal to those of the export from the GGUF file: %d/%d"
                   % (equal, len(PROMPTS)))
@@ -205,18 +216,10 @@ def check_rope(sk, model, w, args, report):
     report.append("  %s holds rope_freqs.weight: %s" % (os.path.basename(scaled), has))
 
     def steerkit_answers(path):
-        return [json.loads(run([sk, "generate", "-m", path, "--prompt", p, "--max-new-tokens",
-                                str(args.gen_tokens)]).strip().splitlines()[-1])["response"]
-                for p in PROMPTS]
-
-    def llama_answers(path):
-        llm = load_llama(path, args.threads)
-        out = [chat(llm, p, args.gen_tokens) for p in PROMPTS]
-        del llm
-        return out
+        return [steerkit_answer(sk, path, p, args.gen_tokens) for p in PROMPTS]
 
     ours_rule, ours_file = steerkit_answers(folder), steerkit_answers(scaled)
-    theirs, theirs_plain = llama_answers(scaled), llama_answers(plain)
+    theirs, theirs_plain = llama_answers(scaled, args), llama_answers(plain, args)
     n = len(PROMPTS)
     rule_file = sum(same(a, b) for a, b in zip(ours_rule, ours_file))
     file_llama = sum(same(a, b) for a, b in zip(ours_file, theirs))
