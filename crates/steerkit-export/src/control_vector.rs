@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use steerkit_model::ModelError;
@@ -34,23 +34,13 @@ pub fn write(
     let arch = Value::String("controlvector".into());
     let hint = Value::String(model_hint.into());
     let count = Value::U32(1);
-    let tmp = out.with_extension("gguf.tmp");
-    let res = (|| -> Result<(), ModelError> {
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| ModelError::Input(format!("{}: {e}", tmp.display())))?;
-        gguf_file::write(
-            &mut f,
-            &[
-                ("general.architecture", &arch),
-                ("controlvector.model_hint", &hint),
-                ("controlvector.layer_count", &count),
-            ],
-            &[(name.as_str(), &q)],
-        )?;
-        std::fs::rename(&tmp, out).map_err(|e| ModelError::Input(format!("{}: {e}", out.display())))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    crate::gguf::write_file(
+        out,
+        &[
+            ("general.architecture", &arch),
+            ("controlvector.model_hint", &hint),
+            ("controlvector.layer_count", &count),
+        ],
+        &[(name.as_str(), &q)],
+    )
 }

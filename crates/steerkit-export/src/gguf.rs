@@ -188,18 +188,25 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         .collect();
     kv.sort_by_key(|(k, _)| *k);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    write_file(out, &kv, &refs)
+}
+
+/// Writes a GGUF file whole or not at all: into `OUT.gguf.tmp`, flushed and synced (so that
+/// an error such as a full disk stops it), then renamed to `out`; the temporary file is
+/// removed on error.
+pub(crate) fn write_file(
+    out: &Path,
+    kv: &[(&str, &Value)],
+    tensors: &[(&str, &QTensor)],
+) -> Result<(), ModelError> {
     let tmp = out.with_extension("gguf.tmp");
     let res = (|| -> Result<(), ModelError> {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&tmp)
-                .map_err(|e| ModelError::Input(format!("{}: {e}", tmp.display())))?,
-        );
-        gguf_file::write(&mut f, &kv, &refs)?;
-        // Flush and sync here: an error (a full disk) must stop the rename.
-        let io = |e: std::io::Error| ModelError::Input(format!("{}: {e}", tmp.display()));
-        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, out).map_err(|e| ModelError::Input(format!("{}: {e}", out.display())))
+        let io = |p: &Path, e: std::io::Error| ModelError::Input(format!("{}: {e}", p.display()));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?);
+        gguf_file::write(&mut f, kv, tensors)?;
+        let f = f.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, out).map_err(|e| io(out, e))
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
