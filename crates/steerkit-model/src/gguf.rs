@@ -86,14 +86,20 @@ impl Gguf {
             .map(|s| s.as_str())
     }
 
+    /// The array under `key`, if the key is there.
+    fn array(&self, key: &str) -> Result<Option<&Vec<Value>>> {
+        self.meta(key)
+            .map(|v| {
+                v.to_vec()
+                    .map_err(|_| ModelError::Tokenizer(format!("`{key}` is not an array")))
+            })
+            .transpose()
+    }
+
     fn strings(&self, key: &str) -> Result<Vec<String>> {
-        let v = self
-            .meta(key)
-            .ok_or_else(|| ModelError::Tokenizer(format!("GGUF has no `{key}`")))?;
-        let arr = v
-            .to_vec()
-            .map_err(|_| ModelError::Tokenizer(format!("`{key}` is not an array")))?;
-        arr.iter()
+        self.array(key)?
+            .ok_or_else(|| ModelError::Tokenizer(format!("GGUF has no `{key}`")))?
+            .iter()
             .map(|x| {
                 x.to_string()
                     .cloned()
@@ -128,18 +134,7 @@ impl Gguf {
         let rope_scaling = match self.content.tensor_infos.get("rope_freqs.weight") {
             None => None,
             Some(_) => {
-                let mut f = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
-                let q = self
-                    .content
-                    .tensor(&mut f, "rope_freqs.weight", &Device::Cpu)
-                    .map_err(|e| ModelError::BadGguf {
-                        path: self.path.clone(),
-                        why: format!("tensor `rope_freqs.weight`: {e}"),
-                    })?;
-                let d = q
-                    .dequantize(&Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
+                let d = self.tensor("rope_freqs.weight")?.flatten_all()?.to_vec1()?;
                 Some(RopeScaling::Divisors(d))
             }
         };
@@ -181,6 +176,19 @@ impl Gguf {
         Ok(cfg)
     }
 
+    /// One tensor, dequantized to f32 on the CPU.
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let mut f = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        let q = self
+            .content
+            .tensor(&mut f, name, &Device::Cpu)
+            .map_err(|e| ModelError::BadGguf {
+                path: self.path.clone(),
+                why: format!("tensor `{name}`: {e}"),
+            })?;
+        Ok(q.dequantize(&Device::Cpu)?)
+    }
+
     /// Dequantizes every tensor to f32 and builds the model (Q/K rows un-permuted for llama).
     pub fn model(&self, device: &Device, dtype: DType) -> Result<Model> {
         let cfg = self.config()?;
@@ -193,15 +201,7 @@ impl Gguf {
             if !self.content.tensor_infos.contains_key(&name) {
                 return Ok(None);
             }
-            let mut f = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
-            let q = self
-                .content
-                .tensor(&mut f, &name, &Device::Cpu)
-                .map_err(|e| ModelError::BadGguf {
-                    path: self.path.clone(),
-                    why: format!("tensor `{name}`: {e}"),
-                })?;
-            let t = q.dequantize(&Device::Cpu)?;
+            let t = self.tensor(&name)?;
             let heads = if name.contains("attn_q.") {
                 Some(nh)
             } else if name.contains("attn_k.") {
@@ -225,25 +225,16 @@ impl Gguf {
             )));
         }
         let tokens = self.strings("tokenizer.ggml.tokens")?;
-        let types: Vec<i32> = match self.meta("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map_err(|_| ModelError::Tokenizer("token_type is not an array".into()))?
-                .iter()
-                .map(|x| x.to_i32().unwrap_or(1))
-                .collect(),
+        let types: Vec<i32> = match self.array("tokenizer.ggml.token_type")? {
+            Some(a) => a.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
         let id = |k: &str| -> Result<Option<u32>> { Ok(self.meta_u(k)?.map(|x| x as u32)) };
         let flag = |k: &str| self.meta(k).and_then(|v| v.to_bool().ok());
         let tk = if model == "llama" {
             let scores: Vec<f32> = self
-                .meta("tokenizer.ggml.scores")
+                .array("tokenizer.ggml.scores")?
                 .ok_or_else(|| ModelError::Tokenizer("GGUF has no `tokenizer.ggml.scores`".into()))?
-                .to_vec()
-                .map_err(|_| {
-                    ModelError::Tokenizer("`tokenizer.ggml.scores` is not an array".into())
-                })?
                 .iter()
                 .map(|x| x.to_f32().unwrap_or(0.0))
                 .collect();
