@@ -93,6 +93,11 @@ impl Config {
         }
     }
 
+    /// RoPE frequency `i` before scaling, `θ^(-2i/d)`, in f64 (for the scaling rules).
+    fn base_frequency(&self, i: usize) -> f64 {
+        self.rope_theta.powf(-2.0 * i as f64 / self.head_dim as f64)
+    }
+
     /// The divisor of each RoPE frequency (llama.cpp's `rope_freqs`), or `None` without scaling.
     pub fn rope_divisors(&self) -> Option<Vec<f32>> {
         let half = self.head_dim / 2;
@@ -106,8 +111,7 @@ impl Config {
             } => Some(
                 (0..half)
                     .map(|i| {
-                        let freq = self.rope_theta.powf(-2.0 * i as f64 / self.head_dim as f64);
-                        let wavelen = 2.0 * std::f64::consts::PI / freq;
+                        let wavelen = 2.0 * std::f64::consts::PI / self.base_frequency(i);
                         if wavelen < ctx / hi {
                             1.0
                         } else if wavelen > ctx / lo {
@@ -154,9 +158,6 @@ impl Config {
                     self.head_dim / 2
                 ));
             }
-            Some(RopeScaling::Divisors(d)) if d.iter().any(|x| !x.is_finite() || *x <= 0.0) => {
-                return bad("RoPE frequency divisors must be positive and finite".into());
-            }
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor: lo,
@@ -169,7 +170,8 @@ impl Config {
             }
             _ => {}
         }
-        // The divisors are f32: extreme factors would turn into 0 or infinity.
+        // Divisors must be positive and finite; those of a rule are f32, where extreme
+        // factors turn into 0 or infinity.
         if let Some(d) = self.rope_divisors() {
             if d.iter().any(|x| !x.is_finite() || *x <= 0.0) {
                 return bad(
@@ -236,48 +238,41 @@ impl RopeScaling {
     /// `{"rope_type": "steerkit_divisors", "divisors": [...]}`, which steerkit reads back but
     /// transformers does not.
     pub fn to_hf_json(&self, cfg: &Config) -> serde_json::Value {
-        let llama3 = |factor: f64, lo: f64, hi: f64, ctx: f64| {
-            // transformers expects an integer context length.
-            let ctx = if ctx.fract() == 0.0 && ctx > 0.0 && ctx < 1e15 {
-                serde_json::json!(ctx as u64)
-            } else {
-                serde_json::json!(ctx)
-            };
-            serde_json::json!({
-                "rope_type": "llama3",
-                "factor": factor,
-                "low_freq_factor": lo,
-                "high_freq_factor": hi,
-                "original_max_position_embeddings": ctx,
-            })
+        let recovered;
+        let rule = match self {
+            RopeScaling::Divisors(d) => {
+                recovered = llama3_rule(cfg, d);
+                match &recovered {
+                    Some(rule) => rule,
+                    None => {
+                        return serde_json::json!({"rope_type": "steerkit_divisors", "divisors": d})
+                    }
+                }
+            }
+            rule => rule,
         };
-        match self {
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => llama3(
-                *factor,
-                *low_freq_factor,
-                *high_freq_factor,
-                *original_max_position_embeddings,
-            ),
-            RopeScaling::Divisors(d) => match llama3_rule(cfg, d) {
-                Some(RopeScaling::Llama3 {
-                    factor,
-                    low_freq_factor,
-                    high_freq_factor,
-                    original_max_position_embeddings,
-                }) => llama3(
-                    factor,
-                    low_freq_factor,
-                    high_freq_factor,
-                    original_max_position_embeddings,
-                ),
-                _ => serde_json::json!({"rope_type": "steerkit_divisors", "divisors": d}),
-            },
-        }
+        let RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: ctx,
+        } = rule
+        else {
+            unreachable!("llama3_rule returns a llama3 rule")
+        };
+        // transformers expects an integer context length.
+        let ctx = if ctx.fract() == 0.0 && *ctx > 0.0 && *ctx < 1e15 {
+            serde_json::json!(*ctx as u64)
+        } else {
+            serde_json::json!(ctx)
+        };
+        serde_json::json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": ctx,
+        })
     }
 }
 
@@ -298,9 +293,8 @@ fn llama3_rule(cfg: &Config, divisors: &[f32]) -> Option<RopeScaling> {
         .enumerate()
         .filter(|(_, d)| (**d as f64) > 1.0 + 1e-6 && (**d as f64) < factor - 1e-6)
         .map(|(i, d)| {
-            let freq = cfg.rope_theta.powf(-2.0 * i as f64 / cfg.head_dim as f64);
             let s = (1.0 / *d as f64 - 1.0 / factor) / (1.0 - 1.0 / factor);
-            (freq / (2.0 * std::f64::consts::PI), s)
+            (cfg.base_frequency(i) / (2.0 * std::f64::consts::PI), s)
         })
         .collect();
     let (&(x0, s0), &(x1, s1)) = (pts.first()?, pts.last()?);
