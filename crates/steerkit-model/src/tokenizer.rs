@@ -120,11 +120,15 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
 
-/// GGUF token kinds (`tokenizer.ggml.token_type`).
-pub(crate) const TOKEN_BYTE: i32 = 6;
+/// GGUF token kinds (`tokenizer.ggml.token_type`): an ordinary entry, the unknown token,
+/// control (special) tokens, user-defined tokens, padding entries (`[PAD<id>]`) that no text
+/// produces, and SentencePiece's byte tokens (`<0x0A>`).
+pub(crate) const TOKEN_NORMAL: i32 = 1;
 pub(crate) const TOKEN_UNKNOWN: i32 = 2;
 pub(crate) const TOKEN_CONTROL: i32 = 3;
 pub(crate) const TOKEN_USER_DEFINED: i32 = 4;
+pub(crate) const TOKEN_UNUSED: i32 = 5;
+pub(crate) const TOKEN_BYTE: i32 = 6;
 
 /// Builds a byte-level BPE tokenizer from GGUF vocabulary data (`tokenizer.ggml.model = gpt2`).
 pub(crate) fn bpe_from_gguf(
@@ -287,11 +291,6 @@ fn add_typed_tokens(tk: &mut Tokenizer, tokens: &[String], token_types: &[i32]) 
     Ok(())
 }
 
-/// GGUF token kind of an ordinary vocabulary entry.
-pub(crate) const TOKEN_NORMAL: i32 = 1;
-/// GGUF token kind of a padding entry (`[PAD<id>]`) that no text produces.
-pub(crate) const TOKEN_UNUSED: i32 = 5;
-
 /// The pre-tokenizers [`bpe_from_gguf`] builds, by their `tokenizer.ggml.pre` names.
 const GGUF_PRE: &[&str] = &["qwen2", "llama-bpe", "smollm", "gpt2"];
 
@@ -417,15 +416,12 @@ impl Tok {
             })
             .collect::<Option<Vec<String>>>()
             .ok_or_else(|| ModelError::Tokenizer("a merge is neither `a b` nor [a, b]".into()))?;
-        let eos: Vec<u32> = self.eos_id.into_iter().collect();
         let unk = model["unk_token"].as_str().and_then(|u| self.token_id(u));
         if model["byte_fallback"] == true {
             return self.spm_vocab(tokens, types, &merges, unk);
         }
         for pre in GGUF_PRE {
-            let tk = bpe_from_gguf(pre, &tokens, &merges, &types)?;
-            let candidate = Tok::new(tk, self.bos_id, &eos, self.add_bos);
-            if self.same_ids(&candidate, true)? {
+            if self.same_ids(bpe_from_gguf(pre, &tokens, &merges, &types)?, true)? {
                 return Ok(GgufVocab {
                     model: "gpt2",
                     pre,
@@ -489,11 +485,8 @@ impl Tok {
                 }
             }
         }
-        let eos: Vec<u32> = self.eos_id.into_iter().collect();
         for space in [true, false] {
-            let tk = spm_from_gguf(&tokens, &scores, &types, unk, space)?;
-            let candidate = Tok::new(tk, self.bos_id, &eos, self.add_bos);
-            if self.same_ids(&candidate, false)? {
+            if self.same_ids(spm_from_gguf(&tokens, &scores, &types, unk, space)?, false)? {
                 return Ok(GgufVocab {
                     model: "llama",
                     pre: "default",
@@ -511,9 +504,11 @@ impl Tok {
         ))
     }
 
-    /// Whether `other` gives this tokenizer's ids on the pre-tokenizer check texts, as plain
-    /// text and (with `chat`) in a chat turn with control tokens.
-    fn same_ids(&self, other: &Tok, chat: bool) -> Result<bool> {
+    /// Whether the tokenizer `candidate` gives this tokenizer's ids on the pre-tokenizer check
+    /// texts, as plain text and (with `chat`) in a chat turn with control tokens.
+    fn same_ids(&self, candidate: Tokenizer, chat: bool) -> Result<bool> {
+        let eos: Vec<u32> = self.eos_id.into_iter().collect();
+        let other = Tok::new(candidate, self.bos_id, &eos, self.add_bos);
         let mut special: Vec<(u32, String)> = self
             .chat
             .get_added_tokens_decoder()
