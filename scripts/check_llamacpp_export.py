@@ -25,11 +25,12 @@ What it checks
      the file's own N must match best. An unsteered pair (llama.cpp without a
      vector vs steerkit eval without intervention) gives the agreement to expect
      from the quantized weights alone.
-  5. Llama 3 RoPE scaling (`--rope-only` runs just this; needs a llama model): the
-     folder's config.json gets a llama3 `rope_scaling`, steerkit exports it to GGUF
-     (`rope_freqs.weight`), and llama.cpp's greedy answers on that file are compared
-     with steerkit's on the folder and on the file, and with llama.cpp's on the
-     unscaled model (which must differ).
+  5. RoPE scaling (`--rope-only` runs just this; needs a llama model): the folder's
+     config.json gets a llama3 `rope_scaling`, then a linear one; steerkit exports each
+     to GGUF (llama3 as `rope_freqs.weight`, linear as `rope.scaling.type`/`factor`),
+     and llama.cpp's greedy answers on that file are compared with steerkit's on the
+     folder and on the file, and with llama.cpp's on the unscaled model (which must
+     differ).
   4. GGUF export of a Hugging Face folder (`--folder-only` runs just this): the model
      is exported as a folder, and the folder as GGUF, whose metadata steerkit then
      builds from config.json and tokenizer.json. llama.cpp must load it, answer like
@@ -189,53 +190,78 @@ def check_folder(sk, model, w, args, report):
     return ok_a and equal == len(PROMPTS)
 
 
-def check_rope(sk, model, w, args, report):
-    """5. Llama 3's RoPE scaling. The model's folder gets `rope_scaling` (rope_type llama3,
-    factor 8, low 1, high 4, original context 64: with SmolLM2's θ of 100000, 3 of its 32
-    frequencies are kept, 4 interpolated and 25 divided by 8, so that a prompt of 30 tokens
-    already sees the change). steerkit exports it to GGUF, which then holds `rope_freqs.weight`.
-    llama.cpp's greedy answers on that file must equal steerkit's on the folder (the rule)
-    and on the file (its divisors), and differ from llama.cpp's on the unscaled model."""
-    report.append("5. Llama 3 RoPE scaling (rope_freqs)")
-    folder = os.path.join(w, "rope-folder")
-    scaled = os.path.join(w, "rope-f16.gguf")
-    plain = os.path.join(w, "plain-f16.gguf")
-    for f in (folder, scaled, plain):
-        remove(f)
-    run([sk, "export", "-m", model, "--out", folder])
-    cfg_path = os.path.join(folder, "config.json")
-    cfg = json.load(open(cfg_path))
-    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
-    json.dump(cfg, open(cfg_path, "w"), indent=2)
-    run([sk, "export", "-m", folder, "--format", "gguf", "--out", scaled])
-    run([sk, "export", "-m", model, "--format", "gguf", "--out", plain])
+# The scalings check 5 gives the model's folder, and what the exported GGUF must hold.
+# llama3: factor 8, low 1, high 4, original context 64. With SmolLM2's theta of 100000, 3 of
+# its 32 frequencies are kept, 4 interpolated and 25 divided by 8, so that a prompt of 30
+# tokens already sees the change; the GGUF holds the divisors (`rope_freqs.weight`).
+# linear: every frequency divided by 4; the GGUF says `rope.scaling.type = linear` and
+# `rope.scaling.factor = 4` and holds no divisors.
+ROPE_CASES = [
+    ("llama3", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    ("linear", {"rope_type": "linear", "factor": 4.0}),
+]
+
+
+def rope_form(path):
+    """How a GGUF stores its RoPE scaling: the divisors tensor, or the linear keys."""
     import gguf
-    names = [t.name for t in gguf.GGUFReader(scaled).tensors]
-    has = "rope_freqs.weight" in names
-    report.append("  %s holds rope_freqs.weight: %s" % (os.path.basename(scaled), has))
+    r = gguf.GGUFReader(path)
+    if any(t.name == "rope_freqs.weight" for t in r.tensors):
+        return "rope_freqs.weight"
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    kind = r.fields.get(arch + ".rope.scaling.type")
+    factor = r.fields.get(arch + ".rope.scaling.factor")
+    if kind is None or factor is None:
+        return "none"
+    return "%s x%g" % (bytes(kind.parts[-1]).decode(), float(factor.parts[-1][0]))
 
-    def steerkit_answers(path):
-        return [steerkit_answer(sk, path, p, args.gen_tokens) for p in PROMPTS]
 
-    ours_rule, ours_file = steerkit_answers(folder), steerkit_answers(scaled)
-    theirs, theirs_plain = llama_answers(scaled, args), llama_answers(plain, args)
-    n = len(PROMPTS)
-    rule_file = sum(same(a, b) for a, b in zip(ours_rule, ours_file))
-    file_llama = sum(same(a, b) for a, b in zip(ours_file, theirs))
-    rule_llama = sum(same(a, b) for a, b in zip(ours_rule, theirs))
-    changed = sum(not same(a, b) for a, b in zip(theirs, theirs_plain))
-    report.append("  steerkit on the folder (llama3 rule) = steerkit on the GGUF (divisors): %d/%d"
-                  % (rule_file, n))
-    report.append("  steerkit on the GGUF = llama.cpp on the GGUF: %d/%d" % (file_llama, n))
-    report.append("  steerkit on the folder = llama.cpp on the GGUF: %d/%d" % (rule_llama, n))
-    report.append("  llama.cpp answers the scaling changed (against the unscaled file): %d/%d"
-                  % (changed, n))
-    ok = has and file_llama >= args.min_identical and rule_llama >= args.min_identical \
-        and changed >= 1
-    if not ok:
-        report.append("  FAIL")
-    remove(folder)
+def check_rope(sk, model, w, args, report):
+    """5. RoPE scaling. For each of ROPE_CASES, the model's folder gets that `rope_scaling`
+    and steerkit exports it to GGUF. llama.cpp's greedy answers on that file must equal
+    steerkit's on the folder (the rule) and on the file (as steerkit reads it back), and
+    differ from llama.cpp's on the unscaled model."""
+    report.append("5. RoPE scaling")
+    folder = os.path.join(w, "rope-folder")
+    plain = os.path.join(w, "plain-f16.gguf")
+    remove(plain)
+    run([sk, "export", "-m", model, "--format", "gguf", "--out", plain])
+    theirs_plain = llama_answers(plain, args)
+    n, ok = len(PROMPTS), True
+    for kind, rule in ROPE_CASES:
+        scaled = os.path.join(w, "rope-%s-f16.gguf" % kind)
+        for f in (folder, scaled):
+            remove(f)
+        run([sk, "export", "-m", model, "--out", folder])
+        cfg_path = os.path.join(folder, "config.json")
+        cfg = json.load(open(cfg_path))
+        cfg["rope_scaling"] = rule
+        json.dump(cfg, open(cfg_path, "w"), indent=2)
+        run([sk, "export", "-m", folder, "--format", "gguf", "--out", scaled])
+        form = rope_form(scaled)
+        want = "rope_freqs.weight" if kind == "llama3" else "linear x%g" % rule["factor"]
+        report.append("  %s: %s stores it as %s (expected %s)"
+                      % (kind, os.path.basename(scaled), form, want))
+        ours_rule = [steerkit_answer(sk, folder, p, args.gen_tokens) for p in PROMPTS]
+        ours_file = [steerkit_answer(sk, scaled, p, args.gen_tokens) for p in PROMPTS]
+        theirs = llama_answers(scaled, args)
+        rule_file = sum(same(a, b) for a, b in zip(ours_rule, ours_file))
+        file_llama = sum(same(a, b) for a, b in zip(ours_file, theirs))
+        rule_llama = sum(same(a, b) for a, b in zip(ours_rule, theirs))
+        changed = sum(not same(a, b) for a, b in zip(theirs, theirs_plain))
+        report.append("    steerkit on the folder (the rule) = steerkit on the GGUF: %d/%d"
+                      % (rule_file, n))
+        report.append("    steerkit on the GGUF = llama.cpp on the GGUF: %d/%d" % (file_llama, n))
+        report.append("    steerkit on the folder = llama.cpp on the GGUF: %d/%d" % (rule_llama, n))
+        report.append("    llama.cpp answers the scaling changed (against the unscaled file): %d/%d"
+                      % (changed, n))
+        good = form == want and file_llama >= args.min_identical \
+            and rule_llama >= args.min_identical and changed >= 1
+        if not good:
+            report.append("    FAIL")
+        ok &= good
+        remove(folder)
     return ok
 
 
@@ -301,7 +327,7 @@ def main():
     ap.add_argument("--folder-only", action="store_true",
                     help="run only check 4 (GGUF export of a Hugging Face folder)")
     ap.add_argument("--rope-only", action="store_true",
-                    help="run only check 5 (Llama 3 RoPE scaling; a llama-architecture model)")
+                    help="run only check 5 (RoPE scaling, llama3 and linear; a llama-architecture model)")
     args = ap.parse_args()
     args.steerkit = os.path.abspath(args.steerkit)
     model = os.path.abspath(args.model)

@@ -6,7 +6,8 @@
 //! - a Hugging Face folder: [`metadata`] builds them from the configuration and the tokenizer
 //!   (byte-level BPE, with the pre-tokenizer name whose ids equal the tokenizer's, or
 //!   SentencePiece-style BPE with byte fallback; see [`steerkit_model::Tok::gguf_vocab`]).
-//! - Llama 3 RoPE scaling is written as llama.cpp's `rope_freqs.weight` divisors.
+//! - RoPE scaling is written as llama.cpp reads it: linear scaling as `rope.scaling.type` and
+//!   `rope.scaling.factor`, Llama 3's as `rope_freqs.weight` divisors.
 //!
 //! Matrices are stored as f16 or q8_0, vectors (norms, biases) as f32, as llama.cpp expects;
 //! llama q/k rows are permuted into llama.cpp's order.
@@ -17,7 +18,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
 use steerkit_model::gguf::{gguf_name, permute, qk_permuted, Gguf};
-use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, Tok};
+use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, RopeScaling, Tok};
 
 /// Storage type of the matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,23 +169,47 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         };
         tensors.push((name, QTensor::quantize(&t, ggml)?));
     }
-    // Llama 3's RoPE scaling, as llama.cpp stores it: one divisor per frequency.
-    if let Some(d) = model.cfg.rope_divisors() {
-        let t = candle_core::Tensor::new(d.as_slice(), &Device::Cpu)?;
-        tensors.push((
-            "rope_freqs.weight".into(),
-            QTensor::quantize(&t, GgmlDType::F32)?,
-        ));
-    }
-    let own = [
-        ("general.file_type", Value::U32(ty.file_type())),
-        ("general.quantization_version", Value::U32(2)),
+    let arch = match meta.iter().find(|(k, _)| k == "general.architecture") {
+        Some((_, Value::String(a))) => a.clone(),
+        _ => {
+            return Err(ModelError::Config(
+                "GGUF metadata without general.architecture".into(),
+            ))
+        }
+    };
+    let mut own = vec![
+        ("general.file_type".to_string(), Value::U32(ty.file_type())),
+        ("general.quantization_version".into(), Value::U32(2)),
     ];
+    // RoPE scaling, as llama.cpp reads it: linear scaling as a frequency scale in the metadata,
+    // any other as one divisor per frequency (`rope_freqs.weight`). These keys are the
+    // writer's, so a source file's are not carried over beside the other form.
+    let scaling_keys = [
+        "rope.scaling.type",
+        "rope.scaling.factor",
+        "rope.scale_linear",
+    ]
+    .map(|k| format!("{arch}.{k}"));
+    match &model.cfg.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => own.extend([
+            (scaling_keys[0].clone(), Value::String("linear".into())),
+            (scaling_keys[1].clone(), Value::F32(*factor as f32)),
+        ]),
+        Some(_) => {
+            let d = model.cfg.rope_divisors().expect("scaling has divisors");
+            let t = candle_core::Tensor::new(d.as_slice(), &Device::Cpu)?;
+            tensors.push((
+                "rope_freqs.weight".into(),
+                QTensor::quantize(&t, GgmlDType::F32)?,
+            ));
+        }
+    }
     let mut kv: Vec<(&str, &Value)> = meta
         .iter()
-        .filter(|(k, _)| own.iter().all(|(o, _)| o != k))
+        .filter(|(k, _)| own.iter().all(|(o, _)| o != k) && !scaling_keys.contains(k))
         .map(|(k, v)| (k.as_str(), v))
-        .chain(own.iter().map(|(k, v)| (*k, v)))
+        .chain(own.iter().map(|(k, v)| (k.as_str(), v)))
         .collect();
     kv.sort_by_key(|(k, _)| *k);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();

@@ -37,6 +37,26 @@ fn keys(p: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A copy of the GGUF file `src` at `dst` with metadata key `key` set to `value`.
+fn with_key(src: &Path, dst: &Path, key: &str, value: candle_core::quantized::gguf_file::Value) {
+    use candle_core::quantized::{gguf_file, QTensor};
+    let mut f = std::fs::File::open(src).unwrap();
+    let c = Content::read(&mut f).unwrap();
+    let tensors: Vec<(String, QTensor)> = c
+        .tensor_infos
+        .keys()
+        .map(|n| {
+            let t = c.tensor(&mut f, n, &candle_core::Device::Cpu).unwrap();
+            (n.clone(), t)
+        })
+        .collect();
+    let mut meta = c.metadata.clone();
+    meta.insert(key.into(), value);
+    let kv: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut std::fs::File::create(dst).unwrap(), &kv, &ts).unwrap();
+}
+
 /// A committed fixture, parsed.
 fn fixture(name: &str) -> serde_json::Value {
     let p = root().join("tests/fixtures").join(name);
@@ -189,10 +209,11 @@ fn sentencepiece_folder_exports_llama_cpp_vocabulary() {
     assert_ids(&fx["special"], |t| back.tok.encode_chat(t).unwrap());
 }
 
-/// Llama 3's RoPE scaling goes to GGUF as llama.cpp stores it (`rope_freqs.weight`, one
-/// divisor per frequency), comes back as the same divisors, and from them back to the llama3
-/// rule in a folder's config.json; a GGUF asking for another scaling is refused when loaded,
-/// not run with plain RoPE.
+/// RoPE scaling goes to GGUF as llama.cpp reads it: Llama 3's as `rope_freqs.weight` (one
+/// divisor per frequency), which comes back as the same divisors and from them back to the
+/// llama3 rule in a folder's config.json; linear scaling as `rope.scaling.type` and
+/// `.factor`. A GGUF asking for another scaling is refused when loaded, not run with plain
+/// RoPE.
 #[test]
 fn gguf_rope_scaling() {
     use candle_core::quantized::gguf_file::Value;
@@ -206,7 +227,7 @@ fn gguf_rope_scaling() {
     cfg.rope_scaling = Some(rule.clone());
     let m = random_model(cfg.clone(), DType::F32, 3).unwrap();
     let d = tempfile::tempdir().unwrap();
-    let mut meta = metadata(&m.cfg, &tok, &chat, "tiny").unwrap();
+    let meta = metadata(&m.cfg, &tok, &chat, "tiny").unwrap();
     let scaled = d.path().join("scaled.gguf");
     write(&m, &meta, GgufType::F16, &scaled).unwrap();
     let back = load(scaled.to_str().unwrap(), &LoadOptions::default()).unwrap();
@@ -224,15 +245,53 @@ fn gguf_rope_scaling() {
     assert_eq!(json["rope_scaling"], rule.to_hf_json(&cfg));
     assert_eq!(json["rope_scaling"]["rope_type"], "llama3");
 
-    meta.push((
-        "llama.rope.scaling.type".into(),
-        Value::String("linear".into()),
-    ));
+    // Linear scaling: the type and factor in the metadata (any architecture reads them), no
+    // divisors; back as the same rule, in GGUF and in config.json.
+    let mut lin = cfg.clone();
+    lin.rope_scaling = Some(RopeScaling::Linear { factor: 4.0 });
+    let m_lin = random_model(lin.clone(), DType::F32, 3).unwrap();
+    // The source's own scaling keys are replaced, not carried over beside the model's.
+    let mut meta_lin = meta.clone();
+    meta_lin.push(("llama.rope.scaling.factor".into(), Value::F32(8.0)));
     let linear = d.path().join("linear.gguf");
-    write(&m, &meta, GgufType::F16, &linear).unwrap();
-    let err = load(linear.to_str().unwrap(), &LoadOptions::default())
+    write(&m_lin, &meta_lin, GgufType::F16, &linear).unwrap();
+    let kv = keys(&linear);
+    assert_eq!(kv["llama.rope.scaling.type"], "String(\"linear\")");
+    assert_eq!(kv["llama.rope.scaling.factor"], "F32(4.0)");
+    let c = Content::read(&mut std::fs::File::open(&linear).unwrap()).unwrap();
+    assert!(
+        !c.tensor_infos.contains_key("rope_freqs.weight"),
+        "no divisors beside the factor"
+    );
+    let back = load(linear.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.rope_scaling, lin.rope_scaling);
+    let base: Vec<f32> = (0..lin.head_dim / 2)
+        .map(|i| 1.0 / (lin.rope_theta as f32).powf(2.0 * i as f32 / lin.head_dim as f32))
+        .collect();
+    let want: Vec<f32> = base.iter().map(|f| f / 4.0).collect();
+    assert_eq!(back.model.cfg.rope_frequencies(), want);
+    let folder = d.path().join("linear-folder");
+    steerkit_model::hf::save_folder(&back.model, None, None, &folder).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["rope_scaling"],
+        serde_json::json!({"rope_type": "linear", "factor": 4.0})
+    );
+
+    // Kinds steerkit does not compute are refused when loaded (the writer owns the scaling
+    // keys, so the file is edited after writing).
+    let yarn = d.path().join("yarn.gguf");
+    with_key(
+        &linear,
+        &yarn,
+        "llama.rope.scaling.type",
+        Value::String("yarn".into()),
+    );
+    let err = load(yarn.to_str().unwrap(), &LoadOptions::default())
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("RoPE scaling `linear`"), "{err}");
+    assert!(err.contains("RoPE scaling `yarn`"), "{err}");
 }

@@ -75,6 +75,10 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Linear scaling (position interpolation, `rope_type: linear`): every frequency is
+    /// divided by `factor`, as if positions were divided by it. llama.cpp writes it as
+    /// `rope.scaling.type = linear` with `rope.scaling.factor`.
+    Linear { factor: f64 },
     /// The divisors themselves, one per frequency, as llama.cpp stores them in a GGUF file
     /// (`rope_freqs.weight`).
     Divisors(Vec<f32>),
@@ -103,6 +107,7 @@ impl Config {
         let half = self.head_dim / 2;
         match self.rope_scaling.as_ref()? {
             RopeScaling::Divisors(d) => Some(d.clone()),
+            RopeScaling::Linear { factor } => Some(vec![*factor as f32; half]),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor: lo,
@@ -168,6 +173,11 @@ impl Config {
                     "llama3 RoPE scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor (factor {factor}, low {lo}, high {hi}, original context {ctx})"
                 ));
             }
+            Some(RopeScaling::Linear { factor }) if factor.is_nan() || *factor <= 0.0 => {
+                return bad(format!(
+                    "linear RoPE scaling needs factor > 0 (factor {factor})"
+                ));
+            }
             _ => {}
         }
         // Divisors must be positive and finite; those of a rule are f32, where extreme
@@ -231,18 +241,22 @@ impl Config {
 }
 
 impl RopeScaling {
-    /// config.json's `rope_scaling` object. Divisors from a GGUF file are written as the
-    /// llama3 rule when they follow it (as Llama 3.1 and 3.2 files do): the rule's boundaries
-    /// are read off the divisors, with `low_freq_factor` 1, and checked to give the same
-    /// divisors back. Other divisors have no config.json form; they are written as
+    /// config.json's `rope_scaling` object. Divisors from a GGUF file are written as a rule
+    /// when they follow one: linear when they are all equal, llama3 (as Llama 3.1 and 3.2
+    /// files) when the rule's boundaries, read off the divisors with `low_freq_factor` 1, give
+    /// the same divisors back. Other divisors have no config.json form; they are written as
     /// `{"rope_type": "steerkit_divisors", "divisors": [...]}`, which steerkit reads back but
     /// transformers does not.
     pub fn to_hf_json(&self, cfg: &Config) -> serde_json::Value {
         let recovered;
         let rule = match self {
+            RopeScaling::Linear { factor } => {
+                return serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
             RopeScaling::Divisors(d) => {
-                recovered = llama3_rule(cfg, d);
+                recovered = linear_rule(d).or_else(|| llama3_rule(cfg, d));
                 match &recovered {
+                    Some(rule @ RopeScaling::Linear { .. }) => return rule.to_hf_json(cfg),
                     Some(rule) => rule,
                     None => {
                         return serde_json::json!({"rope_type": "steerkit_divisors", "divisors": d})
@@ -274,6 +288,14 @@ impl RopeScaling {
             "original_max_position_embeddings": ctx,
         })
     }
+}
+
+/// Linear scaling, when every divisor is the same factor other than 1.
+fn linear_rule(divisors: &[f32]) -> Option<RopeScaling> {
+    let first = *divisors.first()?;
+    (first != 1.0 && divisors.iter().all(|d| *d == first)).then_some(RopeScaling::Linear {
+        factor: first as f64,
+    })
 }
 
 /// The llama3 rule that gives `divisors` for `cfg`'s frequencies, if one does (to 1e-4

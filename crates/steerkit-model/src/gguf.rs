@@ -123,20 +123,37 @@ impl Gguf {
             self.meta_u(&key(k))?
                 .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
         };
-        // Linear and YaRN scaling are not implemented: refuse the file rather than compute
-        // other logits than llama.cpp. Llama 3's scaling comes as per-frequency divisors.
-        let scaling = self.meta_str(&key("rope.scaling.type")).unwrap_or("none");
-        if scaling != "none" {
+        // RoPE scaling as llama.cpp reads it: a frequency scale `1 / rope.scaling.factor`
+        // (older files: `rope.scale_linear`) unless the type is another kind, and per-frequency
+        // divisors in `rope_freqs.weight`; both apply when both are there. YaRN and the other
+        // kinds are not implemented: refuse the file rather than compute other logits than
+        // llama.cpp.
+        let scaling = self.meta_str(&key("rope.scaling.type")).unwrap_or("linear");
+        if !matches!(scaling, "none" | "linear") {
             return Err(ModelError::Config(format!(
-                "the GGUF asks for RoPE scaling `{scaling}`; steerkit implements plain RoPE and per-frequency divisors (rope_freqs) only (its logits would be wrong)"
+                "the GGUF asks for RoPE scaling `{scaling}`; steerkit implements plain RoPE, linear scaling and per-frequency divisors (rope_freqs) only (its logits would be wrong)"
             )));
         }
-        let rope_scaling = match self.content.tensor_infos.get("rope_freqs.weight") {
+        let factor = match self.meta_f(&key("rope.scaling.factor"))? {
+            Some(f) => Some(f),
+            None => self.meta_f(&key("rope.scale_linear"))?,
+        }
+        .filter(|f| *f != 0.0 && *f != 1.0);
+        let divisors = match self.content.tensor_infos.get("rope_freqs.weight") {
             None => None,
-            Some(_) => {
-                let d = self.tensor("rope_freqs.weight")?.flatten_all()?.to_vec1()?;
-                Some(RopeScaling::Divisors(d))
-            }
+            Some(_) => Some(
+                self.tensor("rope_freqs.weight")?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+        };
+        let rope_scaling = match (factor, divisors) {
+            (None, None) => None,
+            (Some(factor), None) => Some(RopeScaling::Linear { factor }),
+            (None, Some(d)) => Some(RopeScaling::Divisors(d)),
+            (Some(f), Some(d)) => Some(RopeScaling::Divisors(
+                d.iter().map(|x| x * f as f32).collect(),
+            )),
         };
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;

@@ -243,9 +243,9 @@ impl HfFolder {
     }
 }
 
-/// config.json's `rope_scaling`: none, `default`, `llama3` (Llama 3.1 and 3.2), or the
-/// divisors steerkit writes for a GGUF source's `rope_freqs` that follow no named rule. Other
-/// kinds (linear, dynamic, YaRN, ...) are refused rather than run with plain RoPE.
+/// config.json's `rope_scaling`: none, `default`, `linear`, `llama3` (Llama 3.1 and 3.2), or
+/// the divisors steerkit writes for a GGUF source's `rope_freqs` that follow no named rule.
+/// Other kinds (dynamic, YaRN, ...) are refused rather than run with plain RoPE.
 fn rope_scaling(v: &Value) -> Result<Option<RopeScaling>> {
     if v.is_null() {
         return Ok(None);
@@ -263,6 +263,9 @@ fn rope_scaling(v: &Value) -> Result<Option<RopeScaling>> {
     };
     match kind {
         "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        })),
         "llama3" => Ok(Some(RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
@@ -279,7 +282,7 @@ fn rope_scaling(v: &Value) -> Result<Option<RopeScaling>> {
             })
         }
         other => Err(ModelError::Config(format!(
-            "config.json asks for RoPE scaling `{other}`; steerkit implements plain RoPE and llama3 scaling only (its logits would be wrong)"
+            "config.json asks for RoPE scaling `{other}`; steerkit implements plain RoPE, linear and llama3 scaling only (its logits would be wrong)"
         ))),
     }
 }

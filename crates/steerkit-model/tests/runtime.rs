@@ -535,7 +535,9 @@ fn a_shared_prefix_equals_a_full_forward() {
 /// high 4, original context 8192) equal the rule's values computed separately in Python; the
 /// rule is read back from its divisors alone (what a GGUF file holds); a model with the rule
 /// computes other logits than without it, the same after a folder round trip, and the same
-/// as with its divisors; divisors that follow no rule survive a folder round trip too.
+/// as with its divisors; divisors that follow no rule survive a folder round trip too. Linear
+/// scaling divides every frequency by its factor and survives a folder round trip; equal
+/// divisors (from a GGUF file) are written back to config.json as linear scaling.
 #[test]
 fn llama3_rope_scaling() {
     use steerkit_model::{Config, RopeScaling};
@@ -587,6 +589,20 @@ fn llama3_rope_scaling() {
         max_diff(&want, &logits(&divided, &rows(), &mut NoHook)),
         0.0
     );
+    // Linear scaling divides every frequency by its factor, and changes the logits.
+    let linear = with(RopeScaling::Linear { factor: 2.0 });
+    let halved: Vec<f32> = (0..cfg.head_dim / 2)
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / cfg.head_dim as f32) / 2.0)
+        .collect();
+    assert_eq!(linear.cfg.rope_frequencies(), halved);
+    let mut unscaled = scaled.clone();
+    unscaled.cfg.rope_scaling = None;
+    assert!(
+        max_diff(
+            &logits(&linear, &rows(), &mut NoHook),
+            &logits(&unscaled, &rows(), &mut NoHook)
+        ) > 1e-3
+    );
     let dir = tempfile::tempdir().unwrap();
     for (name, m, expect) in [
         ("rule", scaled.clone(), rule.clone()),
@@ -595,6 +611,16 @@ fn llama3_rope_scaling() {
             "other",
             with(RopeScaling::Divisors(vec![1.0, 2.0, 3.0, 5.0])),
             RopeScaling::Divisors(vec![1.0, 2.0, 3.0, 5.0]),
+        ),
+        (
+            "linear",
+            with(RopeScaling::Linear { factor: 2.0 }),
+            RopeScaling::Linear { factor: 2.0 },
+        ),
+        (
+            "equal divisors",
+            with(RopeScaling::Divisors(vec![2.0; 4])),
+            RopeScaling::Linear { factor: 2.0 },
         ),
     ] {
         let out = dir.path().join(name);
