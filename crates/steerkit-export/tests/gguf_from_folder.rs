@@ -247,9 +247,9 @@ fn gguf_rope_scaling() {
 
     // Linear scaling: the type and factor in the metadata (any architecture reads them), no
     // divisors; back as the same rule, in GGUF and in config.json.
-    let mut lin = cfg.clone();
-    lin.rope_scaling = Some(RopeScaling::Linear { factor: 4.0 });
-    let m_lin = random_model(lin.clone(), DType::F32, 3).unwrap();
+    let mut m_lin = m.clone();
+    m_lin.cfg.rope_scaling = Some(RopeScaling::Linear { factor: 4.0 });
+    let lin = m_lin.cfg.clone();
     // The source's own scaling keys are replaced, not carried over beside the model's.
     let mut meta_lin = meta.clone();
     meta_lin.push(("llama.rope.scaling.factor".into(), Value::F32(8.0)));

@@ -248,45 +248,36 @@ impl RopeScaling {
     /// `{"rope_type": "steerkit_divisors", "divisors": [...]}`, which steerkit reads back but
     /// transformers does not.
     pub fn to_hf_json(&self, cfg: &Config) -> serde_json::Value {
-        let recovered;
-        let rule = match self {
+        match self {
             RopeScaling::Linear { factor } => {
-                return serde_json::json!({"rope_type": "linear", "factor": factor})
+                serde_json::json!({"rope_type": "linear", "factor": factor})
             }
-            RopeScaling::Divisors(d) => {
-                recovered = linear_rule(d).or_else(|| llama3_rule(cfg, d));
-                match &recovered {
-                    Some(rule @ RopeScaling::Linear { .. }) => return rule.to_hf_json(cfg),
-                    Some(rule) => rule,
-                    None => {
-                        return serde_json::json!({"rope_type": "steerkit_divisors", "divisors": d})
-                    }
-                }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: ctx,
+            } => {
+                // transformers expects an integer context length.
+                let ctx = if ctx.fract() == 0.0 && *ctx > 0.0 && *ctx < 1e15 {
+                    serde_json::json!(*ctx as u64)
+                } else {
+                    serde_json::json!(ctx)
+                };
+                serde_json::json!({
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": ctx,
+                })
             }
-            rule => rule,
-        };
-        let RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: ctx,
-        } = rule
-        else {
-            unreachable!("llama3_rule returns a llama3 rule")
-        };
-        // transformers expects an integer context length.
-        let ctx = if ctx.fract() == 0.0 && *ctx > 0.0 && *ctx < 1e15 {
-            serde_json::json!(*ctx as u64)
-        } else {
-            serde_json::json!(ctx)
-        };
-        serde_json::json!({
-            "rope_type": "llama3",
-            "factor": factor,
-            "low_freq_factor": low_freq_factor,
-            "high_freq_factor": high_freq_factor,
-            "original_max_position_embeddings": ctx,
-        })
+            // The recovered rules are linear or llama3, never divisors again.
+            RopeScaling::Divisors(d) => match linear_rule(d).or_else(|| llama3_rule(cfg, d)) {
+                Some(rule) => rule.to_hf_json(cfg),
+                None => serde_json::json!({"rope_type": "steerkit_divisors", "divisors": d}),
+            },
+        }
     }
 }
 

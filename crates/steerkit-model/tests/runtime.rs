@@ -612,11 +612,7 @@ fn llama3_rope_scaling() {
             with(RopeScaling::Divisors(vec![1.0, 2.0, 3.0, 5.0])),
             RopeScaling::Divisors(vec![1.0, 2.0, 3.0, 5.0]),
         ),
-        (
-            "linear",
-            with(RopeScaling::Linear { factor: 2.0 }),
-            RopeScaling::Linear { factor: 2.0 },
-        ),
+        ("linear", linear, RopeScaling::Linear { factor: 2.0 }),
         (
             "equal divisors",
             with(RopeScaling::Divisors(vec![2.0; 4])),
