@@ -57,7 +57,7 @@ pub fn run(a: Args) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let peak_after_load = peak_rss();
     let params = m.model.cfg.num_parameters();
-    let weight_bytes = params * m.model.dtype.size_in_bytes();
+    let weight_bytes = m.model.weight_bytes();
     let prompts: Vec<Vec<u32>> = (0..a.batch)
         .map(|i| {
             m.chat
@@ -101,7 +101,10 @@ pub fn run(a: Args) -> Result<()> {
     let r = json!({
         "model": m.path.display().to_string(),
         "parameters": params,
-        "dtype": format!("{:?}", m.model.dtype).to_lowercase(),
+        "dtype": format!("{:?}", m.model.matrix_dtype()).to_lowercase(),
+        "compute_dtype": format!("{:?}", m.model.dtype).to_lowercase(),
+        "bf16_kernel": (m.model.matrix_dtype() != m.model.dtype)
+            .then(steerkit_model::bf16::kernel_name),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "load_s": load_s,
         "prefill_batch": a.batch,
@@ -122,11 +125,18 @@ pub fn run(a: Args) -> Result<()> {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     println!("model          {}", m.path.display());
     println!(
-        "parameters     {:.1} M ({:?})",
+        "parameters     {:.1} M ({:?} weights, {:?} compute)",
         params as f64 / 1e6,
+        m.model.matrix_dtype(),
         m.model.dtype
     );
     println!("threads        {}", r["threads"]);
+    if let Some(k) = r["bf16_kernel"].as_str() {
+        println!(
+            "bf16 kernel    {k} (up to {} rows; widened GEMM above)",
+            steerkit_model::bf16::KERNEL_MAX_ROWS
+        );
+    }
     println!("load           {load_s:.2} s");
     println!(
         "prefill        {prefill_tps:.0} tokens/s (batch {} x {:.0} tokens avg, best of {})",

@@ -109,6 +109,22 @@ fn inspect_reports_the_architecture() {
     assert_eq!(v["kv_heads"], 3);
     assert_eq!(v["tied_embeddings"], true);
     assert_eq!(v["post_instruction"], "<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        (&v["dtype"], &v["compute_dtype"]),
+        (&"f32".into(), &"f32".into())
+    );
+    // bf16 on the CPU: bf16 matrices, f32 computation; f16 is for GPUs only.
+    let out = steerkit(&["inspect", "--json", "--dtype", "bf16", "-m", &model(SMOL)]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["dtype"], &v["compute_dtype"]),
+        (&"bf16".into(), &"f32".into())
+    );
+    assert_clean_error(
+        &steerkit(&["inspect", "--dtype", "f16", "-m", &model(SMOL)]),
+        "--dtype f16 is for GPUs",
+    );
 }
 
 #[test]
@@ -592,6 +608,13 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
     assert_eq!(
         std::fs::read_to_string(out.join("report.json")).unwrap(),
         report
+    );
+    // The same model with bf16 matrices computes other answers: not mixed into this run.
+    let mut bf16 = eval_args(o, &smol);
+    bf16.extend(["--dtype", "bf16"]);
+    assert_clean_error(
+        &steerkit(&bf16),
+        "holds a run of this model with f32 matrices, not bf16",
     );
     // A folder holding another model's run.
     let folder = tiny_folder(d.path());
@@ -1127,54 +1150,35 @@ fn actor_trains_resumes_and_exports() {
     args.extend(["--epochs", "3"]);
     assert_clean_error(&steerkit(&args), "other prompts");
     assert_eq!(std::fs::read(run.join("inputs.json")).unwrap(), cache);
+    // Export of run `r` from model `src` with `extra` flags into `out`.
+    let export = |src: &str, extra: &[&str], out: &Path| {
+        let mut args = vec!["export", "-m", src, "--run", r];
+        args.extend(extra);
+        args.extend(["--out", out.to_str().unwrap()]);
+        steerkit(&args)
+    };
     // Export: the folder carries the trained block and loads.
     let exported = d.path().join("patched");
-    let ex = steerkit(&[
-        "export",
-        "-m",
-        t,
-        "--run",
-        r,
-        "--out",
-        exported.to_str().unwrap(),
-    ]);
-    assert_ok(&ex);
+    assert_ok(&export(t, &[], &exported));
     assert_export_holds(t, &run.join("block-epoch2.safetensors"), &exported, 1);
     // An earlier epoch on request; an epoch not trained is an error.
-    let export_epoch = |e: &str, out: &Path| {
-        steerkit(&[
-            "export",
-            "-m",
-            t,
-            "--run",
-            r,
-            "--epoch",
-            e,
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
     let first = d.path().join("patched-1");
-    let ex = export_epoch("1", &first);
-    assert_ok(&ex);
+    assert_ok(&export(t, &["--epoch", "1"], &first));
     assert_export_holds(t, &run.join("block-epoch1.safetensors"), &first, 1);
     assert_clean_error(
-        &export_epoch("3", &d.path().join("y")),
+        &export(t, &["--epoch", "3"], &d.path().join("y")),
         "epoch 3 is not a completed epoch",
     );
     assert!(!d.path().join("y").exists());
     // Another model cannot take the run.
-    let other = steerkit(&[
-        "export",
-        "-m",
-        &model(SMOL),
-        "--run",
-        r,
-        "--out",
-        d.path().join("x").to_str().unwrap(),
-    ]);
+    let other = export(&model(SMOL), &[], &d.path().join("x"));
     assert_clean_error(&other, "not on this model");
     assert!(!d.path().join("x").exists());
+    // The same weights loaded with bf16 matrices take it: the dtype is not another model, and
+    // the trained block goes in as trained (f32).
+    let bf = d.path().join("patched-bf16");
+    assert_ok(&export(t, &["--dtype", "bf16"], &bf));
+    assert_export_holds(t, &run.join("block-epoch2.safetensors"), &bf, 1);
     // What needs a direction run says so, before the work.
     let x = d.path().join("x");
     let xs = x.to_str().unwrap();

@@ -180,6 +180,18 @@ pub fn evaluate(
     };
     let mut merged = meta.clone();
     if let Some(old) = old {
+        let source = |f: &str| f.split('+').next().unwrap_or_default().to_string();
+        if old.fingerprint != meta.fingerprint
+            && source(&old.fingerprint) == source(&meta.fingerprint)
+        {
+            let dtype = |f: &str| f.split_once('+').map_or("f32", |(_, d)| d).to_string();
+            return Err(EvalError::Mismatch(format!(
+                "{} holds a run of this model with {} matrices, not {}; choose another --out",
+                out.display(),
+                dtype(&old.fingerprint),
+                dtype(&meta.fingerprint)
+            )));
+        }
         if old.fingerprint != meta.fingerprint {
             return Err(EvalError::Mismatch(format!(
                 "{} holds a run of another model ({}); choose another --out",

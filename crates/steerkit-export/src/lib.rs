@@ -14,11 +14,13 @@ use candle_core::{DType, Tensor};
 use steerkit_model::{Model, ModelError};
 
 /// `W - r̂ (r̂ᵀ W)` for `W: [hidden, in]` (the output side lives in the residual stream).
+/// Computed in f32 (a bf16 matrix is rounded once, at the end) and returned in `w`'s dtype.
 fn project_rows_out(w: &Tensor, unit: &Tensor) -> Result<Tensor, ModelError> {
     let d = unit.dim(0)?;
-    let u = unit.to_dtype(w.dtype())?.reshape((d, 1))?;
-    let coef = u.t()?.matmul(w)?; // [1, in]
-    Ok((w - u.matmul(&coef)?)?)
+    let wf = w.to_dtype(DType::F32)?;
+    let u = unit.to_dtype(DType::F32)?.reshape((d, 1))?;
+    let coef = u.t()?.matmul(&wf)?; // [1, in]
+    Ok((wf - u.matmul(&coef)?)?.to_dtype(w.dtype())?)
 }
 
 /// A copy of `model` with `direction` projected out of everything that writes to the residual.

@@ -159,10 +159,11 @@ impl HfFolder {
                 return Ok(None);
             }
             let t = st.load(&need.name, &Device::Cpu)?;
-            Ok(Some(if t.dtype() == DType::F32 {
-                t
-            } else {
-                t.to_dtype(DType::F32)?
+            // bf16 files loaded as bf16 keep their bits; anything else goes through f32.
+            Ok(Some(match t.dtype() {
+                DType::F32 => t,
+                DType::BF16 if dtype == DType::BF16 => t,
+                _ => t.to_dtype(DType::F32)?,
             }))
         })
         .map_err(|e| match e {

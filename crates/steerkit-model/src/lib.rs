@@ -17,6 +17,7 @@
 //! This crate does not print, parse flags, or choose prompts: that is the CLI's and the
 //! experiment crates' job.
 
+pub mod bf16;
 pub mod config;
 pub mod error;
 pub mod generate;

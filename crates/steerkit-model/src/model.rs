@@ -24,7 +24,13 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inner = *dims.last().expect("linear input has a last dimension");
         let rows = x.elem_count() / inner;
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, inner))?;
+        let y = if self.weight.dtype() == DType::BF16 && x.dtype() == DType::F32 {
+            // bf16 weights on the CPU (see `crate::bf16`).
+            crate::bf16::matmul_t(&x, &self.weight)?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -223,11 +229,26 @@ impl Model {
         })?;
         let mut vars = Vec::new();
         for (name, t) in blk.named_tensors_mut() {
-            let v = Var::from_tensor(t)?;
+            // Trained in the compute dtype (f32 for a model whose CPU matrices are bf16).
+            let v = Var::from_tensor(&t.to_dtype(self.dtype)?)?;
             *t = v.as_tensor().clone();
             vars.push((format!("model.layers.{layer}.{name}"), v));
         }
         Ok(vars)
+    }
+
+    /// Bytes the weights occupy (a tied head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        self.named_tensors()
+            .iter()
+            .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// The dtype the weight matrices are stored in (`dtype`, the compute dtype, except for
+    /// bf16 on the CPU: bf16 matrices, f32 compute).
+    pub fn matrix_dtype(&self) -> DType {
+        self.embed.dtype()
     }
 
     /// The LM head matrix `[vocab, hidden]` (the embedding when tied).
@@ -238,7 +259,10 @@ impl Model {
     /// Embeds token ids `[batch, seq]` into `[batch, seq, hidden]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let flat = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let flat = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .to_dtype(self.dtype)?;
         Ok(flat.reshape((b, t, self.cfg.hidden_size))?)
     }
 

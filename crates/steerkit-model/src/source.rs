@@ -57,9 +57,20 @@ impl Loaded {
             .collect()
     }
 
+    /// A fingerprint of the model as it computes: [`Loaded::source_fingerprint`], followed by
+    /// `+bf16` (or `+f16`) when the matrices are not f32, so that caches of activations and
+    /// answers made in one dtype are not reused in another. f32 models have the source's.
+    pub fn fingerprint(&self) -> Result<String> {
+        let f = self.source_fingerprint()?;
+        Ok(match self.model.matrix_dtype() {
+            DType::F32 => f,
+            dt => format!("{f}+{}", format!("{dt:?}").to_lowercase()),
+        })
+    }
+
     /// A fingerprint of the weights: sha256 over the configuration, the size of every weight
     /// file and its first and last MiB. Cheap (no full read) and changes with any re-export.
-    pub fn fingerprint(&self) -> Result<String> {
+    pub fn source_fingerprint(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
         use std::io::{Read, Seek, SeekFrom};
         let mut h = Sha256::new();

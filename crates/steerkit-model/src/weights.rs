@@ -52,13 +52,26 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
     out
 }
 
-/// Loads every needed tensor with `get` (in parallel), checks shapes, converts to `dtype` on
-/// `device`, and builds the model. `get` returns `Ok(None)` for an absent tensor.
+/// The dtypes a model asked for as `dtype` on `device` is stored in: (matrices, everything
+/// else). The model computes in the second. On the CPU, bf16 means bf16 matrices with f32
+/// activations, norms and biases (see [`crate::bf16`]); elsewhere every tensor takes `dtype`.
+pub fn storage_dtypes(device: &Device, dtype: DType) -> (DType, DType) {
+    if device.is_cpu() && dtype == DType::BF16 {
+        (DType::BF16, DType::F32)
+    } else {
+        (dtype, dtype)
+    }
+}
+
+/// Loads every needed tensor with `get` (in parallel), checks shapes, converts to the dtypes of
+/// [`storage_dtypes`] on `device`, and builds the model. `get` returns `Ok(None)` for an absent
+/// tensor.
 pub fn build<F>(cfg: Config, device: &Device, dtype: DType, get: F) -> Result<Model>
 where
     F: Fn(&Need) -> Result<Option<Tensor>> + Sync,
 {
     cfg.validate()?;
+    let (matrix_dtype, dtype) = storage_dtypes(device, dtype);
     let needs = needs(&cfg);
     let loaded: Vec<Tensor> = needs
         .par_iter()
@@ -73,7 +86,8 @@ where
                     n.shape
                 )));
             }
-            Ok(t.to_dtype(dtype)?.to_device(device)?)
+            let dt = if t.rank() == 2 { matrix_dtype } else { dtype };
+            Ok(t.to_dtype(dt)?.to_device(device)?)
         })
         .collect::<Vec<Result<Tensor>>>()
         // The first failure in file order, so the message does not depend on thread timing.

@@ -3,12 +3,13 @@
 
 mod common;
 
-use steerkit_model::{left_pad, load, LoadOptions, NoHook};
+use candle_core::{DType, Device};
+use steerkit_model::{left_pad, load, LoadOptions, Model, NoHook};
 
-fn check(name: &str) {
-    let m = load(&common::model_path(name), &LoadOptions::default()).unwrap();
+/// The fixture's token rows of model `name`.
+fn fixture_rows(name: &str) -> (Vec<serde_json::Value>, Vec<Vec<u32>>) {
     let fx = common::fixture("reference_logits.json");
-    let cases = fx["models"][name].as_array().unwrap();
+    let cases = fx["models"][name].as_array().unwrap().clone();
     let rows: Vec<Vec<u32>> = cases
         .iter()
         .map(|c| {
@@ -20,14 +21,23 @@ fn check(name: &str) {
                 .collect()
         })
         .collect();
-    // All prompts in one left-padded batch: padding must not change any row.
-    let (ids, pads) = left_pad(&rows, m.tok.pad_id, &m.model.device).unwrap();
-    let logits: Vec<Vec<f32>> = m
-        .model
-        .last_logits(&ids, &pads, &mut NoHook)
+    (cases, rows)
+}
+
+/// Last-position logits of `rows`, all in one left-padded batch (padding must not change any
+/// row).
+fn last_logits(m: &Model, pad_id: u32, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let (ids, pads) = left_pad(rows, pad_id, &m.device).unwrap();
+    m.last_logits(&ids, &pads, &mut NoHook)
         .unwrap()
         .to_vec2()
-        .unwrap();
+        .unwrap()
+}
+
+fn check(name: &str) {
+    let m = load(&common::model_path(name), &LoadOptions::default()).unwrap();
+    let (cases, rows) = fixture_rows(name);
+    let logits = last_logits(&m.model, m.tok.pad_id, &rows);
     for (c, got) in cases.iter().zip(&logits) {
         let mut worst = 0f32;
         for key in ["top", "sampled"] {
@@ -63,4 +73,48 @@ fn smollm2_logits_match_reference() {
 #[test]
 fn qwen2_logits_match_reference() {
     check(common::MODELS[1]);
+}
+
+/// SmolLM2 loaded with bf16 matrices on the CPU computes what the f32 model with its matrices
+/// rounded to bf16 computes (the kernel adds only summation-order error), and the rounding
+/// keeps every fixture prompt's top token.
+#[test]
+fn smollm2_bf16_matrices_differ_only_by_rounding() {
+    let name = common::MODELS[0];
+    let path = common::model_path(name);
+    let f32m = load(&path, &LoadOptions::default()).unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::BF16,
+    };
+    let m = load(&path, &opts).unwrap();
+    assert_eq!(
+        (m.model.matrix_dtype(), m.model.dtype),
+        (DType::BF16, DType::F32)
+    );
+    let (cases, rows) = fixture_rows(name);
+    let got = last_logits(&m.model, m.tok.pad_id, &rows);
+    let rounded = steerkit_model::bf16::rounded_matrices(&f32m.model).unwrap();
+    let want = last_logits(&rounded, m.tok.pad_id, &rows);
+    let exact = last_logits(&f32m.model, m.tok.pad_id, &rows);
+    for ((c, g), (w, e)) in cases.iter().zip(&got).zip(want.iter().zip(&exact)) {
+        let diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        let (kernel, rounding) = (diff(g, w), diff(w, e));
+        eprintln!("{name} bf16: kernel {kernel:.2e}, rounding {rounding:.2e}");
+        assert!(
+            kernel < 1e-3,
+            "bf16 kernel against the rounded f32 model: {kernel}"
+        );
+        assert!(rounding > kernel, "the matrices were not rounded");
+        assert_eq!(
+            steerkit_model::generate::argmax(g) as u64,
+            c["argmax"].as_u64().unwrap(),
+            "top token under bf16"
+        );
+    }
 }

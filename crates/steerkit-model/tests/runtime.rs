@@ -645,3 +645,72 @@ fn configuration_without_rope_scaling_serializes_as_before() {
         r#"{"arch":"qwen2","vocab_size":64,"hidden_size":32,"intermediate_size":48,"num_layers":2,"num_heads":4,"num_kv_heads":2,"head_dim":8,"rms_norm_eps":0.00001,"rope_theta":10000.0,"max_position_embeddings":256,"tie_word_embeddings":false,"attention_bias":true}"#
     );
 }
+
+/// bf16 on the CPU: the matrices are stored in bf16, everything else and the computation in
+/// f32. Logits (decode-sized batches through the bf16 kernel, prefill-sized ones through the
+/// widened GEMM, the KV cache) equal those of the f32 model with bf16-rounded matrices, and a
+/// trained block gets the same gradients with bf16 blocks above it.
+#[test]
+fn bf16_matrices_on_the_cpu() {
+    use steerkit_model::bf16::KERNEL_MAX_ROWS;
+    for arch in ARCHS {
+        let f32m = tiny(arch, DType::F32);
+        let m = tiny(arch, DType::BF16);
+        assert_eq!((m.dtype, m.matrix_dtype()), (DType::F32, DType::BF16));
+        assert_eq!(m.layers[0].attn_norm.dtype(), DType::F32);
+        let (half, full) = (m.weight_bytes(), f32m.weight_bytes());
+        assert!(
+            half < full && half * 2 > full,
+            "{half} bytes against {full} in f32"
+        );
+        let r = steerkit_model::bf16::rounded_matrices(&f32m).unwrap();
+        // 21 rows (the kernel) and 3 x 100 = 300 rows (above KERNEL_MAX_ROWS: widened GEMM).
+        let long: Vec<Vec<u32>> = (0..3)
+            .map(|i| (0..100).map(|c| (c * 7 + i * 3) % 64).collect())
+            .collect();
+        assert!(rows().len() * 7 <= KERNEL_MAX_ROWS && long.len() * 100 > KERNEL_MAX_ROWS);
+        for batch in [rows(), long] {
+            let got = logits(&m, &batch, &mut NoHook);
+            let d = max_diff(&got, &logits(&r, &batch, &mut NoHook));
+            assert!(d < 1e-4, "{arch:?}: {d} against the rounded f32 model");
+            let d = max_diff(&got, &logits(&f32m, &batch, &mut NoHook));
+            assert!(d > 1e-4, "{arch:?}: the matrices were not rounded ({d})");
+        }
+        // Decoding one token per row with the cache (one kernel call per matrix per step).
+        let heads: Vec<Vec<u32>> = rows().iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+        let (ids, pads) = left_pad(&heads, 0, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new();
+        m.forward(&ids, &pads, Some(&mut cache), &mut NoHook, Mode::Inference)
+            .unwrap();
+        let last: Vec<u32> = rows().iter().map(|r| *r.last().unwrap()).collect();
+        let ids = Tensor::from_vec(last, (3, 1), &Device::Cpu).unwrap();
+        let h = m
+            .forward(&ids, &pads, Some(&mut cache), &mut NoHook, Mode::Inference)
+            .unwrap();
+        let inc = m.logits(&h.squeeze(1).unwrap()).unwrap();
+        let d = max_diff(&logits(&r, &rows(), &mut NoHook), &inc);
+        assert!(d < 1e-4, "{arch:?}: cached decoding {d}");
+        // Block 0 trained in f32 under bf16 block 1 and head: the same gradients as the
+        // rounded f32 model's.
+        let grads = |mut model: Model| -> Vec<(String, Tensor)> {
+            let vars = model.trainable_block(0).unwrap();
+            let (ids, pads) = left_pad(&rows(), 0, &Device::Cpu).unwrap();
+            let h = model
+                .forward(&ids, &pads, None, &mut NoHook, Mode::Differentiable)
+                .unwrap();
+            let loss = model.logits(&h).unwrap().sqr().unwrap().mean_all().unwrap();
+            let g = loss.backward().unwrap();
+            vars.into_iter()
+                .map(|(n, v)| {
+                    assert_eq!(v.dtype(), DType::F32, "{n} is trained in f32");
+                    (n, g.get(v.as_tensor()).expect("a gradient").clone())
+                })
+                .collect()
+        };
+        for ((n, a), (_, b)) in grads(m.clone()).iter().zip(grads(r.clone()).iter()) {
+            let scale = max_diff(b, &b.zeros_like().unwrap()).max(1e-6);
+            let d = max_diff(a, b) / scale;
+            assert!(d < 1e-3, "{arch:?} {n}: relative gradient difference {d}");
+        }
+    }
+}
