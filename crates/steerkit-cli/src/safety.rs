@@ -183,9 +183,24 @@ pub fn run(a: Args) -> Result<()> {
         },
         save_every: a.save_every,
     };
+    // A run folder holds one model's training: another model, or this one with bf16 matrices
+    // instead of f32 (or the reverse), would resume from checkpoints it did not make.
+    let fingerprint = m.fingerprint()?;
+    let earlier = a.out.join("safety.json");
+    if let Ok(bytes) = std::fs::read(&earlier) {
+        let old: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", earlier.display()))?;
+        if old["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+            bail!(
+                "{} holds a safety-tuning run of {} (another model, or another --dtype); use another --out or delete it",
+                a.out.display(),
+                old["model"].as_str().unwrap_or("another model")
+            );
+        }
+    }
     let meta = SafetyMeta {
         model: m.path.display().to_string(),
-        fingerprint: m.fingerprint()?,
+        fingerprint,
         harmful: harmful.items.len(),
         harmless: harmless.items.len(),
         capability: cap_examples.len(),

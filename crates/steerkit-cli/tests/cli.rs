@@ -614,7 +614,7 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
     bf16.extend(["--dtype", "bf16"]);
     assert_clean_error(
         &steerkit(&bf16),
-        "holds a run of this model with f32 matrices, not bf16",
+        "holds a run of this model with its matrices in the compute dtype, not bf16 matrices on the CPU",
     );
     // A folder holding another model's run.
     let folder = tiny_folder(d.path());
@@ -1883,6 +1883,11 @@ fn safety_tune_trains_resumes_and_exports() {
         "other settings",
     );
     assert_clean_error(&run_with(&["--steps", "1", "--layers", "1..9"]), "--layers");
+    // The same model with bf16 matrices does not resume this f32 run.
+    assert_clean_error(
+        &run_with(&["--steps", "6", "--layers", "1..2", "--dtype", "bf16"]),
+        "holds a safety-tuning run of",
+    );
     let exported = d.path().join("patched");
     let ex = steerkit(&[
         "export",

@@ -184,12 +184,15 @@ pub fn evaluate(
         if old.fingerprint != meta.fingerprint
             && source(&old.fingerprint) == source(&meta.fingerprint)
         {
-            let dtype = |f: &str| f.split_once('+').map_or("f32", |(_, d)| d).to_string();
+            let how = |f: &str| match f.contains('+') {
+                true => "bf16 matrices on the CPU",
+                false => "its matrices in the compute dtype",
+            };
             return Err(EvalError::Mismatch(format!(
-                "{} holds a run of this model with {} matrices, not {}; choose another --out",
+                "{} holds a run of this model with {}, not {}; choose another --out",
                 out.display(),
-                dtype(&old.fingerprint),
-                dtype(&meta.fingerprint)
+                how(&old.fingerprint),
+                how(&meta.fingerprint)
             )));
         }
         if old.fingerprint != meta.fingerprint {

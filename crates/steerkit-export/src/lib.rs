@@ -14,13 +14,15 @@ use candle_core::{DType, Tensor};
 use steerkit_model::{Model, ModelError};
 
 /// `W - r̂ (r̂ᵀ W)` for `W: [hidden, in]` (the output side lives in the residual stream).
-/// Computed in f32 (a bf16 matrix is rounded once, at the end) and returned in `w`'s dtype.
-fn project_rows_out(w: &Tensor, unit: &Tensor) -> Result<Tensor, ModelError> {
+/// Computed in f32 and returned in `dtype`, the model's compute dtype: for bf16 matrices on
+/// the CPU that is f32 (rounding the result back to bf16 would leave `r̂ᵀW` at rounding
+/// noise instead of zero; f32 and bf16 matrices compute side by side).
+fn project_rows_out(w: &Tensor, unit: &Tensor, dtype: DType) -> Result<Tensor, ModelError> {
     let d = unit.dim(0)?;
     let wf = w.to_dtype(DType::F32)?;
     let u = unit.to_dtype(DType::F32)?.reshape((d, 1))?;
     let coef = u.t()?.matmul(&wf)?; // [1, in]
-    Ok((wf - u.matmul(&coef)?)?.to_dtype(w.dtype())?)
+    Ok((wf - u.matmul(&coef)?)?.to_dtype(dtype)?)
 }
 
 /// A copy of `model` with `direction` projected out of everything that writes to the residual.
@@ -41,17 +43,20 @@ pub fn orthogonalize(model: &Model, direction: &Tensor) -> Result<Model, ModelEr
     }
     let unit = (r / norm as f64)?;
     let mut m = model.clone();
+    let dt = model.dtype;
     if m.lm_head.is_none() {
         m.lm_head = Some(m.embed.clone());
         m.cfg.tie_word_embeddings = false;
     }
     // Embedding rows are residual vectors: E - (E r̂) r̂ᵀ.
-    m.embed = project_rows_out(&m.embed.t()?, &unit)?.t()?.contiguous()?;
+    m.embed = project_rows_out(&m.embed.t()?, &unit, dt)?
+        .t()?
+        .contiguous()?;
     for blk in m.layers.iter_mut() {
-        blk.o.weight = project_rows_out(&blk.o.weight, &unit)?;
-        blk.down.weight = project_rows_out(&blk.down.weight, &unit)?;
+        blk.o.weight = project_rows_out(&blk.o.weight, &unit, dt)?;
+        blk.down.weight = project_rows_out(&blk.down.weight, &unit, dt)?;
         for b in [&mut blk.o.bias, &mut blk.down.bias].into_iter().flatten() {
-            *b = project_rows_out(&b.reshape((d, 1))?, &unit)?.flatten_all()?;
+            *b = project_rows_out(&b.reshape((d, 1))?, &unit, dt)?.flatten_all()?;
         }
     }
     Ok(m)

@@ -32,7 +32,7 @@ fn main() -> candle_core::Result<()> {
             .iter()
             .map(|b| b.to_bits())
             .collect();
-        for m in [1, 4, 16, 32, 64, 256] {
+        for m in [1, 4, 16, 32, 64, 128, 256] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let xv = x.flatten_all()?.to_vec1::<f32>()?;
             let reps = if n > 100_000 { 3 } else { 10 };

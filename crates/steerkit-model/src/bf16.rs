@@ -24,16 +24,18 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// The most rows of `x` the kernel takes; above it, the widened matrix and candle's GEMM.
-/// Measured with `steerkit bench --dtype bf16` (README, Performance).
-pub const KERNEL_MAX_ROWS: usize = 256;
+/// Chosen from `examples/bf16_kernel.rs` (README, Performance): on Qwen 0.5B's shapes the
+/// kernel is the faster up to here.
+pub const KERNEL_MAX_ROWS: usize = 128;
 
 /// Weight rows per parallel task.
 const BLOCK: usize = 32;
 
-/// `x Wᵀ` for `x: [m, k]` (f32) and `w: [n, k]` (bf16), as `[m, n]` f32.
+/// `x Wᵀ` for `x: [m, k]` (f32) and `w: [n, k]` (bf16), as `[m, n]` f32. On the CPU both
+/// paths run inside one op, so that a differentiable graph holds the bf16 matrix, never a
+/// widened copy; elsewhere the matrix is widened.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.dim(0)?;
-    if m > KERNEL_MAX_ROWS || !x.device().is_cpu() {
+    if !x.device().is_cpu() {
         return x.matmul(&w.to_dtype(x.dtype())?.t()?);
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, Bf16MatMulT)
@@ -62,7 +64,7 @@ pub fn rounded_matrices(model: &crate::Model) -> crate::Result<crate::Model> {
     Ok(r)
 }
 
-/// The custom op behind [`matmul_t`]'s kernel path.
+/// The custom op behind [`matmul_t`] on the CPU.
 struct Bf16MatMulT;
 
 impl CustomOp2 for Bf16MatMulT {
@@ -93,7 +95,20 @@ impl CustomOp2 for Bf16MatMulT {
         else {
             candle_core::bail!("bf16-weight-matmul needs contiguous operands")
         };
-        let out = matmul_bf16(&x[a..b], w[c..d].reinterpret_cast(), m, n, k);
+        let (x, w) = (&x[a..b], &w[c..d]);
+        let out = if m <= KERNEL_MAX_ROWS {
+            matmul_bf16(x, w.reinterpret_cast(), m, n, k)
+        } else {
+            // Prefill-sized: widen (in parallel) and use candle's f32 GEMM.
+            let mut wide = vec![0f32; w.len()];
+            wide.par_chunks_mut(1 << 16)
+                .zip(w.par_chunks(1 << 16))
+                .for_each(|(d, s)| s.convert_to_f32_slice(d));
+            let cpu = candle_core::Device::Cpu;
+            let wide = Tensor::from_vec(wide, (n, k), &cpu)?;
+            let x = Tensor::from_slice(x, (m, k), &cpu)?;
+            x.matmul(&wide.t()?)?.flatten_all()?.to_vec1::<f32>()?
+        };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -111,12 +126,12 @@ impl CustomOp2 for Bf16MatMulT {
 /// `x: [m, k]` f32 times the transpose of `w: [n, k]` (bf16 bit patterns), both row-major, as
 /// `[m, n]` f32.
 pub fn matmul_bf16(x: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> Vec<f32> {
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
-    assert_eq!(w.len(), n * k, "w is not [n, k]");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x is not [m, k]");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "w is not [n, k]");
     let kernel = kernel();
     // Each task writes a contiguous slice of the transposed output, [n, m].
     let mut out_t = vec![0f32; n * m];
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k == 0 {
         return out_t;
     }
     out_t
@@ -183,21 +198,35 @@ mod x86 {
 
     pub(super) fn avx512(x: &[f32], w: &[u16], m: usize, k: usize, dst: &mut [f32]) {
         check(x, w, m, k, dst);
-        // SAFETY: `kernel()` returns this function only after detecting AVX-512F; `check`
-        // bounds every access the tiles make.
+        assert!(
+            is_x86_feature_detected!("avx512f"),
+            "AVX-512F kernel without AVX-512F"
+        );
+        // SAFETY: AVX-512F is present (checked above); `check` bounds every access the tiles
+        // make.
         unsafe { avx512_rows(x.as_ptr(), w.as_ptr(), m, w.len() / k, k, dst) }
     }
 
     pub(super) fn avx2(x: &[f32], w: &[u16], m: usize, k: usize, dst: &mut [f32]) {
         check(x, w, m, k, dst);
-        // SAFETY: as for `avx512`, after detecting AVX2 and FMA.
+        assert!(
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            "AVX2 kernel without AVX2 and FMA"
+        );
+        // SAFETY: as for `avx512`.
         unsafe { avx2_rows(x.as_ptr(), w.as_ptr(), m, w.len() / k, k, dst) }
     }
 
     /// The sizes the unchecked loads below rely on.
     fn check(x: &[f32], w: &[u16], m: usize, k: usize, dst: &[f32]) {
-        assert!(k > 0 && x.len() >= m * k && w.len().is_multiple_of(k));
-        assert_eq!(dst.len(), w.len() / k * m);
+        assert!(k > 0, "bf16 kernel with an empty inner dimension");
+        assert!(
+            m.checked_mul(k).is_some_and(|mk| x.len() >= mk) && w.len().is_multiple_of(k),
+            "bf16 kernel: x holds {} values for [{m}, {k}], w {} values",
+            x.len(),
+            w.len()
+        );
+        assert_eq!(dst.len(), w.len() / k * m, "bf16 kernel: output size");
     }
 
     /// Drives `tile` over the weight rows in groups of `TN` and x rows in groups of `TM`
@@ -491,6 +520,8 @@ mod tests {
             let (x, w) = data(m, n, k, (m * 1000 + n * 10 + k) as u64);
             let want = reference(&x, &w, m, n, k);
             assert_close(&matmul_bf16(&x, &w, m, n, k), &want, k);
+            // An empty inner dimension is a product of zeros, not a panic.
+            assert_eq!(matmul_bf16(&[], &[], m, n, 0), vec![0f32; m * n]);
             for (name, kern) in kernels() {
                 let mut dst = vec![0f32; n * m];
                 kern(&x, &w, m, k, &mut dst);

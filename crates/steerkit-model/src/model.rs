@@ -246,9 +246,10 @@ impl Model {
     }
 
     /// The dtype the weight matrices are stored in (`dtype`, the compute dtype, except for
-    /// bf16 on the CPU: bf16 matrices, f32 compute).
+    /// bf16 on the CPU: bf16 matrices, f32 compute). Read off the LM head, which neither
+    /// training (f32 blocks) nor orthogonalization (f32 results) replaces.
     pub fn matrix_dtype(&self) -> DType {
-        self.embed.dtype()
+        self.head().dtype()
     }
 
     /// The LM head matrix `[vocab, hidden]` (the embedding when tied).

@@ -58,13 +58,15 @@ impl Loaded {
     }
 
     /// A fingerprint of the model as it computes: [`Loaded::source_fingerprint`], followed by
-    /// `+bf16` (or `+f16`) when the matrices are not f32, so that caches of activations and
-    /// answers made in one dtype are not reused in another. f32 models have the source's.
+    /// `+bf16` when the matrices are stored in bf16 and computed in f32 (`--dtype bf16` on the
+    /// CPU), so that caches of activations and answers made that way are not reused for f32 or
+    /// the reverse. Other models (f32, and every dtype on a GPU) have the source's.
     pub fn fingerprint(&self) -> Result<String> {
         let f = self.source_fingerprint()?;
-        Ok(match self.model.matrix_dtype() {
-            DType::F32 => f,
-            dt => format!("{f}+{}", format!("{dt:?}").to_lowercase()),
+        Ok(if self.model.matrix_dtype() == self.model.dtype {
+            f
+        } else {
+            format!("{f}+bf16")
         })
     }
 
