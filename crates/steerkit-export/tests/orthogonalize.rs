@@ -139,33 +139,20 @@ fn orthogonalized_weights_equal_hook_ablation() {
 /// With bf16 matrices on the CPU, the projected matrices are kept in f32: the direction is
 /// removed exactly (not up to bf16 rounding of the result), and the untouched ones stay bf16.
 #[test]
-fn bf16_matrices_are_projected_in_f32() {
+fn bf16_matrices_are_projected_in_f32() -> Result<(), Box<dyn std::error::Error>> {
     use candle_core::DType;
-    use steerkit_model::random::{random_model, seeded_normal, tiny_config};
-    let m = random_model(tiny_config(steerkit_model::Arch::Llama, 64), DType::BF16, 3).unwrap();
-    let r = seeded_normal(32, 5).unwrap();
-    let o = steerkit_export::orthogonalize(&m, &r).unwrap();
-    let unit = (&r
-        / r.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64)
-        .unwrap();
+    use steerkit_model::random::{max_abs_diff, random_model, seeded_normal, tiny_config};
+    let m = random_model(tiny_config(steerkit_model::Arch::Llama, 64), DType::BF16, 3)?;
+    let r = seeded_normal(32, 5)?;
+    let o = steerkit_export::orthogonalize(&m, &r)?;
+    let unit = r
+        .broadcast_div(&r.sqr()?.sum_all()?.sqrt()?)?
+        .unsqueeze(0)?;
     for blk in &o.layers {
         for w in [&blk.o.weight, &blk.down.weight] {
             assert_eq!(w.dtype(), DType::F32);
-            let left = unit.unsqueeze(0).unwrap().matmul(w).unwrap();
-            let worst = left
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let left = unit.matmul(w)?;
+            let worst = max_abs_diff(&left, &left.zeros_like()?)?;
             assert!(worst < 1e-5, "r̂ᵀW = {worst} after orthogonalization");
         }
         assert_eq!(blk.q.weight.dtype(), DType::BF16);
@@ -175,4 +162,5 @@ fn bf16_matrices_are_projected_in_f32() {
         DType::BF16,
         "the untied head is kept as it was"
     );
+    Ok(())
 }
