@@ -31,11 +31,14 @@ pub const KERNEL_MAX_ROWS: usize = 128;
 /// Weight rows per parallel task.
 const BLOCK: usize = 32;
 
-/// `x Wᵀ` for `x: [m, k]` (f32) and `w: [n, k]` (bf16), as `[m, n]` f32. On the CPU both
-/// paths run inside one op, so that a differentiable graph holds the bf16 matrix, never a
-/// widened copy; elsewhere the matrix is widened.
+/// `x Wᵀ` for `x: [m, k]` (f32) and `w: [n, k]` (bf16), as `[m, n]` f32. Inference above
+/// [`KERNEL_MAX_ROWS`] rows, and devices other than the CPU, widen the matrix for candle's
+/// product. When `x` is on a gradient path, both sizes go through the op, so that the graph
+/// holds the bf16 matrix and not a widened copy of it (the op's own widened path copies its
+/// operands once more, which costs time in inference).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    if !x.device().is_cpu() {
+    let m = x.dim(0)?;
+    if !x.device().is_cpu() || (m > KERNEL_MAX_ROWS && !x.track_op()) {
         return x.matmul(&w.to_dtype(x.dtype())?.t()?);
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, Bf16MatMulT)
@@ -532,9 +535,9 @@ mod tests {
         }
     }
 
-    /// Both paths of `matmul_t` (the kernel up to KERNEL_MAX_ROWS rows, the widened GEMM above)
-    /// agree with candle's f32 product of the widened matrix, and the gradient with respect to
-    /// x is `grad · W`.
+    /// Every path of `matmul_t` (the kernel up to KERNEL_MAX_ROWS rows; above, the widened GEMM
+    /// inside the op on a gradient path and outside it in inference) agrees with candle's f32
+    /// product of the widened matrix, and the gradient with respect to x is `grad · W`.
     #[test]
     fn matmul_t_paths_and_gradient() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -552,6 +555,10 @@ mod tests {
                 .max_all()?
                 .to_scalar::<f32>()?;
             assert!(diff < 1e-4, "m = {m}: max difference {diff}");
+            // Without a gradient path (inference), above KERNEL_MAX_ROWS the widened product.
+            let plain = matmul_t(&xv.as_tensor().detach(), &wbf)?;
+            let diff = (plain - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "m = {m}, inference: max difference {diff}");
             let g = got.sqr()?.sum_all()?.backward()?;
             let gx = g.get(xv.as_tensor()).expect("x has a gradient");
             let g2 = want.sqr()?.sum_all()?.backward()?;
