@@ -1,9 +1,9 @@
 //! Linear maps with bf16 weights on the CPU: `y = x Wᵀ` for f32 activations `x: [m, k]` and a
-//! bf16 matrix `W: [n, k]`, without a widened copy of `W` in memory.
+//! bf16 matrix `W: [n, k]`, without keeping a widened copy of `W` in memory.
 //!
 //! Why: decoding is memory-bound (every new token reads every weight once), so weights kept in
-//! bf16 halve the bytes read per token, and they halve the memory a model needs (a 7-8B model
-//! fits in 16 GB instead of 32). The product accumulates in f32. A bf16 number is the upper
+//! bf16 halve the bytes read per token, and they halve the memory the weights need (an 8B
+//! model's take 16 GB instead of 32). The product accumulates in f32. A bf16 number is the upper
 //! half of an f32, so each weight widens exactly, and the result is the f32 product with the
 //! bf16-rounded weights, up to the order of summation.
 //!
@@ -12,8 +12,9 @@
 //! (which stays in cache), in register tiles of 4 x rows by 4 (or 2) weight rows, 16 (or 8)
 //! lanes wide. Blocks of weight rows are split across rayon's threads. The instruction set is
 //! chosen at run time: AVX-512, AVX2 with FMA, or portable code. Above that many rows
-//! (prefill), the matrix is widened and multiplied by candle's f32 GEMM: the widening is then a
-//! small share of the work, and the GEMM's compute-bound kernel is the faster one.
+//! (prefill), the matrix is widened for the call and multiplied by candle's f32 GEMM: the
+//! widening is then a small share of the work, and the GEMM's compute-bound kernel is the
+//! faster one.
 //!
 //! The gradient with respect to `x` is defined (`grad · W`, widened), so frozen bf16 layers can
 //! sit on a differentiable path; `W` itself gets no gradient (train in f32).
