@@ -167,19 +167,25 @@ impl SamplingArgs {
 /// The model a training run was made from: the `model` and `fingerprint` fields of its meta
 /// file (`actor.json`, `safety.json`).
 #[derive(serde::Deserialize)]
-struct RunOrigin {
-    model: String,
-    fingerprint: String,
+pub struct RunOrigin {
+    pub model: String,
+    pub fingerprint: String,
+}
+
+impl RunOrigin {
+    /// Parses the meta file `path`, whose contents are `bytes`.
+    pub fn parse(path: &std::path::Path, bytes: &[u8]) -> Result<RunOrigin> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", path.display()))
+    }
 }
 
 /// Checks that the training run in `run` (meta file `meta`) was trained on `m`'s weights, so
 /// that its checkpoint may be put into `m` (in whatever dtype either was loaded).
 pub fn check_trained_on(m: &Loaded, run: &std::path::Path, meta: &str) -> Result<()> {
     let p = run.join(meta);
-    let o: RunOrigin = serde_json::from_slice(&std::fs::read(&p)?)
-        .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", p.display()))?;
-    let source = o.fingerprint.split('+').next().unwrap_or_default();
-    if source != m.source_fingerprint()? {
+    let o = RunOrigin::parse(&p, &std::fs::read(&p)?)?;
+    if steerkit_model::split_fingerprint(&o.fingerprint).0 != m.source_fingerprint()? {
         bail!(
             "{} was trained on {}, not on this model",
             run.display(),

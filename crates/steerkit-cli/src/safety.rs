@@ -188,13 +188,12 @@ pub fn run(a: Args) -> Result<()> {
     let fingerprint = m.fingerprint()?;
     let earlier = a.out.join("safety.json");
     if let Ok(bytes) = std::fs::read(&earlier) {
-        let old: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", earlier.display()))?;
-        if old["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+        let old = crate::common::RunOrigin::parse(&earlier, &bytes)?;
+        if old.fingerprint != fingerprint {
             bail!(
                 "{} holds a safety-tuning run of {} (another model, or another --dtype); use another --out or delete it",
                 a.out.display(),
-                old["model"].as_str().unwrap_or("another model")
+                old.model
             );
         }
     }

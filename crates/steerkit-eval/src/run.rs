@@ -180,19 +180,18 @@ pub fn evaluate(
     };
     let mut merged = meta.clone();
     if let Some(old) = old {
-        let source = |f: &str| f.split('+').next().unwrap_or_default().to_string();
-        if old.fingerprint != meta.fingerprint
-            && source(&old.fingerprint) == source(&meta.fingerprint)
-        {
-            let how = |f: &str| match f.contains('+') {
+        let (old_source, old_bf16) = steerkit_model::split_fingerprint(&old.fingerprint);
+        let (new_source, new_bf16) = steerkit_model::split_fingerprint(&meta.fingerprint);
+        if old_source == new_source && old_bf16 != new_bf16 {
+            let how = |bf16: bool| match bf16 {
                 true => "bf16 matrices on the CPU",
                 false => "its matrices in the compute dtype",
             };
             return Err(EvalError::Mismatch(format!(
                 "{} holds a run of this model with {}, not {}; choose another --out",
                 out.display(),
-                how(&old.fingerprint),
-                how(&meta.fingerprint)
+                how(old_bf16),
+                how(new_bf16)
             )));
         }
         if old.fingerprint != meta.fingerprint {

@@ -177,14 +177,20 @@ fn kernels() -> Vec<(&'static str, Kernel)> {
     out
 }
 
+/// The fastest kernel this CPU runs, with its name (detected once, not on every product).
+fn fastest() -> (&'static str, Kernel) {
+    static FASTEST: std::sync::OnceLock<(&'static str, Kernel)> = std::sync::OnceLock::new();
+    *FASTEST.get_or_init(|| kernels()[0])
+}
+
 /// The fastest kernel this CPU runs.
 fn kernel() -> Kernel {
-    kernels()[0].1
+    fastest().1
 }
 
 /// The name of the kernel in use on this CPU: `avx512`, `avx2` or `portable`.
 pub fn kernel_name() -> &'static str {
-    kernels()[0].0
+    fastest().0
 }
 
 /// Plain code (the compiler's baseline vector width); fused multiply-add where the target

@@ -66,7 +66,7 @@ impl Loaded {
         Ok(if self.model.matrix_dtype() == self.model.dtype {
             f
         } else {
-            format!("{f}+bf16")
+            format!("{f}{BF16_MARK}")
         })
     }
 
@@ -95,6 +95,18 @@ impl Loaded {
             }
         }
         Ok(format!("{:x}", h.finalize()))
+    }
+}
+
+/// What [`Loaded::fingerprint`] appends for bf16 matrices on the CPU.
+const BF16_MARK: &str = "+bf16";
+
+/// The [`Loaded::source_fingerprint`] part of a [`Loaded::fingerprint`], and whether the
+/// fingerprint marks bf16 matrices on the CPU.
+pub fn split_fingerprint(f: &str) -> (&str, bool) {
+    match f.strip_suffix(BF16_MARK) {
+        Some(source) => (source, true),
+        None => (f, false),
     }
 }
 
