@@ -59,9 +59,11 @@ impl std::str::FromStr for Parts {
 impl Parts {
     /// True when the tensor (Hugging Face name suffix) belongs to a trained part.
     pub fn includes(&self, name: &str) -> bool {
-        (self.attn && name.contains(".self_attn."))
+        // qwen3's per-head `self_attn.q_norm`/`k_norm` are norms, not attention maps.
+        let norm = name.ends_with("norm.weight");
+        (self.attn && name.contains(".self_attn.") && !norm)
             || (self.mlp && name.contains(".mlp."))
-            || (self.norms && name.contains("layernorm"))
+            || (self.norms && norm)
     }
 }
 

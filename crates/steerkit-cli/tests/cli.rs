@@ -26,6 +26,7 @@ fn model(name: &str) -> String {
 }
 
 const SMOL: &str = "smollm2-135m-instruct";
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
 
 fn steerkit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_steerkit"))
@@ -61,6 +62,24 @@ fn tiny_folder(dir: &Path) -> PathBuf {
     let out = dir.join("tiny");
     steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &out).unwrap();
     out
+}
+
+/// `steerkit actor` on a tiny model, quickly: 6 prompts per role, block 1, no silhouette check
+/// (`--out` to add).
+fn quick_actor(model: &str) -> Vec<&str> {
+    vec![
+        "actor",
+        "-m",
+        model,
+        "--limit",
+        "6",
+        "--pseudo-limit",
+        "6",
+        "--layer",
+        "1",
+        "--min-silhouette",
+        "-1",
+    ]
 }
 
 /// Asserts that a written file is readable by everyone, as a model file must be to be served.
@@ -124,6 +143,102 @@ fn inspect_reports_the_architecture() {
     assert_clean_error(
         &steerkit(&["inspect", "--dtype", "f16", "-m", &model(SMOL)]),
         "--dtype f16 is for GPUs",
+    );
+}
+
+/// A Qwen3 folder (tiny and random, with Qwen's tokenizer and Qwen3's own chat template)
+/// goes through the main path: inspect, generation, ACTOR (which trains the per-head q/k
+/// norms with `--train norms`) and export as a patched folder and as GGUF, each loadable.
+#[test]
+fn qwen3_folder_inspects_trains_and_exports() {
+    let d = tmpdir("qwen3");
+    let g = Gguf::open(Path::new(&model(QWEN))).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let src =
+        std::fs::read_to_string(root().join("tests/fixtures/qwen3_chat_template.jinja")).unwrap();
+    let chat = steerkit_model::ChatTemplate::new(&src, "", "<|im_end|>").unwrap();
+    let m = random_model(tiny_config(Arch::Qwen3, tok.vocab_size()), DType::F32, 4).unwrap();
+    let folder = d.path().join("qwen3");
+    steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &folder).unwrap();
+    let f = folder.to_str().unwrap();
+
+    let out = steerkit(&["inspect", "--json", "-m", f]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["architecture"].as_str(), v["head_dim"].as_u64()),
+        (Some("qwen3"), Some(16))
+    );
+
+    let out = steerkit(&[
+        "generate",
+        "-m",
+        f,
+        "--prompt",
+        "Say hello.",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert_ok(&out);
+
+    let run = d.path().join("run");
+    let mut args = quick_actor(f);
+    args.extend([
+        "--epochs",
+        "1",
+        "--train",
+        "attn,norms",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let out = steerkit(&args);
+    assert_ok(&out);
+    let ck = run.join("block-epoch1.safetensors");
+    let trained = candle_core::safetensors::load(&ck, &candle_core::Device::Cpu).unwrap();
+    let q_norm = "model.layers.1.self_attn.q_norm.weight";
+    let before: std::collections::BTreeMap<String, candle_core::Tensor> =
+        m.named_tensors().into_iter().collect();
+    let moved = steerkit_model::random::max_abs_diff(&trained[q_norm], &before[q_norm]).unwrap();
+    assert!(moved > 0.0, "q_norm was not trained");
+
+    let patched = d.path().join("patched");
+    let out = steerkit(&[
+        "export",
+        "-m",
+        f,
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        patched.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let back = steerkit_model::hf::HfFolder::open(&patched)
+        .unwrap()
+        .model(&candle_core::Device::Cpu, DType::F32)
+        .unwrap();
+    let back: std::collections::BTreeMap<String, candle_core::Tensor> =
+        back.named_tensors().into_iter().collect();
+    assert_eq!(
+        steerkit_model::random::max_abs_diff(&back[q_norm], &trained[q_norm]).unwrap(),
+        0.0
+    );
+    let gguf = d.path().join("patched.gguf");
+    let out = steerkit(&[
+        "export",
+        "-m",
+        patched.to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--out",
+        gguf.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let out = steerkit(&["inspect", "--json", "-m", gguf.to_str().unwrap()]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["architecture"].as_str(), v["head_dim"].as_u64()),
+        (Some("qwen3"), Some(16))
     );
 }
 
@@ -690,7 +805,7 @@ fn compare_pairs_two_runs() {
     // them); a bad KL set is an error even without --reference.
     let e = d.path().join("vocab");
     let mut args = eval_args(e.to_str().unwrap(), &smol);
-    let qwen = model("qwen2.5-coder-0.5b-instruct");
+    let qwen = model(QWEN);
     args.extend(["--reference", &qwen]);
     assert_clean_error(&steerkit(&args), "the KL needs the same tokenizer");
     assert!(!e.join("responses").exists());
@@ -1053,23 +1168,8 @@ fn actor_trains_resumes_and_exports() {
     let t = tiny.to_str().unwrap();
     let run = d.path().join("run");
     let r = run.to_str().unwrap();
-    let base = [
-        "actor",
-        "-m",
-        t,
-        "--limit",
-        "6",
-        "--pseudo-limit",
-        "6",
-        "--layer",
-        "1",
-        "--min-silhouette",
-        "-1",
-        "--val",
-        "pseudo_harmful",
-        "--out",
-        r,
-    ];
+    let mut base = quick_actor(t);
+    base.extend(["--val", "pseudo_harmful", "--out", r]);
     let mut args = base.to_vec();
     args.extend(["--epochs", "1"]);
     let first = steerkit(&args);

@@ -61,6 +61,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
     match arch {
         Arch::Llama | Arch::Mistral => "llama",
         Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
     }
 }
 

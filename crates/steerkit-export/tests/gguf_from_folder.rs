@@ -57,6 +57,34 @@ fn with_key(src: &Path, dst: &Path, key: &str, value: candle_core::quantized::gg
     gguf_file::write(&mut std::fs::File::create(dst).unwrap(), &kv, &ts).unwrap();
 }
 
+/// A tensor's values as an f16 GGUF holds them: matrices rounded to f16, vectors in f32.
+fn f16_values(t: &candle_core::Tensor) -> Vec<f32> {
+    let t = if t.rank() == 2 {
+        t.to_dtype(DType::F16).unwrap()
+    } else {
+        t.clone()
+    };
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// Every tensor of `back` (loaded from an f16 GGUF) is `src`'s, as the file holds it.
+fn assert_same_f16_weights(src: &steerkit_model::Model, back: &steerkit_model::Model, name: &str) {
+    let theirs: BTreeMap<String, candle_core::Tensor> = back.named_tensors().into_iter().collect();
+    let ours = src.named_tensors();
+    assert_eq!(ours.len(), theirs.len(), "{name}: tensor count");
+    for (n, t) in ours {
+        assert!(
+            f16_values(&t) == f16_values(&theirs[&n]),
+            "{name}: tensor {n}"
+        );
+    }
+}
+
 /// A committed fixture, parsed.
 fn fixture(name: &str) -> serde_json::Value {
     let p = root().join("tests/fixtures").join(name);
@@ -107,24 +135,7 @@ fn check(name: &str) {
 
     // The weights: what the folder holds, rounded to f16 (vectors kept in f32).
     let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let f16 = |t: &candle_core::Tensor| {
-        let t = if t.rank() == 2 {
-            t.to_dtype(DType::F16).unwrap()
-        } else {
-            t.clone()
-        };
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    };
-    let theirs: BTreeMap<String, candle_core::Tensor> =
-        back.model.named_tensors().into_iter().collect();
-    for (n, t) in src.model.named_tensors() {
-        assert!(f16(&t) == f16(&theirs[&n]), "{name}: tensor {n}");
-    }
+    assert_same_f16_weights(&src.model, &back.model, name);
 
     // Token ids of the re-loaded file equal llama.cpp's on the fixture texts and chat prompts.
     let fx = fixture("llamacpp_token_ids.json");
@@ -294,4 +305,91 @@ fn gguf_rope_scaling() {
         .unwrap()
         .to_string();
     assert!(err.contains("RoPE scaling `yarn`"), "{err}");
+}
+
+/// A Qwen3 model (here a tiny random one with Qwen's real tokenizer) goes through a folder
+/// and an f16 GGUF as llama.cpp's converter writes Qwen3: architecture `qwen3`, `head_dim` as
+/// `key_length`, the per-head norms as `attn_q_norm`/`attn_k_norm` vectors, and q/k rows in
+/// Hugging Face order (llama.cpp rotates qwen3 heads in halves, as qwen2). Both load back as
+/// the same model.
+#[test]
+fn qwen3_exports_to_folder_and_gguf() {
+    use steerkit_model::random::{random_model, tiny_config};
+    use steerkit_model::Arch;
+    let g = Gguf::open(&model_path("qwen2.5-coder-0.5b-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let m = random_model(tiny_config(Arch::Qwen3, tok.vocab_size()), DType::F32, 11).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let folder = d.path().join("folder");
+    steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &folder).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["model_type"], "qwen3");
+    assert_eq!(json["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(
+        (json["head_dim"].as_u64(), json["attention_bias"].as_bool()),
+        (Some(16), Some(false))
+    );
+    let hf = load(folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(hf.model.cfg.arch, Arch::Qwen3);
+    let want: BTreeMap<String, candle_core::Tensor> = m.named_tensors().into_iter().collect();
+    for (n, t) in hf.model.named_tensors() {
+        assert!(
+            steerkit_model::random::max_abs_diff(&t, &want[&n]).unwrap() == 0.0,
+            "folder: {n}"
+        );
+    }
+
+    let out = d.path().join("qwen3.gguf");
+    let meta = metadata(&hf.model.cfg, &hf.tok, &hf.chat, "qwen3").unwrap();
+    write(&hf.model, &meta, GgufType::F16, &out).unwrap();
+    let kv = keys(&out);
+    assert_eq!(kv["general.architecture"], "String(\"qwen3\")");
+    assert_eq!(kv["qwen3.attention.key_length"], "U32(16)");
+    assert_eq!(kv["qwen3.embedding_length"], "U32(32)");
+    assert_eq!(kv["tokenizer.ggml.pre"], "String(\"qwen2\")");
+    let mut f = std::fs::File::open(&out).unwrap();
+    let c = Content::read(&mut f).unwrap();
+    let mut raw = |n: &str| {
+        c.tensor(&mut f, n, &candle_core::Device::Cpu)
+            .unwrap()
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+    };
+    for (gguf, hf_name) in [
+        (
+            "blk.1.attn_q_norm.weight",
+            "model.layers.1.self_attn.q_norm.weight",
+        ),
+        (
+            "blk.1.attn_k_norm.weight",
+            "model.layers.1.self_attn.k_norm.weight",
+        ),
+        (
+            "blk.1.attn_q.weight",
+            "model.layers.1.self_attn.q_proj.weight",
+        ),
+        (
+            "blk.1.attn_k.weight",
+            "model.layers.1.self_attn.k_proj.weight",
+        ),
+    ] {
+        assert_eq!(
+            f16_values(&raw(gguf)),
+            f16_values(&want[hf_name]),
+            "{gguf} in Hugging Face order"
+        );
+    }
+    assert_eq!(
+        c.tensor_infos["blk.0.attn_q_norm.weight"].ggml_dtype,
+        candle_core::quantized::GgmlDType::F32
+    );
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        (back.model.cfg.arch, back.model.cfg.head_dim),
+        (Arch::Qwen3, 16)
+    );
+    assert_same_f16_weights(&m, &back.model, "qwen3");
 }

@@ -14,6 +14,10 @@ pub enum Arch {
     Mistral,
     /// Qwen2 / Qwen2.5: biases on q, k and v.
     Qwen2,
+    /// Qwen3 (dense): no biases; each query and key head is RMS-normed over the head
+    /// dimension (`q_norm`, `k_norm`) before RoPE, and `head_dim` is set on its own (128 on
+    /// every size, whatever `hidden_size / heads` is).
+    Qwen3,
 }
 
 impl Arch {
@@ -23,6 +27,7 @@ impl Arch {
             "llama" => Ok(Arch::Llama),
             "mistral" => Ok(Arch::Mistral),
             "qwen2" => Ok(Arch::Qwen2),
+            "qwen3" => Ok(Arch::Qwen3),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -33,7 +38,13 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
+    }
+
+    /// Whether the blocks RMS-norm each query and key head (`q_norm`, `k_norm`: qwen3).
+    pub fn qk_norm(self) -> bool {
+        self == Arch::Qwen3
     }
 }
 
@@ -201,6 +212,9 @@ impl Config {
         if self.attention_bias {
             block += q + 2 * kv;
         }
+        if self.arch.qk_norm() {
+            block += 2 * hd;
+        }
         let head = if self.tie_word_embeddings {
             0
         } else {
@@ -217,6 +231,7 @@ impl Config {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
         };
         serde_json::json!({
             "architectures": [arch_class],

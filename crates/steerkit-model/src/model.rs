@@ -53,6 +53,9 @@ pub struct Block {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
+    /// Per-head RMSNorm weights `[head_dim]` of the queries and keys (qwen3), else `None`.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
     pub mlp_norm: Tensor,
     pub gate: Linear,
     pub up: Linear,
@@ -77,6 +80,14 @@ impl Block {
             ("input_layernorm.weight".into(), &mut self.attn_norm),
             ("post_attention_layernorm.weight".into(), &mut self.mlp_norm),
         ];
+        for (name, norm) in [
+            ("self_attn.q_norm.weight", &mut self.q_norm),
+            ("self_attn.k_norm.weight", &mut self.k_norm),
+        ] {
+            if let Some(t) = norm.as_mut() {
+                out.push((name.into(), t));
+            }
+        }
         for (name, lin) in [
             ("self_attn.q_proj", &mut self.q),
             ("self_attn.k_proj", &mut self.k),
@@ -386,15 +397,15 @@ impl Model {
             .layers
             .get(layer)
             .ok_or_else(|| ModelError::Input(format!("layer {layer} does not exist")))?;
-        let (nh, nkv) = (self.cfg.num_heads, self.cfg.num_kv_heads);
+        let nkv = self.cfg.num_kv_heads;
         let h = self.rms_norm(x, &blk.attn_norm, mode)?;
         let (cos, sin) = self.rope_tables(pads, 0, 0, t)?;
-        let k = self.rope(&self.heads(blk.k.forward(&h)?, nkv)?, &cos, &sin, mode)?;
+        let k = self.rope(&self.keys(blk, &h, mode)?, &cos, &sin, mode)?;
         let v = self.heads(blk.v.forward(&h)?, nkv)?;
         // The last column: its query, rotation and mask row.
         let (cos, sin) = self.rope_tables(pads, 0, t - 1, 1)?;
         let h_last = h.narrow(1, t - 1, 1)?;
-        let q = self.rope(&self.heads(blk.q.forward(&h_last)?, nh)?, &cos, &sin, mode)?;
+        let q = self.rope(&self.queries(blk, &h_last, mode)?, &cos, &sin, mode)?;
         let mask = self.attention_mask(pads, 0, t - 1, 1)?;
         let mix = self.attend(&q, &k, &v, &mask, mode)?;
         let x = (x.narrow(1, t - 1, 1)? + blk.o.forward(&mix)?)?;
@@ -589,10 +600,9 @@ impl Model {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (nh, nkv) = (self.cfg.num_heads, self.cfg.num_kv_heads);
-        let q = self.heads(blk.q.forward(h)?, nh)?;
-        let k = self.heads(blk.k.forward(h)?, nkv)?;
-        let v = self.heads(blk.v.forward(h)?, nkv)?;
+        let q = self.queries(blk, h, mode)?;
+        let k = self.keys(blk, h, mode)?;
+        let v = self.heads(blk.v.forward(h)?, self.cfg.num_kv_heads)?;
         let q = self.rope(&q, cos, sin, mode)?;
         let k = self.rope(&k, cos, sin, mode)?;
         let (k, v) = match cache {
@@ -600,6 +610,27 @@ impl Model {
             None => (k, v),
         };
         self.attend(&q, &k, &v, mask, mode)
+    }
+
+    /// The query heads `[b, heads, t, hd]` of the normed residual `h`, before RoPE (each head
+    /// RMS-normed where the architecture does).
+    fn queries(&self, blk: &Block, h: &Tensor, mode: Mode) -> Result<Tensor> {
+        let q = self.heads(blk.q.forward(h)?, self.cfg.num_heads)?;
+        self.head_norm(q, blk.q_norm.as_ref(), mode)
+    }
+
+    /// The key heads `[b, kv_heads, t, hd]` of `h`, before RoPE; see [`Model::queries`].
+    fn keys(&self, blk: &Block, h: &Tensor, mode: Mode) -> Result<Tensor> {
+        let k = self.heads(blk.k.forward(h)?, self.cfg.num_kv_heads)?;
+        self.head_norm(k, blk.k_norm.as_ref(), mode)
+    }
+
+    /// RMSNorm of every head over its `head_dim` entries (qwen3's `q_norm`/`k_norm`).
+    fn head_norm(&self, x: Tensor, w: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        match w {
+            Some(w) => self.rms_norm(&x, w, mode),
+            None => Ok(x),
+        }
     }
 
     /// `[b, t, heads*hd]` -> `[b, heads, t, hd]`.

@@ -8,7 +8,9 @@ use crate::config::{Arch, Config, RopeScaling};
 use crate::error::Result;
 use crate::model::Model;
 
-/// A small configuration of the given architecture (2 layers, hidden 32, 4/2 heads).
+/// A small configuration of the given architecture (2 layers, hidden 32, 4/2 heads of 8;
+/// qwen3's heads are 16 wide, so that `heads * head_dim` is not the hidden size, as in real
+/// Qwen3 models).
 pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
     Config {
         arch,
@@ -18,7 +20,7 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         num_layers: 2,
         num_heads: 4,
         num_kv_heads: 2,
-        head_dim: 8,
+        head_dim: if arch == Arch::Qwen3 { 16 } else { 8 },
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         max_position_embeddings: 256,

@@ -81,7 +81,10 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Renders a conversation.
+    /// Renders a conversation. Templates that can let the model think before it answers
+    /// (Qwen3's `enable_thinking`) are told not to: steerkit reads and judges the answer
+    /// itself, in a budget of a few dozen tokens, and Qwen3's template then opens the answer
+    /// with an empty `<think>` block, as `enable_thinking=False` does in transformers.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
@@ -100,6 +103,7 @@ impl ChatTemplate {
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
+            enable_thinking => false,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })

@@ -45,6 +45,11 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
                 out.push(need(format!("{p}.self_attn.{n}_proj.bias"), vec![o]));
             }
         }
+        if cfg.arch.qk_norm() {
+            for n in ["q", "k"] {
+                out.push(need(format!("{p}.self_attn.{n}_norm.weight"), vec![hd]));
+            }
+        }
         out.push(need(format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
         out.push(need(format!("{p}.mlp.up_proj.weight"), vec![f, d]));
         out.push(need(format!("{p}.mlp.down_proj.weight"), vec![d, f]));
@@ -120,6 +125,14 @@ where
             k.bias = Some(next(&format!("{p}.self_attn.k_proj.bias")));
             v.bias = Some(next(&format!("{p}.self_attn.v_proj.bias")));
         }
+        let (q_norm, k_norm) = if cfg.arch.qk_norm() {
+            (
+                Some(next(&format!("{p}.self_attn.q_norm.weight"))),
+                Some(next(&format!("{p}.self_attn.k_norm.weight"))),
+            )
+        } else {
+            (None, None)
+        };
         let gate = lin(next(&format!("{p}.mlp.gate_proj.weight")));
         let up = lin(next(&format!("{p}.mlp.up_proj.weight")));
         let down = lin(next(&format!("{p}.mlp.down_proj.weight")));
@@ -129,6 +142,8 @@ where
             k,
             v,
             o,
+            q_norm,
+            k_norm,
             mlp_norm,
             gate,
             up,

@@ -10,18 +10,13 @@ use steerkit_model::{left_pad, load, LoadOptions, Model, NoHook};
 fn fixture_rows(name: &str) -> (Vec<serde_json::Value>, Vec<Vec<u32>>) {
     let fx = common::fixture("reference_logits.json");
     let cases = fx["models"][name].as_array().unwrap().clone();
-    let rows: Vec<Vec<u32>> = cases
-        .iter()
-        .map(|c| {
-            c["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
+    let rows: Vec<Vec<u32>> = cases.iter().map(ids_of).collect();
     (cases, rows)
+}
+
+/// A fixture case's `ids`.
+fn ids_of(c: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(c["ids"].clone()).unwrap()
 }
 
 /// Last-position logits of `rows`, all in one left-padded batch (padding must not change any
@@ -116,5 +111,66 @@ fn smollm2_bf16_matrices_differ_only_by_rounding() {
             c["argmax"].as_u64().unwrap(),
             "top token under bf16"
         );
+    }
+}
+
+/// The tiny random Qwen3 folder of `scripts/reference_qwen3.py` (per-head q/k RMSNorm,
+/// `head_dim` apart from `hidden_size / heads`, tied embeddings): steerkit's logits at every
+/// position equal the script's float64 forward pass, one sequence at a time, in one
+/// left-padded batch and with the Differentiable forward.
+#[test]
+fn qwen3_tiny_logits_match_reference() {
+    use candle_core::Tensor;
+    use steerkit_model::hf::HfFolder;
+    use steerkit_model::Mode;
+    let dir = common::root().join("tests/fixtures/qwen3_tiny");
+    let m = HfFolder::open(&dir)
+        .unwrap()
+        .model(&Device::Cpu, DType::F32)
+        .unwrap();
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::Qwen3);
+    assert_eq!(
+        (m.cfg.head_dim, m.cfg.hidden_size / m.cfg.num_heads),
+        (16, 8)
+    );
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    let want = |c: &serde_json::Value| -> Vec<Vec<f32>> {
+        serde_json::from_value(c["logits"].clone()).unwrap()
+    };
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    for mode in [Mode::Inference, Mode::Differentiable] {
+        for c in cases {
+            let row = ids_of(c);
+            let t = Tensor::new(row.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let h = m.forward(&t, &[0], None, &mut NoHook, mode).unwrap();
+            let got: Vec<Vec<f32>> = m.logits(&h).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+            let worst = got
+                .iter()
+                .zip(want(c))
+                .map(|(g, w)| diff(g, &w))
+                .fold(0f32, f32::max);
+            eprintln!(
+                "qwen3 tiny {mode:?}: {} tokens, max abs error {worst:.2e}",
+                row.len()
+            );
+            assert!(worst < 1e-4, "{mode:?}: max abs error {worst}");
+        }
+    }
+    let rows: Vec<Vec<u32>> = cases.iter().map(ids_of).collect();
+    let batched = last_logits(&m, 0, &rows);
+    for (c, g) in cases.iter().zip(&batched) {
+        let w = want(c);
+        let worst = diff(g, w.last().unwrap());
+        assert!(worst < 1e-4, "left-padded batch: max abs error {worst}");
     }
 }

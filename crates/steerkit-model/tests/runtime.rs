@@ -10,7 +10,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Mistral];
+const ARCHS: [Arch; 4] = [Arch::Llama, Arch::Qwen2, Arch::Mistral, Arch::Qwen3];
 
 fn tiny(arch: Arch, dtype: DType) -> Model {
     random_model(tiny_config(arch, 64), dtype, 7).unwrap()

@@ -147,3 +147,30 @@ fn sentencepiece_ids_equal_llamacpp() {
         );
     }
 }
+
+/// Qwen3's own chat template (`tests/fixtures/qwen3_chat_template.jinja`) renders what jinja2
+/// renders with transformers' settings and `enable_thinking=False` (`scripts/reference_qwen3.py`):
+/// the answer opens after an empty `<think>` block, and earlier turns lose their reasoning.
+#[test]
+fn qwen3_template_renders_as_jinja2_without_thinking() {
+    let src =
+        std::fs::read_to_string(common::root().join("tests/fixtures/qwen3_chat_template.jinja"))
+            .unwrap();
+    let chat = ChatTemplate::new(&src, "", "<|im_end|>").unwrap();
+    let fx = common::fixture("qwen3_chat.json");
+    for case in fx["cases"].as_array().unwrap() {
+        let messages: Vec<Message> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let rendered = chat.render(&messages, true).unwrap();
+        assert_eq!(rendered, case["rendered"].as_str().unwrap());
+        assert!(rendered.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+    }
+    assert_eq!(
+        chat.post_instruction_text(&SystemPrompt::Default).unwrap(),
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    );
+}

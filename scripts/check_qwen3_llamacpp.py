@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Check steerkit's Qwen3 GGUF export against llama.cpp (via llama-cpp-python).
+
+No Qwen3 model is available here, so the script makes one: a small random Qwen3 (2 blocks,
+hidden 64, 4 query and 2 key/value heads of 32: `head_dim` is not hidden / heads, as in real
+Qwen3 models) with Qwen's real tokenizer, taken from a Qwen2.5 GGUF through a folder export.
+
+  1. `steerkit export -m QWEN2.5.gguf --out WORK/tok` writes a folder; its tokenizer files are
+     kept, its config.json and weights are replaced by the random Qwen3's
+     (`reference_qwen3.weights`, norms drawn around 1 so that q_norm/k_norm matter).
+  2. `steerkit export -m WORK/qwen3 --format gguf --out WORK/qwen3.gguf` (f16).
+  3. llama.cpp loads that file and computes the logits at every position of three token
+     sequences. They are compared with `reference_qwen3.forward` (float64, transformers'
+     Qwen3 semantics) on the same weights rounded to f16 as the file holds them. The
+     reference is what steerkit's own test (`qwen3_tiny_logits_match_reference`) matches to
+     1e-4, so agreement here means llama.cpp, steerkit's GGUF and steerkit's runtime agree.
+  4. Control: the reference without q_norm/k_norm must be far from llama.cpp's logits (so
+     the check can tell).
+
+How to run (from the repository root):
+  /work/venvs/llamacpp/bin/python scripts/check_qwen3_llamacpp.py \\
+      target/release/steerkit checkpoints/models/qwen2.5-coder-0.5b-instruct.gguf /tmp/sk-qwen3
+Exit code 0 when llama.cpp agrees within 0.05 (f16 weights; logits have a spread of about 3)
+and the control does not; 1 otherwise. About a minute.
+
+Dependencies: Python 3.9+, numpy, llama-cpp-python (tested with 0.3.36).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_qwen3 as ref  # noqa: E402
+
+TOL = 0.05
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    steerkit, source, work = sys.argv[1:]
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    tok = os.path.join(work, "tok")
+    subprocess.run([steerkit, "export", "-m", source, "--out", tok], check=True)
+    cfg = dict(ref.CONFIG)
+    with open(os.path.join(tok, "config.json")) as fh:
+        cfg["vocab_size"] = json.load(fh)["vocab_size"]
+    cfg.update(hidden_size=64, intermediate_size=96, head_dim=32, max_position_embeddings=512)
+    folder = os.path.join(work, "qwen3")
+    os.makedirs(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok, f), folder)
+    w = ref.weights(cfg)
+    with open(os.path.join(folder, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2)
+    ref.save_safetensors(w, os.path.join(folder, "model.safetensors"))
+    shutil.rmtree(tok)
+    gguf_path = os.path.join(work, "qwen3.gguf")
+    subprocess.run(
+        [steerkit, "export", "-m", folder, "--format", "gguf", "--out", gguf_path], check=True
+    )
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf_path, n_ctx=64, logits_all=True, verbose=False, seed=0)
+    # The file as llama.cpp holds it: matrices in f16, vectors in f32.
+    w16 = {k: (v.astype(np.float16).astype(np.float32) if v.ndim == 2 else v) for k, v in w.items()}
+    no_qk = {k: (np.ones_like(v) if ("q_norm" in k or "k_norm" in k) else v) for k, v in w16.items()}
+    seqs = [
+        [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [9707, 11, 1879, 0, 2585, 525, 498, 30],
+    ]
+    worst, control, spread = 0.0, float("inf"), 0.0
+    for ids in seqs:
+        llm.reset()
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        want = ref.forward(cfg, w16, ids)
+        without = ref.forward(cfg, no_qk, ids)
+        err = float(np.abs(got - want).max())
+        ctl = float(np.abs(got - without).max())
+        spread = max(spread, float(want.std()))
+        top = int((got.argmax(-1) == want.argmax(-1)).sum())
+        print(
+            f"{len(ids):2d} tokens: llama.cpp vs reference max abs {err:.2e}, "
+            f"top token equal at {top}/{len(ids)} positions; "
+            f"reference without q/k norms max abs {ctl:.2f}",
+            file=sys.stderr,
+        )
+        worst, control = max(worst, err), min(control, ctl)
+    ok = worst < TOL and control > 10 * TOL
+    print(
+        f"{'PASS' if ok else 'FAIL'}: qwen3 GGUF in llama.cpp, max abs logit error {worst:.2e} "
+        f"(tolerance {TOL}, logit spread {spread:.2f}); without q/k norms at least {control:.2f}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""A tiny random Qwen3 model and its logits from an independent float64 forward pass.
+
+Usage (from the repository root):
+    python3 scripts/reference_qwen3.py tests/fixtures/qwen3_tiny
+
+Writes, in the given folder (created if needed):
+  config.json        a Hugging Face Qwen3 config (model_type qwen3, head_dim 16 while
+                     hidden_size / heads is 8, as real Qwen3 models set head_dim apart)
+  model.safetensors  f32 weights drawn from a seeded numpy generator (written by hand:
+                     an 8-byte header length, the JSON header, the raw little-endian data)
+  logits.json        for three fixed token sequences: the ids and the logits at every
+                     position, from the forward pass below in float64
+and, beside the folder, qwen3_chat.json: Qwen3's chat template
+(tests/fixtures/qwen3_chat_template.jinja, as Qwen3's tokenizer_config.json carries it)
+rendered by jinja2 for three conversations with `enable_thinking=False`, with the
+environment transformers uses (trim_blocks, lstrip_blocks).
+
+Dependencies: numpy, and jinja2 for the chat renderings.
+
+The forward pass follows transformers' Qwen3ForCausalLM:
+    h = embed[ids]
+    for each block:
+        x = rmsnorm(h) * input_layernorm
+        q = x Wq^T viewed as [t, heads, head_dim];    q = rmsnorm(q) * q_norm   (per head)
+        k = x Wk^T viewed as [t, kv_heads, head_dim]; k = rmsnorm(k) * k_norm
+        v = x Wv^T                                     (no biases anywhere)
+        RoPE, rotate_half style: pairs (i, i + hd/2), inv_freq_i = theta^(-2i/hd)
+        GQA: query head j uses key/value head j // (heads / kv_heads)
+        causal softmax(q k^T / sqrt(hd)) v, heads concatenated, @ Wo^T;  h += that
+        x = rmsnorm(h) * post_attention_layernorm
+        h += (silu(x Wg^T) * (x Wu^T)) Wd^T
+    logits = (rmsnorm(h) * norm) @ embed^T   (tied, as the small Qwen3 models are)
+rmsnorm(x) = x / sqrt(mean(x^2) + eps) over the last axis, eps = rms_norm_eps.
+The norm weights are drawn around 1 (std 0.3), so a forward that skipped q_norm or k_norm,
+or normed over the wrong axis, gives other logits.
+"""
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "vocab_size": 96,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "hidden_act": "silu",
+    "rope_scaling": None,
+    "torch_dtype": "float32",
+}
+
+SEQUENCES = [
+    [5, 17, 42, 3, 88],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    [95, 0, 60, 60, 60, 12, 44, 71, 30, 29, 28, 90, 11],
+]
+
+
+def weights(cfg, seed=20261127):
+    rng = np.random.default_rng(seed)
+    d, f, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    nh, nkv, v = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
+    w = {}
+
+    def mat(name, shape):
+        w[name] = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    def norm(name, n):
+        w[name] = (1.0 + 0.3 * rng.standard_normal(n)).astype(np.float32)
+
+    mat("model.embed_tokens.weight", (v, d))
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}"
+        norm(f"{p}.input_layernorm.weight", d)
+        mat(f"{p}.self_attn.q_proj.weight", (nh * hd, d))
+        mat(f"{p}.self_attn.k_proj.weight", (nkv * hd, d))
+        mat(f"{p}.self_attn.v_proj.weight", (nkv * hd, d))
+        mat(f"{p}.self_attn.o_proj.weight", (d, nh * hd))
+        norm(f"{p}.self_attn.q_norm.weight", hd)
+        norm(f"{p}.self_attn.k_norm.weight", hd)
+        norm(f"{p}.post_attention_layernorm.weight", d)
+        mat(f"{p}.mlp.gate_proj.weight", (f, d))
+        mat(f"{p}.mlp.up_proj.weight", (f, d))
+        mat(f"{p}.mlp.down_proj.weight", (d, f))
+    norm("model.norm.weight", d)
+    return w
+
+
+def save_safetensors(tensors, path):
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        data = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(tensors[name].shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(head)))
+        fh.write(head)
+        for b in blobs:
+            fh.write(b)
+    os.replace(tmp, path)
+
+
+def rmsnorm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rope(x, theta):
+    # x: [heads, t, hd]
+    hd = x.shape[-1]
+    inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.arange(x.shape[1], dtype=np.float64)[:, None] * inv[None, :]
+    cos = np.concatenate([np.cos(ang)] * 2, axis=-1)
+    sin = np.concatenate([np.sin(ang)] * 2, axis=-1)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return x * cos + np.concatenate([-x2, x1], axis=-1) * sin
+
+
+def forward(cfg, w, ids):
+    W = {k: v.astype(np.float64) for k, v in w.items()}
+    eps, theta = cfg["rms_norm_eps"], cfg["rope_theta"]
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    t = len(ids)
+    h = W["model.embed_tokens.weight"][ids]
+    causal = np.triu(np.full((t, t), -np.inf), k=1)
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}"
+        x = rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps)
+        q = (x @ W[f"{p}.self_attn.q_proj.weight"].T).reshape(t, nh, hd)
+        k = (x @ W[f"{p}.self_attn.k_proj.weight"].T).reshape(t, nkv, hd)
+        v = (x @ W[f"{p}.self_attn.v_proj.weight"].T).reshape(t, nkv, hd)
+        q = rmsnorm(q, W[f"{p}.self_attn.q_norm.weight"], eps).transpose(1, 0, 2)
+        k = rmsnorm(k, W[f"{p}.self_attn.k_norm.weight"], eps).transpose(1, 0, 2)
+        v = v.transpose(1, 0, 2)
+        q, k = rope(q, theta), rope(k, theta)
+        heads = []
+        for j in range(nh):
+            g = j // (nh // nkv)
+            s = q[j] @ k[g].T / np.sqrt(hd) + causal
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+            s /= s.sum(axis=-1, keepdims=True)
+            heads.append(s @ v[g])
+        mix = np.stack(heads, axis=1).reshape(t, nh * hd)
+        h = h + mix @ W[f"{p}.self_attn.o_proj.weight"].T
+        x = rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps)
+        gate = x @ W[f"{p}.mlp.gate_proj.weight"].T
+        up = x @ W[f"{p}.mlp.up_proj.weight"].T
+        h = h + (gate / (1.0 + np.exp(-gate)) * up) @ W[f"{p}.mlp.down_proj.weight"].T
+    h = rmsnorm(h, W["model.norm.weight"], eps)
+    return h @ W["model.embed_tokens.weight"].T
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "hi"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "How do I kill a Python process?"},
+    ],
+    [
+        {"role": "user", "content": "How do I kill a Python process?"},
+        {"role": "assistant", "content": "<think>\nThe user means an OS process.\n</think>\n\nUse kill PID."},
+        {"role": "user", "content": "And on Windows?"},
+    ],
+]
+
+
+def chat_cases(template_path):
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    with open(template_path) as fh:
+        tmpl = env.from_string(fh.read())
+    return [
+        {
+            "messages": m,
+            "rendered": tmpl.render(messages=m, add_generation_prompt=True, enable_thinking=False),
+        }
+        for m in CONVERSATIONS
+    ]
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    w = weights(CONFIG)
+    with open(os.path.join(out, "config.json"), "w") as fh:
+        json.dump(CONFIG, fh, indent=2)
+        fh.write("\n")
+    save_safetensors(w, os.path.join(out, "model.safetensors"))
+    cases = [
+        {"ids": ids, "logits": [[round(float(x), 7) for x in row] for row in forward(CONFIG, w, ids)]}
+        for ids in SEQUENCES
+    ]
+    with open(os.path.join(out, "logits.json"), "w") as fh:
+        json.dump({"script": "scripts/reference_qwen3.py", "cases": cases}, fh)
+        fh.write("\n")
+    fixtures = os.path.dirname(os.path.abspath(out))
+    chats = chat_cases(os.path.join(fixtures, "qwen3_chat_template.jinja"))
+    with open(os.path.join(fixtures, "qwen3_chat.json"), "w") as fh:
+        json.dump({"script": "scripts/reference_qwen3.py", "cases": chats}, fh, indent=1)
+        fh.write("\n")
+    print(f"wrote {out}: {len(w)} tensors, {len(cases)} sequences; {len(chats)} chat renderings")
+
+
+if __name__ == "__main__":
+    main()
