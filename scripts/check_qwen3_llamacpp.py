@@ -16,6 +16,10 @@ Qwen3 models) with Qwen's real tokenizer, taken from a Qwen2.5 GGUF through a fo
      1e-4, so agreement here means llama.cpp, steerkit's GGUF and steerkit's runtime agree.
   4. Control: the reference without q_norm/k_norm must be far from llama.cpp's logits (so
      the check can tell).
+  5. YaRN: the folder's config.json gets `rope_scaling` yarn (factor 4, original context
+     4096, as `reference_qwen3.YARN`); steerkit exports it to GGUF (`rope.scaling.type yarn`,
+     factor, original context) and llama.cpp's logits are compared with the reference's YaRN
+     forward pass in the same way; the unscaled reference must be far from them.
 
 How to run (from the repository root):
   /work/venvs/llamacpp/bin/python scripts/check_qwen3_llamacpp.py \\
@@ -56,50 +60,64 @@ def main():
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(tok, f), folder)
     w = ref.weights(cfg)
-    with open(os.path.join(folder, "config.json"), "w") as fh:
-        json.dump(cfg, fh, indent=2)
     ref.save_safetensors(w, os.path.join(folder, "model.safetensors"))
     shutil.rmtree(tok)
-    gguf_path = os.path.join(work, "qwen3.gguf")
-    subprocess.run(
-        [steerkit, "export", "-m", folder, "--format", "gguf", "--out", gguf_path], check=True
-    )
-
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=gguf_path, n_ctx=64, logits_all=True, verbose=False, seed=0)
     # The file as llama.cpp holds it: matrices in f16, vectors in f32.
     w16 = {k: (v.astype(np.float16).astype(np.float32) if v.ndim == 2 else v) for k, v in w.items()}
     no_qk = {k: (np.ones_like(v) if ("q_norm" in k or "k_norm" in k) else v) for k, v in w16.items()}
+    yarn_cfg = dict(cfg, rope_scaling=ref.YARN, max_position_embeddings=16384)
+    ok = True
+    for label, c, control, control_cfg in [
+        ("qwen3", cfg, no_qk, cfg),
+        ("qwen3 + yarn", yarn_cfg, w16, cfg),
+    ]:
+        ok &= compare(steerkit, folder, work, label, c, w16, control, control_cfg)
+    return 0 if ok else 1
+
+
+def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg):
+    """Exports `folder` with config `cfg` to GGUF and compares llama.cpp's logits with the
+    reference on `w16`, and with the reference on `control` weights under `control_cfg`,
+    which must differ."""
+    from llama_cpp import Llama
+
+    with open(os.path.join(folder, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2)
+    gguf_path = os.path.join(work, label.replace(" + ", "-") + ".gguf")
+    subprocess.run(
+        [steerkit, "export", "-m", folder, "--format", "gguf", "--out", gguf_path], check=True
+    )
+    llm = Llama(model_path=gguf_path, n_ctx=64, logits_all=True, verbose=False, seed=0)
     seqs = [
         [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198],
         [1, 2, 3, 4, 5, 6, 7, 8, 9],
         [9707, 11, 1879, 0, 2585, 525, 498, 30],
     ]
-    worst, control, spread = 0.0, float("inf"), 0.0
+    worst, ctl_min, spread = 0.0, float("inf"), 0.0
     for ids in seqs:
         llm.reset()
         llm.eval(ids)
         got = np.array(llm.scores[: len(ids)], dtype=np.float64)
         want = ref.forward(cfg, w16, ids)
-        without = ref.forward(cfg, no_qk, ids)
+        without = ref.forward(control_cfg, control, ids)
         err = float(np.abs(got - want).max())
         ctl = float(np.abs(got - without).max())
         spread = max(spread, float(want.std()))
         top = int((got.argmax(-1) == want.argmax(-1)).sum())
         print(
-            f"{len(ids):2d} tokens: llama.cpp vs reference max abs {err:.2e}, "
+            f"{label}, {len(ids):2d} tokens: llama.cpp vs reference max abs {err:.2e}, "
             f"top token equal at {top}/{len(ids)} positions; "
-            f"reference without q/k norms max abs {ctl:.2f}",
+            f"control max abs {ctl:.2f}",
             file=sys.stderr,
         )
-        worst, control = max(worst, err), min(control, ctl)
-    ok = worst < TOL and control > 10 * TOL
+        worst, ctl_min = max(worst, err), min(ctl_min, ctl)
+    ok = worst < TOL and ctl_min > 10 * TOL
+    what = "without q/k norms" if label == "qwen3" else "without YaRN"
     print(
-        f"{'PASS' if ok else 'FAIL'}: qwen3 GGUF in llama.cpp, max abs logit error {worst:.2e} "
-        f"(tolerance {TOL}, logit spread {spread:.2f}); without q/k norms at least {control:.2f}"
+        f"{'PASS' if ok else 'FAIL'}: {label} GGUF in llama.cpp, max abs logit error {worst:.2e} "
+        f"(tolerance {TOL}, logit spread {spread:.2f}); {what} at least {ctl_min:.2f}"
     )
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":

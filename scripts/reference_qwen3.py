@@ -10,7 +10,9 @@ Writes, in the given folder (created if needed):
   model.safetensors  f32 weights drawn from a seeded numpy generator (written by hand:
                      an 8-byte header length, the JSON header, the raw little-endian data)
   logits.json        for three fixed token sequences: the ids and the logits at every
-                     position, from the forward pass below in float64
+                     position, from the forward pass below in float64; and under "yarn",
+                     the same with YaRN RoPE scaling (its rope_scaling object, to be put
+                     into config.json, and the logits)
 and, beside the folder, qwen3_chat.json: Qwen3's chat template
 (tests/fixtures/qwen3_chat_template.jinja, as Qwen3's tokenizer_config.json carries it)
 rendered by jinja2 for three conversations with `enable_thinking=False`, with the
@@ -32,6 +34,11 @@ The forward pass follows transformers' Qwen3ForCausalLM:
         h += (silu(x Wg^T) * (x Wu^T)) Wd^T
     logits = (rmsnorm(h) * norm) @ embed^T   (tied, as the small Qwen3 models are)
 rmsnorm(x) = x / sqrt(mean(x^2) + eps) over the last axis, eps = rms_norm_eps.
+YaRN (as transformers 5 defines it): with d = head_dim, b = rope_theta, L = the original context,
+  dim(r) = d ln(L / (2 pi r)) / (2 ln b); lo = max(floor(dim(beta_fast)), 0),
+  hi = min(ceil(dim(beta_slow)), d - 1); ramp_i = clip((i - lo) / (hi - lo), 0, 1);
+  inv_freq_i = b^(-2i/d) (ramp_i / factor + 1 - ramp_i); cos and sin times
+  attention_factor = 0.1 ln(factor) + 1.
 The norm weights are drawn around 1 (std 0.3), so a forward that skipped q_norm or k_norm,
 or normed over the wrong axis, gives other logits.
 """
@@ -125,20 +132,49 @@ def rmsnorm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x, theta):
+YARN = {
+    "rope_type": "yarn",
+    "factor": 4.0,
+    "original_max_position_embeddings": 4096,
+}
+
+
+def rope_params(cfg):
+    """Inverse frequencies and the cos/sin multiplier of cfg's RoPE (plain or YaRN)."""
+    hd, theta = cfg["head_dim"], cfg["rope_theta"]
+    inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    sc = cfg.get("rope_scaling")
+    if not sc:
+        return inv, 1.0
+    assert sc["rope_type"] == "yarn"
+    factor, ctx = sc["factor"], sc["original_max_position_embeddings"]
+    beta_fast, beta_slow = sc.get("beta_fast", 32.0), sc.get("beta_slow", 1.0)
+
+    def dim_of(turns):
+        return hd * np.log(ctx / (2 * np.pi * turns)) / (2 * np.log(theta))
+
+    lo = max(np.floor(dim_of(beta_fast)), 0.0)
+    hi = min(np.ceil(dim_of(beta_slow)), hd - 1.0)
+    if lo == hi:
+        hi += 0.001
+    ramp = np.clip((np.arange(hd // 2) - lo) / (hi - lo), 0.0, 1.0)
+    return inv * (ramp / factor + 1.0 - ramp), 0.1 * np.log(factor) + 1.0
+
+
+def rope(x, cfg):
     # x: [heads, t, hd]
     hd = x.shape[-1]
-    inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    inv, scale = rope_params(cfg)
     ang = np.arange(x.shape[1], dtype=np.float64)[:, None] * inv[None, :]
-    cos = np.concatenate([np.cos(ang)] * 2, axis=-1)
-    sin = np.concatenate([np.sin(ang)] * 2, axis=-1)
+    cos = np.concatenate([np.cos(ang)] * 2, axis=-1) * scale
+    sin = np.concatenate([np.sin(ang)] * 2, axis=-1) * scale
     x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
     return x * cos + np.concatenate([-x2, x1], axis=-1) * sin
 
 
 def forward(cfg, w, ids):
     W = {k: v.astype(np.float64) for k, v in w.items()}
-    eps, theta = cfg["rms_norm_eps"], cfg["rope_theta"]
+    eps = cfg["rms_norm_eps"]
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     t = len(ids)
     h = W["model.embed_tokens.weight"][ids]
@@ -152,7 +188,7 @@ def forward(cfg, w, ids):
         q = rmsnorm(q, W[f"{p}.self_attn.q_norm.weight"], eps).transpose(1, 0, 2)
         k = rmsnorm(k, W[f"{p}.self_attn.k_norm.weight"], eps).transpose(1, 0, 2)
         v = v.transpose(1, 0, 2)
-        q, k = rope(q, theta), rope(k, theta)
+        q, k = rope(q, cfg), rope(k, cfg)
         heads = []
         for j in range(nh):
             g = j // (nh // nkv)
@@ -213,8 +249,24 @@ def main():
         {"ids": ids, "logits": [[round(float(x), 7) for x in row] for row in forward(CONFIG, w, ids)]}
         for ids in SEQUENCES
     ]
+    yarn_cfg = dict(CONFIG, rope_scaling=YARN, max_position_embeddings=16384)
+    yarn = [
+        {"ids": ids, "logits": [[round(float(x), 7) for x in row] for row in forward(yarn_cfg, w, ids)]}
+        for ids in SEQUENCES
+    ]
     with open(os.path.join(out, "logits.json"), "w") as fh:
-        json.dump({"script": "scripts/reference_qwen3.py", "cases": cases}, fh)
+        json.dump(
+            {
+                "script": "scripts/reference_qwen3.py",
+                "cases": cases,
+                "yarn": {
+                    "rope_scaling": YARN,
+                    "max_position_embeddings": 16384,
+                    "cases": yarn,
+                },
+            },
+            fh,
+        )
         fh.write("\n")
     fixtures = os.path.dirname(os.path.abspath(out))
     chats = chat_cases(os.path.join(fixtures, "qwen3_chat_template.jinja"))

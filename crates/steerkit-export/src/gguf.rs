@@ -7,7 +7,8 @@
 //!   (byte-level BPE, with the pre-tokenizer name whose ids equal the tokenizer's, or
 //!   SentencePiece-style BPE with byte fallback; see [`steerkit_model::Tok::gguf_vocab`]).
 //! - RoPE scaling is written as llama.cpp reads it: linear scaling as `rope.scaling.type` and
-//!   `rope.scaling.factor`, Llama 3's as `rope_freqs.weight` divisors.
+//!   `rope.scaling.factor`, YaRN as its type, factor and original context, Llama 3's as
+//!   `rope_freqs.weight` divisors.
 //!
 //! Matrices are stored as f16 or q8_0, vectors (norms, biases) as f32, as llama.cpp expects;
 //! llama q/k rows are permuted into llama.cpp's order.
@@ -155,7 +156,81 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             None
         }
     };
+    let arch = match meta.iter().find(|(k, _)| k == "general.architecture") {
+        Some((_, Value::String(a))) => a.clone(),
+        _ => {
+            return Err(ModelError::Config(
+                "GGUF metadata without general.architecture".into(),
+            ))
+        }
+    };
+    // Metadata first, so that a model GGUF cannot describe fails before any quantization.
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut own = vec![
+        ("general.file_type".to_string(), Value::U32(ty.file_type())),
+        ("general.quantization_version".into(), Value::U32(2)),
+    ];
+    // RoPE scaling, as llama.cpp reads it: linear scaling as a frequency scale in the metadata,
+    // YaRN as its type, factor, original context and (when not the defaults) betas, any other
+    // as one divisor per frequency (`rope_freqs.weight`). These keys are the writer's, so a
+    // source file's are not carried over beside the other form.
+    let scaling_keys = [
+        "rope.scaling.type",
+        "rope.scaling.factor",
+        "rope.scale_linear",
+        "rope.scaling.original_context_length",
+        "rope.scaling.yarn_beta_fast",
+        "rope.scaling.yarn_beta_slow",
+    ]
+    .map(|k| format!("{arch}.{k}"));
+    match &model.cfg.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => own.extend([
+            (scaling_keys[0].clone(), Value::String("linear".into())),
+            (scaling_keys[1].clone(), Value::F32(*factor as f32)),
+        ]),
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: ctx,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate,
+        }) => {
+            // llama.cpp computes the attention factor from the factor and rounds the ramp's
+            // ends outwards; a model that does otherwise has no GGUF form it would read.
+            let standard = steerkit_model::config::yarn_attention_factor(*factor, None, None);
+            if (attention_factor - standard).abs() > 1e-6 * standard || !truncate {
+                return Err(ModelError::Config(format!(
+                    "this model's YaRN scaling (attention factor {attention_factor}, truncate {truncate}) differs from llama.cpp's (attention factor {standard:.6}, ends rounded): it has no GGUF form; export it as safetensors"
+                )));
+            }
+            if ctx.fract() != 0.0 || *ctx < 1.0 || *ctx > u32::MAX as f64 {
+                return Err(ModelError::Config(format!(
+                    "YaRN's original context {ctx} is not a whole number of positions GGUF can hold"
+                )));
+            }
+            own.extend([
+                (scaling_keys[0].clone(), Value::String("yarn".into())),
+                (scaling_keys[1].clone(), Value::F32(*factor as f32)),
+                (scaling_keys[3].clone(), Value::U32(*ctx as u32)),
+            ]);
+            if *beta_fast != 32.0 || *beta_slow != 1.0 {
+                own.extend([
+                    (scaling_keys[4].clone(), Value::F32(*beta_fast as f32)),
+                    (scaling_keys[5].clone(), Value::F32(*beta_slow as f32)),
+                ]);
+            }
+        }
+        Some(_) => {
+            let d = model.cfg.rope_divisors().expect("scaling has divisors");
+            let t = candle_core::Tensor::new(d.as_slice(), &Device::Cpu)?;
+            tensors.push((
+                "rope_freqs.weight".into(),
+                QTensor::quantize(&t, GgmlDType::F32)?,
+            ));
+        }
+    }
     for (hf, t) in model.named_tensors() {
         let name = gguf_name(&hf)
             .ok_or_else(|| ModelError::Weights(format!("no GGUF name for `{hf}`")))?;
@@ -169,42 +244,6 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             GgmlDType::F32
         };
         tensors.push((name, QTensor::quantize(&t, ggml)?));
-    }
-    let arch = match meta.iter().find(|(k, _)| k == "general.architecture") {
-        Some((_, Value::String(a))) => a.clone(),
-        _ => {
-            return Err(ModelError::Config(
-                "GGUF metadata without general.architecture".into(),
-            ))
-        }
-    };
-    let mut own = vec![
-        ("general.file_type".to_string(), Value::U32(ty.file_type())),
-        ("general.quantization_version".into(), Value::U32(2)),
-    ];
-    // RoPE scaling, as llama.cpp reads it: linear scaling as a frequency scale in the metadata,
-    // any other as one divisor per frequency (`rope_freqs.weight`). These keys are the
-    // writer's, so a source file's are not carried over beside the other form.
-    let scaling_keys = [
-        "rope.scaling.type",
-        "rope.scaling.factor",
-        "rope.scale_linear",
-    ]
-    .map(|k| format!("{arch}.{k}"));
-    match &model.cfg.rope_scaling {
-        None => {}
-        Some(RopeScaling::Linear { factor }) => own.extend([
-            (scaling_keys[0].clone(), Value::String("linear".into())),
-            (scaling_keys[1].clone(), Value::F32(*factor as f32)),
-        ]),
-        Some(_) => {
-            let d = model.cfg.rope_divisors().expect("scaling has divisors");
-            let t = candle_core::Tensor::new(d.as_slice(), &Device::Cpu)?;
-            tensors.push((
-                "rope_freqs.weight".into(),
-                QTensor::quantize(&t, GgmlDType::F32)?,
-            ));
-        }
     }
     let mut kv: Vec<(&str, &Value)> = meta
         .iter()

@@ -293,18 +293,84 @@ fn gguf_rope_scaling() {
 
     // Kinds steerkit does not compute are refused when loaded (the writer owns the scaling
     // keys, so the file is edited after writing).
-    let yarn = d.path().join("yarn.gguf");
+    let dynamic = d.path().join("dynamic.gguf");
     with_key(
         &linear,
-        &yarn,
+        &dynamic,
         "llama.rope.scaling.type",
-        Value::String("yarn".into()),
+        Value::String("dynamic".into()),
     );
-    let err = load(yarn.to_str().unwrap(), &LoadOptions::default())
+    let err = load(dynamic.to_str().unwrap(), &LoadOptions::default())
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("RoPE scaling `yarn`"), "{err}");
+    assert!(err.contains("RoPE scaling `dynamic`"), "{err}");
+
+    // YaRN: type, factor and original context in the metadata (betas only when not 32 and 1),
+    // no divisors; back as the same rule with llama.cpp's attention factor, and the same
+    // logits as the model written.
+    let mut m_yarn = m.clone();
+    let rule = RopeScaling::Yarn {
+        factor: 4.0,
+        original_max_position_embeddings: 128.0,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        attention_factor: steerkit_model::config::yarn_attention_factor(4.0, None, None),
+        truncate: true,
+    };
+    m_yarn.cfg.rope_scaling = Some(rule.clone());
+    let yarn = d.path().join("yarn.gguf");
+    write(&m_yarn, &meta_lin, GgufType::F16, &yarn).unwrap();
+    let kv = keys(&yarn);
+    assert_eq!(kv["llama.rope.scaling.type"], "String(\"yarn\")");
+    assert_eq!(kv["llama.rope.scaling.factor"], "F32(4.0)");
+    assert_eq!(kv["llama.rope.scaling.original_context_length"], "U32(128)");
+    assert!(!kv.contains_key("llama.rope.scaling.yarn_beta_fast"));
+    let back = load(yarn.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.rope_scaling, Some(rule));
+    let ids = candle_core::Tensor::new(&[[5u32, 300, 7000, 12, 44, 9]], &candle_core::Device::Cpu)
+        .unwrap();
+    let last = |m: &steerkit_model::Model| {
+        m.last_logits(&ids, &[0], &mut steerkit_model::NoHook)
+            .unwrap()
+    };
+    // The same f16 weights from the linear file, given the rule in memory.
+    let mut same = load(linear.to_str().unwrap(), &LoadOptions::default())
+        .unwrap()
+        .model;
+    same.cfg.rope_scaling = back.model.cfg.rope_scaling.clone();
+    let gap = steerkit_model::random::max_abs_diff(&last(&back.model), &last(&same)).unwrap();
+    assert_eq!(gap, 0.0, "yarn GGUF against the rule in memory");
+    same.cfg.rope_scaling = None;
+    let moved = steerkit_model::random::max_abs_diff(&last(&back.model), &last(&same)).unwrap();
+    assert!(moved > 1e-2, "YaRN changes the logits: {moved}");
+    // A file with an attention factor of its own is refused; a model whose YaRN llama.cpp
+    // would compute otherwise is not written.
+    let own = d.path().join("own.gguf");
+    with_key(
+        &yarn,
+        &own,
+        "llama.rope.scaling.yarn_attn_factor",
+        Value::F32(1.0),
+    );
+    let err = load(own.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("rope.scaling.yarn_attn_factor"), "{err}");
+    let mut odd = m_yarn.clone();
+    if let Some(RopeScaling::Yarn {
+        attention_factor, ..
+    }) = odd.cfg.rope_scaling.as_mut()
+    {
+        *attention_factor = 1.0;
+    }
+    let no = d.path().join("no.gguf");
+    let err = write(&odd, &meta_lin, GgufType::F16, &no)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no GGUF form"), "{err}");
+    assert!(!no.exists());
 }
 
 /// A Qwen3 model (here a tiny random one with Qwen's real tokenizer) goes through a folder

@@ -90,6 +90,21 @@ pub enum RopeScaling {
     /// divided by `factor`, as if positions were divided by it. llama.cpp writes it as
     /// `rope.scaling.type = linear` with `rope.scaling.factor`.
     Linear { factor: f64 },
+    /// YaRN (`rope_type: yarn`; Qwen2.5 and Qwen3 beyond 32k tokens). Frequency `i` is kept
+    /// when it turns more than `beta_fast` times over `original_max_position_embeddings`
+    /// positions, divided by `factor` when it turns fewer than `beta_slow` times, and
+    /// interpolated linearly in `i` between those two dimensions (rounded outwards unless
+    /// `truncate` is false); cos and sin are multiplied by `attention_factor`
+    /// (`0.1 ln(factor) + 1` unless config.json says otherwise), which scales attention
+    /// logits by its square.
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        truncate: bool,
+    },
     /// The divisors themselves, one per frequency, as llama.cpp stores them in a GGUF file
     /// (`rope_freqs.weight`).
     Divisors(Vec<f32>),
@@ -108,6 +123,16 @@ impl Config {
         }
     }
 
+    /// The factor RoPE's cos and sin are multiplied by: YaRN's attention factor, else 1.
+    pub fn rope_attention_factor(&self) -> f64 {
+        match self.rope_scaling {
+            Some(RopeScaling::Yarn {
+                attention_factor, ..
+            }) => attention_factor,
+            _ => 1.0,
+        }
+    }
+
     /// RoPE frequency `i` before scaling, `θ^(-2i/d)`, in f64 (for the scaling rules).
     fn base_frequency(&self, i: usize) -> f64 {
         self.rope_theta.powf(-2.0 * i as f64 / self.head_dim as f64)
@@ -119,6 +144,37 @@ impl Config {
         match self.rope_scaling.as_ref()? {
             RopeScaling::Divisors(d) => Some(d.clone()),
             RopeScaling::Linear { factor } => Some(vec![*factor as f32; half]),
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: ctx,
+                beta_fast,
+                beta_slow,
+                truncate,
+                ..
+            } => {
+                // The dimension index at which a frequency turns `turns` times over `ctx`.
+                let d = self.head_dim as f64;
+                let dim_of = |turns: f64| {
+                    d * (ctx / (turns * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * self.rope_theta.ln())
+                };
+                let (mut lo, mut hi) = (dim_of(*beta_fast), dim_of(*beta_slow));
+                if *truncate {
+                    (lo, hi) = (lo.floor(), hi.ceil());
+                }
+                let (lo, mut hi) = (lo.max(0.0), hi.min(d - 1.0));
+                if lo == hi {
+                    hi += 0.001;
+                }
+                Some(
+                    (0..half)
+                        .map(|i| {
+                            let ramp = ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0);
+                            (1.0 / (ramp / factor + 1.0 - ramp)) as f32
+                        })
+                        .collect(),
+                )
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor: lo,
@@ -182,6 +238,27 @@ impl Config {
             }) if !(*factor > 0.0 && *lo > 0.0 && hi > lo && *ctx > 0.0) => {
                 return bad(format!(
                     "llama3 RoPE scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor (factor {factor}, low {lo}, high {hi}, original context {ctx})"
+                ));
+            }
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: ctx,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                ..
+            }) if !(*factor > 0.0
+                && *ctx > 0.0
+                && *beta_slow > 0.0
+                && beta_fast > beta_slow
+                && *attention_factor > 0.0
+                && attention_factor.is_finite()
+                && factor.is_finite()
+                && ctx.is_finite()
+                && beta_fast.is_finite()) =>
+            {
+                return bad(format!(
+                    "yarn RoPE scaling needs positive finite values with beta_fast > beta_slow (factor {factor}, original context {ctx}, beta_fast {beta_fast}, beta_slow {beta_slow}, attention factor {attention_factor})"
                 ));
             }
             Some(RopeScaling::Linear { factor }) if factor.is_nan() || *factor <= 0.0 => {
@@ -267,18 +344,34 @@ impl RopeScaling {
             RopeScaling::Linear { factor } => {
                 serde_json::json!({"rope_type": "linear", "factor": factor})
             }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: ctx,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate,
+            } => {
+                let mut j = serde_json::json!({
+                    "rope_type": "yarn",
+                    "factor": factor,
+                    "original_max_position_embeddings": context_json(*ctx),
+                    "beta_fast": beta_fast,
+                    "beta_slow": beta_slow,
+                    "attention_factor": attention_factor,
+                });
+                if !truncate {
+                    j["truncate"] = serde_json::json!(false);
+                }
+                j
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
                 original_max_position_embeddings: ctx,
             } => {
-                // transformers expects an integer context length.
-                let ctx = if ctx.fract() == 0.0 && *ctx > 0.0 && *ctx < 1e15 {
-                    serde_json::json!(*ctx as u64)
-                } else {
-                    serde_json::json!(ctx)
-                };
+                let ctx = context_json(*ctx);
                 serde_json::json!({
                     "rope_type": "llama3",
                     "factor": factor,
@@ -293,6 +386,32 @@ impl RopeScaling {
                 None => serde_json::json!({"rope_type": "steerkit_divisors", "divisors": d}),
             },
         }
+    }
+}
+
+/// A context length for config.json: an integer when it is one, as transformers expects.
+fn context_json(ctx: f64) -> serde_json::Value {
+    if ctx.fract() == 0.0 && ctx > 0.0 && ctx < 1e15 {
+        serde_json::json!(ctx as u64)
+    } else {
+        serde_json::json!(ctx)
+    }
+}
+
+/// YaRN's attention factor when config.json gives none: `0.1 ln(factor) + 1` (1 for factors
+/// up to 1), or with `mscale` and `mscale_all_dim` the ratio of that formula with each as the
+/// multiplier of the logarithm (DeepSeek's form).
+pub fn yarn_attention_factor(factor: f64, mscale: Option<f64>, mscale_all_dim: Option<f64>) -> f64 {
+    let get = |m: f64| {
+        if factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * factor.ln() + 1.0
+        }
+    };
+    match (mscale, mscale_all_dim) {
+        (Some(a), Some(b)) if a != 0.0 && b != 0.0 => get(a) / get(b),
+        _ => get(1.0),
     }
 }
 

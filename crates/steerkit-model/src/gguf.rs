@@ -123,38 +123,7 @@ impl Gguf {
             self.meta_u(&key(k))?
                 .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
         };
-        // RoPE scaling as llama.cpp reads it: a frequency scale `1 / rope.scaling.factor`
-        // (older files: `rope.scale_linear`) unless the type is another kind, and per-frequency
-        // divisors in `rope_freqs.weight`; both apply when both are there. YaRN and the other
-        // kinds are not implemented: refuse the file rather than compute other logits than
-        // llama.cpp.
-        let scaling = self.meta_str(&key("rope.scaling.type")).unwrap_or("linear");
-        if !matches!(scaling, "none" | "linear") {
-            return Err(ModelError::Config(format!(
-                "the GGUF asks for RoPE scaling `{scaling}`; steerkit implements plain RoPE, linear scaling and per-frequency divisors (rope_freqs) only (its logits would be wrong)"
-            )));
-        }
-        let factor = match self.meta_f(&key("rope.scaling.factor"))? {
-            Some(f) => Some(f),
-            None => self.meta_f(&key("rope.scale_linear"))?,
-        }
-        .filter(|f| *f != 0.0 && *f != 1.0);
-        let divisors = match self.content.tensor_infos.get("rope_freqs.weight") {
-            None => None,
-            Some(_) => Some(
-                self.tensor("rope_freqs.weight")?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            ),
-        };
-        let rope_scaling = match (factor, divisors) {
-            (None, None) => None,
-            (Some(factor), None) => Some(RopeScaling::Linear { factor }),
-            (None, Some(d)) => Some(RopeScaling::Divisors(d)),
-            (Some(f), Some(d)) => Some(RopeScaling::Divisors(
-                d.iter().map(|x| x * f as f32).collect(),
-            )),
-        };
+        let rope_scaling = self.rope_scaling(name)?;
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
         let kv_heads = self
@@ -191,6 +160,92 @@ impl Gguf {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// RoPE scaling as llama.cpp reads it. `yarn`: `rope.scaling.factor`, the original context
+    /// (`rope.scaling.original_context_length`, else `context_length`) and the betas
+    /// (`rope.scaling.yarn_beta_fast`/`_slow`, else 32 and 1), with llama.cpp's attention
+    /// factor `0.1 ln(factor) + 1`; a file that sets its own attention factor, extrapolation
+    /// factor or log multiplier is refused, as is YaRN together with `rope_freqs`. Otherwise a
+    /// frequency scale `1 / rope.scaling.factor` (older files: `rope.scale_linear`) unless
+    /// the type is another kind, and per-frequency divisors in `rope_freqs.weight`; both apply
+    /// when both are there. Other kinds are refused rather than computing other logits than
+    /// llama.cpp.
+    fn rope_scaling(&self, arch: &str) -> Result<Option<RopeScaling>> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let scaling = self.meta_str(&key("rope.scaling.type")).unwrap_or("linear");
+        let has_divisors = self.content.tensor_infos.contains_key("rope_freqs.weight");
+        if scaling == "yarn" {
+            let unknown: Vec<String> = [
+                "rope.scaling.attn_factor",
+                "rope.scaling.yarn_attn_factor",
+                "rope.scaling.yarn_ext_factor",
+                "rope.scaling.yarn_log_multiplier",
+            ]
+            .iter()
+            .map(|k| key(k))
+            .filter(|k| self.content.metadata.contains_key(k))
+            .collect();
+            if !unknown.is_empty() || has_divisors {
+                let what = if has_divisors {
+                    "rope_freqs.weight".to_string()
+                } else {
+                    unknown.join(", ")
+                };
+                return Err(ModelError::Config(format!(
+                    "the GGUF's YaRN RoPE scaling comes with {what}, which steerkit does not implement (its logits would be wrong)"
+                )));
+            }
+            let factor = self.meta_f(&key("rope.scaling.factor"))?.ok_or_else(|| {
+                ModelError::Config(format!(
+                    "GGUF YaRN scaling without `{}`",
+                    key("rope.scaling.factor")
+                ))
+            })?;
+            let ctx = match self.meta_u(&key("rope.scaling.original_context_length"))? {
+                Some(c) => c,
+                None => self.meta_u(&key("context_length"))?.unwrap_or(4096),
+            };
+            return Ok(Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: ctx as f64,
+                beta_fast: self
+                    .meta_f(&key("rope.scaling.yarn_beta_fast"))?
+                    .unwrap_or(32.0),
+                beta_slow: self
+                    .meta_f(&key("rope.scaling.yarn_beta_slow"))?
+                    .unwrap_or(1.0),
+                attention_factor: crate::config::yarn_attention_factor(factor, None, None),
+                truncate: true,
+            }));
+        }
+        if !matches!(scaling, "none" | "linear") {
+            return Err(ModelError::Config(format!(
+                "the GGUF asks for RoPE scaling `{scaling}`; steerkit implements plain RoPE, linear and YaRN scaling and per-frequency divisors (rope_freqs) only (its logits would be wrong)"
+            )));
+        }
+        let factor = match self.meta_f(&key("rope.scaling.factor"))? {
+            Some(f) => Some(f),
+            None => self.meta_f(&key("rope.scale_linear"))?,
+        }
+        .filter(|f| *f != 0.0 && *f != 1.0);
+        let divisors = if has_divisors {
+            Some(
+                self.tensor("rope_freqs.weight")?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            )
+        } else {
+            None
+        };
+        Ok(match (factor, divisors) {
+            (None, None) => None,
+            (Some(factor), None) => Some(RopeScaling::Linear { factor }),
+            (None, Some(d)) => Some(RopeScaling::Divisors(d)),
+            (Some(f), Some(d)) => Some(RopeScaling::Divisors(
+                d.iter().map(|x| x * f as f32).collect(),
+            )),
+        })
     }
 
     /// One tensor, dequantized to f32 on the CPU.

@@ -70,7 +70,9 @@ impl HfFolder {
                 "config.json asks for activation `{act}`; steerkit implements silu only"
             )));
         }
-        let rope_scaling = rope_scaling(&c["rope_scaling"])?;
+        let max_position_embeddings =
+            c["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+        let rope_scaling = rope_scaling(&c["rope_scaling"], max_position_embeddings)?;
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
         let cfg = Config {
@@ -88,7 +90,7 @@ impl HfFolder {
                 .map_or(hidden / heads.max(1), |x| x as usize),
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta: c["rope_theta"].as_f64().unwrap_or(10_000.0),
-            max_position_embeddings: c["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+            max_position_embeddings,
             tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(false),
             attention_bias: match arch {
                 Arch::Qwen2 => true,
@@ -244,10 +246,15 @@ impl HfFolder {
     }
 }
 
-/// config.json's `rope_scaling`: none, `default`, `linear`, `llama3` (Llama 3.1 and 3.2), or
-/// the divisors steerkit writes for a GGUF source's `rope_freqs` that follow no named rule.
-/// Other kinds (dynamic, YaRN, ...) are refused rather than run with plain RoPE.
-fn rope_scaling(v: &Value) -> Result<Option<RopeScaling>> {
+/// config.json's `rope_scaling`: none, `default`, `linear`, `llama3` (Llama 3.1 and 3.2),
+/// `yarn`, or the divisors steerkit writes for a GGUF source's `rope_freqs` that follow no
+/// named rule. Other kinds (dynamic, longrope, ...) are refused rather than run with plain
+/// RoPE. YaRN reads its keys as transformers 5 does: `factor` as given (transformers 4.4x-4.5x
+/// replaced it by `max_position_embeddings / original_max_position_embeddings` when the latter
+/// is there), the original context from the object or else `max_position_embeddings`
+/// (`max_pos`), `beta_fast`/`beta_slow` 32 and 1 unless set, and the attention factor from
+/// `attention_factor`, or `mscale`/`mscale_all_dim`, or `factor`.
+fn rope_scaling(v: &Value, max_pos: usize) -> Result<Option<RopeScaling>> {
     if v.is_null() {
         return Ok(None);
     }
@@ -273,6 +280,27 @@ fn rope_scaling(v: &Value) -> Result<Option<RopeScaling>> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         })),
+        "yarn" => {
+            let factor = num("factor")?;
+            // As in transformers: a missing or zero beta takes the default.
+            let opt = |k: &str| v[k].as_f64().filter(|x| *x != 0.0);
+            Ok(Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: v["original_max_position_embeddings"]
+                    .as_f64()
+                    .unwrap_or(max_pos as f64),
+                beta_fast: opt("beta_fast").unwrap_or(32.0),
+                beta_slow: opt("beta_slow").unwrap_or(1.0),
+                attention_factor: v["attention_factor"].as_f64().unwrap_or_else(|| {
+                    crate::config::yarn_attention_factor(
+                        factor,
+                        v["mscale"].as_f64(),
+                        v["mscale_all_dim"].as_f64(),
+                    )
+                }),
+                truncate: v["truncate"].as_bool().unwrap_or(true),
+            }))
+        }
         "steerkit_divisors" => {
             let d: Option<Vec<f32>> = v["divisors"]
                 .as_array()
@@ -283,7 +311,7 @@ fn rope_scaling(v: &Value) -> Result<Option<RopeScaling>> {
             })
         }
         other => Err(ModelError::Config(format!(
-            "config.json asks for RoPE scaling `{other}`; steerkit implements plain RoPE, linear and llama3 scaling only (its logits would be wrong)"
+            "config.json asks for RoPE scaling `{other}`; steerkit implements plain RoPE, linear, llama3 and yarn scaling only (its logits would be wrong)"
         ))),
     }
 }

@@ -532,6 +532,13 @@ impl Model {
                 }
             }
         }
+        // YaRN scales both (and so every attention logit by the square).
+        let scale = self.cfg.rope_attention_factor() as f32;
+        if scale != 1.0 {
+            cos.iter_mut()
+                .chain(sin.iter_mut())
+                .for_each(|x| *x *= scale);
+        }
         let shape = (b, t, half);
         let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?;
         let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?;

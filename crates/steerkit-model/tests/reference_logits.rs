@@ -120,22 +120,64 @@ fn smollm2_bf16_matrices_differ_only_by_rounding() {
 /// left-padded batch and with the Differentiable forward.
 #[test]
 fn qwen3_tiny_logits_match_reference() {
-    use candle_core::Tensor;
-    use steerkit_model::hf::HfFolder;
-    use steerkit_model::Mode;
     let dir = common::root().join("tests/fixtures/qwen3_tiny");
-    let m = HfFolder::open(&dir)
-        .unwrap()
-        .model(&Device::Cpu, DType::F32)
-        .unwrap();
+    let fx = qwen3_fixture();
+    let m = qwen3_model(&dir);
     assert_eq!(m.cfg.arch, steerkit_model::Arch::Qwen3);
     assert_eq!(
         (m.cfg.head_dim, m.cfg.hidden_size / m.cfg.num_heads),
         (16, 8)
     );
-    let fx: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
-    let cases = fx["cases"].as_array().unwrap();
+    check_all_positions(&m, &fx["cases"], "qwen3 tiny");
+}
+
+/// The same folder with YaRN RoPE scaling in its config.json (factor 4 over an original
+/// context of 4096: three frequencies kept, two interpolated, three divided by 4; cos and sin
+/// times 1.139) equals the script's YaRN forward pass, which moves the logits by up to 0.86.
+#[test]
+fn qwen3_tiny_yarn_logits_match_reference() {
+    let fx = qwen3_fixture();
+    let yarn = &fx["yarn"];
+    let src = common::root().join("tests/fixtures/qwen3_tiny");
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        d.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["rope_scaling"] = yarn["rope_scaling"].clone();
+    cfg["max_position_embeddings"] = yarn["max_position_embeddings"].clone();
+    std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+    let m = qwen3_model(d.path());
+    let f = m.cfg.rope_attention_factor();
+    assert!((f - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12, "{f}");
+    check_all_positions(&m, &yarn["cases"], "qwen3 tiny yarn");
+    // Not the unscaled logits: the test can tell.
+    let plain = &fx["cases"][2]["logits"][5];
+    let scaled = &yarn["cases"][2]["logits"][5];
+    assert_ne!(plain, scaled);
+}
+
+fn qwen3_fixture() -> serde_json::Value {
+    let p = common::root().join("tests/fixtures/qwen3_tiny/logits.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn qwen3_model(dir: &std::path::Path) -> Model {
+    steerkit_model::hf::HfFolder::open(dir)
+        .unwrap()
+        .model(&Device::Cpu, DType::F32)
+        .unwrap()
+}
+
+/// Logits at every position of each case (`ids`, `logits`) within 1e-4, in inference and
+/// differentiable mode, and at the last position in one left-padded batch.
+fn check_all_positions(m: &Model, cases: &serde_json::Value, name: &str) {
+    use candle_core::Tensor;
+    use steerkit_model::Mode;
+    let cases = cases.as_array().unwrap();
     let want = |c: &serde_json::Value| -> Vec<Vec<f32>> {
         serde_json::from_value(c["logits"].clone()).unwrap()
     };
@@ -160,17 +202,18 @@ fn qwen3_tiny_logits_match_reference() {
                 .map(|(g, w)| diff(g, &w))
                 .fold(0f32, f32::max);
             eprintln!(
-                "qwen3 tiny {mode:?}: {} tokens, max abs error {worst:.2e}",
+                "{name} {mode:?}: {} tokens, max abs error {worst:.2e}",
                 row.len()
             );
-            assert!(worst < 1e-4, "{mode:?}: max abs error {worst}");
+            assert!(worst < 1e-4, "{name} {mode:?}: max abs error {worst}");
         }
     }
     let rows: Vec<Vec<u32>> = cases.iter().map(ids_of).collect();
-    let batched = last_logits(&m, 0, &rows);
-    for (c, g) in cases.iter().zip(&batched) {
-        let w = want(c);
-        let worst = diff(g, w.last().unwrap());
-        assert!(worst < 1e-4, "left-padded batch: max abs error {worst}");
+    for (c, g) in cases.iter().zip(&last_logits(m, 0, &rows)) {
+        let worst = diff(g, want(c).last().unwrap());
+        assert!(
+            worst < 1e-4,
+            "{name}, left-padded batch: max abs error {worst}"
+        );
     }
 }

@@ -389,8 +389,18 @@ fn hugging_face_folder_round_trip() {
         ),
         (
             "rope_scaling",
-            serde_json::json!({"type": "yarn", "factor": 2.0}),
-            "RoPE scaling `yarn`",
+            serde_json::json!({"type": "dynamic", "factor": 2.0}),
+            "RoPE scaling `dynamic`",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "original_max_position_embeddings": 64}),
+            "yarn rope_scaling has no number `factor`",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0, "beta_fast": 1.0, "beta_slow": 2.0}),
+            "beta_fast > beta_slow",
         ),
         ("hidden_act", serde_json::json!("gelu"), "activation `gelu`"),
     ] {
@@ -713,4 +723,72 @@ fn bf16_matrices_on_the_cpu() {
             assert!(d < 1e-3, "{arch:?} {n}: relative gradient difference {d}");
         }
     }
+}
+
+/// YaRN from config.json: the defaults as transformers 5 reads them (betas 32 and 1, the
+/// original context from `max_position_embeddings`, attention factor `0.1 ln(factor) + 1`,
+/// or DeepSeek's `mscale` ratio), divisors between 1 and the factor ramped over the
+/// dimensions the betas give, logits changed, and a folder round trip that keeps the rule
+/// and the logits.
+#[test]
+fn yarn_rope_scaling_from_config_json() {
+    use steerkit_model::RopeScaling;
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny(Arch::Qwen3, DType::F32);
+    let out = dir.path().join("q3");
+    steerkit_model::hf::save_folder(&m, None, None, &out).unwrap();
+    let cfg_path = out.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+    std::fs::write(&cfg_path, c.to_string()).unwrap();
+    let folder = steerkit_model::hf::HfFolder::open(&out).unwrap();
+    let cfg = folder.config().unwrap();
+    let want = RopeScaling::Yarn {
+        factor: 4.0,
+        original_max_position_embeddings: m.cfg.max_position_embeddings as f64,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        attention_factor: 0.1 * 4f64.ln() + 1.0,
+        truncate: true,
+    };
+    assert_eq!(cfg.rope_scaling, Some(want.clone()));
+    // head_dim 16, theta 1e4, context 256: the betas fall at dimensions 0.21 and 3.22,
+    // rounded outwards to 0 and 4, so frequency 0 is kept, 1..=3 are ramped and 4..=7 are
+    // divided by the factor.
+    let d = cfg.rope_divisors().unwrap();
+    for (i, di) in d.iter().enumerate() {
+        let ramp = (i as f64 / 4.0).min(1.0);
+        let want = 1.0 / (ramp / 4.0 + 1.0 - ramp);
+        assert!(
+            (*di as f64 - want).abs() < 1e-6,
+            "divisor {i}: {di} vs {want}"
+        );
+    }
+    assert_eq!((d[0], d[7]), (1.0, 4.0));
+    let scaled = folder.model(&Device::Cpu, DType::F32).unwrap();
+    let ids = Tensor::new(&[[3u32, 9, 27, 61, 4, 12]], &Device::Cpu).unwrap();
+    let logits = |m: &steerkit_model::Model| {
+        let h = m
+            .forward(&ids, &[0], None, &mut NoHook, Mode::Inference)
+            .unwrap();
+        m.logits(&h).unwrap()
+    };
+    assert!(max_abs_diff(&logits(&scaled), &logits(&m)).unwrap() > 1e-2);
+    // Round trip: the same rule (written with every key) and the same logits.
+    let again = dir.path().join("again");
+    steerkit_model::hf::save_folder(&scaled, None, None, &again).unwrap();
+    let back = steerkit_model::hf::HfFolder::open(&again).unwrap();
+    assert_eq!(back.config().unwrap().rope_scaling, Some(want));
+    let back = back.model(&Device::Cpu, DType::F32).unwrap();
+    assert_eq!(max_abs_diff(&logits(&back), &logits(&scaled)).unwrap(), 0.0);
+    // DeepSeek's form: the attention factor is a ratio of two mscale formulas.
+    c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 40.0, "mscale": 1.0, "mscale_all_dim": 0.707, "original_max_position_embeddings": 64});
+    std::fs::write(&cfg_path, c.to_string()).unwrap();
+    let cfg = steerkit_model::hf::HfFolder::open(&out)
+        .unwrap()
+        .config()
+        .unwrap();
+    let get = |m: f64| 0.1 * m * 40f64.ln() + 1.0;
+    assert!((cfg.rope_attention_factor() - get(1.0) / get(0.707)).abs() < 1e-12);
 }
