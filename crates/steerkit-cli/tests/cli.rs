@@ -729,7 +729,7 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
     bf16.extend(["--dtype", "bf16"]);
     assert_clean_error(
         &steerkit(&bf16),
-        "holds a run of this model with its matrices in the compute dtype, not bf16 matrices on the CPU",
+        "holds a run of this model with f32 weights and arithmetic, not bf16 matrices on the CPU",
     );
     // A folder holding another model's run.
     let folder = tiny_folder(d.path());

@@ -180,18 +180,14 @@ pub fn evaluate(
     };
     let mut merged = meta.clone();
     if let Some(old) = old {
-        let (old_source, old_bf16) = steerkit_model::split_fingerprint(&old.fingerprint);
-        let (new_source, new_bf16) = steerkit_model::split_fingerprint(&meta.fingerprint);
-        if old_source == new_source && old_bf16 != new_bf16 {
-            let how = |bf16: bool| match bf16 {
-                true => "bf16 matrices on the CPU",
-                false => "its matrices in the compute dtype",
-            };
+        let (old_source, old_mark) = steerkit_model::split_fingerprint(&old.fingerprint);
+        let (new_source, new_mark) = steerkit_model::split_fingerprint(&meta.fingerprint);
+        if old_source == new_source && old_mark != new_mark {
             return Err(EvalError::Mismatch(format!(
                 "{} holds a run of this model with {}, not {}; choose another --out",
                 out.display(),
-                how(old_bf16),
-                how(new_bf16)
+                steerkit_model::describe_numerics(old_mark),
+                steerkit_model::describe_numerics(new_mark)
             )));
         }
         if old.fingerprint != meta.fingerprint {

@@ -58,16 +58,17 @@ impl Loaded {
     }
 
     /// A fingerprint of the model as it computes: [`Loaded::source_fingerprint`], followed by
-    /// `+bf16` when the matrices are stored in bf16 and computed in f32 (`--dtype bf16` on the
-    /// CPU), so that caches of activations and answers made that way are not reused for f32 or
-    /// the reverse. Other models (f32, and every dtype on a GPU) have the source's.
+    /// a mark of its numerics unless it computes in f32 with f32 matrices: `+bf16` for bf16
+    /// matrices computed in f32 (`--dtype bf16` on the CPU), `+bf16-compute` or
+    /// `+f16-compute` for arithmetic in that dtype (on a GPU). Caches of activations and
+    /// answers made one way are then not reused for another. f32 models have the source's
+    /// fingerprint, as before marks existed.
     pub fn fingerprint(&self) -> Result<String> {
-        let f = self.source_fingerprint()?;
-        Ok(if self.model.matrix_dtype() == self.model.dtype {
-            f
-        } else {
-            format!("{f}{BF16_MARK}")
-        })
+        Ok(format!(
+            "{}{}",
+            self.source_fingerprint()?,
+            numerics_mark(self.model.matrix_dtype(), self.model.dtype)
+        ))
     }
 
     /// A fingerprint of the weights: sha256 over the configuration, the size of every weight
@@ -98,15 +99,35 @@ impl Loaded {
     }
 }
 
-/// What [`Loaded::fingerprint`] appends for bf16 matrices on the CPU.
-const BF16_MARK: &str = "+bf16";
+/// What [`Loaded::fingerprint`] appends for a model with `matrix` matrices computing in
+/// `compute`.
+fn numerics_mark(matrix: DType, compute: DType) -> String {
+    match (matrix, compute) {
+        (DType::F32, DType::F32) => String::new(),
+        (DType::BF16, DType::F32) => "+bf16".into(),
+        (m, c) if m == c => format!("+{}-compute", m.as_str()),
+        (m, c) => format!("+{}-matrices-{}-compute", m.as_str(), c.as_str()),
+    }
+}
 
-/// The [`Loaded::source_fingerprint`] part of a [`Loaded::fingerprint`], and whether the
-/// fingerprint marks bf16 matrices on the CPU.
-pub fn split_fingerprint(f: &str) -> (&str, bool) {
-    match f.strip_suffix(BF16_MARK) {
-        Some(source) => (source, true),
-        None => (f, false),
+/// The [`Loaded::source_fingerprint`] part of a [`Loaded::fingerprint`], and its numerics mark
+/// (empty for f32).
+pub fn split_fingerprint(f: &str) -> (&str, &str) {
+    match f.find('+') {
+        Some(at) => f.split_at(at),
+        None => (f, ""),
+    }
+}
+
+/// In words, the numerics a fingerprint's mark (from [`split_fingerprint`]) stands for.
+pub fn describe_numerics(mark: &str) -> String {
+    match mark {
+        "" => "f32 weights and arithmetic".into(),
+        "+bf16" => "bf16 matrices on the CPU".into(),
+        other => {
+            let m = other.trim_start_matches('+').replace('-', " ");
+            m.replace("compute", "arithmetic")
+        }
     }
 }
 

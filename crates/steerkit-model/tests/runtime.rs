@@ -1,6 +1,8 @@
 //! Forward-pass properties on tiny random models of each architecture: hooks, padding, the
 //! KV cache, the differentiable mode and its gradients, and Hugging Face folder round trips.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var, D};
 use steerkit_model::random::{
     central_differences, max_abs_diff, random_model, tiny_config, tiny_rope_scaling,
@@ -791,4 +793,35 @@ fn yarn_rope_scaling_from_config_json() {
         .unwrap();
     let get = |m: f64| 0.1 * m * 40f64.ln() + 1.0;
     assert!((cfg.rope_attention_factor() - get(1.0) / get(0.707)).abs() < 1e-12);
+}
+
+/// Fingerprints tell the numerics apart (so that caches made one way are not reused
+/// another): f32 has the source's fingerprint as before marks existed, bf16 matrices on the
+/// CPU add `+bf16`, arithmetic in a half dtype (GPUs; loadable on the CPU through the
+/// library) adds `+f16-compute`; the source part is the same for all.
+#[test]
+fn fingerprints_mark_the_numerics() {
+    use steerkit_model::{describe_numerics, load, split_fingerprint, LoadOptions};
+    let path = common::model_path("smollm2-135m-instruct");
+    let at = |dtype: DType| {
+        let m = load(
+            &path,
+            &LoadOptions {
+                device: Device::Cpu,
+                dtype,
+            },
+        )
+        .unwrap();
+        (m.fingerprint().unwrap(), m.source_fingerprint().unwrap())
+    };
+    let (f32f, source) = at(DType::F32);
+    assert_eq!(f32f, source);
+    let (bf16f, _) = at(DType::BF16);
+    let (f16f, _) = at(DType::F16);
+    assert_eq!(split_fingerprint(&bf16f), (source.as_str(), "+bf16"));
+    assert_eq!(split_fingerprint(&f16f), (source.as_str(), "+f16-compute"));
+    assert_eq!(split_fingerprint(&f32f), (source.as_str(), ""));
+    assert_eq!(describe_numerics(""), "f32 weights and arithmetic");
+    assert_eq!(describe_numerics("+bf16"), "bf16 matrices on the CPU");
+    assert_eq!(describe_numerics("+f16-compute"), "f16 arithmetic");
 }
