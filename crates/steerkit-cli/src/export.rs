@@ -29,6 +29,11 @@ pub struct Args {
     /// Llama 2, Mistral 7B).
     #[arg(long, value_parser = ["f16", "q8_0"])]
     pub gguf_type: Option<String>,
+    /// Tensor storage for --format safetensors [default: f32]. bf16 halves the folder (as
+    /// most models are published) at the cost of rounding every weight to bf16, which moves
+    /// logits slightly; f32 keeps the computed weights exactly.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub safetensors_dtype: Option<String>,
     /// Project the run's selected direction out of every matrix that writes to the residual
     /// stream (safetensors and gguf).
     #[arg(long, requires = "run")]
@@ -46,6 +51,12 @@ pub fn validate(a: &Args) -> Result<()> {
     // A flag the format does not use is an error, not silently ignored.
     if a.gguf_type.is_some() && a.format != "gguf" {
         bail!("--gguf-type applies to --format gguf, not {}", a.format);
+    }
+    if a.safetensors_dtype.is_some() && a.format != "safetensors" {
+        bail!(
+            "--safetensors-dtype applies to --format safetensors, not {}",
+            a.format
+        );
     }
     if a.scale.is_some() && a.format != "control-vector" {
         bail!(
@@ -153,10 +164,22 @@ pub fn run(a: Args) -> Result<()> {
                     a.out.display(),
                 );
             } else {
-                steerkit_model::hf::save_folder(&model, Some(&m.tok), Some(&m.chat), &a.out)?;
+                let name = a.safetensors_dtype.as_deref().unwrap_or("f32");
+                let dtype = match name {
+                    "bf16" => candle_core::DType::BF16,
+                    "f16" => candle_core::DType::F16,
+                    _ => candle_core::DType::F32,
+                };
+                steerkit_model::hf::save_folder_as(
+                    &model,
+                    Some(&m.tok),
+                    Some(&m.chat),
+                    &a.out,
+                    dtype,
+                )?;
                 sp.finish_and_clear();
                 println!(
-                    "wrote {} (config.json, safetensors, tokenizer.json, tokenizer_config.json)",
+                    "wrote {} (config.json, {name} safetensors, tokenizer.json, tokenizer_config.json)",
                     a.out.display()
                 );
             }

@@ -148,7 +148,8 @@ fn inspect_reports_the_architecture() {
 
 /// A Qwen3 folder (tiny and random, with Qwen's tokenizer and Qwen3's own chat template)
 /// goes through the main path: inspect, generation, ACTOR (which trains the per-head q/k
-/// norms with `--train norms`) and export as a patched folder and as GGUF, each loadable.
+/// norms with `--train norms`) and export as a patched folder (f32, and bf16 at half the
+/// size) and as GGUF, each loadable.
 #[test]
 fn qwen3_folder_inspects_trains_and_exports() {
     let d = tmpdir("qwen3");
@@ -220,6 +221,45 @@ fn qwen3_folder_inspects_trains_and_exports() {
         back.named_tensors().into_iter().collect();
     assert_eq!(
         steerkit_model::random::max_abs_diff(&back[q_norm], &trained[q_norm]).unwrap(),
+        0.0
+    );
+    // The same in bf16: half the bytes, every tensor bf16, config.json saying so, and the
+    // trained block rounded to bf16.
+    let half = d.path().join("patched-bf16");
+    let out = steerkit(&[
+        "export",
+        "-m",
+        f,
+        "--run",
+        run.to_str().unwrap(),
+        "--safetensors-dtype",
+        "bf16",
+        "--out",
+        half.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bf16 safetensors"));
+    let size = |p: &Path| {
+        std::fs::metadata(p.join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size(&half) * 2 <= size(&patched) + 4096,
+        "{} vs {}",
+        size(&half),
+        size(&patched)
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(half.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    let raw =
+        candle_core::safetensors::load(half.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(raw.values().all(|t| t.dtype() == DType::BF16));
+    let rounded = trained[q_norm].to_dtype(DType::BF16).unwrap();
+    assert_eq!(
+        steerkit_model::random::max_abs_diff(&raw[q_norm], &rounded).unwrap(),
         0.0
     );
     let gguf = d.path().join("patched.gguf");
@@ -583,6 +623,20 @@ fn bad_input_is_one_clear_error() {
     assert_clean_error(
         &steerkit(&["export", "-m", &smol, "--gguf-type", "q8_0", "--out", o]),
         "--gguf-type applies to --format gguf",
+    );
+    assert_clean_error(
+        &steerkit(&[
+            "export",
+            "-m",
+            &smol,
+            "--format",
+            "gguf",
+            "--safetensors-dtype",
+            "bf16",
+            "--out",
+            o,
+        ]),
+        "--safetensors-dtype applies to --format safetensors, not gguf",
     );
     assert_clean_error(
         &steerkit(&["eval", "-m", &smol, "--coeff", "2", "--out", o]),

@@ -355,6 +355,29 @@ pub fn save_folder(
     chat: Option<&ChatTemplate>,
     out: &Path,
 ) -> Result<()> {
+    save_folder_as(model, tok, chat, out, DType::F32)
+}
+
+/// [`save_folder`] with every tensor stored in `dtype` (f32, bf16 or f16; config.json's
+/// `torch_dtype` says which): bf16 halves the folder, as Hugging Face publishes most models.
+pub fn save_folder_as(
+    model: &crate::model::Model,
+    tok: Option<&Tok>,
+    chat: Option<&ChatTemplate>,
+    out: &Path,
+    dtype: DType,
+) -> Result<()> {
+    let torch_dtype = match dtype {
+        DType::F32 => "float32",
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        other => {
+            return Err(ModelError::Input(format!(
+                "safetensors folders are written in f32, bf16 or f16, not {}",
+                other.as_str()
+            )))
+        }
+    };
     if out.exists() {
         return Err(ModelError::Input(format!(
             "{} already exists",
@@ -379,17 +402,19 @@ pub fn save_folder(
             let s = serde_json::to_string_pretty(v).expect("JSON values serialize");
             std::fs::write(&p, s).map_err(|e| ModelError::io(&p, e))
         };
-        write("config.json", &model.cfg.to_hf_json())?;
+        let mut config = model.cfg.to_hf_json();
+        config["torch_dtype"] = Value::String(torch_dtype.into());
+        write("config.json", &config)?;
         let tensors: Vec<(String, candle_core::Tensor)> = model
             .named_tensors()
             .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+            .map(|(n, t)| Ok((n, t.to_dtype(dtype)?.to_device(&Device::Cpu)?)))
             .collect::<Result<_>>()?;
         // Shards of at most SHARD_BYTES, with an index when there is more than one.
         let mut shards: Vec<Vec<(String, candle_core::Tensor)>> = vec![vec![]];
         let mut size = 0usize;
         for (n, t) in tensors {
-            let bytes = t.elem_count() * 4;
+            let bytes = t.elem_count() * dtype.size_in_bytes();
             if size + bytes > SHARD_BYTES && !shards.last().expect("non-empty").is_empty() {
                 shards.push(vec![]);
                 size = 0;
@@ -408,7 +433,7 @@ pub fn save_folder(
             };
             for (n, t) in &shard {
                 weight_map.insert(n.clone(), Value::String(name.clone()));
-                total += t.elem_count() * 4;
+                total += t.elem_count() * dtype.size_in_bytes();
             }
             let map: std::collections::HashMap<String, candle_core::Tensor> =
                 shard.into_iter().collect();
