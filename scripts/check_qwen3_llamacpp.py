@@ -24,7 +24,7 @@ Qwen3 models) with Qwen's real tokenizer, taken from a Qwen2.5 GGUF through a fo
 How to run (from the repository root):
   /work/venvs/llamacpp/bin/python scripts/check_qwen3_llamacpp.py \\
       target/release/steerkit checkpoints/models/qwen2.5-coder-0.5b-instruct.gguf /tmp/sk-qwen3
-Exit code 0 when llama.cpp agrees within 0.05 (f16 weights; logits have a spread of about 3)
+Exit code 0 when llama.cpp agrees within 0.05 (f16 weights; logits have a standard deviation of about 1.6)
 and the control does not; 1 otherwise. About a minute.
 
 Dependencies: Python 3.9+, numpy, llama-cpp-python (tested with 0.3.36).

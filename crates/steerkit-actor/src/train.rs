@@ -796,3 +796,31 @@ pub fn log_csv(logs: &[EpochLog]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Parts;
+
+    /// Each tensor of a block belongs to one part; Qwen3's per-head q/k norms are norms,
+    /// not attention maps, although their names are under `self_attn`.
+    #[test]
+    fn parts_split_the_block() {
+        let p = |s: &str| -> Parts { s.parse().unwrap() };
+        let l = "model.layers.3.";
+        for (name, part) in [
+            ("self_attn.q_proj.weight", "attn"),
+            ("self_attn.k_proj.bias", "attn"),
+            ("self_attn.o_proj.weight", "attn"),
+            ("self_attn.q_norm.weight", "norms"),
+            ("self_attn.k_norm.weight", "norms"),
+            ("input_layernorm.weight", "norms"),
+            ("post_attention_layernorm.weight", "norms"),
+            ("mlp.down_proj.weight", "mlp"),
+        ] {
+            let full = format!("{l}{name}");
+            for other in ["attn", "mlp", "norms"] {
+                assert_eq!(p(other).includes(&full), other == part, "{name} in {other}");
+            }
+        }
+    }
+}

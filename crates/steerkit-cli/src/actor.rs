@@ -77,7 +77,8 @@ pub struct Args {
     /// Seed of the per-epoch shuffle of the training prompts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Which parts of the block train: attn, mlp, norms (comma-separated).
+    /// Which parts of the block train: attn (the q, k, v, o maps and their biases), mlp, norms
+    /// (the RMSNorm weights, with Qwen3's per-head q/k norms), comma-separated.
     #[arg(long = "train", default_value = "attn,mlp")]
     pub parts: String,
     /// Recompute R and the targets with the current weights every epoch, as the paper does

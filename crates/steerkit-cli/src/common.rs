@@ -48,12 +48,7 @@ impl DeviceArgs {
             }
             d => bail!("unknown device {d}"),
         };
-        let dtype = match self.dtype.as_str() {
-            "f32" => DType::F32,
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            d => bail!("unknown dtype {d}"),
-        };
+        let dtype = float_dtype(&self.dtype)?;
         if device.is_cpu() && dtype == DType::F16 {
             bail!("--dtype f16 is for GPUs; use f32 or bf16 on the CPU");
         }
@@ -253,4 +248,14 @@ pub fn create_parent(path: &std::path::Path) -> Result<()> {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
     Ok(())
+}
+
+/// The float dtype a flag names (`f32`, `bf16`, `f16`).
+pub fn float_dtype(name: &str) -> Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        d => bail!("unknown dtype {d}"),
+    })
 }

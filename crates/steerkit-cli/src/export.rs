@@ -165,11 +165,7 @@ pub fn run(a: Args) -> Result<()> {
                 );
             } else {
                 let name = a.safetensors_dtype.as_deref().unwrap_or("f32");
-                let dtype = match name {
-                    "bf16" => candle_core::DType::BF16,
-                    "f16" => candle_core::DType::F16,
-                    _ => candle_core::DType::F32,
-                };
+                let dtype = crate::common::float_dtype(name)?;
                 steerkit_model::hf::save_folder_as(
                     &model,
                     Some(&m.tok),

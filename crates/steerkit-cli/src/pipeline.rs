@@ -240,11 +240,12 @@ fn remove_dir(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The export marker: which checkpoint the exported folder holds.
-fn export_marker(actor_run: &Path) -> Result<String> {
+/// The export marker: which checkpoint the exported folder holds, and how it was written (the
+/// `[export]` flags: another format or dtype is another export).
+fn export_marker(actor_run: &Path, flags: &[String]) -> Result<String> {
     let state = std::fs::read_to_string(actor_run.join("state.json"))
         .with_context(|| format!("{}: no state.json", actor_run.display()))?;
-    Ok(state)
+    Ok(format!("{state}\nexport {}", flags.join(" ")))
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -368,14 +369,15 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
         dry,
     )?;
 
-    // 3. Export, unless the folder already holds this checkpoint.
+    // 3. Export, unless the folder already holds this checkpoint, written this way.
+    let export_flags = flags(&t, "export")?;
     let fresh = Fresh {
         output: &patched,
         complete: &patched.join("config.json"),
         clear: Some(&patched),
         holds: "the last checkpoint",
         marker_path: &out.join("patched.state.json"),
-        marker: &|| export_marker(&actor_run),
+        marker: &|| export_marker(&actor_run, &export_flags),
         // Answers of an earlier patched model are stale.
         stale: &out.join("eval-after"),
     };
@@ -385,7 +387,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
             "export",
             &model,
             false,
-            &flags(&t, "export")?,
+            &export_flags,
             &[
                 "--run".into(),
                 path(&actor_run),

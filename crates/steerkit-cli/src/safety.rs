@@ -39,7 +39,8 @@ pub struct Args {
     /// Trained blocks START..END (end exclusive; default: the upper third of the model).
     #[arg(long)]
     pub layers: Option<String>,
-    /// Which parts of each block train: attn, mlp, norms (comma-separated).
+    /// Which parts of each block train: attn (the q, k, v, o maps and their biases), mlp,
+    /// norms (the RMSNorm weights, with Qwen3's per-head q/k norms), comma-separated.
     #[arg(long = "train", default_value = "attn,mlp")]
     pub parts: String,
     /// Optimizer steps in all.

@@ -148,7 +148,7 @@ fn inspect_reports_the_architecture() {
 
 /// A Qwen3 folder (tiny and random, with Qwen's tokenizer and Qwen3's own chat template)
 /// goes through the main path: inspect, generation, ACTOR (which trains the per-head q/k
-/// norms with `--train norms`) and export as a patched folder (f32, and bf16 at half the
+/// norms with `--train norms`, and not the maps) and export as a patched folder (f32, and bf16 at half the
 /// size) and as GGUF, each loadable.
 #[test]
 fn qwen3_folder_inspects_trains_and_exports() {
@@ -188,7 +188,7 @@ fn qwen3_folder_inspects_trains_and_exports() {
         "--epochs",
         "1",
         "--train",
-        "attn,norms",
+        "norms",
         "--out",
         run.to_str().unwrap(),
     ]);
@@ -201,6 +201,14 @@ fn qwen3_folder_inspects_trains_and_exports() {
         m.named_tensors().into_iter().collect();
     let moved = steerkit_model::random::max_abs_diff(&trained[q_norm], &before[q_norm]).unwrap();
     assert!(moved > 0.0, "q_norm was not trained");
+    // `norms` trains the q/k norms and not the attention maps beside them.
+    let q_proj = "model.layers.1.self_attn.q_proj.weight";
+    if let Some(t) = trained.get(q_proj) {
+        assert_eq!(
+            steerkit_model::random::max_abs_diff(t, &before[q_proj]).unwrap(),
+            0.0
+        );
+    }
 
     let patched = d.path().join("patched");
     let out = steerkit(&[
@@ -1824,6 +1832,20 @@ kl_set = "harmless"
         "{so}"
     );
     assert!(!so.contains("holds the last checkpoint"), "{so}");
+    // Another export setting is another export: the folder is rewritten in bf16.
+    let fourth = steerkit(&[
+        "run",
+        c,
+        "--set",
+        "actor.epochs=2",
+        "--set",
+        "export.safetensors_dtype=bf16",
+    ]);
+    let so = String::from_utf8_lossy(&fourth.stdout);
+    assert_ok(&fourth);
+    assert!(!so.contains("holds the last checkpoint"), "{so}");
+    let cfg = std::fs::read_to_string(out.join("patched/config.json")).unwrap();
+    assert!(cfg.contains("bfloat16"), "{cfg}");
     // Bad configurations: one clear error naming the phase or the file.
     let bad = d.path().join("bad.toml");
     std::fs::write(

@@ -174,13 +174,14 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     // YaRN as its type, factor, original context and (when not the defaults) betas, any other
     // as one divisor per frequency (`rope_freqs.weight`). These keys are the writer's, so a
     // source file's are not carried over beside the other form.
+    use steerkit_model::gguf::rope_keys as rk;
     let scaling_keys = [
-        "rope.scaling.type",
-        "rope.scaling.factor",
-        "rope.scale_linear",
-        "rope.scaling.original_context_length",
-        "rope.scaling.yarn_beta_fast",
-        "rope.scaling.yarn_beta_slow",
+        rk::TYPE,
+        rk::FACTOR,
+        rk::SCALE_LINEAR,
+        rk::ORIGINAL_CONTEXT,
+        rk::BETA_FAST,
+        rk::BETA_SLOW,
     ]
     .map(|k| format!("{arch}.{k}"));
     match &model.cfg.rope_scaling {

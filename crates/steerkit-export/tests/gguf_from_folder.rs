@@ -358,6 +358,36 @@ fn gguf_rope_scaling() {
         .unwrap()
         .to_string();
     assert!(err.contains("rope.scaling.yarn_attn_factor"), "{err}");
+    let attn = d.path().join("attn.gguf");
+    with_key(
+        &linear,
+        &attn,
+        "llama.rope.scaling.attn_factor",
+        Value::F32(1.2),
+    );
+    let err = load(attn.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("rope.scaling.attn_factor"), "{err}");
+    // Betas other than 32 and 1 are written, and read back.
+    let mut betas = m_yarn.clone();
+    let rule = RopeScaling::Yarn {
+        factor: 4.0,
+        original_max_position_embeddings: 128.0,
+        beta_fast: 16.0,
+        beta_slow: 2.0,
+        attention_factor: steerkit_model::config::yarn_attention_factor(4.0, None, None),
+        truncate: true,
+    };
+    betas.cfg.rope_scaling = Some(rule.clone());
+    let with_betas = d.path().join("betas.gguf");
+    write(&betas, &meta_lin, GgufType::F16, &with_betas).unwrap();
+    let kv = keys(&with_betas);
+    assert_eq!(kv["llama.rope.scaling.yarn_beta_fast"], "F32(16.0)");
+    assert_eq!(kv["llama.rope.scaling.yarn_beta_slow"], "F32(2.0)");
+    let back = load(with_betas.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.rope_scaling, Some(rule));
     let mut odd = m_yarn.clone();
     if let Some(RopeScaling::Yarn {
         attention_factor, ..

@@ -247,7 +247,7 @@ impl Config {
                 beta_slow,
                 attention_factor,
                 ..
-            }) if !(*factor > 0.0
+            }) if !(*factor >= 1.0
                 && *ctx > 0.0
                 && *beta_slow > 0.0
                 && beta_fast > beta_slow
@@ -258,7 +258,7 @@ impl Config {
                 && beta_fast.is_finite()) =>
             {
                 return bad(format!(
-                    "yarn RoPE scaling needs positive finite values with beta_fast > beta_slow (factor {factor}, original context {ctx}, beta_fast {beta_fast}, beta_slow {beta_slow}, attention factor {attention_factor})"
+                    "yarn RoPE scaling needs factor >= 1 and positive finite values with beta_fast > beta_slow (factor {factor}, original context {ctx}, beta_fast {beta_fast}, beta_slow {beta_slow}, attention factor {attention_factor})"
                 ));
             }
             Some(RopeScaling::Linear { factor }) if factor.is_nan() || *factor <= 0.0 => {

@@ -173,11 +173,17 @@ impl Gguf {
     /// llama.cpp.
     fn rope_scaling(&self, arch: &str) -> Result<Option<RopeScaling>> {
         let key = |k: &str| format!("{arch}.{k}");
-        let scaling = self.meta_str(&key("rope.scaling.type")).unwrap_or("linear");
+        let scaling = self.meta_str(&key(rope_keys::TYPE)).unwrap_or("linear");
         let has_divisors = self.content.tensor_infos.contains_key("rope_freqs.weight");
+        // llama.cpp multiplies cos and sin by this one whatever the scaling type.
+        let attn = key("rope.scaling.attn_factor");
+        if self.meta_f(&attn)?.is_some_and(|f| f != 1.0) {
+            return Err(ModelError::Config(format!(
+                "the GGUF sets `{attn}`, which steerkit does not implement (its logits would be wrong)"
+            )));
+        }
         if scaling == "yarn" {
             let unknown: Vec<String> = [
-                "rope.scaling.attn_factor",
                 "rope.scaling.yarn_attn_factor",
                 "rope.scaling.yarn_ext_factor",
                 "rope.scaling.yarn_log_multiplier",
@@ -196,25 +202,21 @@ impl Gguf {
                     "the GGUF's YaRN RoPE scaling comes with {what}, which steerkit does not implement (its logits would be wrong)"
                 )));
             }
-            let factor = self.meta_f(&key("rope.scaling.factor"))?.ok_or_else(|| {
+            let factor = self.meta_f(&key(rope_keys::FACTOR))?.ok_or_else(|| {
                 ModelError::Config(format!(
                     "GGUF YaRN scaling without `{}`",
-                    key("rope.scaling.factor")
+                    key(rope_keys::FACTOR)
                 ))
             })?;
-            let ctx = match self.meta_u(&key("rope.scaling.original_context_length"))? {
+            let ctx = match self.meta_u(&key(rope_keys::ORIGINAL_CONTEXT))? {
                 Some(c) => c,
                 None => self.meta_u(&key("context_length"))?.unwrap_or(4096),
             };
             return Ok(Some(RopeScaling::Yarn {
                 factor,
                 original_max_position_embeddings: ctx as f64,
-                beta_fast: self
-                    .meta_f(&key("rope.scaling.yarn_beta_fast"))?
-                    .unwrap_or(32.0),
-                beta_slow: self
-                    .meta_f(&key("rope.scaling.yarn_beta_slow"))?
-                    .unwrap_or(1.0),
+                beta_fast: self.meta_f(&key(rope_keys::BETA_FAST))?.unwrap_or(32.0),
+                beta_slow: self.meta_f(&key(rope_keys::BETA_SLOW))?.unwrap_or(1.0),
                 attention_factor: crate::config::yarn_attention_factor(factor, None, None),
                 truncate: true,
             }));
@@ -224,9 +226,9 @@ impl Gguf {
                 "the GGUF asks for RoPE scaling `{scaling}`; steerkit implements plain RoPE, linear and YaRN scaling and per-frequency divisors (rope_freqs) only (its logits would be wrong)"
             )));
         }
-        let factor = match self.meta_f(&key("rope.scaling.factor"))? {
+        let factor = match self.meta_f(&key(rope_keys::FACTOR))? {
             Some(f) => Some(f),
-            None => self.meta_f(&key("rope.scale_linear"))?,
+            None => self.meta_f(&key(rope_keys::SCALE_LINEAR))?,
         }
         .filter(|f| *f != 0.0 && *f != 1.0);
         let divisors = if has_divisors {
@@ -379,6 +381,18 @@ pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 /// Whether an architecture's GGUF files store q/k rows permuted.
 pub fn qk_permuted(arch: Arch) -> bool {
     matches!(arch, Arch::Llama | Arch::Mistral)
+}
+
+/// llama.cpp's RoPE scaling keys (after `{arch}.`): read by [`Gguf::config`], written by
+/// GGUF exports.
+pub mod rope_keys {
+    pub const TYPE: &str = "rope.scaling.type";
+    pub const FACTOR: &str = "rope.scaling.factor";
+    /// Older files' linear factor.
+    pub const SCALE_LINEAR: &str = "rope.scale_linear";
+    pub const ORIGINAL_CONTEXT: &str = "rope.scaling.original_context_length";
+    pub const BETA_FAST: &str = "rope.scaling.yarn_beta_fast";
+    pub const BETA_SLOW: &str = "rope.scaling.yarn_beta_slow";
 }
 
 /// The GGUF tensor name of a Hugging Face tensor name.

@@ -72,7 +72,34 @@ impl HfFolder {
         }
         let max_position_embeddings =
             c["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
-        let rope_scaling = rope_scaling(&c["rope_scaling"], max_position_embeddings)?;
+        // transformers 5 writes RoPE's settings, its base included, as `rope_parameters`
+        // (older versions: `rope_theta` and `rope_scaling` at the top).
+        let rope = match &c["rope_parameters"] {
+            Value::Null => &c["rope_scaling"],
+            p if p.get("rope_type").is_some() || p.get("rope_theta").is_some() => p,
+            _ => {
+                return Err(ModelError::Config(
+                    "config.json's rope_parameters are per layer type; steerkit implements one RoPE for every layer".into(),
+                ))
+            }
+        };
+        if let Some(f) = rope["partial_rotary_factor"].as_f64().filter(|f| *f != 1.0) {
+            return Err(ModelError::Config(format!(
+                "config.json asks for partial_rotary_factor {f}; steerkit rotates whole heads only"
+            )));
+        }
+        let rope_scaling = rope_scaling(rope, max_position_embeddings)?;
+        let rope_theta = rope["rope_theta"]
+            .as_f64()
+            .or(c["rope_theta"].as_f64())
+            .unwrap_or(10_000.0);
+        // An output-projection bias comes with `attention_bias` outside qwen2; there is none
+        // in the one block.
+        if arch != Arch::Qwen2 && c["attention_bias"].as_bool() == Some(true) {
+            return Err(ModelError::Config(
+                "config.json sets attention_bias, which gives this architecture an o_proj bias steerkit does not implement".into(),
+            ));
+        }
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
         let cfg = Config {
@@ -89,13 +116,10 @@ impl HfFolder {
                 .as_u64()
                 .map_or(hidden / heads.max(1), |x| x as usize),
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
-            rope_theta: c["rope_theta"].as_f64().unwrap_or(10_000.0),
+            rope_theta,
             max_position_embeddings,
             tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(false),
-            attention_bias: match arch {
-                Arch::Qwen2 => true,
-                _ => c["attention_bias"].as_bool().unwrap_or(false),
-            },
+            attention_bias: arch == Arch::Qwen2,
             rope_scaling,
         };
         cfg.validate()?;
@@ -246,7 +270,8 @@ impl HfFolder {
     }
 }
 
-/// config.json's `rope_scaling`: none, `default`, `linear`, `llama3` (Llama 3.1 and 3.2),
+/// config.json's `rope_scaling` (or transformers 5's `rope_parameters`): none, `default`,
+/// `linear`, `llama3` (Llama 3.1 and 3.2),
 /// `yarn`, or the divisors steerkit writes for a GGUF source's `rope_freqs` that follow no
 /// named rule. Other kinds (dynamic, longrope, ...) are refused rather than run with plain
 /// RoPE. YaRN reads its keys as transformers 5 does: `factor` as given (transformers 4.4x-4.5x
@@ -258,10 +283,16 @@ fn rope_scaling(v: &Value, max_pos: usize) -> Result<Option<RopeScaling>> {
     if v.is_null() {
         return Ok(None);
     }
+    // transformers 5's `rope_parameters` may hold only the base (`rope_theta`): plain RoPE.
+    let untyped = if v.get("factor").is_none() {
+        "default"
+    } else {
+        "?"
+    };
     let kind = v["rope_type"]
         .as_str()
         .or(v["type"].as_str())
-        .unwrap_or("?");
+        .unwrap_or(untyped);
     let num = |k: &str| {
         v[k].as_f64().ok_or_else(|| {
             ModelError::Config(format!(
@@ -408,7 +439,23 @@ pub fn save_folder_as(
         let tensors: Vec<(String, candle_core::Tensor)> = model
             .named_tensors()
             .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(dtype)?.to_device(&Device::Cpu)?)))
+            .map(|(n, t)| {
+                let t = t.to_dtype(dtype)?.to_device(&Device::Cpu)?;
+                // f16 tops out at 65,504: a larger weight would be written as infinity.
+                if dtype == DType::F16 {
+                    let top = t
+                        .to_dtype(DType::F32)?
+                        .abs()?
+                        .max_all()?
+                        .to_scalar::<f32>()?;
+                    if !top.is_finite() {
+                        return Err(ModelError::Weights(format!(
+                            "`{n}` has values beyond f16's range; write the folder in bf16 or f32"
+                        )));
+                    }
+                }
+                Ok((n, t))
+            })
             .collect::<Result<_>>()?;
         // Shards of at most SHARD_BYTES, with an index when there is more than one.
         let mut shards: Vec<Vec<(String, candle_core::Tensor)>> = vec![vec![]];

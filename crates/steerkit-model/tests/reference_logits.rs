@@ -132,7 +132,7 @@ fn qwen3_tiny_logits_match_reference() {
 }
 
 /// The same folder with YaRN RoPE scaling in its config.json (factor 4 over an original
-/// context of 4096: three frequencies kept, two interpolated, three divided by 4; cos and sin
+/// context of 4096: frequencies 0-1 kept, 2-3 interpolated, 4-7 divided by 4; cos and sin
 /// times 1.139) equals the script's YaRN forward pass, which moves the logits by up to 0.86.
 #[test]
 fn qwen3_tiny_yarn_logits_match_reference() {

@@ -730,8 +730,10 @@ fn bf16_matrices_on_the_cpu() {
 /// YaRN from config.json: the defaults as transformers 5 reads them (betas 32 and 1, the
 /// original context from `max_position_embeddings`, attention factor `0.1 ln(factor) + 1`,
 /// or DeepSeek's `mscale` ratio), divisors between 1 and the factor ramped over the
-/// dimensions the betas give, logits changed, and a folder round trip that keeps the rule
-/// and the logits.
+/// dimensions the betas give (or not rounded, with `truncate: false`), logits changed, and a
+/// folder round trip that keeps the rule and the logits; transformers 5's `rope_parameters`
+/// (the base inside) read, and what the block does not compute (RoPE per layer type, partial
+/// rotation, an o_proj bias, YaRN factors under 1) refused.
 #[test]
 fn yarn_rope_scaling_from_config_json() {
     use steerkit_model::RopeScaling;
@@ -784,6 +786,90 @@ fn yarn_rope_scaling_from_config_json() {
     assert_eq!(back.config().unwrap().rope_scaling, Some(want));
     let back = back.model(&Device::Cpu, DType::F32).unwrap();
     assert_eq!(max_abs_diff(&logits(&back), &logits(&scaled)).unwrap(), 0.0);
+    // `truncate: false` keeps the beta dimensions unrounded (0.21 and 3.22 here).
+    c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "truncate": false});
+    std::fs::write(&cfg_path, c.to_string()).unwrap();
+    let cfg = steerkit_model::hf::HfFolder::open(&out)
+        .unwrap()
+        .config()
+        .unwrap();
+    let d = cfg.rope_divisors().unwrap();
+    let dim_of =
+        |turns: f64| 16.0 * (256.0 / (turns * std::f64::consts::TAU)).ln() / (2.0 * 1e4f64.ln());
+    let (lo, hi) = (dim_of(32.0), dim_of(1.0));
+    assert!(
+        (lo - 0.21).abs() < 0.01 && (hi - 3.22).abs() < 0.01,
+        "{lo} {hi}"
+    );
+    let ramp = |i: f64| ((i - lo) / (hi - lo)).clamp(0.0, 1.0);
+    for (i, di) in d.iter().enumerate() {
+        let want = 1.0 / (ramp(i as f64) / 4.0 + 1.0 - ramp(i as f64));
+        assert!(
+            (*di as f64 - want).abs() < 1e-3,
+            "unrounded divisor {i}: {di} vs {want}"
+        );
+    }
+    // Frequency 3 is near the unrounded high end (2.29 with the ends rounded to 0 and 4).
+    assert!(d[3] > 3.0, "{}", d[3]);
+    // Factors under 1 are refused, as transformers refuses them.
+    c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 0.5});
+    std::fs::write(&cfg_path, c.to_string()).unwrap();
+    let err = steerkit_model::hf::HfFolder::open(&out)
+        .unwrap()
+        .config()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("factor >= 1"), "{err}");
+    // transformers 5 writes the base and the scaling as `rope_parameters`, with no top-level
+    // `rope_theta`: read from there, not left at the default 10,000.
+    let mut v5 = c.clone();
+    v5.as_object_mut().unwrap().remove("rope_theta");
+    v5.as_object_mut().unwrap().remove("rope_scaling");
+    v5["rope_parameters"] =
+        serde_json::json!({"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0});
+    std::fs::write(&cfg_path, v5.to_string()).unwrap();
+    let cfg = steerkit_model::hf::HfFolder::open(&out)
+        .unwrap()
+        .config()
+        .unwrap();
+    assert_eq!(cfg.rope_theta, 1e6);
+    assert!(matches!(cfg.rope_scaling, Some(RopeScaling::Yarn { factor, .. }) if factor == 4.0));
+    v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
+    std::fs::write(&cfg_path, v5.to_string()).unwrap();
+    let cfg = steerkit_model::hf::HfFolder::open(&out)
+        .unwrap()
+        .config()
+        .unwrap();
+    assert_eq!((cfg.rope_theta, cfg.rope_scaling), (5e5, None));
+    for (params, needle) in [
+        (
+            serde_json::json!({"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": 1e4}}),
+            "per layer type",
+        ),
+        (
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}),
+            "partial_rotary_factor 0.5",
+        ),
+    ] {
+        v5["rope_parameters"] = params;
+        std::fs::write(&cfg_path, v5.to_string()).unwrap();
+        let err = steerkit_model::hf::HfFolder::open(&out)
+            .unwrap()
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    // An o_proj bias (attention_bias outside qwen2) is refused, not dropped.
+    v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
+    v5["attention_bias"] = serde_json::json!(true);
+    std::fs::write(&cfg_path, v5.to_string()).unwrap();
+    let err = steerkit_model::hf::HfFolder::open(&out)
+        .unwrap()
+        .config()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("o_proj bias"), "{err}");
     // DeepSeek's form: the attention factor is a ratio of two mscale formulas.
     c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 40.0, "mscale": 1.0, "mscale_all_dim": 0.707, "original_max_position_embeddings": 64});
     std::fs::write(&cfg_path, c.to_string()).unwrap();
@@ -824,4 +910,48 @@ fn fingerprints_mark_the_numerics() {
     assert_eq!(describe_numerics(""), "f32 weights and arithmetic");
     assert_eq!(describe_numerics("+bf16"), "bf16 matrices on the CPU");
     assert_eq!(describe_numerics("+f16-compute"), "f16 arithmetic");
+}
+
+/// Folders in f16 say so in config.json and load back as the rounded weights; a weight beyond
+/// f16's range is an error naming it, and nothing is left at the output path.
+#[test]
+fn f16_folders_and_weights_beyond_range() {
+    use steerkit_model::hf::{save_folder_as, HfFolder};
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = tiny(Arch::Llama, DType::F32);
+    let out = dir.path().join("f16");
+    save_folder_as(&m, None, None, &out, DType::F16).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["torch_dtype"], "float16");
+    let back = HfFolder::open(&out)
+        .unwrap()
+        .model(&Device::Cpu, DType::F32)
+        .unwrap();
+    let rounded = m.layers[0]
+        .up
+        .weight
+        .to_dtype(DType::F16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(&back.layers[0].up.weight, &rounded).unwrap(),
+        0.0
+    );
+    m.layers[1].down.weight = (m.layers[1].down.weight.clone() * 1e6).unwrap();
+    let big = dir.path().join("big");
+    let err = save_folder_as(&m, None, None, &big, DType::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.1.mlp.down_proj.weight") && err.contains("f16's range"),
+        "{err}"
+    );
+    assert!(!big.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "a temporary folder was left"
+    );
 }
