@@ -85,6 +85,14 @@ fn assert_same_f16_weights(src: &steerkit_model::Model, back: &steerkit_model::M
     }
 }
 
+/// The error of loading `p`, which must fail.
+fn load_error(p: &Path) -> String {
+    load(p.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .expect("the file should be refused")
+        .to_string()
+}
+
 /// A committed fixture, parsed.
 fn fixture(name: &str) -> serde_json::Value {
     let p = root().join("tests/fixtures").join(name);
@@ -300,24 +308,22 @@ fn gguf_rope_scaling() {
         "llama.rope.scaling.type",
         Value::String("dynamic".into()),
     );
-    let err = load(dynamic.to_str().unwrap(), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&dynamic);
     assert!(err.contains("RoPE scaling `dynamic`"), "{err}");
 
     // YaRN: type, factor and original context in the metadata (betas only when not 32 and 1),
     // no divisors; back as the same rule with llama.cpp's attention factor, and the same
     // logits as the model written.
     let mut m_yarn = m.clone();
-    let rule = RopeScaling::Yarn {
+    let yarn_rule = |beta_fast: f64, beta_slow: f64| RopeScaling::Yarn {
         factor: 4.0,
         original_max_position_embeddings: 128.0,
-        beta_fast: 32.0,
-        beta_slow: 1.0,
+        beta_fast,
+        beta_slow,
         attention_factor: steerkit_model::config::yarn_attention_factor(4.0, None, None),
         truncate: true,
     };
+    let rule = yarn_rule(32.0, 1.0);
     m_yarn.cfg.rope_scaling = Some(rule.clone());
     let yarn = d.path().join("yarn.gguf");
     write(&m_yarn, &meta_lin, GgufType::F16, &yarn).unwrap();
@@ -353,10 +359,7 @@ fn gguf_rope_scaling() {
         "llama.rope.scaling.yarn_attn_factor",
         Value::F32(1.0),
     );
-    let err = load(own.to_str().unwrap(), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&own);
     assert!(err.contains("rope.scaling.yarn_attn_factor"), "{err}");
     let attn = d.path().join("attn.gguf");
     with_key(
@@ -365,21 +368,11 @@ fn gguf_rope_scaling() {
         "llama.rope.scaling.attn_factor",
         Value::F32(1.2),
     );
-    let err = load(attn.to_str().unwrap(), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&attn);
     assert!(err.contains("rope.scaling.attn_factor"), "{err}");
     // Betas other than 32 and 1 are written, and read back.
     let mut betas = m_yarn.clone();
-    let rule = RopeScaling::Yarn {
-        factor: 4.0,
-        original_max_position_embeddings: 128.0,
-        beta_fast: 16.0,
-        beta_slow: 2.0,
-        attention_factor: steerkit_model::config::yarn_attention_factor(4.0, None, None),
-        truncate: true,
-    };
+    let rule = yarn_rule(16.0, 2.0);
     betas.cfg.rope_scaling = Some(rule.clone());
     let with_betas = d.path().join("betas.gguf");
     write(&betas, &meta_lin, GgufType::F16, &with_betas).unwrap();

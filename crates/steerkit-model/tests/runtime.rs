@@ -744,10 +744,14 @@ fn yarn_rope_scaling_from_config_json() {
     let cfg_path = out.join("config.json");
     let mut c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    // The folder's configuration with config.json replaced by `json`.
+    let config_of = |json: &serde_json::Value| {
+        std::fs::write(&cfg_path, json.to_string()).unwrap();
+        steerkit_model::hf::HfFolder::open(&out).unwrap().config()
+    };
     c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
-    std::fs::write(&cfg_path, c.to_string()).unwrap();
+    let cfg = config_of(&c).unwrap();
     let folder = steerkit_model::hf::HfFolder::open(&out).unwrap();
-    let cfg = folder.config().unwrap();
     let want = RopeScaling::Yarn {
         factor: 4.0,
         original_max_position_embeddings: m.cfg.max_position_embeddings as f64,
@@ -788,11 +792,7 @@ fn yarn_rope_scaling_from_config_json() {
     assert_eq!(max_abs_diff(&logits(&back), &logits(&scaled)).unwrap(), 0.0);
     // `truncate: false` keeps the beta dimensions unrounded (0.21 and 3.22 here).
     c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "truncate": false});
-    std::fs::write(&cfg_path, c.to_string()).unwrap();
-    let cfg = steerkit_model::hf::HfFolder::open(&out)
-        .unwrap()
-        .config()
-        .unwrap();
+    let cfg = config_of(&c).unwrap();
     let d = cfg.rope_divisors().unwrap();
     let dim_of =
         |turns: f64| 16.0 * (256.0 / (turns * std::f64::consts::TAU)).ln() / (2.0 * 1e4f64.ln());
@@ -813,12 +813,7 @@ fn yarn_rope_scaling_from_config_json() {
     assert!(d[3] > 3.0, "{}", d[3]);
     // Factors under 1 are refused, as transformers refuses them.
     c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 0.5});
-    std::fs::write(&cfg_path, c.to_string()).unwrap();
-    let err = steerkit_model::hf::HfFolder::open(&out)
-        .unwrap()
-        .config()
-        .unwrap_err()
-        .to_string();
+    let err = config_of(&c).unwrap_err().to_string();
     assert!(err.contains("factor >= 1"), "{err}");
     // transformers 5 writes the base and the scaling as `rope_parameters`, with no top-level
     // `rope_theta`: read from there, not left at the default 10,000.
@@ -827,19 +822,11 @@ fn yarn_rope_scaling_from_config_json() {
     v5.as_object_mut().unwrap().remove("rope_scaling");
     v5["rope_parameters"] =
         serde_json::json!({"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0});
-    std::fs::write(&cfg_path, v5.to_string()).unwrap();
-    let cfg = steerkit_model::hf::HfFolder::open(&out)
-        .unwrap()
-        .config()
-        .unwrap();
+    let cfg = config_of(&v5).unwrap();
     assert_eq!(cfg.rope_theta, 1e6);
     assert!(matches!(cfg.rope_scaling, Some(RopeScaling::Yarn { factor, .. }) if factor == 4.0));
     v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
-    std::fs::write(&cfg_path, v5.to_string()).unwrap();
-    let cfg = steerkit_model::hf::HfFolder::open(&out)
-        .unwrap()
-        .config()
-        .unwrap();
+    let cfg = config_of(&v5).unwrap();
     assert_eq!((cfg.rope_theta, cfg.rope_scaling), (5e5, None));
     for (params, needle) in [
         (
@@ -852,31 +839,17 @@ fn yarn_rope_scaling_from_config_json() {
         ),
     ] {
         v5["rope_parameters"] = params;
-        std::fs::write(&cfg_path, v5.to_string()).unwrap();
-        let err = steerkit_model::hf::HfFolder::open(&out)
-            .unwrap()
-            .config()
-            .unwrap_err()
-            .to_string();
+        let err = config_of(&v5).unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");
     }
     // An o_proj bias (attention_bias outside qwen2) is refused, not dropped.
     v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
     v5["attention_bias"] = serde_json::json!(true);
-    std::fs::write(&cfg_path, v5.to_string()).unwrap();
-    let err = steerkit_model::hf::HfFolder::open(&out)
-        .unwrap()
-        .config()
-        .unwrap_err()
-        .to_string();
+    let err = config_of(&v5).unwrap_err().to_string();
     assert!(err.contains("o_proj bias"), "{err}");
     // DeepSeek's form: the attention factor is a ratio of two mscale formulas.
     c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 40.0, "mscale": 1.0, "mscale_all_dim": 0.707, "original_max_position_embeddings": 64});
-    std::fs::write(&cfg_path, c.to_string()).unwrap();
-    let cfg = steerkit_model::hf::HfFolder::open(&out)
-        .unwrap()
-        .config()
-        .unwrap();
+    let cfg = config_of(&c).unwrap();
     let get = |m: f64| 0.1 * m * 40f64.ln() + 1.0;
     assert!((cfg.rope_attention_factor() - get(1.0) / get(0.707)).abs() < 1e-12);
 }
