@@ -203,12 +203,10 @@ fn qwen3_folder_inspects_trains_and_exports() {
     assert!(moved > 0.0, "q_norm was not trained");
     // `norms` trains the q/k norms and not the attention maps beside them.
     let q_proj = "model.layers.1.self_attn.q_proj.weight";
-    if let Some(t) = trained.get(q_proj) {
-        assert_eq!(
-            steerkit_model::random::max_abs_diff(t, &before[q_proj]).unwrap(),
-            0.0
-        );
-    }
+    assert_eq!(
+        steerkit_model::random::max_abs_diff(&trained[q_proj], &before[q_proj]).unwrap(),
+        0.0
+    );
 
     let patched = d.path().join("patched");
     let out = steerkit(&[
