@@ -10,9 +10,11 @@ Writes, in the given folder (created if needed):
   model.safetensors  f32 weights drawn from a seeded numpy generator (written by hand:
                      an 8-byte header length, the JSON header, the raw little-endian data)
   logits.json        for three fixed token sequences: the ids and the logits at every
-                     position, from the forward pass below in float64; and under "yarn",
+                     position, from the forward pass below in float64; under "yarn",
                      the same with YaRN RoPE scaling (its rope_scaling object, to be put
-                     into config.json, and the logits)
+                     into config.json, and the logits); under "sliding", the same with
+                     attention over a sliding window of 3 positions in every block (the
+                     config.json keys that ask for it, and the logits)
 and, beside the folder, qwen3_chat.json: Qwen3's chat template
 (tests/fixtures/qwen3_chat_template.jinja, as Qwen3's tokenizer_config.json carries it)
 rendered by jinja2 for three conversations with `enable_thinking=False`, with the
@@ -34,6 +36,7 @@ The forward pass follows transformers' Qwen3ForCausalLM:
         h += (silu(x Wg^T) * (x Wu^T)) Wd^T
     logits = (rmsnorm(h) * norm) @ embed^T   (tied, as the small Qwen3 models are)
 rmsnorm(x) = x / sqrt(mean(x^2) + eps) over the last axis, eps = rms_norm_eps.
+Sliding window w: query position i attends to key positions j with i - w < j <= i.
 YaRN (as transformers 5 defines it): with d = head_dim, b = rope_theta, L = the original context,
   dim(r) = d ln(L / (2 pi r)) / (2 ln b); lo = max(floor(dim(beta_fast)), 0),
   hi = min(ceil(dim(beta_slow)), d - 1); ramp_i = clip((i - lo) / (hi - lo), 0, 1);
@@ -76,7 +79,9 @@ SEQUENCES = [
 ]
 
 
-def weights(cfg, seed=20261127):
+def weights(cfg, seed=20261127, norm_mean=1.0, post_norms=False):
+    """Seeded f32 weights: matrices N(0, 0.2^2), norms N(norm_mean, 0.3^2) (Gemma stores its
+    norms as offsets from 1: norm_mean 0), and with post_norms Gemma's two extra norms."""
     rng = np.random.default_rng(seed)
     d, f, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
     nh, nkv, v = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
@@ -86,7 +91,7 @@ def weights(cfg, seed=20261127):
         w[name] = (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
     def norm(name, n):
-        w[name] = (1.0 + 0.3 * rng.standard_normal(n)).astype(np.float32)
+        w[name] = (norm_mean + 0.3 * rng.standard_normal(n)).astype(np.float32)
 
     mat("model.embed_tokens.weight", (v, d))
     for layer in range(cfg["num_hidden_layers"]):
@@ -99,9 +104,13 @@ def weights(cfg, seed=20261127):
         norm(f"{p}.self_attn.q_norm.weight", hd)
         norm(f"{p}.self_attn.k_norm.weight", hd)
         norm(f"{p}.post_attention_layernorm.weight", d)
+        if post_norms:
+            norm(f"{p}.pre_feedforward_layernorm.weight", d)
         mat(f"{p}.mlp.gate_proj.weight", (f, d))
         mat(f"{p}.mlp.up_proj.weight", (f, d))
         mat(f"{p}.mlp.down_proj.weight", (d, f))
+        if post_norms:
+            norm(f"{p}.post_feedforward_layernorm.weight", d)
     norm("model.norm.weight", d)
     return w
 
@@ -137,6 +146,10 @@ YARN = {
     "factor": 4.0,
     "original_max_position_embeddings": 4096,
 }
+
+
+# Sliding-window attention over 3 positions in every block, as Qwen's configs switch it on.
+SLIDING = {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 0}
 
 
 def rope_params(cfg):
@@ -179,6 +192,10 @@ def forward(cfg, w, ids):
     t = len(ids)
     h = W["model.embed_tokens.weight"][ids]
     causal = np.triu(np.full((t, t), -np.inf), k=1)
+    if cfg.get("use_sliding_window"):
+        # Every block (max_window_layers 0): query i attends to keys i - w + 1 ..= i.
+        assert cfg["max_window_layers"] == 0
+        causal += np.tril(np.full((t, t), -np.inf), k=-cfg["sliding_window"])
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
         x = rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps)
@@ -235,25 +252,34 @@ def chat_cases(template_path):
     ]
 
 
+def logit_cases(forward, cfg, w):
+    """The ids and the logits at every position of each of SEQUENCES."""
+    return [
+        {"ids": ids, "logits": [[round(float(x), 7) for x in row] for row in forward(cfg, w, ids)]}
+        for ids in SEQUENCES
+    ]
+
+
+def write_folder(out, cfg, w):
+    """config.json and model.safetensors of a model folder at `out` (created if needed)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2)
+        fh.write("\n")
+    save_safetensors(w, os.path.join(out, "model.safetensors"))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]
-    os.makedirs(out, exist_ok=True)
     w = weights(CONFIG)
-    with open(os.path.join(out, "config.json"), "w") as fh:
-        json.dump(CONFIG, fh, indent=2)
-        fh.write("\n")
-    save_safetensors(w, os.path.join(out, "model.safetensors"))
-    cases = [
-        {"ids": ids, "logits": [[round(float(x), 7) for x in row] for row in forward(CONFIG, w, ids)]}
-        for ids in SEQUENCES
-    ]
+    write_folder(out, CONFIG, w)
+    cases = logit_cases(forward, CONFIG, w)
     yarn_cfg = dict(CONFIG, rope_scaling=YARN, max_position_embeddings=16384)
-    yarn = [
-        {"ids": ids, "logits": [[round(float(x), 7) for x in row] for row in forward(yarn_cfg, w, ids)]}
-        for ids in SEQUENCES
-    ]
+    yarn = logit_cases(forward, yarn_cfg, w)
+    sliding_cfg = dict(CONFIG, **SLIDING)
+    sliding = logit_cases(forward, sliding_cfg, w)
     with open(os.path.join(out, "logits.json"), "w") as fh:
         json.dump(
             {
@@ -264,6 +290,7 @@ def main():
                     "max_position_embeddings": 16384,
                     "cases": yarn,
                 },
+                "sliding": {"config": SLIDING, "cases": sliding},
             },
             fh,
         )

@@ -815,6 +815,8 @@ mod tests {
             ("self_attn.k_norm.weight", "norms"),
             ("input_layernorm.weight", "norms"),
             ("post_attention_layernorm.weight", "norms"),
+            ("pre_feedforward_layernorm.weight", "norms"),
+            ("post_feedforward_layernorm.weight", "norms"),
             ("mlp.down_proj.weight", "mlp"),
         ] {
             let full = format!("{l}{name}");

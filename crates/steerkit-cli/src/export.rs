@@ -163,6 +163,12 @@ pub fn run(a: Args) -> Result<()> {
                     "wrote {} ({gguf_type} matrices, f32 vectors, {source})",
                     a.out.display(),
                 );
+                if let Some(w) = model.cfg.sliding_window {
+                    // As llama.cpp's own converter: these architectures have no window there.
+                    println!(
+                        "note: the model attends over a sliding window of {w} positions; GGUF has no place for it in this architecture and llama.cpp attends over the whole context, so answers to prompts of more than {w} tokens will differ"
+                    );
+                }
             } else {
                 let name = a.safetensors_dtype.as_deref().unwrap_or("f32");
                 let dtype = crate::common::float_dtype(name)?;

@@ -31,7 +31,7 @@ pub fn run(a: Args) -> Result<()> {
         &steerkit_model::ChatTemplate::messages("{user}", &SystemPrompt::Default),
         true,
     )?;
-    let info = json!({
+    let mut info = json!({
         "source": m.path.display().to_string(),
         "kind": m.kind,
         "architecture": c.arch,
@@ -59,6 +59,10 @@ pub fn run(a: Args) -> Result<()> {
         "chat_example": example,
         "post_instruction": post,
     });
+    if let Some(w) = c.sliding_window {
+        info["sliding_window"] = w.into();
+        info["full_attention_layers"] = c.full_attention_layers.clone().into();
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());

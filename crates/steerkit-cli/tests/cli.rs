@@ -53,12 +53,89 @@ fn tmpdir(tag: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
+/// `inspect --json` of `model`, a 4-token `generate`, and one quick ACTOR epoch training
+/// `parts` into `run`: the inspection and the trained block.
+fn inspect_generate_train(
+    model: &str,
+    run: &Path,
+    parts: &str,
+) -> (
+    serde_json::Value,
+    std::collections::HashMap<String, candle_core::Tensor>,
+) {
+    let out = steerkit(&["inspect", "--json", "-m", model]);
+    assert_ok(&out);
+    let v = serde_json::from_slice(&out.stdout).unwrap();
+    let prompt = ["--prompt", "Say hello.", "--max-new-tokens", "4"];
+    assert_ok(&steerkit(
+        &[&["generate", "-m", model][..], &prompt].concat(),
+    ));
+    let mut args = quick_actor(model);
+    args.extend([
+        "--epochs",
+        "1",
+        "--train",
+        parts,
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_ok(&steerkit(&args));
+    let ck = run.join("block-epoch1.safetensors");
+    (
+        v,
+        candle_core::safetensors::load(&ck, &candle_core::Device::Cpu).unwrap(),
+    )
+}
+
+/// `steerkit export -m MODEL EXTRA.. --format gguf --out OUT`.
+fn export_gguf(model: &str, extra: &[&str], out: &Path) -> Output {
+    let head = ["export", "-m", model];
+    let tail = ["--format", "gguf", "--out", out.to_str().unwrap()];
+    steerkit(&[&head[..], extra, &tail].concat())
+}
+
+/// The tensors of the Hugging Face folder at `path`, by name.
+fn folder_tensors(path: &Path) -> std::collections::BTreeMap<String, candle_core::Tensor> {
+    steerkit_model::hf::HfFolder::open(path)
+        .unwrap()
+        .model(&candle_core::Device::Cpu, DType::F32)
+        .unwrap()
+        .named_tensors()
+        .into_iter()
+        .collect()
+}
+
+/// `steerkit export -m MODEL --run RUN --out OUT` (the patched folder), and its tensors.
+fn export_patched(
+    model: &str,
+    run: &Path,
+    out: &Path,
+) -> std::collections::BTreeMap<String, candle_core::Tensor> {
+    let args = [
+        "export",
+        "-m",
+        model,
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert_ok(&steerkit(&args));
+    folder_tensors(out)
+}
+
 /// A tiny random llama with SmolLM2's tokenizer and template, saved as a Hugging Face folder.
 fn tiny_folder(dir: &Path) -> PathBuf {
+    tiny_folder_of(dir, Arch::Llama)
+}
+
+/// A tiny random model of `arch` with SmolLM2's tokenizer and template, saved as a Hugging
+/// Face folder `dir/tiny`.
+fn tiny_folder_of(dir: &Path, arch: Arch) -> PathBuf {
     let g = Gguf::open(Path::new(&model(SMOL))).unwrap();
     let tok = g.tokenizer().unwrap();
     let chat = g.chat_template(&tok).unwrap();
-    let m = random_model(tiny_config(Arch::Llama, tok.vocab_size()), DType::F32, 1).unwrap();
+    let m = random_model(tiny_config(arch, tok.vocab_size()), DType::F32, 1).unwrap();
     let out = dir.join("tiny");
     steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &out).unwrap();
     out
@@ -146,6 +223,70 @@ fn inspect_reports_the_architecture() {
     );
 }
 
+/// A Mistral folder whose blocks attend over a sliding window (as Mistral 7B v0.1's): a
+/// patched folder keeps the window in its config.json; a GGUF export, which has no place for
+/// it, says so, and reloads without it.
+#[test]
+fn a_sliding_window_survives_folders_and_is_noted_in_gguf() {
+    let d = tmpdir("window");
+    let g = Gguf::open(Path::new(&model(SMOL))).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let mut cfg = tiny_config(Arch::Mistral, tok.vocab_size());
+    cfg.sliding_window = Some(5);
+    let m = random_model(cfg, DType::F32, 4).unwrap();
+    let folder = d.path().join("mistral");
+    steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &folder).unwrap();
+    let f = folder.to_str().unwrap();
+    let again = d.path().join("again");
+    let out = steerkit(&["export", "-m", f, "--out", again.to_str().unwrap()]);
+    assert_ok(&out);
+    let cfg = steerkit_model::hf::HfFolder::open(&again)
+        .unwrap()
+        .config()
+        .unwrap();
+    assert_eq!(cfg.sliding_window, Some(5));
+    let gguf = d.path().join("m.gguf");
+    let out = export_gguf(f, &[], &gguf);
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("sliding window of 5 positions"), "{said}");
+    let back = Gguf::open(&gguf).unwrap().config().unwrap();
+    assert_eq!(back.sliding_window, None);
+}
+
+/// A Gemma 3 folder (tiny and random, with SmolLM2's tokenizer and template): inspect,
+/// generation, ACTOR training every part of the block (post-norms included) and export as a
+/// patched folder that holds the trained block; GGUF export is one clear error.
+#[test]
+fn gemma3_folder_inspects_trains_and_exports() {
+    let d = tmpdir("gemma3");
+    let folder = tiny_folder_of(d.path(), Arch::Gemma3);
+    let f = folder.to_str().unwrap();
+    let run = d.path().join("run");
+    let (v, trained) = inspect_generate_train(f, &run, "attn,mlp,norms");
+    assert_eq!(v["architecture"].as_str(), Some("gemma3"));
+    assert_eq!(
+        (&v["sliding_window"], &v["full_attention_layers"]),
+        (&serde_json::json!(3), &serde_json::json!([1]))
+    );
+    let post = "model.layers.1.post_feedforward_layernorm.weight";
+    let back = export_patched(f, &run, &d.path().join("patched"));
+    let original = folder_tensors(&folder);
+    let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        steerkit_model::random::max_abs_diff(a, b).unwrap()
+    };
+    assert_eq!(gap(&back[post], &trained[post]), 0.0);
+    assert!(
+        gap(&trained[post], &original[post]) > 0.0,
+        "the post-norm was not trained"
+    );
+
+    let gguf = d.path().join("m.gguf");
+    assert_clean_error(&export_gguf(f, &[], &gguf), "convert_hf_to_gguf.py");
+    assert!(!gguf.exists());
+}
+
 /// A Qwen3 folder (tiny and random, with Qwen's tokenizer and Qwen3's own chat template)
 /// goes through the main path: inspect, generation, ACTOR (which trains the per-head q/k
 /// norms with `--train norms`, and not the maps) and export as a patched folder (f32, and bf16 at half the
@@ -162,40 +303,12 @@ fn qwen3_folder_inspects_trains_and_exports() {
     let folder = d.path().join("qwen3");
     steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &folder).unwrap();
     let f = folder.to_str().unwrap();
-
-    let out = steerkit(&["inspect", "--json", "-m", f]);
-    assert_ok(&out);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = d.path().join("run");
+    let (v, trained) = inspect_generate_train(f, &run, "norms");
     assert_eq!(
         (v["architecture"].as_str(), v["head_dim"].as_u64()),
         (Some("qwen3"), Some(16))
     );
-
-    let out = steerkit(&[
-        "generate",
-        "-m",
-        f,
-        "--prompt",
-        "Say hello.",
-        "--max-new-tokens",
-        "4",
-    ]);
-    assert_ok(&out);
-
-    let run = d.path().join("run");
-    let mut args = quick_actor(f);
-    args.extend([
-        "--epochs",
-        "1",
-        "--train",
-        "norms",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    let out = steerkit(&args);
-    assert_ok(&out);
-    let ck = run.join("block-epoch1.safetensors");
-    let trained = candle_core::safetensors::load(&ck, &candle_core::Device::Cpu).unwrap();
     let q_norm = "model.layers.1.self_attn.q_norm.weight";
     let before: std::collections::BTreeMap<String, candle_core::Tensor> =
         m.named_tensors().into_iter().collect();
@@ -209,22 +322,7 @@ fn qwen3_folder_inspects_trains_and_exports() {
     );
 
     let patched = d.path().join("patched");
-    let out = steerkit(&[
-        "export",
-        "-m",
-        f,
-        "--run",
-        run.to_str().unwrap(),
-        "--out",
-        patched.to_str().unwrap(),
-    ]);
-    assert_ok(&out);
-    let back = steerkit_model::hf::HfFolder::open(&patched)
-        .unwrap()
-        .model(&candle_core::Device::Cpu, DType::F32)
-        .unwrap();
-    let back: std::collections::BTreeMap<String, candle_core::Tensor> =
-        back.named_tensors().into_iter().collect();
+    let back = export_patched(f, &run, &patched);
     assert_eq!(
         steerkit_model::random::max_abs_diff(&back[q_norm], &trained[q_norm]).unwrap(),
         0.0
@@ -1360,17 +1458,7 @@ fn actor_trains_resumes_and_exports() {
     // GGUF from a Hugging Face folder: metadata from config.json and tokenizer.json, the
     // trained block in f16.
     let g = d.path().join("patched.gguf");
-    let ex = steerkit(&[
-        "export",
-        "-m",
-        t,
-        "--run",
-        r,
-        "--format",
-        "gguf",
-        "--out",
-        g.to_str().unwrap(),
-    ]);
+    let ex = export_gguf(t, &["--run", r], &g);
     assert_ok(&ex);
     let said = String::from_utf8_lossy(&ex.stdout);
     assert!(

@@ -57,12 +57,17 @@ pub fn source_metadata(source: &Gguf) -> Metadata {
         .collect()
 }
 
-/// llama.cpp's architecture name: its converter writes Mistral 7B models as `llama`.
-pub fn gguf_arch(arch: Arch) -> &'static str {
+/// llama.cpp's architecture name: its converter writes Mistral 7B models as `llama`. Gemma 3
+/// is not written (llama.cpp's `gemma3` layout, with norms stored as `1 + w` and its own
+/// window keys, is not implemented here).
+pub fn gguf_arch(arch: Arch) -> Result<&'static str, ModelError> {
     match arch {
-        Arch::Llama | Arch::Mistral => "llama",
-        Arch::Qwen2 => "qwen2",
-        Arch::Qwen3 => "qwen3",
+        Arch::Llama | Arch::Mistral => Ok("llama"),
+        Arch::Qwen2 => Ok("qwen2"),
+        Arch::Qwen3 => Ok("qwen3"),
+        Arch::Gemma3 => Err(ModelError::Config(
+            "steerkit does not write Gemma 3 as GGUF; export a safetensors folder and convert it with llama.cpp's convert_hf_to_gguf.py".into(),
+        )),
     }
 }
 
@@ -75,7 +80,7 @@ pub fn metadata(
     chat: &ChatTemplate,
     name: &str,
 ) -> Result<Metadata, ModelError> {
-    let arch = gguf_arch(cfg.arch);
+    let arch = gguf_arch(cfg.arch)?;
     let u = |x: usize| Value::U32(x as u32);
     let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
     let vocab = tok.gguf_vocab(cfg.vocab_size)?;

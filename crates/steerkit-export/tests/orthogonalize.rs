@@ -164,3 +164,18 @@ fn bf16_matrices_are_projected_in_f32() -> Result<(), Box<dyn std::error::Error>
     );
     Ok(())
 }
+
+/// Gemma norms each block's output before adding it to the residual, so projecting the
+/// direction out of `o_proj` and `down_proj` would not keep it out: refused, with the way out.
+#[test]
+fn gemma_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+    use candle_core::DType;
+    use steerkit_model::random::{random_model, seeded_normal, tiny_config};
+    let m = random_model(tiny_config(steerkit_model::Arch::Gemma3, 64), DType::F32, 3)?;
+    let err = steerkit_export::orthogonalize(&m, &seeded_normal(32, 5)?)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not exact for gemma3_text"), "{err}");
+    assert!(err.contains("--intervention ablate"), "{err}");
+    Ok(())
+}

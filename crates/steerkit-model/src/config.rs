@@ -10,7 +10,7 @@ use serde::Serialize;
 pub enum Arch {
     /// Llama 2/3, SmolLM2, TinyLlama.
     Llama,
-    /// Mistral (no sliding window: prompts here are far shorter than the window).
+    /// Mistral (7B v0.1 attends over a sliding window of 4096 positions: `sliding_window`).
     Mistral,
     /// Qwen2 / Qwen2.5: biases on q, k and v.
     Qwen2,
@@ -18,6 +18,13 @@ pub enum Arch {
     /// dimension (`q_norm`, `k_norm`) before RoPE, and `head_dim` is set on its own (128 on
     /// every size, whatever `hidden_size / heads` is).
     Qwen3,
+    /// Gemma 3, text only (`gemma3_text`: Gemma3ForCausalLM, the 1B model; the larger ones are
+    /// multimodal). Per-head q/k norms as Qwen3; every norm multiplies by `1 + w`; the
+    /// attention and MLP outputs are normed before they join the residual (post-norms); the
+    /// embedding is scaled by `sqrt(hidden_size)`; a gelu (tanh) MLP; attention scaled by
+    /// `query_pre_attn_scalar`; five blocks of six attend over a sliding window with a RoPE
+    /// base of their own.
+    Gemma3,
 }
 
 impl Arch {
@@ -28,23 +35,60 @@ impl Arch {
             "mistral" => Ok(Arch::Mistral),
             "qwen2" => Ok(Arch::Qwen2),
             "qwen3" => Ok(Arch::Qwen3),
+            "gemma3_text" => Ok(Arch::Gemma3),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
 
-    /// Name as used in GGUF metadata keys.
+    /// The architecture's name: config.json's `model_type`, and the prefix of GGUF metadata
+    /// keys for those read from GGUF.
     pub fn name(self) -> &'static str {
         match self {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3_text",
         }
     }
 
-    /// Whether the blocks RMS-norm each query and key head (`q_norm`, `k_norm`: qwen3).
+    /// Whether the blocks RMS-norm each query and key head (`q_norm`, `k_norm`: qwen3, gemma3).
     pub fn qk_norm(self) -> bool {
-        self == Arch::Qwen3
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
+    }
+
+    /// Gemma's conventions: norms multiply by `1 + w`, the attention and MLP outputs are normed
+    /// before they are added to the residual (`post_attention_layernorm` is that norm, and the
+    /// MLP's input norm is `pre_feedforward_layernorm`), the embedding is scaled by
+    /// `sqrt(hidden_size)`.
+    pub fn gemma(self) -> bool {
+        self == Arch::Gemma3
+    }
+
+    /// What each norm weight is added to: 1 for Gemma (weights stored as offsets), else 0.
+    pub fn norm_offset(self) -> f64 {
+        if self.gemma() {
+            1.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The MLP's activation, applied to the gate projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x sigmoid(x)` (llama, mistral, qwen).
+    #[default]
+    Silu,
+    /// gelu's tanh approximation, `gelu_pytorch_tanh` (gemma).
+    GeluTanh,
+}
+
+impl Activation {
+    fn is_silu(&self) -> bool {
+        *self == Activation::Silu
     }
 }
 
@@ -70,6 +114,26 @@ pub struct Config {
     /// was before scaling existed, and older run folders still match their model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Sliding-window attention in every block: a query at position `p` attends to the keys at
+    /// positions `p - w + 1 ..= p` only (Mistral 7B v0.1: 4096). `None`: the whole causal
+    /// prefix. Left out of the serialized form when none (fingerprints, as for `rope_scaling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// With a sliding window, the blocks that attend over the whole context all the same
+    /// (Gemma 3's every sixth block). Empty: the window applies to every block.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub full_attention_layers: Vec<usize>,
+    /// RoPE base of the blocks with a sliding window, unscaled (Gemma 3: 10,000); `None`: they
+    /// rotate as the others do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_local_theta: Option<f64>,
+    /// Attention logits are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`
+    /// (Gemma).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// The MLP's activation (left out of the serialized form when silu).
+    #[serde(skip_serializing_if = "Activation::is_silu")]
+    pub hidden_act: Activation,
 }
 
 /// RoPE scaling: each rotation frequency `θ^(-2i/d)` is divided by a factor of its own.
@@ -121,6 +185,36 @@ impl Config {
             Some(div) => base.iter().zip(div).map(|(f, d)| f / d).collect(),
             None => base,
         }
+    }
+
+    /// The sliding window of block `layer`, if it has one.
+    pub fn window_of(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| !self.full_attention_layers.contains(&layer))
+    }
+
+    /// Whether block `layer` rotates with the local RoPE base ([`Config::rope_local_theta`]).
+    pub fn local_rope(&self, layer: usize) -> bool {
+        self.rope_local_theta.is_some() && self.window_of(layer).is_some()
+    }
+
+    /// The local RoPE frequencies `θ_local^(-2i/d)`, unscaled (f32, as [`Config::rope_frequencies`]).
+    pub fn local_rope_frequencies(&self) -> Option<Vec<f32>> {
+        let theta = self.rope_local_theta? as f32;
+        Some(
+            (0..self.head_dim / 2)
+                .map(|i| 1.0 / theta.powf(2.0 * i as f32 / self.head_dim as f32))
+                .collect(),
+        )
+    }
+
+    /// The factor attention logits are multiplied by: `query_pre_attn_scalar^-1/2` when set,
+    /// else `head_dim^-1/2`.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// The factor RoPE's cos and sin are multiplied by: YaRN's attention factor, else 1.
@@ -221,6 +315,27 @@ impl Config {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even", self.head_dim));
         }
+        if self.sliding_window == Some(0) {
+            return bad("a sliding window of 0 positions attends to nothing".into());
+        }
+        if let Some(l) = self
+            .full_attention_layers
+            .iter()
+            .find(|l| **l >= self.num_layers)
+        {
+            return bad(format!(
+                "full-attention block {l} does not exist (the model has {})",
+                self.num_layers
+            ));
+        }
+        for (what, x) in [
+            ("local RoPE base", self.rope_local_theta),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+        ] {
+            if let Some(x) = x.filter(|x| !(x.is_finite() && *x > 0.0)) {
+                return bad(format!("{what} must be positive and finite, not {x}"));
+            }
+        }
         match &self.rope_scaling {
             Some(RopeScaling::Divisors(d)) if d.len() != self.head_dim / 2 => {
                 return bad(format!(
@@ -285,7 +400,8 @@ impl Config {
         let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_heads * hd;
         let kv = self.num_kv_heads * hd;
-        let mut block = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        let norms = if self.arch.gemma() { 4 } else { 2 };
+        let mut block = d * q + 2 * d * kv + q * d + 3 * d * f + norms * d;
         if self.attention_bias {
             block += q + 2 * kv;
         }
@@ -309,8 +425,9 @@ impl Config {
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
         };
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "architectures": [arch_class],
             "model_type": self.arch.name(),
             "vocab_size": self.vocab_size,
@@ -325,10 +442,47 @@ impl Config {
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
-            "hidden_act": "silu",
             "torch_dtype": "float32",
             "rope_scaling": self.rope_scaling.as_ref().map(|r| r.to_hf_json(self)),
-        })
+        });
+        match self.hidden_act {
+            Activation::Silu => j["hidden_act"] = "silu".into(),
+            // Gemma's configs name it so.
+            Activation::GeluTanh => j["hidden_activation"] = "gelu_pytorch_tanh".into(),
+        }
+        if let Some(s) = self.query_pre_attn_scalar {
+            j["query_pre_attn_scalar"] = s.into();
+        }
+        if let Some(theta) = self.rope_local_theta {
+            j["rope_local_base_freq"] = theta.into();
+        }
+        if self.arch.gemma() {
+            j["final_logit_softcapping"] = serde_json::Value::Null;
+            j["attn_logit_softcapping"] = serde_json::Value::Null;
+        }
+        if let Some(w) = self.sliding_window {
+            j["sliding_window"] = w.into();
+            let full = &self.full_attention_layers;
+            if !full.is_empty() {
+                let types: Vec<&str> = (0..self.num_layers)
+                    .map(|l| match self.window_of(l) {
+                        Some(_) => "sliding_attention",
+                        None => "full_attention",
+                    })
+                    .collect();
+                j["layer_types"] = types.into();
+            }
+            if matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
+                // Qwen's configs switch the window on, from block `max_window_layers` up
+                // (layer_types, when written, says the same or more).
+                let leading = (0..self.num_layers)
+                    .take_while(|l| full.contains(l))
+                    .count();
+                j["use_sliding_window"] = true.into();
+                j["max_window_layers"] = leading.into();
+            }
+        }
+        j
     }
 }
 

@@ -157,6 +157,13 @@ impl Gguf {
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             rope_scaling,
+            // llama.cpp runs these architectures without a window and its converter writes
+            // none (Mistral 7B v0.1 included); so does steerkit.
+            sliding_window: None,
+            full_attention_layers: vec![],
+            rope_local_theta: None,
+            query_pre_attn_scalar: None,
+            hidden_act: Default::default(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::config::{Arch, Config, RopeScaling};
+use crate::config::{Activation, Arch, Config, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::template::ChatTemplate;
@@ -65,23 +65,44 @@ impl HfFolder {
                 .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{k}`")))
         };
         // What the one block does not compute is an error, not silently wrong logits.
-        if let Some(act) = c["hidden_act"].as_str().filter(|a| *a != "silu") {
-            return Err(ModelError::Config(format!(
-                "config.json asks for activation `{act}`; steerkit implements silu only"
-            )));
+        let hidden_act = activation(c, arch)?;
+        for cap in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if let Some(x) = c[cap].as_f64() {
+                return Err(ModelError::Config(format!(
+                    "config.json asks for {cap} {x} (Gemma 2); steerkit does not implement soft-capping"
+                )));
+            }
         }
         let max_position_embeddings =
             c["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
         // transformers 5 writes RoPE's settings, its base included, as `rope_parameters`
-        // (older versions: `rope_theta` and `rope_scaling` at the top).
-        let rope = match &c["rope_parameters"] {
+        // (older versions: `rope_theta` and `rope_scaling` at the top); per layer type where
+        // the blocks differ (Gemma 3: sliding_attention and full_attention).
+        let params = &c["rope_parameters"];
+        let per_type = params.get("full_attention").is_some();
+        let rope = match params {
             Value::Null => &c["rope_scaling"],
             p if p.get("rope_type").is_some() || p.get("rope_theta").is_some() => p,
+            p if per_type && arch.gemma() => &p["full_attention"],
             _ => {
                 return Err(ModelError::Config(
-                    "config.json's rope_parameters are per layer type; steerkit implements one RoPE for every layer".into(),
+                    "config.json's rope_parameters are per layer type; steerkit implements one RoPE for every layer (and Gemma 3's two)".into(),
                 ))
             }
+        };
+        let rope_local_theta = match arch.gemma() {
+            false => None,
+            true if per_type => {
+                let local = &params["sliding_attention"];
+                if local["rope_type"].as_str().is_some_and(|t| t != "default") {
+                    return Err(ModelError::Config(format!(
+                        "config.json scales the sliding blocks' RoPE ({}); steerkit scales the full-attention blocks' only",
+                        local["rope_type"]
+                    )));
+                }
+                Some(local["rope_theta"].as_f64().unwrap_or(10_000.0))
+            }
+            true => Some(c["rope_local_base_freq"].as_f64().unwrap_or(10_000.0)),
         };
         if let Some(f) = rope["partial_rotary_factor"].as_f64().filter(|f| *f != 1.0) {
             return Err(ModelError::Config(format!(
@@ -102,12 +123,14 @@ impl HfFolder {
         }
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
+        let num_layers = u("num_hidden_layers")?;
+        let (sliding_window, full_attention_layers) = sliding_window(c, arch, num_layers)?;
         let cfg = Config {
             arch,
             vocab_size: u("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: u("intermediate_size")?,
-            num_layers: u("num_hidden_layers")?,
+            num_layers,
             num_heads: heads,
             num_kv_heads: c["num_key_value_heads"]
                 .as_u64()
@@ -118,9 +141,18 @@ impl HfFolder {
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta,
             max_position_embeddings,
-            tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(false),
+            // transformers' default: tied for Gemma, untied otherwise.
+            tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(arch.gemma()),
             attention_bias: arch == Arch::Qwen2,
             rope_scaling,
+            sliding_window,
+            full_attention_layers,
+            rope_local_theta,
+            // Gemma 3's default.
+            query_pre_attn_scalar: arch
+                .gemma()
+                .then(|| c["query_pre_attn_scalar"].as_f64().unwrap_or(256.0)),
+            hidden_act,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -267,6 +299,80 @@ impl HfFolder {
             ),
             None => Ok(ChatTemplate::chatml()),
         }
+    }
+}
+
+/// The MLP's activation: `hidden_act` (`hidden_activation` in Gemma's configs), silu for
+/// every architecture but Gemma, whose is gelu's tanh approximation.
+fn activation(c: &Value, arch: Arch) -> Result<Activation> {
+    let (want, name, act) = match arch.gemma() {
+        true => (
+            "hidden_activation",
+            "gelu_pytorch_tanh",
+            Activation::GeluTanh,
+        ),
+        false => ("hidden_act", "silu", Activation::Silu),
+    };
+    let given = c[want].as_str().or(c["hidden_act"].as_str());
+    match given {
+        Some(a) if a != name => Err(ModelError::Config(format!(
+            "config.json asks for activation `{a}`; steerkit implements {name} for {}",
+            arch.name()
+        ))),
+        _ => Ok(act),
+    }
+}
+
+/// The sliding window and the blocks that attend over the whole context all the same, as
+/// transformers reads config.json: transformers 5's `layer_types`; Mistral's `sliding_window`
+/// (null: none) on every block; Qwen2's and Qwen3's only with `use_sliding_window`, on the
+/// blocks from `max_window_layers` up; Gemma 3's on every block but each
+/// `sliding_window_pattern`-th (default 6).
+fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
+    // Gemma 3's default window is 4096.
+    let default = arch.gemma().then_some(4096);
+    let window = || -> Result<usize> {
+        c["sliding_window"].as_u64().map(|w| w as usize).or(default).ok_or_else(|| {
+            ModelError::Config("config.json asks for sliding-window attention but has no integer `sliding_window`".into())
+        })
+    };
+    // The window, on the blocks for which `sliding` says so.
+    let on = |sliding: &dyn Fn(usize) -> bool| -> Result<(Option<usize>, Vec<usize>)> {
+        let full: Vec<usize> = (0..num_layers).filter(|l| !sliding(*l)).collect();
+        if full.len() == num_layers {
+            return Ok((None, vec![]));
+        }
+        Ok((Some(window()?), full))
+    };
+    if let Some(types) = c["layer_types"].as_array() {
+        if types.len() != num_layers {
+            return Err(ModelError::Config(format!(
+                "config.json's layer_types names {} blocks of {num_layers}",
+                types.len()
+            )));
+        }
+        if let Some(other) = types
+            .iter()
+            .find(|t| !matches!(t.as_str(), Some("sliding_attention" | "full_attention")))
+        {
+            return Err(ModelError::Config(format!(
+                "config.json's layer_types holds {other}; steerkit knows full_attention and sliding_attention"
+            )));
+        }
+        return on(&|l| types[l].as_str() == Some("sliding_attention"));
+    }
+    match arch {
+        Arch::Mistral if !c["sliding_window"].is_null() => on(&|_| true),
+        Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() == Some(true) => {
+            // transformers' default for Qwen2 and Qwen3 configs.
+            let from = c["max_window_layers"].as_u64().unwrap_or(28) as usize;
+            on(&|l| l >= from)
+        }
+        Arch::Gemma3 => {
+            let every = c["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) as usize;
+            on(&|l| (l + 1) % every != 0)
+        }
+        _ => Ok((None, vec![])),
     }
 }
 

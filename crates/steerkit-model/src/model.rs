@@ -1,13 +1,14 @@
 //! The decoder: weights as plain tensors and a forward pass with hook points.
 //!
-//! One block serves llama, mistral and qwen2 (they differ only in q/k/v biases). Shapes are
+//! One block serves llama, mistral, qwen2, qwen3 and gemma3 (they differ in biases, per-head
+//! q/k norms, post-norms and the MLP's activation; see [`Arch`](crate::Arch)). Shapes are
 //! written as `[batch, seq, hidden]` where they change. Sequences are left-padded: each row
 //! has `pad` leading pad columns that no query may attend to; positions (for RoPE) count real
 //! tokens only, so a padded row computes exactly what it would alone.
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use crate::config::Config;
+use crate::config::{Activation, Config};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hook, HookCtx, HookPoint, Site};
 
@@ -56,31 +57,44 @@ pub struct Block {
     /// Per-head RMSNorm weights `[head_dim]` of the queries and keys (qwen3), else `None`.
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
+    /// The MLP's input norm.
     pub mlp_norm: Tensor,
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// Norms of the attention's and the MLP's outputs before they join the residual (gemma),
+    /// else `None`.
+    pub post_attn_norm: Option<Tensor>,
+    pub post_mlp_norm: Option<Tensor>,
 }
 
 impl Block {
-    /// The MLP's input to the down projection, `silu(h Gᵀ) * (h Uᵀ)`.
-    fn mlp_act(&self, h: &Tensor) -> Result<Tensor> {
-        Ok((self.gate.forward(h)?.silu()? * self.up.forward(h)?)?)
-    }
-
-    /// The MLP of the normed residual `h`.
-    fn mlp(&self, h: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.mlp_act(h)?)
+    /// The MLP's input to the down projection, `act(h Gᵀ) * (h Uᵀ)`.
+    fn mlp_act(&self, h: &Tensor, act: Activation) -> Result<Tensor> {
+        let g = self.gate.forward(h)?;
+        let g = match act {
+            Activation::Silu => g.silu()?,
+            Activation::GeluTanh => g.gelu()?,
+        };
+        Ok((g * self.up.forward(h)?)?)
     }
 
     /// Every tensor of the block with its Hugging Face name suffix (after `model.layers.N.`),
-    /// mutable so that trainers can swap in variables.
+    /// mutable so that trainers can swap in variables. With post-norms (gemma) the MLP's
+    /// input norm is `pre_feedforward_layernorm` and `post_attention_layernorm` is the
+    /// attention's output norm; without, `post_attention_layernorm` is the MLP's input norm.
     pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mlp_norm = match self.post_attn_norm {
+            Some(_) => "pre_feedforward_layernorm.weight",
+            None => "post_attention_layernorm.weight",
+        };
         let mut out: Vec<(String, &mut Tensor)> = vec![
             ("input_layernorm.weight".into(), &mut self.attn_norm),
-            ("post_attention_layernorm.weight".into(), &mut self.mlp_norm),
+            (mlp_norm.into(), &mut self.mlp_norm),
         ];
         for (name, norm) in [
+            ("post_attention_layernorm.weight", &mut self.post_attn_norm),
+            ("post_feedforward_layernorm.weight", &mut self.post_mlp_norm),
             ("self_attn.q_norm.weight", &mut self.q_norm),
             ("self_attn.k_norm.weight", &mut self.k_norm),
         ] {
@@ -211,6 +225,34 @@ pub struct Model {
 /// Additive mask value for disallowed keys: finite, so a fully masked pad row stays NaN-free.
 const MASKED: f32 = -1e9;
 
+/// RoPE tables and attention mask per kind of block: `kinds[0]` attends over the whole
+/// context, `kinds[1]` over a sliding window.
+#[derive(Default)]
+struct Positions {
+    kinds: [Option<((Tensor, Tensor), Tensor)>; 2],
+}
+
+impl Positions {
+    /// Block `layer`'s RoPE tables and mask.
+    fn of(&self, m: &Model, layer: usize) -> (&(Tensor, Tensor), &Tensor) {
+        let (rope, mask) = self.kinds[usize::from(m.cfg.window_of(layer).is_some())]
+            .as_ref()
+            .expect("positions() built every kind the layers use");
+        (rope, mask)
+    }
+}
+
+/// The position (for RoPE and the sliding window) of column `c` of a row whose `pad` pad
+/// columns start at column `pad_at`: real tokens are counted, pad columns are not (a pad
+/// column gets `pad_at`: it is masked, any value will do).
+fn position(c: usize, pad_at: usize, pad: usize) -> usize {
+    match c {
+        c if c < pad_at => c,
+        c if c < pad_at + pad => pad_at,
+        c => c - pad,
+    }
+}
+
 impl Model {
     /// Every tensor with its Hugging Face name (`model.layers.3.mlp.up_proj.weight`).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
@@ -275,7 +317,12 @@ impl Model {
             .embed
             .index_select(&ids.flatten_all()?, 0)?
             .to_dtype(self.dtype)?;
-        Ok(flat.reshape((b, t, self.cfg.hidden_size))?)
+        let x = flat.reshape((b, t, self.cfg.hidden_size))?;
+        if self.cfg.arch.gemma() {
+            // sqrt(hidden_size), rounded to the compute dtype as transformers does.
+            return Ok((x * (self.cfg.hidden_size as f64).sqrt())?);
+        }
+        Ok(x)
     }
 
     /// Runs the whole stack and returns the final-normed hidden states `[batch, seq, hidden]`.
@@ -337,8 +384,7 @@ impl Model {
         }
         let offset = cache.as_ref().map_or(0, |c| c.len);
         let pad_at = cache.as_ref().map_or(0, |c| c.pad_at);
-        let rope = self.rope_tables(pads, pad_at, offset, t)?;
-        let mask = self.attention_mask(pads, pad_at, offset, t)?;
+        let positions = self.positions(layers.clone(), pads, pad_at, offset, t)?;
         if let Some(c) = cache.as_deref_mut() {
             if c.layers.len() < self.cfg.num_layers {
                 c.layers.resize(self.cfg.num_layers, None);
@@ -353,16 +399,15 @@ impl Model {
                 x = y;
             }
             let blk = &self.layers[l];
+            let (rope, mask) = positions.of(self, l);
             let h = self.rms_norm(&x, &blk.attn_norm, mode)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let a = self.attention(blk, &h, &rope, &mask, kv, mode)?;
-            x = (x + a)?;
+            let a = self.attention(blk, &h, rope, mask, kv, mode)?;
+            x = (x + self.post_norm(a, blk.post_attn_norm.as_ref(), mode)?)?;
             if let Some(y) = hook.call(site(HookPoint::AfterAttention), &x)? {
                 x = y;
             }
-            let h = self.rms_norm(&x, &blk.mlp_norm, mode)?;
-            let m = blk.mlp(&h)?;
-            x = (x + m)?;
+            x = (&x + self.mlp(blk, &x, mode)?)?;
             if let Some(y) = hook.call(site(HookPoint::Output), &x)? {
                 x = y;
             }
@@ -399,19 +444,18 @@ impl Model {
             .ok_or_else(|| ModelError::Input(format!("layer {layer} does not exist")))?;
         let nkv = self.cfg.num_kv_heads;
         let h = self.rms_norm(x, &blk.attn_norm, mode)?;
-        let (cos, sin) = self.rope_tables(pads, 0, 0, t)?;
+        let (cos, sin) = self.rope_tables(pads, 0, 0, t, layer)?;
         let k = self.rope(&self.keys(blk, &h, mode)?, &cos, &sin, mode)?;
         let v = self.heads(blk.v.forward(&h)?, nkv)?;
         // The last column: its query, rotation and mask row.
-        let (cos, sin) = self.rope_tables(pads, 0, t - 1, 1)?;
+        let (cos, sin) = self.rope_tables(pads, 0, t - 1, 1, layer)?;
         let h_last = h.narrow(1, t - 1, 1)?;
         let q = self.rope(&self.queries(blk, &h_last, mode)?, &cos, &sin, mode)?;
-        let mask = self.attention_mask(pads, 0, t - 1, 1)?;
+        let mask = self.attention_mask(pads, 0, t - 1, 1, layer)?;
         let mix = self.attend(&q, &k, &v, &mask, mode)?;
-        let x = (x.narrow(1, t - 1, 1)? + blk.o.forward(&mix)?)?;
-        let h = self.rms_norm(&x, &blk.mlp_norm, mode)?;
-        let m = blk.mlp(&h)?;
-        Ok((x + m)?.squeeze(1)?)
+        let a = self.post_norm(blk.o.forward(&mix)?, blk.post_attn_norm.as_ref(), mode)?;
+        let x = (x.narrow(1, t - 1, 1)? + a)?;
+        Ok((&x + self.mlp(blk, &x, mode)?)?.squeeze(1)?)
     }
 
     /// The inputs of every linear map of block `layer` for the block input `x: [batch, seq,
@@ -430,13 +474,14 @@ impl Model {
             .get(layer)
             .ok_or_else(|| ModelError::Input(format!("layer {layer} does not exist")))?;
         let mode = Mode::Inference;
-        let rope = self.rope_tables(pads, 0, 0, t)?;
-        let mask = self.attention_mask(pads, 0, 0, t)?;
+        let rope = self.rope_tables(pads, 0, 0, t, layer)?;
+        let mask = self.attention_mask(pads, 0, 0, t, layer)?;
         let h1 = self.rms_norm(x, &blk.attn_norm, mode)?;
         let mix = self.attention_mix(blk, &h1, &rope, &mask, None, mode)?;
-        let x2 = (x + blk.o.forward(&mix)?)?;
+        let a = self.post_norm(blk.o.forward(&mix)?, blk.post_attn_norm.as_ref(), mode)?;
+        let x2 = (x + a)?;
         let h2 = self.rms_norm(&x2, &blk.mlp_norm, mode)?;
-        let act = blk.mlp_act(&h2)?;
+        let act = blk.mlp_act(&h2, self.cfg.hidden_act)?;
         // Row indices of the real positions.
         let keep: Vec<u32> = pads
             .iter()
@@ -482,8 +527,33 @@ impl Model {
         Ok(self.logits(&last)?.to_dtype(DType::F32)?)
     }
 
+    /// The MLP's contribution to the residual `x` (its input norm, and its output norm where
+    /// the architecture has one).
+    fn mlp(&self, blk: &Block, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = self.rms_norm(x, &blk.mlp_norm, mode)?;
+        let m = blk.down.forward(&blk.mlp_act(&h, self.cfg.hidden_act)?)?;
+        self.post_norm(m, blk.post_mlp_norm.as_ref(), mode)
+    }
+
+    /// `x` normed by `w` where the architecture norms a sublayer's output (gemma), else `x`.
+    fn post_norm(&self, x: Tensor, w: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        match w {
+            Some(w) => self.rms_norm(&x, w, mode),
+            None => Ok(x),
+        }
+    }
+
+    /// RMSNorm with weight `w` (`1 + w` for gemma, whose weights are offsets from 1).
     fn rms_norm(&self, x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps;
+        let offset = self.cfg.arch.norm_offset();
+        let shifted;
+        let w = if offset != 0.0 {
+            shifted = w.affine(1.0, offset)?;
+            &shifted
+        } else {
+            w
+        };
         match mode {
             // The fused kernel has no f64 version; f64 is for gradient checks.
             Mode::Inference if x.dtype() != DType::F64 => {
@@ -503,28 +573,52 @@ impl Model {
         }
     }
 
-    /// cos/sin tables `[batch, seq, head_dim/2]` for the positions of the new columns. Row `b`
-    /// has `pads[b]` pad columns starting at column `pad_at`; columns after them continue the
-    /// positions of those before.
+    /// The RoPE tables and attention masks of the new columns for the kinds of block (whole
+    /// context, sliding window) among `layers`.
+    fn positions(
+        &self,
+        layers: std::ops::Range<usize>,
+        pads: &[usize],
+        pad_at: usize,
+        offset: usize,
+        t: usize,
+    ) -> Result<Positions> {
+        let mut p = Positions::default();
+        for l in layers {
+            let slot = &mut p.kinds[usize::from(self.cfg.window_of(l).is_some())];
+            if slot.is_none() {
+                *slot = Some((
+                    self.rope_tables(pads, pad_at, offset, t, l)?,
+                    self.attention_mask(pads, pad_at, offset, t, l)?,
+                ));
+            }
+        }
+        Ok(p)
+    }
+
+    /// cos/sin tables `[batch, seq, head_dim/2]` of block `layer` for the positions of the new
+    /// columns. Row `b` has `pads[b]` pad columns starting at column `pad_at`; columns after
+    /// them continue the positions of those before.
     fn rope_tables(
         &self,
         pads: &[usize],
         pad_at: usize,
         offset: usize,
         t: usize,
+        layer: usize,
     ) -> Result<(Tensor, Tensor)> {
         let half = self.cfg.head_dim / 2;
-        let inv = self.cfg.rope_frequencies();
+        let local = self.cfg.local_rope(layer);
+        let inv = match local {
+            true => self.cfg.local_rope_frequencies().expect("a local base"),
+            false => self.cfg.rope_frequencies(),
+        };
         let b = pads.len();
         let mut cos = Vec::with_capacity(b * t * half);
         let mut sin = Vec::with_capacity(b * t * half);
         for &pad in pads {
             for c in offset..offset + t {
-                let pos = match c {
-                    c if c < pad_at => c,
-                    c if c < pad_at + pad => pad_at, // a pad column: masked, any finite value
-                    c => c - pad,
-                } as f32;
+                let pos = position(c, pad_at, pad) as f32;
                 for f in &inv {
                     let a = pos * f;
                     cos.push(a.cos());
@@ -532,8 +626,12 @@ impl Model {
                 }
             }
         }
-        // YaRN scales both (and so every attention logit by the square).
-        let scale = self.cfg.rope_attention_factor() as f32;
+        // YaRN scales both (and so every attention logit by the square); local RoPE is unscaled.
+        let scale = if local {
+            1.0
+        } else {
+            self.cfg.rope_attention_factor() as f32
+        };
         if scale != 1.0 {
             cos.iter_mut()
                 .chain(sin.iter_mut())
@@ -545,22 +643,27 @@ impl Model {
         Ok((cos, sin))
     }
 
-    /// Additive mask `[batch, 1, seq, offset + seq]`: causal, and no attention to the pad
-    /// columns `pad_at..pad_at + pads[b]`.
+    /// Additive mask `[batch, 1, seq, offset + seq]` of block `layer`: causal, no attention to
+    /// the pad columns `pad_at..pad_at + pads[b]`, and, where the block has a sliding window
+    /// `w`, none to keys `w` or more positions back.
     fn attention_mask(
         &self,
         pads: &[usize],
         pad_at: usize,
         offset: usize,
         t: usize,
+        layer: usize,
     ) -> Result<Tensor> {
         let tk = offset + t;
+        let window = self.cfg.window_of(layer).unwrap_or(usize::MAX);
         let mut m = Vec::with_capacity(pads.len() * t * tk);
         for &pad in pads {
             for q in offset..offset + t {
+                let qpos = position(q, pad_at, pad);
                 // A pad query may see itself only, which keeps its softmax finite.
                 for k in 0..tk {
-                    let ok = k <= q && (k < pad_at || k >= pad_at + pad || k == q);
+                    let real = k < pad_at || k >= pad_at + pad;
+                    let ok = k == q || (k < q && real && qpos - position(k, pad_at, pad) < window);
                     m.push(if ok { 0.0 } else { MASKED });
                 }
             }
@@ -664,7 +767,7 @@ impl Model {
         let rep = nh / nkv;
         let tk = k.dim(2)?;
         // Group the query heads that share a key/value head: [b, nkv, rep*t, hd]; no copies of k/v.
-        let q = (q.reshape((b, nkv, rep * t, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let q = (q.reshape((b, nkv, rep * t, hd))? * self.cfg.attention_scale())?;
         let att = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
         let att = att.broadcast_add(mask)?;
         let att = match mode {

@@ -4,14 +4,17 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Arch, Config, RopeScaling};
+use crate::config::{Activation, Arch, Config, RopeScaling};
 use crate::error::Result;
 use crate::model::Model;
 
 /// A small configuration of the given architecture (2 layers, hidden 32, 4/2 heads of 8;
-/// qwen3's heads are 16 wide, so that `heads * head_dim` is not the hidden size, as in real
-/// Qwen3 models).
+/// qwen3's and gemma3's heads are 16 wide, so that `heads * head_dim` is not the hidden size,
+/// as in real models of theirs). gemma3's first block attends over a sliding window of 3
+/// positions with a RoPE base of its own, its second over the whole context, as Gemma 3's
+/// blocks do; its attention is scaled by `8^-1/2`, not `16^-1/2`.
 pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
+    let gemma = arch == Arch::Gemma3;
     Config {
         arch,
         vocab_size,
@@ -20,13 +23,22 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         num_layers: 2,
         num_heads: 4,
         num_kv_heads: 2,
-        head_dim: if arch == Arch::Qwen3 { 16 } else { 8 },
+        head_dim: if arch.qk_norm() { 16 } else { 8 },
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         max_position_embeddings: 256,
         tie_word_embeddings: arch != Arch::Qwen2,
         attention_bias: arch == Arch::Qwen2,
         rope_scaling: None,
+        sliding_window: gemma.then_some(3),
+        full_attention_layers: if gemma { vec![1] } else { vec![] },
+        rope_local_theta: gemma.then_some(100.0),
+        query_pre_attn_scalar: gemma.then_some(8.0),
+        hidden_act: if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
     }
 }
 
@@ -42,10 +54,11 @@ pub fn tiny_rope_scaling() -> RopeScaling {
     }
 }
 
-/// A model with normally distributed weights (std 0.2; norms near 1). Each tensor is drawn
+/// A model with normally distributed weights (std 0.2; norms near 1, gemma's offsets near 0). Each tensor is drawn
 /// from a generator seeded by `seed` and its name, so the result does not depend on the
 /// order in which tensors are built.
 pub fn random_model(cfg: Config, dtype: DType, seed: u64) -> Result<Model> {
+    let cfg_offset = cfg.arch.norm_offset();
     crate::weights::build(cfg, &Device::Cpu, dtype, |need| {
         let h = need
             .name
@@ -56,7 +69,7 @@ pub fn random_model(cfg: Config, dtype: DType, seed: u64) -> Result<Model> {
         let mut rng = StdRng::seed_from_u64(h);
         let n: usize = need.shape.iter().product();
         let (mean, std) = if need.name.ends_with("norm.weight") {
-            (1.0, 0.1)
+            (1.0 - cfg_offset, 0.1)
         } else {
             (0.0, 0.2)
         };

@@ -32,11 +32,9 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
     }
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
-        out.push(need(format!("{p}.input_layernorm.weight"), vec![d]));
-        out.push(need(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![d],
-        ));
+        for n in block_norms(cfg) {
+            out.push(need(format!("{p}.{n}.weight"), vec![d]));
+        }
         for (n, o, i) in [("q", q, d), ("k", kv, d), ("v", kv, d), ("o", d, q)] {
             out.push(need(format!("{p}.self_attn.{n}_proj.weight"), vec![o, i]));
         }
@@ -55,6 +53,21 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
         out.push(need(format!("{p}.mlp.down_proj.weight"), vec![d, f]));
     }
     out
+}
+
+/// The names of a block's `[hidden]` norms, in the order [`build`] takes them: the attention's
+/// input norm, the MLP's input norm, then (gemma) the attention's and the MLP's output norms.
+fn block_norms(cfg: &Config) -> &'static [&'static str] {
+    if cfg.arch.gemma() {
+        &[
+            "input_layernorm",
+            "pre_feedforward_layernorm",
+            "post_attention_layernorm",
+            "post_feedforward_layernorm",
+        ]
+    } else {
+        &["input_layernorm", "post_attention_layernorm"]
+    }
 }
 
 /// The dtypes a model asked for as `dtype` on `device` is stored in: (matrices, everything
@@ -110,8 +123,12 @@ where
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
-        let attn_norm = next(&format!("{p}.input_layernorm.weight"));
-        let mlp_norm = next(&format!("{p}.post_attention_layernorm.weight"));
+        let mut norms = block_norms(&cfg)
+            .iter()
+            .map(|n| next(&format!("{p}.{n}.weight")));
+        let attn_norm = norms.next().expect("an input norm");
+        let mlp_norm = norms.next().expect("an MLP norm");
+        let (post_attn_norm, post_mlp_norm) = (norms.next(), norms.next());
         let lin = |w: Tensor| Linear {
             weight: w,
             bias: None,
@@ -148,6 +165,8 @@ where
             gate,
             up,
             down,
+            post_attn_norm,
+            post_mlp_norm,
         });
     }
     Ok(Model {

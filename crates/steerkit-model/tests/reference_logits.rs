@@ -138,18 +138,10 @@ fn qwen3_tiny_logits_match_reference() {
 fn qwen3_tiny_yarn_logits_match_reference() {
     let fx = qwen3_fixture();
     let yarn = &fx["yarn"];
-    let src = common::root().join("tests/fixtures/qwen3_tiny");
-    let d = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        src.join("model.safetensors"),
-        d.path().join("model.safetensors"),
-    )
-    .unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    cfg["rope_scaling"] = yarn["rope_scaling"].clone();
-    cfg["max_position_embeddings"] = yarn["max_position_embeddings"].clone();
-    std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+    let d = qwen3_copy_with(|cfg| {
+        cfg["rope_scaling"] = yarn["rope_scaling"].clone();
+        cfg["max_position_embeddings"] = yarn["max_position_embeddings"].clone();
+    });
     let m = qwen3_model(d.path());
     let f = m.cfg.rope_attention_factor();
     assert!((f - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12, "{f}");
@@ -158,6 +150,88 @@ fn qwen3_tiny_yarn_logits_match_reference() {
     let plain = &fx["cases"][2]["logits"][5];
     let scaled = &yarn["cases"][2]["logits"][5];
     assert_ne!(plain, scaled);
+}
+
+/// The same folder with sliding-window attention over 3 positions switched on in its
+/// config.json (`use_sliding_window`, `max_window_layers` 0) equals the script's forward pass
+/// with that window: the first 3 positions as without it, later ones not.
+#[test]
+fn qwen3_tiny_sliding_window_logits_match_reference() {
+    let fx = qwen3_fixture();
+    let sliding = &fx["sliding"];
+    let d = qwen3_copy_with(|cfg| {
+        for (k, v) in sliding["config"].as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+    });
+    let m = qwen3_model(d.path());
+    assert_eq!(m.cfg.sliding_window, Some(3));
+    check_all_positions(&m, &sliding["cases"], "qwen3 tiny sliding window");
+    let (plain, windowed) = (&fx["cases"][2]["logits"], &sliding["cases"][2]["logits"]);
+    assert_eq!(plain[2], windowed[2]);
+    assert_ne!(plain[3], windowed[3]);
+}
+
+/// The tiny random Gemma 3 folder of `scripts/reference_gemma3.py` (norms as `1 + w`,
+/// post-norms, a scaled embedding, gelu, q/k norms, `query_pre_attn_scalar`, two blocks with a
+/// sliding window of 3 and a local RoPE base, one with the whole context and linearly scaled
+/// RoPE): steerkit's logits at every position equal the script's float64 forward pass.
+#[test]
+fn gemma3_tiny_logits_match_reference() {
+    let dir = common::root().join("tests/fixtures/gemma3_tiny");
+    let p = dir.join("logits.json");
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let m = qwen3_model(&dir);
+    let c = &m.cfg;
+    assert_eq!(c.arch, steerkit_model::Arch::Gemma3);
+    assert_eq!(
+        (
+            c.sliding_window,
+            c.full_attention_layers.as_slice(),
+            c.rope_local_theta
+        ),
+        (Some(3), &[2usize][..], Some(10_000.0))
+    );
+    assert_eq!(c.hidden_act, steerkit_model::Activation::GeluTanh);
+    assert!(c.tie_word_embeddings);
+    check_all_positions(&m, &fx["cases"], "gemma3 tiny");
+    // transformers 5 writes the two RoPEs as `rope_parameters` per layer type.
+    let d = copy_with("gemma3_tiny", |cfg| {
+        let o = cfg.as_object_mut().unwrap();
+        for k in ["rope_theta", "rope_local_base_freq", "rope_scaling"] {
+            o.remove(k);
+        }
+        cfg["rope_parameters"] = serde_json::json!({
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        });
+    });
+    check_all_positions(
+        &qwen3_model(d.path()),
+        &fx["cases"],
+        "gemma3 tiny, v5 config",
+    );
+}
+
+/// A copy of the tiny Qwen3 folder with its config.json changed by `edit`.
+fn qwen3_copy_with(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    copy_with("qwen3_tiny", edit)
+}
+
+/// A copy of the fixture folder `name` with its config.json changed by `edit`.
+fn copy_with(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let src = common::root().join("tests/fixtures").join(name);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        d.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+    d
 }
 
 fn qwen3_fixture() -> serde_json::Value {

@@ -1,5 +1,6 @@
-//! Forward-pass properties on tiny random models of each architecture: hooks, padding, the
-//! KV cache, the differentiable mode and its gradients, and Hugging Face folder round trips.
+//! Forward-pass properties on tiny random models of each architecture (Mistral's with a
+//! sliding window): hooks, padding, the KV cache, the differentiable mode and its gradients,
+//! and Hugging Face folder round trips.
 
 mod common;
 
@@ -12,10 +13,23 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 4] = [Arch::Llama, Arch::Qwen2, Arch::Mistral, Arch::Qwen3];
+const ARCHS: [Arch; 5] = [
+    Arch::Llama,
+    Arch::Qwen2,
+    Arch::Mistral,
+    Arch::Qwen3,
+    Arch::Gemma3,
+];
 
+/// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as
+/// Mistral 7B v0.1 does over 4096, so that every property below is checked with a window too
+/// (the rows are up to 11 tokens long).
 fn tiny(arch: Arch, dtype: DType) -> Model {
-    random_model(tiny_config(arch, 64), dtype, 7).unwrap()
+    let mut cfg = tiny_config(arch, 64);
+    if arch == Arch::Mistral {
+        cfg.sliding_window = Some(3);
+    }
+    random_model(cfg, dtype, 7).unwrap()
 }
 
 fn rows() -> Vec<Vec<u32>> {
@@ -927,4 +941,102 @@ fn f16_folders_and_weights_beyond_range() {
         1,
         "a temporary folder was left"
     );
+}
+
+/// config.json's sliding windows, read as transformers reads them: Mistral's `sliding_window`
+/// (null: none), Qwen's only with `use_sliding_window` (the blocks from `max_window_layers`
+/// up), Gemma 3's on all blocks but every `sliding_window_pattern`-th, transformers 5's
+/// `layer_types`. An unknown layer type, a `layer_types` of the wrong length and a window of 0
+/// are refused.
+#[test]
+fn sliding_windows_from_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let window_of = |arch: Arch, edit: &dyn Fn(&mut serde_json::Value)| {
+        let out = dir.path().join(arch.name());
+        if !out.exists() {
+            steerkit_model::hf::save_folder(&tiny(arch, DType::F32), None, None, &out).unwrap();
+        }
+        let path = out.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for k in [
+            "sliding_window",
+            "use_sliding_window",
+            "max_window_layers",
+            "layer_types",
+            "sliding_window_pattern",
+        ] {
+            c.as_object_mut().unwrap().remove(k);
+        }
+        edit(&mut c);
+        std::fs::write(&path, c.to_string()).unwrap();
+        steerkit_model::hf::HfFolder::open(&out)
+            .unwrap()
+            .config()
+            .map(|c| (c.sliding_window, c.full_attention_layers))
+            .map_err(|e| e.to_string())
+    };
+    use serde_json::json;
+    let none = Ok((None, vec![]));
+    assert_eq!(window_of(Arch::Mistral, &|_| {}), none);
+    let v01 = |c: &mut serde_json::Value| c["sliding_window"] = json!(4096);
+    assert_eq!(window_of(Arch::Mistral, &v01), Ok((Some(4096), vec![])));
+    let null = |c: &mut serde_json::Value| c["sliding_window"] = json!(null);
+    assert_eq!(window_of(Arch::Mistral, &null), none);
+    // Qwen2.5's configs carry a window that is off.
+    let qwen = |on: bool, from: u64| {
+        move |c: &mut serde_json::Value| {
+            c["sliding_window"] = json!(32768);
+            c["use_sliding_window"] = json!(on);
+            c["max_window_layers"] = json!(from);
+        }
+    };
+    assert_eq!(window_of(Arch::Qwen2, &qwen(false, 0)), none);
+    assert_eq!(window_of(Arch::Qwen2, &qwen(true, 2)), none);
+    assert_eq!(
+        window_of(Arch::Qwen3, &qwen(true, 0)),
+        Ok((Some(32768), vec![]))
+    );
+    assert_eq!(
+        window_of(Arch::Qwen2, &qwen(true, 1)),
+        Ok((Some(32768), vec![0]))
+    );
+    // Gemma 3: every sixth block by default (neither of the two here), or as the pattern says.
+    let gemma = |pattern: Option<u64>| {
+        move |c: &mut serde_json::Value| {
+            c["sliding_window"] = json!(512);
+            if let Some(p) = pattern {
+                c["sliding_window_pattern"] = json!(p);
+            }
+        }
+    };
+    assert_eq!(
+        window_of(Arch::Gemma3, &gemma(None)),
+        Ok((Some(512), vec![]))
+    );
+    assert_eq!(
+        window_of(Arch::Gemma3, &gemma(Some(2))),
+        Ok((Some(512), vec![1]))
+    );
+    let types = |t: serde_json::Value| {
+        move |c: &mut serde_json::Value| {
+            c["sliding_window"] = json!(8);
+            c["layer_types"] = t.clone();
+        }
+    };
+    let all = types(json!(["sliding_attention", "sliding_attention"]));
+    assert_eq!(window_of(Arch::Llama, &all), Ok((Some(8), vec![])));
+    let full = types(json!(["full_attention", "full_attention"]));
+    assert_eq!(window_of(Arch::Mistral, &full), none);
+    let mixed = types(json!(["sliding_attention", "full_attention"]));
+    assert_eq!(window_of(Arch::Qwen3, &mixed), Ok((Some(8), vec![1])));
+    let short = types(json!(["sliding_attention"]));
+    let err = window_of(Arch::Qwen3, &short).unwrap_err();
+    assert!(err.contains("names 1 blocks of 2"), "{err}");
+    let odd = types(json!(["chunked_attention", "full_attention"]));
+    let err = window_of(Arch::Llama, &odd).unwrap_err();
+    assert!(err.contains("chunked_attention"), "{err}");
+    let zero = |c: &mut serde_json::Value| c["sliding_window"] = json!(0);
+    let err = window_of(Arch::Mistral, &zero).unwrap_err();
+    assert!(err.contains("window of 0"), "{err}");
 }
