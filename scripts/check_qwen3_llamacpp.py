@@ -47,23 +47,13 @@ def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     steerkit, source, work = sys.argv[1:]
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    tok = os.path.join(work, "tok")
-    subprocess.run([steerkit, "export", "-m", source, "--out", tok], check=True)
     cfg = dict(ref.CONFIG)
-    with open(os.path.join(tok, "config.json")) as fh:
-        cfg["vocab_size"] = json.load(fh)["vocab_size"]
     cfg.update(hidden_size=64, intermediate_size=96, head_dim=32, max_position_embeddings=512)
     folder = os.path.join(work, "qwen3")
-    os.makedirs(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(tok, f), folder)
+    cfg["vocab_size"] = tokenizer_folder(steerkit, source, work, folder)
     w = ref.weights(cfg)
     ref.save_safetensors(w, os.path.join(folder, "model.safetensors"))
-    shutil.rmtree(tok)
-    # The file as llama.cpp holds it: matrices in f16, vectors in f32.
-    w16 = {k: (v.astype(np.float16).astype(np.float32) if v.ndim == 2 else v) for k, v in w.items()}
+    w16 = as_f16_file(w)
     no_qk = {k: (np.ones_like(v) if ("q_norm" in k or "k_norm" in k) else v) for k, v in w16.items()}
     yarn_cfg = dict(cfg, rope_scaling=ref.YARN, max_position_embeddings=16384)
     ok = True
@@ -75,10 +65,32 @@ def main():
     return 0 if ok else 1
 
 
-def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg):
+def tokenizer_folder(steerkit, source, work, folder):
+    """Empties `work`, makes `folder` in it holding the tokenizer files of the GGUF model
+    `source` (through a steerkit folder export) and returns its vocabulary size."""
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    tok = os.path.join(work, "tok")
+    subprocess.run([steerkit, "export", "-m", source, "--out", tok], check=True)
+    with open(os.path.join(tok, "config.json")) as fh:
+        vocab = json.load(fh)["vocab_size"]
+    os.makedirs(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok, f), folder)
+    shutil.rmtree(tok)
+    return vocab
+
+
+def as_f16_file(w):
+    """The weights as an f16 GGUF holds them: matrices rounded to f16, vectors in f32."""
+    return {k: (v.astype(np.float16).astype(np.float32) if v.ndim == 2 else v) for k, v in w.items()}
+
+
+def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg,
+            forward=ref.forward, what=None):
     """Exports `folder` with config `cfg` to GGUF and compares llama.cpp's logits with the
-    reference on `w16`, and with the reference on `control` weights under `control_cfg`,
-    which must differ."""
+    reference `forward` on `w16`, and with it on `control` weights under `control_cfg`,
+    which must differ (`what` names the control in the summary line)."""
     from llama_cpp import Llama
 
     with open(os.path.join(folder, "config.json"), "w") as fh:
@@ -98,8 +110,8 @@ def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg):
         llm.reset()
         llm.eval(ids)
         got = np.array(llm.scores[: len(ids)], dtype=np.float64)
-        want = ref.forward(cfg, w16, ids)
-        without = ref.forward(control_cfg, control, ids)
+        want = forward(cfg, w16, ids)
+        without = forward(control_cfg, control, ids)
         err = float(np.abs(got - want).max())
         ctl = float(np.abs(got - without).max())
         spread = max(spread, float(want.std()))
@@ -112,7 +124,7 @@ def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg):
         )
         worst, ctl_min = max(worst, err), min(ctl_min, ctl)
     ok = worst < TOL and ctl_min > 10 * TOL
-    what = "without q/k norms" if label == "qwen3" else "without YaRN"
+    what = what or ("without q/k norms" if label == "qwen3" else "without YaRN")
     print(
         f"{'PASS' if ok else 'FAIL'}: {label} GGUF in llama.cpp, max abs logit error {worst:.2e} "
         f"(tolerance {TOL}, logit spread {spread:.2f}); {what} at least {ctl_min:.2f}"

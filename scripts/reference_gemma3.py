@@ -42,7 +42,7 @@ import sys
 
 import numpy as np
 
-from reference_qwen3 import logit_cases, weights, write_folder
+from reference_qwen3 import logit_cases, save_safetensors, weights, write_folder  # noqa: F401
 
 CONFIG = {
     "architectures": ["Gemma3ForCausalLM"],

@@ -163,7 +163,8 @@ pub fn run(a: Args) -> Result<()> {
                     "wrote {} ({gguf_type} matrices, f32 vectors, {source})",
                     a.out.display(),
                 );
-                if let Some(w) = model.cfg.sliding_window {
+                // Gemma 3's window is in the file; the other architectures' is not.
+                if let Some(w) = model.cfg.sliding_window.filter(|_| !model.cfg.arch.gemma()) {
                     // As llama.cpp's own converter: these architectures have no window there.
                     println!(
                         "note: the model attends over a sliding window of {w} positions; GGUF has no place for it in this architecture and llama.cpp attends over the whole context, so answers to prompts of more than {w} tokens will differ"

@@ -257,7 +257,8 @@ fn a_sliding_window_survives_folders_and_is_noted_in_gguf() {
 
 /// A Gemma 3 folder (tiny and random, with SmolLM2's tokenizer and template): inspect,
 /// generation, ACTOR training every part of the block (post-norms included) and export as a
-/// patched folder that holds the trained block; GGUF export is one clear error.
+/// patched folder that holds the trained block; GGUF export of a model llama.cpp would compute
+/// otherwise is one clear error.
 #[test]
 fn gemma3_folder_inspects_trains_and_exports() {
     let d = tmpdir("gemma3");
@@ -283,7 +284,8 @@ fn gemma3_folder_inspects_trains_and_exports() {
     );
 
     let gguf = d.path().join("m.gguf");
-    assert_clean_error(&export_gguf(f, &[], &gguf), "convert_hf_to_gguf.py");
+    // The tiny model's attention scale is not the one llama.cpp fixes for gemma3.
+    assert_clean_error(&export_gguf(f, &[], &gguf), "has no GGUF form");
     assert!(!gguf.exists());
 }
 

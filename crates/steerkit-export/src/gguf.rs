@@ -57,18 +57,55 @@ pub fn source_metadata(source: &Gguf) -> Metadata {
         .collect()
 }
 
-/// llama.cpp's architecture name: its converter writes Mistral 7B models as `llama`. Gemma 3
-/// is not written (llama.cpp's `gemma3` layout, with norms stored as `1 + w` and its own
-/// window keys, is not implemented here).
-pub fn gguf_arch(arch: Arch) -> Result<&'static str, ModelError> {
+/// llama.cpp's architecture name: its converter writes Mistral 7B models as `llama`.
+pub fn gguf_arch(arch: Arch) -> &'static str {
     match arch {
-        Arch::Llama | Arch::Mistral => Ok("llama"),
-        Arch::Qwen2 => Ok("qwen2"),
-        Arch::Qwen3 => Ok("qwen3"),
-        Arch::Gemma3 => Err(ModelError::Config(
-            "steerkit does not write Gemma 3 as GGUF; export a safetensors folder and convert it with llama.cpp's convert_hf_to_gguf.py".into(),
-        )),
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
+        Arch::Gemma3 => "gemma3",
     }
+}
+
+/// Gemma 3 keys llama.cpp reads, after checking that the model is one llama.cpp computes: it
+/// reads the window's width but fixes the rest (every sixth block without the window, base
+/// 10,000 for the others' RoPE, the attention scale), so a model that differs has no GGUF form.
+fn gemma3_keys(cfg: &Config) -> Result<Vec<(String, Value)>, ModelError> {
+    use steerkit_model::gguf::{
+        llamacpp_gemma3_attn_scalar, llamacpp_gemma3_full_layers, LLAMACPP_GEMMA3_LOCAL_THETA,
+    };
+    let no_form = |what: String| {
+        Err(ModelError::Config(format!(
+            "{what}, which llama.cpp's gemma3 fixes otherwise: this model has no GGUF form; export it as safetensors"
+        )))
+    };
+    let scalar = llamacpp_gemma3_attn_scalar(cfg);
+    if cfg.query_pre_attn_scalar != Some(scalar) {
+        return no_form(format!(
+            "the attention is scaled by query_pre_attn_scalar {:?}, not {scalar}",
+            cfg.query_pre_attn_scalar
+        ));
+    }
+    let Some(w) = cfg.sliding_window else {
+        return Ok(vec![]);
+    };
+    let full = llamacpp_gemma3_full_layers(cfg.num_layers);
+    if cfg.full_attention_layers != full {
+        return no_form(format!(
+            "blocks {:?} attend over the whole context, not {full:?}",
+            cfg.full_attention_layers
+        ));
+    }
+    if cfg.rope_local_theta != Some(LLAMACPP_GEMMA3_LOCAL_THETA) {
+        return no_form(format!(
+            "the window's blocks rotate with base {:?}, not {LLAMACPP_GEMMA3_LOCAL_THETA}",
+            cfg.rope_local_theta
+        ));
+    }
+    Ok(vec![(
+        "gemma3.attention.sliding_window".into(),
+        Value::U32(w as u32),
+    )])
 }
 
 /// Key/values for a model loaded from a Hugging Face folder: the hyper-parameters llama.cpp
@@ -80,7 +117,7 @@ pub fn metadata(
     chat: &ChatTemplate,
     name: &str,
 ) -> Result<Metadata, ModelError> {
-    let arch = gguf_arch(cfg.arch)?;
+    let arch = gguf_arch(cfg.arch);
     let u = |x: usize| Value::U32(x as u32);
     let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
     let vocab = tok.gguf_vocab(cfg.vocab_size)?;
@@ -107,6 +144,9 @@ pub fn metadata(
         ("vocab_size", u(cfg.vocab_size)),
     ];
     m.extend(hp.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
+    if cfg.arch.gemma() {
+        m.extend(gemma3_keys(cfg)?);
+    }
     m.extend([
         (
             "tokenizer.ggml.model".into(),
@@ -238,9 +278,13 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         }
     }
     for (hf, t) in model.named_tensors() {
-        let name = gguf_name(&hf)
+        let name = gguf_name(&hf, model.cfg.arch)
             .ok_or_else(|| ModelError::Weights(format!("no GGUF name for `{hf}`")))?;
         let mut t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        // llama.cpp stores Gemma's norms as the factors `1 + w`.
+        if model.cfg.arch.gemma() && name.ends_with("norm.weight") {
+            t = t.affine(1.0, 1.0)?;
+        }
         if let Some(h) = heads(&hf).filter(|_| qk_permuted(model.cfg.arch)) {
             t = permute(&t, h)?;
         }

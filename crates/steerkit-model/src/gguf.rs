@@ -117,7 +117,11 @@ impl Gguf {
     /// The model configuration from metadata and tensor shapes.
     pub fn config(&self) -> Result<Config> {
         let name = self.arch_name()?;
-        let arch = Arch::parse(name)?;
+        // In GGUF, `gemma3` is the text model (config.json's gemma3_text).
+        let arch = match name {
+            "gemma3" => Arch::Gemma3,
+            other => Arch::parse(other)?,
+        };
         let key = |k: &str| format!("{name}.{k}");
         let req = |k: &str| -> Result<usize> {
             self.meta_u(&key(k))?
@@ -157,7 +161,7 @@ impl Gguf {
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             rope_scaling,
-            // llama.cpp runs these architectures without a window and its converter writes
+            // llama.cpp runs llama, mistral and qwen without a window and its converter writes
             // none (Mistral 7B v0.1 included); so does steerkit.
             sliding_window: None,
             full_attention_layers: vec![],
@@ -165,7 +169,38 @@ impl Gguf {
             query_pre_attn_scalar: None,
             hidden_act: Default::default(),
         };
+        let cfg = match arch {
+            Arch::Gemma3 => self.gemma3(cfg)?,
+            _ => cfg,
+        };
         cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// What llama.cpp fixes for `gemma3` rather than reading: with a window
+    /// (`attention.sliding_window`), every block but each sixth has it and rotates with base
+    /// 10,000, unscaled; attention is scaled by `head_dim^-1/2`, by `(hidden / heads)^-1/2`
+    /// for the 62-block 27B model; the MLP is gelu (tanh); soft-capping of the final logits
+    /// is refused.
+    fn gemma3(&self, mut cfg: Config) -> Result<Config> {
+        if let Some(cap) = self
+            .meta_f("gemma3.final_logit_softcapping")?
+            .filter(|c| *c != 0.0)
+        {
+            return Err(ModelError::Config(format!(
+                "GGUF asks for final_logit_softcapping {cap}; steerkit does not implement soft-capping"
+            )));
+        }
+        if let Some(w) = self
+            .meta_u("gemma3.attention.sliding_window")?
+            .filter(|w| *w > 0)
+        {
+            cfg.sliding_window = Some(w);
+            cfg.full_attention_layers = llamacpp_gemma3_full_layers(cfg.num_layers);
+            cfg.rope_local_theta = Some(LLAMACPP_GEMMA3_LOCAL_THETA);
+        }
+        cfg.query_pre_attn_scalar = Some(llamacpp_gemma3_attn_scalar(&cfg));
+        cfg.hidden_act = crate::config::Activation::GeluTanh;
         Ok(cfg)
     }
 
@@ -274,15 +309,19 @@ impl Gguf {
     pub fn model(&self, device: &Device, dtype: DType) -> Result<Model> {
         let cfg = self.config()?;
         let permuted = qk_permuted(cfg.arch);
-        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let (nh, nkv, arch) = (cfg.num_heads, cfg.num_kv_heads, cfg.arch);
         crate::weights::build(cfg, device, dtype, |need| {
-            let Some(name) = gguf_name(&need.name) else {
+            let Some(name) = gguf_name(&need.name, arch) else {
                 return Ok(None);
             };
             if !self.content.tensor_infos.contains_key(&name) {
                 return Ok(None);
             }
-            let t = self.tensor(&name)?;
+            let mut t = self.tensor(&name)?;
+            // llama.cpp stores Gemma's norms as the factors `1 + w`.
+            if arch.gemma() && name.ends_with("norm.weight") {
+                t = t.affine(1.0, -1.0)?;
+            }
             let heads = if name.contains("attn_q.") {
                 Some(nh)
             } else if name.contains("attn_k.") {
@@ -390,6 +429,23 @@ pub fn qk_permuted(arch: Arch) -> bool {
     matches!(arch, Arch::Llama | Arch::Mistral)
 }
 
+/// The RoPE base llama.cpp gives gemma3's window blocks.
+pub const LLAMACPP_GEMMA3_LOCAL_THETA: f64 = 10_000.0;
+
+/// The blocks without a window in llama.cpp's gemma3: every sixth.
+pub fn llamacpp_gemma3_full_layers(num_layers: usize) -> Vec<usize> {
+    (0..num_layers).filter(|l| (l + 1) % 6 == 0).collect()
+}
+
+/// The `query_pre_attn_scalar` llama.cpp's gemma3 implies: `hidden / heads` for the 27B
+/// model (62 blocks), `head_dim` otherwise.
+pub fn llamacpp_gemma3_attn_scalar(cfg: &Config) -> f64 {
+    match cfg.num_layers {
+        62 => (cfg.hidden_size / cfg.num_heads) as f64,
+        _ => cfg.head_dim as f64,
+    }
+}
+
 /// llama.cpp's RoPE scaling keys (after `{arch}.`): read by [`Gguf::config`], written by
 /// GGUF exports.
 pub mod rope_keys {
@@ -402,8 +458,8 @@ pub mod rope_keys {
     pub const BETA_SLOW: &str = "rope.scaling.yarn_beta_slow";
 }
 
-/// The GGUF tensor name of a Hugging Face tensor name.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// The GGUF tensor name of a Hugging Face tensor name of an `arch` model.
+pub fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
@@ -415,7 +471,11 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let (module, kind) = name.rsplit_once('.')?;
     let g = match module {
         "input_layernorm" => "attn_norm",
+        // Gemma's is the attention's output norm; its MLP's input norm is the next.
+        "post_attention_layernorm" if arch.gemma() => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
