@@ -79,9 +79,10 @@ SEQUENCES = [
 ]
 
 
-def weights(cfg, seed=20261127, norm_mean=1.0, post_norms=False):
+def weights(cfg, seed=20261127, norm_mean=1.0, post_norms=False, qk_norms=True):
     """Seeded f32 weights: matrices N(0, 0.2^2), norms N(norm_mean, 0.3^2) (Gemma stores its
-    norms as offsets from 1: norm_mean 0), and with post_norms Gemma's two extra norms."""
+    norms as offsets from 1: norm_mean 0), with post_norms Gemma's two extra norms, and with
+    qk_norms the per-head q/k norms (not in Gemma 2)."""
     rng = np.random.default_rng(seed)
     d, f, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
     nh, nkv, v = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
@@ -101,8 +102,9 @@ def weights(cfg, seed=20261127, norm_mean=1.0, post_norms=False):
         mat(f"{p}.self_attn.k_proj.weight", (nkv * hd, d))
         mat(f"{p}.self_attn.v_proj.weight", (nkv * hd, d))
         mat(f"{p}.self_attn.o_proj.weight", (d, nh * hd))
-        norm(f"{p}.self_attn.q_norm.weight", hd)
-        norm(f"{p}.self_attn.k_norm.weight", hd)
+        if qk_norms:
+            norm(f"{p}.self_attn.q_norm.weight", hd)
+            norm(f"{p}.self_attn.k_norm.weight", hd)
         norm(f"{p}.post_attention_layernorm.weight", d)
         if post_norms:
             norm(f"{p}.pre_feedforward_layernorm.weight", d)

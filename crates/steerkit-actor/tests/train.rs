@@ -77,8 +77,14 @@ fn config(epochs: usize) -> TrainConfig {
 #[test]
 fn gradients_match_finite_differences() {
     // qwen3 and gemma3: the per-head q/k norms are on the path and are trained too; gemma3's
-    // post-norms, norm offsets and gelu too.
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
+    // post-norms, norm offsets and gelu too; gemma2's soft-capping.
+    for arch in [
+        Arch::Llama,
+        Arch::Qwen2,
+        Arch::Qwen3,
+        Arch::Gemma3,
+        Arch::Gemma2,
+    ] {
         let mut model = random_model(tiny_config(arch, 64), DType::F64, 3).unwrap();
         let vars = model.trainable_block(1).unwrap();
         let d = data(DType::F64);

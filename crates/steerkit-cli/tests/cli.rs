@@ -255,38 +255,40 @@ fn a_sliding_window_survives_folders_and_is_noted_in_gguf() {
     assert_eq!(back.sliding_window, None);
 }
 
-/// A Gemma 3 folder (tiny and random, with SmolLM2's tokenizer and template): inspect,
+/// Gemma 3 and Gemma 2 folders (tiny and random, with SmolLM2's tokenizer and template): inspect,
 /// generation, ACTOR training every part of the block (post-norms included) and export as a
 /// patched folder that holds the trained block; GGUF export of a model llama.cpp would compute
 /// otherwise is one clear error.
 #[test]
-fn gemma3_folder_inspects_trains_and_exports() {
-    let d = tmpdir("gemma3");
-    let folder = tiny_folder_of(d.path(), Arch::Gemma3);
-    let f = folder.to_str().unwrap();
-    let run = d.path().join("run");
-    let (v, trained) = inspect_generate_train(f, &run, "attn,mlp,norms");
-    assert_eq!(v["architecture"].as_str(), Some("gemma3"));
-    assert_eq!(
-        (&v["sliding_window"], &v["full_attention_layers"]),
-        (&serde_json::json!(3), &serde_json::json!([1]))
-    );
-    let post = "model.layers.1.post_feedforward_layernorm.weight";
-    let back = export_patched(f, &run, &d.path().join("patched"));
-    let original = folder_tensors(&folder);
-    let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-        steerkit_model::random::max_abs_diff(a, b).unwrap()
-    };
-    assert_eq!(gap(&back[post], &trained[post]), 0.0);
-    assert!(
-        gap(&trained[post], &original[post]) > 0.0,
-        "the post-norm was not trained"
-    );
+fn gemma_folders_inspect_train_and_export() {
+    for (arch, name) in [(Arch::Gemma3, "gemma3"), (Arch::Gemma2, "gemma2")] {
+        let d = tmpdir(name);
+        let folder = tiny_folder_of(d.path(), arch);
+        let f = folder.to_str().unwrap();
+        let run = d.path().join("run");
+        let (v, trained) = inspect_generate_train(f, &run, "attn,mlp,norms");
+        assert_eq!(v["architecture"].as_str(), Some(name));
+        assert_eq!(
+            (&v["sliding_window"], &v["full_attention_layers"]),
+            (&serde_json::json!(3), &serde_json::json!([0]))
+        );
+        let post = "model.layers.1.post_feedforward_layernorm.weight";
+        let back = export_patched(f, &run, &d.path().join("patched"));
+        let original = folder_tensors(&folder);
+        let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+            steerkit_model::random::max_abs_diff(a, b).unwrap()
+        };
+        assert_eq!(gap(&back[post], &trained[post]), 0.0, "{name}");
+        assert!(
+            gap(&trained[post], &original[post]) > 0.0,
+            "{name}: the post-norm was not trained"
+        );
 
-    let gguf = d.path().join("m.gguf");
-    // The tiny model's attention scale is not the one llama.cpp fixes for gemma3.
-    assert_clean_error(&export_gguf(f, &[], &gguf), "has no GGUF form");
-    assert!(!gguf.exists());
+        let gguf = d.path().join("m.gguf");
+        // The tiny models' attention scale is not the one llama.cpp fixes.
+        assert_clean_error(&export_gguf(f, &[], &gguf), "has no GGUF form");
+        assert!(!gguf.exists());
+    }
 }
 
 /// A Qwen3 folder (tiny and random, with Qwen's tokenizer and Qwen3's own chat template)
@@ -571,7 +573,7 @@ fn bad_input_is_one_clear_error() {
     .unwrap();
     assert_clean_error(
         &steerkit(&["inspect", "-m", folder.to_str().unwrap()]),
-        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2)",
+        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text;",
     );
     // Shapes that do not match config.json.
     std::fs::write(

@@ -64,48 +64,69 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Qwen2 => "qwen2",
         Arch::Qwen3 => "qwen3",
         Arch::Gemma3 => "gemma3",
+        Arch::Gemma2 => "gemma2",
     }
 }
 
-/// Gemma 3 keys llama.cpp reads, after checking that the model is one llama.cpp computes: it
-/// reads the window's width but fixes the rest (every sixth block without the window, base
-/// 10,000 for the others' RoPE, the attention scale), so a model that differs has no GGUF form.
-fn gemma3_keys(cfg: &Config) -> Result<Vec<(String, Value)>, ModelError> {
+/// The keys llama.cpp reads for a Gemma model (the window's width, the soft-caps), after
+/// checking that the model is one llama.cpp computes: it fixes the rest (which blocks have the
+/// window, gemma3's base 10,000 for their RoPE, the attention scale), so a model that differs
+/// has no GGUF form.
+fn gemma_keys(cfg: &Config) -> Result<Vec<(String, Value)>, ModelError> {
     use steerkit_model::gguf::{
-        llamacpp_gemma3_attn_scalar, llamacpp_gemma3_full_layers, LLAMACPP_GEMMA3_LOCAL_THETA,
+        llamacpp_gemma_attn_scalar, llamacpp_gemma_full_layers, llamacpp_gemma_local_theta,
     };
+    let arch = gguf_arch(cfg.arch);
     let no_form = |what: String| {
         Err(ModelError::Config(format!(
-            "{what}, which llama.cpp's gemma3 fixes otherwise: this model has no GGUF form; export it as safetensors"
+            "{what}, which llama.cpp's {arch} fixes otherwise: this model has no GGUF form; export it as safetensors"
         )))
     };
-    let scalar = llamacpp_gemma3_attn_scalar(cfg);
+    let scalar = llamacpp_gemma_attn_scalar(cfg);
     if cfg.query_pre_attn_scalar != Some(scalar) {
         return no_form(format!(
             "the attention is scaled by query_pre_attn_scalar {:?}, not {scalar}",
             cfg.query_pre_attn_scalar
         ));
     }
+    let mut keys = vec![];
+    for (k, cap) in [
+        ("attn_logit_softcapping", cfg.attn_logit_softcapping),
+        ("final_logit_softcapping", cfg.final_logit_softcapping),
+    ] {
+        if let Some(c) = cap {
+            keys.push((format!("{arch}.{k}"), Value::F32(c as f32)));
+        }
+    }
     let Some(w) = cfg.sliding_window else {
-        return Ok(vec![]);
+        // Without a window llama.cpp rotates every block with the global base.
+        if let Some(l) = (0..cfg.num_layers).find(|l| cfg.local_rope(*l)) {
+            return no_form(format!(
+                "without a window, block {l} still rotates with the local base {:?}",
+                cfg.rope_local_theta
+            ));
+        }
+        return Ok(keys);
     };
-    let full = llamacpp_gemma3_full_layers(cfg.num_layers);
+    let full = llamacpp_gemma_full_layers(cfg.arch, cfg.num_layers);
     if cfg.full_attention_layers != full {
         return no_form(format!(
             "blocks {:?} attend over the whole context, not {full:?}",
             cfg.full_attention_layers
         ));
     }
-    if cfg.rope_local_theta != Some(LLAMACPP_GEMMA3_LOCAL_THETA) {
+    let local = llamacpp_gemma_local_theta(cfg.arch);
+    if cfg.rope_local_theta != local {
         return no_form(format!(
-            "the window's blocks rotate with base {:?}, not {LLAMACPP_GEMMA3_LOCAL_THETA}",
+            "the window's blocks rotate with base {:?}, not {local:?}",
             cfg.rope_local_theta
         ));
     }
-    Ok(vec![(
-        "gemma3.attention.sliding_window".into(),
+    keys.push((
+        format!("{arch}.attention.sliding_window"),
         Value::U32(w as u32),
-    )])
+    ));
+    Ok(keys)
 }
 
 /// Key/values for a model loaded from a Hugging Face folder: the hyper-parameters llama.cpp
@@ -145,7 +166,7 @@ pub fn metadata(
     ];
     m.extend(hp.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
     if cfg.arch.gemma() {
-        m.extend(gemma3_keys(cfg)?);
+        m.extend(gemma_keys(cfg)?);
     }
     m.extend([
         (

@@ -483,82 +483,101 @@ fn qwen3_exports_to_folder_and_gguf() {
     assert_same_f16_weights(&m, &back.model, "qwen3");
 }
 
-/// A Gemma 3 model of the shape llama.cpp computes (a window on every block but each sixth,
-/// base 10,000 on those, attention scaled by `head_dim`) goes to GGUF as llama.cpp's converter
-/// writes it: architecture `gemma3`, `attention.sliding_window`, the norms stored as `1 + w`
-/// under llama.cpp's names (`post_attention_norm`, `ffn_norm` for the MLP's input norm,
-/// `post_ffw_norm`), and loads back as the same model. One llama.cpp would compute otherwise
+/// Gemma 3 and Gemma 2 models of the shape llama.cpp computes (a window on every block but
+/// each sixth, or every other block; base 10,000 on gemma3's window blocks; attention scaled by
+/// `head_dim`) go to GGUF as llama.cpp's converter writes them: architecture `gemma3` or
+/// `gemma2`, `attention.sliding_window`, gemma2's soft-caps, the norms stored as `1 + w` under
+/// llama.cpp's names (`post_attention_norm`, `ffn_norm` for the MLP's input norm,
+/// `post_ffw_norm`), and load back as the same models. One llama.cpp would compute otherwise
 /// (the tiny config's attention scale) is an error naming the difference.
 #[test]
-fn gemma3_exports_to_gguf_when_llamacpp_computes_it() {
+fn gemma_exports_to_gguf_when_llamacpp_computes_it() {
     use steerkit_model::random::{max_abs_diff, random_model, tiny_config};
     use steerkit_model::Arch;
     let g = Gguf::open(&model_path("qwen2.5-coder-0.5b-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();
     let chat = g.chat_template(&tok).unwrap();
-    let mut cfg = tiny_config(Arch::Gemma3, tok.vocab_size());
+    let cfg = tiny_config(Arch::Gemma3, tok.vocab_size());
     let err = metadata(&cfg, &tok, &chat, "odd").unwrap_err().to_string();
     assert!(
         err.contains("query_pre_attn_scalar Some(8.0), not 16"),
         "{err}"
     );
-    cfg.num_layers = 6;
-    cfg.full_attention_layers = vec![5];
-    cfg.rope_local_theta = Some(10_000.0);
-    cfg.query_pre_attn_scalar = Some(16.0);
-    let m = random_model(cfg, DType::F32, 11).unwrap();
     let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("gemma3.gguf");
-    let meta = metadata(&m.cfg, &tok, &chat, "gemma3").unwrap();
-    write(&m, &meta, GgufType::F16, &out).unwrap();
-    let kv = keys(&out);
-    assert_eq!(kv["general.architecture"], "String(\"gemma3\")");
-    assert_eq!(kv["gemma3.attention.sliding_window"], "U32(3)");
-    let mut f = std::fs::File::open(&out).unwrap();
-    let c = Content::read(&mut f).unwrap();
-    let want: BTreeMap<String, candle_core::Tensor> = m.named_tensors().into_iter().collect();
-    for (gguf, hf) in [
-        ("blk.2.attn_norm.weight", "input_layernorm"),
-        (
-            "blk.2.post_attention_norm.weight",
-            "post_attention_layernorm",
-        ),
-        ("blk.2.ffn_norm.weight", "pre_feedforward_layernorm"),
-        ("blk.2.post_ffw_norm.weight", "post_feedforward_layernorm"),
-        ("blk.2.attn_q_norm.weight", "self_attn.q_norm"),
+    for (arch, layers, full, local) in [
+        (Arch::Gemma3, 6, vec![5], Some(10_000.0)),
+        (Arch::Gemma2, 4, vec![1, 3], None),
     ] {
-        let hf = format!("model.layers.2.{}.weight", hf.trim_end_matches(".weight"));
-        let raw = c
-            .tensor(&mut f, gguf, &candle_core::Device::Cpu)
-            .unwrap()
-            .dequantize(&candle_core::Device::Cpu)
-            .unwrap();
-        let shifted = (&want[&hf] + 1.0).unwrap();
-        assert!(
-            max_abs_diff(&raw, &shifted).unwrap() < 1e-6,
-            "{gguf} = 1 + {hf}"
+        let mut cfg = tiny_config(arch, tok.vocab_size());
+        cfg.num_layers = layers;
+        cfg.full_attention_layers = full.clone();
+        cfg.rope_local_theta = local;
+        cfg.query_pre_attn_scalar = Some(16.0);
+        let m = random_model(cfg, DType::F32, 11).unwrap();
+        let name = steerkit_export::gguf::gguf_arch(arch);
+        let out = d.path().join(format!("{name}.gguf"));
+        let meta = metadata(&m.cfg, &tok, &chat, name).unwrap();
+        write(&m, &meta, GgufType::F16, &out).unwrap();
+        let kv = keys(&out);
+        assert_eq!(kv["general.architecture"], format!("String(\"{name}\")"));
+        assert_eq!(kv[&format!("{name}.attention.sliding_window")], "U32(3)");
+        if arch == Arch::Gemma2 {
+            assert_eq!(kv["gemma2.attn_logit_softcapping"], "F32(2.0)");
+            assert_eq!(kv["gemma2.final_logit_softcapping"], "F32(3.0)");
+        }
+        let mut f = std::fs::File::open(&out).unwrap();
+        let c = Content::read(&mut f).unwrap();
+        let want: BTreeMap<String, candle_core::Tensor> = m.named_tensors().into_iter().collect();
+        for (gguf, hf) in [
+            ("blk.2.attn_norm.weight", "input_layernorm"),
+            (
+                "blk.2.post_attention_norm.weight",
+                "post_attention_layernorm",
+            ),
+            ("blk.2.ffn_norm.weight", "pre_feedforward_layernorm"),
+            ("blk.2.post_ffw_norm.weight", "post_feedforward_layernorm"),
+            ("output_norm.weight", ""),
+        ] {
+            let hf = match hf {
+                "" => "model.norm.weight".to_string(),
+                n => format!("model.layers.2.{n}.weight"),
+            };
+            let raw = c
+                .tensor(&mut f, gguf, &candle_core::Device::Cpu)
+                .unwrap()
+                .dequantize(&candle_core::Device::Cpu)
+                .unwrap();
+            let shifted = (&want[&hf] + 1.0).unwrap();
+            assert!(
+                max_abs_diff(&raw, &shifted).unwrap() < 1e-6,
+                "{gguf} = 1 + {hf}"
+            );
+        }
+        let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let b = &back.model.cfg;
+        assert_eq!(
+            (
+                b.arch,
+                b.sliding_window,
+                &b.full_attention_layers,
+                b.rope_local_theta
+            ),
+            (arch, Some(3), &full, local)
         );
-    }
-    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let b = &back.model.cfg;
-    assert_eq!(
-        (b.arch, b.sliding_window, b.full_attention_layers.as_slice()),
-        (Arch::Gemma3, Some(3), &[5usize][..])
-    );
-    assert_eq!(
-        (b.rope_local_theta, b.query_pre_attn_scalar, b.hidden_act),
-        (
-            Some(10_000.0),
-            Some(16.0),
-            steerkit_model::Activation::GeluTanh
-        )
-    );
-    for (n, t) in back.model.named_tensors() {
-        let gap = max_abs_diff(
-            &candle_core::Tensor::new(f16_values(&t), &candle_core::Device::Cpu).unwrap(),
-            &candle_core::Tensor::new(f16_values(&want[&n]), &candle_core::Device::Cpu).unwrap(),
-        )
-        .unwrap();
-        assert!(gap < 1e-6, "{n}: {gap}");
+        assert_eq!(
+            (b.query_pre_attn_scalar, b.hidden_act),
+            (Some(16.0), steerkit_model::Activation::GeluTanh)
+        );
+        assert_eq!(
+            (b.attn_logit_softcapping, b.final_logit_softcapping),
+            (m.cfg.attn_logit_softcapping, m.cfg.final_logit_softcapping)
+        );
+        let cpu = &candle_core::Device::Cpu;
+        for (n, t) in back.model.named_tensors() {
+            let a = candle_core::Tensor::new(f16_values(&t), cpu).unwrap();
+            let b = candle_core::Tensor::new(f16_values(&want[&n]), cpu).unwrap();
+            let gap = max_abs_diff(&a, &b).unwrap();
+            assert!(gap < 1e-6, "{name} {n}: {gap}");
+        }
     }
 }

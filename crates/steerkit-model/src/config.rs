@@ -25,6 +25,10 @@ pub enum Arch {
     /// `query_pre_attn_scalar`; five blocks of six attend over a sliding window with a RoPE
     /// base of their own.
     Gemma3,
+    /// Gemma 2 (`gemma2`): Gemma 3's conventions without the q/k norms and without a second
+    /// RoPE; every other block attends over a sliding window; attention scores and the final
+    /// logits are soft-capped (`cap tanh(x / cap)`).
+    Gemma2,
 }
 
 impl Arch {
@@ -36,6 +40,7 @@ impl Arch {
             "qwen2" => Ok(Arch::Qwen2),
             "qwen3" => Ok(Arch::Qwen3),
             "gemma3_text" => Ok(Arch::Gemma3),
+            "gemma2" => Ok(Arch::Gemma2),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -49,6 +54,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3_text",
+            Arch::Gemma2 => "gemma2",
         }
     }
 
@@ -62,7 +68,7 @@ impl Arch {
     /// MLP's input norm is `pre_feedforward_layernorm`), the embedding is scaled by
     /// `sqrt(hidden_size)`.
     pub fn gemma(self) -> bool {
-        self == Arch::Gemma3
+        matches!(self, Arch::Gemma3 | Arch::Gemma2)
     }
 
     /// What each norm weight is added to: 1 for Gemma (weights stored as offsets), else 0.
@@ -119,8 +125,9 @@ pub struct Config {
     /// prefix. Left out of the serialized form when none (fingerprints, as for `rope_scaling`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
-    /// With a sliding window, the blocks that attend over the whole context all the same
-    /// (Gemma 3's every sixth block). Empty: the window applies to every block.
+    /// The blocks of the whole-context kind (Gemma 3's every sixth block): no window, and the
+    /// global RoPE. Empty: every block has the window, if there is one. Gemma keeps its kinds
+    /// of block without a window too, since they also choose the RoPE base.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub full_attention_layers: Vec<usize>,
     /// RoPE base of the blocks with a sliding window, unscaled (Gemma 3: 10,000); `None`: they
@@ -134,6 +141,12 @@ pub struct Config {
     /// The MLP's activation (left out of the serialized form when silu).
     #[serde(skip_serializing_if = "Activation::is_silu")]
     pub hidden_act: Activation,
+    /// Soft-capping of the attention scores before the mask, `cap tanh(s / cap)` (Gemma 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Soft-capping of the final logits (Gemma 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
 }
 
 /// RoPE scaling: each rotation frequency `θ^(-2i/d)` is divided by a factor of its own.
@@ -193,9 +206,11 @@ impl Config {
             .filter(|_| !self.full_attention_layers.contains(&layer))
     }
 
-    /// Whether block `layer` rotates with the local RoPE base ([`Config::rope_local_theta`]).
+    /// Whether block `layer` rotates with the local RoPE base ([`Config::rope_local_theta`]):
+    /// the blocks of the sliding kind do (not in `full_attention_layers`), with a window or
+    /// without, as in transformers.
     pub fn local_rope(&self, layer: usize) -> bool {
-        self.rope_local_theta.is_some() && self.window_of(layer).is_some()
+        self.rope_local_theta.is_some() && !self.full_attention_layers.contains(&layer)
     }
 
     /// The local RoPE frequencies `θ_local^(-2i/d)`, unscaled (f32, as [`Config::rope_frequencies`]).
@@ -331,6 +346,8 @@ impl Config {
         for (what, x) in [
             ("local RoPE base", self.rope_local_theta),
             ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
         ] {
             if let Some(x) = x.filter(|x| !(x.is_finite() && *x > 0.0)) {
                 return bad(format!("{what} must be positive and finite, not {x}"));
@@ -426,6 +443,7 @@ impl Config {
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Gemma3 => "Gemma3ForCausalLM",
+            Arch::Gemma2 => "Gemma2ForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],
@@ -457,20 +475,31 @@ impl Config {
             j["rope_local_base_freq"] = theta.into();
         }
         if self.arch.gemma() {
-            j["final_logit_softcapping"] = serde_json::Value::Null;
-            j["attn_logit_softcapping"] = serde_json::Value::Null;
+            j["final_logit_softcapping"] = self.final_logit_softcapping.into();
+            j["attn_logit_softcapping"] = self.attn_logit_softcapping.into();
         }
-        if let Some(w) = self.sliding_window {
+        let full = &self.full_attention_layers;
+        let layer_types = || -> serde_json::Value {
+            (0..self.num_layers)
+                .map(|l| match full.contains(&l) {
+                    true => "full_attention",
+                    false => "sliding_attention",
+                })
+                .collect::<Vec<_>>()
+                .into()
+        };
+        // transformers gives Mistral and Gemma a window of 4096 when the key is absent, so
+        // theirs is always written, null for none; Gemma's kinds of block too.
+        if matches!(self.arch, Arch::Mistral) || self.arch.gemma() {
+            j["sliding_window"] = self.sliding_window.into();
+        }
+        if self.arch.gemma() {
+            j["layer_types"] = layer_types();
+        }
+        if let Some(w) = self.sliding_window.filter(|_| !self.arch.gemma()) {
             j["sliding_window"] = w.into();
-            let full = &self.full_attention_layers;
             if !full.is_empty() {
-                let types: Vec<&str> = (0..self.num_layers)
-                    .map(|l| match self.window_of(l) {
-                        Some(_) => "sliding_attention",
-                        None => "full_attention",
-                    })
-                    .collect();
-                j["layer_types"] = types.into();
+                j["layer_types"] = layer_types();
             }
             if matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
                 // Qwen's configs switch the window on, from block `max_window_layers` up

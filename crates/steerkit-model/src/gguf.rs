@@ -168,38 +168,36 @@ impl Gguf {
             rope_local_theta: None,
             query_pre_attn_scalar: None,
             hidden_act: Default::default(),
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
         };
-        let cfg = match arch {
-            Arch::Gemma3 => self.gemma3(cfg)?,
-            _ => cfg,
+        let cfg = match arch.gemma() {
+            true => self.gemma(cfg, name)?,
+            false => cfg,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// What llama.cpp fixes for `gemma3` rather than reading: with a window
-    /// (`attention.sliding_window`), every block but each sixth has it and rotates with base
-    /// 10,000, unscaled; attention is scaled by `head_dim^-1/2`, by `(hidden / heads)^-1/2`
-    /// for the 62-block 27B model; the MLP is gelu (tanh); soft-capping of the final logits
-    /// is refused.
-    fn gemma3(&self, mut cfg: Config) -> Result<Config> {
-        if let Some(cap) = self
-            .meta_f("gemma3.final_logit_softcapping")?
-            .filter(|c| *c != 0.0)
-        {
-            return Err(ModelError::Config(format!(
-                "GGUF asks for final_logit_softcapping {cap}; steerkit does not implement soft-capping"
-            )));
-        }
+    /// What llama.cpp reads for `gemma2` and `gemma3` (the window's width, the soft-caps) and
+    /// what it fixes: with a window, every block but each sixth (gemma3) or every other block
+    /// from the first (gemma2) has it, and gemma3's rotate with base 10,000, unscaled;
+    /// attention is scaled as [`llamacpp_gemma_attn_scalar`] says; the MLP is gelu (tanh).
+    fn gemma(&self, mut cfg: Config, name: &str) -> Result<Config> {
+        let cap = |k: &str| -> Result<Option<f64>> {
+            Ok(self.meta_f(&format!("{name}.{k}"))?.filter(|c| *c != 0.0))
+        };
+        cfg.attn_logit_softcapping = cap("attn_logit_softcapping")?;
+        cfg.final_logit_softcapping = cap("final_logit_softcapping")?;
         if let Some(w) = self
-            .meta_u("gemma3.attention.sliding_window")?
+            .meta_u(&format!("{name}.attention.sliding_window"))?
             .filter(|w| *w > 0)
         {
             cfg.sliding_window = Some(w);
-            cfg.full_attention_layers = llamacpp_gemma3_full_layers(cfg.num_layers);
-            cfg.rope_local_theta = Some(LLAMACPP_GEMMA3_LOCAL_THETA);
+            cfg.full_attention_layers = llamacpp_gemma_full_layers(cfg.arch, cfg.num_layers);
+            cfg.rope_local_theta = llamacpp_gemma_local_theta(cfg.arch);
         }
-        cfg.query_pre_attn_scalar = Some(llamacpp_gemma3_attn_scalar(&cfg));
+        cfg.query_pre_attn_scalar = Some(llamacpp_gemma_attn_scalar(&cfg));
         cfg.hidden_act = crate::config::Activation::GeluTanh;
         Ok(cfg)
     }
@@ -429,19 +427,25 @@ pub fn qk_permuted(arch: Arch) -> bool {
     matches!(arch, Arch::Llama | Arch::Mistral)
 }
 
-/// The RoPE base llama.cpp gives gemma3's window blocks.
-pub const LLAMACPP_GEMMA3_LOCAL_THETA: f64 = 10_000.0;
-
-/// The blocks without a window in llama.cpp's gemma3: every sixth.
-pub fn llamacpp_gemma3_full_layers(num_layers: usize) -> Vec<usize> {
-    (0..num_layers).filter(|l| (l + 1) % 6 == 0).collect()
+/// The RoPE base llama.cpp gives the window blocks of a Gemma model: 10,000 for gemma3, the
+/// model's own for gemma2.
+pub fn llamacpp_gemma_local_theta(arch: Arch) -> Option<f64> {
+    (arch == Arch::Gemma3).then_some(10_000.0)
 }
 
-/// The `query_pre_attn_scalar` llama.cpp's gemma3 implies: `hidden / heads` for the 27B
-/// model (62 blocks), `head_dim` otherwise.
-pub fn llamacpp_gemma3_attn_scalar(cfg: &Config) -> f64 {
+/// The blocks without a window in llama.cpp's Gemma models: every sixth (gemma3), every
+/// second (gemma2).
+pub fn llamacpp_gemma_full_layers(arch: Arch, num_layers: usize) -> Vec<usize> {
+    let every = if arch == Arch::Gemma3 { 6 } else { 2 };
+    (0..num_layers).filter(|l| (l + 1) % every == 0).collect()
+}
+
+/// The `query_pre_attn_scalar` llama.cpp implies for a Gemma model: `hidden / heads` for the
+/// 27B models (62 blocks in gemma3, 46 in gemma2), `head_dim` otherwise.
+pub fn llamacpp_gemma_attn_scalar(cfg: &Config) -> f64 {
+    let big = if cfg.arch == Arch::Gemma3 { 62 } else { 46 };
     match cfg.num_layers {
-        62 => (cfg.hidden_size / cfg.num_heads) as f64,
+        n if n == big => (cfg.hidden_size / cfg.num_heads) as f64,
         _ => cfg.head_dim as f64,
     }
 }

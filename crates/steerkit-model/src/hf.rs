@@ -66,15 +66,20 @@ impl HfFolder {
         };
         // What the one block does not compute is an error, not silently wrong logits.
         let hidden_act = activation(c, arch)?;
-        for cap in ["final_logit_softcapping", "attn_logit_softcapping"] {
-            if let Some(x) = c[cap].as_f64() {
-                return Err(ModelError::Config(format!(
-                    "config.json asks for {cap} {x} (Gemma 2); steerkit does not implement soft-capping"
-                )));
-            }
+        let (attn_logit_softcapping, final_logit_softcapping) = softcapping(c, arch)?;
+        if c["use_bidirectional_attention"].as_bool() == Some(true) {
+            return Err(ModelError::Config(
+                "config.json asks for bidirectional attention (an embedding model); steerkit runs causal decoders".into(),
+            ));
         }
+        // transformers' defaults where config.json is silent.
+        let (context, theta) = match arch {
+            Arch::Gemma3 => (131_072, 1e6),
+            Arch::Gemma2 => (8192, 10_000.0),
+            _ => (4096, 10_000.0),
+        };
         let max_position_embeddings =
-            c["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+            c["max_position_embeddings"].as_u64().unwrap_or(context) as usize;
         // transformers 5 writes RoPE's settings, its base included, as `rope_parameters`
         // (older versions: `rope_theta` and `rope_scaling` at the top); per layer type where
         // the blocks differ (Gemma 3: sliding_attention and full_attention).
@@ -83,14 +88,14 @@ impl HfFolder {
         let rope = match params {
             Value::Null => &c["rope_scaling"],
             p if p.get("rope_type").is_some() || p.get("rope_theta").is_some() => p,
-            p if per_type && arch.gemma() => &p["full_attention"],
+            p if per_type && arch == Arch::Gemma3 => &p["full_attention"],
             _ => {
                 return Err(ModelError::Config(
                     "config.json's rope_parameters are per layer type; steerkit implements one RoPE for every layer (and Gemma 3's two)".into(),
                 ))
             }
         };
-        let rope_local_theta = match arch.gemma() {
+        let rope_local_theta = match arch == Arch::Gemma3 {
             false => None,
             true if per_type => {
                 let local = &params["sliding_attention"];
@@ -113,7 +118,7 @@ impl HfFolder {
         let rope_theta = rope["rope_theta"]
             .as_f64()
             .or(c["rope_theta"].as_f64())
-            .unwrap_or(10_000.0);
+            .unwrap_or(theta);
         // An output-projection bias comes with `attention_bias` outside qwen2; there is none
         // in the one block.
         if arch != Arch::Qwen2 && c["attention_bias"].as_bool() == Some(true) {
@@ -132,12 +137,19 @@ impl HfFolder {
             intermediate_size: u("intermediate_size")?,
             num_layers,
             num_heads: heads,
+            // transformers' defaults: Gemma's 4 heads of 256, the heads and hidden / heads
+            // otherwise.
             num_kv_heads: c["num_key_value_heads"]
                 .as_u64()
-                .map_or(heads, |x| x as usize),
-            head_dim: c["head_dim"]
-                .as_u64()
-                .map_or(hidden / heads.max(1), |x| x as usize),
+                .map_or(if arch.gemma() { 4 } else { heads }, |x| x as usize),
+            head_dim: c["head_dim"].as_u64().map_or(
+                if arch.gemma() {
+                    256
+                } else {
+                    hidden / heads.max(1)
+                },
+                |x| x as usize,
+            ),
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta,
             max_position_embeddings,
@@ -153,6 +165,8 @@ impl HfFolder {
                 .gemma()
                 .then(|| c["query_pre_attn_scalar"].as_f64().unwrap_or(256.0)),
             hidden_act,
+            attn_logit_softcapping,
+            final_logit_softcapping,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -323,47 +337,71 @@ fn activation(c: &Value, arch: Arch) -> Result<Activation> {
     }
 }
 
-/// The sliding window and the blocks that attend over the whole context all the same, as
-/// transformers reads config.json: transformers 5's `layer_types`; Mistral's `sliding_window`
-/// (null: none) on every block; Qwen2's and Qwen3's only with `use_sliding_window`, on the
-/// blocks from `max_window_layers` up; Gemma 3's on every block but each
-/// `sliding_window_pattern`-th (default 6).
+/// Soft-capping of the attention scores and of the final logits: Gemma's
+/// `attn_logit_softcapping` and `final_logit_softcapping` (null: none; absent: transformers'
+/// defaults, 50 and 30 for Gemma 2, none for Gemma 3); refused for the other architectures.
+fn softcapping(c: &Value, arch: Arch) -> Result<(Option<f64>, Option<f64>)> {
+    let defaults = match arch {
+        Arch::Gemma2 => (Some(50.0), Some(30.0)),
+        _ => (None, None),
+    };
+    let read = |k: &str, default: Option<f64>| -> Result<Option<f64>> {
+        let cap = match c.get(k) {
+            None => default,
+            Some(v) => v.as_f64(),
+        };
+        match cap {
+            Some(x) if !arch.gemma() => Err(ModelError::Config(format!(
+                "config.json asks for {k} {x}, which steerkit implements for Gemma only"
+            ))),
+            cap => Ok(cap),
+        }
+    };
+    Ok((
+        read("attn_logit_softcapping", defaults.0)?,
+        read("final_logit_softcapping", defaults.1)?,
+    ))
+}
+
+/// The sliding window and the blocks of the whole-context kind, as transformers reads
+/// config.json. `sliding_window`: a number, `null` (no window) or absent (transformers' default,
+/// 4096). Llama has no window. Mistral's is on every block. Qwen2's and Qwen3's is off unless
+/// `use_sliding_window`, then on the blocks `layer_types` names, or else on those from
+/// `max_window_layers` up. Gemma's is on the blocks `layer_types` names, or else on every
+/// block but each `sliding_window_pattern`-th (Gemma 3, default 6), or on every other block
+/// from the first (Gemma 2); Gemma's kinds of block are kept without a window too, since they
+/// also choose the RoPE base.
 fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
-    // Gemma 3's default window is 4096.
-    let default = arch.gemma().then_some(4096);
-    let window = || -> Result<usize> {
-        c["sliding_window"].as_u64().map(|w| w as usize).or(default).ok_or_else(|| {
-            ModelError::Config("config.json asks for sliding-window attention but has no integer `sliding_window`".into())
-        })
+    let window = match c.get("sliding_window") {
+        None => Some(4096),
+        Some(Value::Null) => None,
+        Some(w) => Some(w.as_u64().ok_or_else(|| {
+            ModelError::Config(format!(
+                "config.json's sliding_window is {w}, not a whole number"
+            ))
+        })? as usize),
     };
-    // The window, on the blocks for which `sliding` says so.
-    let on = |sliding: &dyn Fn(usize) -> bool| -> Result<(Option<usize>, Vec<usize>)> {
+    let types = layer_types(c, num_layers)?;
+    // The window on the blocks for which `sliding` says so; the others attend to everything.
+    let on = |sliding: &dyn Fn(usize) -> bool| -> (Option<usize>, Vec<usize>) {
         let full: Vec<usize> = (0..num_layers).filter(|l| !sliding(*l)).collect();
-        if full.len() == num_layers {
-            return Ok((None, vec![]));
+        match window {
+            Some(_) if full.len() < num_layers => (window, full),
+            _ if arch.gemma() => (window, full),
+            _ => (None, vec![]),
         }
-        Ok((Some(window()?), full))
     };
-    if let Some(types) = c["layer_types"].as_array() {
-        if types.len() != num_layers {
-            return Err(ModelError::Config(format!(
-                "config.json's layer_types names {} blocks of {num_layers}",
-                types.len()
-            )));
+    Ok(match arch {
+        Arch::Llama => (None, vec![]),
+        Arch::Mistral => (window, vec![]),
+        Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() != Some(true) => {
+            (None, vec![])
         }
-        if let Some(other) = types
-            .iter()
-            .find(|t| !matches!(t.as_str(), Some("sliding_attention" | "full_attention")))
-        {
-            return Err(ModelError::Config(format!(
-                "config.json's layer_types holds {other}; steerkit knows full_attention and sliding_attention"
-            )));
+        _ if types.is_some() => {
+            let types = types.expect("checked");
+            on(&|l| types[l])
         }
-        return on(&|l| types[l].as_str() == Some("sliding_attention"));
-    }
-    match arch {
-        Arch::Mistral if !c["sliding_window"].is_null() => on(&|_| true),
-        Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() == Some(true) => {
+        Arch::Qwen2 | Arch::Qwen3 => {
             // transformers' default for Qwen2 and Qwen3 configs.
             let from = c["max_window_layers"].as_u64().unwrap_or(28) as usize;
             on(&|l| l >= from)
@@ -372,8 +410,33 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
             let every = c["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) as usize;
             on(&|l| (l + 1) % every != 0)
         }
-        _ => Ok((None, vec![])),
+        Arch::Gemma2 => on(&|l| l % 2 == 0),
+    })
+}
+
+/// transformers 5's `layer_types`, as whether each block is of the sliding kind; `None` when
+/// absent.
+fn layer_types(c: &Value, num_layers: usize) -> Result<Option<Vec<bool>>> {
+    let Some(types) = c["layer_types"].as_array() else {
+        return Ok(None);
+    };
+    if types.len() != num_layers {
+        return Err(ModelError::Config(format!(
+            "config.json's layer_types names {} blocks of {num_layers}",
+            types.len()
+        )));
     }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("sliding_attention") => Ok(true),
+            Some("full_attention") => Ok(false),
+            _ => Err(ModelError::Config(format!(
+                "config.json's layer_types holds {t}; steerkit knows full_attention and sliding_attention"
+            ))),
+        })
+        .collect::<Result<Vec<bool>>>()
+        .map(Some)
 }
 
 /// config.json's `rope_scaling` (or transformers 5's `rope_parameters`): none, `default`,

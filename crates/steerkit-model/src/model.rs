@@ -225,20 +225,33 @@ pub struct Model {
 /// Additive mask value for disallowed keys: finite, so a fully masked pad row stays NaN-free.
 const MASKED: f32 = -1e9;
 
-/// RoPE tables and attention mask per kind of block: `kinds[0]` attends over the whole
-/// context, `kinds[1]` over a sliding window.
+/// RoPE tables and attention mask per kind of block: whole context or sliding window, global
+/// or local RoPE.
 #[derive(Default)]
 struct Positions {
-    kinds: [Option<((Tensor, Tensor), Tensor)>; 2],
+    kinds: [Option<((Tensor, Tensor), Tensor)>; 4],
 }
 
 impl Positions {
+    /// The kind of block `layer`: 2 for a window, plus 1 for the local RoPE.
+    fn kind(cfg: &Config, layer: usize) -> usize {
+        2 * usize::from(cfg.window_of(layer).is_some()) + usize::from(cfg.local_rope(layer))
+    }
+
     /// Block `layer`'s RoPE tables and mask.
     fn of(&self, m: &Model, layer: usize) -> (&(Tensor, Tensor), &Tensor) {
-        let (rope, mask) = self.kinds[usize::from(m.cfg.window_of(layer).is_some())]
+        let (rope, mask) = self.kinds[Self::kind(&m.cfg, layer)]
             .as_ref()
             .expect("positions() built every kind the layers use");
         (rope, mask)
+    }
+}
+
+/// `cap tanh(x / cap)` (Gemma 2's soft-capping), or `x` without a cap.
+fn softcap(x: Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(c) => Ok(((x / c)?.tanh()? * c)?),
+        None => Ok(x),
     }
 }
 
@@ -510,13 +523,15 @@ impl Model {
         self.rms_norm(x, &self.norm, mode)
     }
 
-    /// Logits `[.., vocab]` of final-normed hidden states `[.., hidden]`.
+    /// Logits `[.., vocab]` of final-normed hidden states `[.., hidden]` (soft-capped where
+    /// the architecture does).
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        Linear {
+        let logits = Linear {
             weight: self.head().clone(),
             bias: None,
         }
-        .forward(h)
+        .forward(h)?;
+        softcap(logits, self.cfg.final_logit_softcapping)
     }
 
     /// Last-position logits `[batch, vocab]` (f32) of a left-padded batch, with a hook.
@@ -545,8 +560,14 @@ impl Model {
 
     /// RMSNorm with weight `w` (`1 + w` for gemma, whose weights are offsets from 1).
     fn rms_norm(&self, x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
         let offset = self.cfg.arch.norm_offset();
+        if offset != 0.0 && matches!(x.dtype(), DType::F16 | DType::BF16) {
+            // As transformers' Gemma norms: `1 + w` and the product in f32, then rounded.
+            let x32 = x.to_dtype(DType::F32)?;
+            let w32 = w.to_dtype(DType::F32)?;
+            let y = self.rms_norm_with(&x32, &w32.affine(1.0, offset)?, mode)?;
+            return Ok(y.to_dtype(x.dtype())?);
+        }
         let shifted;
         let w = if offset != 0.0 {
             shifted = w.affine(1.0, offset)?;
@@ -554,6 +575,12 @@ impl Model {
         } else {
             w
         };
+        self.rms_norm_with(x, w, mode)
+    }
+
+    /// RMSNorm with the factors `w` as they are.
+    fn rms_norm_with(&self, x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
         match mode {
             // The fused kernel has no f64 version; f64 is for gradient checks.
             Mode::Inference if x.dtype() != DType::F64 => {
@@ -585,7 +612,7 @@ impl Model {
     ) -> Result<Positions> {
         let mut p = Positions::default();
         for l in layers {
-            let slot = &mut p.kinds[usize::from(self.cfg.window_of(l).is_some())];
+            let slot = &mut p.kinds[Positions::kind(&self.cfg, l)];
             if slot.is_none() {
                 *slot = Some((
                     self.rope_tables(pads, pad_at, offset, t, l)?,
@@ -769,6 +796,7 @@ impl Model {
         // Group the query heads that share a key/value head: [b, nkv, rep*t, hd]; no copies of k/v.
         let q = (q.reshape((b, nkv, rep * t, hd))? * self.cfg.attention_scale())?;
         let att = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
+        let att = softcap(att, self.cfg.attn_logit_softcapping)?;
         let att = att.broadcast_add(mask)?;
         let att = match mode {
             Mode::Inference => candle_nn::ops::softmax_last_dim(&att)?,

@@ -10,11 +10,13 @@ use crate::model::Model;
 
 /// A small configuration of the given architecture (2 layers, hidden 32, 4/2 heads of 8;
 /// qwen3's and gemma3's heads are 16 wide, so that `heads * head_dim` is not the hidden size,
-/// as in real models of theirs). gemma3's first block attends over a sliding window of 3
-/// positions with a RoPE base of its own, its second over the whole context, as Gemma 3's
-/// blocks do; its attention is scaled by `8^-1/2`, not `16^-1/2`.
+/// as in real models of theirs; gemma2's too). gemma3's first block attends over a sliding
+/// window of 3 positions with a RoPE base of its own, its second over the whole context, as
+/// Gemma 3's blocks do; gemma2's alike with one RoPE, and with attention scores soft-capped at
+/// 2 and logits at 3; their attention is scaled by `8^-1/2`, not `16^-1/2`.
 pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
-    let gemma = arch == Arch::Gemma3;
+    let gemma = arch.gemma();
+    let gemma2 = arch == Arch::Gemma2;
     Config {
         arch,
         vocab_size,
@@ -23,7 +25,7 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         num_layers: 2,
         num_heads: 4,
         num_kv_heads: 2,
-        head_dim: if arch.qk_norm() { 16 } else { 8 },
+        head_dim: if arch.qk_norm() || gemma { 16 } else { 8 },
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         max_position_embeddings: 256,
@@ -31,14 +33,17 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         attention_bias: arch == Arch::Qwen2,
         rope_scaling: None,
         sliding_window: gemma.then_some(3),
-        full_attention_layers: if gemma { vec![1] } else { vec![] },
-        rope_local_theta: gemma.then_some(100.0),
+        // Block 1, which the gradient checks train, is the window's.
+        full_attention_layers: if gemma { vec![0] } else { vec![] },
+        rope_local_theta: (arch == Arch::Gemma3).then_some(100.0),
         query_pre_attn_scalar: gemma.then_some(8.0),
         hidden_act: if gemma {
             Activation::GeluTanh
         } else {
             Activation::Silu
         },
+        attn_logit_softcapping: gemma2.then_some(2.0),
+        final_logit_softcapping: gemma2.then_some(3.0),
     }
 }
 

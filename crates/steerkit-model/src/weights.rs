@@ -89,6 +89,11 @@ where
     F: Fn(&Need) -> Result<Option<Tensor>> + Sync,
 {
     cfg.validate()?;
+    if cfg.arch.gemma() && dtype == DType::F16 {
+        return Err(ModelError::Config(
+            "Gemma's activations overflow f16; use --dtype bf16 or f32".into(),
+        ));
+    }
     let (matrix_dtype, dtype) = storage_dtypes(device, dtype);
     let needs = needs(&cfg);
     let loaded: Vec<Tensor> = needs

@@ -172,26 +172,62 @@ fn qwen3_tiny_sliding_window_logits_match_reference() {
     assert_ne!(plain[3], windowed[3]);
 }
 
-/// The tiny random Gemma 3 folder of `scripts/reference_gemma3.py` (norms as `1 + w`,
+/// The tiny random Gemma 2 folder of `scripts/reference_gemma.py` (Gemma 3's conventions
+/// without q/k norms and with one RoPE; blocks 0 and 2 on a window of 3; attention scores
+/// soft-capped at 2 and the logits at 3) likewise; without the caps the logits are others.
+#[test]
+fn gemma2_tiny_logits_match_reference() {
+    let (m, fx) = gemma_fixture("gemma2_tiny");
+    let c = &m.cfg;
+    assert_eq!(c.arch, steerkit_model::Arch::Gemma2);
+    assert_eq!(windows(c), (Some(3), vec![1], None));
+    assert_eq!(
+        (c.attn_logit_softcapping, c.final_logit_softcapping),
+        (Some(2.0), Some(3.0))
+    );
+    assert!(m.layers[0].q_norm.is_none());
+    check_all_positions(&m, &fx["cases"], "gemma2 tiny");
+    let mut uncapped = m.clone();
+    uncapped.cfg.attn_logit_softcapping = None;
+    uncapped.cfg.final_logit_softcapping = None;
+    let rows: Vec<Vec<u32>> = fx["cases"].as_array().unwrap().iter().map(ids_of).collect();
+    let (a, b) = (last_logits(&m, 0, &rows), last_logits(&uncapped, 0, &rows));
+    let gap = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(gap > 0.1, "the caps change the logits by {gap} only");
+}
+
+/// A tiny Gemma fixture folder of `scripts/reference_gemma.py`, loaded, and its logits.json.
+fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {
+    let dir = common::root().join("tests/fixtures").join(name);
+    let p = dir.join("logits.json");
+    let fx = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    (qwen3_model(&dir), fx)
+}
+
+/// A configuration's window, its blocks without it, and the window blocks' RoPE base.
+fn windows(c: &steerkit_model::Config) -> (Option<usize>, Vec<usize>, Option<f64>) {
+    (
+        c.sliding_window,
+        c.full_attention_layers.clone(),
+        c.rope_local_theta,
+    )
+}
+
+/// The tiny random Gemma 3 folder of `scripts/reference_gemma.py` (norms as `1 + w`,
 /// post-norms, a scaled embedding, gelu, q/k norms, `query_pre_attn_scalar`, two blocks with a
 /// sliding window of 3 and a local RoPE base, one with the whole context and linearly scaled
 /// RoPE): steerkit's logits at every position equal the script's float64 forward pass.
 #[test]
 fn gemma3_tiny_logits_match_reference() {
-    let dir = common::root().join("tests/fixtures/gemma3_tiny");
-    let p = dir.join("logits.json");
-    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    let m = qwen3_model(&dir);
+    let (m, fx) = gemma_fixture("gemma3_tiny");
     let c = &m.cfg;
     assert_eq!(c.arch, steerkit_model::Arch::Gemma3);
-    assert_eq!(
-        (
-            c.sliding_window,
-            c.full_attention_layers.as_slice(),
-            c.rope_local_theta
-        ),
-        (Some(3), &[2usize][..], Some(10_000.0))
-    );
+    assert_eq!(windows(c), (Some(3), vec![2], Some(10_000.0)));
     assert_eq!(c.hidden_act, steerkit_model::Activation::GeluTanh);
     assert!(c.tie_word_embeddings);
     check_all_positions(&m, &fx["cases"], "gemma3 tiny");
@@ -210,6 +246,18 @@ fn gemma3_tiny_logits_match_reference() {
         &qwen3_model(d.path()),
         &fx["cases"],
         "gemma3 tiny, v5 config",
+    );
+    // The keys Gemma 3 1B's own config.json uses: the pattern, not layer_types; no tie key.
+    let d = copy_with("gemma3_tiny", |cfg| {
+        let o = cfg.as_object_mut().unwrap();
+        o.remove("layer_types");
+        o.remove("tie_word_embeddings");
+        cfg["sliding_window_pattern"] = serde_json::json!(3);
+    });
+    check_all_positions(
+        &qwen3_model(d.path()),
+        &fx["cases"],
+        "gemma3 tiny, the hub's keys",
     );
 }
 

@@ -13,12 +13,13 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 5] = [
+const ARCHS: [Arch; 6] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
     Arch::Qwen3,
     Arch::Gemma3,
+    Arch::Gemma2,
 ];
 
 /// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as
@@ -943,11 +944,13 @@ fn f16_folders_and_weights_beyond_range() {
     );
 }
 
-/// config.json's sliding windows, read as transformers reads them: Mistral's `sliding_window`
-/// (null: none), Qwen's only with `use_sliding_window` (the blocks from `max_window_layers`
-/// up), Gemma 3's on all blocks but every `sliding_window_pattern`-th, transformers 5's
-/// `layer_types`. An unknown layer type, a `layer_types` of the wrong length and a window of 0
-/// are refused.
+/// config.json's sliding windows, read as transformers reads them: `sliding_window` absent is
+/// 4096 and null is none; Llama has no window (`layer_types` ignored); Mistral's is on every
+/// block (`layer_types` ignored); Qwen's only with `use_sliding_window`, on the blocks
+/// `layer_types` names or else from `max_window_layers`; Gemma 3's on all blocks but every
+/// `sliding_window_pattern`-th, Gemma 2's on every other block, both keeping their kinds of
+/// block without a window. An unknown layer type, a `layer_types` of the wrong length, a window
+/// of 0 and an embedding model's bidirectional attention are refused.
 #[test]
 fn sliding_windows_from_config_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -978,11 +981,28 @@ fn sliding_windows_from_config_json() {
     };
     use serde_json::json;
     let none = Ok((None, vec![]));
-    assert_eq!(window_of(Arch::Mistral, &|_| {}), none);
-    let v01 = |c: &mut serde_json::Value| c["sliding_window"] = json!(4096);
-    assert_eq!(window_of(Arch::Mistral, &v01), Ok((Some(4096), vec![])));
-    let null = |c: &mut serde_json::Value| c["sliding_window"] = json!(null);
-    assert_eq!(window_of(Arch::Mistral, &null), none);
+    let set =
+        |k: &'static str, v: serde_json::Value| move |c: &mut serde_json::Value| c[k] = v.clone();
+    let mixed = json!(["sliding_attention", "full_attention"]);
+    // Llama: never a window.
+    assert_eq!(
+        window_of(Arch::Llama, &set("sliding_window", json!(8))),
+        none
+    );
+    assert_eq!(
+        window_of(Arch::Llama, &set("layer_types", mixed.clone())),
+        none
+    );
+    // Mistral: transformers' 4096 when absent (v0.1), none when null (v0.2 and later).
+    assert_eq!(window_of(Arch::Mistral, &|_| {}), Ok((Some(4096), vec![])));
+    assert_eq!(
+        window_of(Arch::Mistral, &set("sliding_window", json!(null))),
+        none
+    );
+    assert_eq!(
+        window_of(Arch::Mistral, &set("layer_types", mixed.clone())),
+        Ok((Some(4096), vec![]))
+    );
     // Qwen2.5's configs carry a window that is off.
     let qwen = |on: bool, from: u64| {
         move |c: &mut serde_json::Value| {
@@ -1001,7 +1021,17 @@ fn sliding_windows_from_config_json() {
         window_of(Arch::Qwen2, &qwen(true, 1)),
         Ok((Some(32768), vec![0]))
     );
-    // Gemma 3: every sixth block by default (neither of the two here), or as the pattern says.
+    assert_eq!(
+        window_of(Arch::Qwen3, &set("layer_types", mixed.clone())),
+        none
+    );
+    let typed = |c: &mut serde_json::Value| {
+        c["use_sliding_window"] = json!(true);
+        c["layer_types"] = json!(["sliding_attention", "full_attention"]);
+    };
+    assert_eq!(window_of(Arch::Qwen3, &typed), Ok((Some(4096), vec![1])));
+    // Gemma: every sixth block (neither of the two here) or as the pattern says; kinds kept
+    // without a window.
     let gemma = |pattern: Option<u64>| {
         move |c: &mut serde_json::Value| {
             c["sliding_window"] = json!(512);
@@ -1018,25 +1048,58 @@ fn sliding_windows_from_config_json() {
         window_of(Arch::Gemma3, &gemma(Some(2))),
         Ok((Some(512), vec![1]))
     );
-    let types = |t: serde_json::Value| {
-        move |c: &mut serde_json::Value| {
-            c["sliding_window"] = json!(8);
-            c["layer_types"] = t.clone();
-        }
-    };
-    let all = types(json!(["sliding_attention", "sliding_attention"]));
-    assert_eq!(window_of(Arch::Llama, &all), Ok((Some(8), vec![])));
-    let full = types(json!(["full_attention", "full_attention"]));
-    assert_eq!(window_of(Arch::Mistral, &full), none);
-    let mixed = types(json!(["sliding_attention", "full_attention"]));
-    assert_eq!(window_of(Arch::Qwen3, &mixed), Ok((Some(8), vec![1])));
-    let short = types(json!(["sliding_attention"]));
-    let err = window_of(Arch::Qwen3, &short).unwrap_err();
-    assert!(err.contains("names 1 blocks of 2"), "{err}");
-    let odd = types(json!(["chunked_attention", "full_attention"]));
-    let err = window_of(Arch::Llama, &odd).unwrap_err();
-    assert!(err.contains("chunked_attention"), "{err}");
-    let zero = |c: &mut serde_json::Value| c["sliding_window"] = json!(0);
-    let err = window_of(Arch::Mistral, &zero).unwrap_err();
-    assert!(err.contains("window of 0"), "{err}");
+    assert_eq!(window_of(Arch::Gemma2, &|_| {}), Ok((Some(4096), vec![1])));
+    assert_eq!(
+        window_of(Arch::Gemma2, &set("sliding_window", json!(null))),
+        Ok((None, vec![1]))
+    );
+    assert_eq!(
+        window_of(
+            Arch::Gemma3,
+            &set(
+                "layer_types",
+                json!(["full_attention", "sliding_attention"])
+            )
+        ),
+        Ok((Some(4096), vec![0]))
+    );
+    for (arch, edit, needle) in [
+        (
+            Arch::Gemma3,
+            set("layer_types", json!(["sliding_attention"])),
+            "names 1 blocks of 2",
+        ),
+        (
+            Arch::Gemma2,
+            set(
+                "layer_types",
+                json!(["chunked_attention", "full_attention"]),
+            ),
+            "chunked_attention",
+        ),
+        (
+            Arch::Mistral,
+            set("sliding_window", json!(0)),
+            "window of 0",
+        ),
+        (
+            Arch::Gemma3,
+            set("use_bidirectional_attention", json!(true)),
+            "bidirectional",
+        ),
+    ] {
+        let err = window_of(arch, &edit).unwrap_err();
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
+/// Gemma in f16 is refused at loading: its activations overflow f16.
+#[test]
+fn gemma_is_not_run_in_f16() {
+    for arch in [Arch::Gemma3, Arch::Gemma2] {
+        let err = random_model(tiny_config(arch, 64), DType::F16, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overflow f16"), "{err}");
+    }
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""A tiny random Gemma 3 (text) model and its logits from an independent float64 forward pass.
+"""Tiny random Gemma 3 (text) and Gemma 2 models and their logits from an independent float64
+forward pass.
 
 Usage (from the repository root):
-    python3 scripts/reference_gemma3.py tests/fixtures/gemma3_tiny
+    python3 scripts/reference_gemma.py tests/fixtures/gemma3_tiny tests/fixtures/gemma2_tiny
 
-Writes, in the given folder (created if needed):
+Writes, in the first folder (created if needed):
   config.json        a Hugging Face Gemma 3 text config (model_type gemma3_text): 3 blocks, of
                      which the first two attend over a sliding window of 3 positions with RoPE
                      base 10,000 and the third over the whole context with base 1,000,000 and
@@ -12,6 +13,11 @@ Writes, in the given folder (created if needed):
   model.safetensors  f32 weights drawn from a seeded numpy generator
   logits.json        for three fixed token sequences: the ids and the logits at every
                      position, from the forward pass below in float64
+and the same in the second for Gemma 2 (model_type gemma2): no q/k norms, one RoPE (base
+10,000) for every block, blocks 0 and 2 on a sliding window of 3 and 1 on the whole context
+(Gemma 2 alternates), attention scores soft-capped at 2 and the final logits at 3
+(`score = cap tanh(score / cap)`; Gemma 2 2B uses 50 and 30, too large to matter in a model
+this small), query_pre_attn_scalar 8.
 
 Dependencies: numpy. Shares the file writer and helpers of reference_qwen3.py.
 
@@ -32,6 +38,9 @@ The forward pass follows transformers' Gemma3ForCausalLM (gemma3_text):
         h = h + norm((gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T, post_feedforward_layernorm)
     logits = norm(h, norm) @ embed^T                         (tied)
 gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+Gemma 2 (Gemma2ForCausalLM) differs in: no q_norm/k_norm; every block rotates with
+rope_theta; scores = attn_cap tanh(scores / attn_cap) before the mask; logits = final_cap
+tanh(logits / final_cap).
 Norm weights are drawn around 0 (std 0.3), the embedding scale is 5.66, the attention scale is
 not 1/sqrt(head_dim), and the blocks differ in window and RoPE, so a forward that got any of
 these wrong gives other logits.
@@ -95,8 +104,12 @@ def forward(cfg, w, ids):
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     t = len(ids)
     j = np.arange(hd // 2, dtype=np.float64)
-    inv_local = cfg["rope_local_base_freq"] ** (-2.0 * j / hd)
-    inv_global = cfg["rope_theta"] ** (-2.0 * j / hd) / cfg["rope_scaling"]["factor"]
+    scaling = cfg.get("rope_scaling") or {"factor": 1.0}
+    inv_global = cfg["rope_theta"] ** (-2.0 * j / hd) / scaling["factor"]
+    # Gemma 2 rotates every block alike.
+    base = cfg.get("rope_local_base_freq")
+    inv_local = base ** (-2.0 * j / hd) if base else inv_global
+    attn_cap, final_cap = cfg.get("attn_logit_softcapping"), cfg.get("final_logit_softcapping")
     causal = np.triu(np.full((t, t), -np.inf), k=1)
     window = causal + np.tril(np.full((t, t), -np.inf), k=-cfg["sliding_window"])
     h = W["model.embed_tokens.weight"][ids] * np.sqrt(cfg["hidden_size"])
@@ -108,12 +121,17 @@ def forward(cfg, w, ids):
         q = (x @ W[f"{p}.self_attn.q_proj.weight"].T).reshape(t, nh, hd)
         k = (x @ W[f"{p}.self_attn.k_proj.weight"].T).reshape(t, nkv, hd)
         v = (x @ W[f"{p}.self_attn.v_proj.weight"].T).reshape(t, nkv, hd).transpose(1, 0, 2)
-        q = rope(norm(q, W[f"{p}.self_attn.q_norm.weight"], eps).transpose(1, 0, 2), inv)
-        k = rope(norm(k, W[f"{p}.self_attn.k_norm.weight"], eps).transpose(1, 0, 2), inv)
+        if f"{p}.self_attn.q_norm.weight" in W:  # Gemma 3
+            q = norm(q, W[f"{p}.self_attn.q_norm.weight"], eps)
+            k = norm(k, W[f"{p}.self_attn.k_norm.weight"], eps)
+        q, k = rope(q.transpose(1, 0, 2), inv), rope(k.transpose(1, 0, 2), inv)
         heads = []
         for j_ in range(nh):
             g = j_ // (nh // nkv)
-            s = q[j_] @ k[g].T * cfg["query_pre_attn_scalar"] ** -0.5 + mask
+            s = q[j_] @ k[g].T * cfg["query_pre_attn_scalar"] ** -0.5
+            if attn_cap:
+                s = attn_cap * np.tanh(s / attn_cap)
+            s = s + mask
             s = np.exp(s - s.max(axis=-1, keepdims=True))
             s /= s.sum(axis=-1, keepdims=True)
             heads.append(s @ v[g])
@@ -126,20 +144,41 @@ def forward(cfg, w, ids):
         m = (gelu_tanh(gate) * up) @ W[f"{p}.mlp.down_proj.weight"].T
         h = h + norm(m, W[f"{p}.post_feedforward_layernorm.weight"], eps)
     h = norm(h, W["model.norm.weight"], eps)
-    return h @ W["model.embed_tokens.weight"].T
+    logits = h @ W["model.embed_tokens.weight"].T
+    if final_cap:
+        logits = final_cap * np.tanh(logits / final_cap)
+    return logits
+
+
+# Gemma 2: no local RoPE base or RoPE scaling; every other block on the window; soft-caps.
+GEMMA2 = {k: v for k, v in CONFIG.items() if k not in ("rope_local_base_freq", "rope_scaling")}
+GEMMA2.update(
+    architectures=["Gemma2ForCausalLM"],
+    model_type="gemma2",
+    rope_theta=10000.0,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    final_logit_softcapping=3.0,
+    attn_logit_softcapping=2.0,
+)
+
+
+def gemma_weights(cfg, seed):
+    """Seeded weights: norms as offsets around 0, post-norms, q/k norms for Gemma 3 only."""
+    return weights(cfg, seed=seed, norm_mean=0.0, post_norms=True,
+                   qk_norms=cfg["model_type"] == "gemma3_text")
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 3:
         sys.exit(__doc__)
-    out = sys.argv[1]
-    w = weights(CONFIG, seed=20261128, norm_mean=0.0, post_norms=True)
-    write_folder(out, CONFIG, w)
-    cases = logit_cases(forward, CONFIG, w)
-    with open(os.path.join(out, "logits.json"), "w") as fh:
-        json.dump({"script": "scripts/reference_gemma3.py", "cases": cases}, fh)
-        fh.write("\n")
-    print(f"wrote {out}: {len(w)} tensors, {len(cases)} sequences")
+    for out, cfg, seed in [(sys.argv[1], CONFIG, 20261128), (sys.argv[2], GEMMA2, 20261129)]:
+        w = gemma_weights(cfg, seed)
+        write_folder(out, cfg, w)
+        cases = logit_cases(forward, cfg, w)
+        with open(os.path.join(out, "logits.json"), "w") as fh:
+            json.dump({"script": "scripts/reference_gemma.py", "cases": cases}, fh)
+            fh.write("\n")
+        print(f"wrote {out}: {len(w)} tensors, {len(cases)} sequences")
 
 
 if __name__ == "__main__":
