@@ -110,32 +110,56 @@ fn basis_of_a_low_rank_input_and_orthogonal_projection() {
     assert!(gpm_basis(&x, 1.5, 4).is_err());
 }
 
+/// The inputs `linear_inputs` returns rebuild block 1's output: `x + o(mix) + down(act)` on the
+/// real rows, and for Gemma (whose block 1 in the tiny config has the sliding window and the
+/// local RoPE) the same with each sublayer's output normed by its post-norm, `1 + w`.
 #[test]
 fn linear_inputs_reproduce_the_block() {
-    let m = random_model(tiny_config(Arch::Qwen2, 64), DType::F64, 2).unwrap();
-    let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
-    let pads = [0usize, 2];
-    let y = m
-        .forward_layers(x.clone(), &pads, 1..2, None, &mut NoHook, Mode::Inference)
-        .unwrap();
-    let ins: HashMap<String, Tensor> = m.linear_inputs(1, &x, &pads).unwrap().into_iter().collect();
-    assert_eq!(ins["mlp.down_proj.weight"].dims(), &[8, 48]);
-    // y = x + o(mix) + down(act) on the real rows.
-    let blk = &m.layers[1];
-    let real = |t: &Tensor| {
-        Tensor::cat(
-            &[
-                t.get(0).unwrap(),
-                t.get(1).unwrap().narrow(0, 2, 3).unwrap(),
-            ],
-            0,
-        )
-        .unwrap()
-    };
-    let o = blk.o.forward(&ins["self_attn.o_proj.weight"]).unwrap();
-    let d = blk.down.forward(&ins["mlp.down_proj.weight"]).unwrap();
-    let rebuilt = ((real(&x) + o).unwrap() + d).unwrap();
-    assert!(max_abs(&(rebuilt - real(&y)).unwrap()) < 1e-10);
+    for arch in [Arch::Qwen2, Arch::Gemma3, Arch::Gemma2] {
+        let m = random_model(tiny_config(arch, 64), DType::F64, 2).unwrap();
+        let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
+        let pads = [0usize, 2];
+        let y = m
+            .forward_layers(x.clone(), &pads, 1..2, None, &mut NoHook, Mode::Inference)
+            .unwrap();
+        let ins: HashMap<String, Tensor> =
+            m.linear_inputs(1, &x, &pads).unwrap().into_iter().collect();
+        assert_eq!(ins["mlp.down_proj.weight"].dims(), &[8, 48]);
+        let blk = &m.layers[1];
+        let real = |t: &Tensor| {
+            Tensor::cat(
+                &[
+                    t.get(0).unwrap(),
+                    t.get(1).unwrap().narrow(0, 2, 3).unwrap(),
+                ],
+                0,
+            )
+            .unwrap()
+        };
+        // Gemma's post-norm: v / sqrt(mean(v^2) + eps) * (1 + w).
+        let post = |v: Tensor, w: &Option<Tensor>| match w {
+            Some(w) => {
+                let ms = v.sqr().unwrap().mean_keepdim(1).unwrap();
+                let r = (ms + m.cfg.rms_norm_eps).unwrap().sqrt().unwrap();
+                v.broadcast_div(&r)
+                    .unwrap()
+                    .broadcast_mul(&(w + 1.0).unwrap())
+                    .unwrap()
+            }
+            None => v,
+        };
+        let o = post(
+            blk.o.forward(&ins["self_attn.o_proj.weight"]).unwrap(),
+            &blk.post_attn_norm,
+        );
+        let d = post(
+            blk.down.forward(&ins["mlp.down_proj.weight"]).unwrap(),
+            &blk.post_mlp_norm,
+        );
+        let rebuilt = ((real(&x) + o).unwrap() + d).unwrap();
+        let gap = max_abs(&(rebuilt - real(&y)).unwrap());
+        assert!(gap < 1e-10, "{arch:?}: {gap}");
+    }
 }
 
 #[test]
