@@ -18,7 +18,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
-use steerkit_model::gguf::{gguf_name, permute, qk_permuted, Gguf};
+use steerkit_model::gguf::{gguf_name, permute, qk_permuted, stored_norm_shift, Gguf};
 use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, RopeScaling, Tok};
 
 /// Storage type of the matrices.
@@ -302,9 +302,9 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         let name = gguf_name(&hf, model.cfg.arch)
             .ok_or_else(|| ModelError::Weights(format!("no GGUF name for `{hf}`")))?;
         let mut t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        // llama.cpp stores Gemma's norms as the factors `1 + w`.
-        if model.cfg.arch.gemma() && name.ends_with("norm.weight") {
-            t = t.affine(1.0, 1.0)?;
+        let shift = stored_norm_shift(model.cfg.arch, &name);
+        if shift != 0.0 {
+            t = t.affine(1.0, shift)?;
         }
         if let Some(h) = heads(&hf).filter(|_| qk_permuted(model.cfg.arch)) {
             t = permute(&t, h)?;

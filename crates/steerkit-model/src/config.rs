@@ -191,9 +191,7 @@ impl Config {
     /// The RoPE frequencies `θ^(-2i/d) / divisor_i`, `i < head_dim / 2`. Without scaling the
     /// result is computed exactly as before scaling existed (f32 throughout).
     pub fn rope_frequencies(&self) -> Vec<f32> {
-        let base: Vec<f32> = (0..self.head_dim / 2)
-            .map(|i| 1.0 / (self.rope_theta as f32).powf(2.0 * i as f32 / self.head_dim as f32))
-            .collect();
+        let base = self.unscaled_frequencies(self.rope_theta);
         match self.rope_divisors() {
             Some(div) => base.iter().zip(div).map(|(f, d)| f / d).collect(),
             None => base,
@@ -215,12 +213,14 @@ impl Config {
 
     /// The local RoPE frequencies `θ_local^(-2i/d)`, unscaled (f32, as [`Config::rope_frequencies`]).
     pub fn local_rope_frequencies(&self) -> Option<Vec<f32>> {
-        let theta = self.rope_local_theta? as f32;
-        Some(
-            (0..self.head_dim / 2)
-                .map(|i| 1.0 / theta.powf(2.0 * i as f32 / self.head_dim as f32))
-                .collect(),
-        )
+        Some(self.unscaled_frequencies(self.rope_local_theta?))
+    }
+
+    /// `θ^(-2i/d)` for `i < head_dim / 2`, in f32.
+    fn unscaled_frequencies(&self, theta: f64) -> Vec<f32> {
+        (0..self.head_dim / 2)
+            .map(|i| 1.0 / (theta as f32).powf(2.0 * i as f32 / self.head_dim as f32))
+            .collect()
     }
 
     /// The factor attention logits are multiplied by: `query_pre_attn_scalar^-1/2` when set,
@@ -490,26 +490,21 @@ impl Config {
         };
         // transformers gives Mistral and Gemma a window of 4096 when the key is absent, so
         // theirs is always written, null for none; Gemma's kinds of block too.
-        if matches!(self.arch, Arch::Mistral) || self.arch.gemma() {
+        let window = self.sliding_window.is_some();
+        if window || self.arch == Arch::Mistral || self.arch.gemma() {
             j["sliding_window"] = self.sliding_window.into();
         }
-        if self.arch.gemma() {
+        if self.arch.gemma() || (window && !full.is_empty()) {
             j["layer_types"] = layer_types();
         }
-        if let Some(w) = self.sliding_window.filter(|_| !self.arch.gemma()) {
-            j["sliding_window"] = w.into();
-            if !full.is_empty() {
-                j["layer_types"] = layer_types();
-            }
-            if matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
-                // Qwen's configs switch the window on, from block `max_window_layers` up
-                // (layer_types, when written, says the same or more).
-                let leading = (0..self.num_layers)
-                    .take_while(|l| full.contains(l))
-                    .count();
-                j["use_sliding_window"] = true.into();
-                j["max_window_layers"] = leading.into();
-            }
+        if window && matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
+            // Qwen's configs switch the window on, from block `max_window_layers` up
+            // (layer_types, when written, says the same or more).
+            let leading = (0..self.num_layers)
+                .take_while(|l| full.contains(l))
+                .count();
+            j["use_sliding_window"] = true.into();
+            j["max_window_layers"] = leading.into();
         }
         j
     }

@@ -316,9 +316,9 @@ impl Gguf {
                 return Ok(None);
             }
             let mut t = self.tensor(&name)?;
-            // llama.cpp stores Gemma's norms as the factors `1 + w`.
-            if arch.gemma() && name.ends_with("norm.weight") {
-                t = t.affine(1.0, -1.0)?;
+            let shift = stored_norm_shift(arch, &name);
+            if shift != 0.0 {
+                t = t.affine(1.0, -shift)?;
             }
             let heads = if name.contains("attn_q.") {
                 Some(nh)
@@ -425,6 +425,15 @@ pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 /// Whether an architecture's GGUF files store q/k rows permuted.
 pub fn qk_permuted(arch: Arch) -> bool {
     matches!(arch, Arch::Llama | Arch::Mistral)
+}
+
+/// What llama.cpp adds to the GGUF tensor `name` of an `arch` model: Gemma's norms are stored
+/// as the factors `1 + w` (steerkit keeps `w`, the offset), everything else as it is.
+pub fn stored_norm_shift(arch: Arch, name: &str) -> f64 {
+    match name.ends_with("norm.weight") {
+        true => arch.norm_offset(),
+        false => 0.0,
+    }
 }
 
 /// The RoPE base llama.cpp gives the window blocks of a Gemma model: 10,000 for gemma3, the
