@@ -87,18 +87,21 @@ def as_f16_file(w):
 
 
 def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg,
-            forward=ref.forward, what=None):
+            forward=ref.forward, what=None, gguf=None):
     """Exports `folder` with config `cfg` to GGUF and compares llama.cpp's logits with the
     reference `forward` on `w16`, and with it on `control` weights under `control_cfg`,
-    which must differ (`what` names the control in the summary line)."""
+    which must differ (`what` names the control in the summary line). With `gguf`, that
+    file is loaded instead of an export."""
     from llama_cpp import Llama
 
-    with open(os.path.join(folder, "config.json"), "w") as fh:
-        json.dump(cfg, fh, indent=2)
-    gguf_path = os.path.join(work, label.replace(" + ", "-") + ".gguf")
-    subprocess.run(
-        [steerkit, "export", "-m", folder, "--format", "gguf", "--out", gguf_path], check=True
-    )
+    gguf_path = gguf
+    if gguf_path is None:
+        with open(os.path.join(folder, "config.json"), "w") as fh:
+            json.dump(cfg, fh, indent=2)
+        gguf_path = os.path.join(work, label.replace(" + ", "-") + ".gguf")
+        subprocess.run(
+            [steerkit, "export", "-m", folder, "--format", "gguf", "--out", gguf_path], check=True
+        )
     llm = Llama(model_path=gguf_path, n_ctx=64, logits_all=True, verbose=False, seed=0)
     seqs = [
         [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198],

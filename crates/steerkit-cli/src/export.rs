@@ -165,9 +165,9 @@ pub fn run(a: Args) -> Result<()> {
                 );
                 // Gemma 3's window is in the file; the other architectures' is not.
                 if let Some(w) = model.cfg.sliding_window.filter(|_| !model.cfg.arch.gemma()) {
-                    // As llama.cpp's own converter: these architectures have no window there.
+                    // llama.cpp runs these architectures without a window (phi3: it ignores the key).
                     println!(
-                        "note: the model attends over a sliding window of {w} positions; GGUF has no place for it in this architecture and llama.cpp attends over the whole context, so answers to prompts of more than {w} tokens will differ"
+                        "note: the model attends over a sliding window of {w} positions; the GGUF file carries none, as llama.cpp runs this architecture over the whole context, so answers to prompts of more than {w} tokens will differ"
                     );
                 }
             } else {

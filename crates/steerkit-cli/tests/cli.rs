@@ -291,6 +291,57 @@ fn gemma_folders_inspect_train_and_export() {
     }
 }
 
+/// A Phi-3 folder (tiny and random, with SmolLM2's tokenizer and template), stored fused as
+/// Phi-3 checkpoints are (`qkv_proj`, `gate_up_proj`): inspect, generation, ACTOR on attention
+/// and MLP, export as a patched folder whose fused tensors hold the trained parts, and as GGUF
+/// with llama.cpp's fused `attn_qkv` and `ffn_up` (gate and up), which loads back as the same
+/// model.
+#[test]
+fn phi3_folder_trains_and_exports_fused() {
+    let d = tmpdir("phi3");
+    let folder = tiny_folder_of(d.path(), Arch::Phi3);
+    let cpu = &candle_core::Device::Cpu;
+    let stored = candle_core::safetensors::load(folder.join("model.safetensors"), cpu).unwrap();
+    assert!(stored.contains_key("model.layers.1.self_attn.qkv_proj.weight"));
+    assert!(stored.contains_key("model.layers.1.mlp.gate_up_proj.weight"));
+    assert!(!stored.contains_key("model.layers.1.self_attn.q_proj.weight"));
+    let f = folder.to_str().unwrap();
+    let run = d.path().join("run");
+    let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
+    assert_eq!(v["architecture"].as_str(), Some("phi3"));
+    let original = folder_tensors(&folder);
+    let back = export_patched(f, &run, &d.path().join("patched"));
+    let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        steerkit_model::random::max_abs_diff(a, b).unwrap()
+    };
+    for part in ["self_attn.k_proj", "mlp.up_proj"] {
+        let n = format!("model.layers.1.{part}.weight");
+        assert_eq!(gap(&back[&n], &trained[&n]), 0.0, "{n}");
+        assert!(
+            gap(&trained[&n], &original[&n]) > 0.0,
+            "{n} was not trained"
+        );
+    }
+
+    let gguf = d.path().join("m.gguf");
+    assert_ok(&export_gguf(f, &[], &gguf));
+    let content =
+        candle_core::quantized::gguf_file::Content::read(&mut std::fs::File::open(&gguf).unwrap())
+            .unwrap();
+    let shape = |n: &str| content.tensor_infos.get(n).map(|i| i.shape.dims().to_vec());
+    // 4 query and 2 key/value heads of 8 over hidden 32; gate and up of 48 rows each.
+    assert_eq!(shape("blk.0.attn_qkv.weight"), Some(vec![32 + 2 * 16, 32]));
+    assert_eq!(shape("blk.0.ffn_up.weight"), Some(vec![2 * 48, 32]));
+    assert_eq!(shape("blk.0.attn_q.weight"), None);
+    assert_eq!(shape("blk.0.ffn_gate.weight"), None);
+    let m = Gguf::open(&gguf).unwrap().model(cpu, DType::F32).unwrap();
+    assert_eq!(m.cfg.arch, Arch::Phi3);
+    for (n, t) in m.named_tensors() {
+        // f16 matrices: within its rounding of the folder's weights.
+        assert!(gap(&t, &original[&n]) < 2e-3, "{n}");
+    }
+}
+
 /// A Qwen3 folder (tiny and random, with Qwen's tokenizer and Qwen3's own chat template)
 /// goes through the main path: inspect, generation, ACTOR (which trains the per-head q/k
 /// norms with `--train norms`, and not the maps) and export as a patched folder (f32, and bf16 at half the

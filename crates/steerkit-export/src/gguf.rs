@@ -65,6 +65,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Qwen3 => "qwen3",
         Arch::Gemma3 => "gemma3",
         Arch::Gemma2 => "gemma2",
+        Arch::Phi3 => "phi3",
     }
 }
 
@@ -298,7 +299,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             ));
         }
     }
-    for (hf, t) in model.named_tensors() {
+    for (hf, t) in steerkit_model::weights::fuse(&model.cfg, model.named_tensors())? {
         let name = gguf_name(&hf, model.cfg.arch)
             .ok_or_else(|| ModelError::Weights(format!("no GGUF name for `{hf}`")))?;
         let mut t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;

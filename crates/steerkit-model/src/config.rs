@@ -29,6 +29,11 @@ pub enum Arch {
     /// RoPE; every other block attends over a sliding window; attention scores and the final
     /// logits are soft-capped (`cap tanh(x / cap)`).
     Gemma2,
+    /// Phi-3 and Phi-4 (`phi3`: Phi3ForCausalLM): Llama's block, stored fused: q, k and v as
+    /// one `qkv_proj`, gate and up as one `gate_up_proj` (rows concatenated in that order; see
+    /// [`crate::weights::fused_parts`]). Phi-3-mini-4k attends over a sliding window of 2047
+    /// positions; the 128k models' LongRoPE is not implemented.
+    Phi3,
 }
 
 impl Arch {
@@ -41,6 +46,7 @@ impl Arch {
             "qwen3" => Ok(Arch::Qwen3),
             "gemma3_text" => Ok(Arch::Gemma3),
             "gemma2" => Ok(Arch::Gemma2),
+            "phi3" => Ok(Arch::Phi3),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -55,6 +61,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3_text",
             Arch::Gemma2 => "gemma2",
+            Arch::Phi3 => "phi3",
         }
     }
 
@@ -330,6 +337,17 @@ impl Config {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even", self.head_dim));
         }
+        // transformers computes Phi-3's head width as hidden / heads, and its only scaling
+        // is LongRoPE.
+        if self.arch == Arch::Phi3 && self.head_dim * self.num_heads != self.hidden_size {
+            return bad(format!(
+                "a phi3 model's heads ({} of {}) must span the hidden size {}",
+                self.num_heads, self.head_dim, self.hidden_size
+            ));
+        }
+        if self.arch == Arch::Phi3 && self.rope_scaling.is_some() {
+            return bad("RoPE scaling on a phi3 model (LongRoPE, the 128k models) is not implemented; the 4k models and Phi-4 need none".into());
+        }
         if self.sliding_window == Some(0) {
             return bad("a sliding window of 0 positions attends to nothing".into());
         }
@@ -444,6 +462,7 @@ impl Config {
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Gemma3 => "Gemma3ForCausalLM",
             Arch::Gemma2 => "Gemma2ForCausalLM",
+            Arch::Phi3 => "Phi3ForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],

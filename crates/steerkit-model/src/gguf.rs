@@ -308,8 +308,8 @@ impl Gguf {
         let cfg = self.config()?;
         let permuted = qk_permuted(cfg.arch);
         let (nh, nkv, arch) = (cfg.num_heads, cfg.num_kv_heads, cfg.arch);
-        crate::weights::build(cfg, device, dtype, |need| {
-            let Some(name) = gguf_name(&need.name, arch) else {
+        let get = crate::weights::with_fused(&cfg, |hf: &str| {
+            let Some(name) = gguf_name(hf, arch) else {
                 return Ok(None);
             };
             if !self.content.tensor_infos.contains_key(&name) {
@@ -331,7 +331,8 @@ impl Gguf {
                 Some(h) if permuted => Ok(Some(unpermute(&t, h)?)),
                 _ => Ok(Some(t)),
             }
-        })
+        });
+        crate::weights::build(cfg, device, dtype, get)
     }
 
     /// The tokenizer described by the metadata.
@@ -495,6 +496,10 @@ pub fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
         "self_attn.o_proj" => "attn_output",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
+        // Phi-3 files hold gate and up only fused, as `ffn_up`.
+        "mlp.gate_proj" | "mlp.up_proj" if arch == Arch::Phi3 => return None,
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" => "ffn_up",
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",

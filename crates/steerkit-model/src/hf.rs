@@ -109,7 +109,19 @@ impl HfFolder {
             }
             true => Some(c["rope_local_base_freq"].as_f64().unwrap_or(10_000.0)),
         };
-        if let Some(f) = rope["partial_rotary_factor"].as_f64().filter(|f| *f != 1.0) {
+        // Phi-3's rope types are its own: "su", "yarn" and "longrope" all mean LongRoPE.
+        let rope_type = rope["rope_type"].as_str().or(rope["type"].as_str());
+        if arch == Arch::Phi3 && rope_type.is_some_and(|t| t != "default") {
+            return Err(ModelError::Config(format!(
+                "config.json asks for {} RoPE scaling, Phi-3's LongRoPE (the 128k models), which steerkit does not implement",
+                rope_type.unwrap_or_default()
+            )));
+        }
+        let partial = rope["partial_rotary_factor"].as_f64();
+        if let Some(f) = partial
+            .or(c["partial_rotary_factor"].as_f64())
+            .filter(|f| *f != 1.0)
+        {
             return Err(ModelError::Config(format!(
                 "config.json asks for partial_rotary_factor {f}; steerkit rotates whole heads only"
             )));
@@ -226,19 +238,19 @@ impl HfFolder {
         let names: std::collections::HashSet<String> =
             st.tensors().into_iter().map(|(n, _)| n).collect();
         let tied = cfg.tie_word_embeddings;
-        crate::weights::build(cfg, device, dtype, |need| {
-            if !names.contains(&need.name) {
+        let get = crate::weights::with_fused(&cfg, |name: &str| {
+            if !names.contains(name) {
                 return Ok(None);
             }
-            let t = st.load(&need.name, &Device::Cpu)?;
+            let t = st.load(name, &Device::Cpu)?;
             // bf16 files loaded as bf16 keep their bits; anything else goes through f32.
             Ok(Some(match t.dtype() {
                 DType::F32 => t,
                 DType::BF16 if dtype == DType::BF16 => t,
                 _ => t.to_dtype(DType::F32)?,
             }))
-        })
-        .map_err(|e| match e {
+        });
+        crate::weights::build(cfg, device, dtype, get).map_err(|e| match e {
             ModelError::Weights(m) if !tied && m.contains("lm_head") => {
                 ModelError::Weights(format!("{m} (config.json says tie_word_embeddings=false)"))
             }
@@ -373,6 +385,8 @@ fn softcapping(c: &Value, arch: Arch) -> Result<(Option<f64>, Option<f64>)> {
 /// also choose the RoPE base.
 fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
     let window = match c.get("sliding_window") {
+        // Phi-3's default is none.
+        None if arch == Arch::Phi3 => None,
         None => Some(4096),
         Some(Value::Null) => None,
         Some(w) => Some(w.as_u64().ok_or_else(|| {
@@ -393,7 +407,7 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
     };
     Ok(match arch {
         Arch::Llama => (None, vec![]),
-        Arch::Mistral => (window, vec![]),
+        Arch::Mistral | Arch::Phi3 => (window, vec![]),
         Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() != Some(true) => {
             (None, vec![])
         }
@@ -605,27 +619,27 @@ pub fn save_folder_as(
         let mut config = model.cfg.to_hf_json();
         config["torch_dtype"] = Value::String(torch_dtype.into());
         write("config.json", &config)?;
-        let tensors: Vec<(String, candle_core::Tensor)> = model
-            .named_tensors()
-            .into_iter()
-            .map(|(n, t)| {
-                let t = t.to_dtype(dtype)?.to_device(&Device::Cpu)?;
-                // f16 tops out at 65,504: a larger weight would be written as infinity.
-                if dtype == DType::F16 {
-                    let top = t
-                        .to_dtype(DType::F32)?
-                        .abs()?
-                        .max_all()?
-                        .to_scalar::<f32>()?;
-                    if !top.is_finite() {
-                        return Err(ModelError::Weights(format!(
+        let tensors: Vec<(String, candle_core::Tensor)> =
+            crate::weights::fuse(&model.cfg, model.named_tensors())?
+                .into_iter()
+                .map(|(n, t)| {
+                    let t = t.to_dtype(dtype)?.to_device(&Device::Cpu)?;
+                    // f16 tops out at 65,504: a larger weight would be written as infinity.
+                    if dtype == DType::F16 {
+                        let top = t
+                            .to_dtype(DType::F32)?
+                            .abs()?
+                            .max_all()?
+                            .to_scalar::<f32>()?;
+                        if !top.is_finite() {
+                            return Err(ModelError::Weights(format!(
                             "`{n}` has values beyond f16's range; write the folder in bf16 or f32"
                         )));
+                        }
                     }
-                }
-                Ok((n, t))
-            })
-            .collect::<Result<_>>()?;
+                    Ok((n, t))
+                })
+                .collect::<Result<_>>()?;
         // Shards of at most SHARD_BYTES, with an index when there is more than one.
         let mut shards: Vec<Vec<(String, candle_core::Tensor)>> = vec![vec![]];
         let mut size = 0usize;

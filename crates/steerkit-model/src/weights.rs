@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::config::Config;
+use crate::config::{Arch, Config};
 use crate::error::{ModelError, Result};
 use crate::model::{Block, Linear, Model};
 
@@ -53,6 +53,127 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
         out.push(need(format!("{p}.mlp.down_proj.weight"), vec![d, f]));
     }
     out
+}
+
+/// The tensors an architecture's files store fused, as (the fused module, its parts in row
+/// order), module names after `model.layers.N.`: Phi-3 keeps q, k and v as one `qkv_proj`, and
+/// gate and up as one `gate_up_proj`. steerkit holds the parts; loaders split the fused tensors
+/// ([`with_fused`]) and writers join them ([`fuse`]).
+pub fn fused_parts(arch: Arch) -> &'static [(&'static str, &'static [&'static str])] {
+    match arch {
+        Arch::Phi3 => &[
+            (
+                "self_attn.qkv_proj",
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            ),
+            ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]),
+        ],
+        _ => &[],
+    }
+}
+
+/// Output rows of the part `module` of a fused tensor.
+fn part_rows(cfg: &Config, module: &str) -> usize {
+    match module {
+        "self_attn.q_proj" => cfg.num_heads * cfg.head_dim,
+        "self_attn.k_proj" | "self_attn.v_proj" => cfg.num_kv_heads * cfg.head_dim,
+        _ => cfg.intermediate_size,
+    }
+}
+
+/// Where a tensor lives when its file stores it fused.
+struct FusedSource {
+    /// The fused tensor's name.
+    name: String,
+    /// Which part, of how many.
+    part: usize,
+    parts: usize,
+    /// The part's first row, its rows, and the fused tensor's rows.
+    start: usize,
+    rows: usize,
+    total: usize,
+}
+
+fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let module = module.strip_suffix(".weight")?;
+    fused_parts(cfg.arch).iter().find_map(|(fused, parts)| {
+        let part = parts.iter().position(|p| *p == module)?;
+        let rows = |ps: &[&str]| ps.iter().map(|p| part_rows(cfg, p)).sum();
+        Some(FusedSource {
+            name: format!("model.layers.{layer}.{fused}.weight"),
+            part,
+            parts: parts.len(),
+            start: rows(&parts[..part]),
+            rows: part_rows(cfg, module),
+            total: rows(parts),
+        })
+    })
+}
+
+/// A loader for [`build`] that also serves the parts of fused tensors: `get` returns a stored
+/// tensor by name (`Ok(None)` when absent); a part that is not stored on its own is cut from
+/// its fused tensor, whose rows must be the parts' together.
+pub fn with_fused<'a, F>(
+    cfg: &Config,
+    get: F,
+) -> impl Fn(&Need) -> Result<Option<Tensor>> + Sync + 'a
+where
+    F: Fn(&str) -> Result<Option<Tensor>> + Sync + 'a,
+{
+    let cfg = cfg.clone();
+    move |need: &Need| {
+        if let Some(t) = get(&need.name)? {
+            return Ok(Some(t));
+        }
+        let Some(src) = fused_source(&cfg, &need.name) else {
+            return Ok(None);
+        };
+        let Some(t) = get(&src.name)? else {
+            return Ok(None);
+        };
+        if t.rank() != 2 || t.dim(0)? != src.total {
+            return Err(ModelError::Weights(format!(
+                "`{}` has shape {:?}, the configuration implies [{}, {}]",
+                src.name,
+                t.dims(),
+                src.total,
+                cfg.hidden_size
+            )));
+        }
+        Ok(Some(t.narrow(0, src.start, src.rows)?))
+    }
+}
+
+/// Named tensors (Hugging Face names) in the form an architecture's files store them: the
+/// parts of each fused tensor ([`fused_parts`]) joined, where its last part was.
+pub fn fuse(cfg: &Config, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut pending: std::collections::HashMap<String, Vec<Option<Tensor>>> = Default::default();
+    for (name, t) in tensors {
+        let Some(src) = fused_source(cfg, &name) else {
+            out.push((name, t));
+            continue;
+        };
+        let got = pending
+            .entry(src.name.clone())
+            .or_insert_with(|| vec![None; src.parts]);
+        got[src.part] = Some(t);
+        if got.iter().all(Option::is_some) {
+            let got: Vec<Tensor> = pending
+                .remove(&src.name)
+                .expect("present")
+                .into_iter()
+                .flatten()
+                .collect();
+            out.push((src.name, Tensor::cat(&got, 0)?));
+        }
+    }
+    if let Some(fused) = pending.keys().min() {
+        return Err(ModelError::Weights(format!("`{fused}` is missing a part")));
+    }
+    Ok(out)
 }
 
 /// The names of a block's `[hidden]` norms, in the order [`build`] takes them: the attention's

@@ -201,6 +201,95 @@ fn gemma2_tiny_logits_match_reference() {
     assert!(gap > 0.1, "the caps change the logits by {gap} only");
 }
 
+/// The tiny random Phi-3 folder of `scripts/reference_phi3.py` (q, k and v stored as one
+/// `qkv_proj`, gate and up as one `gate_up_proj`; every block on a window of 3; an untied
+/// head): the loader splits the fused tensors where transformers does, so the logits at every
+/// position equal the script's float64 forward. Saved again, the folder holds the fused
+/// tensors, byte for byte, and none of the parts; a model whose fused tensor has other rows
+/// than its configuration implies is an error naming it. LongRoPE and partial rotation are
+/// refused.
+#[test]
+fn phi3_tiny_logits_match_reference() {
+    let (m, fx) = gemma_fixture("phi3_tiny");
+    let c = &m.cfg;
+    assert_eq!(c.arch, steerkit_model::Arch::Phi3);
+    assert_eq!((c.head_dim, c.sliding_window), (8, Some(3)));
+    assert!(!c.tie_word_embeddings);
+    check_all_positions(&m, &fx["cases"], "phi3 tiny");
+
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    let read = |d: &std::path::Path| {
+        candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (src, saved) = (
+        read(&common::root().join("tests/fixtures/phi3_tiny")),
+        read(&dir),
+    );
+    let mut names: Vec<&String> = saved.keys().collect();
+    names.sort();
+    let mut want: Vec<&String> = src.keys().collect();
+    want.sort();
+    assert_eq!(names, want);
+    for (n, t) in &src {
+        let back = &saved[n];
+        let gap = (t - back).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(gap.to_scalar::<f32>().unwrap(), 0.0, "{n}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "phi3");
+    assert_eq!(cfg["sliding_window"], 3);
+    check_all_positions(&qwen3_model(&dir), &fx["cases"], "phi3 tiny, saved again");
+
+    // A configuration that disagrees with the stored rows.
+    let d = copy_with("phi3_tiny", |cfg| cfg["num_key_value_heads"] = 4.into());
+    let err = steerkit_model::hf::HfFolder::open(d.path())
+        .unwrap()
+        .model(&Device::Cpu, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.0.self_attn.qkv_proj.weight"),
+        "{err}"
+    );
+    for (key, value, says) in [
+        (
+            "rope_scaling",
+            serde_json::json!({"type": "su", "short_factor": [1.0], "long_factor": [1.0]}),
+            "LongRoPE",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            "LongRoPE",
+        ),
+        (
+            "partial_rotary_factor",
+            serde_json::json!(0.75),
+            "partial_rotary_factor",
+        ),
+    ] {
+        let d = copy_with("phi3_tiny", |cfg| cfg[key] = value);
+        let err = steerkit_model::hf::HfFolder::open(d.path())
+            .unwrap()
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{key}: {err}");
+    }
+    // Without the key, Phi-3 has no window (Mistral's default would be 4096).
+    let d = copy_with("phi3_tiny", |cfg| {
+        cfg.as_object_mut().unwrap().remove("sliding_window");
+    });
+    let c = steerkit_model::hf::HfFolder::open(d.path())
+        .unwrap()
+        .config()
+        .unwrap();
+    assert_eq!(c.sliding_window, None);
+}
+
 /// A tiny Gemma fixture folder of `scripts/reference_gemma.py`, loaded, and its logits.json.
 fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {
     let dir = common::root().join("tests/fixtures").join(name);
