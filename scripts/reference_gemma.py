@@ -45,13 +45,11 @@ Norm weights are drawn around 0 (std 0.3), the embedding scale is 5.66, the atte
 not 1/sqrt(head_dim), and the blocks differ in window and RoPE, so a forward that got any of
 these wrong gives other logits.
 """
-import json
-import os
 import sys
 
 import numpy as np
 
-from reference_qwen3 import logit_cases, save_safetensors, weights, write_folder  # noqa: F401
+from reference_qwen3 import attend, save_safetensors, weights, write_fixture  # noqa: F401
 
 CONFIG = {
     "architectures": ["Gemma3ForCausalLM"],
@@ -125,17 +123,7 @@ def forward(cfg, w, ids):
             q = norm(q, W[f"{p}.self_attn.q_norm.weight"], eps)
             k = norm(k, W[f"{p}.self_attn.k_norm.weight"], eps)
         q, k = rope(q.transpose(1, 0, 2), inv), rope(k.transpose(1, 0, 2), inv)
-        heads = []
-        for j_ in range(nh):
-            g = j_ // (nh // nkv)
-            s = q[j_] @ k[g].T * cfg["query_pre_attn_scalar"] ** -0.5
-            if attn_cap:
-                s = attn_cap * np.tanh(s / attn_cap)
-            s = s + mask
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            heads.append(s @ v[g])
-        mix = np.stack(heads, axis=1).reshape(t, nh * hd)
+        mix = attend(q, k, v, cfg["query_pre_attn_scalar"] ** -0.5, mask, attn_cap)
         a = mix @ W[f"{p}.self_attn.o_proj.weight"].T
         h = h + norm(a, W[f"{p}.post_attention_layernorm.weight"], eps)
         x = norm(h, W[f"{p}.pre_feedforward_layernorm.weight"], eps)
@@ -172,13 +160,7 @@ def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     for out, cfg, seed in [(sys.argv[1], CONFIG, 20261128), (sys.argv[2], GEMMA2, 20261129)]:
-        w = gemma_weights(cfg, seed)
-        write_folder(out, cfg, w)
-        cases = logit_cases(forward, cfg, w)
-        with open(os.path.join(out, "logits.json"), "w") as fh:
-            json.dump({"script": "scripts/reference_gemma.py", "cases": cases}, fh)
-            fh.write("\n")
-        print(f"wrote {out}: {len(w)} tensors, {len(cases)} sequences")
+        write_fixture(out, cfg, gemma_weights(cfg, seed), forward, "scripts/reference_gemma.py")
 
 
 if __name__ == "__main__":

@@ -33,23 +33,18 @@ The forward pass follows transformers' Phi3ForCausalLM:
 The fused tensors are split here by columns of their product, not by the loader's rows, so a
 loader that splits them at the wrong place, or in the wrong order, gives other logits.
 """
-import json
-import os
 import sys
 
 import numpy as np
 
-from reference_qwen3 import logit_cases, rmsnorm, rope, save_safetensors, weights, write_folder  # noqa: F401
+from reference_qwen3 import (  # noqa: F401
+    SIZES, attend, rmsnorm, rope, save_safetensors, weights, write_fixture)
 
 CONFIG = {
     "architectures": ["Phi3ForCausalLM"],
     "model_type": "phi3",
-    "vocab_size": 96,
-    "hidden_size": 32,
-    "intermediate_size": 48,
+    **SIZES,
     "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
     "rms_norm_eps": 1e-5,
     "rope_theta": 10000.0,
     "rope_scaling": None,
@@ -95,14 +90,7 @@ def forward(cfg, w, ids):
         k = qkv[:, nh * hd: (nh + nkv) * hd].reshape(t, nkv, hd).transpose(1, 0, 2)
         v = qkv[:, (nh + nkv) * hd:].reshape(t, nkv, hd).transpose(1, 0, 2)
         q, k = rope(q, rope_cfg), rope(k, rope_cfg)
-        heads = []
-        for j in range(nh):
-            g = j // (nh // nkv)
-            s = q[j] @ k[g].T / np.sqrt(hd) + mask
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            heads.append(s @ v[g])
-        h = h + np.stack(heads, axis=1).reshape(t, nh * hd) @ W[f"{p}.self_attn.o_proj.weight"].T
+        h = h + attend(q, k, v, hd ** -0.5, mask) @ W[f"{p}.self_attn.o_proj.weight"].T
         x = rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps)
         gate, up = np.split(x @ W[f"{p}.mlp.gate_up_proj.weight"].T, 2, axis=-1)
         h = h + (gate / (1.0 + np.exp(-gate)) * up) @ W[f"{p}.mlp.down_proj.weight"].T
@@ -113,14 +101,7 @@ def forward(cfg, w, ids):
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    out = sys.argv[1]
-    w = fused_weights(CONFIG)
-    write_folder(out, CONFIG, w)
-    cases = logit_cases(forward, CONFIG, w)
-    with open(os.path.join(out, "logits.json"), "w") as fh:
-        json.dump({"script": "scripts/reference_phi3.py", "cases": cases}, fh)
-        fh.write("\n")
-    print(f"wrote {out}: {len(w)} tensors, {len(cases)} sequences")
+    write_fixture(sys.argv[1], CONFIG, fused_weights(CONFIG), forward, "scripts/reference_phi3.py")
 
 
 if __name__ == "__main__":

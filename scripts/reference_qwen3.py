@@ -52,6 +52,15 @@ import sys
 
 import numpy as np
 
+# The sizes every tiny fixture shares.
+SIZES = {
+    "vocab_size": 96,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
 CONFIG = {
     "architectures": ["Qwen3ForCausalLM"],
     "model_type": "qwen3",
@@ -187,6 +196,35 @@ def rope(x, cfg):
     return x * cos + np.concatenate([-x2, x1], axis=-1) * sin
 
 
+def attend(q, k, v, scale, mask, cap=None):
+    """Grouped-query attention of q [heads, t, hd] over k, v [kv_heads, t, hd]: query head j
+    uses key/value head j // (heads / kv_heads); scores scaled, soft-capped at `cap` when
+    given (cap tanh(s / cap)), masked (additive), softmaxed. Returns [t, heads * hd]."""
+    nh, t, hd = q.shape
+    heads = []
+    for j in range(nh):
+        g = j // (nh // k.shape[0])
+        s = q[j] @ k[g].T * scale
+        if cap:
+            s = cap * np.tanh(s / cap)
+        s = s + mask
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        heads.append(s @ v[g])
+    return np.stack(heads, axis=1).reshape(t, nh * hd)
+
+
+def write_fixture(out, cfg, w, forward, script):
+    """A fixture folder: config.json, model.safetensors and logits.json (the logits of
+    `forward` on SEQUENCES, with the name of the `script` that wrote them)."""
+    write_folder(out, cfg, w)
+    cases = logit_cases(forward, cfg, w)
+    with open(os.path.join(out, "logits.json"), "w") as fh:
+        json.dump({"script": script, "cases": cases}, fh)
+        fh.write("\n")
+    print(f"wrote {out}: {len(w)} tensors, {len(cases)} sequences")
+
+
 def forward(cfg, w, ids):
     W = {k: v.astype(np.float64) for k, v in w.items()}
     eps = cfg["rms_norm_eps"]
@@ -208,14 +246,7 @@ def forward(cfg, w, ids):
         k = rmsnorm(k, W[f"{p}.self_attn.k_norm.weight"], eps).transpose(1, 0, 2)
         v = v.transpose(1, 0, 2)
         q, k = rope(q, cfg), rope(k, cfg)
-        heads = []
-        for j in range(nh):
-            g = j // (nh // nkv)
-            s = q[j] @ k[g].T / np.sqrt(hd) + causal
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            heads.append(s @ v[g])
-        mix = np.stack(heads, axis=1).reshape(t, nh * hd)
+        mix = attend(q, k, v, hd ** -0.5, causal)
         h = h + mix @ W[f"{p}.self_attn.o_proj.weight"].T
         x = rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps)
         gate = x @ W[f"{p}.mlp.gate_proj.weight"].T
