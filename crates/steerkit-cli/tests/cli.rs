@@ -310,7 +310,12 @@ fn phi3_folder_trains_and_exports_fused() {
     let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
     assert_eq!(v["architecture"].as_str(), Some("phi3"));
     let original = folder_tensors(&folder);
-    let back = export_patched(f, &run, &d.path().join("patched"));
+    let patched = d.path().join("patched");
+    let back = export_patched(f, &run, &patched);
+    // Written fused, as transformers reads Phi-3.
+    let written = candle_core::safetensors::load(patched.join("model.safetensors"), cpu).unwrap();
+    assert!(written.contains_key("model.layers.1.self_attn.qkv_proj.weight"));
+    assert!(!written.contains_key("model.layers.1.mlp.up_proj.weight"));
     let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
         steerkit_model::random::max_abs_diff(a, b).unwrap()
     };
@@ -624,7 +629,7 @@ fn bad_input_is_one_clear_error() {
     .unwrap();
     assert_clean_error(
         &steerkit(&["inspect", "-m", folder.to_str().unwrap()]),
-        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text;",
+        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3;",
     );
     // Shapes that do not match config.json.
     std::fs::write(

@@ -39,10 +39,24 @@ fn keys(p: &Path) -> BTreeMap<String, String> {
 
 /// A copy of the GGUF file `src` at `dst` with metadata key `key` set to `value`.
 fn with_key(src: &Path, dst: &Path, key: &str, value: candle_core::quantized::gguf_file::Value) {
+    rewrite(src, dst, |meta, _| {
+        meta.insert(key.into(), value);
+    });
+}
+
+/// Copies the GGUF file `src` to `dst` with its metadata and tensors edited by `edit`.
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(
+        &mut std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+        &mut Vec<(String, candle_core::quantized::QTensor)>,
+    ),
+) {
     use candle_core::quantized::{gguf_file, QTensor};
     let mut f = std::fs::File::open(src).unwrap();
     let c = Content::read(&mut f).unwrap();
-    let tensors: Vec<(String, QTensor)> = c
+    let mut tensors: Vec<(String, QTensor)> = c
         .tensor_infos
         .keys()
         .map(|n| {
@@ -51,7 +65,7 @@ fn with_key(src: &Path, dst: &Path, key: &str, value: candle_core::quantized::gg
         })
         .collect();
     let mut meta = c.metadata.clone();
-    meta.insert(key.into(), value);
+    edit(&mut meta, &mut tensors);
     let kv: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     gguf_file::write(&mut std::fs::File::create(dst).unwrap(), &kv, &ts).unwrap();
@@ -580,4 +594,50 @@ fn gemma_exports_to_gguf_when_llamacpp_computes_it() {
             assert!(gap < 1e-6, "{name} {n}: {gap}");
         }
     }
+}
+
+/// A Phi-3 model exports to GGUF as llama.cpp's phi3 (fused `attn_qkv` and `ffn_up`, the
+/// untied head) and loads back as the same model; a phi3 file that rotates only part of each
+/// head (Phi-4-mini's `rope.dimension_count`) or carries LongRoPE factors (the 128k models) is
+/// refused at loading rather than run with plain RoPE.
+#[test]
+fn phi3_gguf_round_trip_and_refusals() {
+    use candle_core::quantized::gguf_file::Value;
+    use steerkit_model::random::{max_abs_diff, random_model, tiny_config};
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let mut cfg = tiny_config(steerkit_model::Arch::Phi3, tok.vocab_size());
+    cfg.tie_word_embeddings = false;
+    let m = random_model(cfg, DType::F32, 12).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("phi3.gguf");
+    let meta = metadata(&m.cfg, &tok, &chat, "phi3").unwrap();
+    write(&m, &meta, GgufType::F16, &out).unwrap();
+    assert_eq!(keys(&out)["general.architecture"], "String(\"phi3\")");
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.arch, steerkit_model::Arch::Phi3);
+    let want: BTreeMap<String, candle_core::Tensor> = m.named_tensors().into_iter().collect();
+    let cpu = &candle_core::Device::Cpu;
+    for (n, t) in back.model.named_tensors() {
+        let a = candle_core::Tensor::new(f16_values(&t), cpu).unwrap();
+        let b = candle_core::Tensor::new(f16_values(&want[&n]), cpu).unwrap();
+        assert!(max_abs_diff(&a, &b).unwrap() < 1e-6, "{n}");
+    }
+    let partial = d.path().join("partial.gguf");
+    with_key(&out, &partial, "phi3.rope.dimension_count", Value::U32(6));
+    let err = load_error(&partial);
+    assert!(
+        err.contains("rotates 6 of each head's 8 dimensions"),
+        "{err}"
+    );
+    let long = d.path().join("long.gguf");
+    rewrite(&out, &long, |_, tensors| {
+        let f = candle_core::Tensor::ones(4, DType::F32, cpu).unwrap();
+        let q =
+            candle_core::quantized::QTensor::quantize(&f, candle_core::quantized::GgmlDType::F32);
+        tensors.push(("rope_factors_long.weight".into(), q.unwrap()));
+    });
+    let err = load_error(&long);
+    assert!(err.contains("rope_factors_long.weight"), "{err}");
 }

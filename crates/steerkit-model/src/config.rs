@@ -337,8 +337,8 @@ impl Config {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even", self.head_dim));
         }
-        // transformers computes Phi-3's head width as hidden / heads, and its only scaling
-        // is LongRoPE.
+        // llama.cpp's phi3 takes q to span the hidden size (its fused attn_qkv is cut so),
+        // and Phi-3's only RoPE scaling is LongRoPE.
         if self.arch == Arch::Phi3 && self.head_dim * self.num_heads != self.hidden_size {
             return bad(format!(
                 "a phi3 model's heads ({} of {}) must span the hidden size {}",

@@ -136,6 +136,12 @@ impl Gguf {
         let head_dim = self
             .meta_u(&key("attention.key_length"))?
             .unwrap_or(hidden / heads.max(1));
+        let rotated = key("rope.dimension_count");
+        if let Some(d) = self.meta_u(&rotated)?.filter(|d| *d != head_dim) {
+            return Err(ModelError::Config(format!(
+                "the GGUF rotates {d} of each head's {head_dim} dimensions (`{rotated}`: partial rotation, as Phi-4-mini's); steerkit rotates whole heads only"
+            )));
+        }
         let vocab = match self.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims()[0],
             None => {
@@ -215,6 +221,15 @@ impl Gguf {
         let key = |k: &str| format!("{arch}.{k}");
         let scaling = self.meta_str(&key(rope_keys::TYPE)).unwrap_or("linear");
         let has_divisors = self.content.tensor_infos.contains_key("rope_freqs.weight");
+        // Phi-3's LongRoPE (the 128k models): a factor per frequency, chosen by context size.
+        if let Some(t) = ["rope_factors_long.weight", "rope_factors_short.weight"]
+            .into_iter()
+            .find(|t| self.content.tensor_infos.contains_key(*t))
+        {
+            return Err(ModelError::Config(format!(
+                "the GGUF holds `{t}`: LongRoPE scaling, which steerkit does not implement (its logits would be wrong)"
+            )));
+        }
         // llama.cpp multiplies cos and sin by this one whatever the scaling type.
         let attn = key("rope.scaling.attn_factor");
         if self.meta_f(&attn)?.is_some_and(|f| f != 1.0) {

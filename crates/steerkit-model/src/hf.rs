@@ -162,7 +162,12 @@ impl HfFolder {
                 },
                 |x| x as usize,
             ),
-            rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            // transformers' defaults: 1e-5 for Phi-3, 1e-6 for the others.
+            rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(if arch == Arch::Phi3 {
+                1e-5
+            } else {
+                1e-6
+            }),
             rope_theta,
             max_position_embeddings,
             // transformers' default: tied for Gemma, untied otherwise.

@@ -133,7 +133,8 @@ where
         let Some(t) = get(&src.name)? else {
             return Ok(None);
         };
-        if t.rank() != 2 || t.dim(0)? != src.total {
+        // Both fused tensors read the hidden state.
+        if t.dims() != [src.total, cfg.hidden_size] {
             return Err(ModelError::Weights(format!(
                 "`{}` has shape {:?}, the configuration implies [{}, {}]",
                 src.name,
@@ -142,7 +143,9 @@ where
                 cfg.hidden_size
             )));
         }
-        Ok(Some(t.narrow(0, src.start, src.rows)?))
+        // A copy of the part's rows only: a view would keep the whole fused tensor alive for
+        // each part (twice or three times the memory).
+        Ok(Some(t.narrow(0, src.start, src.rows)?.force_contiguous()?))
     }
 }
 

@@ -204,7 +204,8 @@ fn gemma2_tiny_logits_match_reference() {
 /// The tiny random Phi-3 folder of `scripts/reference_phi3.py` (q, k and v stored as one
 /// `qkv_proj`, gate and up as one `gate_up_proj`; every block on a window of 3; an untied
 /// head): the loader splits the fused tensors where transformers does, so the logits at every
-/// position equal the script's float64 forward. Saved again, the folder holds the fused
+/// position equal the script's float64 forward, each part stored apart (not as a view that
+/// keeps the fused tensor alive). Saved again, the folder holds the fused
 /// tensors, byte for byte, and none of the parts; a model whose fused tensor has other rows
 /// than its configuration implies is an error naming it. LongRoPE and partial rotation are
 /// refused.
@@ -216,6 +217,19 @@ fn phi3_tiny_logits_match_reference() {
     assert_eq!((c.head_dim, c.sliding_window), (8, Some(3)));
     assert!(!c.tie_word_embeddings);
     check_all_positions(&m, &fx["cases"], "phi3 tiny");
+    // Each part holds its own rows, not a view of the whole fused tensor.
+    let held = |t: &candle_core::Tensor| match &*t.storage_and_layout().0 {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+        _ => panic!("f32 on the CPU"),
+    };
+    let b = &m.layers[0];
+    for (name, w) in [("k", &b.k.weight), ("v", &b.v.weight), ("up", &b.up.weight)] {
+        assert_eq!(
+            held(w),
+            w.elem_count(),
+            "{name} keeps the fused tensor alive"
+        );
+    }
 
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("saved");
