@@ -91,6 +91,18 @@ pub struct TrainConfig {
     /// Gradient projection (none when absent).
     #[serde(default)]
     pub ogp: Option<OgpSettings>,
+    /// How many of the last positions enter the loss, each with its own refusal vector and
+    /// targets (1: the last token only, as the paper; more: the post-instruction positions).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub positions: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// Settings of the gradient projection (`steerkit_ogp`).
@@ -364,28 +376,65 @@ pub fn block_last(
     rows: &[&Tensor],
     mode: Mode,
 ) -> Result<Tensor, ActorError> {
-    let (x, pads) = pad_rows(rows)?;
-    let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
-    Ok(model.block_last(layer, &x, &pads, mode)?)
+    Ok(block_tail(model, layer, rows, 1, mode)?.squeeze(1)?)
 }
 
-/// Last-token states of every example with the current weights, `[n, hidden]` (f64, CPU).
+/// Output of block `layer` at the last `n` positions of rows of cached inputs (left-padded
+/// together), `[rows, n, hidden]`.
+pub fn block_tail(
+    model: &Model,
+    layer: usize,
+    rows: &[&Tensor],
+    n: usize,
+    mode: Mode,
+) -> Result<Tensor, ActorError> {
+    let (x, pads) = pad_rows(rows)?;
+    let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
+    Ok(model.block_tail(layer, &x, &pads, n, mode)?)
+}
+
+/// States at the last `n` positions of every example with the current weights,
+/// `[examples, n, hidden]` (f64, CPU).
 fn current_states(
     model: &Model,
     layer: usize,
     inputs: &[&Tensor],
     batch: usize,
+    n: usize,
 ) -> Result<Tensor, ActorError> {
     let mut parts = Vec::new();
     for chunk in inputs.chunks(batch.max(1)) {
         parts.push(
-            block_last(model, layer, chunk, Mode::Inference)?
+            block_tail(model, layer, chunk, n, Mode::Inference)?
                 .to_dtype(DType::F64)?
                 .to_device(&Device::Cpu)?,
         );
     }
     // Detached: the targets are constants for the loss.
     Ok(Tensor::cat(&parts, 0)?.detach())
+}
+
+/// [`targets`] at each position of states `a: [examples, n, hidden]`, each with the refusal
+/// vector of its own position: (targets `[examples, n, hidden]`, and the last position's `R`
+/// and mean projections).
+pub fn position_targets(
+    a: &Tensor,
+    groups: &[Group],
+    alphas: [f64; 3],
+) -> Result<(Tensor, Tensor, [f64; 3]), ActorError> {
+    let mut ts = Vec::new();
+    let mut last = None;
+    for p in 0..a.dim(1)? {
+        let (t, r, proj) = targets(
+            &a.narrow(1, p, 1)?.squeeze(1)?.contiguous()?,
+            groups,
+            alphas,
+        )?;
+        ts.push(t);
+        last = Some((r, proj));
+    }
+    let (r, proj) = last.ok_or_else(|| ActorError::Input("no positions to train".into()))?;
+    Ok((Tensor::stack(&ts, 1)?, r, proj))
 }
 
 /// The refusal vector and the targets: `R = mean_harmful a - mean_harmless a`, and
@@ -548,8 +597,8 @@ pub fn train_projected(
                 // Fixed targets are the first epoch's, from the weights before any training:
                 // take them before the checkpoint replaces those weights, so that a resumed
                 // run trains towards the same targets as an uninterrupted one.
-                let a = current_states(model, layer, &inputs, cfg.batch * 2)?;
-                fixed = Some(targets(&a, &groups, cfg.alphas())?);
+                let a = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
+                fixed = Some(position_targets(&a, &groups, cfg.alphas())?);
             }
             load_block(model, &block_file(dir, s.epochs_done))?;
             start = s.epochs_done;
@@ -580,8 +629,8 @@ pub fn train_projected(
         let t0 = Instant::now();
         // The states with the current weights: new targets when refreshing, and the logged
         // projections and |R| either way.
-        let a = current_states(model, layer, &inputs, cfg.batch * 2)?;
-        let now = targets(&a, &groups, cfg.alphas())?;
+        let a = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
+        let now = position_targets(&a, &groups, cfg.alphas())?;
         if cfg.refresh || fixed.is_none() {
             fixed = Some(now.clone());
         }
@@ -607,7 +656,7 @@ pub fn train_projected(
                     .as_slice(),
                 &model.device,
             )?;
-            let h = block_last(model, layer, &rows, Mode::Differentiable)?;
+            let h = block_tail(model, layer, &rows, cfg.positions, Mode::Differentiable)?;
             let loss = cosine_loss(&h, &tg.index_select(&idx, 0)?)?;
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let (gs, gn) = steerkit_ogp::capability::gradients(&loss, opt.vars())?;

@@ -4,7 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 use steerkit_actor::adamw::AdamWConfig;
 use steerkit_actor::train::{
-    block_last, cosine_loss, last_checkpoint, targets, train, Group, Parts, TrainConfig,
+    block_last, cosine_loss, last_checkpoint, position_targets, targets, train, Group, Parts,
+    TrainConfig,
 };
 use steerkit_actor::ActorError;
 use steerkit_model::random::{central_differences, random_model, tiny_config};
@@ -71,6 +72,7 @@ fn config(epochs: usize) -> TrainConfig {
         parts: "attn,mlp,norms".parse().unwrap(),
         refresh: true,
         ogp: None,
+        positions: 1,
     }
 }
 
@@ -154,6 +156,81 @@ fn targets_shift_each_group_by_its_alpha() {
     };
     assert_eq!(cfg.alphas(), [0.3, 0.0, 1.0]);
     assert_eq!(config(1).alphas(), [0.3, 1.0, 1.0]);
+}
+
+/// With several positions (`--positions`), each position's targets move along that
+/// position's own refusal vector: here R is (3, 0) at the first position and (0, 2) at the
+/// second, so each target moves along another axis.
+#[test]
+fn position_targets_use_each_positions_own_refusal_vector() {
+    let groups = [Group::Harmful, Group::Harmless, Group::Pseudo];
+    // [examples, positions, hidden]
+    let a = Tensor::new(
+        &[
+            [[3.0f64, 1.0], [1.0, 2.0]],
+            [[0.0, 1.0], [1.0, 0.0]],
+            [[2.0, 5.0], [4.0, 1.0]],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (t, r, _) = position_targets(&a, &groups, [0.5, 0.0, 1.0]).unwrap();
+    assert_eq!(t.dims(), [3, 2, 2]);
+    // The last position's R is returned for the log.
+    assert_eq!(r.to_vec1::<f64>().unwrap(), [0.0, 2.0]);
+    let t = t.to_vec3::<f64>().unwrap();
+    assert_eq!(t[0], [[4.5, 1.0], [1.0, 3.0]]); // harmful: + 0.5 of the projection
+    assert_eq!(t[1], [[0.0, 1.0], [1.0, 0.0]]); // harmless, alpha 0: unchanged
+    assert_eq!(t[2], [[0.0, 5.0], [4.0, 0.0]]); // pseudo: its projection removed
+                                                // One position is the last-token targets of before.
+    let (one, _, _) =
+        position_targets(&a.narrow(1, 1, 1).unwrap(), &groups, [0.5, 0.0, 1.0]).unwrap();
+    let (last, _, _) = targets(
+        &a.narrow(1, 1, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .contiguous()
+            .unwrap(),
+        &groups,
+        [0.5, 0.0, 1.0],
+    )
+    .unwrap();
+    assert_eq!(
+        one.squeeze(1).unwrap().to_vec2::<f64>().unwrap(),
+        last.to_vec2::<f64>().unwrap()
+    );
+}
+
+/// Training the last three positions runs and lowers the loss over them; its block differs from
+/// the last-token run's.
+#[test]
+fn training_several_positions_lowers_their_loss() {
+    let d = data(DType::F32);
+    let run = |positions: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+        let cfg = TrainConfig {
+            positions,
+            refresh: false,
+            ..config(3)
+        };
+        let logs = train(&mut m, &d, &[], &[], &cfg, dir.path(), &mut |_| {}).unwrap();
+        (logs, block_values(&m))
+    };
+    let (logs, three) = run(3);
+    assert!(
+        logs[2].loss < logs[0].loss,
+        "{:?}",
+        logs.iter().map(|l| l.loss).collect::<Vec<_>>()
+    );
+    let (_, one) = run(1);
+    let diff = three
+        .iter()
+        .zip(&one)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff > 1e-4, "{diff}");
 }
 
 fn projections(model: &Model, d: &[(Group, Tensor)]) -> [f64; 3] {

@@ -85,6 +85,11 @@ pub struct Args {
     /// (default: keep those of the first epoch; refreshing oscillated on Qwen 0.5B, README).
     #[arg(long)]
     pub refresh: bool,
+    /// Train the last N positions, each with its own refusal vector and targets (1: the last
+    /// token, as the paper; 5 covers Qwen's post-instruction tokens, `<|im_end|>` to
+    /// `assistant` and its newline). A METHODS.md idea, measured in the README.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub positions: u64,
     /// A held-out set whose first-token refusal share is logged after every epoch
     /// (NAME=FILE or a built-in name; repeatable). Use it to tune α, lr and epochs.
     #[arg(long = "val", value_name = "SPEC")]
@@ -203,6 +208,7 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         parts,
         refresh: a.refresh,
+        positions: a.positions as usize,
         ogp: (a.proj.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
             data: a.proj.ogp_data.clone(),
             n: a.proj.ogp_limit,

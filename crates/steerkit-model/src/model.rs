@@ -445,11 +445,30 @@ impl Model {
         pads: &[usize],
         mode: Mode,
     ) -> Result<Tensor> {
+        Ok(self.block_tail(layer, x, pads, 1, mode)?.squeeze(1)?)
+    }
+
+    /// Block `layer`'s output at the last `n` columns, `[batch, n, hidden]`: [`Model::block_last`]
+    /// for the last `n` positions (queries, output projection and MLP run for those alone).
+    /// Every row must have at least `n` real (not pad) columns.
+    pub fn block_tail(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        pads: &[usize],
+        n: usize,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         if pads.len() != b || t == 0 {
             return Err(ModelError::Input(format!(
                 "{} pad counts for a batch of {b} rows of {t} columns",
                 pads.len()
+            )));
+        }
+        if n == 0 || pads.iter().any(|p| p + n > t) {
+            return Err(ModelError::Input(format!(
+                "the last {n} positions of a batch of {t} columns: a row has fewer real tokens"
             )));
         }
         let blk = self
@@ -461,15 +480,15 @@ impl Model {
         let (cos, sin) = self.rope_tables(pads, 0, 0, t, layer)?;
         let k = self.rope(&self.keys(blk, &h, mode)?, &cos, &sin, mode)?;
         let v = self.heads(blk.v.forward(&h)?, nkv)?;
-        // The last column: its query, rotation and mask row.
-        let (cos, sin) = self.rope_tables(pads, 0, t - 1, 1, layer)?;
-        let h_last = h.narrow(1, t - 1, 1)?;
-        let q = self.rope(&self.queries(blk, &h_last, mode)?, &cos, &sin, mode)?;
-        let mask = self.attention_mask(pads, 0, t - 1, 1, layer)?;
+        // The last columns: their queries, rotations and mask rows.
+        let (cos, sin) = self.rope_tables(pads, 0, t - n, n, layer)?;
+        let h_tail = h.narrow(1, t - n, n)?;
+        let q = self.rope(&self.queries(blk, &h_tail, mode)?, &cos, &sin, mode)?;
+        let mask = self.attention_mask(pads, 0, t - n, n, layer)?;
         let mix = self.attend(&q, &k, &v, &mask, mode)?;
         let a = self.post_norm(blk.o.forward(&mix)?, blk.post_attn_norm.as_ref(), mode)?;
-        let x = (x.narrow(1, t - 1, 1)? + a)?;
-        Ok((&x + self.mlp(blk, &x, mode)?)?.squeeze(1)?)
+        let x = (x.narrow(1, t - n, n)? + a)?;
+        Ok((&x + self.mlp(blk, &x, mode)?)?)
     }
 
     /// The inputs of every linear map of block `layer` for the block input `x: [batch, seq,

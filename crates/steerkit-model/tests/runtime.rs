@@ -223,7 +223,8 @@ fn trainable_block_1(arch: Arch) -> (Model, Vec<(String, Var)>, Tensor, Vec<usiz
 
 /// `block_last` (queries, output projection and MLP at the last column only) equals the last
 /// column of the whole block, in both modes, with left padding, and gives every variable the
-/// same gradient.
+/// same gradient; `block_tail` likewise for the last three columns, and refuses more columns
+/// than a row has real tokens.
 #[test]
 fn block_last_equals_the_last_column_of_the_block() {
     for arch in ARCHS {
@@ -248,7 +249,18 @@ fn block_last_equals_the_last_column_of_the_block() {
             let last = m.block_last(1, &x0, &pads, mode).unwrap();
             let d = max_diff(&last, &full(mode));
             assert!(d < 1e-10, "{arch:?} {mode:?}: {d}");
+            // The last three columns at once (ACTOR's `--positions 3`).
+            let tail = m.block_tail(1, &x0, &pads, 3, mode).unwrap();
+            let want = m
+                .forward_layers(x0.clone(), &pads, 1..2, None, &mut NoHook, mode)
+                .unwrap()
+                .narrow(1, t - 3, 3)
+                .unwrap();
+            let d = max_diff(&tail, &want);
+            assert!(d < 1e-10, "{arch:?} {mode:?}, last 3: {d}");
         }
+        // More columns than a padded row has real tokens.
+        assert!(m.block_tail(1, &x0, &pads, t, Mode::Inference).is_err());
         let g_full = (full(Mode::Differentiable) * &probe)
             .unwrap()
             .sum_all()
