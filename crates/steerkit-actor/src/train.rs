@@ -583,6 +583,18 @@ pub fn train_projected(
     }
     let layer = cfg.layer;
     let inputs: Vec<&Tensor> = data.iter().map(|(_, t)| t).collect();
+    // Cached inputs are `[tokens, hidden]` per prompt.
+    let shortest = inputs
+        .iter()
+        .map(|t| t.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let shortest = shortest.into_iter().min().unwrap_or(0);
+    if cfg.positions == 0 || cfg.positions > shortest {
+        return Err(ActorError::Input(format!(
+            "--positions {}: the shortest training prompt has {shortest} tokens",
+            cfg.positions
+        )));
+    }
     let groups: Vec<Group> = data.iter().map(|(g, _)| *g).collect();
     let mut fixed: Option<(Tensor, Tensor, [f64; 3])> = None;
     let mut logs = read_log(dir);

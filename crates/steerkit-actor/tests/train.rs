@@ -225,6 +225,19 @@ fn training_several_positions_lowers_their_loss() {
         logs.iter().map(|l| l.loss).collect::<Vec<_>>()
     );
     let (_, one) = run(1);
+    // More positions than the shortest prompt has tokens (3 here): a clear error, up front.
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    let cfg = TrainConfig {
+        positions: 4,
+        ..config(1)
+    };
+    let err = train(&mut m, &d, &[], &[], &cfg, dir.path(), &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("--positions 4: the shortest training prompt has 3 tokens"),
+        "{err}"
+    );
     let diff = three
         .iter()
         .zip(&one)
