@@ -114,7 +114,8 @@ fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
 
 /// A loader for [`build`] that also serves the parts of fused tensors: `get` returns a stored
 /// tensor by name (`Ok(None)` when absent); a part that is not stored on its own is cut from
-/// its fused tensor, whose rows must be the parts' together.
+/// its fused tensor, whose rows must be the parts' together. Each fused tensor is read once
+/// and kept until its last part has been cut from it.
 pub fn with_fused<'a, F>(
     cfg: &Config,
     get: F,
@@ -123,6 +124,9 @@ where
     F: Fn(&str) -> Result<Option<Tensor>> + Sync + 'a,
 {
     let cfg = cfg.clone();
+    // Fused tensors read and not yet cut into all their parts, with the parts served so far.
+    let read: std::sync::Mutex<std::collections::HashMap<String, (Tensor, usize)>> =
+        Default::default();
     move |need: &Need| {
         if let Some(t) = get(&need.name)? {
             return Ok(Some(t));
@@ -130,9 +134,27 @@ where
         let Some(src) = fused_source(&cfg, &need.name) else {
             return Ok(None);
         };
-        let Some(t) = get(&src.name)? else {
-            return Ok(None);
+        let kept = read
+            .lock()
+            .expect("no panic holds it")
+            .get(&src.name)
+            .map(|(t, _)| t.clone());
+        let t = match kept {
+            Some(t) => t,
+            // Read outside the lock, so that other fused tensors load in parallel.
+            None => match get(&src.name)? {
+                Some(t) => t,
+                None => return Ok(None),
+            },
         };
+        {
+            let mut read = read.lock().expect("no panic holds it");
+            let served = &mut read.entry(src.name.clone()).or_insert((t.clone(), 0)).1;
+            *served += 1;
+            if *served == src.parts {
+                read.remove(&src.name);
+            }
+        }
         // Both fused tensors read the hidden state.
         if t.dims() != [src.total, cfg.hidden_size] {
             return Err(ModelError::Weights(format!(

@@ -230,6 +230,24 @@ fn phi3_tiny_logits_match_reference() {
             "{name} keeps the fused tensor alive"
         );
     }
+    // Each fused tensor is read once for all its parts.
+    let dir = common::root().join("tests/fixtures/phi3_tiny");
+    let stored =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let reads = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
+    let get = steerkit_model::weights::with_fused(c, |name: &str| {
+        *reads.lock().unwrap().entry(name.to_string()).or_insert(0) += 1;
+        Ok(stored.get(name).cloned())
+    });
+    let again = steerkit_model::weights::build(c.clone(), &Device::Cpu, DType::F32, get).unwrap();
+    let reads = reads.into_inner().unwrap();
+    for fused in ["self_attn.qkv_proj", "mlp.gate_up_proj"] {
+        for l in 0..c.num_layers {
+            let n = format!("model.layers.{l}.{fused}.weight");
+            assert_eq!(reads.get(&n), Some(&1), "{n}");
+        }
+    }
+    check_all_positions(&again, &fx["cases"], "phi3 tiny, loaded through with_fused");
 
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("saved");
