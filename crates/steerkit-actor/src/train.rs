@@ -67,6 +67,63 @@ impl Parts {
     }
 }
 
+/// Where the targets of benign (harmless and pseudo-harmful) prompts go along `R`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shift {
+    /// `t = a - α P(a)`: the coordinate along `R` scaled by `1 - α`, the paper's rule.
+    #[default]
+    Origin,
+    /// `t = a - α max(0, c(a) - c_b) R`, with `c(a) = a·R / R·R` and `c_b` its mean over the
+    /// harmless prompts: only the part above the harmless mean moves, so α = 1 takes each state
+    /// "just enough", to the harmless mean's coordinate (a METHODS.md idea).
+    HarmlessMean,
+}
+
+impl Shift {
+    fn is_origin(&self) -> bool {
+        *self == Shift::Origin
+    }
+}
+
+impl std::fmt::Display for Shift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Shift::Origin => "origin",
+            Shift::HarmlessMean => "harmless-mean",
+        })
+    }
+}
+
+impl std::str::FromStr for Shift {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "origin" => Ok(Shift::Origin),
+            "harmless-mean" => Ok(Shift::HarmlessMean),
+            other => Err(format!("unknown shift `{other}` (origin, harmless-mean)")),
+        }
+    }
+}
+
+/// How targets are made from the states: the shift of each group (harmful, harmless,
+/// pseudo-harmful) and where benign shifts are measured from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TargetRule {
+    pub alphas: [f64; 3],
+    pub shift: Shift,
+}
+
+impl From<[f64; 3]> for TargetRule {
+    /// The paper's rule with these shifts.
+    fn from(alphas: [f64; 3]) -> Self {
+        TargetRule {
+            alphas,
+            shift: Shift::Origin,
+        }
+    }
+}
+
 /// Training settings (`config` in `actor.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
@@ -95,6 +152,9 @@ pub struct TrainConfig {
     /// targets (1: the last token only, as the paper; more: the post-instruction positions).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub positions: usize,
+    /// Where benign targets are shifted from (runs saved before it existed are `origin`).
+    #[serde(default, skip_serializing_if = "Shift::is_origin")]
+    pub shift: Shift,
 }
 
 fn one() -> usize {
@@ -153,13 +213,17 @@ pub enum Projection<'a> {
 }
 
 impl TrainConfig {
-    /// The target shifts of the harmful, harmless and pseudo-harmful groups.
-    pub fn alphas(&self) -> [f64; 3] {
-        [
-            self.alpha_harmful,
-            self.alpha_harmless.unwrap_or(self.alpha),
-            self.alpha,
-        ]
+    /// The target rule: the shifts of the harmful, harmless and pseudo-harmful groups, and
+    /// where benign shifts start.
+    pub fn rule(&self) -> TargetRule {
+        TargetRule {
+            alphas: [
+                self.alpha_harmful,
+                self.alpha_harmless.unwrap_or(self.alpha),
+                self.alpha,
+            ],
+            shift: self.shift,
+        }
     }
 
     /// Settings that must match to resume a run (all but the number of epochs).
@@ -420,16 +484,12 @@ fn current_states(
 pub fn position_targets(
     a: &Tensor,
     groups: &[Group],
-    alphas: [f64; 3],
+    rule: TargetRule,
 ) -> Result<(Tensor, Tensor, [f64; 3]), ActorError> {
     let mut ts = Vec::new();
     let mut last = None;
     for p in 0..a.dim(1)? {
-        let (t, r, proj) = targets(
-            &a.narrow(1, p, 1)?.squeeze(1)?.contiguous()?,
-            groups,
-            alphas,
-        )?;
+        let (t, r, proj) = targets(&a.narrow(1, p, 1)?.squeeze(1)?.contiguous()?, groups, rule)?;
         ts.push(t);
         last = Some((r, proj));
     }
@@ -439,12 +499,13 @@ pub fn position_targets(
 
 /// The refusal vector and the targets: `R = mean_harmful a - mean_harmless a`, and
 /// `t = a + alphas[0] P(a)` for harmful rows, `t = a - alphas[1|2] P(a)` for harmless and
-/// pseudo-harmful ones, with `P(a) = (a·R / R·R) R`. Returns (targets, R, mean projections
-/// a·R̂ per group in the order harmful, harmless, pseudo). `a` is detached.
+/// pseudo-harmful ones, with `P(a) = (a·R / R·R) R` (or, with [`Shift::HarmlessMean`], only
+/// the part of `P(a)` above the harmless mean's). Returns (targets, R, mean projections a·R̂
+/// per group in the order harmful, harmless, pseudo). `a` is detached.
 pub fn targets(
     a: &Tensor,
     groups: &[Group],
-    alphas: [f64; 3],
+    rule: TargetRule,
 ) -> Result<(Tensor, Tensor, [f64; 3]), ActorError> {
     // Constants for the loss: no gradient flows into the targets.
     let a = &a.detach();
@@ -475,23 +536,30 @@ pub fn targets(
     }
     let coef: Vec<f64> = (a.matmul(&r.unsqueeze(1)?)? / rr)?.squeeze(1)?.to_vec1()?;
     let rnorm = rr.sqrt();
+    let index = |g: &Group| match g {
+        Group::Harmful => 0,
+        Group::Harmless => 1,
+        Group::Pseudo => 2,
+    };
     let mut sums = [0.0f64; 3];
     let mut counts = [0usize; 3];
+    for (c, g) in coef.iter().zip(groups) {
+        sums[index(g)] += c;
+        counts[index(g)] += 1;
+    }
+    // Benign coordinates are shifted from 0 (the paper) or from the harmless mean's.
+    let from = match rule.shift {
+        Shift::Origin => None,
+        Shift::HarmlessMean => Some(sums[1] / counts[1] as f64),
+    };
+    let alphas = rule.alphas;
     let shift: Vec<f64> = coef
         .iter()
         .zip(groups)
-        .map(|(c, g)| {
-            let k = match g {
-                Group::Harmful => 0,
-                Group::Harmless => 1,
-                Group::Pseudo => 2,
-            };
-            sums[k] += c * rnorm;
-            counts[k] += 1;
-            match g {
-                Group::Harmful => alphas[0] * c,
-                _ => -alphas[k] * c,
-            }
+        .map(|(c, g)| match (g, from) {
+            (Group::Harmful, _) => alphas[0] * c,
+            (_, None) => -alphas[index(g)] * c,
+            (_, Some(m)) => -alphas[index(g)] * (c - m).max(0.0),
         })
         .collect();
     let n = shift.len();
@@ -501,7 +569,7 @@ pub fn targets(
         if counts[k] == 0 {
             f64::NAN
         } else {
-            sums[k] / counts[k] as f64
+            sums[k] * rnorm / counts[k] as f64
         }
     });
     Ok((t, r, proj))
@@ -610,7 +678,7 @@ pub fn train_projected(
                 // take them before the checkpoint replaces those weights, so that a resumed
                 // run trains towards the same targets as an uninterrupted one.
                 let a = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
-                fixed = Some(position_targets(&a, &groups, cfg.alphas())?);
+                fixed = Some(position_targets(&a, &groups, cfg.rule())?);
             }
             load_block(model, &block_file(dir, s.epochs_done))?;
             start = s.epochs_done;
@@ -642,7 +710,7 @@ pub fn train_projected(
         // The states with the current weights: new targets when refreshing, and the logged
         // projections and |R| either way.
         let a = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
-        let now = position_targets(&a, &groups, cfg.alphas())?;
+        let now = position_targets(&a, &groups, cfg.rule())?;
         if cfg.refresh || fixed.is_none() {
             fixed = Some(now.clone());
         }

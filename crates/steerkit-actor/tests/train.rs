@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use steerkit_actor::adamw::AdamWConfig;
 use steerkit_actor::train::{
     block_last, cosine_loss, last_checkpoint, position_targets, targets, train, Group, Parts,
-    TrainConfig,
+    Shift, TargetRule, TrainConfig,
 };
 use steerkit_actor::ActorError;
 use steerkit_model::random::{central_differences, random_model, tiny_config};
@@ -73,6 +73,7 @@ fn config(epochs: usize) -> TrainConfig {
         refresh: true,
         ogp: None,
         positions: 1,
+        shift: Shift::Origin,
     }
 }
 
@@ -96,7 +97,7 @@ fn gradients_match_finite_differences() {
         let groups: Vec<Group> = pick.iter().map(|&i| d[i].0).collect();
         let a = block_last(&model, 1, &rows, Mode::Inference).unwrap();
         // Targets from a different point so that the loss is not at its minimum.
-        let (t, _, _) = targets(&(a * 1.3).unwrap(), &groups, [0.3, 1.0, 1.0]).unwrap();
+        let (t, _, _) = targets(&(a * 1.3).unwrap(), &groups, [0.3, 1.0, 1.0].into()).unwrap();
         let loss_of = |m: &Model| {
             let h = block_last(m, 1, &rows, Mode::Differentiable).unwrap();
             cosine_loss(&h, &t).unwrap()
@@ -143,7 +144,7 @@ fn targets_shift_each_group_by_its_alpha() {
     )
     .unwrap();
     // R = harmful mean - harmless mean = (3, 1) - (0, 1) = (3, 0): P(a) = (a_x, 0).
-    let (t, r, _) = targets(&a, &groups, [0.5, 0.0, 2.0]).unwrap();
+    let (t, r, _) = targets(&a, &groups, [0.5, 0.0, 2.0].into()).unwrap();
     assert_eq!(r.to_vec1::<f64>().unwrap(), [3.0, 0.0]);
     let t = t.to_vec2::<f64>().unwrap();
     assert_eq!(t[0], [4.5, 1.0]); // 3 + 0.5 * 3
@@ -154,8 +155,80 @@ fn targets_shift_each_group_by_its_alpha() {
         alpha_harmless: Some(0.0),
         ..config(1)
     };
-    assert_eq!(cfg.alphas(), [0.3, 0.0, 1.0]);
-    assert_eq!(config(1).alphas(), [0.3, 1.0, 1.0]);
+    assert_eq!(cfg.rule().alphas, [0.3, 0.0, 1.0]);
+    assert_eq!(config(1).rule().alphas, [0.3, 1.0, 1.0]);
+    assert_eq!(config(1).rule().shift, Shift::Origin);
+}
+
+/// `--shift harmless-mean`: a benign row loses only the part of its coordinate along R above
+/// the harmless mean's, times its alpha, and a row at or below that mean keeps its state;
+/// harmful rows are shifted as before.
+#[test]
+fn harmless_mean_shift_moves_benign_rows_just_to_the_harmless_mean() {
+    let groups = [
+        Group::Harmful,
+        Group::Harmless,
+        Group::Harmless,
+        Group::Pseudo,
+        Group::Pseudo,
+    ];
+    let a = Tensor::new(
+        &[
+            [5.0f64, 1.0],
+            [2.0, 2.0],
+            [0.0, 0.0],
+            [4.0, -1.0],
+            [0.5, 3.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    // R = (5, 1) - (1, 1) = (4, 0): c(a) = a_x / 4, harmless mean c_b = 0.25.
+    let rule = |a_pseudo: f64| TargetRule {
+        alphas: [0.5, 0.0, a_pseudo],
+        shift: Shift::HarmlessMean,
+    };
+    let (t, r, _) = targets(&a, &groups, rule(1.0)).unwrap();
+    assert_eq!(r.to_vec1::<f64>().unwrap(), [4.0, 0.0]);
+    let t = t.to_vec2::<f64>().unwrap();
+    assert_eq!(t[0], [7.5, 1.0]); // harmful: 5 + 0.5 * 5, as with the origin
+    assert_eq!(t[1], [2.0, 2.0]); // harmless, alpha 0: unchanged
+    assert_eq!(t[3], [1.0, -1.0]); // c 1 -> the harmless mean's 0.25, i.e. x = 1
+    assert_eq!(t[4], [0.5, 3.0]); // c 0.125, under the mean: kept
+                                  // Alpha 1.5 goes half the gap beyond the mean; the origin rule would give 4 - 1.5 * 4.
+    let t = targets(&a, &groups, rule(1.5))
+        .unwrap()
+        .0
+        .to_vec2::<f64>()
+        .unwrap();
+    assert_eq!(t[3], [-0.5, -1.0]);
+    let t = targets(&a, &groups, [0.5, 0.0, 1.5].into())
+        .unwrap()
+        .0
+        .to_vec2::<f64>()
+        .unwrap();
+    assert_eq!(t[3], [-2.0, -1.0]);
+    assert_eq!(t[4], [-0.25, 3.0]);
+    // The setting parses from the command line's words and round-trips through actor.json,
+    // and a run folder written before it existed reads as the origin rule.
+    assert_eq!("harmless-mean".parse::<Shift>(), Ok(Shift::HarmlessMean));
+    assert!("mean"
+        .parse::<Shift>()
+        .unwrap_err()
+        .contains("origin, harmless-mean"));
+    let cfg = TrainConfig {
+        shift: Shift::HarmlessMean,
+        ..config(1)
+    };
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(json.contains("\"shift\":\"harmless-mean\""), "{json}");
+    assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), cfg);
+    let old = serde_json::to_string(&config(1)).unwrap();
+    assert!(!old.contains("shift"), "{old}");
+    assert_eq!(
+        serde_json::from_str::<TrainConfig>(&old).unwrap().shift,
+        Shift::Origin
+    );
 }
 
 /// With several positions (`--positions`), each position's targets move along that
@@ -174,7 +247,7 @@ fn position_targets_use_each_positions_own_refusal_vector() {
         &Device::Cpu,
     )
     .unwrap();
-    let (t, r, _) = position_targets(&a, &groups, [0.5, 0.0, 1.0]).unwrap();
+    let (t, r, _) = position_targets(&a, &groups, [0.5, 0.0, 1.0].into()).unwrap();
     assert_eq!(t.dims(), [3, 2, 2]);
     // The last position's R is returned for the log.
     assert_eq!(r.to_vec1::<f64>().unwrap(), [0.0, 2.0]);
@@ -184,7 +257,7 @@ fn position_targets_use_each_positions_own_refusal_vector() {
     assert_eq!(t[2], [[0.0, 5.0], [4.0, 0.0]]); // pseudo: its projection removed
                                                 // One position is the last-token targets of before.
     let (one, _, _) =
-        position_targets(&a.narrow(1, 1, 1).unwrap(), &groups, [0.5, 0.0, 1.0]).unwrap();
+        position_targets(&a.narrow(1, 1, 1).unwrap(), &groups, [0.5, 0.0, 1.0].into()).unwrap();
     let (last, _, _) = targets(
         &a.narrow(1, 1, 1)
             .unwrap()
@@ -193,7 +266,7 @@ fn position_targets_use_each_positions_own_refusal_vector() {
             .contiguous()
             .unwrap(),
         &groups,
-        [0.5, 0.0, 1.0],
+        [0.5, 0.0, 1.0].into(),
     )
     .unwrap();
     assert_eq!(
@@ -253,7 +326,7 @@ fn projections(model: &Model, d: &[(Group, Tensor)]) -> [f64; 3] {
         .unwrap()
         .to_dtype(DType::F64)
         .unwrap();
-    targets(&a, &groups, [0.3, 1.0, 1.0]).unwrap().2
+    targets(&a, &groups, [0.3, 1.0, 1.0].into()).unwrap().2
 }
 
 #[test]

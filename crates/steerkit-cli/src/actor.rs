@@ -90,6 +90,12 @@ pub struct Args {
     /// `assistant` and its newline). A METHODS.md idea, measured in the README.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub positions: u64,
+    /// Where benign targets are shifted from: `origin` (t = a - αP(a), the paper) or
+    /// `harmless-mean` (only the part of the coordinate along R above the harmless prompts'
+    /// mean moves, so α 1 takes each state just to the harmless mean and leaves states below
+    /// it alone; a METHODS.md idea, measured in the README).
+    #[arg(long, default_value = "origin", value_parser = ["origin", "harmless-mean"])]
+    pub shift: String,
     /// A held-out set whose first-token refusal share is logged after every epoch
     /// (NAME=FILE or a built-in name; repeatable). Use it to tune α, lr and epochs.
     #[arg(long = "val", value_name = "SPEC")]
@@ -209,6 +215,7 @@ pub fn run(a: Args) -> Result<()> {
         parts,
         refresh: a.refresh,
         positions: a.positions as usize,
+        shift: a.shift.parse().map_err(anyhow::Error::msg)?,
         ogp: (a.proj.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
             data: a.proj.ogp_data.clone(),
             n: a.proj.ogp_limit,

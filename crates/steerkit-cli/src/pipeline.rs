@@ -594,7 +594,7 @@ fn report_md(
         serde_json::from_slice(&std::fs::read(actor_run.join("log.json")).context("log.json")?)?;
     let secs: f64 = logs.iter().map(|l| l.seconds).sum();
     let mut s = format!(
-        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts{} for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}{}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
+        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts{} for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}{}{}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
         config.display(),
         meta.layer,
         meta.harmful,
@@ -615,6 +615,11 @@ fn report_md(
             .alpha_harmless
             .map(|x| format!(", α_harmless = {x}"))
             .unwrap_or_default(),
+        if meta.config.shift == Default::default() {
+            String::new()
+        } else {
+            format!(", shift = {}", meta.config.shift)
+        },
         meta.config.adamw.lr,
         meta.config.refresh,
     );

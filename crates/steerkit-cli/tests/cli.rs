@@ -1441,6 +1441,8 @@ fn actor_trains_resumes_and_exports() {
         "1",
         "--val",
         "pseudo_harmful.val",
+        "--shift",
+        "harmless-mean",
         "--out",
         combined.to_str().unwrap(),
     ]);
@@ -1451,6 +1453,12 @@ fn actor_trains_resumes_and_exports() {
         "{out}"
     );
     assert!(out.contains("pseudo_harmful.val refused"), "{out}");
+    // The shift rule is a setting of the run: recorded, and part of what a resume must match.
+    let meta = std::fs::read_to_string(combined.join("actor.json")).unwrap();
+    assert!(meta.contains("\"shift\": \"harmless-mean\""), "{meta}");
+    let mut args = base.to_vec();
+    args.extend(["--epochs", "3", "--shift", "harmless-mean"]);
+    assert_clean_error(&steerkit(&args), "other settings");
     // Other settings in the same folder: refused.
     let mut args = base.to_vec();
     args.extend(["--epochs", "3", "--alpha", "0.5"]);
