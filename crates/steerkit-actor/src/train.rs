@@ -155,6 +155,14 @@ pub struct TrainConfig {
     /// Where benign targets are shifted from (runs saved before it existed are `origin`).
     #[serde(default, skip_serializing_if = "Shift::is_origin")]
     pub shift: Shift,
+    /// Weight of a first-token KL term on the harmless prompts of each batch, against their
+    /// distributions before training (0: none, the paper's loss).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kl_weight: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn one() -> usize {
@@ -301,6 +309,10 @@ pub struct EpochLog {
     /// steps).
     #[serde(default)]
     pub ogp_removed: Option<f64>,
+    /// With a KL term: its mean over the epoch's steps (before the weight), the first-token
+    /// KL of the batch's harmless prompts from the weights before training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
 }
 
 /// Progress events.
@@ -584,6 +596,31 @@ pub fn cosine_loss(h: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
     cos.affine(-1.0, 1.0)?.mean_all()
 }
 
+/// Log-probabilities of the first answer token, `[rows, vocab]` in the model's dtype, for rows of
+/// cached inputs of block `layer`: blocks `layer..` at every position, the last block at the
+/// last one, the final norm and the head. Differentiable in `mode`.
+pub fn first_token_log_probs(
+    model: &Model,
+    layer: usize,
+    rows: &[&Tensor],
+    mode: Mode,
+) -> Result<Tensor, ActorError> {
+    let n = model.cfg.num_layers;
+    let (x, pads) = pad_rows(rows)?;
+    let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
+    let y = model.forward_layers(x, &pads, layer..n - 1, None, &mut NoHook, mode)?;
+    let y = model.block_last(n - 1, &y, &pads, mode)?;
+    let h = model.final_norm(&y, mode)?;
+    Ok(log_softmax(&model.logits(&h)?)?)
+}
+
+/// Mean `KL(reference ‖ current)` over rows of first-token log-probabilities `[rows, vocab]`.
+pub fn first_token_kl(reference: &Tensor, current: &Tensor) -> candle_core::Result<Tensor> {
+    (reference.exp()? * (reference - current)?)?
+        .sum(D::Minus1)?
+        .mean_all()
+}
+
 /// First-token refusal statistics of held-out prompts from their cached inputs at `layer`:
 /// (share with refusal score > 0, mean score).
 pub fn val_refusal(
@@ -594,16 +631,11 @@ pub fn val_refusal(
     batch: usize,
 ) -> Result<(f64, f64), ActorError> {
     let mut scores = Vec::with_capacity(inputs.len());
-    let n = model.cfg.num_layers;
     for chunk in inputs.chunks(batch.max(1)) {
         let rows: Vec<&Tensor> = chunk.iter().collect();
-        let (x, pads) = pad_rows(&rows)?;
-        let x = x.to_device(&model.device)?.to_dtype(model.dtype)?;
-        // Every column through the blocks before the last; the last block at the last column.
-        let y = model.forward_layers(x, &pads, layer..n - 1, None, &mut NoHook, Mode::Inference)?;
-        let y = model.block_last(n - 1, &y, &pads, Mode::Inference)?;
-        let h = model.final_norm(&y, Mode::Inference)?;
-        let lp: Vec<Vec<f32>> = log_softmax(&model.logits(&h)?.to_dtype(DType::F32)?)?.to_vec2()?;
+        let lp: Vec<Vec<f32>> = first_token_log_probs(model, layer, &rows, Mode::Inference)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?;
         scores.extend(lp.iter().map(|l| refusal_score(l, refusal_ids)));
     }
     let k = scores.len().max(1) as f64;
@@ -664,6 +696,32 @@ pub fn train_projected(
         )));
     }
     let groups: Vec<Group> = data.iter().map(|(g, _)| *g).collect();
+    if !(cfg.kl_weight >= 0.0 && cfg.kl_weight.is_finite()) {
+        return Err(ActorError::Input(format!(
+            "KL weight {}: must be a finite number >= 0",
+            cfg.kl_weight
+        )));
+    }
+    // The KL term's reference: the harmless prompts' first-token distributions under the
+    // weights before training (so taken before a resume loads its checkpoint). `kl_row[i]`
+    // is example i's row in it.
+    let mut kl_row = vec![None; data.len()];
+    let reference = if cfg.kl_weight > 0.0 {
+        let harmless: Vec<usize> = (0..data.len())
+            .filter(|&i| groups[i] == Group::Harmless)
+            .collect();
+        let mut parts = Vec::new();
+        for chunk in harmless.chunks(cfg.batch.max(1) * 2) {
+            let rows: Vec<&Tensor> = chunk.iter().map(|&i| inputs[i]).collect();
+            parts.push(first_token_log_probs(model, layer, &rows, Mode::Inference)?);
+        }
+        for (k, &i) in harmless.iter().enumerate() {
+            kl_row[i] = Some(k as u32);
+        }
+        Some(Tensor::cat(&parts, 0)?.detach())
+    } else {
+        None
+    };
     let mut fixed: Option<(Tensor, Tensor, [f64; 3])> = None;
     let mut logs = read_log(dir);
     let mut start = 0;
@@ -725,6 +783,7 @@ pub fn train_projected(
         progress(Progress::Epoch { epoch, steps });
         let (mut loss_sum, mut gn_sum) = (0.0, 0.0);
         let (mut removed_sum, mut removed_n) = (0.0, 0usize);
+        let (mut kl_sum, mut kl_n) = (0.0, 0usize);
         let mut ogp_rows = String::new();
         for (step, chunk) in order.chunks(cfg.batch).enumerate() {
             let rows: Vec<&Tensor> = chunk.iter().map(|&i| inputs[i]).collect();
@@ -737,7 +796,23 @@ pub fn train_projected(
                 &model.device,
             )?;
             let h = block_tail(model, layer, &rows, cfg.positions, Mode::Differentiable)?;
-            let loss = cosine_loss(&h, &tg.index_select(&idx, 0)?)?;
+            let mut loss = cosine_loss(&h, &tg.index_select(&idx, 0)?)?;
+            let kl_rows: Vec<(usize, u32)> = chunk
+                .iter()
+                .filter_map(|&i| kl_row[i].map(|k| (i, k)))
+                .collect();
+            if let (Some(reference), false) = (&reference, kl_rows.is_empty()) {
+                let rows: Vec<&Tensor> = kl_rows.iter().map(|&(i, _)| inputs[i]).collect();
+                let at: Vec<u32> = kl_rows.iter().map(|&(_, k)| k).collect();
+                let at = Tensor::new(at.as_slice(), &model.device)?;
+                let kl = first_token_kl(
+                    &reference.index_select(&at, 0)?,
+                    &first_token_log_probs(model, layer, &rows, Mode::Differentiable)?,
+                )?;
+                kl_sum += kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                kl_n += 1;
+                loss = (loss + (kl * cfg.kl_weight)?)?;
+            }
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let (gs, gn) = steerkit_ogp::capability::gradients(&loss, opt.vars())?;
             if !lv.is_finite() || !gn.is_finite() {
@@ -808,6 +883,7 @@ pub fn train_projected(
             seconds: t0.elapsed().as_secs_f64(),
             val,
             ogp_removed: (removed_n > 0).then(|| removed_sum / removed_n as f64),
+            kl: (kl_n > 0).then(|| kl_sum / kl_n as f64),
         };
         // Checkpoint: block, optimizer, then state.json (the commit point), then the log.
         let block: HashMap<String, Tensor> = all
@@ -900,6 +976,10 @@ fn write_log(dir: &Path, logs: &[EpochLog]) -> Result<(), ActorError> {
 pub fn log_csv(logs: &[EpochLog]) -> String {
     let mut s =
         String::from("epoch,loss,grad_norm,r_norm,proj_harmful,proj_harmless,proj_pseudo,seconds");
+    let kl = logs.iter().any(|l| l.kl.is_some());
+    if kl {
+        s.push_str(",first_token_kl");
+    }
     if let Some(l) = logs.first() {
         for (name, _, _) in &l.val {
             s.push_str(&format!(",{name}_refusal_share,{name}_refusal_score"));
@@ -918,6 +998,9 @@ pub fn log_csv(logs: &[EpochLog]) -> String {
             l.proj_pseudo,
             l.seconds
         ));
+        if kl {
+            s.push_str(&l.kl.map(|k| format!(",{k:.5}")).unwrap_or(",".into()));
+        }
         for (_, share, mean) in &l.val {
             s.push_str(&format!(",{share:.4},{mean:.4}"));
         }

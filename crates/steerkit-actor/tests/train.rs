@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 use steerkit_actor::adamw::AdamWConfig;
 use steerkit_actor::train::{
-    block_last, cosine_loss, last_checkpoint, position_targets, targets, train, Group, Parts,
-    Shift, TargetRule, TrainConfig,
+    block_last, cosine_loss, first_token_kl, first_token_log_probs, last_checkpoint,
+    position_targets, targets, train, Group, Parts, Shift, TargetRule, TrainConfig,
 };
 use steerkit_actor::ActorError;
 use steerkit_model::random::{central_differences, random_model, tiny_config};
@@ -74,6 +74,7 @@ fn config(epochs: usize) -> TrainConfig {
         ogp: None,
         positions: 1,
         shift: Shift::Origin,
+        kl_weight: 0.0,
     }
 }
 
@@ -98,34 +99,136 @@ fn gradients_match_finite_differences() {
         let a = block_last(&model, 1, &rows, Mode::Inference).unwrap();
         // Targets from a different point so that the loss is not at its minimum.
         let (t, _, _) = targets(&(a * 1.3).unwrap(), &groups, [0.3, 1.0, 1.0].into()).unwrap();
-        let loss_of = |m: &Model| {
+        let checked = check_gradients(&arch, &model, &vars, &|m: &Model| {
             let h = block_last(m, 1, &rows, Mode::Differentiable).unwrap();
             cosine_loss(&h, &t).unwrap()
-        };
-        let grads = loss_of(&model).backward().unwrap();
-        let mut checked = 0;
-        for (name, var) in &vars {
-            let g = grads
-                .get(var.as_tensor())
-                .expect("every block tensor gets a gradient");
-            let gf: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-            let n = gf.len();
-            let at = [0usize, n / 2, n - 1];
-            let fds = central_differences(var, &at, 1e-6, &mut || {
-                loss_of(&model).to_scalar::<f64>().unwrap()
-            })
-            .unwrap();
-            for (&k, fd) in at.iter().zip(fds) {
-                assert!(
-                    (fd - gf[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
-                    "{arch:?} {name}[{k}]: backprop {} vs finite difference {fd}",
-                    gf[k]
-                );
-                checked += 1;
-            }
-        }
+        });
         assert!(checked >= 27, "{checked}");
     }
+}
+
+/// Compares the backpropagated gradient of `loss_of` for each of `vars` with central finite
+/// differences at three entries; returns how many entries were checked.
+fn check_gradients(
+    what: &dyn std::fmt::Debug,
+    model: &Model,
+    vars: &[(String, candle_core::Var)],
+    loss_of: &dyn Fn(&Model) -> Tensor,
+) -> usize {
+    let grads = loss_of(model).backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in vars {
+        let g = grads
+            .get(var.as_tensor())
+            .expect("every block tensor gets a gradient");
+        let gf: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let n = gf.len();
+        let at = [0usize, n / 2, n - 1];
+        let fds = central_differences(var, &at, 1e-6, &mut || {
+            loss_of(model).to_scalar::<f64>().unwrap()
+        })
+        .unwrap();
+        for (&k, fd) in at.iter().zip(fds) {
+            assert!(
+                (fd - gf[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
+                "{what:?} {name}[{k}]: backprop {} vs finite difference {fd}",
+                gf[k]
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// Three blocks, so that the KL term's path runs through a block above the trained one.
+fn three_blocks() -> steerkit_model::Config {
+    let mut c = tiny_config(Arch::Qwen2, 64);
+    c.num_layers = 3;
+    c
+}
+
+/// The KL term (`--kl-weight`): its gradient through the trained block, the block above, the
+/// final norm and the head matches finite differences.
+#[test]
+fn kl_term_gradients_match_finite_differences() {
+    let mut model = random_model(three_blocks(), DType::F64, 3).unwrap();
+    let other = random_model(three_blocks(), DType::F64, 4).unwrap();
+    let vars = model.trainable_block(1).unwrap();
+    let d = data(DType::F64);
+    let rows: Vec<&Tensor> = [12, 13, 14].iter().map(|&i| &d[i].1).collect();
+    let reference = first_token_log_probs(&other, 1, &rows, Mode::Inference).unwrap();
+    let checked = check_gradients(&"kl", &model, &vars, &|m: &Model| {
+        let now = first_token_log_probs(m, 1, &rows, Mode::Differentiable).unwrap();
+        first_token_kl(&reference, &now).unwrap()
+    });
+    assert!(checked >= 27, "{checked}");
+    // KL(p ‖ p) = 0 and KL(p ‖ q) > 0.
+    let same = first_token_log_probs(&other, 1, &rows, Mode::Inference).unwrap();
+    let own = first_token_kl(&reference, &same)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(own.abs() < 1e-12, "{own}");
+    let now = first_token_log_probs(&model, 1, &rows, Mode::Inference).unwrap();
+    assert!(
+        first_token_kl(&reference, &now)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            > 1e-3
+    );
+}
+
+/// With a KL weight, the harmless prompts' first-token distributions stay closer to the
+/// original model's than without, and the epoch log reports the term.
+#[test]
+fn a_kl_term_keeps_harmless_first_tokens_near_the_original() {
+    let d = data(DType::F32);
+    let original = random_model(three_blocks(), DType::F32, 9).unwrap();
+    let harmless: Vec<&Tensor> = d
+        .iter()
+        .filter(|(g, _)| *g == Group::Harmless)
+        .map(|(_, t)| t)
+        .collect();
+    let before = first_token_log_probs(&original, 1, &harmless, Mode::Inference).unwrap();
+    let run = |kl_weight: f64| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = original.clone();
+        let cfg = TrainConfig {
+            kl_weight,
+            ..config(3)
+        };
+        let logs = train(&mut m, &d, &[], &[], &cfg, dir.path(), &mut |_| {}).unwrap();
+        let csv = std::fs::read_to_string(dir.path().join("log.csv")).unwrap();
+        let after = first_token_log_probs(&m, 1, &harmless, Mode::Inference).unwrap();
+        let kl = first_token_kl(&before, &after)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        (logs, csv, kl)
+    };
+    let (plain, csv, drift) = run(0.0);
+    assert!(plain.iter().all(|l| l.kl.is_none()));
+    assert!(!csv.contains("first_token_kl"), "{csv}");
+    let (kept, csv, less) = run(10.0);
+    assert!(kept.iter().all(|l| l.kl.is_some_and(|k| k >= 0.0)));
+    assert!(
+        csv.lines().next().unwrap().contains("first_token_kl"),
+        "{csv}"
+    );
+    assert!(
+        drift > 1e-4 && less < 0.5 * drift,
+        "KL {drift} without the term, {less} with it"
+    );
+    // A negative or non-finite weight is refused before any work.
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = original.clone();
+    let cfg = TrainConfig {
+        kl_weight: -1.0,
+        ..config(1)
+    };
+    let err = train(&mut m, &d, &[], &[], &cfg, dir.path(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("KL weight -1"), "{err}");
 }
 
 /// Each group's target moves along R by its own shift: harmful rows gain alphas[0] of their
@@ -384,9 +487,11 @@ fn block_values(model: &Model) -> Vec<f32> {
 /// resume must train towards the first epoch's targets, not ones from the resumed weights.
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
-    for refresh in [true, false] {
+    // The KL term's reference must be the original model's on a resume too.
+    for (refresh, kl_weight) in [(true, 0.0), (false, 0.0), (false, 1.0)] {
         let cfg = |epochs| TrainConfig {
             refresh,
+            kl_weight,
             ..config(epochs)
         };
         let d = data(DType::F32);
@@ -408,7 +513,10 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
             .zip(&y)
             .map(|(p, q)| (p - q).abs())
             .fold(0.0f32, f32::max);
-        assert!(diff < 1e-6, "refresh {refresh}: max difference {diff}");
+        assert!(
+            diff < 1e-6,
+            "refresh {refresh}, KL {kl_weight}: max difference {diff}"
+        );
         // Other settings in the same folder are refused.
         let mut other = cfg(4);
         other.alpha = 0.5;

@@ -96,6 +96,12 @@ pub struct Args {
     /// it alone; a METHODS.md idea, measured in the README).
     #[arg(long, default_value = "origin", value_parser = ["origin", "harmless-mean"])]
     pub shift: String,
+    /// Add this weight times a first-token KL term to the loss: for the harmless prompts of
+    /// each batch, KL(before training ‖ now) of the first answer token, through every block
+    /// above and the head (0: none, the paper's loss; a METHODS.md idea, measured in the
+    /// README). Costs a forward and backward of the blocks above for those prompts.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = crate::common::non_negative)]
+    pub kl_weight: f64,
     /// A held-out set whose first-token refusal share is logged after every epoch
     /// (NAME=FILE or a built-in name; repeatable). Use it to tune α, lr and epochs.
     #[arg(long = "val", value_name = "SPEC")]
@@ -216,6 +222,7 @@ pub fn run(a: Args) -> Result<()> {
         refresh: a.refresh,
         positions: a.positions as usize,
         shift: a.shift.parse().map_err(anyhow::Error::msg)?,
+        kl_weight: a.kl_weight,
         ogp: (a.proj.ogp != "none").then(|| steerkit_actor::train::OgpSettings {
             data: a.proj.ogp_data.clone(),
             n: a.proj.ogp_limit,
@@ -419,8 +426,12 @@ pub fn run(a: Args) -> Result<()> {
                         .ogp_removed
                         .map(|r| format!(", {:.0}% of each step projected out", 100.0 * r))
                         .unwrap_or_default();
+                    let kl = l
+                        .kl
+                        .map(|k| format!(", harmless first-token KL {k:.4}"))
+                        .unwrap_or_default();
                     println!(
-                        "epoch {}: loss {:.4}, |R| {:.2}, projections harmful {:+.2} harmless {:+.2} pseudo {:+.2}{ogp}, {:.1} s{}{}",
+                        "epoch {}: loss {:.4}, |R| {:.2}, projections harmful {:+.2} harmless {:+.2} pseudo {:+.2}{ogp}{kl}, {:.1} s{}{}",
                         l.epoch,
                         l.loss,
                         l.r_norm,

@@ -223,6 +223,16 @@ pub fn finite(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// Value parser for a weight that must be a finite number >= 0.
+pub fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    let v = finite(s)?;
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be >= 0"))
+    }
+}
+
 /// Value parser for a share in (0, 1].
 pub fn fraction(s: &str) -> std::result::Result<f64, String> {
     let v = finite(s)?;

@@ -619,6 +619,10 @@ fn report_md(
             String::new()
         } else {
             format!(", shift = {}", meta.config.shift)
+        } + &if meta.config.kl_weight > 0.0 {
+            format!(", KL weight = {}", meta.config.kl_weight)
+        } else {
+            String::new()
         },
         meta.config.adamw.lr,
         meta.config.refresh,

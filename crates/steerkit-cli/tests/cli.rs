@@ -653,6 +653,10 @@ fn bad_input_is_one_clear_error() {
             "not a finite number",
         ),
         (
+            vec!["actor", "-m", &smol, "--kl-weight", "-0.5", "--out", o],
+            "must be >= 0",
+        ),
+        (
             vec![
                 "safety-tune",
                 "-m",

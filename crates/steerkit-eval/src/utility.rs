@@ -68,7 +68,8 @@ pub fn cross_entropy(
 
 /// Log-softmax over the last dimension.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor, ModelError> {
-    let max = x.max_keepdim(D::Minus1)?;
+    // The shift cancels out of the result: no gradient through it.
+    let max = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     Ok(shifted.broadcast_sub(&lse)?)
