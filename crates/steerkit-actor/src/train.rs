@@ -234,6 +234,22 @@ impl TrainConfig {
         }
     }
 
+    /// The options beyond the paper's loss that differ from their defaults, for reports:
+    /// `, shift = harmless-mean, KL weight = 0.1, positions = 5` (empty when none).
+    pub fn extras(&self) -> String {
+        let mut s = String::new();
+        if self.shift != Shift::default() {
+            s.push_str(&format!(", shift = {}", self.shift));
+        }
+        if self.kl_weight != 0.0 {
+            s.push_str(&format!(", KL weight = {}", self.kl_weight));
+        }
+        if self.positions != 1 {
+            s.push_str(&format!(", positions = {}", self.positions));
+        }
+        s
+    }
+
     /// Settings that must match to resume a run (all but the number of epochs).
     fn same_run(&self, other: &TrainConfig) -> bool {
         let mut a = self.clone();

@@ -326,6 +326,17 @@ fn harmless_mean_shift_moves_benign_rows_just_to_the_harmless_mean() {
     let json = serde_json::to_string(&cfg).unwrap();
     assert!(json.contains("\"shift\":\"harmless-mean\""), "{json}");
     assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), cfg);
+    // Reports name the options that differ from their defaults.
+    assert_eq!(config(1).extras(), "");
+    let more = TrainConfig {
+        kl_weight: 0.1,
+        positions: 5,
+        ..cfg.clone()
+    };
+    assert_eq!(
+        more.extras(),
+        ", shift = harmless-mean, KL weight = 0.1, positions = 5"
+    );
     let old = serde_json::to_string(&config(1)).unwrap();
     assert!(!old.contains("shift"), "{old}");
     assert_eq!(

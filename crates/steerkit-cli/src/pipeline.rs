@@ -615,15 +615,7 @@ fn report_md(
             .alpha_harmless
             .map(|x| format!(", α_harmless = {x}"))
             .unwrap_or_default(),
-        if meta.config.shift == Default::default() {
-            String::new()
-        } else {
-            format!(", shift = {}", meta.config.shift)
-        } + &if meta.config.kl_weight > 0.0 {
-            format!(", KL weight = {}", meta.config.kl_weight)
-        } else {
-            String::new()
-        },
+        meta.config.extras(),
         meta.config.adamw.lr,
         meta.config.refresh,
     );
