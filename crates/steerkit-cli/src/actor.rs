@@ -98,8 +98,10 @@ pub struct Args {
     pub shift: String,
     /// Add this weight times a first-token KL term to the loss: for the harmless prompts of
     /// each batch, KL(before training ‖ now) of the first answer token, through every block
-    /// above and the head (0: none, the paper's loss; a METHODS.md idea, measured in the
-    /// README). Costs a forward and backward of the blocks above for those prompts.
+    /// above and the head (0: none, the paper's loss; a METHODS.md idea). Experimental: on
+    /// Qwen 0.5B it raised the drift it is meant to hold down, at every weight tried (README,
+    /// "ACTOR, ninth round"). Costs a forward and backward of the blocks above for those
+    /// prompts.
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = crate::common::non_negative)]
     pub kl_weight: f64,
     /// A held-out set whose first-token refusal share is logged after every epoch
