@@ -298,7 +298,8 @@ fn harmless_mean_shift_moves_benign_rows_just_to_the_harmless_mean() {
     assert_eq!(t[1], [2.0, 2.0]); // harmless, alpha 0: unchanged
     assert_eq!(t[3], [1.0, -1.0]); // c 1 -> the harmless mean's 0.25, i.e. x = 1
     assert_eq!(t[4], [0.5, 3.0]); // c 0.125, under the mean: kept
-                                  // Alpha 1.5 goes half the gap beyond the mean; the origin rule would give 4 - 1.5 * 4.
+
+    // Alpha 1.5 goes half the gap beyond the mean; the origin rule would give 4 - 1.5 * 4.
     let t = targets(&a, &groups, rule(1.5))
         .unwrap()
         .0

@@ -124,8 +124,11 @@ where
     F: Fn(&str) -> Result<Option<Tensor>> + Sync + 'a,
 {
     let cfg = cfg.clone();
-    // Fused tensors read and not yet cut into all their parts, with the parts served so far.
-    let read: std::sync::Mutex<std::collections::HashMap<String, (Tensor, usize)>> =
+    // Fused tensors not yet asked for by all their parts: a slot each, filled by the first
+    // read, with the parts that asked so far. The slot has its own lock, so the parts of one
+    // tensor wait for a single read while other tensors load in parallel.
+    type Slot = std::sync::Arc<std::sync::Mutex<Option<Tensor>>>;
+    let read: std::sync::Mutex<std::collections::HashMap<String, (Slot, usize)>> =
         Default::default();
     move |need: &Need| {
         if let Some(t) = get(&need.name)? {
@@ -134,27 +137,27 @@ where
         let Some(src) = fused_source(&cfg, &need.name) else {
             return Ok(None);
         };
-        let kept = read
-            .lock()
-            .expect("no panic holds it")
-            .get(&src.name)
-            .map(|(t, _)| t.clone());
-        let t = match kept {
-            Some(t) => t,
-            // Read outside the lock, so that other fused tensors load in parallel.
-            None => match get(&src.name)? {
-                Some(t) => t,
-                None => return Ok(None),
-            },
-        };
-        {
+        let slot = {
             let mut read = read.lock().expect("no panic holds it");
-            let served = &mut read.entry(src.name.clone()).or_insert((t.clone(), 0)).1;
-            *served += 1;
-            if *served == src.parts {
+            let (slot, asked) = read.entry(src.name.clone()).or_default();
+            *asked += 1;
+            let slot = slot.clone();
+            // The last part holds the slot itself: the tensor is freed once it is cut.
+            if *asked == src.parts {
                 read.remove(&src.name);
             }
-        }
+            slot
+        };
+        let t = {
+            let mut held = slot.lock().expect("no panic holds it");
+            match &*held {
+                Some(t) => t.clone(),
+                None => match get(&src.name)? {
+                    Some(t) => held.insert(t).clone(),
+                    None => return Ok(None),
+                },
+            }
+        };
         // Both fused tensors read the hidden state.
         if t.dims() != [src.total, cfg.hidden_size] {
             return Err(ModelError::Weights(format!(

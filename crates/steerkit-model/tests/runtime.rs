@@ -221,6 +221,16 @@ fn trainable_block_1(arch: Arch) -> (Model, Vec<(String, Var)>, Tensor, Vec<usiz
     (m, vars, x0, pads)
 }
 
+/// A standard normal f64 tensor of `shape`, the same on every run for the same `seed`.
+fn seeded_probe(shape: &[usize], seed: u64) -> Tensor {
+    seeded_normal(shape.iter().product(), seed)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .reshape(shape)
+        .unwrap()
+}
+
 /// `block_last` (queries, output projection and MLP at the last column only) equals the last
 /// column of the whole block, in both modes, with left padding, and gives every variable the
 /// same gradient; `block_tail` likewise for the last three columns, and refuses more columns
@@ -230,12 +240,7 @@ fn block_last_equals_the_last_column_of_the_block() {
     for arch in ARCHS {
         let (m, vars, x0, pads) = trainable_block_1(arch);
         let t = x0.dim(1).unwrap();
-        let probe = seeded_normal(x0.dim(0).unwrap() * x0.dim(2).unwrap(), 12)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .reshape((x0.dim(0).unwrap(), x0.dim(2).unwrap()))
-            .unwrap();
+        let probe = seeded_probe(&[x0.dim(0).unwrap(), x0.dim(2).unwrap()], 12);
         let full = |mode| {
             m.forward_layers(x0.clone(), &pads, 1..2, None, &mut NoHook, mode)
                 .unwrap()
@@ -320,12 +325,7 @@ fn block_gradients_match_finite_differences() {
         let (m, vars, x0, pads) = trainable_block_1(arch);
         // Seeded, so that a failure reproduces (`Tensor::randn` is unseeded on the CPU). With
         // candle's own gelu backward (six-digit constants) this probe fails for Gemma 2.
-        let probe = seeded_normal(x0.elem_count(), 11)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .reshape(x0.shape())
-            .unwrap();
+        let probe = seeded_probe(x0.dims(), 11);
         let loss = |m: &Model| -> Tensor {
             let y = m
                 .forward_layers(
