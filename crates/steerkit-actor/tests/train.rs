@@ -8,7 +8,7 @@ use steerkit_actor::train::{
     position_targets, targets, train, Group, Parts, Shift, TargetRule, TrainConfig,
 };
 use steerkit_actor::ActorError;
-use steerkit_model::random::{central_differences, random_model, tiny_config};
+use steerkit_model::random::{gradient_mismatches, random_model, tiny_config};
 use steerkit_model::{Arch, Mode, Model};
 
 fn inputs(n: usize, offset: f64, seed: u64, dtype: DType) -> Vec<Tensor> {
@@ -115,28 +115,8 @@ fn check_gradients(
     vars: &[(String, candle_core::Var)],
     loss_of: &dyn Fn(&Model) -> Tensor,
 ) -> usize {
-    let grads = loss_of(model).backward().unwrap();
-    let mut checked = 0;
-    for (name, var) in vars {
-        let g = grads
-            .get(var.as_tensor())
-            .expect("every block tensor gets a gradient");
-        let gf: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-        let n = gf.len();
-        let at = [0usize, n / 2, n - 1];
-        let fds = central_differences(var, &at, 1e-6, &mut || {
-            loss_of(model).to_scalar::<f64>().unwrap()
-        })
-        .unwrap();
-        for (&k, fd) in at.iter().zip(fds) {
-            assert!(
-                (fd - gf[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
-                "{what:?} {name}[{k}]: backprop {} vs finite difference {fd}",
-                gf[k]
-            );
-            checked += 1;
-        }
-    }
+    let (checked, bad) = gradient_mismatches(vars, &mut || Ok(loss_of(model))).unwrap();
+    assert!(bad.is_empty(), "{what:?}: {bad:#?}");
     checked
 }
 

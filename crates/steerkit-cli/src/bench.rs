@@ -47,6 +47,19 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Memory in use on a CUDA device as its driver reports it (total minus free: this process's
+/// context and what candle's allocator holds, freed blocks included, and any other process on
+/// the GPU); `None` on other devices. `peak_rss` measures only the host's side there.
+fn device_memory_in_use(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some(total.saturating_sub(free) as u64);
+    }
+    let _ = device;
+    None
+}
+
 pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!(
         a.batch > 0 && a.repeats > 0,
@@ -56,6 +69,7 @@ pub fn run(a: Args) -> Result<()> {
     let m = a.model.load()?;
     let load_s = t0.elapsed().as_secs_f64();
     let peak_after_load = peak_rss();
+    let device_after_load = device_memory_in_use(&m.model.device);
     let params = m.model.cfg.num_parameters();
     let weight_bytes = m.model.weight_bytes();
     let prompts: Vec<Vec<u32>> = (0..a.batch)
@@ -98,6 +112,8 @@ pub fn run(a: Args) -> Result<()> {
     let d1 = decode(1)?;
     let dn = decode(a.batch)?;
     let peak = peak_rss();
+    let device_mem = device_memory_in_use(&m.model.device);
+    let on_cpu = m.model.device.is_cpu();
     let r = json!({
         "model": m.path.display().to_string(),
         "parameters": params,
@@ -117,6 +133,9 @@ pub fn run(a: Args) -> Result<()> {
         "peak_rss_after_load_bytes": peak_after_load,
         "peak_rss_bytes": peak,
         "peak_over_weights": peak.map(|p| p as f64 / weight_bytes as f64),
+        "device": format!("{:?}", m.model.device.location()),
+        "device_memory_in_use_after_load_bytes": device_after_load,
+        "device_memory_in_use_bytes": device_mem,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -149,16 +168,31 @@ pub fn run(a: Args) -> Result<()> {
         a.decode_tokens
     );
     println!("decode batch {} {dn:.1} tokens/s aggregate", a.batch);
-    if let Some(p) = peak {
+    if on_cpu {
+        if let Some(p) = peak {
+            println!(
+                "peak memory    {:.2} GiB ({:.2}x the {:.2} GiB of weights)",
+                gib(p),
+                p as f64 / weight_bytes as f64,
+                gib(weight_bytes as u64)
+            );
+        }
+        if let Some(p) = peak_after_load {
+            println!("  after load   {:.2} GiB", gib(p));
+        }
+        return Ok(());
+    }
+    // On a GPU the weights are in the device's memory, not in the process's resident set.
+    if let (Some(end), Some(load)) = (device_mem, device_after_load) {
         println!(
-            "peak memory    {:.2} GiB ({:.2}x the {:.2} GiB of weights)",
-            gib(p),
-            p as f64 / weight_bytes as f64,
+            "GPU memory     {:.2} GiB in use at the end, {:.2} GiB after load (the driver's count: context and allocator cache included; {:.2} GiB of weights)",
+            gib(end),
+            gib(load),
             gib(weight_bytes as u64)
         );
     }
-    if let Some(p) = peak_after_load {
-        println!("  after load   {:.2} GiB", gib(p));
+    if let Some(p) = peak {
+        println!("host memory    {:.2} GiB peak resident", gib(p));
     }
     Ok(())
 }

@@ -142,3 +142,40 @@ pub fn central_differences(
     var.set(&Tensor::from_vec(w0, var.shape(), var.device())?)?;
     Ok(out)
 }
+
+/// Checks backpropagation against [`central_differences`] (step 1e-6) for each of `vars`, at
+/// its first, middle and last entry: `loss` computes the scalar f64 loss from the variables'
+/// current values. Returns how many entries were checked and a line for each one whose
+/// gradient differs from its finite difference by more than `1e-6 + 1e-4 |fd|`.
+pub fn gradient_mismatches(
+    vars: &[(String, Var)],
+    loss: &mut dyn FnMut() -> Result<Tensor>,
+) -> Result<(usize, Vec<String>)> {
+    let grads = loss()?.backward()?;
+    let (mut checked, mut bad) = (0, Vec::new());
+    for (name, var) in vars {
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| crate::ModelError::Input(format!("{name} received no gradient")))?
+            .flatten_all()?
+            .to_vec1()?;
+        let at = [0, g.len() / 2, g.len() - 1];
+        let fds = central_differences(var, &at, 1e-6, &mut || {
+            loss()
+                .and_then(|l| Ok(l.to_scalar::<f64>()?))
+                .unwrap_or(f64::NAN)
+        })?;
+        for (&k, fd) in at.iter().zip(fds) {
+            // False for a NaN on either side too.
+            let close = (fd - g[k]).abs() <= 1e-6 + 1e-4 * fd.abs();
+            if !close {
+                bad.push(format!(
+                    "{name}[{k}]: backprop {} vs finite difference {fd}",
+                    g[k]
+                ));
+            }
+            checked += 1;
+        }
+    }
+    Ok((checked, bad))
+}
