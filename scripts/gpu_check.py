@@ -19,7 +19,9 @@ What it checks, writing OUT/report.md (and OUT/results.json) as it goes:
    last-position logits; top-1 agreement over the 4 rows.
 2. gradients of the middle block (the path ACTOR trains through): cuda f32 against cpu f32.
 3. the CLI on the random real-size models: generate, extract, actor and eval on cuda and on
-   the cpu, their outputs compared.
+   the cpu, their outputs compared; then select, eval --intervention ablate, ablate --mode add
+   and export --orthogonalize from the direction saved by extract (read back on the CPU), and
+   the two orthogonalized exports compared.
 4. speed: `steerkit bench` on the cpu and the GPU (f32, bf16, f16), and transformers on the
    same GPU (prefill, and greedy decoding through `generate`, after a warm-up).
 """
@@ -172,6 +174,38 @@ def check_cli(rep, bins, folder, work):
                             for d in ["cuda", "cpu"]))
         res["extract cuda vs cpu"] = e
         rep.line(f"extract, directions.safetensors, cuda vs cpu: max relative difference {e:.2e}")
+        # The direction, read back from the run folder (on the CPU), used by hooks and by
+        # orthogonalization on each device: select (ablation and addition hooks), eval and
+        # ablate under the direction, an orthogonalized export.
+        for dev in ["cpu", "cuda"]:
+            d = runs[dev]
+            steps = [
+                ("select", [sk, "select", "-m", folder, "--device", on(dev), "--run", d,
+                            "--harmful-val", "harmful.val", "--harmless-val", "harmless.val",
+                            "--limit", "8", "--layer", "12", "--pos", "-1"]),
+                ("eval --intervention ablate",
+                 [sk, "eval", "-m", folder, "--device", on(dev), "--run", d, "--intervention",
+                  "ablate", "--set", "harmful.val", "--limit", "4", "--max-new-tokens", "8",
+                  "--out", os.path.join(work, f"eval-ablate-{dev}")]),
+                ("ablate --mode add", [sk, "ablate", "-m", folder, "--device", on(dev), "--run",
+                                       d, "--prompts", "harmless.val", "--limit", "4",
+                                       "--mode", "add", "--max-new-tokens", "8", "--out",
+                                       os.path.join(work, f"ablate-add-{dev}")]),
+                ("export --orthogonalize", [sk, "export", "-m", folder, "--device", on(dev),
+                                            "--run", d, "--orthogonalize", "--format",
+                                            "safetensors", "--out",
+                                            os.path.join(work, f"ortho-{dev}")]),
+            ]
+            for what, cmd in steps:
+                ok, out, dt = sh(rep, cmd)
+                res[f"{what} on {dev}"] = ok
+                rep.line(f"{what} on {dev}: {'ok' if ok else 'FAILED'} ({dt:.1f} s)")
+        if res.get("export --orthogonalize on cpu") and res.get("export --orthogonalize on cuda"):
+            shards = lambda d: sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
+            a, b = (os.path.join(work, f"ortho-{dev}") for dev in ["cuda", "cpu"])
+            e = max(compare_files(os.path.join(a, f), os.path.join(b, f)) for f in shards(b))
+            res["orthogonalized weights cuda vs cpu"] = e
+            rep.line(f"orthogonalized weights, cuda vs cpu: max relative difference {e:.2e}")
     # actor: 2 epochs on 16 prompts of each set at the middle block.
     # The second variant adds the KL term (blocks above and the head in the backward pass) and
     # gradient projection (act).

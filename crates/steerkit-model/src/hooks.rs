@@ -186,9 +186,18 @@ impl Ablate {
     }
 }
 
-/// `x - (x·u) u` for a unit vector `u`, broadcast over batch and positions.
+/// `t` on `x`'s device, moved there once: a hook's vector may come from a file (on the CPU)
+/// while the model runs on a GPU, and later calls find it already there.
+fn onto(t: &mut Tensor, x: &Tensor) -> Result<()> {
+    if !t.device().same_device(x.device()) {
+        *t = t.to_device(x.device())?;
+    }
+    Ok(())
+}
+
+/// `x - (x·u) u` for a unit vector `u` (on any device), broadcast over batch and positions.
 pub fn project_out(x: &Tensor, unit: &Tensor) -> Result<Tensor> {
-    let u = unit.to_dtype(x.dtype())?;
+    let u = unit.to_device(x.device())?.to_dtype(x.dtype())?;
     let d = u.dim(0)?;
     let coef = x.broadcast_matmul(&u.reshape((d, 1))?)?; // [b, t, 1]
     Ok(x.broadcast_sub(&coef.broadcast_mul(&u.reshape((1, 1, d))?)?)?)
@@ -203,6 +212,7 @@ impl Hook for Ablate {
         if !in_layers || !self.points.contains(&ctx.site.point) {
             return Ok(None);
         }
+        onto(&mut self.unit, x)?;
         Ok(Some(project_out(x, &self.unit)?))
     }
 }
@@ -228,6 +238,7 @@ impl Hook for Add {
         if ctx.site != self.site {
             return Ok(None);
         }
+        onto(&mut self.vector, x)?;
         let v = self.vector.to_dtype(x.dtype())?;
         Ok(Some(x.broadcast_add(&v)?))
     }
