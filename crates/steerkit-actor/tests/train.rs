@@ -414,6 +414,15 @@ fn training_several_positions_lowers_their_loss() {
     assert!(diff > 1e-4, "{diff}");
 }
 
+/// `train` on `data(F32)` with no OGP or KL data and no progress reports.
+fn train_plain(
+    model: &mut Model,
+    cfg: &TrainConfig,
+    dir: &std::path::Path,
+) -> Result<Vec<steerkit_actor::train::EpochLog>, steerkit_actor::ActorError> {
+    train(model, &data(DType::F32), &[], &[], cfg, dir, &mut |_| {})
+}
+
 fn projections(model: &Model, d: &[(Group, Tensor)]) -> [f64; 3] {
     let rows: Vec<&Tensor> = d.iter().map(|(_, t)| t).collect();
     let groups: Vec<Group> = d.iter().map(|(g, _)| *g).collect();
@@ -466,12 +475,73 @@ fn training_lowers_the_loss_and_moves_pseudo_harmful_states_off_the_refusal_vect
         .contains("<polyline"));
 }
 
+/// The tiny Llama model of seed 5 with every weight in `dtype` and its arithmetic in `dtype`, as
+/// a GPU runs `--dtype bf16` (on the CPU, `random_model` keeps bf16 for storage and computes in
+/// f32).
+fn computing_in(dtype: DType) -> Model {
+    let mut m = random_model(tiny_config(Arch::Llama, 64), DType::F32, 5).unwrap();
+    m.dtype = dtype;
+    let cast = |t: &mut Tensor| *t = t.to_dtype(dtype).unwrap();
+    cast(&mut m.embed);
+    cast(&mut m.norm);
+    m.lm_head.iter_mut().for_each(cast);
+    for blk in m.layers.iter_mut() {
+        for (_, t) in blk.named_tensors_mut() {
+            cast(t);
+        }
+    }
+    m
+}
+
+/// A model that computes in bf16 or f16 (as on a GPU with `--dtype bf16`) trains through the
+/// optimizer's f32 master weights: its loss falls as the f32 model's does, and its trained
+/// block ends within half-precision rounding of the f32 run's, where bf16 weights updated in
+/// place would keep only the steps larger than half their spacing.
+#[test]
+fn half_precision_models_train_like_f32() {
+    let run = |dtype: DType| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = computing_in(dtype);
+        let mut cfg = config(6);
+        cfg.adamw.lr = 1e-3;
+        let logs = train_plain(&mut model, &cfg, dir.path()).unwrap();
+        assert_eq!(model.layers[1].o.weight.dtype(), dtype);
+        (
+            logs.iter().map(|l| l.loss).collect::<Vec<_>>(),
+            block_values(&model),
+        )
+    };
+    let (loss32, w32) = run(DType::F32);
+    let w0 = block_values(&computing_in(DType::F32));
+    let moved: f32 = w32.iter().zip(&w0).map(|(a, b)| (a - b).abs()).sum();
+    for dtype in [DType::BF16, DType::F16] {
+        let (loss, w) = run(dtype);
+        assert!(loss[5] < loss[0], "{dtype:?}: {loss:?}");
+        let rel = (loss[5] - loss32[5]).abs() / loss32[5];
+        let off: f32 = w.iter().zip(&w32).map(|(a, b)| (a - b).abs()).sum();
+        eprintln!("{dtype:?}: loss {loss:?} (f32 {loss32:?}), weights off the f32 run by {off:.4}, moved {moved:.4}");
+        assert!(
+            rel < 0.1,
+            "{dtype:?}: final loss {} vs f32 {}",
+            loss[5],
+            loss32[5]
+        );
+        assert!(
+            off < 0.25 * moved,
+            "{dtype:?}: {off} off, the f32 run moved {moved}"
+        );
+    }
+}
+
 fn block_values(model: &Model) -> Vec<f32> {
     let mut m = model.clone();
     m.layers[1]
         .named_tensors_mut()
         .into_iter()
-        .flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .flat_map(|(_, t)| {
+            let t = t.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
+            t.to_vec1::<f32>().unwrap()
+        })
         .collect()
 }
 
@@ -602,16 +672,7 @@ fn bad_settings_are_clear_errors() {
     assert!(err.to_string().contains("nothing to train"), "{err}");
     let mut cfg = config(1);
     cfg.layer = 9;
-    let err = train(
-        &mut model,
-        &data(DType::F32),
-        &[],
-        &[],
-        &cfg,
-        dir.path(),
-        &mut |_| {},
-    )
-    .unwrap_err();
+    let err = train_plain(&mut model, &cfg, dir.path()).unwrap_err();
     assert!(err.to_string().contains("layer 9 does not exist"), "{err}");
     assert!("attn,ffn".parse::<Parts>().is_err());
     assert!("".parse::<Parts>().is_err());
