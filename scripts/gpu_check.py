@@ -21,7 +21,8 @@ What it checks, writing OUT/report.md (and OUT/results.json) as it goes:
 3. the CLI on the random real-size models: generate, extract, actor and eval on cuda and on
    the cpu, their outputs compared; then select, eval --intervention ablate, ablate --mode add
    and export --orthogonalize from the direction saved by extract (read back on the CPU), and
-   the two orthogonalized exports compared.
+   the two orthogonalized exports compared; `steerkit run` through every phase (built-in
+   sets, small budgets) on each device, the reports' tables compared.
 4. speed: `steerkit bench` on the cpu and the GPU (f32, bf16, f16), and transformers on the
    same GPU (prefill, and greedy decoding through `generate`, after a warm-up).
 """
@@ -235,6 +236,65 @@ def check_cli(rep, bins, folder, work):
     rep.put("cli", res)
 
 
+PIPELINE = """
+model = "{model}"
+out = "{out}"
+device = "{device}"
+dtype = "f32"
+[extract]
+harmful = "harmful.train"
+harmless = "harmless.train"
+limit = 16
+[select]
+harmful_val = "harmful.val"
+harmless_val = "harmless.val"
+limit = 8
+layer = 12
+pos = -1
+[actor]
+harmful = ["harmful.train"]
+harmless = ["harmless.train"]
+pseudo = ["pseudo_harmful.train"]
+limit = 16
+pseudo_limit = 16
+layer = 12
+epochs = 2
+min_silhouette = -1.0
+[eval]
+set = ["harmful.val", "pseudo_harmful.val"]
+limit = 8
+max_new_tokens = 16
+kl_set = "harmless.val"
+kl_limit = 8
+[export]
+format = "safetensors"
+"""
+
+
+def check_pipeline(rep, bins, folder, work):
+    """`steerkit run` through every phase (built-in sets, small budgets) on each device; the
+    reports' tables compared."""
+    tables = {}
+    os.makedirs(work, exist_ok=True)
+    for dev in ["cpu", "cuda"]:
+        cfg = os.path.join(work, f"pipeline-{dev}.toml")
+        out = os.path.join(work, f"pipeline-{dev}")
+        with open(cfg, "w") as f:
+            f.write(PIPELINE.format(model=folder, out=out, device=on(dev)))
+        ok, _, dt = sh(rep, [os.path.join(bins, "steerkit"), "run", cfg], timeout=400)
+        rep.line(f"steerkit run (every phase) on {dev}: {'ok' if ok else 'FAILED'} ({dt:.1f} s)")
+        if ok:
+            report = open(os.path.join(out, "report.md")).read()
+            tables[dev] = [l for l in report.splitlines() if l.startswith("|")]
+    if len(tables) == 2:
+        same = tables["cpu"] == tables["cuda"]
+        rep.line(f"report tables {'identical' if same else 'differ'} on the two devices")
+        if not same:
+            rep.line("```\n" + "\n".join(tables["cpu"]) + "\n---\n" + "\n".join(tables["cuda"])
+                     + "\n```")
+        rep.put("pipeline", {"report tables identical": same})
+
+
 def steerkit_speed(rep, bins, folder, devices):
     for dev, dt in [("cpu", "f32"), ("cuda", "f32"), ("cuda", "bf16"), ("cuda", "f16")]:
         if dev not in devices or (on(dev) == "cpu" and dt != "f32"):
@@ -339,6 +399,10 @@ def main():
                 check_cli(rep, a.bin, folders[name], os.path.join(a.work, "cli-" + name))
             except Exception:
                 rep.line(f"CLI check failed\n```\n{traceback.format_exc()[-1500:]}\n```")
+            try:
+                check_pipeline(rep, a.bin, folders[name], os.path.join(a.work, "cli-" + name))
+            except Exception:
+                rep.line(f"pipeline check failed\n```\n{traceback.format_exc()[-1500:]}\n```")
         rep.line(f"\n## steerkit's speed on {name}\n")
         steerkit_speed(rep, a.bin, folders[name], ["cuda"] if a.speed_only else ["cpu", "cuda"])
         rep.line(f"\n## transformers' speed on {name}\n")
