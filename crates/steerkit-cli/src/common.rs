@@ -1,7 +1,7 @@
 //! Options shared by the commands that load a model.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use steerkit_model::{load, LoadOptions, Loaded, SystemPrompt};
@@ -40,15 +40,8 @@ impl DeviceArgs {
     /// Loads the model `spec` (a .gguf file, a folder or a cached repo id) on this device,
     /// with a spinner on stderr.
     pub fn load(&self, spec: &str) -> Result<Loaded> {
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
-            "metal" => {
-                Device::new_metal(0).context("Metal device (build with --features metal)")?
-            }
-            d => bail!("unknown device {d}"),
-        };
-        let dtype = float_dtype(&self.dtype)?;
+        let device = steerkit_model::device_named(&self.device)?;
+        let dtype = steerkit_model::float_dtype(&self.dtype)?;
         if device.is_cpu() && dtype == DType::F16 {
             bail!("--dtype f16 is for GPUs; use f32 or bf16 on the CPU");
         }
@@ -258,14 +251,4 @@ pub fn create_parent(path: &std::path::Path) -> Result<()> {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
     Ok(())
-}
-
-/// The float dtype a flag names (`f32`, `bf16`, `f16`).
-pub fn float_dtype(name: &str) -> Result<DType> {
-    Ok(match name {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        d => bail!("unknown dtype {d}"),
-    })
 }

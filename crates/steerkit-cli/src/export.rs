@@ -172,7 +172,7 @@ pub fn run(a: Args) -> Result<()> {
                 }
             } else {
                 let name = a.safetensors_dtype.as_deref().unwrap_or("f32");
-                let dtype = crate::common::float_dtype(name)?;
+                let dtype = steerkit_model::float_dtype(name)?;
                 steerkit_model::hf::save_folder_as(
                     &model,
                     Some(&m.tok),

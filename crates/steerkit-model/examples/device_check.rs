@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use steerkit_model::{hf::HfFolder, left_pad, Mode, NoHook};
+use steerkit_model::{device_named, float_dtype, hf::HfFolder, left_pad, Mode, NoHook};
 
 /// Four token rows of different lengths, the same on every run: a linear congruential sequence
 /// over the vocabulary (ids 1.., so no row starts with the pad id 0).
@@ -41,18 +41,8 @@ fn main() -> Result<()> {
         [f, o, ..] => (f, o),
         _ => bail!("usage: device_check FOLDER OUT.safetensors [cpu|cuda|metal] [f32|bf16|f16]"),
     };
-    let device = match args.get(2).map(String::as_str).unwrap_or("cpu") {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
-        "metal" => Device::new_metal(0).context("Metal device (build with --features metal)")?,
-        d => bail!("unknown device {d}"),
-    };
-    let dtype = match args.get(3).map(String::as_str).unwrap_or("f32") {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        d => bail!("unknown dtype {d}"),
-    };
+    let device = device_named(args.get(2).map(String::as_str).unwrap_or("cpu"))?;
+    let dtype = float_dtype(args.get(3).map(String::as_str).unwrap_or("f32"))?;
     let t = Instant::now();
     let mut m = HfFolder::open(std::path::Path::new(folder))?.model(&device, dtype)?;
     let load_s = t.elapsed().as_secs_f64();

@@ -39,8 +39,8 @@ pub use hooks::{Ablate, Add, Chain, Hook, HookCtx, HookPoint, NoHook, Record, Si
 pub use model::{Block, KvCache, Linear, Mode, Model};
 pub use prefix::SharedPrefix;
 pub use source::{
-    describe_numerics, left_pad, load, pad_rows, shared_prefix_len, split_fingerprint, unpad_rows,
-    LoadOptions, Loaded, SourceKind,
+    describe_numerics, device_named, float_dtype, left_pad, load, pad_rows, shared_prefix_len,
+    split_fingerprint, unpad_rows, LoadOptions, Loaded, SourceKind,
 };
 pub use template::{ChatTemplate, Message, Prompt, SystemPrompt};
 pub use tokenizer::Tok;

@@ -37,6 +37,36 @@ impl Default for LoadOptions {
     }
 }
 
+/// The device a `--device` name asks for (`cpu`, `cuda`: GPU 0, `metal`); CUDA and Metal need
+/// a build with that feature.
+pub fn device_named(name: &str) -> Result<Device> {
+    let gpu = |r: candle_core::Result<Device>, what: &str| {
+        r.map_err(|e| {
+            ModelError::Input(format!("{what} device (build with --features {name}): {e}"))
+        })
+    };
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => gpu(Device::new_cuda(0), "CUDA"),
+        "metal" => gpu(Device::new_metal(0), "Metal"),
+        d => Err(ModelError::Input(format!(
+            "unknown device {d} (cpu, cuda or metal)"
+        ))),
+    }
+}
+
+/// The float dtype a `--dtype` name asks for (`f32`, `bf16`, `f16`).
+pub fn float_dtype(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        d => Err(ModelError::Input(format!(
+            "unknown dtype {d} (f32, bf16 or f16)"
+        ))),
+    }
+}
+
 /// A model with its tokenizer and chat template.
 pub struct Loaded {
     pub model: Model,
