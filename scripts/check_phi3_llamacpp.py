@@ -19,6 +19,18 @@ positions, and Qwen's real tokenizer (taken from a Qwen2.5 GGUF through a folder
   5. The same file with the key llama.cpp's converter writes for Phi-3's window
      (`phi3.attention.sliding_window` = 3, added with gguf-py's copier): llama.cpp must still
      compute the whole context, as steerkit assumes when it reads a phi3 GGUF file.
+  6. Phi-4-mini's RoPE: the same model, without the window and with its head tied, turning 12
+     of each head's 16 dimensions (partial_rotary_factor 0.75) and scaled by LongRoPE
+     (`reference_phi3.PHI4_MINI`'s factors), exported twice. llama.cpp chooses the factors
+     by its context size (asked for 64, it runs 256), transformers by the sequence's length:
+     - original context 512 (max_position_embeddings 4096): both use the short factors for
+       every sequence; the control is the reference with the long ones;
+     - original context 7 (max_position_embeddings 56): every sequence (8 to 15 tokens) is
+       longer, and both use the long factors; the control is the reference with the short
+       ones.
+     llama.cpp keeps its keys and values in f32 here: the attention factor (1.16 and 1.41)
+     scales every attention logit by its square, and with llama.cpp's default f16 cache the
+     short case is 0.054 off, the f32 one 0.024.
 
 How to run (from the repository root):
   /work/venvs/llamacpp/bin/python scripts/check_phi3_llamacpp.py \\
@@ -29,6 +41,7 @@ Dependencies: Python 3.9+, numpy, llama-cpp-python (tested with 0.3.36), gguf (g
 tested with 0.19.0).
 """
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +71,32 @@ def main():
     keyed = with_window_key(os.path.join(work, "phi3.gguf"), cfg["sliding_window"])
     ok &= compare(steerkit, folder, work, "phi3 + window key", cfg, w16, w16, windowed,
                   forward=forward, what="with the window of 3", gguf=keyed)
+    ok &= longrope_checks(steerkit, folder, work, cfg["vocab_size"])
     return 0 if ok else 1
+
+
+def longrope_checks(steerkit, tokenizer_from, work, vocab):
+    """Step 6: Phi-4-mini's partial rotation and LongRoPE, short and long factors."""
+    folder = os.path.join(work, "phi4-mini")
+    os.makedirs(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokenizer_from, f), folder)
+    cfg = dict(ref.PHI4_MINI, vocab_size=vocab, intermediate_size=96, num_hidden_layers=3)
+    w = ref.fused_weights(cfg)
+    ref.save_safetensors(w, os.path.join(folder, "model.safetensors"))
+    w16 = as_f16_file(w)
+    short = dict(cfg, original_max_position_embeddings=512, max_position_embeddings=4096)
+    long = dict(cfg, original_max_position_embeddings=7, max_position_embeddings=56)
+    # The control swaps the factor sets, the context ratio (the attention factor) kept.
+    swapped = {"rope_type": "longrope", "short_factor": cfg["rope_scaling"]["long_factor"],
+               "long_factor": cfg["rope_scaling"]["short_factor"]}
+    ok = compare(steerkit, folder, work, "phi4-mini short", short, w16, w16,
+                 dict(short, rope_scaling=swapped), forward=forward,
+                 what="with the long factors", f32_cache=True)
+    ok &= compare(steerkit, folder, work, "phi4-mini long", long, w16, w16,
+                  dict(long, rope_scaling=swapped), forward=forward,
+                  what="with the short factors", f32_cache=True)
+    return ok
 
 
 def with_window_key(path, window):

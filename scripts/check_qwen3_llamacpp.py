@@ -87,11 +87,12 @@ def as_f16_file(w):
 
 
 def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg,
-            forward=ref.forward, what=None, gguf=None):
+            forward=ref.forward, what=None, gguf=None, f32_cache=False):
     """Exports `folder` with config `cfg` to GGUF and compares llama.cpp's logits with the
     reference `forward` on `w16`, and with it on `control` weights under `control_cfg`,
     which must differ (`what` names the control in the summary line). With `gguf`, that
-    file is loaded instead of an export."""
+    file is loaded instead of an export; with `f32_cache`, llama.cpp keeps keys and values
+    in f32 rather than its default f16."""
     from llama_cpp import Llama
 
     gguf_path = gguf
@@ -102,7 +103,8 @@ def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg,
         subprocess.run(
             [steerkit, "export", "-m", folder, "--format", "gguf", "--out", gguf_path], check=True
         )
-    llm = Llama(model_path=gguf_path, n_ctx=64, logits_all=True, verbose=False, seed=0)
+    cache = {"type_k": 0, "type_v": 0} if f32_cache else {}  # 0: GGML_TYPE_F32
+    llm = Llama(model_path=gguf_path, n_ctx=64, logits_all=True, verbose=False, seed=0, **cache)
     seqs = [
         [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198],
         [1, 2, 3, 4, 5, 6, 7, 8, 9],

@@ -4,6 +4,15 @@ independent float64 forward pass.
 
 Usage (from the repository root):
     python3 scripts/reference_phi3.py tests/fixtures/phi3_tiny
+    python3 scripts/reference_phi3.py --phi4-mini tests/fixtures/phi4_mini_tiny
+
+With --phi4-mini the model is shaped as Phi-4-mini is: RoPE turns 12 of each head's 16
+dimensions (partial_rotary_factor 0.75) and is scaled by LongRoPE (short and long factors,
+an original context of 8 positions and max_position_embeddings 64, so the attention factor
+is sqrt(1 + ln 8 / ln 8)), the output head is tied to the embedding, and there is no
+sliding window. Its first sequence (5 tokens) stays inside the original context and uses
+the short factors; the other two (9 and 13) go past it and use the long ones, for every
+position, as transformers chooses them by the sequence's length.
 
 Writes, in the given folder (created if needed):
   config.json        a Hugging Face Phi-3 config (model_type phi3): 3 blocks, 4 query heads over
@@ -23,13 +32,14 @@ The forward pass follows transformers' Phi3ForCausalLM:
     for each block:
         x = rmsnorm(h) * input_layernorm
         qkv = x Wqkv^T; q, k, v = its first heads*hd columns, the next kv_heads*hd, the rest
-        RoPE, rotate_half style, inv_freq_i = theta^(-2i/hd); GQA
+        RoPE, rotate_half style, inv_freq_i = theta^(-2i/hd) over the first hd dimensions
+        (hd * partial_rotary_factor of them; LongRoPE divides inv_freq_i by factor_i), GQA
         causal softmax(q k^T / sqrt(hd)) v over the window (query i sees keys i - w < j <= i),
         heads concatenated, @ Wo^T;  h += that
         x = rmsnorm(h) * post_attention_layernorm
         gate, up = the two halves of x Wgate_up^T (gate first)
         h += (silu(gate) * up) Wd^T
-    logits = (rmsnorm(h) * norm) @ lm_head^T
+    logits = (rmsnorm(h) * norm) @ lm_head^T   (the embedding when tied)
 The fused tensors are split here by columns of their product, not by the loader's rows, so a
 loader that splits them at the wrong place, or in the wrong order, gives other logits.
 """
@@ -56,13 +66,31 @@ CONFIG = {
     "torch_dtype": "float32",
 }
 
+PHI4_MINI = dict(
+    CONFIG,
+    hidden_size=64,
+    num_hidden_layers=2,
+    partial_rotary_factor=0.75,
+    rope_scaling={
+        "rope_type": "longrope",
+        "short_factor": [1.0, 1.25, 1.5, 2.5, 4.0, 6.0],
+        "long_factor": [1.5, 3.0, 5.0, 9.0, 14.0, 20.0],
+    },
+    sliding_window=None,
+    max_position_embeddings=64,
+    original_max_position_embeddings=8,
+    tie_word_embeddings=True,
+)
+
 
 def fused_weights(cfg, seed=20261130):
-    """Seeded weights in Phi-3's stored form: qkv_proj and gate_up_proj, an lm_head."""
+    """Seeded weights in Phi-3's stored form: qkv_proj and gate_up_proj, an lm_head unless
+    the head is tied."""
     split = dict(cfg, head_dim=cfg["hidden_size"] // cfg["num_attention_heads"])
     w = weights(split, seed=seed, qk_norms=False)
     rng = np.random.default_rng(seed + 1)
-    w["lm_head.weight"] = (rng.standard_normal((cfg["vocab_size"], cfg["hidden_size"])) * 0.2).astype(np.float32)
+    if not cfg["tie_word_embeddings"]:
+        w["lm_head.weight"] = (rng.standard_normal((cfg["vocab_size"], cfg["hidden_size"])) * 0.2).astype(np.float32)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
         w[f"{p}.self_attn.qkv_proj.weight"] = np.concatenate(
@@ -81,7 +109,8 @@ def forward(cfg, w, ids):
     t = len(ids)
     h = W["model.embed_tokens.weight"][ids]
     mask = np.triu(np.full((t, t), -np.inf), k=1)
-    mask += np.tril(np.full((t, t), -np.inf), k=-cfg["sliding_window"])
+    if cfg["sliding_window"]:
+        mask += np.tril(np.full((t, t), -np.inf), k=-cfg["sliding_window"])
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
         x = rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps)
@@ -95,13 +124,18 @@ def forward(cfg, w, ids):
         gate, up = np.split(x @ W[f"{p}.mlp.gate_up_proj.weight"].T, 2, axis=-1)
         h = h + (gate / (1.0 + np.exp(-gate)) * up) @ W[f"{p}.mlp.down_proj.weight"].T
     h = rmsnorm(h, W["model.norm.weight"], eps)
-    return h @ W["lm_head.weight"].T
+    head = W["model.embed_tokens.weight" if cfg["tie_word_embeddings"] else "lm_head.weight"]
+    return h @ head.T
 
 
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    cfg = CONFIG
+    if args[:1] == ["--phi4-mini"]:
+        cfg, args = PHI4_MINI, args[1:]
+    if len(args) != 1:
         sys.exit(__doc__)
-    write_fixture(sys.argv[1], CONFIG, fused_weights(CONFIG), forward, "scripts/reference_phi3.py")
+    write_fixture(args[0], cfg, fused_weights(cfg), forward, "scripts/reference_phi3.py")
 
 
 if __name__ == "__main__":

@@ -163,13 +163,23 @@ YARN = {
 SLIDING = {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 0}
 
 
-def rope_params(cfg):
-    """Inverse frequencies and the cos/sin multiplier of cfg's RoPE (plain or YaRN)."""
-    hd, theta = cfg["head_dim"], cfg["rope_theta"]
+def rope_params(cfg, t=0):
+    """Inverse frequencies and the cos/sin multiplier of cfg's RoPE (plain, YaRN or LongRoPE)
+    for a sequence of t positions, over the rotated dimensions (int(head_dim *
+    partial_rotary_factor), as transformers counts them)."""
+    theta = cfg["rope_theta"]
+    hd = int(cfg["head_dim"] * cfg.get("partial_rotary_factor", 1.0))
     inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
     sc = cfg.get("rope_scaling")
     if not sc:
         return inv, 1.0
+    if sc["rope_type"] == "longrope":
+        # The long factors when the sequence goes past the original context; cos and sin
+        # times sqrt(1 + ln(s) / ln(original)), s = max_position_embeddings / original.
+        ctx = cfg["original_max_position_embeddings"]
+        ext = np.array(sc["long_factor"] if t > ctx else sc["short_factor"], dtype=np.float64)
+        s = cfg["max_position_embeddings"] / ctx
+        return inv / ext, (np.sqrt(1 + np.log(s) / np.log(ctx)) if s > 1 else 1.0)
     assert sc["rope_type"] == "yarn"
     factor, ctx = sc["factor"], sc["original_max_position_embeddings"]
     beta_fast, beta_slow = sc.get("beta_fast", 32.0), sc.get("beta_slow", 1.0)
@@ -186,14 +196,16 @@ def rope_params(cfg):
 
 
 def rope(x, cfg):
-    # x: [heads, t, hd]
-    hd = x.shape[-1]
-    inv, scale = rope_params(cfg)
+    """RoPE on x [heads, t, hd], rotate_half style over the first 2 * len(inv) dimensions
+    (pairs i and i + len(inv)); the others pass unchanged."""
+    inv, scale = rope_params(cfg, x.shape[1])
+    r = 2 * len(inv)
     ang = np.arange(x.shape[1], dtype=np.float64)[:, None] * inv[None, :]
     cos = np.concatenate([np.cos(ang)] * 2, axis=-1) * scale
     sin = np.concatenate([np.sin(ang)] * 2, axis=-1) * scale
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
-    return x * cos + np.concatenate([-x2, x1], axis=-1) * sin
+    xr, rest = x[..., :r], x[..., r:]
+    x1, x2 = xr[..., : r // 2], xr[..., r // 2:]
+    return np.concatenate([xr * cos + np.concatenate([-x2, x1], axis=-1) * sin, rest], axis=-1)
 
 
 def attend(q, k, v, scale, mask, cap=None):

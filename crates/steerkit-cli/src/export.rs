@@ -170,6 +170,15 @@ pub fn run(a: Args) -> Result<()> {
                         "note: the model attends over a sliding window of {w} positions; the GGUF file carries none, as llama.cpp runs this architecture over the whole context, so answers to prompts of more than {w} tokens will differ"
                     );
                 }
+                if let Some(steerkit_model::RopeScaling::LongRope {
+                    original_max_position_embeddings: ctx,
+                    ..
+                }) = &model.cfg.rope_scaling
+                {
+                    println!(
+                        "note: LongRoPE: llama.cpp uses the long factors at every position when its context (-c) is over {ctx}, where transformers and steerkit use the short ones for sequences up to {ctx} tokens; run it with -c {ctx} or less to get their answers"
+                    );
+                }
             } else {
                 let name = a.safetensors_dtype.as_deref().unwrap_or("f32");
                 let dtype = steerkit_model::float_dtype(name)?;

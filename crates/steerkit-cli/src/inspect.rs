@@ -59,6 +59,9 @@ pub fn run(a: Args) -> Result<()> {
         "chat_example": example,
         "post_instruction": post,
     });
+    if let Some(r) = c.rotary_dim {
+        info["rotary_dim"] = r.into();
+    }
     if let Some(w) = c.sliding_window {
         info["sliding_window"] = w.into();
         info["full_attention_layers"] = c.full_attention_layers.clone().into();

@@ -292,10 +292,10 @@ fn gemma_folders_inspect_train_and_export() {
 }
 
 /// A Phi-3 folder (tiny and random, with SmolLM2's tokenizer and template), stored fused as
-/// Phi-3 checkpoints are (`qkv_proj`, `gate_up_proj`): inspect, generation, ACTOR on attention
-/// and MLP, export as a patched folder whose fused tensors hold the trained parts, and as GGUF
-/// with llama.cpp's fused `attn_qkv` and `ffn_up` (gate and up), which loads back as the same
-/// model.
+/// Phi-3 checkpoints are (`qkv_proj`, `gate_up_proj`), with Phi-4-mini's partial rotation and
+/// LongRoPE: inspect, generation, ACTOR on attention and MLP, export as a patched folder whose
+/// fused tensors hold the trained parts, and as GGUF with llama.cpp's fused `attn_qkv` and
+/// `ffn_up` (gate and up), which loads back as the same model.
 #[test]
 fn phi3_folder_trains_and_exports_fused() {
     let d = tmpdir("phi3");
@@ -309,6 +309,9 @@ fn phi3_folder_trains_and_exports_fused() {
     let run = d.path().join("run");
     let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
     assert_eq!(v["architecture"].as_str(), Some("phi3"));
+    // Phi-4-mini's RoPE (tiny_config): 6 of 8 dimensions turned, LongRoPE.
+    assert_eq!(v["rotary_dim"], 6);
+    assert_eq!(v["rope_scaling"]["rope_type"], "longrope");
     let original = folder_tensors(&folder);
     let patched = d.path().join("patched");
     let back = export_patched(f, &run, &patched);
@@ -329,7 +332,10 @@ fn phi3_folder_trains_and_exports_fused() {
     }
 
     let gguf = d.path().join("m.gguf");
-    assert_ok(&export_gguf(f, &[], &gguf));
+    let out = export_gguf(f, &[], &gguf);
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("note: LongRoPE"), "{said}");
     let content =
         candle_core::quantized::gguf_file::Content::read(&mut std::fs::File::open(&gguf).unwrap())
             .unwrap();
@@ -341,6 +347,11 @@ fn phi3_folder_trains_and_exports_fused() {
     assert_eq!(shape("blk.0.ffn_gate.weight"), None);
     let m = Gguf::open(&gguf).unwrap().model(cpu, DType::F32).unwrap();
     assert_eq!(m.cfg.arch, Arch::Phi3);
+    assert_eq!(m.cfg.rotary_dim, Some(6));
+    assert!(matches!(
+        m.cfg.rope_scaling,
+        Some(steerkit_model::RopeScaling::LongRope { .. })
+    ));
     for (n, t) in m.named_tensors() {
         // f16 matrices: within its rounding of the folder's weights.
         assert!(gap(&t, &original[&n]) < 2e-3, "{n}");

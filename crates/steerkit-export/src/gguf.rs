@@ -8,7 +8,9 @@
 //!   SentencePiece-style BPE with byte fallback; see [`steerkit_model::Tok::gguf_vocab`]).
 //! - RoPE scaling is written as llama.cpp reads it: linear scaling as `rope.scaling.type` and
 //!   `rope.scaling.factor`, YaRN as its type, factor and original context, Llama 3's as
-//!   `rope_freqs.weight` divisors.
+//!   `rope_freqs.weight` divisors, LongRoPE as `rope_factors_long.weight` and
+//!   `rope_factors_short.weight` with its original context and `rope.scaling.attn_factor`;
+//!   partial rotation as `rope.dimension_count`.
 //!
 //! Matrices are stored as f16 or q8_0, vectors (norms, biases) as f32, as llama.cpp expects;
 //! llama q/k rows are permuted into llama.cpp's order.
@@ -20,6 +22,16 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
 use steerkit_model::gguf::{gguf_name, permute, qk_permuted, stored_norm_shift, Gguf};
 use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, RopeScaling, Tok};
+
+/// A RoPE scaling's original context as GGUF stores it: a whole number of positions.
+fn gguf_context(scaling: &str, ctx: f64) -> Result<u32, ModelError> {
+    if ctx.fract() != 0.0 || ctx < 1.0 || ctx > u32::MAX as f64 {
+        return Err(ModelError::Config(format!(
+            "{scaling}'s original context {ctx} is not a whole number of positions GGUF can hold"
+        )));
+    }
+    Ok(ctx as u32)
+}
 
 /// Storage type of the matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +152,13 @@ pub fn metadata(
     name: &str,
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
+    if cfg.rotary_dim.is_some() && qk_permuted(cfg.arch) {
+        return Err(ModelError::Config(format!(
+            "this {arch} model turns {} of each head's {} dimensions; llama.cpp's {arch} stores q/k rows for interleaved RoPE over whole heads, so it has no GGUF form; export it as safetensors",
+            cfg.rotated_dims(),
+            cfg.head_dim
+        )));
+    }
     let u = |x: usize| Value::U32(x as u32);
     let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
     let vocab = tok.gguf_vocab(cfg.vocab_size)?;
@@ -157,7 +176,7 @@ pub fn metadata(
         ("attention.head_count_kv", u(cfg.num_kv_heads)),
         ("attention.key_length", u(cfg.head_dim)),
         ("attention.value_length", u(cfg.head_dim)),
-        ("rope.dimension_count", u(cfg.head_dim)),
+        ("rope.dimension_count", u(cfg.rotated_dims())),
         ("rope.freq_base", Value::F32(cfg.rope_theta as f32)),
         (
             "attention.layer_norm_rms_epsilon",
@@ -249,6 +268,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         rk::ORIGINAL_CONTEXT,
         rk::BETA_FAST,
         rk::BETA_SLOW,
+        rk::ATTN_FACTOR,
     ]
     .map(|k| format!("{arch}.{k}"));
     match &model.cfg.rope_scaling {
@@ -273,21 +293,36 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
                     "this model's YaRN scaling (attention factor {attention_factor}, truncate {truncate}) differs from llama.cpp's (attention factor {standard:.6}, ends rounded): it has no GGUF form; export it as safetensors"
                 )));
             }
-            if ctx.fract() != 0.0 || *ctx < 1.0 || *ctx > u32::MAX as f64 {
-                return Err(ModelError::Config(format!(
-                    "YaRN's original context {ctx} is not a whole number of positions GGUF can hold"
-                )));
-            }
+            let ctx = gguf_context("YaRN", *ctx)?;
             own.extend([
                 (scaling_keys[0].clone(), Value::String("yarn".into())),
                 (scaling_keys[1].clone(), Value::F32(*factor as f32)),
-                (scaling_keys[3].clone(), Value::U32(*ctx as u32)),
+                (scaling_keys[3].clone(), Value::U32(ctx)),
             ]);
             if *beta_fast != 32.0 || *beta_slow != 1.0 {
                 own.extend([
                     (scaling_keys[4].clone(), Value::F32(*beta_fast as f32)),
                     (scaling_keys[5].clone(), Value::F32(*beta_slow as f32)),
                 ]);
+            }
+        }
+        Some(RopeScaling::LongRope {
+            long_factor: long,
+            short_factor: short,
+            original_max_position_embeddings: ctx,
+            attention_factor: attn,
+        }) => {
+            own.extend([
+                (
+                    scaling_keys[3].clone(),
+                    Value::U32(gguf_context("LongRoPE", *ctx)?),
+                ),
+                (scaling_keys[6].clone(), Value::F32(*attn as f32)),
+            ]);
+            let names = steerkit_model::gguf::LONGROPE_TENSORS;
+            for (name, f) in names.iter().zip([long, short]) {
+                let t = candle_core::Tensor::new(f.as_slice(), &Device::Cpu)?;
+                tensors.push((name.to_string(), QTensor::quantize(&t, GgmlDType::F32)?));
             }
         }
         Some(_) => {

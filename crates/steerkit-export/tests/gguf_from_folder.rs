@@ -596,13 +596,15 @@ fn gemma_exports_to_gguf_when_llamacpp_computes_it() {
     }
 }
 
-/// A Phi-3 model exports to GGUF as llama.cpp's phi3 (fused `attn_qkv` and `ffn_up`, the
-/// untied head) and loads back as the same model; a phi3 file that rotates only part of each
-/// head (Phi-4-mini's `rope.dimension_count`) or carries LongRoPE factors (the 128k models) is
-/// refused at loading rather than run with plain RoPE.
+/// A Phi-3 model that, as Phi-4-mini, turns 6 of each head's 8 dimensions and scales RoPE with
+/// LongRoPE exports to GGUF as llama.cpp's phi3 (fused `attn_qkv` and `ffn_up`, the untied
+/// head, `rope.dimension_count` 6, the two factor tensors, the original context and the
+/// attention factor) and loads back as the same model. A file with only one of the factor
+/// tensors, or with an attention factor and no LongRoPE, is refused at loading rather than run
+/// with other RoPE; a llama model with partial rotation has no GGUF form (its q/k rows are
+/// stored for interleaved RoPE over whole heads).
 #[test]
 fn phi3_gguf_round_trip_and_refusals() {
-    use candle_core::quantized::gguf_file::Value;
     use steerkit_model::random::{max_abs_diff, random_model, tiny_config};
     let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();
@@ -624,20 +626,54 @@ fn phi3_gguf_round_trip_and_refusals() {
         let b = candle_core::Tensor::new(f16_values(&want[&n]), cpu).unwrap();
         assert!(max_abs_diff(&a, &b).unwrap() < 1e-6, "{n}");
     }
-    let partial = d.path().join("partial.gguf");
-    with_key(&out, &partial, "phi3.rope.dimension_count", Value::U32(6));
-    let err = load_error(&partial);
+    let k = keys(&out);
+    assert_eq!(k["phi3.rope.dimension_count"], "U32(6)");
+    assert_eq!(k["phi3.rope.scaling.original_context_length"], "U32(64)");
+    assert_eq!(k["phi3.rope.scaling.attn_factor"], "F32(1.25)");
+    assert_eq!(back.model.cfg.rotary_dim, Some(6));
+    assert_eq!(back.model.cfg.rope_scaling, m.cfg.rope_scaling);
+    // A short row and one past the original context of 64 (long factors).
+    let rows = [
+        vec![3u32, 1, 4, 1, 5],
+        (0..70u32).map(|i| 7 * i + 2).collect(),
+    ];
+    let logits = |m: &steerkit_model::Model| {
+        let (ids, pads) = steerkit_model::left_pad(&rows, 0, cpu).unwrap();
+        m.last_logits(&ids, &pads, &mut steerkit_model::NoHook)
+            .unwrap()
+    };
+    // Within f16's rounding of the weights, which is far less than what RoPE's scaling does.
+    let gap = max_abs_diff(&logits(&m), &logits(&back.model)).unwrap();
+    let mut plain = back.model.clone();
+    plain.cfg.rope_scaling = None;
+    let scaling = max_abs_diff(&logits(&back.model), &logits(&plain)).unwrap();
     assert!(
-        err.contains("rotates 6 of each head's 8 dimensions"),
+        gap < 0.05 && scaling > 10.0 * gap,
+        "f16 GGUF against the f32 model: {gap}; without the scaling: {scaling}"
+    );
+
+    let one = d.path().join("one.gguf");
+    rewrite(&out, &one, |_, tensors| {
+        tensors.retain(|(n, _)| n != "rope_factors_short.weight");
+    });
+    let err = load_error(&one);
+    assert!(
+        err.contains("only one of `rope_factors_long.weight`"),
         "{err}"
     );
-    let long = d.path().join("long.gguf");
-    rewrite(&out, &long, |_, tensors| {
-        let f = candle_core::Tensor::ones(4, DType::F32, cpu).unwrap();
-        let q =
-            candle_core::quantized::QTensor::quantize(&f, candle_core::quantized::GgmlDType::F32);
-        tensors.push(("rope_factors_long.weight".into(), q.unwrap()));
+    let attn = d.path().join("attn.gguf");
+    rewrite(&out, &attn, |_, tensors| {
+        tensors.retain(|(n, _)| !n.starts_with("rope_factors"));
     });
-    let err = load_error(&long);
-    assert!(err.contains("rope_factors_long.weight"), "{err}");
+    let err = load_error(&attn);
+    assert!(
+        err.contains("`phi3.rope.scaling.attn_factor` without LongRoPE factors"),
+        "{err}"
+    );
+    let mut llama = tiny_config(steerkit_model::Arch::Llama, tok.vocab_size());
+    llama.rotary_dim = Some(6);
+    let err = metadata(&llama, &tok, &chat, "llama")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("turns 6 of each head's 8 dimensions"), "{err}");
 }

@@ -32,7 +32,9 @@ pub enum Arch {
     /// Phi-3 and Phi-4 (`phi3`: Phi3ForCausalLM): Llama's block, stored fused: q, k and v as
     /// one `qkv_proj`, gate and up as one `gate_up_proj` (rows concatenated in that order; see
     /// [`crate::weights::fused_parts`]). Phi-3-mini-4k attends over a sliding window of 2047
-    /// positions; the 128k models' LongRoPE is not implemented.
+    /// positions. The 128k models and Phi-3.5-mini scale RoPE with LongRoPE
+    /// ([`RopeScaling::LongRope`]); Phi-4-mini also rotates only part of each head
+    /// ([`Config::rotary_dim`]).
     Phi3,
 }
 
@@ -154,6 +156,12 @@ pub struct Config {
     /// Soft-capping of the final logits (Gemma 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_logit_softcapping: Option<f64>,
+    /// Partial rotation: RoPE turns the first `rotary_dim` dimensions of each query and key
+    /// head (pairs `i` and `i + rotary_dim/2`) and passes the rest through (Phi-4-mini: 96 of
+    /// 128; config.json's `partial_rotary_factor`, GGUF's `rope.dimension_count`). `None`:
+    /// whole heads (left out of the serialized form, as for `rope_scaling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<usize>,
 }
 
 /// RoPE scaling: each rotation frequency `θ^(-2i/d)` is divided by a factor of its own.
@@ -192,17 +200,56 @@ pub enum RopeScaling {
     /// The divisors themselves, one per frequency, as llama.cpp stores them in a GGUF file
     /// (`rope_freqs.weight`).
     Divisors(Vec<f32>),
+    /// LongRoPE (`rope_type: longrope`, or `su`; Phi-3's 128k models, Phi-3.5-mini, Phi-4-mini):
+    /// two sets of divisors, `short_factor` for a forward pass whose positions all lie below
+    /// `original_max_position_embeddings` and `long_factor` for one that goes past it, as
+    /// transformers chooses them by the pass's largest position (steerkit chooses per row of
+    /// a batch, so that a row computes the same alone as beside longer ones; in cached
+    /// decoding each step chooses for its new columns, so the keys cached before a sequence
+    /// crosses the original context keep the short factors, as in transformers); cos and sin are multiplied
+    /// by `attention_factor` (`sqrt(1 + ln(s) / ln(original))` with `s = max_position_embeddings
+    /// / original` unless config.json says otherwise) in both. llama.cpp stores the two sets
+    /// as `rope_factors_short.weight` and `rope_factors_long.weight`, and chooses between them
+    /// by its context size instead.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: f64,
+        attention_factor: f64,
+    },
 }
 
 impl Config {
-    /// The RoPE frequencies `θ^(-2i/d) / divisor_i`, `i < head_dim / 2`. Without scaling the
-    /// result is computed exactly as before scaling existed (f32 throughout).
+    /// The RoPE frequencies `θ^(-2i/d) / divisor_i`, `i < d / 2` with `d` the rotated
+    /// dimensions ([`Config::rotated_dims`]), for a forward pass whose positions stay below the
+    /// original context (LongRoPE's short factors). Without scaling the result is computed
+    /// exactly as before scaling existed (f32 throughout).
     pub fn rope_frequencies(&self) -> Vec<f32> {
+        self.rope_frequencies_for(0)
+    }
+
+    /// The RoPE frequencies of a forward pass whose largest position is `last`: LongRoPE's long
+    /// factors when `last + 1` exceeds the original context, as transformers chooses them;
+    /// [`Config::rope_frequencies`] for every other kind of scaling.
+    pub fn rope_frequencies_for(&self, last: usize) -> Vec<f32> {
         let base = self.unscaled_frequencies(self.rope_theta);
-        match self.rope_divisors() {
+        let divisors = match &self.rope_scaling {
+            Some(RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings: ctx,
+                ..
+            }) if (last + 1) as f64 > *ctx => Some(long_factor.clone()),
+            _ => self.rope_divisors(),
+        };
+        match divisors {
             Some(div) => base.iter().zip(div).map(|(f, d)| f / d).collect(),
             None => base,
         }
+    }
+
+    /// How many dimensions of each head RoPE turns: [`Config::rotary_dim`], else all.
+    pub fn rotated_dims(&self) -> usize {
+        self.rotary_dim.unwrap_or(self.head_dim)
     }
 
     /// The sliding window of block `layer`, if it has one.
@@ -223,10 +270,11 @@ impl Config {
         Some(self.unscaled_frequencies(self.rope_local_theta?))
     }
 
-    /// `θ^(-2i/d)` for `i < head_dim / 2`, in f32.
+    /// `θ^(-2i/d)` for `i < d / 2`, `d` the rotated dimensions, in f32.
     fn unscaled_frequencies(&self, theta: f64) -> Vec<f32> {
-        (0..self.head_dim / 2)
-            .map(|i| 1.0 / (theta as f32).powf(2.0 * i as f32 / self.head_dim as f32))
+        let d = self.rotated_dims();
+        (0..d / 2)
+            .map(|i| 1.0 / (theta as f32).powf(2.0 * i as f32 / d as f32))
             .collect()
     }
 
@@ -239,10 +287,14 @@ impl Config {
             .sqrt()
     }
 
-    /// The factor RoPE's cos and sin are multiplied by: YaRN's attention factor, else 1.
+    /// The factor RoPE's cos and sin are multiplied by: YaRN's or LongRoPE's attention factor,
+    /// else 1.
     pub fn rope_attention_factor(&self) -> f64 {
         match self.rope_scaling {
             Some(RopeScaling::Yarn {
+                attention_factor, ..
+            })
+            | Some(RopeScaling::LongRope {
                 attention_factor, ..
             }) => attention_factor,
             _ => 1.0,
@@ -251,14 +303,17 @@ impl Config {
 
     /// RoPE frequency `i` before scaling, `θ^(-2i/d)`, in f64 (for the scaling rules).
     fn base_frequency(&self, i: usize) -> f64 {
-        self.rope_theta.powf(-2.0 * i as f64 / self.head_dim as f64)
+        self.rope_theta
+            .powf(-2.0 * i as f64 / self.rotated_dims() as f64)
     }
 
-    /// The divisor of each RoPE frequency (llama.cpp's `rope_freqs`), or `None` without scaling.
+    /// The divisor of each RoPE frequency (llama.cpp's `rope_freqs`; LongRoPE's short
+    /// factors), or `None` without scaling.
     pub fn rope_divisors(&self) -> Option<Vec<f32>> {
-        let half = self.head_dim / 2;
+        let half = self.rotated_dims() / 2;
         match self.rope_scaling.as_ref()? {
             RopeScaling::Divisors(d) => Some(d.clone()),
+            RopeScaling::LongRope { short_factor, .. } => Some(short_factor.clone()),
             RopeScaling::Linear { factor } => Some(vec![*factor as f32; half]),
             RopeScaling::Yarn {
                 factor,
@@ -269,7 +324,7 @@ impl Config {
                 ..
             } => {
                 // The dimension index at which a frequency turns `turns` times over `ctx`.
-                let d = self.head_dim as f64;
+                let d = self.rotated_dims() as f64;
                 let dim_of = |turns: f64| {
                     d * (ctx / (turns * 2.0 * std::f64::consts::PI)).ln()
                         / (2.0 * self.rope_theta.ln())
@@ -345,8 +400,18 @@ impl Config {
                 self.num_heads, self.head_dim, self.hidden_size
             ));
         }
-        if self.arch == Arch::Phi3 && self.rope_scaling.is_some() {
-            return bad("RoPE scaling on a phi3 model (LongRoPE, the 128k models) is not implemented; the 4k models and Phi-4 need none".into());
+        if let Some(r) = self.rotary_dim {
+            if r == 0 || r > self.head_dim || !r.is_multiple_of(2) {
+                return bad(format!(
+                    "RoPE must turn an even number of a head's {} dimensions, at least 2 (rotary_dim {r})",
+                    self.head_dim
+                ));
+            }
+        }
+        if self.arch == Arch::Phi3
+            && !matches!(self.rope_scaling, None | Some(RopeScaling::LongRope { .. }))
+        {
+            return bad("a phi3 model's RoPE scaling is LongRoPE or none".into());
         }
         if self.sliding_window == Some(0) {
             return bad("a sliding window of 0 positions attends to nothing".into());
@@ -372,13 +437,37 @@ impl Config {
             }
         }
         match &self.rope_scaling {
-            Some(RopeScaling::Divisors(d)) if d.len() != self.head_dim / 2 => {
+            Some(RopeScaling::Divisors(d)) if d.len() != self.rotated_dims() / 2 => {
                 return bad(format!(
-                    "{} RoPE frequency divisors for a head dimension of {} (needs {})",
+                    "{} RoPE frequency divisors for {} rotated dimensions (needs {})",
                     d.len(),
-                    self.head_dim,
-                    self.head_dim / 2
+                    self.rotated_dims(),
+                    self.rotated_dims() / 2
                 ));
+            }
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: ctx,
+                attention_factor,
+            }) => {
+                let half = self.rotated_dims() / 2;
+                if short_factor.len() != half || long_factor.len() != half {
+                    return bad(format!(
+                        "LongRoPE needs {half} short and {half} long factors for {} rotated dimensions (has {} and {})",
+                        self.rotated_dims(),
+                        short_factor.len(),
+                        long_factor.len()
+                    ));
+                }
+                if long_factor.iter().any(|x| !x.is_finite() || *x <= 0.0)
+                    || !(*ctx >= 1.0 && ctx.is_finite())
+                    || !(*attention_factor > 0.0 && attention_factor.is_finite())
+                {
+                    return bad(format!(
+                        "LongRoPE needs positive finite factors, an original context of at least 1 and a positive attention factor (original context {ctx}, attention factor {attention_factor})"
+                    ));
+                }
             }
             Some(RopeScaling::Llama3 {
                 factor,
@@ -490,6 +579,25 @@ impl Config {
         if let Some(s) = self.query_pre_attn_scalar {
             j["query_pre_attn_scalar"] = s.into();
         }
+        if let Some(r) = self.rotary_dim {
+            // transformers turns `int(head_dim * factor)` dimensions: the factor must not
+            // round below `r`.
+            let hd = self.head_dim as f64;
+            let f = match ((r as f64 / hd) * hd).floor() as usize == r {
+                true => r as f64 / hd,
+                false => (r as f64 + 0.5) / hd,
+            };
+            j["partial_rotary_factor"] = f.into();
+        }
+        // Phi-3's configuration class reads the original context at the top level (4096 when
+        // absent), beside the rope_scaling object.
+        if let Some(RopeScaling::LongRope {
+            original_max_position_embeddings: ctx,
+            ..
+        }) = &self.rope_scaling
+        {
+            j["original_max_position_embeddings"] = context_json(*ctx);
+        }
         if let Some(theta) = self.rope_local_theta {
             j["rope_local_base_freq"] = theta.into();
         }
@@ -577,6 +685,18 @@ impl RopeScaling {
                     "original_max_position_embeddings": ctx,
                 })
             }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: ctx,
+                attention_factor,
+            } => serde_json::json!({
+                "rope_type": "longrope",
+                "short_factor": short_factor,
+                "long_factor": long_factor,
+                "original_max_position_embeddings": context_json(*ctx),
+                "attention_factor": attention_factor,
+            }),
             // The recovered rules are linear or llama3, never divisors again.
             RopeScaling::Divisors(d) => match linear_rule(d).or_else(|| llama3_rule(cfg, d)) {
                 Some(rule) => rule.to_hf_json(cfg),
@@ -609,6 +729,17 @@ pub fn yarn_attention_factor(factor: f64, mscale: Option<f64>, mscale_all_dim: O
     match (mscale, mscale_all_dim) {
         (Some(a), Some(b)) if a != 0.0 && b != 0.0 => get(a) / get(b),
         _ => get(1.0),
+    }
+}
+
+/// LongRoPE's attention factor when config.json gives none: `sqrt(1 + ln(factor) /
+/// ln(original_context))`, 1 for factors up to 1 (transformers' and llama.cpp's converter's
+/// rule; `factor` is `max_position_embeddings / original_context` unless given).
+pub fn longrope_attention_factor(factor: f64, original_context: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        (1.0 + factor.ln() / original_context.ln()).sqrt()
     }
 }
 

@@ -136,10 +136,14 @@ impl Gguf {
         let head_dim = self
             .meta_u(&key("attention.key_length"))?
             .unwrap_or(hidden / heads.max(1));
+        // Partial rotation (Phi-4-mini): llama.cpp turns the first `rope.dimension_count`
+        // dimensions of each head. Architectures whose q/k rows are stored permuted for
+        // interleaved RoPE have no such form steerkit reads.
         let rotated = key("rope.dimension_count");
-        if let Some(d) = self.meta_u(&rotated)?.filter(|d| *d != head_dim) {
+        let rotary_dim = self.meta_u(&rotated)?.filter(|d| *d != head_dim);
+        if let Some(d) = rotary_dim.filter(|_| qk_permuted(arch)) {
             return Err(ModelError::Config(format!(
-                "the GGUF rotates {d} of each head's {head_dim} dimensions (`{rotated}`: partial rotation, as Phi-4-mini's); steerkit rotates whole heads only"
+                "the GGUF rotates {d} of each head's {head_dim} dimensions (`{rotated}`) of a {name} model, whose q/k rows are stored for interleaved RoPE; steerkit reads partial rotation in the other architectures only"
             )));
         }
         let vocab = match self.content.tensor_infos.get("token_embd.weight") {
@@ -176,6 +180,7 @@ impl Gguf {
             hidden_act: Default::default(),
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
+            rotary_dim,
         };
         let cfg = match arch.gemma() {
             true => self.gemma(cfg, name)?,
@@ -221,20 +226,42 @@ impl Gguf {
         let key = |k: &str| format!("{arch}.{k}");
         let scaling = self.meta_str(&key(rope_keys::TYPE)).unwrap_or("linear");
         let has_divisors = self.content.tensor_infos.contains_key("rope_freqs.weight");
-        // Phi-3's LongRoPE (the 128k models): a factor per frequency, chosen by context size.
-        if let Some(t) = ["rope_factors_long.weight", "rope_factors_short.weight"]
-            .into_iter()
-            .find(|t| self.content.tensor_infos.contains_key(*t))
-        {
-            return Err(ModelError::Config(format!(
-                "the GGUF holds `{t}`: LongRoPE scaling, which steerkit does not implement (its logits would be wrong)"
-            )));
-        }
         // llama.cpp multiplies cos and sin by this one whatever the scaling type.
-        let attn = key("rope.scaling.attn_factor");
-        if self.meta_f(&attn)?.is_some_and(|f| f != 1.0) {
+        let attn = key(rope_keys::ATTN_FACTOR);
+        let attn_factor = self.meta_f(&attn)?;
+        // LongRoPE (Phi-3's 128k models, Phi-3.5-mini, Phi-4-mini): a divisor per frequency
+        // for short contexts and one for long, each in a tensor of its own.
+        let (long, short) = (LONGROPE_TENSORS[0], LONGROPE_TENSORS[1]);
+        let has = |t: &str| self.content.tensor_infos.contains_key(t);
+        if has(long) || has(short) {
+            if !(has(long) && has(short)) {
+                return Err(ModelError::Config(format!(
+                    "the GGUF holds only one of `{long}` and `{short}`: LongRoPE needs both"
+                )));
+            }
+            if scaling == "yarn" || has_divisors {
+                return Err(ModelError::Config(format!(
+                    "the GGUF's LongRoPE factors come with {}, which steerkit does not implement (its logits would be wrong)",
+                    if has_divisors { "rope_freqs.weight" } else { "YaRN scaling" }
+                )));
+            }
+            let ctx = match self.meta_u(&key(rope_keys::ORIGINAL_CONTEXT))? {
+                Some(c) => c,
+                None => self.meta_u(&key("context_length"))?.unwrap_or(4096),
+            };
+            let factors = |t: &str| -> Result<Vec<f32>> {
+                Ok(self.tensor(t)?.flatten_all()?.to_vec1::<f32>()?)
+            };
+            return Ok(Some(RopeScaling::LongRope {
+                short_factor: factors(short)?,
+                long_factor: factors(long)?,
+                original_max_position_embeddings: ctx as f64,
+                attention_factor: attn_factor.unwrap_or(1.0),
+            }));
+        }
+        if attn_factor.is_some_and(|f| f != 1.0) {
             return Err(ModelError::Config(format!(
-                "the GGUF sets `{attn}`, which steerkit does not implement (its logits would be wrong)"
+                "the GGUF sets `{attn}` without LongRoPE factors, which steerkit does not implement (its logits would be wrong)"
             )));
         }
         if scaling == "yarn" {
@@ -475,6 +502,9 @@ pub fn llamacpp_gemma_attn_scalar(cfg: &Config) -> f64 {
     }
 }
 
+/// LongRoPE's two sets of frequency divisors in a GGUF file, long then short.
+pub const LONGROPE_TENSORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
+
 /// llama.cpp's RoPE scaling keys (after `{arch}.`): read by [`Gguf::config`], written by
 /// GGUF exports.
 pub mod rope_keys {
@@ -483,6 +513,8 @@ pub mod rope_keys {
     /// Older files' linear factor.
     pub const SCALE_LINEAR: &str = "rope.scale_linear";
     pub const ORIGINAL_CONTEXT: &str = "rope.scaling.original_context_length";
+    /// What llama.cpp multiplies RoPE's cos and sin by (LongRoPE's attention factor).
+    pub const ATTN_FACTOR: &str = "rope.scaling.attn_factor";
     pub const BETA_FAST: &str = "rope.scaling.yarn_beta_fast";
     pub const BETA_SLOW: &str = "rope.scaling.yarn_beta_slow";
 }

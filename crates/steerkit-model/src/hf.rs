@@ -109,24 +109,12 @@ impl HfFolder {
             }
             true => Some(c["rope_local_base_freq"].as_f64().unwrap_or(10_000.0)),
         };
-        // Phi-3's rope types are its own: "su", "yarn" and "longrope" all mean LongRoPE.
-        let rope_type = rope["rope_type"].as_str().or(rope["type"].as_str());
-        if arch == Arch::Phi3 && rope_type.is_some_and(|t| t != "default") {
-            return Err(ModelError::Config(format!(
-                "config.json asks for {} RoPE scaling, Phi-3's LongRoPE (the 128k models), which steerkit does not implement",
-                rope_type.unwrap_or_default()
-            )));
-        }
-        let partial = rope["partial_rotary_factor"].as_f64();
-        if let Some(f) = partial
+        // Partial rotation: transformers turns `int(head_dim * factor)` dimensions.
+        let partial = rope["partial_rotary_factor"]
+            .as_f64()
             .or(c["partial_rotary_factor"].as_f64())
-            .filter(|f| *f != 1.0)
-        {
-            return Err(ModelError::Config(format!(
-                "config.json asks for partial_rotary_factor {f}; steerkit rotates whole heads only"
-            )));
-        }
-        let rope_scaling = rope_scaling(rope, max_position_embeddings)?;
+            .filter(|f| *f != 1.0);
+        let rope_scaling = rope_scaling(rope, c, arch, max_position_embeddings)?;
         let rope_theta = rope["rope_theta"]
             .as_f64()
             .or(c["rope_theta"].as_f64())
@@ -142,6 +130,14 @@ impl HfFolder {
         let heads = u("num_attention_heads")?;
         let num_layers = u("num_hidden_layers")?;
         let (sliding_window, full_attention_layers) = sliding_window(c, arch, num_layers)?;
+        let head_dim = c["head_dim"].as_u64().map_or(
+            if arch.gemma() {
+                256
+            } else {
+                hidden / heads.max(1)
+            },
+            |x| x as usize,
+        );
         let cfg = Config {
             arch,
             vocab_size: u("vocab_size")?,
@@ -154,14 +150,7 @@ impl HfFolder {
             num_kv_heads: c["num_key_value_heads"]
                 .as_u64()
                 .map_or(if arch.gemma() { 4 } else { heads }, |x| x as usize),
-            head_dim: c["head_dim"].as_u64().map_or(
-                if arch.gemma() {
-                    256
-                } else {
-                    hidden / heads.max(1)
-                },
-                |x| x as usize,
-            ),
+            head_dim,
             // transformers' defaults: 1e-5 for Phi-3, 1e-6 for the others.
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(if arch == Arch::Phi3 {
                 1e-5
@@ -184,6 +173,7 @@ impl HfFolder {
             hidden_act,
             attn_logit_softcapping,
             final_logit_softcapping,
+            rotary_dim: partial.map(|f| (head_dim as f64 * f) as usize),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -458,16 +448,19 @@ fn layer_types(c: &Value, num_layers: usize) -> Result<Option<Vec<bool>>> {
         .map(Some)
 }
 
-/// config.json's `rope_scaling` (or transformers 5's `rope_parameters`): none, `default`,
-/// `linear`, `llama3` (Llama 3.1 and 3.2),
-/// `yarn`, or the divisors steerkit writes for a GGUF source's `rope_freqs` that follow no
-/// named rule. Other kinds (dynamic, longrope, ...) are refused rather than run with plain
-/// RoPE. YaRN reads its keys as transformers 5 does: `factor` as given (transformers 4.4x-4.5x
-/// replaced it by `max_position_embeddings / original_max_position_embeddings` when the latter
-/// is there), the original context from the object or else `max_position_embeddings`
-/// (`max_pos`), `beta_fast`/`beta_slow` 32 and 1 unless set, and the attention factor from
-/// `attention_factor`, or `mscale`/`mscale_all_dim`, or `factor`.
-fn rope_scaling(v: &Value, max_pos: usize) -> Result<Option<RopeScaling>> {
+/// config.json's `rope_scaling` (or transformers 5's `rope_parameters`, `v`): none, `default`,
+/// `linear`, `llama3` (Llama 3.1 and 3.2), `yarn`, `longrope` (for Phi-3 also `su` and
+/// `yarn`, which transformers reads as LongRoPE), or the divisors steerkit writes for a GGUF
+/// source's `rope_freqs` that follow no named rule. Other kinds (dynamic, ...) are refused
+/// rather than run with plain RoPE. YaRN reads its keys as transformers 5 does: `factor` as
+/// given (transformers 4.4x-4.5x replaced it by `max_position_embeddings /
+/// original_max_position_embeddings` when the latter is there), the original context from
+/// the object or else `max_position_embeddings` (`max_pos`), `beta_fast`/`beta_slow` 32 and 1
+/// unless set, and the attention factor from `attention_factor`, or `mscale`/`mscale_all_dim`,
+/// or `factor`. LongRoPE's original context comes from the object or the top level of
+/// config.json (`c`; Phi-3's default 4096), its attention factor from `attention_factor`, or
+/// `factor`, or `max_pos` over the original context.
+fn rope_scaling(v: &Value, c: &Value, arch: Arch, max_pos: usize) -> Result<Option<RopeScaling>> {
     if v.is_null() {
         return Ok(None);
     }
@@ -481,6 +474,10 @@ fn rope_scaling(v: &Value, max_pos: usize) -> Result<Option<RopeScaling>> {
         .as_str()
         .or(v["type"].as_str())
         .unwrap_or(untyped);
+    let kind = match (arch, kind) {
+        (Arch::Phi3, "su" | "yarn") => "longrope",
+        (_, k) => k,
+    };
     let num = |k: &str| {
         v[k].as_f64().ok_or_else(|| {
             ModelError::Config(format!(
@@ -520,6 +517,37 @@ fn rope_scaling(v: &Value, max_pos: usize) -> Result<Option<RopeScaling>> {
                 truncate: v["truncate"].as_bool().unwrap_or(true),
             }))
         }
+        "longrope" => {
+            let factors = |k: &str| -> Result<Vec<f32>> {
+                let a: Option<Vec<f32>> = v[k]
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                    .unwrap_or(None);
+                a.ok_or_else(|| {
+                    ModelError::Config(format!(
+                        "config.json's longrope rope_scaling has no list of numbers `{k}`"
+                    ))
+                })
+            };
+            let ctx = v["original_max_position_embeddings"]
+                .as_f64()
+                .or(c["original_max_position_embeddings"].as_f64())
+                .or((arch == Arch::Phi3).then_some(4096.0))
+                .ok_or_else(|| {
+                    ModelError::Config(
+                        "config.json's longrope rope_scaling has no original_max_position_embeddings".into(),
+                    )
+                })?;
+            let factor = v["factor"].as_f64().unwrap_or(max_pos as f64 / ctx);
+            Ok(Some(RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: ctx,
+                attention_factor: v["attention_factor"]
+                    .as_f64()
+                    .unwrap_or_else(|| crate::config::longrope_attention_factor(factor, ctx)),
+            }))
+        }
         "steerkit_divisors" => {
             let d: Option<Vec<f32>> = v["divisors"]
                 .as_array()
@@ -530,7 +558,7 @@ fn rope_scaling(v: &Value, max_pos: usize) -> Result<Option<RopeScaling>> {
             })
         }
         other => Err(ModelError::Config(format!(
-            "config.json asks for RoPE scaling `{other}`; steerkit implements plain RoPE, linear, llama3 and yarn scaling only (its logits would be wrong)"
+            "config.json asks for RoPE scaling `{other}`; steerkit implements plain RoPE, linear, llama3, yarn and longrope scaling only (its logits would be wrong)"
         ))),
     }
 }

@@ -666,16 +666,19 @@ impl Model {
         t: usize,
         layer: usize,
     ) -> Result<(Tensor, Tensor)> {
-        let half = self.cfg.head_dim / 2;
+        let half = self.cfg.rotated_dims() / 2;
         let local = self.cfg.local_rope(layer);
-        let inv = match local {
-            true => self.cfg.local_rope_frequencies().expect("a local base"),
-            false => self.cfg.rope_frequencies(),
-        };
         let b = pads.len();
         let mut cos = Vec::with_capacity(b * t * half);
         let mut sin = Vec::with_capacity(b * t * half);
         for &pad in pads {
+            // Each row's largest position in this pass (positions grow along a row) chooses
+            // its LongRoPE factors, so that a row computes the same alone as in a batch.
+            let last = position((offset + t).saturating_sub(1), pad_at, pad);
+            let inv = match local {
+                true => self.cfg.local_rope_frequencies().expect("a local base"),
+                false => self.cfg.rope_frequencies_for(last),
+            };
             for c in offset..offset + t {
                 let pos = position(c, pad_at, pad) as f32;
                 for f in &inv {
@@ -730,7 +733,22 @@ impl Model {
         Ok(Tensor::from_vec(m, (pads.len(), 1, t, tk), &self.device)?.to_dtype(self.dtype)?)
     }
 
+    /// RoPE on `x` `[b, h, t, hd]`: the first [`Config::rotated_dims`] dimensions of each head
+    /// turn, the others pass.
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (hd, r) = (self.cfg.head_dim, self.cfg.rotated_dims());
+        if r == hd {
+            return self.rope_whole(x, cos, sin, mode);
+        }
+        // Both parts contiguous, so that the result is too (attention multiplies by its
+        // transpose).
+        let turned = self.rope_whole(&x.narrow(D::Minus1, 0, r)?, cos, sin, mode)?;
+        let passed = x.narrow(D::Minus1, r, hd - r)?.contiguous()?;
+        Ok(Tensor::cat(&[&turned.contiguous()?, &passed], D::Minus1)?)
+    }
+
+    /// RoPE on every dimension of `x`'s heads.
+    fn rope_whole(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
             Mode::Inference => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?),
             Mode::Differentiable => {

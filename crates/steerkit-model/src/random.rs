@@ -13,10 +13,14 @@ use crate::model::Model;
 /// as in real models of theirs; gemma2's too). gemma3's first block attends over a sliding
 /// window of 3 positions with a RoPE base of its own, its second over the whole context, as
 /// Gemma 3's blocks do; gemma2's alike with one RoPE, and with attention scores soft-capped at
-/// 2 and logits at 3; their attention is scaled by `8^-1/2`, not `16^-1/2`.
+/// 2 and logits at 3; their attention is scaled by `8^-1/2`, not `16^-1/2`. phi3's turns 6
+/// of each head's 8 dimensions and scales RoPE with LongRoPE, as Phi-4-mini does (short
+/// factors 1, 1.5 and 4 below an original context of 64 positions, an attention factor of
+/// 1.25, exact in the f32 a GGUF file stores it in).
 pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
     let gemma = arch.gemma();
     let gemma2 = arch == Arch::Gemma2;
+    let phi3 = arch == Arch::Phi3;
     Config {
         arch,
         vocab_size,
@@ -31,7 +35,12 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         max_position_embeddings: 256,
         tie_word_embeddings: arch != Arch::Qwen2,
         attention_bias: arch == Arch::Qwen2,
-        rope_scaling: None,
+        rope_scaling: phi3.then(|| RopeScaling::LongRope {
+            short_factor: vec![1.0, 1.5, 4.0],
+            long_factor: vec![2.0, 6.0, 16.0],
+            original_max_position_embeddings: 64.0,
+            attention_factor: 1.25,
+        }),
         sliding_window: gemma.then_some(3),
         // Block 1, which the gradient checks train, is the window's.
         full_attention_layers: if gemma { vec![0] } else { vec![] },
@@ -44,6 +53,7 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         },
         attn_logit_softcapping: gemma2.then_some(2.0),
         final_logit_softcapping: gemma2.then_some(3.0),
+        rotary_dim: phi3.then_some(6),
     }
 }
 

@@ -201,14 +201,55 @@ fn gemma2_tiny_logits_match_reference() {
     assert!(gap > 0.1, "the caps change the logits by {gap} only");
 }
 
+/// The tiny random Phi-4-mini-shaped folder of `scripts/reference_phi3.py --phi4-mini`: RoPE
+/// turns 12 of each head's 16 dimensions and is scaled by LongRoPE, short factors for the
+/// 5-token sequence and long ones for the 9- and 13-token sequences, which go past the
+/// original context of 8 (`scripts/check_fixture_transformers.py` checks the reference
+/// against transformers). The logits at every position equal the reference's, alone and in
+/// a left-padded batch that mixes both kinds of row; the folder saved again says the same in
+/// config.json and computes the same.
+#[test]
+fn phi4_mini_tiny_logits_match_reference() {
+    let (m, fx) = gemma_fixture("phi4_mini_tiny");
+    let c = &m.cfg;
+    assert_eq!(
+        (c.head_dim, c.rotary_dim, c.sliding_window),
+        (16, Some(12), None)
+    );
+    assert!(c.tie_word_embeddings);
+    let Some(steerkit_model::RopeScaling::LongRope {
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    }) = c.rope_scaling.clone()
+    else {
+        panic!("LongRoPE: {:?}", c.rope_scaling)
+    };
+    assert_eq!(original_max_position_embeddings, 8.0);
+    assert!((attention_factor - 2f64.sqrt()).abs() < 1e-12);
+    check_all_positions(&m, &fx["cases"], "phi4-mini tiny");
+
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["partial_rotary_factor"], 0.75);
+    assert_eq!(cfg["rope_scaling"]["rope_type"], "longrope");
+    assert_eq!(cfg["original_max_position_embeddings"], 8);
+    let again = qwen3_model(&dir);
+    assert_eq!(again.cfg.rope_scaling, m.cfg.rope_scaling);
+    check_all_positions(&again, &fx["cases"], "phi4-mini tiny, saved again");
+}
+
 /// The tiny random Phi-3 folder of `scripts/reference_phi3.py` (q, k and v stored as one
 /// `qkv_proj`, gate and up as one `gate_up_proj`; every block on a window of 3; an untied
 /// head): the loader splits the fused tensors where transformers does, so the logits at every
 /// position equal the script's float64 forward, each part stored apart (not as a view that
 /// keeps the fused tensor alive). Saved again, the folder holds the fused
 /// tensors, byte for byte, and none of the parts; a model whose fused tensor has other rows
-/// than its configuration implies is an error naming it. LongRoPE and partial rotation are
-/// refused.
+/// than its configuration implies is an error naming it, and so is LongRoPE without its
+/// factors or with too few, or a partial rotation that turns no dimension.
 #[test]
 fn phi3_tiny_logits_match_reference() {
     let (m, fx) = gemma_fixture("phi3_tiny");
@@ -290,17 +331,18 @@ fn phi3_tiny_logits_match_reference() {
         (
             "rope_scaling",
             serde_json::json!({"type": "su", "short_factor": [1.0], "long_factor": [1.0]}),
-            "LongRoPE",
+            "LongRoPE needs 4 short and 4 long factors for 8 rotated dimensions (has 1 and 1)",
         ),
         (
+            // Phi-3's "yarn" is LongRoPE, in transformers as here.
             "rope_scaling",
             serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
-            "LongRoPE",
+            "longrope rope_scaling has no list of numbers `short_factor`",
         ),
         (
             "partial_rotary_factor",
-            serde_json::json!(0.75),
-            "partial_rotary_factor",
+            serde_json::json!(0.1),
+            "(rotary_dim 0)",
         ),
     ] {
         let d = copy_with("phi3_tiny", |cfg| cfg[key] = value);

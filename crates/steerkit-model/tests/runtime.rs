@@ -13,13 +13,15 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 6] = [
+const ARCHS: [Arch; 7] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
     Arch::Qwen3,
     Arch::Gemma3,
     Arch::Gemma2,
+    // Partial rotation and LongRoPE (tiny_config).
+    Arch::Phi3,
 ];
 
 /// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as
@@ -861,14 +863,34 @@ fn yarn_rope_scaling_from_config_json() {
     v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
     let cfg = config_of(&v5).unwrap();
     assert_eq!((cfg.rope_theta, cfg.rope_scaling), (5e5, None));
+    // Partial rotation, as transformers counts it: int(head_dim * factor) dimensions, from
+    // rope_parameters or the top level.
+    v5["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(0.5);
+    assert_eq!(config_of(&v5).unwrap().rotary_dim, Some(8));
+    v5["rope_parameters"]
+        .as_object_mut()
+        .unwrap()
+        .remove("partial_rotary_factor");
+    v5["partial_rotary_factor"] = serde_json::json!(0.75);
+    assert_eq!(config_of(&v5).unwrap().rotary_dim, Some(12));
+    v5.as_object_mut().unwrap().remove("partial_rotary_factor");
+    v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
     for (params, needle) in [
         (
             serde_json::json!({"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": 1e4}}),
             "per layer type",
         ),
         (
-            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}),
-            "partial_rotary_factor 0.5",
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.05}),
+            "an even number of a head's 16 dimensions, at least 2 (rotary_dim 0)",
+        ),
+        (
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.2}),
+            "(rotary_dim 3)",
+        ),
+        (
+            serde_json::json!({"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}),
+            "linear, llama3, yarn and longrope scaling only",
         ),
     ] {
         v5["rope_parameters"] = params;
