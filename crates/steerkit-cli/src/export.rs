@@ -170,6 +170,7 @@ pub fn run(a: Args) -> Result<()> {
                         "note: the model attends over a sliding window of {w} positions; the GGUF file carries none, as llama.cpp runs this architecture over the whole context, so answers to prompts of more than {w} tokens will differ"
                     );
                 }
+                vision_note(&m, "llama.cpp reads a vision tower from a separate mmproj file, which steerkit does not write")?;
                 if let Some(steerkit_model::RopeScaling::LongRope {
                     original_max_position_embeddings: ctx,
                     ..
@@ -194,6 +195,7 @@ pub fn run(a: Args) -> Result<()> {
                     "wrote {} (config.json, {name} safetensors, tokenizer.json, tokenizer_config.json)",
                     a.out.display()
                 );
+                vision_note(&m, "transformers and vLLM load it as Gemma3ForCausalLM")?;
             }
         }
         _ => {
@@ -220,6 +222,19 @@ pub fn run(a: Args) -> Result<()> {
                 -a.scale.unwrap_or(1.0)
             );
         }
+    }
+    Ok(())
+}
+
+/// Tells a user exporting a multimodal Gemma 3 folder that the output is its text model only.
+fn vision_note(m: &steerkit_model::Loaded, consequence: &str) -> Result<()> {
+    let folder = m.kind != steerkit_model::SourceKind::Gguf
+        && steerkit_model::hf::HfFolder::open(&m.path)?.multimodal();
+    if folder {
+        println!(
+            "note: {} is a multimodal Gemma 3; the export holds its text model only, without the vision tower and projector ({consequence})",
+            m.path.display()
+        );
     }
     Ok(())
 }

@@ -258,7 +258,7 @@ fn a_sliding_window_survives_folders_and_is_noted_in_gguf() {
 /// Gemma 3 and Gemma 2 folders (tiny and random, with SmolLM2's tokenizer and template): inspect,
 /// generation, ACTOR training every part of the block (post-norms included) and export as a
 /// patched folder that holds the trained block; GGUF export of a model llama.cpp would compute
-/// otherwise is one clear error.
+/// otherwise is one clear error; Gemma 3 stored as a multimodal folder exports its text model.
 #[test]
 fn gemma_folders_inspect_train_and_export() {
     for (arch, name) in [(Arch::Gemma3, "gemma3"), (Arch::Gemma2, "gemma2")] {
@@ -288,6 +288,63 @@ fn gemma_folders_inspect_train_and_export() {
         // The tiny models' attention scale is not the one llama.cpp fixes.
         assert_clean_error(&export_gguf(f, &[], &gguf), "has no GGUF form");
         assert!(!gguf.exists());
+        if arch == Arch::Gemma3 {
+            multimodal_gemma3_exports_its_text_model(&folder, d.path());
+        }
+    }
+}
+
+/// The Gemma 3 folder stored as Gemma 3 4B's are (Gemma3ForConditionalGeneration: the text
+/// model's config in `text_config`, its tensors under `language_model.`, a vision tensor
+/// beside) exports as the text model, with a note, and the same tensors.
+fn multimodal_gemma3_exports_its_text_model(text: &Path, dir: &Path) {
+    let cpu = &candle_core::Device::Cpu;
+    let mm = dir.join("multimodal");
+    std::fs::create_dir_all(&mm).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(text.join(f), mm.join(f)).unwrap();
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(text.join("config.json")).unwrap()).unwrap();
+    let wrapped = serde_json::json!({
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": cfg,
+        "vision_config": {"model_type": "siglip_vision_model"},
+    });
+    std::fs::write(mm.join("config.json"), wrapped.to_string()).unwrap();
+    let original = folder_tensors(text);
+    let mut stored: std::collections::HashMap<String, candle_core::Tensor> = original
+        .iter()
+        .map(|(n, t)| (format!("language_model.{n}"), t.clone()))
+        .collect();
+    stored.insert(
+        "vision_tower.embeddings.patch_embedding.weight".into(),
+        candle_core::Tensor::ones((4, 3, 2, 2), DType::F32, cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&stored, mm.join("model.safetensors")).unwrap();
+    let out = dir.join("multimodal-text");
+    let run = steerkit(&[
+        "export",
+        "-m",
+        mm.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&run);
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        said.contains("is a multimodal Gemma 3; the export holds its text model only"),
+        "{said}"
+    );
+    let written = folder_tensors(&out);
+    assert_eq!(
+        written.keys().collect::<std::collections::BTreeSet<_>>(),
+        original.keys().collect::<std::collections::BTreeSet<_>>()
+    );
+    for (n, t) in &original {
+        let gap = steerkit_model::random::max_abs_diff(t, &written[n]).unwrap();
+        assert_eq!(gap, 0.0, "{n}");
     }
 }
 

@@ -18,8 +18,8 @@ pub enum Arch {
     /// dimension (`q_norm`, `k_norm`) before RoPE, and `head_dim` is set on its own (128 on
     /// every size, whatever `hidden_size / heads` is).
     Qwen3,
-    /// Gemma 3, text only (`gemma3_text`: Gemma3ForCausalLM, the 1B model; the larger ones are
-    /// multimodal). Per-head q/k norms as Qwen3; every norm multiplies by `1 + w`; the
+    /// Gemma 3, text only (`gemma3_text`: Gemma3ForCausalLM, the 1B model; of the larger,
+    /// multimodal ones, `gemma3` folders, the text model is read). Per-head q/k norms as Qwen3; every norm multiplies by `1 + w`; the
     /// attention and MLP outputs are normed before they join the residual (post-norms); the
     /// embedding is scaled by `sqrt(hidden_size)`; a gelu (tanh) MLP; attention scaled by
     /// `query_pre_attn_scalar`; five blocks of six attend over a sliding window with a RoPE
@@ -577,7 +577,8 @@ impl Config {
             Activation::GeluTanh => j["hidden_activation"] = "gelu_pytorch_tanh".into(),
         }
         if let Some(s) = self.query_pre_attn_scalar {
-            j["query_pre_attn_scalar"] = s.into();
+            // An integer where it is one: transformers 5.24's Gemma configs refuse 8.0.
+            j["query_pre_attn_scalar"] = context_json(s);
         }
         if let Some(r) = self.rotary_dim {
             // transformers turns `int(head_dim * factor)` dimensions: the factor must not
@@ -706,7 +707,8 @@ impl RopeScaling {
     }
 }
 
-/// A context length for config.json: an integer when it is one, as transformers expects.
+/// A context length (or another count) for config.json: an integer when it is one, as
+/// transformers expects.
 fn context_json(ctx: f64) -> serde_json::Value {
     if ctx.fract() == 0.0 && ctx > 0.0 && ctx < 1e15 {
         serde_json::json!(ctx as u64)

@@ -17,8 +17,41 @@ use crate::tokenizer::Tok;
 /// A Hugging Face model folder.
 pub struct HfFolder {
     pub path: PathBuf,
+    /// config.json, or for a multimodal Gemma 3 its `text_config` (see [`HfFolder::open`]).
     config: Value,
     tokenizer_config: Value,
+    /// Whether config.json describes a multimodal Gemma 3 (`gemma3`) whose text model is read.
+    multimodal: bool,
+}
+
+/// transformers' Gemma3TextConfig defaults for the keys that steerkit's reading of a
+/// `gemma3_text` config needs and that the multimodal checkpoints leave out (Gemma 3 4B's
+/// `text_config` names only its sizes, window and RoPE scaling).
+const GEMMA3_TEXT_DEFAULTS: [(&str, u64); 5] = [
+    ("vocab_size", 262_208),
+    ("hidden_size", 2304),
+    ("intermediate_size", 9216),
+    ("num_hidden_layers", 26),
+    ("num_attention_heads", 8),
+];
+
+/// The text model's configuration of a multimodal Gemma 3 config.json (`model_type: gemma3`
+/// with a `text_config`): the text config with transformers' defaults where it is silent,
+/// and the top level's end-of-sequence ids and head tying where it does not say.
+fn gemma3_text_config(c: &Value) -> Value {
+    let mut t = c["text_config"].clone();
+    let o = t.as_object_mut().expect("checked: an object");
+    o.entry("model_type")
+        .or_insert_with(|| Value::String("gemma3_text".into()));
+    for (k, v) in GEMMA3_TEXT_DEFAULTS {
+        o.entry(k).or_insert_with(|| v.into());
+    }
+    for k in ["eos_token_id", "tie_word_embeddings"] {
+        if let Some(v) = c.get(k) {
+            o.entry(k).or_insert_with(|| v.clone());
+        }
+    }
+    t
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -40,15 +73,29 @@ impl HfFolder {
             });
         }
         let tc = path.join("tokenizer_config.json");
+        let mut config = read_json(&cfg)?;
+        // Gemma 3 4B and up: the text model of Gemma3ForConditionalGeneration.
+        let multimodal = config["model_type"] == "gemma3" && config["text_config"].is_object();
+        if multimodal {
+            config = gemma3_text_config(&config);
+        }
         Ok(HfFolder {
             path: path.into(),
-            config: read_json(&cfg)?,
+            config,
             tokenizer_config: if tc.is_file() {
                 read_json(&tc)?
             } else {
                 Value::Null
             },
+            multimodal,
         })
+    }
+
+    /// Whether the folder holds a multimodal Gemma 3 (Gemma3ForConditionalGeneration), of
+    /// which steerkit reads the text model only: its vision tower and projector are neither
+    /// loaded nor written back.
+    pub fn multimodal(&self) -> bool {
+        self.multimodal
     }
 
     /// The configuration from `config.json`.
@@ -233,7 +280,9 @@ impl HfFolder {
         let names: std::collections::HashSet<String> =
             st.tensors().into_iter().map(|(n, _)| n).collect();
         let tied = cfg.tie_word_embeddings;
+        let stored = stored_names(self.multimodal, &names);
         let get = crate::weights::with_fused(&cfg, |name: &str| {
+            let name = &stored(name);
             if !names.contains(name) {
                 return Ok(None);
             }
@@ -276,18 +325,23 @@ impl HfFolder {
         let id = |s: Option<String>| s.and_then(|s| tk.token_to_id(&s));
         let bos = id(self.special("bos_token"));
         let mut eos: Vec<u32> = id(self.special("eos_token")).into_iter().collect();
+        // One id or a list of them.
+        let ids = |v: &Value| -> Vec<u32> {
+            match v {
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect(),
+                v => v.as_u64().map(|x| x as u32).into_iter().collect(),
+            }
+        };
         let gen = self.path.join("generation_config.json");
         if gen.is_file() {
-            match &read_json(&gen)?["eos_token_id"] {
-                Value::Number(n) => eos.extend(n.as_u64().map(|x| x as u32)),
-                Value::Array(a) => {
-                    eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-                }
-                _ => {}
-            }
+            eos.extend(ids(&read_json(&gen)?["eos_token_id"]));
         }
         if eos.is_empty() {
-            eos.extend(self.config["eos_token_id"].as_u64().map(|x| x as u32));
+            eos.extend(ids(&self.config["eos_token_id"]));
         }
         let add_bos = self.tokenizer_config["add_bos_token"]
             .as_bool()
@@ -320,6 +374,23 @@ impl HfFolder {
             ),
             None => Ok(ChatTemplate::chatml()),
         }
+    }
+}
+
+/// Where a text model's tensor (`model.layers.0...`, `lm_head.weight`) is stored: under its own
+/// name, or in a multimodal Gemma 3 under `language_model.` (the Hub's checkpoints, and what
+/// transformers writes) or with `model.` replaced by `model.language_model.` (the names
+/// transformers 4.52-4.57 used in memory), whichever the file holds.
+fn stored_names(
+    multimodal: bool,
+    names: &std::collections::HashSet<String>,
+) -> impl Fn(&str) -> String {
+    let hub = names.iter().any(|n| n.starts_with("language_model."));
+    move |name: &str| match (multimodal, hub, name.strip_prefix("model.")) {
+        (false, _, _) => name.to_string(),
+        (true, true, _) => format!("language_model.{name}"),
+        (true, false, Some(rest)) => format!("model.language_model.{rest}"),
+        (true, false, None) => name.to_string(),
     }
 }
 

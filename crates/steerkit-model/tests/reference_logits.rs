@@ -364,6 +364,111 @@ fn phi3_tiny_logits_match_reference() {
     assert_eq!(c.sliding_window, None);
 }
 
+/// A multimodal Gemma 3 folder (Gemma3ForConditionalGeneration: `model_type` gemma3, the text
+/// model's settings in `text_config`, a vision tower beside it) is read as its text model:
+/// the tiny Gemma 3 fixture stored so, under the Hub's names (`language_model.model...`) and
+/// under transformers 4.52-4.57's (`model.language_model...`), gives the fixture's logits; a
+/// `text_config` that names only Gemma 3 4B's sizes, window and RoPE scaling gets the rest
+/// from transformers' Gemma3TextConfig defaults (8 heads over 4 of 256, a vocabulary of
+/// 262,208, every sixth block global), and the end-of-sequence ids of the top level. Saved, it
+/// is a `gemma3_text` folder that computes the same.
+#[test]
+fn multimodal_gemma3_folder_reads_its_text_model() {
+    let fx = gemma_fixture("gemma3_tiny").1;
+    let src = common::root().join("tests/fixtures/gemma3_tiny");
+    let mut text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    text.as_object_mut().unwrap().remove("architectures");
+    let weights =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let vision = candle_core::Tensor::ones((16, 3, 14, 14), DType::F32, &Device::Cpu).unwrap();
+    for (prefix, how) in [
+        ("language_model.", "Hub names"),
+        ("model.language_model.", "transformers 4.52 names"),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let mut stored: std::collections::HashMap<String, candle_core::Tensor> = weights
+            .iter()
+            .map(|(n, t)| {
+                let name = match prefix {
+                    "language_model." => format!("{prefix}{n}"),
+                    _ => format!("{prefix}{}", n.strip_prefix("model.").unwrap()),
+                };
+                (name, t.clone())
+            })
+            .collect();
+        stored.insert(
+            "vision_tower.embeddings.patch_embedding.weight".into(),
+            vision.clone(),
+        );
+        candle_core::safetensors::save(&stored, d.path().join("model.safetensors")).unwrap();
+        let config = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3",
+            "text_config": text,
+            "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 16},
+            "eos_token_id": [1, 106],
+        });
+        std::fs::write(d.path().join("config.json"), config.to_string()).unwrap();
+        let f = steerkit_model::hf::HfFolder::open(d.path()).unwrap();
+        assert!(f.multimodal());
+        let m = f.model(&Device::Cpu, DType::F32).unwrap();
+        assert_eq!(windows(&m.cfg), (Some(3), vec![2], Some(10_000.0)));
+        check_all_positions(&m, &fx["cases"], &format!("multimodal gemma3 tiny, {how}"));
+        // Written back as the text model, with the integer transformers 5.24 insists on.
+        let out = d.path().join("text");
+        steerkit_model::hf::save_folder(&m, None, None, &out).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["model_type"], "gemma3_text");
+        assert!(cfg["query_pre_attn_scalar"].is_u64(), "{cfg}");
+        check_all_positions(
+            &qwen3_model(&out),
+            &fx["cases"],
+            "multimodal gemma3 tiny, text model saved",
+        );
+    }
+    // Gemma 3 4B's text_config, as sparse as the Hub's.
+    let d = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "model_type": "gemma3",
+        "text_config": {
+            "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+            "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+            "sliding_window": 1024,
+        },
+        "eos_token_id": [1, 106],
+    });
+    std::fs::write(d.path().join("config.json"), config.to_string()).unwrap();
+    let c = steerkit_model::hf::HfFolder::open(d.path())
+        .unwrap()
+        .config()
+        .unwrap();
+    assert_eq!(c.arch, steerkit_model::Arch::Gemma3);
+    assert_eq!(
+        (
+            c.vocab_size,
+            c.hidden_size,
+            c.num_layers,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim
+        ),
+        (262_208, 2560, 34, 8, 4, 256)
+    );
+    assert_eq!(c.query_pre_attn_scalar, Some(256.0));
+    assert_eq!(
+        windows(&c),
+        (Some(1024), vec![5, 11, 17, 23, 29], Some(10_000.0))
+    );
+    assert_eq!(
+        c.rope_scaling,
+        Some(steerkit_model::RopeScaling::Linear { factor: 8.0 })
+    );
+    assert!(c.tie_word_embeddings);
+}
+
 /// A tiny Gemma fixture folder of `scripts/reference_gemma.py`, loaded, and its logits.json.
 fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {
     let dir = common::root().join("tests/fixtures").join(name);
