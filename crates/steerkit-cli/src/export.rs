@@ -195,7 +195,9 @@ pub fn run(a: Args) -> Result<()> {
                     "wrote {} (config.json, {name} safetensors, tokenizer.json, tokenizer_config.json)",
                     a.out.display()
                 );
-                vision_note(&m, "transformers and vLLM load it as Gemma3ForCausalLM")?;
+                let json = model.cfg.to_hf_json();
+                let class = json["architectures"][0].as_str().unwrap_or("a text model");
+                vision_note(&m, &format!("transformers and vLLM load it as {class}"))?;
             }
         }
         _ => {
@@ -226,13 +228,14 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Tells a user exporting a multimodal Gemma 3 folder that the output is its text model only.
+/// Tells a user exporting a multimodal model's folder that the output is its text model only.
 fn vision_note(m: &steerkit_model::Loaded, consequence: &str) -> Result<()> {
-    let folder = m.kind != steerkit_model::SourceKind::Gguf
-        && steerkit_model::hf::HfFolder::open(&m.path)?.multimodal();
-    if folder {
+    if m.kind == steerkit_model::SourceKind::Gguf {
+        return Ok(());
+    }
+    if let Some(kind) = steerkit_model::hf::HfFolder::open(&m.path)?.multimodal() {
         println!(
-            "note: {} is a multimodal Gemma 3; the export holds its text model only, without the vision tower and projector ({consequence})",
+            "note: {} is a multimodal model ({kind}); the export holds its text model only, without the vision tower and projector ({consequence})",
             m.path.display()
         );
     }

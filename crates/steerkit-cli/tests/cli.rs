@@ -334,7 +334,8 @@ fn multimodal_gemma3_exports_its_text_model(text: &Path, dir: &Path) {
     assert_ok(&run);
     let said = String::from_utf8_lossy(&run.stdout);
     assert!(
-        said.contains("is a multimodal Gemma 3; the export holds its text model only"),
+        said.contains("is a multimodal model (gemma3); the export holds its text model only")
+            && said.contains("load it as Gemma3ForCausalLM"),
         "{said}"
     );
     let written = folder_tensors(&out);

@@ -204,9 +204,10 @@ pub enum RopeScaling {
     /// two sets of divisors, `short_factor` for a forward pass whose positions all lie below
     /// `original_max_position_embeddings` and `long_factor` for one that goes past it, as
     /// transformers chooses them by the pass's largest position (steerkit chooses per row of
-    /// a batch, so that a row computes the same alone as beside longer ones; in cached
-    /// decoding each step chooses for its new columns, so the keys cached before a sequence
-    /// crosses the original context keep the short factors, as in transformers); cos and sin are multiplied
+    /// a batch, so that a row computes the same alone as beside longer ones). A sequence
+    /// past the original context uses the long factors at every position: generation runs
+    /// the rows whole again when one crosses it (transformers' Phi-3 drops its cache there),
+    /// and a shared prefix is not shared with such rows; cos and sin are multiplied
     /// by `attention_factor` (`sqrt(1 + ln(s) / ln(original))` with `s = max_position_embeddings
     /// / original` unless config.json says otherwise) in both. llama.cpp stores the two sets
     /// as `rope_factors_short.weight` and `rope_factors_long.weight`, and chooses between them
@@ -244,6 +245,18 @@ impl Config {
         match divisors {
             Some(div) => base.iter().zip(div).map(|(f, d)| f / d).collect(),
             None => base,
+        }
+    }
+
+    /// LongRoPE's original context, past which a pass uses the long factors; `None` for every
+    /// other RoPE.
+    pub fn longrope_context(&self) -> Option<usize> {
+        match &self.rope_scaling {
+            Some(RopeScaling::LongRope {
+                original_max_position_embeddings: ctx,
+                ..
+            }) => Some(*ctx as usize),
+            _ => None,
         }
     }
 
@@ -460,7 +473,10 @@ impl Config {
                         long_factor.len()
                     ));
                 }
-                if long_factor.iter().any(|x| !x.is_finite() || *x <= 0.0)
+                if long_factor
+                    .iter()
+                    .chain(short_factor)
+                    .any(|x| !x.is_finite() || *x <= 0.0)
                     || !(*ctx >= 1.0 && ctx.is_finite())
                     || !(*attention_factor > 0.0 && attention_factor.is_finite())
                 {

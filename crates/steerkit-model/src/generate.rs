@@ -10,8 +10,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{ModelError, Result};
 use crate::hooks::Hook;
-use crate::model::{Mode, Model};
+use crate::model::{KvCache, Mode, Model};
 use crate::prefix::SharedPrefix;
+use crate::source::left_pad;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,6 +146,20 @@ pub fn generate(
             pads = keep.iter().map(|&r| pads[r]).collect();
         }
         input = Tensor::from_vec(next, (active.len(), 1), &model.device)?;
+        // LongRoPE: a row about to go past the original context turns every position with the
+        // long factors, its earlier ones too (transformers' Phi-3 drops its cache there): run
+        // the rows whole again, into a new cache.
+        if let Some(ctx) = model.cfg.longrope_context() {
+            let len = |p: usize| prompts[p].len() + out[p].ids.len();
+            if active.iter().any(|&p| len(p) == ctx + 1) {
+                let rows: Vec<Vec<u32>> = active
+                    .iter()
+                    .map(|&p| [prompts[p].as_slice(), out[p].ids.as_slice()].concat())
+                    .collect();
+                (input, pads) = left_pad(&rows, opts.pad_id, &model.device)?;
+                cache = KvCache::new();
+            }
+        }
     }
     Ok(out)
 }

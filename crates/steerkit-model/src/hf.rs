@@ -17,11 +17,12 @@ use crate::tokenizer::Tok;
 /// A Hugging Face model folder.
 pub struct HfFolder {
     pub path: PathBuf,
-    /// config.json, or for a multimodal Gemma 3 its `text_config` (see [`HfFolder::open`]).
+    /// config.json, or for a multimodal model its text model's (see [`HfFolder::open`]).
     config: Value,
     tokenizer_config: Value,
-    /// Whether config.json describes a multimodal Gemma 3 (`gemma3`) whose text model is read.
-    multimodal: bool,
+    /// config.json's `model_type` when it describes a multimodal model whose text model is
+    /// read (`gemma3`, `mistral3`).
+    multimodal: Option<String>,
 }
 
 /// transformers' Gemma3TextConfig defaults for the keys that steerkit's reading of a
@@ -35,21 +36,33 @@ const GEMMA3_TEXT_DEFAULTS: [(&str, u64); 5] = [
     ("num_attention_heads", 8),
 ];
 
-/// The text model's configuration of a multimodal Gemma 3 config.json (`model_type: gemma3`
-/// with a `text_config`): the text config with transformers' defaults where it is silent,
-/// and the top level's end-of-sequence ids and head tying where it does not say.
-fn gemma3_text_config(c: &Value) -> Value {
+/// The multimodal models whose text model steerkit reads: config.json's `model_type`, and the
+/// text model's when `text_config` does not say.
+const MULTIMODAL: [(&str, &str); 2] = [("gemma3", "gemma3_text"), ("mistral3", "mistral")];
+
+/// The text model's configuration of a multimodal config.json (`model_type` gemma3 or
+/// mistral3, with a `text_config`): the text config, with transformers' Gemma3TextConfig
+/// defaults where a Gemma 3 one is silent, the top level's end-of-sequence ids where it has
+/// none, and the head tied exactly when `head` (whether the files hold the text model's
+/// `lm_head`) says so, or, when the files cannot be read, as the text config, else the top
+/// level, says.
+fn text_config(c: &Value, text_type: &str, head: Option<bool>) -> Value {
     let mut t = c["text_config"].clone();
     let o = t.as_object_mut().expect("checked: an object");
     o.entry("model_type")
-        .or_insert_with(|| Value::String("gemma3_text".into()));
-    for (k, v) in GEMMA3_TEXT_DEFAULTS {
-        o.entry(k).or_insert_with(|| v.into());
+        .or_insert_with(|| Value::String(text_type.into()));
+    if text_type == "gemma3_text" {
+        for (k, v) in GEMMA3_TEXT_DEFAULTS {
+            o.entry(k).or_insert_with(|| v.into());
+        }
     }
     for k in ["eos_token_id", "tie_word_embeddings"] {
         if let Some(v) = c.get(k) {
             o.entry(k).or_insert_with(|| v.clone());
         }
+    }
+    if let Some(head) = head {
+        o.insert("tie_word_embeddings".into(), (!head).into());
     }
     t
 }
@@ -63,7 +76,9 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 impl HfFolder {
-    /// Opens a folder; it must hold `config.json`.
+    /// Opens a folder; it must hold `config.json`. For a multimodal model (Gemma 3 4B and up:
+    /// Gemma3ForConditionalGeneration; Mistral Small 3.1 and 3.2:
+    /// Mistral3ForConditionalGeneration) the configuration is its text model's.
     pub fn open(path: &Path) -> Result<Self> {
         let cfg = path.join("config.json");
         if !cfg.is_file() {
@@ -73,29 +88,57 @@ impl HfFolder {
             });
         }
         let tc = path.join("tokenizer_config.json");
-        let mut config = read_json(&cfg)?;
-        // Gemma 3 4B and up: the text model of Gemma3ForConditionalGeneration.
-        let multimodal = config["model_type"] == "gemma3" && config["text_config"].is_object();
-        if multimodal {
-            config = gemma3_text_config(&config);
-        }
-        Ok(HfFolder {
+        let mut f = HfFolder {
             path: path.into(),
-            config,
+            config: read_json(&cfg)?,
             tokenizer_config: if tc.is_file() {
                 read_json(&tc)?
             } else {
                 Value::Null
             },
-            multimodal,
-        })
+            multimodal: None,
+        };
+        let kind = f.config["model_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some((_, text_type)) = MULTIMODAL
+            .iter()
+            .find(|(k, _)| *k == kind && f.config["text_config"].is_object())
+        {
+            // transformers' tie flags for these disagree between versions and levels; the
+            // files say whether there is a head of its own.
+            let head = f.tensor_names().ok().map(|names| {
+                names
+                    .iter()
+                    .any(|n| n == "language_model.lm_head.weight" || n == "lm_head.weight")
+            });
+            f.config = text_config(&f.config, text_type, head);
+            f.multimodal = Some(kind);
+        }
+        Ok(f)
     }
 
-    /// Whether the folder holds a multimodal Gemma 3 (Gemma3ForConditionalGeneration), of
+    /// The multimodal model's `model_type` (`gemma3`, `mistral3`) when the folder holds one, of
     /// which steerkit reads the text model only: its vision tower and projector are neither
     /// loaded nor written back.
-    pub fn multimodal(&self) -> bool {
-        self.multimodal
+    pub fn multimodal(&self) -> Option<&str> {
+        self.multimodal.as_deref()
+    }
+
+    /// The names of the tensors in the folder's safetensors files.
+    fn tensor_names(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self.mmap()?.tensors().into_iter().map(|(n, _)| n).collect())
+    }
+
+    /// The folder's safetensors files, memory-mapped.
+    fn mmap(&self) -> Result<MmapedSafetensors> {
+        let files = self.weight_files()?;
+        // Safety: the files are memory-mapped read-only; they must not change while in use.
+        unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadFolder {
+            path: self.path.clone(),
+            what: format!("unreadable safetensors: {e}"),
+        })
     }
 
     /// The configuration from `config.json`.
@@ -134,6 +177,8 @@ impl HfFolder {
         let per_type = params.get("full_attention").is_some();
         let rope = match params {
             Value::Null => &c["rope_scaling"],
+            // transformers' Phi-3 takes `rope_scaling` over `rope_parameters` when both are there.
+            _ if arch == Arch::Phi3 && c["rope_scaling"].is_object() => &c["rope_scaling"],
             p if p.get("rope_type").is_some() || p.get("rope_theta").is_some() => p,
             p if per_type && arch == Arch::Gemma3 => &p["full_attention"],
             _ => {
@@ -156,14 +201,22 @@ impl HfFolder {
             }
             true => Some(c["rope_local_base_freq"].as_f64().unwrap_or(10_000.0)),
         };
-        // Partial rotation: transformers turns `int(head_dim * factor)` dimensions.
+        // Partial rotation (Phi-4-mini): transformers' Phi-3 turns `int(head_dim * factor)`
+        // dimensions; its other architectures here turn whole heads whatever the key says.
         let partial = rope["partial_rotary_factor"]
             .as_f64()
             .or(c["partial_rotary_factor"].as_f64())
             .filter(|f| *f != 1.0);
+        if let Some(f) = partial.filter(|_| arch != Arch::Phi3) {
+            return Err(ModelError::Config(format!(
+                "config.json asks for partial_rotary_factor {f}, which transformers' {} does not read; steerkit turns part of each head for phi3 only",
+                arch.name()
+            )));
+        }
         let rope_scaling = rope_scaling(rope, c, arch, max_position_embeddings)?;
         let rope_theta = rope["rope_theta"]
             .as_f64()
+            .or(params["rope_theta"].as_f64())
             .or(c["rope_theta"].as_f64())
             .unwrap_or(theta);
         // An output-projection bias comes with `attention_bias` outside qwen2; there is none
@@ -270,17 +323,11 @@ impl HfFolder {
     /// Loads the weights.
     pub fn model(&self, device: &Device, dtype: DType) -> Result<Model> {
         let cfg = self.config()?;
-        let files = self.weight_files()?;
-        // Safety: the files are memory-mapped read-only; they must not change while loading.
-        let st =
-            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadFolder {
-                path: self.path.clone(),
-                what: format!("unreadable safetensors: {e}"),
-            })?;
+        let st = self.mmap()?;
         let names: std::collections::HashSet<String> =
             st.tensors().into_iter().map(|(n, _)| n).collect();
         let tied = cfg.tie_word_embeddings;
-        let stored = stored_names(self.multimodal, &names);
+        let stored = stored_names(self.multimodal.is_some(), &names);
         let get = crate::weights::with_fused(&cfg, |name: &str| {
             let name = &stored(name);
             if !names.contains(name) {
@@ -378,7 +425,7 @@ impl HfFolder {
 }
 
 /// Where a text model's tensor (`model.layers.0...`, `lm_head.weight`) is stored: under its own
-/// name, or in a multimodal Gemma 3 under `language_model.` (the Hub's checkpoints, and what
+/// name, or in a multimodal model under `language_model.` (the Hub's checkpoints, and what
 /// transformers writes) or with `model.` replaced by `model.language_model.` (the names
 /// transformers 4.52-4.57 used in memory), whichever the file holds.
 fn stored_names(
@@ -600,10 +647,17 @@ fn rope_scaling(v: &Value, c: &Value, arch: Arch, max_pos: usize) -> Result<Opti
                     ))
                 })
             };
-            let ctx = v["original_max_position_embeddings"]
-                .as_f64()
-                .or(c["original_max_position_embeddings"].as_f64())
-                .or((arch == Arch::Phi3).then_some(4096.0))
+            // transformers' Phi-3 takes the top level's (4096 when absent) over the object's.
+            let ctx = match arch {
+                Arch::Phi3 => Some(
+                    c["original_max_position_embeddings"]
+                        .as_f64()
+                        .unwrap_or(4096.0),
+                ),
+                _ => v["original_max_position_embeddings"]
+                    .as_f64()
+                    .or(c["original_max_position_embeddings"].as_f64()),
+            }
                 .ok_or_else(|| {
                     ModelError::Config(
                         "config.json's longrope rope_scaling has no original_max_position_embeddings".into(),

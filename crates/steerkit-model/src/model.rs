@@ -655,7 +655,7 @@ impl Model {
         Ok(p)
     }
 
-    /// cos/sin tables `[batch, seq, head_dim/2]` of block `layer` for the positions of the new
+    /// cos/sin tables `[batch, seq, rotated_dims/2]` of block `layer` for the positions of the new
     /// columns. Row `b` has `pads[b]` pad columns starting at column `pad_at`; columns after
     /// them continue the positions of those before.
     fn rope_tables(

@@ -31,7 +31,18 @@ impl SharedPrefix {
         hook: &mut dyn Hook,
     ) -> Result<Self> {
         let shortest = rows.iter().map(Vec::len).min().unwrap_or(0);
-        let len = shared_prefix_len(&rows).min(shortest.saturating_sub(keep));
+        let mut len = shared_prefix_len(&rows).min(shortest.saturating_sub(keep));
+        // Under LongRoPE a row longer than the original context turns every position with the
+        // long factors, the shared ones too: it cannot continue from keys the prefix computed
+        // alone (with the short ones).
+        let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if model
+            .cfg
+            .longrope_context()
+            .is_some_and(|ctx| longest > ctx)
+        {
+            len = 0;
+        }
         let (cache, out) = match rows.first() {
             Some(r) => model.prefix_cache(&r[..len], top, hook)?,
             None => (KvCache::new(), None),

@@ -249,7 +249,7 @@ fn phi4_mini_tiny_logits_match_reference() {
 /// keeps the fused tensor alive). Saved again, the folder holds the fused
 /// tensors, byte for byte, and none of the parts; a model whose fused tensor has other rows
 /// than its configuration implies is an error naming it, and so is LongRoPE without its
-/// factors or with too few, or a partial rotation that turns no dimension.
+/// factors or with too few, or a partial rotation that turns no dimension or an odd number.
 #[test]
 fn phi3_tiny_logits_match_reference() {
     let (m, fx) = gemma_fixture("phi3_tiny");
@@ -342,7 +342,12 @@ fn phi3_tiny_logits_match_reference() {
         (
             "partial_rotary_factor",
             serde_json::json!(0.1),
-            "(rotary_dim 0)",
+            "an even number of a head's 8 dimensions, at least 2 (rotary_dim 0)",
+        ),
+        (
+            "partial_rotary_factor",
+            serde_json::json!(0.375),
+            "(rotary_dim 3)",
         ),
     ] {
         let d = copy_with("phi3_tiny", |cfg| cfg[key] = value);
@@ -411,7 +416,7 @@ fn multimodal_gemma3_folder_reads_its_text_model() {
         });
         std::fs::write(d.path().join("config.json"), config.to_string()).unwrap();
         let f = steerkit_model::hf::HfFolder::open(d.path()).unwrap();
-        assert!(f.multimodal());
+        assert_eq!(f.multimodal(), Some("gemma3"));
         let m = f.model(&Device::Cpu, DType::F32).unwrap();
         assert_eq!(windows(&m.cfg), (Some(3), vec![2], Some(10_000.0)));
         check_all_positions(&m, &fx["cases"], &format!("multimodal gemma3 tiny, {how}"));

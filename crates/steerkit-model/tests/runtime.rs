@@ -863,30 +863,16 @@ fn yarn_rope_scaling_from_config_json() {
     v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
     let cfg = config_of(&v5).unwrap();
     assert_eq!((cfg.rope_theta, cfg.rope_scaling), (5e5, None));
-    // Partial rotation, as transformers counts it: int(head_dim * factor) dimensions, from
-    // rope_parameters or the top level.
-    v5["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(0.5);
-    assert_eq!(config_of(&v5).unwrap().rotary_dim, Some(8));
-    v5["rope_parameters"]
-        .as_object_mut()
-        .unwrap()
-        .remove("partial_rotary_factor");
-    v5["partial_rotary_factor"] = serde_json::json!(0.75);
-    assert_eq!(config_of(&v5).unwrap().rotary_dim, Some(12));
+    // Partial rotation is Phi-3's: transformers' Qwen3 turns whole heads whatever the key
+    // says, so steerkit refuses it there rather than compute something else.
+    v5["partial_rotary_factor"] = serde_json::json!(0.5);
+    let err = config_of(&v5).unwrap_err().to_string();
+    assert!(err.contains("phi3 only"), "{err}");
     v5.as_object_mut().unwrap().remove("partial_rotary_factor");
-    v5["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
     for (params, needle) in [
         (
             serde_json::json!({"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": 1e4}}),
             "per layer type",
-        ),
-        (
-            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.05}),
-            "an even number of a head's 16 dimensions, at least 2 (rotary_dim 0)",
-        ),
-        (
-            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.2}),
-            "(rotary_dim 3)",
         ),
         (
             serde_json::json!({"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}),
@@ -1141,5 +1127,112 @@ fn gemma_is_not_run_in_f16() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("overflow f16"), "{err}");
+    }
+}
+
+/// LongRoPE past the original context (the tiny phi3's is 64 positions), as transformers'
+/// Phi-3 computes it, the long factors at every position of a sequence once it is longer:
+/// greedy decoding that crosses 64 positions picks at every step the top token of a full
+/// forward of everything before it (the cache is rebuilt at the crossing), and in a batch
+/// with a shared prefix a row longer than 64 gets the last logits it gets alone (no shared
+/// keys from the short factors), beside a short row that gets its own.
+#[test]
+fn longrope_past_the_original_context_equals_a_full_forward() {
+    use steerkit_model::{generate, GenerateOptions, Sampling};
+    let m = tiny(Arch::Phi3, DType::F32);
+    assert_eq!(m.cfg.longrope_context(), Some(64));
+    let long: Vec<u32> = (0..60u32).map(|i| (7 * i + 3) % 64).collect();
+    let short: Vec<u32> = long[..12].to_vec();
+    let opts = GenerateOptions {
+        max_new_tokens: 10,
+        sampling: Sampling::Greedy,
+        stop_ids: vec![],
+        pad_id: 0,
+        keep_first_logprobs: false,
+    };
+    let g = generate(
+        &m,
+        &[long.clone(), short.clone()],
+        &opts,
+        &mut NoHook,
+        &mut |_| {},
+    )
+    .unwrap();
+    for (prompt, out) in [(&long, &g[0]), (&short, &g[1])] {
+        let mut seq = prompt.clone();
+        assert_eq!(out.ids.len(), 10);
+        for &tok in &out.ids {
+            let l: Vec<f32> = logits(&m, std::slice::from_ref(&seq), &mut NoHook)
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(
+                tok,
+                steerkit_model::generate::argmax(&l),
+                "{} tokens",
+                seq.len()
+            );
+            seq.push(tok);
+        }
+    }
+    // Rows sharing their first 12 tokens: one of 70 tokens, one of 14.
+    let longer: Vec<u32> = (0..70u32).map(|i| (7 * i + 3) % 64).collect();
+    let rows = vec![longer.clone(), [&short[..], &[5, 9]].concat()];
+    let batch = m.last_logits_of(rows.clone(), 0, 2, &mut NoHook).unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let alone = logits(&m, std::slice::from_ref(r), &mut NoHook);
+        let d = max_diff(&batch.narrow(0, i, 1).unwrap(), &alone);
+        assert!(d < 1e-5, "row {i} ({} tokens): {d}", r.len());
+    }
+}
+
+/// A multimodal Mistral 3 folder (Mistral3ForConditionalGeneration: Mistral Small 3.1 and
+/// 3.2; the text model's config in `text_config`, its tensors under `language_model.`, a
+/// vision tower beside) is read as its text model, tied or with a head of its own as the
+/// files say (transformers 5.24 writes `tie_word_embeddings: true` at the top of either), and
+/// computes what the text model's own folder computes.
+#[test]
+fn multimodal_mistral3_folder_reads_its_text_model() {
+    for tied in [true, false] {
+        let mut cfg = tiny_config(Arch::Mistral, 64);
+        cfg.tie_word_embeddings = tied;
+        let m = random_model(cfg, DType::F32, 3).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let text = d.path().join("text");
+        steerkit_model::hf::save_folder(&m, None, None, &text).unwrap();
+        let mm = d.path().join("multimodal");
+        std::fs::create_dir_all(&mm).unwrap();
+        let text_config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(text.join("config.json")).unwrap())
+                .unwrap();
+        let config = serde_json::json!({
+            "architectures": ["Mistral3ForConditionalGeneration"],
+            "model_type": "mistral3",
+            "text_config": text_config,
+            "vision_config": {"model_type": "pixtral"},
+            "tie_word_embeddings": true,
+        });
+        std::fs::write(mm.join("config.json"), config.to_string()).unwrap();
+        let mut stored: std::collections::HashMap<String, Tensor> = m
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| (format!("language_model.{n}"), t))
+            .collect();
+        stored.insert(
+            "multi_modal_projector.linear_1.weight".into(),
+            Tensor::ones((4, 4), DType::F32, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&stored, mm.join("model.safetensors")).unwrap();
+        let f = steerkit_model::hf::HfFolder::open(&mm).unwrap();
+        assert_eq!(f.multimodal(), Some("mistral3"));
+        let back = f.model(&Device::Cpu, DType::F32).unwrap();
+        assert_eq!(back.cfg.tie_word_embeddings, tied);
+        assert_eq!(back.cfg.arch, Arch::Mistral);
+        let d = max_diff(
+            &logits(&m, &rows(), &mut NoHook),
+            &logits(&back, &rows(), &mut NoHook),
+        );
+        assert_eq!(d, 0.0, "tied {tied}");
     }
 }
