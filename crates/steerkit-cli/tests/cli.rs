@@ -349,6 +349,37 @@ fn multimodal_gemma3_exports_its_text_model(text: &Path, dir: &Path) {
     }
 }
 
+/// A Granite folder (tiny and random, with SmolLM2's tokenizer and template; its four scalars
+/// far from 1): inspect, generation, ACTOR on attention and MLP, export as a patched folder
+/// that holds the trained block and keeps the scalars, and as a GGUF file that loads back
+/// with them.
+#[test]
+fn granite_folder_trains_and_exports() {
+    let d = tmpdir("granite");
+    let folder = tiny_folder_of(d.path(), Arch::Granite);
+    let f = folder.to_str().unwrap();
+    let run = d.path().join("run");
+    let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
+    assert_eq!(v["architecture"].as_str(), Some("granite"));
+    let patched = d.path().join("patched");
+    let back = export_patched(f, &run, &patched);
+    let n = "model.layers.1.mlp.down_proj.weight";
+    let gap = steerkit_model::random::max_abs_diff(&back[n], &trained[n]).unwrap();
+    assert_eq!(gap, 0.0);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(patched.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["residual_multiplier"], 0.5);
+    let gguf = d.path().join("m.gguf");
+    assert_ok(&export_gguf(f, &[], &gguf));
+    let m = Gguf::open(&gguf)
+        .unwrap()
+        .model(&candle_core::Device::Cpu, DType::F32)
+        .unwrap();
+    assert_eq!(m.cfg.arch, Arch::Granite);
+    assert_eq!(m.cfg.multipliers.map(|g| g.logits_scaling), Some(4.0));
+}
+
 /// A Phi-3 folder (tiny and random, with SmolLM2's tokenizer and template), stored fused as
 /// Phi-3 checkpoints are (`qkv_proj`, `gate_up_proj`), with Phi-4-mini's partial rotation and
 /// LongRoPE: inspect, generation, ACTOR on attention and MLP, export as a patched folder whose
@@ -698,7 +729,7 @@ fn bad_input_is_one_clear_error() {
     .unwrap();
     assert_clean_error(
         &steerkit(&["inspect", "-m", folder.to_str().unwrap()]),
-        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3;",
+        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite;",
     );
     // Shapes that do not match config.json.
     std::fs::write(

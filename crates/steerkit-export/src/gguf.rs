@@ -78,6 +78,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Gemma3 => "gemma3",
         Arch::Gemma2 => "gemma2",
         Arch::Phi3 => "phi3",
+        Arch::Granite => "granite",
     }
 }
 
@@ -187,6 +188,15 @@ pub fn metadata(
     m.extend(hp.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
     if cfg.arch.gemma() {
         m.extend(gemma_keys(cfg)?);
+    }
+    if let Some(g) = cfg.multipliers {
+        let values = [g.embedding, g.residual, g.attention, g.logits_scaling];
+        m.extend(
+            steerkit_model::gguf::GRANITE_KEYS
+                .iter()
+                .zip(values)
+                .map(|(k, v)| (format!("{arch}.{k}"), Value::F32(v as f32))),
+        );
     }
     m.extend([
         (

@@ -637,20 +637,9 @@ fn phi3_gguf_round_trip_and_refusals() {
         vec![3u32, 1, 4, 1, 5],
         (0..70u32).map(|i| 7 * i + 2).collect(),
     ];
-    let logits = |m: &steerkit_model::Model| {
-        let (ids, pads) = steerkit_model::left_pad(&rows, 0, cpu).unwrap();
-        m.last_logits(&ids, &pads, &mut steerkit_model::NoHook)
-            .unwrap()
-    };
-    // Within f16's rounding of the weights, which is far less than what RoPE's scaling does.
-    let gap = max_abs_diff(&logits(&m), &logits(&back.model)).unwrap();
-    let mut plain = back.model.clone();
-    plain.cfg.rope_scaling = None;
-    let scaling = max_abs_diff(&logits(&back.model), &logits(&plain)).unwrap();
-    assert!(
-        gap < 0.05 && scaling > 10.0 * gap,
-        "f16 GGUF against the f32 model: {gap}; without the scaling: {scaling}"
-    );
+    close_but_for(&m, &back.model, &rows, 0.05, "RoPE's scaling", |c| {
+        c.rope_scaling = None
+    });
 
     let one = d.path().join("one.gguf");
     rewrite(&out, &one, |_, tensors| {
@@ -676,4 +665,70 @@ fn phi3_gguf_round_trip_and_refusals() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("turns 6 of each head's 8 dimensions"), "{err}");
+}
+
+/// A Granite model exports to GGUF as llama.cpp's `granite` (q/k rows permuted as for llama,
+/// the four scalars under llama.cpp's keys) and loads back with the same scalars (to f32)
+/// and within f16 rounding of its logits (`scripts/check_granite_llamacpp.py` runs such a
+/// file in llama.cpp).
+#[test]
+fn granite_gguf_round_trip() {
+    use steerkit_model::random::{random_model, tiny_config};
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let cfg = tiny_config(steerkit_model::Arch::Granite, tok.vocab_size());
+    let m = random_model(cfg, DType::F32, 5).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("granite.gguf");
+    let meta = metadata(&m.cfg, &tok, &chat, "granite").unwrap();
+    write(&m, &meta, GgufType::F16, &out).unwrap();
+    let k = keys(&out);
+    assert_eq!(k["general.architecture"], "String(\"granite\")");
+    assert_eq!(k["granite.logit_scale"], "F32(4.0)");
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let (a, b) = (
+        m.cfg.multipliers.unwrap(),
+        back.model.cfg.multipliers.unwrap(),
+    );
+    for (x, y) in [
+        (a.embedding, b.embedding),
+        (a.residual, b.residual),
+        (a.attention, b.attention),
+        (a.logits_scaling, b.logits_scaling),
+    ] {
+        assert_eq!(x as f32, y as f32);
+    }
+    let rows = [vec![3u32, 1, 4, 1, 5], vec![9u32, 2, 6]];
+    close_but_for(&m, &back.model, &rows, 0.02, "the scalars", |c| {
+        c.multipliers = None
+    });
+}
+
+/// Asserts that the model read back from GGUF, `back`, gives `m`'s last logits on `rows`
+/// within `tol` (f16's rounding of the weights), and that what the test is about (`what`,
+/// removed from `back`'s configuration by `strip`) moves them ten times more.
+fn close_but_for(
+    m: &steerkit_model::Model,
+    back: &steerkit_model::Model,
+    rows: &[Vec<u32>],
+    tol: f64,
+    what: &str,
+    strip: impl FnOnce(&mut steerkit_model::Config),
+) {
+    let cpu = &candle_core::Device::Cpu;
+    let logits = |m: &steerkit_model::Model| {
+        let (ids, pads) = steerkit_model::left_pad(rows, 0, cpu).unwrap();
+        m.last_logits(&ids, &pads, &mut steerkit_model::NoHook)
+            .unwrap()
+    };
+    let diff = steerkit_model::random::max_abs_diff;
+    let gap = diff(&logits(m), &logits(back)).unwrap();
+    let mut plain = back.clone();
+    strip(&mut plain.cfg);
+    let effect = diff(&logits(back), &logits(&plain)).unwrap();
+    assert!(
+        gap < tol && effect > 10.0 * gap,
+        "f16 GGUF against the f32 model: {gap}; without {what}: {effect}"
+    );
 }

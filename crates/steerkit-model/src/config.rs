@@ -36,6 +36,12 @@ pub enum Arch {
     /// ([`RopeScaling::LongRope`]); Phi-4-mini also rotates only part of each head
     /// ([`Config::rotary_dim`]).
     Phi3,
+    /// IBM Granite 3 (`granite`: GraniteForCausalLM): Llama's block with four scalars: the
+    /// embedding is multiplied by `embedding_multiplier`, each sublayer's output by
+    /// `residual_multiplier` before it joins the residual, attention logits by
+    /// `attention_multiplier` (in place of `head_dim^-1/2`), and the logits divided by
+    /// `logits_scaling`.
+    Granite,
 }
 
 impl Arch {
@@ -49,6 +55,7 @@ impl Arch {
             "gemma3_text" => Ok(Arch::Gemma3),
             "gemma2" => Ok(Arch::Gemma2),
             "phi3" => Ok(Arch::Phi3),
+            "granite" => Ok(Arch::Granite),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -64,6 +71,7 @@ impl Arch {
             Arch::Gemma3 => "gemma3_text",
             Arch::Gemma2 => "gemma2",
             Arch::Phi3 => "phi3",
+            Arch::Granite => "granite",
         }
     }
 
@@ -162,6 +170,24 @@ pub struct Config {
     /// whole heads (left out of the serialized form, as for `rope_scaling`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotary_dim: Option<usize>,
+    /// Granite's scalars ([`Arch::Granite`]); `None` elsewhere (left out of the serialized
+    /// form then, as for `rope_scaling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multipliers: Option<Multipliers>,
+}
+
+/// Granite's four scalars (transformers' GraniteConfig names; each 1 when config.json is
+/// silent).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Multipliers {
+    /// The embedding is multiplied by it.
+    pub embedding: f64,
+    /// Each sublayer's output is multiplied by it before it joins the residual.
+    pub residual: f64,
+    /// Attention logits are `q·k` times this (not `head_dim^-1/2`).
+    pub attention: f64,
+    /// The logits are divided by it.
+    pub logits_scaling: f64,
 }
 
 /// RoPE scaling: each rotation frequency `θ^(-2i/d)` is divided by a factor of its own.
@@ -291,9 +317,12 @@ impl Config {
             .collect()
     }
 
-    /// The factor attention logits are multiplied by: `query_pre_attn_scalar^-1/2` when set,
-    /// else `head_dim^-1/2`.
+    /// The factor attention logits are multiplied by: Granite's `attention_multiplier`,
+    /// `query_pre_attn_scalar^-1/2` when set, else `head_dim^-1/2`.
     pub fn attention_scale(&self) -> f64 {
+        if let Some(m) = self.multipliers {
+            return m.attention;
+        }
         1.0 / self
             .query_pre_attn_scalar
             .unwrap_or(self.head_dim as f64)
@@ -425,6 +454,15 @@ impl Config {
             && !matches!(self.rope_scaling, None | Some(RopeScaling::LongRope { .. }))
         {
             return bad("a phi3 model's RoPE scaling is LongRoPE or none".into());
+        }
+        if let Some(m) = self.multipliers {
+            let all = [m.embedding, m.residual, m.attention, m.logits_scaling];
+            if all.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return bad(format!(
+                    "Granite's multipliers must be positive and finite (embedding {}, residual {}, attention {}, logits scaling {})",
+                    m.embedding, m.residual, m.attention, m.logits_scaling
+                ));
+            }
         }
         if self.sliding_window == Some(0) {
             return bad("a sliding window of 0 positions attends to nothing".into());
@@ -568,6 +606,7 @@ impl Config {
             Arch::Gemma3 => "Gemma3ForCausalLM",
             Arch::Gemma2 => "Gemma2ForCausalLM",
             Arch::Phi3 => "Phi3ForCausalLM",
+            Arch::Granite => "GraniteForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],
@@ -595,6 +634,12 @@ impl Config {
         if let Some(s) = self.query_pre_attn_scalar {
             // An integer where it is one: transformers 5.24's Gemma configs refuse 8.0.
             j["query_pre_attn_scalar"] = context_json(s);
+        }
+        if let Some(m) = self.multipliers {
+            j["embedding_multiplier"] = m.embedding.into();
+            j["residual_multiplier"] = m.residual.into();
+            j["attention_multiplier"] = m.attention.into();
+            j["logits_scaling"] = m.logits_scaling.into();
         }
         if let Some(r) = self.rotary_dim {
             // transformers turns `int(head_dim * factor)` dimensions: the factor must not

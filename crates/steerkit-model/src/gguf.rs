@@ -181,6 +181,10 @@ impl Gguf {
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             rotary_dim,
+            multipliers: match arch {
+                Arch::Granite => Some(self.granite_multipliers(name)?),
+                _ => None,
+            },
         };
         let cfg = match arch.gemma() {
             true => self.gemma(cfg, name)?,
@@ -211,6 +215,19 @@ impl Gguf {
         cfg.query_pre_attn_scalar = Some(llamacpp_gemma_attn_scalar(&cfg));
         cfg.hidden_act = crate::config::Activation::GeluTanh;
         Ok(cfg)
+    }
+
+    /// Granite's scalars as llama.cpp stores them: `embedding_scale`, `residual_scale`,
+    /// `attention.scale` and `logit_scale` (1 when absent, as llama.cpp reads them).
+    fn granite_multipliers(&self, arch: &str) -> Result<crate::config::Multipliers> {
+        let get =
+            |k: &str| -> Result<f64> { Ok(self.meta_f(&format!("{arch}.{k}"))?.unwrap_or(1.0)) };
+        Ok(crate::config::Multipliers {
+            embedding: get(GRANITE_KEYS[0])?,
+            residual: get(GRANITE_KEYS[1])?,
+            attention: get(GRANITE_KEYS[2])?,
+            logits_scaling: get(GRANITE_KEYS[3])?,
+        })
     }
 
     /// RoPE scaling as llama.cpp reads it. `yarn`: `rope.scaling.factor`, the original context
@@ -467,7 +484,7 @@ pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// Whether an architecture's GGUF files store q/k rows permuted.
 pub fn qk_permuted(arch: Arch) -> bool {
-    matches!(arch, Arch::Llama | Arch::Mistral)
+    matches!(arch, Arch::Llama | Arch::Mistral | Arch::Granite)
 }
 
 /// What llama.cpp adds to the GGUF tensor `name` of an `arch` model: Gemma's norms are stored
@@ -501,6 +518,15 @@ pub fn llamacpp_gemma_attn_scalar(cfg: &Config) -> f64 {
         _ => cfg.head_dim as f64,
     }
 }
+
+/// llama.cpp's keys (after `{arch}.`) for Granite's embedding, residual and attention
+/// multipliers and its logits scaling, in that order.
+pub const GRANITE_KEYS: [&str; 4] = [
+    "embedding_scale",
+    "residual_scale",
+    "attention.scale",
+    "logit_scale",
+];
 
 /// LongRoPE's two sets of frequency divisors in a GGUF file, long then short.
 pub const LONGROPE_TENSORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];

@@ -274,6 +274,16 @@ impl HfFolder {
             attn_logit_softcapping,
             final_logit_softcapping,
             rotary_dim: partial.map(|f| (head_dim as f64 * f) as usize),
+            // GraniteConfig's defaults: 1 each.
+            multipliers: (arch == Arch::Granite).then(|| {
+                let get = |k: &str| c[k].as_f64().unwrap_or(1.0);
+                crate::config::Multipliers {
+                    embedding: get("embedding_multiplier"),
+                    residual: get("residual_multiplier"),
+                    attention: get("attention_multiplier"),
+                    logits_scaling: get("logits_scaling"),
+                }
+            }),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -519,7 +529,7 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         }
     };
     Ok(match arch {
-        Arch::Llama => (None, vec![]),
+        Arch::Llama | Arch::Granite => (None, vec![]),
         Arch::Mistral | Arch::Phi3 => (window, vec![]),
         Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() != Some(true) => {
             (None, vec![])

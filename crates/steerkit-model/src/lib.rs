@@ -32,7 +32,7 @@ pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{Activation, Arch, Config, RopeScaling};
+pub use config::{Activation, Arch, Config, Multipliers, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generated, Sampling};
 pub use hooks::{Ablate, Add, Chain, Hook, HookCtx, HookPoint, NoHook, Record, Site};

@@ -346,6 +346,9 @@ impl Model {
             // sqrt(hidden_size), rounded to the compute dtype as transformers does.
             return Ok((x * (self.cfg.hidden_size as f64).sqrt())?);
         }
+        if let Some(m) = self.cfg.multipliers {
+            return Ok((x * m.embedding)?);
+        }
         Ok(x)
     }
 
@@ -561,6 +564,10 @@ impl Model {
             bias: None,
         }
         .forward(h)?;
+        let logits = match self.cfg.multipliers {
+            Some(m) => (logits / m.logits_scaling)?,
+            None => logits,
+        };
         softcap(logits, self.cfg.final_logit_softcapping)
     }
 
@@ -582,10 +589,15 @@ impl Model {
         self.post_norm(m, blk.post_mlp_norm.as_ref(), mode)
     }
 
-    /// `x` normed by `w` where the architecture norms a sublayer's output (gemma), else `x`.
+    /// A sublayer's output `x` as it joins the residual: normed by `w` where the architecture
+    /// norms it (gemma), times Granite's residual multiplier.
     fn post_norm(&self, x: Tensor, w: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
-        match w {
-            Some(w) => self.rms_norm(&x, w, mode),
+        let x = match w {
+            Some(w) => self.rms_norm(&x, w, mode)?,
+            None => x,
+        };
+        match self.cfg.multipliers {
+            Some(m) => Ok((x * m.residual)?),
             None => Ok(x),
         }
     }

@@ -201,6 +201,56 @@ fn gemma2_tiny_logits_match_reference() {
     assert!(gap > 0.1, "the caps change the logits by {gap} only");
 }
 
+/// The tiny random Granite folder of `scripts/reference_granite.py` (embedding, residual and
+/// attention multipliers and a logits scaling, all far from 1; an untied head): the logits at
+/// every position equal the script's float64 forward (which
+/// `scripts/check_fixture_transformers.py` checks against transformers), and the folder
+/// saved again writes the four scalars under transformers' names and computes the same. The
+/// scalars default to 1 when config.json leaves them out, as in GraniteConfig.
+#[test]
+fn granite_tiny_logits_match_reference() {
+    let (m, fx) = gemma_fixture("granite_tiny");
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::Granite);
+    let g = m.cfg.multipliers.expect("Granite's scalars");
+    assert_eq!(
+        (g.embedding, g.residual, g.attention, g.logits_scaling),
+        (3.0, 0.5, 0.2, 4.0)
+    );
+    check_all_positions(&m, &fx["cases"], "granite tiny");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "granite");
+    assert_eq!(cfg["attention_multiplier"], 0.2);
+    assert_eq!(cfg["logits_scaling"], 4.0);
+    check_all_positions(
+        &qwen3_model(&dir),
+        &fx["cases"],
+        "granite tiny, saved again",
+    );
+    let d = copy_with("granite_tiny", |cfg| {
+        for k in [
+            "embedding_multiplier",
+            "residual_multiplier",
+            "attention_multiplier",
+            "logits_scaling",
+        ] {
+            cfg.as_object_mut().unwrap().remove(k);
+        }
+    });
+    let c = steerkit_model::hf::HfFolder::open(d.path())
+        .unwrap()
+        .config()
+        .unwrap();
+    let g = c.multipliers.expect("defaults");
+    assert_eq!(
+        (g.embedding, g.residual, g.attention, g.logits_scaling),
+        (1.0, 1.0, 1.0, 1.0)
+    );
+}
+
 /// The tiny random Phi-4-mini-shaped folder of `scripts/reference_phi3.py --phi4-mini`: RoPE
 /// turns 12 of each head's 16 dimensions and is scaled by LongRoPE, short factors for the
 /// 5-token sequence and long ones for the 9- and 13-token sequences, which go past the

@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 7] = [
+const ARCHS: [Arch; 8] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -22,6 +22,8 @@ const ARCHS: [Arch; 7] = [
     Arch::Gemma2,
     // Partial rotation and LongRoPE (tiny_config).
     Arch::Phi3,
+    // Embedding, residual, attention and logit multipliers (tiny_config).
+    Arch::Granite,
 ];
 
 /// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as
