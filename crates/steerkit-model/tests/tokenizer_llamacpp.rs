@@ -174,3 +174,57 @@ fn qwen3_template_renders_as_jinja2_without_thinking() {
         "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     );
 }
+
+/// `strftime_now`, which transformers gives chat templates (Llama 3.2's system header): the
+/// directives templates use, against Python's
+/// `datetime.strftime` on fixed instants (a leap day, the epoch, a Thursday in 2025), today's
+/// UTC date in a rendered template, and an unknown directive a template error.
+#[test]
+fn templates_get_strftime_now() {
+    use steerkit_model::template::strftime;
+    let f = "%Y-%m-%d %H:%M:%S %B %b %A %a %e|%d %b %Y|%j %y %%";
+    for (ts, want) in [
+        (
+            0,
+            "1970-01-01 00:00:00 January Jan Thursday Thu  1|01 Jan 1970|001 70 %",
+        ),
+        (
+            951_782_400,
+            "2000-02-29 00:00:00 February Feb Tuesday Tue 29|29 Feb 2000|060 00 %",
+        ),
+        (
+            1_764_201_600,
+            "2025-11-27 00:00:00 November Nov Thursday Thu 27|27 Nov 2025|331 25 %",
+        ),
+        (
+            1_709_210_096,
+            "2024-02-29 12:34:56 February Feb Thursday Thu 29|29 Feb 2024|060 24 %",
+        ),
+    ] {
+        assert_eq!(strftime(f, ts).unwrap(), want, "{ts}");
+    }
+    let chat = ChatTemplate::new(
+        "{{ strftime_now('%Y-%m-%d') }} {% for m in messages %}{{ m.content }}{% endfor %}",
+        "",
+        "",
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let text = chat.render(&[Message::new("user", "hi")], true).unwrap();
+    // Today's date, unless the test straddles midnight.
+    let today = strftime("%Y-%m-%d", now).unwrap();
+    let later = strftime("%Y-%m-%d", now + 5).unwrap();
+    assert!(
+        text == format!("{today} hi") || text == format!("{later} hi"),
+        "{text}"
+    );
+    // Refused when the template is read (its first rendering) or rendered.
+    let err = match ChatTemplate::new("{{ strftime_now('%Q') }}", "", "") {
+        Ok(t) => t.render(&[], true).unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("%Q"), "{err}");
+}
