@@ -64,12 +64,18 @@ def granite_weights(cfg, seed=20261128):
 
 
 def forward(cfg, w, ids):
+    """Llama's block with Granite's scalars (each as GraniteConfig defaults it when absent, the
+    attention one as Llama's head_dim^-1/2 then) and SmolLM3's `no_rope_layers` (RoPE only
+    where 1; everywhere when absent); the head tied unless `lm_head.weight` is there."""
     W = {k: v.astype(np.float64) for k, v in w.items()}
     eps = cfg["rms_norm_eps"]
-    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
-    res = cfg["residual_multiplier"]
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // nh
+    rope_cfg = dict(cfg, head_dim=hd)
+    res = cfg.get("residual_multiplier", 1.0)
+    rotate = cfg.get("no_rope_layers") or [1] * cfg["num_hidden_layers"]
     t = len(ids)
-    h = W["model.embed_tokens.weight"][ids] * cfg["embedding_multiplier"]
+    h = W["model.embed_tokens.weight"][ids] * cfg.get("embedding_multiplier", 1.0)
     causal = np.triu(np.full((t, t), -np.inf), k=1)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
@@ -77,15 +83,17 @@ def forward(cfg, w, ids):
         q = (x @ W[f"{p}.self_attn.q_proj.weight"].T).reshape(t, nh, hd).transpose(1, 0, 2)
         k = (x @ W[f"{p}.self_attn.k_proj.weight"].T).reshape(t, nkv, hd).transpose(1, 0, 2)
         v = (x @ W[f"{p}.self_attn.v_proj.weight"].T).reshape(t, nkv, hd).transpose(1, 0, 2)
-        q, k = rope(q, cfg), rope(k, cfg)
-        mix = attend(q, k, v, cfg["attention_multiplier"], causal)
+        if rotate[layer]:
+            q, k = rope(q, rope_cfg), rope(k, rope_cfg)
+        mix = attend(q, k, v, cfg.get("attention_multiplier", hd ** -0.5), causal)
         h = h + (mix @ W[f"{p}.self_attn.o_proj.weight"].T) * res
         x = rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps)
         gate = x @ W[f"{p}.mlp.gate_proj.weight"].T
         up = x @ W[f"{p}.mlp.up_proj.weight"].T
         h = h + ((gate / (1.0 + np.exp(-gate)) * up) @ W[f"{p}.mlp.down_proj.weight"].T) * res
     h = rmsnorm(h, W["model.norm.weight"], eps)
-    return (h @ W["lm_head.weight"].T) / cfg["logits_scaling"]
+    head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    return (h @ head.T) / cfg.get("logits_scaling", 1.0)
 
 
 def main():

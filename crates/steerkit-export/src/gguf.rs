@@ -79,6 +79,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Gemma2 => "gemma2",
         Arch::Phi3 => "phi3",
         Arch::Granite => "granite",
+        Arch::SmolLm3 => "smollm3",
     }
 }
 
@@ -153,6 +154,14 @@ pub fn metadata(
     name: &str,
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
+    if cfg.nope_layers != steerkit_model::gguf::llamacpp_nope_layers(cfg.num_layers)
+        && cfg.arch == Arch::SmolLm3
+    {
+        return Err(ModelError::Config(format!(
+            "this smollm3 model runs blocks {:?} without RoPE; llama.cpp's smollm3 fixes every fourth, so it has no GGUF form; export it as safetensors",
+            cfg.nope_layers
+        )));
+    }
     if cfg.rotary_dim.is_some() && qk_permuted(cfg.arch) {
         return Err(ModelError::Config(format!(
             "this {arch} model turns {} of each head's {} dimensions; llama.cpp's {arch} stores q/k rows for interleaved RoPE over whole heads, so it has no GGUF form; export it as safetensors",

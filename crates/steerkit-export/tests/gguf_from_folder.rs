@@ -669,7 +669,7 @@ fn phi3_gguf_round_trip_and_refusals() {
 
 /// A Granite model exports to GGUF as llama.cpp's `granite` (q/k rows permuted as for llama,
 /// the four scalars under llama.cpp's keys) and loads back with the same scalars (to f32)
-/// and within f16 rounding of its logits (`scripts/check_granite_llamacpp.py` runs such a
+/// and within f16 rounding of its logits (`scripts/check_llama_variants_llamacpp.py` runs such a
 /// file in llama.cpp).
 #[test]
 fn granite_gguf_round_trip() {
@@ -731,4 +731,35 @@ fn close_but_for(
         gap < tol && effect > 10.0 * gap,
         "f16 GGUF against the f32 model: {gap}; without {what}: {effect}"
     );
+}
+
+/// A SmolLM3 model whose blocks without RoPE are every fourth (the real models' pattern, which
+/// llama.cpp's `smollm3` fixes) exports to GGUF and loads back with them and within f16
+/// rounding (`scripts/check_llama_variants_llamacpp.py` runs such a file in llama.cpp); one with
+/// another pattern has no GGUF form and is refused.
+#[test]
+fn smollm3_gguf_round_trip() {
+    use steerkit_model::random::{random_model, tiny_config};
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let mut cfg = tiny_config(steerkit_model::Arch::SmolLm3, tok.vocab_size());
+    let err = metadata(&cfg, &tok, &chat, "smollm3")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("blocks [1] without RoPE"), "{err}");
+    cfg.num_layers = 4;
+    cfg.nope_layers = vec![3];
+    let m = random_model(cfg, DType::F32, 6).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("smollm3.gguf");
+    let meta = metadata(&m.cfg, &tok, &chat, "smollm3").unwrap();
+    write(&m, &meta, GgufType::F16, &out).unwrap();
+    assert_eq!(keys(&out)["general.architecture"], "String(\"smollm3\")");
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.nope_layers, vec![3]);
+    let rows = [vec![3u32, 1, 4, 1, 5, 9, 2, 6], vec![9u32, 2, 6]];
+    close_but_for(&m, &back.model, &rows, 0.02, "NoPE", |c| {
+        c.nope_layers.clear()
+    });
 }

@@ -42,6 +42,9 @@ pub enum Arch {
     /// `attention_multiplier` (in place of `head_dim^-1/2`), and the logits divided by
     /// `logits_scaling`.
     Granite,
+    /// SmolLM3 (`smollm3`): Llama's block, with no RoPE in the blocks `no_rope_layers` marks 0
+    /// (every fourth: [`Config::nope_layers`]).
+    SmolLm3,
 }
 
 impl Arch {
@@ -56,6 +59,7 @@ impl Arch {
             "gemma2" => Ok(Arch::Gemma2),
             "phi3" => Ok(Arch::Phi3),
             "granite" => Ok(Arch::Granite),
+            "smollm3" => Ok(Arch::SmolLm3),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -72,6 +76,7 @@ impl Arch {
             Arch::Gemma2 => "gemma2",
             Arch::Phi3 => "phi3",
             Arch::Granite => "granite",
+            Arch::SmolLm3 => "smollm3",
         }
     }
 
@@ -170,6 +175,11 @@ pub struct Config {
     /// whole heads (left out of the serialized form, as for `rope_scaling`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotary_dim: Option<usize>,
+    /// The blocks whose attention turns nothing (NoPE: SmolLM3's every fourth block).
+    /// Empty: every block rotates (left out of the serialized form then, as for
+    /// `rope_scaling`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nope_layers: Vec<usize>,
     /// Granite's scalars ([`Arch::Granite`]); `None` elsewhere (left out of the serialized
     /// form then, as for `rope_scaling`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -467,6 +477,12 @@ impl Config {
         if self.sliding_window == Some(0) {
             return bad("a sliding window of 0 positions attends to nothing".into());
         }
+        if let Some(l) = self.nope_layers.iter().find(|l| **l >= self.num_layers) {
+            return bad(format!(
+                "block {l} without RoPE does not exist (the model has {})",
+                self.num_layers
+            ));
+        }
         if let Some(l) = self
             .full_attention_layers
             .iter()
@@ -607,6 +623,7 @@ impl Config {
             Arch::Gemma2 => "Gemma2ForCausalLM",
             Arch::Phi3 => "Phi3ForCausalLM",
             Arch::Granite => "GraniteForCausalLM",
+            Arch::SmolLm3 => "SmolLM3ForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],
@@ -634,6 +651,12 @@ impl Config {
         if let Some(s) = self.query_pre_attn_scalar {
             // An integer where it is one: transformers 5.24's Gemma configs refuse 8.0.
             j["query_pre_attn_scalar"] = context_json(s);
+        }
+        if self.arch == Arch::SmolLm3 {
+            let flags: Vec<u8> = (0..self.num_layers)
+                .map(|l| u8::from(!self.nope_layers.contains(&l)))
+                .collect();
+            j["no_rope_layers"] = flags.into();
         }
         if let Some(m) = self.multipliers {
             j["embedding_multiplier"] = m.embedding.into();

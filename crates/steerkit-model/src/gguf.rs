@@ -128,6 +128,7 @@ impl Gguf {
                 .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
         };
         let rope_scaling = self.rope_scaling(name)?;
+        let num_layers = req("block_count")?;
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
         let kv_heads = self
@@ -159,7 +160,7 @@ impl Gguf {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: req("feed_forward_length")?,
-            num_layers: req("block_count")?,
+            num_layers,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
@@ -181,6 +182,10 @@ impl Gguf {
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             rotary_dim,
+            nope_layers: match arch {
+                Arch::SmolLm3 => llamacpp_nope_layers(num_layers),
+                _ => vec![],
+            },
             multipliers: match arch {
                 Arch::Granite => Some(self.granite_multipliers(name)?),
                 _ => None,
@@ -484,7 +489,10 @@ pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// Whether an architecture's GGUF files store q/k rows permuted.
 pub fn qk_permuted(arch: Arch) -> bool {
-    matches!(arch, Arch::Llama | Arch::Mistral | Arch::Granite)
+    matches!(
+        arch,
+        Arch::Llama | Arch::Mistral | Arch::Granite | Arch::SmolLm3
+    )
 }
 
 /// What llama.cpp adds to the GGUF tensor `name` of an `arch` model: Gemma's norms are stored
@@ -517,6 +525,11 @@ pub fn llamacpp_gemma_attn_scalar(cfg: &Config) -> f64 {
         n if n == big => (cfg.hidden_size / cfg.num_heads) as f64,
         _ => cfg.head_dim as f64,
     }
+}
+
+/// The blocks llama.cpp's `smollm3` runs without RoPE: every fourth (a fixed step, no key).
+pub fn llamacpp_nope_layers(num_layers: usize) -> Vec<usize> {
+    (0..num_layers).filter(|l| (l + 1) % 4 == 0).collect()
 }
 
 /// llama.cpp's keys (after `{arch}.`) for Granite's embedding, residual and attention

@@ -274,6 +274,10 @@ impl HfFolder {
             attn_logit_softcapping,
             final_logit_softcapping,
             rotary_dim: partial.map(|f| (head_dim as f64 * f) as usize),
+            nope_layers: match arch {
+                Arch::SmolLm3 => smollm3_nope_layers(c, num_layers)?,
+                _ => vec![],
+            },
             // GraniteConfig's defaults: 1 each.
             multipliers: (arch == Arch::Granite).then(|| {
                 let get = |k: &str| c[k].as_f64().unwrap_or(1.0);
@@ -434,6 +438,28 @@ impl HfFolder {
     }
 }
 
+/// SmolLM3's blocks without RoPE: those `no_rope_layers` marks 0, or, without the list, every
+/// `no_rope_layer_interval`-th (4 unless set), as SmolLM3Config builds it.
+fn smollm3_nope_layers(c: &Value, num_layers: usize) -> Result<Vec<usize>> {
+    match c["no_rope_layers"].as_array() {
+        Some(flags) => {
+            if flags.len() != num_layers {
+                return Err(ModelError::Config(format!(
+                    "config.json's no_rope_layers has {} entries for {num_layers} layers",
+                    flags.len()
+                )));
+            }
+            Ok((0..num_layers)
+                .filter(|&l| flags[l].as_u64() == Some(0) || flags[l].as_bool() == Some(false))
+                .collect())
+        }
+        None => {
+            let every = c["no_rope_layer_interval"].as_u64().unwrap_or(4).max(1) as usize;
+            Ok((0..num_layers).filter(|l| (l + 1) % every == 0).collect())
+        }
+    }
+}
+
 /// Where a text model's tensor (`model.layers.0...`, `lm_head.weight`) is stored: under its own
 /// name, or in a multimodal model under `language_model.` (the Hub's checkpoints, and what
 /// transformers writes) or with `model.` replaced by `model.language_model.` (the names
@@ -530,6 +556,12 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
     };
     Ok(match arch {
         Arch::Llama | Arch::Granite => (None, vec![]),
+        Arch::SmolLm3 if c["use_sliding_window"].as_bool() == Some(true) => {
+            return Err(ModelError::Config(
+                "config.json asks for SmolLM3's sliding window (on its NoPE blocks), which steerkit does not implement".into(),
+            ))
+        }
+        Arch::SmolLm3 => (None, vec![]),
         Arch::Mistral | Arch::Phi3 => (window, vec![]),
         Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() != Some(true) => {
             (None, vec![])

@@ -237,16 +237,19 @@ pub struct Model {
 const MASKED: f32 = -1e9;
 
 /// RoPE tables and attention mask per kind of block: whole context or sliding window, global
-/// or local RoPE.
+/// or local RoPE, or none.
 #[derive(Default)]
 struct Positions {
-    kinds: [Option<((Tensor, Tensor), Tensor)>; 4],
+    kinds: [Option<((Tensor, Tensor), Tensor)>; 8],
 }
 
 impl Positions {
-    /// The kind of block `layer`: 2 for a window, plus 1 for the local RoPE.
+    /// The kind of block `layer`: 4 without RoPE, plus 2 for a window, plus 1 for the local
+    /// RoPE.
     fn kind(cfg: &Config, layer: usize) -> usize {
-        2 * usize::from(cfg.window_of(layer).is_some()) + usize::from(cfg.local_rope(layer))
+        4 * usize::from(cfg.nope_layers.contains(&layer))
+            + 2 * usize::from(cfg.window_of(layer).is_some())
+            + usize::from(cfg.local_rope(layer))
     }
 
     /// Block `layer`'s RoPE tables and mask.
@@ -681,6 +684,12 @@ impl Model {
         let half = self.cfg.rotated_dims() / 2;
         let local = self.cfg.local_rope(layer);
         let b = pads.len();
+        if self.cfg.nope_layers.contains(&layer) {
+            // No rotation (SmolLM3's NoPE blocks): cos 1 and sin 0 leave q and k as they are.
+            let shape = (b, t, half);
+            let one = Tensor::ones(shape, self.dtype, &self.device)?;
+            return Ok((one, Tensor::zeros(shape, self.dtype, &self.device)?));
+        }
         let mut cos = Vec::with_capacity(b * t * half);
         let mut sin = Vec::with_capacity(b * t * half);
         for &pad in pads {

@@ -54,6 +54,12 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         attn_logit_softcapping: gemma2.then_some(2.0),
         final_logit_softcapping: gemma2.then_some(3.0),
         rotary_dim: phi3.then_some(6),
+        // Block 1 (the one the gradient checks train) turns nothing.
+        nope_layers: if arch == Arch::SmolLm3 {
+            vec![1]
+        } else {
+            vec![]
+        },
         multipliers: (arch == Arch::Granite).then_some(crate::config::Multipliers {
             embedding: 3.0,
             residual: 0.5,

@@ -201,6 +201,47 @@ fn gemma2_tiny_logits_match_reference() {
     assert!(gap > 0.1, "the caps change the logits by {gap} only");
 }
 
+/// The tiny random SmolLM3 folder of `scripts/reference_smollm3.py` (`no_rope_layers` [1, 0,
+/// 1, 0]: blocks 1 and 3 without RoPE; a tied head): the logits at every position equal the
+/// script's float64 forward (checked against transformers by
+/// `scripts/check_fixture_transformers.py`), and the folder saved again says the same in
+/// config.json. Without the list, every fourth block goes without, as SmolLM3Config has it;
+/// a list of the wrong length and SmolLM3's sliding window are refused.
+#[test]
+fn smollm3_tiny_logits_match_reference() {
+    let (m, fx) = gemma_fixture("smollm3_tiny");
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::SmolLm3);
+    assert_eq!(m.cfg.nope_layers, vec![1, 3]);
+    check_all_positions(&m, &fx["cases"], "smollm3 tiny");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["no_rope_layers"], serde_json::json!([1, 0, 1, 0]));
+    check_all_positions(
+        &qwen3_model(&dir),
+        &fx["cases"],
+        "smollm3 tiny, saved again",
+    );
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let d = copy_with("smollm3_tiny", edit);
+        steerkit_model::hf::HfFolder::open(d.path())
+            .unwrap()
+            .config()
+            .map_err(|e| e.to_string())
+    };
+    let c = config(&|c| {
+        c.as_object_mut().unwrap().remove("no_rope_layers");
+    })
+    .unwrap();
+    assert_eq!(c.nope_layers, vec![3]);
+    let err = config(&|c| c["no_rope_layers"] = serde_json::json!([1, 0])).unwrap_err();
+    assert!(err.contains("2 entries for 4 layers"), "{err}");
+    let err = config(&|c| c["use_sliding_window"] = true.into()).unwrap_err();
+    assert!(err.contains("sliding window"), "{err}");
+}
+
 /// The tiny random Granite folder of `scripts/reference_granite.py` (embedding, residual and
 /// attention multipliers and a logits scaling, all far from 1; an untied head): the logits at
 /// every position equal the script's float64 forward (which

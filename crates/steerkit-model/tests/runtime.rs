@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 8] = [
+const ARCHS: [Arch; 9] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -24,6 +24,8 @@ const ARCHS: [Arch; 8] = [
     Arch::Phi3,
     // Embedding, residual, attention and logit multipliers (tiny_config).
     Arch::Granite,
+    // Block 1 without RoPE (tiny_config).
+    Arch::SmolLm3,
 ];
 
 /// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as
