@@ -703,6 +703,23 @@ fn granite_gguf_round_trip() {
     close_but_for(&m, &back.model, &rows, 0.02, "the scalars", |c| {
         c.multipliers = None
     });
+    // Without `attention.scale` (or with 0), llama.cpp scales by head_dim^-1/2; without
+    // the others, by 1.
+    let bare = d.path().join("bare.gguf");
+    rewrite(&out, &bare, |meta, _| {
+        meta.remove("granite.attention.scale");
+        meta.insert(
+            "granite.residual_scale".into(),
+            candle_core::quantized::gguf_file::Value::F32(0.0),
+        );
+    });
+    let g = load(bare.to_str().unwrap(), &LoadOptions::default())
+        .unwrap()
+        .model
+        .cfg
+        .multipliers
+        .unwrap();
+    assert_eq!((g.attention, g.residual), (1.0 / 8f64.sqrt(), 1.0));
 }
 
 /// Asserts that the model read back from GGUF, `back`, gives `m`'s last logits on `rows`

@@ -151,7 +151,7 @@ pub fn generate(
         // the rows whole again, into a new cache.
         if let Some(ctx) = model.cfg.longrope_context() {
             let len = |p: usize| prompts[p].len() + out[p].ids.len();
-            if active.iter().any(|&p| len(p) == ctx + 1) {
+            if active.iter().any(|&p| len(p) == ctx.saturating_add(1)) {
                 let rows: Vec<Vec<u32>> = active
                     .iter()
                     .map(|&p| [prompts[p].as_slice(), out[p].ids.as_slice()].concat())

@@ -187,7 +187,7 @@ impl Gguf {
                 _ => vec![],
             },
             multipliers: match arch {
-                Arch::Granite => Some(self.granite_multipliers(name)?),
+                Arch::Granite => Some(self.granite_multipliers(name, head_dim)?),
                 _ => None,
             },
         };
@@ -222,16 +222,25 @@ impl Gguf {
         Ok(cfg)
     }
 
-    /// Granite's scalars as llama.cpp stores them: `embedding_scale`, `residual_scale`,
-    /// `attention.scale` and `logit_scale` (1 when absent, as llama.cpp reads them).
-    fn granite_multipliers(&self, arch: &str) -> Result<crate::config::Multipliers> {
-        let get =
-            |k: &str| -> Result<f64> { Ok(self.meta_f(&format!("{arch}.{k}"))?.unwrap_or(1.0)) };
+    /// Granite's scalars as llama.cpp stores and reads them: `embedding_scale`,
+    /// `residual_scale` and `logit_scale` (absent or 0: no scaling, 1), and `attention.scale`
+    /// (absent or 0: `head_dim^-1/2`).
+    fn granite_multipliers(
+        &self,
+        arch: &str,
+        head_dim: usize,
+    ) -> Result<crate::config::Multipliers> {
+        let get = |k: &str, none: f64| -> Result<f64> {
+            Ok(self
+                .meta_f(&format!("{arch}.{k}"))?
+                .filter(|x| *x != 0.0)
+                .unwrap_or(none))
+        };
         Ok(crate::config::Multipliers {
-            embedding: get(GRANITE_KEYS[0])?,
-            residual: get(GRANITE_KEYS[1])?,
-            attention: get(GRANITE_KEYS[2])?,
-            logits_scaling: get(GRANITE_KEYS[3])?,
+            embedding: get(GRANITE_KEYS[0], 1.0)?,
+            residual: get(GRANITE_KEYS[1], 1.0)?,
+            attention: get(GRANITE_KEYS[2], 1.0 / (head_dim as f64).sqrt())?,
+            logits_scaling: get(GRANITE_KEYS[3], 1.0)?,
         })
     }
 

@@ -221,6 +221,11 @@ impl HfFolder {
             .unwrap_or(theta);
         // An output-projection bias comes with `attention_bias` outside qwen2; there is none
         // in the one block.
+        if c["mlp_bias"].as_bool() == Some(true) {
+            return Err(ModelError::Config(
+                "config.json sets mlp_bias, biases on the MLP's projections, which steerkit does not implement".into(),
+            ));
+        }
         if arch != Arch::Qwen2 && c["attention_bias"].as_bool() == Some(true) {
             return Err(ModelError::Config(
                 "config.json sets attention_bias, which gives this architecture an o_proj bias steerkit does not implement".into(),

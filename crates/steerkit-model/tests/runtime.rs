@@ -892,6 +892,11 @@ fn yarn_rope_scaling_from_config_json() {
     v5["attention_bias"] = serde_json::json!(true);
     let err = config_of(&v5).unwrap_err().to_string();
     assert!(err.contains("o_proj bias"), "{err}");
+    v5["attention_bias"] = serde_json::json!(false);
+    v5["mlp_bias"] = serde_json::json!(true);
+    let err = config_of(&v5).unwrap_err().to_string();
+    assert!(err.contains("mlp_bias"), "{err}");
+    v5.as_object_mut().unwrap().remove("mlp_bias");
     // DeepSeek's form: the attention factor is a ratio of two mscale formulas.
     c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 40.0, "mscale": 1.0, "mscale_all_dim": 0.707, "original_max_position_embeddings": 64});
     let cfg = config_of(&c).unwrap();
@@ -1207,9 +1212,14 @@ fn multimodal_mistral3_folder_reads_its_text_model() {
         steerkit_model::hf::save_folder(&m, None, None, &text).unwrap();
         let mm = d.path().join("multimodal");
         std::fs::create_dir_all(&mm).unwrap();
-        let text_config: serde_json::Value =
+        let mut text_config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(text.join("config.json")).unwrap())
                 .unwrap();
+        // The Hub's shape: the text config says nothing about tying, the top level says true.
+        text_config
+            .as_object_mut()
+            .unwrap()
+            .remove("tie_word_embeddings");
         let config = serde_json::json!({
             "architectures": ["Mistral3ForConditionalGeneration"],
             "model_type": "mistral3",
