@@ -154,8 +154,8 @@ pub fn metadata(
     name: &str,
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
-    if cfg.nope_layers != steerkit_model::gguf::llamacpp_nope_layers(cfg.num_layers)
-        && cfg.arch == Arch::SmolLm3
+    if cfg.arch == Arch::SmolLm3
+        && cfg.nope_layers != steerkit_model::gguf::llamacpp_nope_layers(cfg.num_layers)
     {
         return Err(ModelError::Config(format!(
             "this smollm3 model runs blocks {:?} without RoPE; llama.cpp's smollm3 fixes every fourth, so it has no GGUF form; export it as safetensors",

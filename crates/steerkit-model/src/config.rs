@@ -270,12 +270,9 @@ impl Config {
     /// [`Config::rope_frequencies`] for every other kind of scaling.
     pub fn rope_frequencies_for(&self, last: usize) -> Vec<f32> {
         let base = self.unscaled_frequencies(self.rope_theta);
+        let past = self.longrope_context().is_some_and(|ctx| last >= ctx);
         let divisors = match &self.rope_scaling {
-            Some(RopeScaling::LongRope {
-                long_factor,
-                original_max_position_embeddings: ctx,
-                ..
-            }) if (last + 1) as f64 > *ctx => Some(long_factor.clone()),
+            Some(RopeScaling::LongRope { long_factor, .. }) if past => Some(long_factor.clone()),
             _ => self.rope_divisors(),
         };
         match divisors {
@@ -284,8 +281,8 @@ impl Config {
         }
     }
 
-    /// LongRoPE's original context, past which a pass uses the long factors; `None` for every
-    /// other RoPE.
+    /// LongRoPE's original context: a pass whose largest position reaches it uses the long
+    /// factors; `None` for every other RoPE.
     pub fn longrope_context(&self) -> Option<usize> {
         match &self.rope_scaling {
             Some(RopeScaling::LongRope {

@@ -690,19 +690,33 @@ impl Model {
             let one = Tensor::ones(shape, self.dtype, &self.device)?;
             return Ok((one, Tensor::zeros(shape, self.dtype, &self.device)?));
         }
+        // The frequencies once per call: the local or the global ones, and LongRoPE's long set
+        // with the original context, from which a row uses it.
+        let (inv, long) = match local {
+            true => (
+                self.cfg.local_rope_frequencies().expect("a local base"),
+                None,
+            ),
+            false => (
+                self.cfg.rope_frequencies(),
+                self.cfg
+                    .longrope_context()
+                    .map(|ctx| (ctx, self.cfg.rope_frequencies_for(ctx))),
+            ),
+        };
         let mut cos = Vec::with_capacity(b * t * half);
         let mut sin = Vec::with_capacity(b * t * half);
         for &pad in pads {
             // Each row's largest position in this pass (positions grow along a row) chooses
             // its LongRoPE factors, so that a row computes the same alone as in a batch.
             let last = position((offset + t).saturating_sub(1), pad_at, pad);
-            let inv = match local {
-                true => self.cfg.local_rope_frequencies().expect("a local base"),
-                false => self.cfg.rope_frequencies_for(last),
+            let inv = match &long {
+                Some((ctx, l)) if last >= *ctx => l,
+                _ => &inv,
             };
             for c in offset..offset + t {
                 let pos = position(c, pad_at, pad) as f32;
-                for f in &inv {
+                for f in inv {
                     let a = pos * f;
                     cos.push(a.cos());
                     sin.push(a.sin());
