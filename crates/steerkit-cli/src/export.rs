@@ -34,6 +34,13 @@ pub struct Args {
     /// logits slightly; f32 keeps the computed weights exactly.
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub safetensors_dtype: Option<String>,
+    /// For a multimodal model (Gemma 3 4B and up, Mistral Small 3.1 and 3.2; --format
+    /// safetensors): write its text model alone, as Gemma3ForCausalLM or MistralForCausalLM.
+    /// Without it the folder is the whole model in its source's layout, the vision tower and
+    /// projector carried unchanged beside the patched text model. GGUF files always hold the
+    /// text model alone.
+    #[arg(long)]
+    pub text_only: bool,
     /// Project the run's selected direction out of every matrix that writes to the residual
     /// stream (safetensors and gguf).
     #[arg(long, requires = "run")]
@@ -55,6 +62,12 @@ pub fn validate(a: &Args) -> Result<()> {
     if a.safetensors_dtype.is_some() && a.format != "safetensors" {
         bail!(
             "--safetensors-dtype applies to --format safetensors, not {}",
+            a.format
+        );
+    }
+    if a.text_only && a.format != "safetensors" {
+        bail!(
+            "--text-only applies to --format safetensors, not {}",
             a.format
         );
     }
@@ -94,6 +107,11 @@ pub fn run(a: Args) -> Result<()> {
     match a.format.as_str() {
         "safetensors" | "gguf" => {
             let m = a.model.load()?;
+            let source = match m.kind {
+                steerkit_model::SourceKind::Gguf => None,
+                _ => Some(steerkit_model::hf::HfFolder::open(&m.path)?),
+            };
+            let multimodal = source.as_ref().and_then(|s| s.multimodal());
             // GGUF metadata first: an unsupported tokenizer is found before any work.
             let meta = if a.format != "gguf" {
                 None
@@ -170,7 +188,9 @@ pub fn run(a: Args) -> Result<()> {
                         "note: the model attends over a sliding window of {w} positions; the GGUF file carries none, as llama.cpp runs this architecture over the whole context, so answers to prompts of more than {w} tokens will differ"
                     );
                 }
-                vision_note(&m, "llama.cpp reads a vision tower from a separate mmproj file, which steerkit does not write")?;
+                if let Some(kind) = multimodal {
+                    vision_note(&m.path, kind, "llama.cpp reads a vision tower from a separate mmproj file, which steerkit does not write");
+                }
                 if let Some(steerkit_model::RopeScaling::LongRope {
                     original_max_position_embeddings: ctx,
                     ..
@@ -182,22 +202,32 @@ pub fn run(a: Args) -> Result<()> {
                 }
             } else {
                 let name = a.safetensors_dtype.as_deref().unwrap_or("f32");
-                let dtype = steerkit_model::float_dtype(name)?;
-                steerkit_model::hf::save_folder_as(
-                    &model,
-                    Some(&m.tok),
-                    Some(&m.chat),
-                    &a.out,
-                    dtype,
-                )?;
+                let opts = steerkit_model::hf::FolderSave {
+                    dtype: steerkit_model::float_dtype(name)?,
+                    tok: Some(&m.tok),
+                    chat: Some(&m.chat),
+                    source: source.as_ref(),
+                    text_only: a.text_only,
+                };
+                steerkit_model::hf::save(&model, &a.out, &opts)?;
                 sp.finish_and_clear();
-                println!(
-                    "wrote {} (config.json, {name} safetensors, tokenizer.json, tokenizer_config.json)",
-                    a.out.display()
-                );
-                let json = model.cfg.to_hf_json();
-                let class = json["architectures"][0].as_str().unwrap_or("a text model");
-                vision_note(&m, &format!("transformers and vLLM load it as {class}"))?;
+                match multimodal {
+                    Some(kind) if !a.text_only => println!(
+                        "wrote {} ({name} safetensors; the whole {kind} model in its source's layout: the text model as patched, the vision tower and projector, the processor's and tokenizer's files as they were)",
+                        a.out.display()
+                    ),
+                    _ => {
+                        println!(
+                            "wrote {} (config.json, {name} safetensors, tokenizer.json, tokenizer_config.json)",
+                            a.out.display()
+                        );
+                        if let Some(kind) = multimodal {
+                            let json = model.cfg.to_hf_json();
+                            let class = json["architectures"][0].as_str().unwrap_or("a text model");
+                            vision_note(&m.path, kind, &format!("--text-only: transformers and vLLM load it as {class}"));
+                        }
+                    }
+                }
             }
         }
         _ => {
@@ -228,16 +258,10 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Tells a user exporting a multimodal model's folder that the output is its text model only.
-fn vision_note(m: &steerkit_model::Loaded, consequence: &str) -> Result<()> {
-    if m.kind == steerkit_model::SourceKind::Gguf {
-        return Ok(());
-    }
-    if let Some(kind) = steerkit_model::hf::HfFolder::open(&m.path)?.multimodal() {
-        println!(
-            "note: {} is a multimodal model ({kind}); the export holds its text model only, without the vision tower and projector ({consequence})",
-            m.path.display()
-        );
-    }
-    Ok(())
+/// Tells a user exporting a multimodal model that the output is its text model only.
+fn vision_note(path: &std::path::Path, kind: &str, consequence: &str) {
+    println!(
+        "note: {} is a multimodal model ({kind}); the export holds its text model only, without the vision tower and projector ({consequence})",
+        path.display()
+    );
 }

@@ -258,7 +258,7 @@ fn a_sliding_window_survives_folders_and_is_noted_in_gguf() {
 /// Gemma 3 and Gemma 2 folders (tiny and random, with SmolLM2's tokenizer and template): inspect,
 /// generation, ACTOR training every part of the block (post-norms included) and export as a
 /// patched folder that holds the trained block; GGUF export of a model llama.cpp would compute
-/// otherwise is one clear error; Gemma 3 stored as a multimodal folder exports its text model.
+/// otherwise is one clear error; Gemma 3 stored as a multimodal folder trains and exports whole or as its text model.
 #[test]
 fn gemma_folders_inspect_train_and_export() {
     for (arch, name) in [(Arch::Gemma3, "gemma3"), (Arch::Gemma2, "gemma2")] {
@@ -289,20 +289,36 @@ fn gemma_folders_inspect_train_and_export() {
         assert_clean_error(&export_gguf(f, &[], &gguf), "has no GGUF form");
         assert!(!gguf.exists());
         if arch == Arch::Gemma3 {
-            multimodal_gemma3_exports_its_text_model(&folder, d.path());
+            multimodal_gemma3_exports_whole_or_text_only(&folder, d.path());
         }
     }
 }
 
 /// The Gemma 3 folder stored as Gemma 3 4B's are (Gemma3ForConditionalGeneration: the text
-/// model's config in `text_config`, its tensors under `language_model.`, a vision tensor
-/// beside) exports as the text model, with a note, and the same tensors.
-fn multimodal_gemma3_exports_its_text_model(text: &Path, dir: &Path) {
+/// model's config in `text_config`, its tensors under `language_model.`, a vision tensor and
+/// the processor's and generation files beside). ACTOR trains its text model; the export is
+/// the whole model in that layout, the trained block in it and everything else as it was;
+/// with `--text-only` it is the text model alone, with a note, and the same tensors. Both
+/// carry generation_config.json.
+fn multimodal_gemma3_exports_whole_or_text_only(text: &Path, dir: &Path) {
     let cpu = &candle_core::Device::Cpu;
     let mm = dir.join("multimodal");
     std::fs::create_dir_all(&mm).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(text.join(f), mm.join(f)).unwrap();
+    }
+    let carried = [
+        (
+            "generation_config.json",
+            r#"{"eos_token_id": [1, 106], "top_k": 64}"#,
+        ),
+        (
+            "preprocessor_config.json",
+            r#"{"image_processor_type": "Gemma3ImageProcessor"}"#,
+        ),
+    ];
+    for (name, body) in carried {
+        std::fs::write(mm.join(name), body).unwrap();
     }
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(text.join("config.json")).unwrap()).unwrap();
@@ -311,41 +327,108 @@ fn multimodal_gemma3_exports_its_text_model(text: &Path, dir: &Path) {
         "model_type": "gemma3",
         "text_config": cfg,
         "vision_config": {"model_type": "siglip_vision_model"},
+        "mm_tokens_per_image": 256,
     });
     std::fs::write(mm.join("config.json"), wrapped.to_string()).unwrap();
     let original = folder_tensors(text);
+    let vision = "vision_tower.embeddings.patch_embedding.weight";
     let mut stored: std::collections::HashMap<String, candle_core::Tensor> = original
         .iter()
         .map(|(n, t)| (format!("language_model.{n}"), t.clone()))
         .collect();
-    stored.insert(
-        "vision_tower.embeddings.patch_embedding.weight".into(),
-        candle_core::Tensor::ones((4, 3, 2, 2), DType::F32, cpu).unwrap(),
-    );
+    let patch = candle_core::Tensor::arange(0f32, 48.0, cpu)
+        .unwrap()
+        .reshape((4, 3, 2, 2))
+        .unwrap();
+    stored.insert(vision.into(), patch.clone());
     candle_core::safetensors::save(&stored, mm.join("model.safetensors")).unwrap();
-    let out = dir.join("multimodal-text");
-    let run = steerkit(&[
+    let carried_over = |out: &Path, names: &[&str]| {
+        for name in names {
+            let (a, b) = (std::fs::read(mm.join(name)), std::fs::read(out.join(name)));
+            assert_eq!(a.unwrap(), b.unwrap(), "{name}");
+        }
+    };
+
+    let run = dir.join("multimodal-run");
+    let mut args = quick_actor(mm.to_str().unwrap());
+    args.extend(["--epochs", "1", "--out", run.to_str().unwrap()]);
+    assert_ok(&steerkit(&args));
+    let trained =
+        candle_core::safetensors::load(run.join("block-epoch1.safetensors"), cpu).unwrap();
+    let whole = dir.join("multimodal-whole");
+    let said = steerkit(&[
         "export",
         "-m",
         mm.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        whole.to_str().unwrap(),
+    ]);
+    assert_ok(&said);
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.contains("the whole gemma3 model in its source's layout"),
+        "{said}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "Gemma3ForConditionalGeneration");
+    assert_eq!(config["mm_tokens_per_image"], 256);
+    assert_eq!(config["torch_dtype"], "float32");
+    carried_over(
+        &whole,
+        &[
+            "generation_config.json",
+            "preprocessor_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ],
+    );
+    let written = candle_core::safetensors::load(whole.join("model.safetensors"), cpu).unwrap();
+    let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        steerkit_model::random::max_abs_diff(a, b).unwrap()
+    };
+    assert_eq!(gap(&written[vision], &patch), 0.0);
+    assert_eq!(written.len(), stored.len());
+    let mut changed = 0;
+    for (n, t) in &original {
+        let now = &written[&format!("language_model.{n}")];
+        match trained.get(n) {
+            Some(w) => {
+                assert_eq!(gap(now, w), 0.0, "{n}");
+                changed += usize::from(gap(now, t) > 0.0);
+            }
+            None => assert_eq!(gap(now, t), 0.0, "{n}"),
+        }
+    }
+    assert!(changed > 0, "no trained tensor differs from the original");
+
+    let out = dir.join("multimodal-text");
+    let said = steerkit(&[
+        "export",
+        "-m",
+        mm.to_str().unwrap(),
+        "--text-only",
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_ok(&run);
-    let said = String::from_utf8_lossy(&run.stdout);
+    assert_ok(&said);
+    let said = String::from_utf8_lossy(&said.stdout);
     assert!(
         said.contains("is a multimodal model (gemma3); the export holds its text model only")
             && said.contains("load it as Gemma3ForCausalLM"),
         "{said}"
     );
+    carried_over(&out, &["generation_config.json"]);
+    assert!(!out.join("preprocessor_config.json").exists());
     let written = folder_tensors(&out);
     assert_eq!(
         written.keys().collect::<std::collections::BTreeSet<_>>(),
         original.keys().collect::<std::collections::BTreeSet<_>>()
     );
     for (n, t) in &original {
-        let gap = steerkit_model::random::max_abs_diff(t, &written[n]).unwrap();
-        assert_eq!(gap, 0.0, "{n}");
+        assert_eq!(gap(t, &written[n]), 0.0, "{n}");
     }
 }
 

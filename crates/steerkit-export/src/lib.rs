@@ -4,8 +4,9 @@
 //!   matrix that writes to the residual stream: token embedding rows, attention output and MLP
 //!   down projections. A tied LM head is untied first and kept unchanged. The result computes
 //!   what directional ablation at every layer computes, with no hook.
-//! - Hugging Face safetensors folders are written by `steerkit_model::hf::save_folder`
-//!   (temporary folder, then rename; sharded with an index above 2 GiB).
+//! - Hugging Face safetensors folders are written by `steerkit_model::hf::save` (temporary
+//!   folder, then rename; sharded with an index above 2 GiB; a multimodal source whole, its
+//!   vision tower carried).
 
 pub mod control_vector;
 pub mod gguf;

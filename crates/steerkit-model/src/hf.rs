@@ -14,6 +14,9 @@ use crate::model::Model;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tok;
 
+mod save;
+pub use save::{save, save_folder, save_folder_as, FolderSave, SHARD_BYTES};
+
 /// A Hugging Face model folder.
 pub struct HfFolder {
     pub path: PathBuf,
@@ -23,6 +26,8 @@ pub struct HfFolder {
     /// config.json's `model_type` when it describes a multimodal model whose text model is
     /// read (`gemma3`, `mistral3`).
     multimodal: Option<String>,
+    /// config.json as stored (for a multimodal model, with the vision tower's configuration).
+    stored_config: Value,
 }
 
 /// transformers' Gemma3TextConfig defaults for the keys that steerkit's reading of a
@@ -88,9 +93,11 @@ impl HfFolder {
             });
         }
         let tc = path.join("tokenizer_config.json");
+        let config = read_json(&cfg)?;
         let mut f = HfFolder {
             path: path.into(),
-            config: read_json(&cfg)?,
+            stored_config: config.clone(),
+            config,
             tokenizer_config: if tc.is_file() {
                 read_json(&tc)?
             } else {
@@ -759,147 +766,4 @@ pub fn resolve_repo(repo_id: &str) -> Result<PathBuf> {
         .ok_or_else(|| ModelError::NotFound(repo_id.into()))?
         .to_path_buf();
     Ok(dir)
-}
-
-/// Largest safetensors shard written by [`save_folder`].
-pub const SHARD_BYTES: usize = 2 << 30;
-
-/// Writes a Hugging Face folder: `config.json`, `model.safetensors` (f32; sharded with
-/// `model.safetensors.index.json` above [`SHARD_BYTES`]) and, when given, the
-/// tokenizer files. Everything is written into a temporary sibling folder that is renamed into
-/// place at the end, so an interrupted save leaves no half-written model. `out` must not exist.
-pub fn save_folder(
-    model: &crate::model::Model,
-    tok: Option<&Tok>,
-    chat: Option<&ChatTemplate>,
-    out: &Path,
-) -> Result<()> {
-    save_folder_as(model, tok, chat, out, DType::F32)
-}
-
-/// [`save_folder`] with every tensor stored in `dtype` (f32, bf16 or f16; config.json's
-/// `torch_dtype` says which): bf16 halves the folder, as Hugging Face publishes most models.
-pub fn save_folder_as(
-    model: &crate::model::Model,
-    tok: Option<&Tok>,
-    chat: Option<&ChatTemplate>,
-    out: &Path,
-    dtype: DType,
-) -> Result<()> {
-    let torch_dtype = match dtype {
-        DType::F32 => "float32",
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        other => {
-            return Err(ModelError::Input(format!(
-                "safetensors folders are written in f32, bf16 or f16, not {}",
-                other.as_str()
-            )))
-        }
-    };
-    if out.exists() {
-        return Err(ModelError::Input(format!(
-            "{} already exists",
-            out.display()
-        )));
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        out.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let res = (|| -> Result<()> {
-        let write = |name: &str, v: &Value| -> Result<()> {
-            let p = tmp.join(name);
-            let s = serde_json::to_string_pretty(v).expect("JSON values serialize");
-            std::fs::write(&p, s).map_err(|e| ModelError::io(&p, e))
-        };
-        let mut config = model.cfg.to_hf_json();
-        config["torch_dtype"] = Value::String(torch_dtype.into());
-        write("config.json", &config)?;
-        let tensors: Vec<(String, candle_core::Tensor)> =
-            crate::weights::fuse(&model.cfg, model.named_tensors())?
-                .into_iter()
-                .map(|(n, t)| {
-                    let t = t.to_dtype(dtype)?.to_device(&Device::Cpu)?;
-                    // f16 tops out at 65,504: a larger weight would be written as infinity.
-                    if dtype == DType::F16 {
-                        let top = t
-                            .to_dtype(DType::F32)?
-                            .abs()?
-                            .max_all()?
-                            .to_scalar::<f32>()?;
-                        if !top.is_finite() {
-                            return Err(ModelError::Weights(format!(
-                            "`{n}` has values beyond f16's range; write the folder in bf16 or f32"
-                        )));
-                        }
-                    }
-                    Ok((n, t))
-                })
-                .collect::<Result<_>>()?;
-        // Shards of at most SHARD_BYTES, with an index when there is more than one.
-        let mut shards: Vec<Vec<(String, candle_core::Tensor)>> = vec![vec![]];
-        let mut size = 0usize;
-        for (n, t) in tensors {
-            let bytes = t.elem_count() * dtype.size_in_bytes();
-            if size + bytes > SHARD_BYTES && !shards.last().expect("non-empty").is_empty() {
-                shards.push(vec![]);
-                size = 0;
-            }
-            size += bytes;
-            shards.last_mut().expect("non-empty").push((n, t));
-        }
-        let count = shards.len();
-        let mut weight_map = serde_json::Map::new();
-        let mut total = 0usize;
-        for (i, shard) in shards.into_iter().enumerate() {
-            let name = if count == 1 {
-                "model.safetensors".to_string()
-            } else {
-                format!("model-{:05}-of-{count:05}.safetensors", i + 1)
-            };
-            for (n, t) in &shard {
-                weight_map.insert(n.clone(), Value::String(name.clone()));
-                total += t.elem_count() * dtype.size_in_bytes();
-            }
-            let map: std::collections::HashMap<String, candle_core::Tensor> =
-                shard.into_iter().collect();
-            crate::weights::save_safetensors(&map, &tmp.join(&name))?;
-        }
-        if count > 1 {
-            write(
-                "model.safetensors.index.json",
-                &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
-            )?;
-        }
-        if let Some(tok) = tok {
-            let p = tmp.join("tokenizer.json");
-            tok.inner()
-                .save(&p, false)
-                .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", p.display())))?;
-            let name = |id: Option<u32>| id.and_then(|i| tok.token(i));
-            let mut tc = serde_json::json!({
-                "bos_token": name(tok.bos_id),
-                "eos_token": name(tok.eos_id),
-                "add_bos_token": tok.add_bos,
-            });
-            if let Some(c) = chat {
-                tc["chat_template"] = Value::String(c.source().to_string());
-            }
-            write("tokenizer_config.json", &tc)?;
-        }
-        std::fs::rename(&tmp, out).map_err(|e| ModelError::io(out, e))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    res
 }

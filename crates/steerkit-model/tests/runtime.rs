@@ -1243,10 +1243,81 @@ fn multimodal_mistral3_folder_reads_its_text_model() {
         let back = f.model(&Device::Cpu, DType::F32).unwrap();
         assert_eq!(back.cfg.tie_word_embeddings, tied);
         assert_eq!(back.cfg.arch, Arch::Mistral);
-        let d = max_diff(
+        let gap = max_diff(
             &logits(&m, &rows(), &mut NoHook),
             &logits(&back, &rows(), &mut NoHook),
         );
-        assert_eq!(d, 0.0, "tied {tied}");
+        assert_eq!(gap, 0.0, "tied {tied}");
+        mistral3_writes_back_whole(&f, &m, d.path());
     }
+}
+
+/// A model read from a multimodal Mistral 3 folder, written back whole in the folder's layout
+/// (in f32 and bf16): the projector is carried, config.json stays the multimodal one with the dtype set,
+/// and the folder reads back as the model. A head untied from the embeddings (as weight
+/// orthogonalization unties it) is stored under the source's names, untied at both levels of
+/// config.json. A model configured otherwise than the folder's text model is refused, with
+/// nothing written.
+fn mistral3_writes_back_whole(
+    src: &steerkit_model::hf::HfFolder,
+    m: &Model,
+    dir: &std::path::Path,
+) {
+    use steerkit_model::hf::{save, FolderSave};
+    let mut patched = m.clone();
+    patched.lm_head = Some((&m.embed * 2.0).unwrap());
+    patched.cfg.tie_word_embeddings = false;
+    let written = |name: &str, dtype: DType| {
+        let out = dir.join(name);
+        let opts = FolderSave {
+            dtype,
+            source: Some(src),
+            ..Default::default()
+        };
+        save(&patched, &out, &opts).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let tensors =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        (out, config, tensors)
+    };
+    let (_, config, stored) = written("whole-bf16", DType::BF16);
+    assert_eq!(config["model_type"], "mistral3");
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(config["tie_word_embeddings"], false);
+    assert_eq!(config["text_config"]["tie_word_embeddings"], false);
+    let projector = &stored["multi_modal_projector.linear_1.weight"];
+    assert_eq!(projector.dtype(), DType::BF16);
+    let total = projector.to_dtype(DType::F32).unwrap().sum_all().unwrap();
+    assert_eq!(total.to_scalar::<f32>().unwrap(), 16.0);
+    assert!(stored.contains_key("language_model.lm_head.weight"));
+    assert!(
+        !stored.keys().any(|n| n.starts_with("model.")),
+        "{:?}",
+        stored.keys()
+    );
+
+    let (out, _, _) = written("whole", DType::F32);
+    let f = steerkit_model::hf::HfFolder::open(&out).unwrap();
+    assert_eq!(f.multimodal(), Some("mistral3"));
+    let back = f.model(&Device::Cpu, DType::F32).unwrap();
+    assert!(!back.cfg.tie_word_embeddings);
+    let d = max_diff(
+        &logits(&patched, &rows(), &mut NoHook),
+        &logits(&back, &rows(), &mut NoHook),
+    );
+    assert_eq!(d, 0.0);
+
+    let mut other = tiny_config(Arch::Mistral, 64);
+    other.num_layers += 1;
+    let wrong = random_model(other, DType::F32, 4).unwrap();
+    let refused = dir.join("refused");
+    let opts = FolderSave {
+        source: Some(src),
+        ..Default::default()
+    };
+    let err = save(&wrong, &refused, &opts).unwrap_err().to_string();
+    assert!(err.contains("not configured as"), "{err}");
+    assert!(!refused.exists());
 }
