@@ -242,6 +242,54 @@ fn sentencepiece_folder_exports_llama_cpp_vocabulary() {
     assert_ids(&fx["special"], |t| back.tok.encode_chat(t).unwrap());
 }
 
+/// A byte-level BPE tokenizer that splits text as GPT-4o's does (Phi-4-mini's; the fixture
+/// is trained by `scripts/reference_gpt4o_ids.py`) in a folder is written to GGUF with
+/// llama.cpp's `gpt-4o` pre-tokenizer, found by behaviour, and the file's tokenizer gives
+/// llama.cpp's ids, as the folder's own does. With GPT-2's split instead it is written as
+/// llama.cpp's `gpt-2`.
+#[test]
+fn gpt4o_folder_exports_llama_cpp_vocabulary() {
+    use steerkit_model::random::{random_model, tiny_config};
+    let tk = tokenizers::Tokenizer::from_file(root().join("tests/fixtures/gpt4o_tokenizer.json"))
+        .unwrap();
+    let end = tk.token_to_id("<|endoftext|>").unwrap();
+    let tok = steerkit_model::Tok::new(tk, None, &[end], false);
+    let chat = steerkit_model::ChatTemplate::chatml();
+    let cfg = tiny_config(steerkit_model::Arch::Llama, tok.vocab_size());
+    let m = random_model(cfg, DType::F32, 6).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let folder = d.path().join("folder");
+    steerkit_model::hf::save_folder(&m, Some(&tok), Some(&chat), &folder).unwrap();
+    let hf = load(folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let out = d.path().join("gpt4o.gguf");
+    let meta = metadata(&hf.model.cfg, &hf.tok, &hf.chat, "gpt4o").unwrap();
+    write(&hf.model, &meta, GgufType::F16, &out).unwrap();
+    assert_eq!(keys(&out)["tokenizer.ggml.pre"], "String(\"gpt-4o\")");
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let fx = fixture("gpt4o_ids.json");
+    for t in [&hf.tok, &back.tok] {
+        assert_ids(&fx["raw"], |s| t.encode_text(s).unwrap());
+        assert_ids(&fx["special"], |s| t.encode_chat(s).unwrap());
+    }
+
+    // The same vocabulary with GPT-2's split is written under llama.cpp's name for it,
+    // `gpt-2` (llama.cpp refuses `gpt2`), and reads back with the folder's ids.
+    let mut gpt2 = tok.inner().clone();
+    let split = tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, false, true);
+    gpt2.with_pre_tokenizer(Some(split));
+    let gpt2 = steerkit_model::Tok::new(gpt2, None, &[end], false);
+    let meta = metadata(&hf.model.cfg, &gpt2, &chat, "gpt2").unwrap();
+    let out = d.path().join("gpt2.gguf");
+    write(&hf.model, &meta, GgufType::F16, &out).unwrap();
+    assert_eq!(keys(&out)["tokenizer.ggml.pre"], "String(\"gpt-2\")");
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    for case in fx["raw"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want = gpt2.encode_text(text).unwrap();
+        assert_eq!(back.tok.encode_text(text).unwrap(), want, "{text:?}");
+    }
+}
+
 /// RoPE scaling goes to GGUF as llama.cpp reads it: Llama 3's as `rope_freqs.weight` (one
 /// divisor per frequency), which comes back as the same divisors and from them back to the
 /// llama3 rule in a folder's config.json; linear scaling as `rope.scaling.type` and

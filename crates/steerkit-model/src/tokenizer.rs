@@ -21,6 +21,11 @@ const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{
 /// Llama 3 ("llama-bpe"): like Qwen2 but digits in groups of up to three.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// GPT-4o's (o200k) split, llama.cpp's `gpt-4o` (Phi-4-mini): letter runs that break where
+/// lower case turns to upper, a contraction kept on its word, digits in groups of up to three,
+/// punctuation runs that take a trailing `/` with their line breaks.
+const GPT4O_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// A tokenizer with the special-token facts generation needs.
 #[derive(Clone)]
 pub struct Tok {
@@ -168,12 +173,15 @@ pub(crate) fn bpe_from_gguf(
     };
     let pre_tok = match pre {
         "smollm" => Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]),
-        "gpt2" | "default" => Sequence::new(vec![byte_level(true)]),
+        // llama.cpp's name is `gpt-2`; steerkit wrote `gpt2` before it knew.
+        "gpt-2" | "gpt2" | "default" => Sequence::new(vec![byte_level(true)]),
         "qwen2" => Sequence::new(vec![split(QWEN2_PATTERN)?, byte_level(false)]),
         "llama-bpe" | "llama3" | "smaug-bpe" => Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level(false)]),
+        "gpt-4o" => Sequence::new(vec![split(GPT4O_PATTERN)?, byte_level(false)]),
         other => {
             return Err(ModelError::Tokenizer(format!(
-                "GGUF pre-tokenizer `{other}` is not supported (supported: smollm, gpt2, qwen2, llama-bpe); load the Hugging Face folder instead"
+                "GGUF pre-tokenizer `{other}` is not supported (supported: {}); load the Hugging Face folder instead",
+                GGUF_PRE.join(", ")
             )))
         }
     };
@@ -292,11 +300,12 @@ fn add_typed_tokens(tk: &mut Tokenizer, tokens: &[String], token_types: &[i32]) 
 }
 
 /// The pre-tokenizers [`bpe_from_gguf`] builds, by their `tokenizer.ggml.pre` names.
-const GGUF_PRE: &[&str] = &["qwen2", "llama-bpe", "smollm", "gpt2"];
+const GGUF_PRE: &[&str] = &["qwen2", "llama-bpe", "smollm", "gpt-4o", "gpt-2"];
 
 /// Texts that tell the supported pre-tokenizers apart: digit runs (single digits, groups of
-/// three, or none), contractions in both cases, runs of spaces and newlines, punctuation,
-/// accented and non-Latin letters, an emoji.
+/// three, or none), contractions in both cases and whether they stay on their word, runs of
+/// spaces and newlines, punctuation (and a `/` after punctuation and a line break), case
+/// changes inside a word, accented and non-Latin letters, an emoji.
 const PRE_CHECKS: &[&str] = &[
     "Plain words, then numbers: 7, 42, 1234567 and 3.14159.",
     "WE'LL SEE IT'S you're they'd I'M \t tabs\t\tand  double  spaces",
@@ -304,6 +313,7 @@ const PRE_CHECKS: &[&str] = &[
     "café naïve Zürich Ελληνικά русский 日本語 中文 العربية 🦙🚀",
     "fn main() { let x: Vec<u8> = vec![0x1F; 256]; println!(\"{x:?}\"); } // $$$ ... !!!",
     "  leading spaces and trailing  ",
+    "I don't know; they're sure it's fine. ./\n/ :/\n// HelloWorld camelCase XMLHttpRequest",
 ];
 
 /// A tokenizer as GGUF stores it (`tokenizer.ggml.*`).
