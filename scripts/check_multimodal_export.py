@@ -11,7 +11,13 @@ tokenizer and an image processor's file (its settings only), and exports each wi
 - whole (the default): transformers loads the folder as the same class, and its logits for a
   prompt holding an image equal the source's; the image processor's file is carried;
 - `--text-only`: transformers loads the folder as a causal LM, and its logits for a text
-  prompt equal the source's.
+  prompt equal the source's;
+
+and each Mistral 3 model once more with `--orthogonalize` against a direction that `steerkit
+extract` and `select --layer 1 --pos -1` find on random word prompts: the whole folder's
+logits equal the source's under directional ablation at every layer (hooks in transformers on
+the input embeddings, image features included, and every o_proj and down_proj output), on a
+text prompt and on a prompt holding an image.
 
 Prints the largest difference of each and exits 1 when one is above 1e-5.
 """
@@ -24,6 +30,7 @@ import tempfile
 
 import torch
 import transformers
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -38,7 +45,7 @@ def tokenizer_files(folder):
     tok.save(os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as fh:
         json.dump({"bos_token": "w2", "eos_token": "w1", "chat_template":
-                   "{% for m in messages %}{{ m['content'] }}{% endfor %}"}, fh)
+                   "{% for m in messages %}w3 {{ m['content'] }} w4 w5{% endfor %}"}, fh)
 
 
 def gemma3():
@@ -75,6 +82,64 @@ def logits(model, ids, image):
         return model(input_ids=torch.tensor([ids]), **image).logits[0].double()
 
 
+def direction_run(steerkit, src, work):
+    rng = torch.Generator().manual_seed(1)
+    files = []
+    for role in ("harmful", "harmless"):
+        path = os.path.join(work, f"{role}.txt")
+        with open(path, "w") as fh:
+            for _ in range(8):
+                words = torch.randint(10, 290, (6,), generator=rng).tolist()
+                fh.write(" ".join(f"w{w}" for w in words) + "\n")
+        files.append(path)
+    run = os.path.join(work, "run-" + os.path.basename(src))
+    quiet = dict(check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([steerkit, "extract", "-m", src, "--harmful", files[0], "--harmless",
+                    files[1], "--limit", "8", "--out", run], **quiet)
+    subprocess.run([steerkit, "select", "-m", src, "--run", run, "--harmful-val", files[0],
+                    "--harmless-val", files[1], "--limit", "8", "--layer", "1", "--pos", "-1"],
+                   **quiet)
+    return run
+
+
+def ablated(model, r, ids, image):
+    """Logits with r projected out of the input embeddings and every block's outputs."""
+    lm = model.model.language_model
+    cut = lambda h: h - (h @ r)[..., None] * r
+    def embeds(_module, args, kwargs):
+        kwargs["inputs_embeds"] = cut(kwargs["inputs_embeds"])
+        return args, kwargs
+    hooks = [lm.register_forward_pre_hook(embeds, with_kwargs=True)]
+    for blk in lm.layers:
+        for m in (blk.self_attn.o_proj, blk.mlp.down_proj):
+            hooks.append(m.register_forward_hook(lambda _m, _a, out: cut(out)))
+    try:
+        return logits(model, ids, image)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def check_orthogonalized(name, model, ids, image, steerkit, work):
+    src = os.path.join(work, name)
+    run = direction_run(steerkit, src, work)
+    out = os.path.join(work, f"{name}-orthogonalized")
+    subprocess.run([steerkit, "export", "-m", src, "--run", run, "--orthogonalize", "--out", out],
+                   check=True, stdout=subprocess.DEVNULL)
+    sel = json.load(open(os.path.join(run, "selected.json")))
+    r = load_file(os.path.join(run, "directions.safetensors"))["candidates"][sel["layer"], sel["pos"]]
+    r = (r.double() / r.double().norm()).float()
+    back = type(model).from_pretrained(out).eval()
+    worst = 0.0
+    text = [i for i in ids if i < 297]
+    for how, prompt, extra in [("text", text, {}), ("image", ids, image)]:
+        gap = (logits(back, prompt, extra) - ablated(model, r, prompt, extra)).abs().max().item()
+        worst = max(worst, gap)
+        print(f"{name}, orthogonalized whole, {how} prompt: "
+              f"max |export - ablation at every layer| = {gap:.2e}")
+    return worst
+
+
 def check(name, made, steerkit, work):
     model, processor, ids, image = made
     model = model.float().eval()
@@ -108,6 +173,8 @@ def check(name, made, steerkit, work):
         gap = (got - compare).abs().max().item()
         worst = max(worst, gap)
         print(f"{name}, {how} ({type(back).__name__}): max |export - source| = {gap:.2e}")
+    if name.startswith("mistral3"):
+        worst = max(worst, check_orthogonalized(name, model, ids, image, steerkit, work))
     return worst
 
 

@@ -142,6 +142,8 @@ pub fn run(a: Args) -> Result<()> {
             if a.epoch.is_some() && !a.run.as_deref().is_some_and(crate::actor::is_actor_run) {
                 bail!("--epoch applies to ACTOR run folders only");
             }
+            // The direction orthogonalized against, when it is.
+            let mut against = None;
             let model = match (&a.run, a.orthogonalize) {
                 (Some(run), false) if crate::actor::is_actor_run(run) => {
                     crate::actor::patched(&m, run, a.epoch)?
@@ -155,7 +157,9 @@ pub fn run(a: Args) -> Result<()> {
                         "orthogonalizing against the direction of layer {} position {}",
                         sel.layer, sel.pos
                     );
-                    steerkit_export::orthogonalize(&m.model, &dir)?
+                    let ortho = steerkit_export::orthogonalize(&m.model, &dir)?;
+                    against = Some(dir);
+                    ortho
                 }
                 (Some(_), false) => bail!(
                     "--run without --orthogonalize exports nothing of the run; add --orthogonalize"
@@ -202,12 +206,22 @@ pub fn run(a: Args) -> Result<()> {
                 }
             } else {
                 let name = a.safetensors_dtype.as_deref().unwrap_or("f32");
+                // A whole multimodal model's image projector writes into the residual stream too.
+                let carried = match (multimodal, &against) {
+                    (Some(kind), Some(dir)) if !a.text_only => Some(
+                        steerkit_export::orthogonalize_carried(kind, dir, model.cfg.hidden_size)?,
+                    ),
+                    _ => None,
+                };
                 let opts = steerkit_model::hf::FolderSave {
                     dtype: steerkit_model::float_dtype(name)?,
                     tok: Some(&m.tok),
                     chat: Some(&m.chat),
                     source: source.as_ref(),
                     text_only: a.text_only,
+                    carried: carried
+                        .as_ref()
+                        .map(|f| f as steerkit_model::hf::CarriedMap),
                 };
                 steerkit_model::hf::save(&model, &a.out, &opts)?;
                 sp.finish_and_clear();

@@ -273,7 +273,11 @@ fn gemma_folders_inspect_train_and_export() {
             (&serde_json::json!(3), &serde_json::json!([0]))
         );
         let post = "model.layers.1.post_feedforward_layernorm.weight";
+        let generation = r#"{"top_k": 64, "top_p": 0.95}"#;
+        std::fs::write(folder.join("generation_config.json"), generation).unwrap();
         let back = export_patched(f, &run, &d.path().join("patched"));
+        let carried = d.path().join("patched/generation_config.json");
+        assert_eq!(std::fs::read_to_string(carried).unwrap(), generation);
         let original = folder_tensors(&folder);
         let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
             steerkit_model::random::max_abs_diff(a, b).unwrap()

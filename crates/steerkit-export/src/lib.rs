@@ -11,7 +11,7 @@
 pub mod control_vector;
 pub mod gguf;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use steerkit_model::{Model, ModelError};
 
 /// `W - r̂ (r̂ᵀ W)` for `W: [hidden, in]` (the output side lives in the residual stream).
@@ -26,6 +26,62 @@ fn project_rows_out(w: &Tensor, unit: &Tensor, dtype: DType) -> Result<Tensor, M
     Ok((wf - u.matmul(&coef)?)?.to_dtype(dtype)?)
 }
 
+/// `direction / |direction|` in f32 on `device`, for a model of hidden size `d`.
+fn unit_direction(direction: &Tensor, d: usize, device: &Device) -> Result<Tensor, ModelError> {
+    if direction.dims() != [d] {
+        return Err(ModelError::Input(format!(
+            "the direction has shape {:?}, the model's hidden size is {d} (a direction from another model?)",
+            direction.dims()
+        )));
+    }
+    let r = direction.to_dtype(DType::F32)?.to_device(device)?;
+    let norm = r.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+    if !norm.is_finite() || norm == 0.0 {
+        return Err(ModelError::Input(
+            "the direction has zero or non-finite norm".into(),
+        ));
+    }
+    Ok((r / norm as f64)?)
+}
+
+/// For a multimodal model (config.json's `model_type` `kind`) written whole after its text
+/// model was orthogonalized against `direction`: the change to the tensors carried beside the
+/// text model ([`steerkit_model::hf::FolderSave::carried`]). Mistral 3's projector writes
+/// image features into the residual stream through `multi_modal_projector.linear_2` (weight
+/// `[hidden, in]`, and a bias when it has one); the direction is projected out of it as out of
+/// the text model's writers, so that the folder ablates at image positions too. Other tensors
+/// pass unchanged (in f32). Other kinds are refused.
+pub fn orthogonalize_carried(
+    kind: &str,
+    direction: &Tensor,
+    hidden: usize,
+) -> Result<impl Fn(&str, Tensor) -> Result<Tensor, ModelError>, ModelError> {
+    if kind != "mistral3" {
+        return Err(ModelError::Config(format!(
+            "weight orthogonalization of a {kind} model's image projector is not implemented; export its text model alone with --text-only"
+        )));
+    }
+    let unit = unit_direction(direction, hidden, &Device::Cpu)?;
+    Ok(move |name: &str, t: Tensor| -> Result<Tensor, ModelError> {
+        let writer = |suffix: &str| {
+            name.strip_suffix(suffix)
+                .is_some_and(|p| p.ends_with("multi_modal_projector.linear_2"))
+        };
+        if writer(".weight") && t.dims().first() == Some(&hidden) {
+            project_rows_out(&t, &unit, DType::F32)
+        } else if writer(".bias") && t.dims() == [hidden] {
+            Ok(project_rows_out(&t.reshape((hidden, 1))?, &unit, DType::F32)?.flatten_all()?)
+        } else if writer(".weight") || writer(".bias") {
+            Err(ModelError::Weights(format!(
+                "`{name}` has shape {:?}; the text model's hidden size is {hidden}",
+                t.dims()
+            )))
+        } else {
+            Ok(t)
+        }
+    })
+}
+
 /// A copy of `model` with `direction` projected out of everything that writes to the residual.
 ///
 /// Refused for Gemma: its blocks norm their outputs before adding them to the residual, and a
@@ -38,20 +94,7 @@ pub fn orthogonalize(model: &Model, direction: &Tensor) -> Result<Model, ModelEr
         )));
     }
     let d = model.cfg.hidden_size;
-    if direction.dims() != [d] {
-        return Err(ModelError::Input(format!(
-            "the direction has shape {:?}, the model's hidden size is {d} (a direction from another model?)",
-            direction.dims()
-        )));
-    }
-    let r = direction.to_dtype(DType::F32)?.to_device(&model.device)?;
-    let norm = r.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-    if !norm.is_finite() || norm == 0.0 {
-        return Err(ModelError::Input(
-            "the direction has zero or non-finite norm".into(),
-        ));
-    }
-    let unit = (r / norm as f64)?;
+    let unit = unit_direction(direction, d, &model.device)?;
     let mut m = model.clone();
     let dt = model.dtype;
     if m.lm_head.is_none() {
@@ -70,4 +113,50 @@ pub fn orthogonalize(model: &Model, direction: &Tensor) -> Result<Model, ModelEr
         }
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mistral 3's projector output layer loses the direction, weight and bias; every other
+    /// tensor passes unchanged; another kind of model is refused.
+    #[test]
+    fn image_projector_is_orthogonalized() {
+        let cpu = &Device::Cpu;
+        let r = Tensor::new(&[3f32, 0.0, 4.0, 0.0], cpu).unwrap();
+        let f = orthogonalize_carried("mistral3", &r, 4).unwrap();
+        let w = Tensor::arange(0f32, 24.0, cpu)
+            .unwrap()
+            .reshape((4, 6))
+            .unwrap();
+        let unit = (&r / 5.0).unwrap().reshape((1, 4)).unwrap();
+        let along = |t: &Tensor| -> f32 {
+            let t = t.reshape((4, ())).unwrap();
+            unit.matmul(&t)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(along(&w) > 1.0);
+        for name in [
+            "multi_modal_projector.linear_2.weight",
+            "model.multi_modal_projector.linear_2.weight",
+        ] {
+            assert!(along(&f(name, w.clone()).unwrap()) < 1e-5, "{name}");
+        }
+        let b = Tensor::new(&[1f32, 2.0, 3.0, 4.0], cpu).unwrap();
+        let b2 = f("multi_modal_projector.linear_2.bias", b.clone()).unwrap();
+        assert_eq!(b2.dims(), [4]);
+        assert!(along(&b2) < 1e-6);
+        let same = f("multi_modal_projector.linear_1.weight", w.clone()).unwrap();
+        assert_eq!(same.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        let wrong = f("multi_modal_projector.linear_2.weight", w.t().unwrap());
+        assert!(wrong.unwrap_err().to_string().contains("hidden size is 4"));
+        assert!(orthogonalize_carried("gemma3", &r, 4).is_err());
+    }
 }

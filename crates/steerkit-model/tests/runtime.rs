@@ -1224,7 +1224,7 @@ fn multimodal_mistral3_folder_reads_its_text_model() {
             "architectures": ["Mistral3ForConditionalGeneration"],
             "model_type": "mistral3",
             "text_config": text_config,
-            "vision_config": {"model_type": "pixtral"},
+            "vision_config": {"model_type": "pixtral", "torch_dtype": "float32"},
             "tie_word_embeddings": true,
         });
         std::fs::write(mm.join("config.json"), config.to_string()).unwrap();
@@ -1285,6 +1285,7 @@ fn mistral3_writes_back_whole(
     let (_, config, stored) = written("whole-bf16", DType::BF16);
     assert_eq!(config["model_type"], "mistral3");
     assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(config["vision_config"]["torch_dtype"], "bfloat16");
     assert_eq!(config["tie_word_embeddings"], false);
     assert_eq!(config["text_config"]["tie_word_embeddings"], false);
     let projector = &stored["multi_modal_projector.linear_1.weight"];

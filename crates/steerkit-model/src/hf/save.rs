@@ -29,7 +29,7 @@ const GENERATION_FILES: [&str; 1] = ["generation_config.json"];
 
 /// A multimodal source folder's files that its whole export carries as they are: the image
 /// processor's and the tokenizer's (its image tokens included).
-const MULTIMODAL_FILES: [&str; 10] = [
+const MULTIMODAL_FILES: [&str; 11] = [
     "preprocessor_config.json",
     "processor_config.json",
     "video_preprocessor_config.json",
@@ -40,7 +40,13 @@ const MULTIMODAL_FILES: [&str; 10] = [
     "added_tokens.json",
     "chat_template.json",
     "chat_template.jinja",
+    // Mistral's own tokenizer format (vLLM's `--tokenizer-mode mistral`).
+    "tekken.json",
 ];
+
+/// A change made to the tensors a multimodal source's whole export carries (vision tower,
+/// projector), by their stored name: the tensor as it is, or changed.
+pub type CarriedMap<'a> = &'a dyn Fn(&str, Tensor) -> Result<Tensor>;
 
 /// What [`save`] writes besides the weights, and how.
 #[derive(Clone, Copy)]
@@ -60,6 +66,10 @@ pub struct FolderSave<'a> {
     pub source: Option<&'a HfFolder>,
     /// With a multimodal source: write its text model alone, as a text model's folder.
     pub text_only: bool,
+    /// Applied to every tensor a multimodal source's whole export carries (weight
+    /// orthogonalization projects the direction out of the projector that writes image
+    /// features into the residual stream).
+    pub carried: Option<CarriedMap<'a>>,
 }
 
 impl Default for FolderSave<'_> {
@@ -70,6 +80,7 @@ impl Default for FolderSave<'_> {
             chat: None,
             source: None,
             text_only: false,
+            carried: None,
         }
     }
 }
@@ -134,7 +145,11 @@ pub fn save(model: &Model, out: &Path, opts: &FolderSave) -> Result<()> {
                     "config.json",
                     &multimodal_config(src, model, dtype_name)?,
                 )?;
-                write_tensors(tmp, multimodal_tensors(src, model)?, opts.dtype)?;
+                write_tensors(
+                    tmp,
+                    multimodal_tensors(src, model, opts.carried)?,
+                    opts.dtype,
+                )?;
                 copy_files(src, tmp, &MULTIMODAL_FILES)?;
             }
             None => {
@@ -272,8 +287,9 @@ fn write_tokenizer(dir: &Path, tok: &Tok, chat: Option<&ChatTemplate>) -> Result
 }
 
 /// The multimodal source's config.json for `model`, its text model patched: the dtype where
-/// the source names one (at the top level, else added there, and in `text_config`), and the
-/// head untied at both levels when `model`'s is (weight orthogonalization unties it). Any
+/// the source names one (at the top level, else added there, and in each sub-configuration,
+/// `text_config`, `vision_config`), and `tie_word_embeddings` at both levels as `model` ties
+/// (weight orthogonalization unties the head; transformers reads either level). Any
 /// other difference between `model`'s configuration and the source's is an error: the text
 /// model's configuration is not rewritten.
 fn multimodal_config(src: &HfFolder, model: &Model, dtype_name: &str) -> Result<Value> {
@@ -301,18 +317,27 @@ fn multimodal_config(src: &HfFolder, model: &Model, dtype_name: &str) -> Result<
         }
     };
     set_dtype(&mut c, true);
-    set_dtype(&mut c["text_config"], false);
-    if !model.cfg.tie_word_embeddings {
-        c["tie_word_embeddings"] = false.into();
-        c["text_config"]["tie_word_embeddings"] = false.into();
+    if let Some(o) = c.as_object_mut() {
+        for (k, v) in o.iter_mut() {
+            if k.ends_with("_config") {
+                set_dtype(v, false);
+            }
+        }
     }
+    let tied = model.cfg.tie_word_embeddings;
+    c["tie_word_embeddings"] = tied.into();
+    c["text_config"]["tie_word_embeddings"] = tied.into();
     Ok(c)
 }
 
 /// The tensors of the multimodal source's folder with its text model's replaced by
 /// `model`'s (under the source's names; a head `model` has untied is added beside them). The
-/// others (vision tower, projector) are read from the source as they are.
-fn multimodal_tensors(src: &HfFolder, model: &Model) -> Result<Vec<(String, Tensor)>> {
+/// others (vision tower, projector) are read from the source, through `carried` when given.
+fn multimodal_tensors(
+    src: &HfFolder,
+    model: &Model,
+    carried: Option<CarriedMap>,
+) -> Result<Vec<(String, Tensor)>> {
     let st = src.mmap()?;
     let names: HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
     let stored = stored_names(true, &names);
@@ -330,6 +355,10 @@ fn multimodal_tensors(src: &HfFolder, model: &Model) -> Result<Vec<(String, Tens
     rest.sort();
     for n in rest {
         let t = st.load(&n, &Device::Cpu)?;
+        let t = match carried {
+            Some(f) => f(&n, t)?,
+            None => t,
+        };
         tensors.push((n, t));
     }
     Ok(tensors)
