@@ -80,6 +80,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Phi3 => "phi3",
         Arch::Granite => "granite",
         Arch::SmolLm3 => "smollm3",
+        Arch::Olmo2 => "olmo2",
     }
 }
 

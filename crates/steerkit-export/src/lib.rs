@@ -84,10 +84,11 @@ pub fn orthogonalize_carried(
 
 /// A copy of `model` with `direction` projected out of everything that writes to the residual.
 ///
-/// Refused for Gemma: its blocks norm their outputs before adding them to the residual, and a
-/// norm's per-channel weights turn an output orthogonal to the direction into one that is not.
+/// Refused for Gemma and OLMo 2: their blocks norm their outputs before adding them to the
+/// residual, and a norm's per-channel weights turn an output orthogonal to the direction into
+/// one that is not.
 pub fn orthogonalize(model: &Model, direction: &Tensor) -> Result<Model, ModelError> {
-    if model.cfg.arch.gemma() {
+    if model.cfg.arch.post_norms() {
         return Err(ModelError::Config(format!(
             "weight orthogonalization is not exact for {}: its blocks norm their outputs before adding them to the residual, which brings the direction back; use hook-based ablation (`steerkit ablate`, `steerkit eval --intervention ablate`)",
             model.cfg.arch.name()

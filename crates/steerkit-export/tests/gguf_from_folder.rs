@@ -770,6 +770,48 @@ fn granite_gguf_round_trip() {
     assert_eq!((g.attention, g.residual), (1.0 / 8f64.sqrt(), 1.0));
 }
 
+/// An OLMo 2 model exports to GGUF as llama.cpp's `olmo2` (output norms as
+/// `post_attention_norm` and `post_ffw_norm`, no input norms, q/k norms over the whole
+/// projections, q/k rows as they are) and loads back as OLMo 2 within f16 rounding of its
+/// logits (`scripts/check_olmo2_llamacpp.py` runs such a file in llama.cpp).
+#[test]
+fn olmo2_gguf_round_trip() {
+    use steerkit_model::random::{random_model, tiny_config};
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let cfg = tiny_config(steerkit_model::Arch::Olmo2, tok.vocab_size());
+    let m = random_model(cfg, DType::F32, 5).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("olmo2.gguf");
+    let meta = metadata(&m.cfg, &tok, &chat, "olmo2").unwrap();
+    write(&m, &meta, GgufType::F16, &out).unwrap();
+    assert_eq!(keys(&out)["general.architecture"], "String(\"olmo2\")");
+    let mut f = std::fs::File::open(&out).unwrap();
+    let infos = Content::read(&mut f).unwrap().tensor_infos;
+    for (name, len) in [
+        ("blk.1.post_attention_norm.weight", 32),
+        ("blk.1.post_ffw_norm.weight", 32),
+        ("blk.1.attn_q_norm.weight", 4 * 16),
+        ("blk.1.attn_k_norm.weight", 2 * 16),
+    ] {
+        assert_eq!(infos[name].shape.dims(), [len], "{name}");
+    }
+    assert!(!infos.contains_key("blk.1.attn_norm.weight"));
+    assert!(!infos.contains_key("blk.1.ffn_norm.weight"));
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.arch, steerkit_model::Arch::Olmo2);
+    let cpu = &candle_core::Device::Cpu;
+    let rows = [vec![3u32, 1, 4, 1, 5], vec![9u32, 2, 6]];
+    let (ids, pads) = steerkit_model::left_pad(&rows, 0, cpu).unwrap();
+    let logits = |m: &steerkit_model::Model| {
+        m.last_logits(&ids, &pads, &mut steerkit_model::NoHook)
+            .unwrap()
+    };
+    let gap = steerkit_model::random::max_abs_diff(&logits(&m), &logits(&back.model)).unwrap();
+    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+}
+
 /// Asserts that the model read back from GGUF, `back`, gives `m`'s last logits on `rows`
 /// within `tol` (f16's rounding of the weights), and that what the test is about (`what`,
 /// removed from `back`'s configuration by `strip`) moves them ten times more.

@@ -171,11 +171,16 @@ fn bf16_matrices_are_projected_in_f32() -> Result<(), Box<dyn std::error::Error>
 fn gemma_is_refused() -> Result<(), Box<dyn std::error::Error>> {
     use candle_core::DType;
     use steerkit_model::random::{random_model, seeded_normal, tiny_config};
-    let m = random_model(tiny_config(steerkit_model::Arch::Gemma3, 64), DType::F32, 3)?;
-    let err = steerkit_export::orthogonalize(&m, &seeded_normal(32, 5)?)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("not exact for gemma3_text"), "{err}");
-    assert!(err.contains("--intervention ablate"), "{err}");
+    for arch in [steerkit_model::Arch::Gemma3, steerkit_model::Arch::Olmo2] {
+        let m = random_model(tiny_config(arch, 64), DType::F32, 3)?;
+        let err = steerkit_export::orthogonalize(&m, &seeded_normal(32, 5)?)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("not exact for {}", arch.name())),
+            "{err}"
+        );
+        assert!(err.contains("--intervention ablate"), "{err}");
+    }
     Ok(())
 }

@@ -45,6 +45,11 @@ pub enum Arch {
     /// SmolLM3 (`smollm3`): Llama's block, with no RoPE in the blocks `no_rope_layers` marks 0
     /// (every fourth: [`Config::nope_layers`]).
     SmolLm3,
+    /// OLMo 2 (`olmo2`: Olmo2ForCausalLM): Llama's block with its norms moved: none before
+    /// the attention and the MLP, an RMSNorm on each one's output before it joins the
+    /// residual (`post_attention_layernorm`, `post_feedforward_layernorm`), and the queries
+    /// and keys RMS-normed over the whole projection (all heads at once) before RoPE.
+    Olmo2,
 }
 
 impl Arch {
@@ -60,6 +65,7 @@ impl Arch {
             "phi3" => Ok(Arch::Phi3),
             "granite" => Ok(Arch::Granite),
             "smollm3" => Ok(Arch::SmolLm3),
+            "olmo2" => Ok(Arch::Olmo2),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -77,12 +83,31 @@ impl Arch {
             Arch::Phi3 => "phi3",
             Arch::Granite => "granite",
             Arch::SmolLm3 => "smollm3",
+            Arch::Olmo2 => "olmo2",
         }
     }
 
-    /// Whether the blocks RMS-norm each query and key head (`q_norm`, `k_norm`: qwen3, gemma3).
+    /// Whether the blocks RMS-norm their queries and keys (`q_norm`, `k_norm`): each head
+    /// (qwen3, gemma3) or the whole projection ([`Arch::qk_norm_whole`]: olmo2).
     pub fn qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3 | Arch::Gemma3)
+        matches!(self, Arch::Qwen3 | Arch::Gemma3 | Arch::Olmo2)
+    }
+
+    /// Whether the q/k norms take the whole projection, all heads at once (olmo2: weights of
+    /// `heads * head_dim` entries), rather than each head.
+    pub fn qk_norm_whole(self) -> bool {
+        self == Arch::Olmo2
+    }
+
+    /// Whether the attention's and the MLP's outputs are normed before they join the residual
+    /// (gemma, olmo2).
+    pub fn post_norms(self) -> bool {
+        self.gemma() || self == Arch::Olmo2
+    }
+
+    /// Whether the attention's and the MLP's inputs are normed (every architecture but olmo2).
+    pub fn pre_norms(self) -> bool {
+        self != Arch::Olmo2
     }
 
     /// Gemma's conventions: norms multiply by `1 + w`, the attention and MLP outputs are normed
@@ -591,12 +616,15 @@ impl Config {
         let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_heads * hd;
         let kv = self.num_kv_heads * hd;
-        let norms = if self.arch.gemma() { 4 } else { 2 };
+        let norms =
+            2 * usize::from(self.arch.pre_norms()) + 2 * usize::from(self.arch.post_norms());
         let mut block = d * q + 2 * d * kv + q * d + 3 * d * f + norms * d;
         if self.attention_bias {
             block += q + 2 * kv;
         }
-        if self.arch.qk_norm() {
+        if self.arch.qk_norm_whole() {
+            block += q + kv;
+        } else if self.arch.qk_norm() {
             block += 2 * hd;
         }
         let head = if self.tie_word_embeddings {
@@ -621,6 +649,7 @@ impl Config {
             Arch::Phi3 => "Phi3ForCausalLM",
             Arch::Granite => "GraniteForCausalLM",
             Arch::SmolLm3 => "SmolLM3ForCausalLM",
+            Arch::Olmo2 => "Olmo2ForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],

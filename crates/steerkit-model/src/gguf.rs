@@ -580,8 +580,9 @@ pub fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
     let (module, kind) = name.rsplit_once('.')?;
     let g = match module {
         "input_layernorm" => "attn_norm",
-        // Gemma's is the attention's output norm; its MLP's input norm is the next.
-        "post_attention_layernorm" if arch.gemma() => "post_attention_norm",
+        // Gemma's and OLMo 2's is the attention's output norm; Gemma's MLP input norm is the
+        // next.
+        "post_attention_layernorm" if arch.post_norms() => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
         "pre_feedforward_layernorm" => "ffn_norm",
         "post_feedforward_layernorm" => "post_ffw_norm",

@@ -173,6 +173,7 @@ impl HfFolder {
         let (context, theta) = match arch {
             Arch::Gemma3 => (131_072, 1e6),
             Arch::Gemma2 => (8192, 10_000.0),
+            Arch::Olmo2 => (2048, 10_000.0),
             _ => (4096, 10_000.0),
         };
         let max_position_embeddings =
@@ -263,12 +264,14 @@ impl HfFolder {
                 .as_u64()
                 .map_or(if arch.gemma() { 4 } else { heads }, |x| x as usize),
             head_dim,
-            // transformers' defaults: 1e-5 for Phi-3, 1e-6 for the others.
-            rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(if arch == Arch::Phi3 {
-                1e-5
-            } else {
-                1e-6
-            }),
+            // transformers' defaults: 1e-5 for Phi-3 and OLMo 2, 1e-6 for the others.
+            rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(
+                if matches!(arch, Arch::Phi3 | Arch::Olmo2) {
+                    1e-5
+                } else {
+                    1e-6
+                },
+            ),
             rope_theta,
             max_position_embeddings,
             // transformers' default: tied for Gemma, untied otherwise.
@@ -567,7 +570,7 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         }
     };
     Ok(match arch {
-        Arch::Llama | Arch::Granite => (None, vec![]),
+        Arch::Llama | Arch::Granite | Arch::Olmo2 => (None, vec![]),
         Arch::SmolLm3 if c["use_sliding_window"].as_bool() == Some(true) => {
             return Err(ModelError::Config(
                 "config.json asks for SmolLM3's sliding window (on its NoPE blocks), which steerkit does not implement".into(),

@@ -50,16 +50,18 @@ impl Linear {
 /// One decoder block.
 #[derive(Debug, Clone)]
 pub struct Block {
-    pub attn_norm: Tensor,
+    /// The attention's input norm; `None` where the architecture has none (olmo2).
+    pub attn_norm: Option<Tensor>,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
-    /// Per-head RMSNorm weights `[head_dim]` of the queries and keys (qwen3), else `None`.
+    /// RMSNorm weights of the queries and keys: per head, `[head_dim]` (qwen3, gemma3), or
+    /// over the whole projection, `[heads * head_dim]` (olmo2); else `None`.
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
-    /// The MLP's input norm.
-    pub mlp_norm: Tensor,
+    /// The MLP's input norm; `None` where the architecture has none (olmo2).
+    pub mlp_norm: Option<Tensor>,
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
@@ -91,19 +93,19 @@ impl Block {
     }
 
     /// Every tensor of the block with its Hugging Face name suffix (after `model.layers.N.`),
-    /// mutable so that trainers can swap in variables. With post-norms (gemma) the MLP's
-    /// input norm is `pre_feedforward_layernorm` and `post_attention_layernorm` is the
-    /// attention's output norm; without, `post_attention_layernorm` is the MLP's input norm.
+    /// mutable so that trainers can swap in variables. With post-norms (gemma, olmo2) the
+    /// MLP's input norm, if any, is `pre_feedforward_layernorm` and `post_attention_layernorm`
+    /// is the attention's output norm; without, `post_attention_layernorm` is the MLP's input
+    /// norm.
     pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         let mlp_norm = match self.post_attn_norm {
             Some(_) => "pre_feedforward_layernorm.weight",
             None => "post_attention_layernorm.weight",
         };
-        let mut out: Vec<(String, &mut Tensor)> = vec![
-            ("input_layernorm.weight".into(), &mut self.attn_norm),
-            (mlp_norm.into(), &mut self.mlp_norm),
-        ];
+        let mut out: Vec<(String, &mut Tensor)> = vec![];
         for (name, norm) in [
+            ("input_layernorm.weight", &mut self.attn_norm),
+            (mlp_norm, &mut self.mlp_norm),
             ("post_attention_layernorm.weight", &mut self.post_attn_norm),
             ("post_feedforward_layernorm.weight", &mut self.post_mlp_norm),
             ("self_attn.q_norm.weight", &mut self.q_norm),
@@ -430,7 +432,7 @@ impl Model {
             }
             let blk = &self.layers[l];
             let (rope, mask) = positions.of(self, l);
-            let h = self.rms_norm(&x, &blk.attn_norm, mode)?;
+            let h = self.pre_norm(&x, blk.attn_norm.as_ref(), mode)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let a = self.attention(blk, &h, rope, mask, kv, mode)?;
             x = (x + self.post_norm(a, blk.post_attn_norm.as_ref(), mode)?)?;
@@ -492,7 +494,7 @@ impl Model {
             .get(layer)
             .ok_or_else(|| ModelError::Input(format!("layer {layer} does not exist")))?;
         let nkv = self.cfg.num_kv_heads;
-        let h = self.rms_norm(x, &blk.attn_norm, mode)?;
+        let h = self.pre_norm(x, blk.attn_norm.as_ref(), mode)?;
         let (cos, sin) = self.rope_tables(pads, 0, 0, t, layer)?;
         let k = self.rope(&self.keys(blk, &h, mode)?, &cos, &sin, mode)?;
         let v = self.heads(blk.v.forward(&h)?, nkv)?;
@@ -525,11 +527,11 @@ impl Model {
         let mode = Mode::Inference;
         let rope = self.rope_tables(pads, 0, 0, t, layer)?;
         let mask = self.attention_mask(pads, 0, 0, t, layer)?;
-        let h1 = self.rms_norm(x, &blk.attn_norm, mode)?;
+        let h1 = self.pre_norm(x, blk.attn_norm.as_ref(), mode)?;
         let mix = self.attention_mix(blk, &h1, &rope, &mask, None, mode)?;
         let a = self.post_norm(blk.o.forward(&mix)?, blk.post_attn_norm.as_ref(), mode)?;
         let x2 = (x + a)?;
-        let h2 = self.rms_norm(&x2, &blk.mlp_norm, mode)?;
+        let h2 = self.pre_norm(&x2, blk.mlp_norm.as_ref(), mode)?;
         let act = blk.mlp_act(&h2, self.cfg.hidden_act, Mode::Inference)?;
         // Row indices of the real positions.
         let keep: Vec<u32> = pads
@@ -585,7 +587,7 @@ impl Model {
     /// The MLP's contribution to the residual `x` (its input norm, and its output norm where
     /// the architecture has one).
     fn mlp(&self, blk: &Block, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = self.rms_norm(x, &blk.mlp_norm, mode)?;
+        let h = self.pre_norm(x, blk.mlp_norm.as_ref(), mode)?;
         let m = blk
             .down
             .forward(&blk.mlp_act(&h, self.cfg.hidden_act, mode)?)?;
@@ -837,21 +839,40 @@ impl Model {
     /// The query heads `[b, heads, t, hd]` of the normed residual `h`, before RoPE (each head
     /// RMS-normed where the architecture does).
     fn queries(&self, blk: &Block, h: &Tensor, mode: Mode) -> Result<Tensor> {
-        let q = self.heads(blk.q.forward(h)?, self.cfg.num_heads)?;
+        let q = self.projection_norm(blk.q.forward(h)?, blk.q_norm.as_ref(), mode)?;
+        let q = self.heads(q, self.cfg.num_heads)?;
         self.head_norm(q, blk.q_norm.as_ref(), mode)
     }
 
     /// The key heads `[b, kv_heads, t, hd]` of `h`, before RoPE; see [`Model::queries`].
     fn keys(&self, blk: &Block, h: &Tensor, mode: Mode) -> Result<Tensor> {
-        let k = self.heads(blk.k.forward(h)?, self.cfg.num_kv_heads)?;
+        let k = self.projection_norm(blk.k.forward(h)?, blk.k_norm.as_ref(), mode)?;
+        let k = self.heads(k, self.cfg.num_kv_heads)?;
         self.head_norm(k, blk.k_norm.as_ref(), mode)
     }
 
     /// RMSNorm of every head over its `head_dim` entries (qwen3's `q_norm`/`k_norm`).
     fn head_norm(&self, x: Tensor, w: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         match w {
-            Some(w) => self.rms_norm(&x, w, mode),
-            None => Ok(x),
+            Some(w) if !self.cfg.arch.qk_norm_whole() => self.rms_norm(&x, w, mode),
+            _ => Ok(x),
+        }
+    }
+
+    /// RMSNorm of a query or key projection `[b, t, heads*hd]` over all its heads at once
+    /// (olmo2's `q_norm`/`k_norm`).
+    fn projection_norm(&self, y: Tensor, w: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        match w {
+            Some(w) if self.cfg.arch.qk_norm_whole() => self.rms_norm(&y, w, mode),
+            _ => Ok(y),
+        }
+    }
+
+    /// An input norm (RMSNorm), or `x` itself where the architecture has none (olmo2).
+    fn pre_norm(&self, x: &Tensor, w: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        match w {
+            Some(w) => self.rms_norm(x, w, mode),
+            None => Ok(x.clone()),
         }
     }
 

@@ -32,7 +32,7 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
     }
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
-        for n in block_norms(cfg) {
+        for n in block_norms(cfg).into_iter().flatten() {
             out.push(need(format!("{p}.{n}.weight"), vec![d]));
         }
         for (n, o, i) in [("q", q, d), ("k", kv, d), ("v", kv, d), ("o", d, q)] {
@@ -44,8 +44,12 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
             }
         }
         if cfg.arch.qk_norm() {
-            for n in ["q", "k"] {
-                out.push(need(format!("{p}.self_attn.{n}_norm.weight"), vec![hd]));
+            let (qn, kn) = match cfg.arch.qk_norm_whole() {
+                true => (q, kv),
+                false => (hd, hd),
+            };
+            for (n, len) in [("q", qn), ("k", kn)] {
+                out.push(need(format!("{p}.self_attn.{n}_norm.weight"), vec![len]));
             }
         }
         out.push(need(format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
@@ -204,19 +208,21 @@ pub fn fuse(cfg: &Config, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String,
     Ok(out)
 }
 
-/// The names of a block's `[hidden]` norms, in the order [`build`] takes them: the attention's
-/// input norm, the MLP's input norm, then (gemma) the attention's and the MLP's output norms.
-fn block_norms(cfg: &Config) -> &'static [&'static str] {
-    if cfg.arch.gemma() {
-        &[
-            "input_layernorm",
-            "pre_feedforward_layernorm",
-            "post_attention_layernorm",
-            "post_feedforward_layernorm",
-        ]
-    } else {
-        &["input_layernorm", "post_attention_layernorm"]
-    }
+/// The names of a block's `[hidden]` norms, `None` where the architecture has none: the
+/// attention's input norm, the MLP's input norm, the attention's and the MLP's output norms
+/// (the order [`build`] takes them in). `post_attention_layernorm` is the MLP's input norm
+/// where there are no output norms.
+fn block_norms(cfg: &Config) -> [Option<&'static str>; 4] {
+    let (pre, post) = (cfg.arch.pre_norms(), cfg.arch.post_norms());
+    [
+        pre.then_some("input_layernorm"),
+        pre.then_some(match post {
+            true => "pre_feedforward_layernorm",
+            false => "post_attention_layernorm",
+        }),
+        post.then_some("post_attention_layernorm"),
+        post.then_some("post_feedforward_layernorm"),
+    ]
 }
 
 /// The dtypes a model asked for as `dtype` on `device` is stored in: (matrices, everything
@@ -277,12 +283,8 @@ where
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
-        let mut norms = block_norms(&cfg)
-            .iter()
-            .map(|n| next(&format!("{p}.{n}.weight")));
-        let attn_norm = norms.next().expect("an input norm");
-        let mlp_norm = norms.next().expect("an MLP norm");
-        let (post_attn_norm, post_mlp_norm) = (norms.next(), norms.next());
+        let [attn_norm, mlp_norm, post_attn_norm, post_mlp_norm] =
+            block_norms(&cfg).map(|n| n.map(|n| next(&format!("{p}.{n}.weight"))));
         let lin = |w: Tensor| Linear {
             weight: w,
             bias: None,

@@ -566,6 +566,27 @@ fn multimodal_gemma3_folder_reads_its_text_model() {
 }
 
 /// A tiny Gemma fixture folder of `scripts/reference_gemma.py`, loaded, and its logits.json.
+/// The tiny random OLMo 2 folder of `scripts/reference_olmo2.py` (transformers' own
+/// Olmo2ForCausalLM in float64: no input norms, output norms on the attention and the MLP,
+/// q/k norms over the whole projections of 4 query and 2 key/value heads, every norm weight
+/// drawn at random): steerkit's logits at every position equal transformers', and again
+/// after the folder is saved and read back.
+#[test]
+fn olmo2_tiny_logits_match_transformers() {
+    let (m, fx) = gemma_fixture("olmo2_tiny");
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::Olmo2);
+    assert_eq!((m.cfg.rope_theta, m.cfg.rms_norm_eps), (500_000.0, 1e-6));
+    let blk = &m.layers[0];
+    assert!(blk.attn_norm.is_none() && blk.mlp_norm.is_none());
+    assert_eq!(blk.q_norm.as_ref().unwrap().dims(), [32]);
+    assert_eq!(blk.k_norm.as_ref().unwrap().dims(), [16]);
+    check_all_positions(&m, &fx["cases"], "olmo2 tiny");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    check_all_positions(&qwen3_model(&dir), &fx["cases"], "olmo2 tiny, saved again");
+}
+
 fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {
     let dir = common::root().join("tests/fixtures").join(name);
     let p = dir.join("logits.json");

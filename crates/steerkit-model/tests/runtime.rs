@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 9] = [
+const ARCHS: [Arch; 10] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -26,6 +26,8 @@ const ARCHS: [Arch; 9] = [
     Arch::Granite,
     // Block 1 without RoPE (tiny_config).
     Arch::SmolLm3,
+    // Output norms only; q/k normed over the whole projection.
+    Arch::Olmo2,
 ];
 
 /// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as
@@ -708,7 +710,11 @@ fn bf16_matrices_on_the_cpu() {
         let f32m = tiny(arch, DType::F32);
         let m = tiny(arch, DType::BF16);
         assert_eq!((m.dtype, m.matrix_dtype()), (DType::F32, DType::BF16));
-        assert_eq!(m.layers[0].attn_norm.dtype(), DType::F32);
+        let norm = m.layers[0]
+            .attn_norm
+            .as_ref()
+            .or(m.layers[0].post_attn_norm.as_ref());
+        assert_eq!(norm.unwrap().dtype(), DType::F32);
         let (half, full) = (m.weight_bytes(), f32m.weight_bytes());
         assert!(
             half < full && half * 2 > full,
