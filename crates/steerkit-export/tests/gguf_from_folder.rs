@@ -721,16 +721,7 @@ fn phi3_gguf_round_trip_and_refusals() {
 /// file in llama.cpp).
 #[test]
 fn granite_gguf_round_trip() {
-    use steerkit_model::random::{random_model, tiny_config};
-    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
-    let tok = g.tokenizer().unwrap();
-    let chat = g.chat_template(&tok).unwrap();
-    let cfg = tiny_config(steerkit_model::Arch::Granite, tok.vocab_size());
-    let m = random_model(cfg, DType::F32, 5).unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("granite.gguf");
-    let meta = metadata(&m.cfg, &tok, &chat, "granite").unwrap();
-    write(&m, &meta, GgufType::F16, &out).unwrap();
+    let (m, d, out) = tiny_gguf(steerkit_model::Arch::Granite, 5, |_| {});
     let k = keys(&out);
     assert_eq!(k["general.architecture"], "String(\"granite\")");
     assert_eq!(k["granite.logit_scale"], "F32(4.0)");
@@ -776,16 +767,7 @@ fn granite_gguf_round_trip() {
 /// logits (`scripts/check_olmo2_llamacpp.py` runs such a file in llama.cpp).
 #[test]
 fn olmo2_gguf_round_trip() {
-    use steerkit_model::random::{random_model, tiny_config};
-    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
-    let tok = g.tokenizer().unwrap();
-    let chat = g.chat_template(&tok).unwrap();
-    let cfg = tiny_config(steerkit_model::Arch::Olmo2, tok.vocab_size());
-    let m = random_model(cfg, DType::F32, 5).unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("olmo2.gguf");
-    let meta = metadata(&m.cfg, &tok, &chat, "olmo2").unwrap();
-    write(&m, &meta, GgufType::F16, &out).unwrap();
+    let (m, _d, out) = tiny_gguf(steerkit_model::Arch::Olmo2, 5, |_| {});
     assert_eq!(keys(&out)["general.architecture"], "String(\"olmo2\")");
     let mut f = std::fs::File::open(&out).unwrap();
     let infos = Content::read(&mut f).unwrap().tensor_infos;
@@ -810,6 +792,27 @@ fn olmo2_gguf_round_trip() {
     };
     let gap = steerkit_model::random::max_abs_diff(&logits(&m), &logits(&back.model)).unwrap();
     assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+}
+
+/// A tiny random `arch` model with SmolLM2's tokenizer and template (its configuration
+/// changed by `edit`), written to an f16 GGUF file `ARCH.gguf` in a new temporary folder.
+fn tiny_gguf(
+    arch: steerkit_model::Arch,
+    seed: u64,
+    edit: impl FnOnce(&mut steerkit_model::Config),
+) -> (steerkit_model::Model, tempfile::TempDir, PathBuf) {
+    use steerkit_model::random::{random_model, tiny_config};
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let mut cfg = tiny_config(arch, tok.vocab_size());
+    edit(&mut cfg);
+    let m = random_model(cfg, DType::F32, seed).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join(format!("{}.gguf", arch.name()));
+    let meta = metadata(&m.cfg, &tok, &chat, arch.name()).unwrap();
+    write(&m, &meta, GgufType::F16, &out).unwrap();
+    (m, d, out)
 }
 
 /// Asserts that the model read back from GGUF, `back`, gives `m`'s last logits on `rows`
