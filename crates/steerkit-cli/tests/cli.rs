@@ -467,6 +467,39 @@ fn granite_folder_trains_and_exports() {
     assert_eq!(m.cfg.multipliers.map(|g| g.logits_scaling), Some(4.0));
 }
 
+/// A Qwen3-MoE folder (tiny and random, with SmolLM2's tokenizer and template; block 1 routes
+/// each token to 2 of 4 experts): inspect, generation, ACTOR on its attention and MLP (the
+/// router and every expert), export as a patched folder that holds the trained experts; GGUF
+/// export is one clear error, with nothing written.
+#[test]
+fn mixture_of_experts_folder_trains_and_exports() {
+    let d = tmpdir("qwen3moe");
+    let folder = tiny_folder_of(d.path(), Arch::Qwen3Moe);
+    let f = folder.to_str().unwrap();
+    let run = d.path().join("run");
+    let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
+    assert_eq!(v["architecture"].as_str(), Some("qwen3_moe"));
+    let back = export_patched(f, &run, &d.path().join("patched"));
+    let original = folder_tensors(&folder);
+    let mut moved = 0;
+    for n in [
+        "mlp.gate.weight",
+        "mlp.experts.0.down_proj.weight",
+        "mlp.experts.3.up_proj.weight",
+    ] {
+        let n = format!("model.layers.1.{n}");
+        let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+            steerkit_model::random::max_abs_diff(a, b).unwrap()
+        };
+        assert_eq!(gap(&back[&n], &trained[&n]), 0.0, "{n}");
+        moved += usize::from(gap(&back[&n], &original[&n]) > 0.0);
+    }
+    assert!(moved > 0, "no expert or router tensor was trained");
+    let gguf = d.path().join("m.gguf");
+    assert_clean_error(&export_gguf(f, &[], &gguf), "mixture-of-experts");
+    assert!(!gguf.exists());
+}
+
 /// A Phi-3 folder (tiny and random, with SmolLM2's tokenizer and template), stored fused as
 /// Phi-3 checkpoints are (`qkv_proj`, `gate_up_proj`), with Phi-4-mini's partial rotation and
 /// LongRoPE: inspect, generation, ACTOR on attention and MLP, export as a patched folder whose
@@ -816,7 +849,7 @@ fn bad_input_is_one_clear_error() {
     .unwrap();
     assert_clean_error(
         &steerkit(&["inspect", "-m", folder.to_str().unwrap()]),
-        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite, smollm3, olmo2;",
+        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite, smollm3, olmo2, qwen3_moe;",
     );
     // Shapes that do not match config.json.
     std::fs::write(
@@ -1742,7 +1775,7 @@ fn actor_trains_resumes_and_exports() {
     };
     assert_eq!(
         f16(&ck["model.layers.1.mlp.down_proj.weight"]),
-        f16(&back.model.layers[1].down.weight)
+        f16(&back.model.layers[1].dense().unwrap().down.weight)
     );
     // With gradient projection: bases saved, the share projected out logged per step.
     let proj = d.path().join("proj");
@@ -2319,6 +2352,8 @@ fn shipped_configs_are_valid() {
 fn assert_export_holds(src: &str, ck: &Path, exported: &Path, layer: usize) {
     let down = |m: &steerkit_model::Model| -> Vec<f32> {
         m.layers[layer]
+            .dense()
+            .unwrap()
             .down
             .weight
             .flatten_all()

@@ -81,6 +81,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Granite => "granite",
         Arch::SmolLm3 => "smollm3",
         Arch::Olmo2 => "olmo2",
+        Arch::Qwen3Moe => "qwen3moe",
     }
 }
 
@@ -155,6 +156,12 @@ pub fn metadata(
     name: &str,
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
+    if cfg.moe.is_some() {
+        return Err(ModelError::Config(format!(
+            "GGUF export of a mixture-of-experts model ({}) is not implemented yet; export it as safetensors",
+            cfg.arch.name()
+        )));
+    }
     if cfg.arch == Arch::SmolLm3
         && cfg.nope_layers != steerkit_model::gguf::llamacpp_nope_layers(cfg.num_layers)
     {

@@ -2,7 +2,7 @@
 //!
 //! - [`orthogonalize`]: weight orthogonalization (METHODS.md 1.5), `W <- W - r̂ r̂ᵀ W` for every
 //!   matrix that writes to the residual stream: token embedding rows, attention output and MLP
-//!   down projections. A tied LM head is untied first and kept unchanged. The result computes
+//!   down projections (every expert's in a mixture of experts). A tied LM head is untied first and kept unchanged. The result computes
 //!   what directional ablation at every layer computes, with no hook.
 //! - Hugging Face safetensors folders are written by `steerkit_model::hf::save` (temporary
 //!   folder, then rename; sharded with an index above 2 GiB; a multimodal source whole, its
@@ -107,10 +107,11 @@ pub fn orthogonalize(model: &Model, direction: &Tensor) -> Result<Model, ModelEr
         .t()?
         .contiguous()?;
     for blk in m.layers.iter_mut() {
-        blk.o.weight = project_rows_out(&blk.o.weight, &unit, dt)?;
-        blk.down.weight = project_rows_out(&blk.down.weight, &unit, dt)?;
-        for b in [&mut blk.o.bias, &mut blk.down.bias].into_iter().flatten() {
-            *b = project_rows_out(&b.reshape((d, 1))?, &unit, dt)?.flatten_all()?;
+        for lin in blk.residual_writers_mut() {
+            lin.weight = project_rows_out(&lin.weight, &unit, dt)?;
+            if let Some(b) = lin.bias.as_mut() {
+                *b = project_rows_out(&b.reshape((d, 1))?, &unit, dt)?.flatten_all()?;
+            }
         }
     }
     Ok(m)

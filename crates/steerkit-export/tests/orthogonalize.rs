@@ -149,7 +149,7 @@ fn bf16_matrices_are_projected_in_f32() -> Result<(), Box<dyn std::error::Error>
         .broadcast_div(&r.sqr()?.sum_all()?.sqrt()?)?
         .unsqueeze(0)?;
     for blk in &o.layers {
-        for w in [&blk.o.weight, &blk.down.weight] {
+        for w in [&blk.o.weight, &blk.dense().unwrap().down.weight] {
             assert_eq!(w.dtype(), DType::F32);
             let left = unit.matmul(w)?;
             let worst = max_abs_diff(&left, &left.zeros_like()?)?;
@@ -162,6 +162,47 @@ fn bf16_matrices_are_projected_in_f32() -> Result<(), Box<dyn std::error::Error>
         DType::BF16,
         "the untied head is kept as it was"
     );
+    Ok(())
+}
+
+/// A mixture of experts (tiny Qwen3-MoE: block 1 routes each token to 2 of 4 experts)
+/// orthogonalized computes what hook ablation at every point of the unmodified model does:
+/// every expert's down projection is projected, not only the ones a prompt happens to use.
+#[test]
+fn mixture_of_experts_orthogonalizes_every_expert() -> Result<(), Box<dyn std::error::Error>> {
+    use candle_core::DType;
+    use steerkit_model::random::{max_abs_diff, random_model, seeded_normal, tiny_config};
+    let m = random_model(
+        tiny_config(steerkit_model::Arch::Qwen3Moe, 64),
+        DType::F32,
+        3,
+    )?;
+    let r = seeded_normal(32, 5)?;
+    let o = steerkit_export::orthogonalize(&m, &r)?;
+    let rows = [vec![3u32, 1, 4, 1, 5, 9, 2, 6], vec![5u32, 3, 5]];
+    let (ids, pads) = steerkit_model::left_pad(&rows, 0, &Device::Cpu)?;
+    let mut hook = Ablate::new(&r, &HookPoint::ALL)?;
+    let hooked = m.last_logits(&ids, &pads, &mut hook)?;
+    let baked = o.last_logits(&ids, &pads, &mut NoHook)?;
+    let plain = m.last_logits(&ids, &pads, &mut NoHook)?;
+    let (gap, effect) = (
+        max_abs_diff(&hooked, &baked)?,
+        max_abs_diff(&hooked, &plain)?,
+    );
+    assert!(
+        gap < 1e-4 && effect > 1e-2,
+        "orthogonalized {gap}, ablation's effect {effect}"
+    );
+    let Some(steerkit_model::Mlp::Moe(e)) = o.layers.get(1).map(|b| &b.mlp) else {
+        panic!("block 1 is a mixture of experts")
+    };
+    let unit = r
+        .broadcast_div(&r.sqr()?.sum_all()?.sqrt()?)?
+        .unsqueeze(0)?;
+    for x in &e.experts {
+        let left = unit.matmul(&x.down.weight)?;
+        assert!(max_abs_diff(&left, &left.zeros_like()?)? < 1e-5);
+    }
     Ok(())
 }
 

@@ -50,6 +50,12 @@ pub enum Arch {
     /// residual (`post_attention_layernorm`, `post_feedforward_layernorm`), and the queries
     /// and keys RMS-normed over the whole projection (all heads at once) before RoPE.
     Olmo2,
+    /// Qwen3's mixture-of-experts models (`qwen3_moe`: Qwen3-30B-A3B, Qwen3-235B-A22B):
+    /// Qwen3's attention; in place of the MLP, a router picks each token's top experts
+    /// ([`Config::moe`]), Llama-shaped MLPs whose outputs are summed with the router's
+    /// softmax weights.
+    #[serde(rename = "qwen3_moe")]
+    Qwen3Moe,
 }
 
 impl Arch {
@@ -66,6 +72,7 @@ impl Arch {
             "granite" => Ok(Arch::Granite),
             "smollm3" => Ok(Arch::SmolLm3),
             "olmo2" => Ok(Arch::Olmo2),
+            "qwen3_moe" => Ok(Arch::Qwen3Moe),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -84,13 +91,17 @@ impl Arch {
             Arch::Granite => "granite",
             Arch::SmolLm3 => "smollm3",
             Arch::Olmo2 => "olmo2",
+            Arch::Qwen3Moe => "qwen3_moe",
         }
     }
 
     /// Whether the blocks RMS-norm their queries and keys (`q_norm`, `k_norm`): each head
     /// (qwen3, gemma3) or the whole projection ([`Arch::qk_norm_whole`]: olmo2).
     pub fn qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3 | Arch::Gemma3 | Arch::Olmo2)
+        matches!(
+            self,
+            Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3 | Arch::Olmo2
+        )
     }
 
     /// Whether the q/k norms take the whole projection, all heads at once (olmo2: weights of
@@ -209,6 +220,25 @@ pub struct Config {
     /// form then, as for `rope_scaling`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multipliers: Option<Multipliers>,
+    /// The mixture of experts in place of the MLP ([`Arch::Qwen3Moe`]); `None` elsewhere (left
+    /// out of the serialized form then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeConfig>,
+}
+
+/// A mixture-of-experts MLP: per token, the router's softmax over `num_experts`, its `top_k`
+/// largest (renormalized to sum to 1 when `norm_topk_prob`), and the sum of those experts'
+/// outputs weighted by them. Each expert is Llama's gated MLP with `intermediate_size`
+/// channels. The blocks in `dense_layers` have a plain MLP of the configuration's own
+/// `intermediate_size` instead (Qwen3-MoE's `mlp_only_layers`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub intermediate_size: usize,
+    pub norm_topk_prob: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dense_layers: Vec<usize>,
 }
 
 /// Granite's four scalars (transformers' GraniteConfig names; each 1 when config.json is
@@ -448,6 +478,17 @@ impl Config {
     /// Checks the invariants the forward pass relies on.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
+        if let Some(m) = &self.moe {
+            if m.num_experts == 0 || m.top_k == 0 || m.top_k > m.num_experts {
+                return bad(format!(
+                    "a mixture of {} experts cannot route each token to {} of them",
+                    m.num_experts, m.top_k
+                ));
+            }
+            if m.intermediate_size == 0 {
+                return bad("the experts' intermediate size must be positive".into());
+            }
+        }
         if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
             return bad(format!(
                 "layers ({}), hidden size ({}) and vocabulary ({}) must be positive",
@@ -618,7 +659,7 @@ impl Config {
         let kv = self.num_kv_heads * hd;
         let norms =
             2 * usize::from(self.arch.pre_norms()) + 2 * usize::from(self.arch.post_norms());
-        let mut block = d * q + 2 * d * kv + q * d + 3 * d * f + norms * d;
+        let mut block = d * q + 2 * d * kv + q * d + norms * d;
         if self.attention_bias {
             block += q + 2 * kv;
         }
@@ -632,11 +673,24 @@ impl Config {
         } else {
             self.vocab_size * d
         };
-        self.vocab_size * d + self.num_layers * block + d + head
+        let mlps: usize = (0..self.num_layers)
+            .map(|l| match (&self.moe, self.is_moe_layer(l)) {
+                (Some(m), true) => m.num_experts * (d + 3 * d * m.intermediate_size),
+                _ => 3 * d * f,
+            })
+            .sum();
+        self.vocab_size * d + self.num_layers * block + mlps + d + head
     }
 }
 
 impl Config {
+    /// Whether block `layer`'s MLP is a mixture of experts.
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|m| !m.dense_layers.contains(&layer))
+    }
+
     /// The configuration as a Hugging Face `config.json` object.
     pub fn to_hf_json(&self) -> serde_json::Value {
         let arch_class = match self.arch {
@@ -650,6 +704,7 @@ impl Config {
             Arch::Granite => "GraniteForCausalLM",
             Arch::SmolLm3 => "SmolLM3ForCausalLM",
             Arch::Olmo2 => "Olmo2ForCausalLM",
+            Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],
@@ -689,6 +744,14 @@ impl Config {
             j["residual_multiplier"] = m.residual.into();
             j["attention_multiplier"] = m.attention.into();
             j["logits_scaling"] = m.logits_scaling.into();
+        }
+        if let Some(m) = &self.moe {
+            j["num_experts"] = m.num_experts.into();
+            j["num_experts_per_tok"] = m.top_k.into();
+            j["moe_intermediate_size"] = m.intermediate_size.into();
+            j["norm_topk_prob"] = m.norm_topk_prob.into();
+            j["decoder_sparse_step"] = 1.into();
+            j["mlp_only_layers"] = m.dense_layers.clone().into();
         }
         if let Some(r) = self.rotary_dim {
             // transformers turns `int(head_dim * factor)` dimensions: the factor must not
@@ -735,7 +798,7 @@ impl Config {
         if self.arch.gemma() || (window && !full.is_empty()) {
             j["layer_types"] = layer_types();
         }
-        if window && matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
+        if window && matches!(self.arch, Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe) {
             // Qwen's configs switch the window on, from block `max_window_layers` up
             // (layer_types, when written, says the same or more).
             let leading = (0..self.num_layers)

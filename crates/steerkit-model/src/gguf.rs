@@ -186,6 +186,7 @@ impl Gguf {
                 Arch::SmolLm3 => llamacpp_nope_layers(num_layers),
                 _ => vec![],
             },
+            moe: None,
             multipliers: match arch {
                 Arch::Granite => Some(self.granite_multipliers(name, head_dim)?),
                 _ => None,

@@ -294,6 +294,10 @@ impl HfFolder {
                 _ => vec![],
             },
             // GraniteConfig's defaults: 1 each.
+            moe: match arch {
+                Arch::Qwen3Moe => Some(qwen3_moe(c, num_layers)?),
+                _ => None,
+            },
             multipliers: (arch == Arch::Granite).then(|| {
                 let get = |k: &str| c[k].as_f64().unwrap_or(1.0);
                 crate::config::Multipliers {
@@ -453,6 +457,44 @@ impl HfFolder {
     }
 }
 
+/// Qwen3-MoE's mixture of experts, as Qwen3MoeConfig reads config.json: `num_experts` (or
+/// `num_local_experts`, as transformers 5 writes it), `num_experts_per_tok`,
+/// `moe_intermediate_size`, `norm_topk_prob` (false when absent), and the blocks with a plain
+/// MLP: those `mlp_only_layers` lists and those whose number plus one is not a multiple of
+/// `decoder_sparse_step` (1 when absent).
+fn qwen3_moe(c: &Value, num_layers: usize) -> Result<crate::config::MoeConfig> {
+    let u = |k: &str| -> Result<usize> {
+        c[k].as_u64().map(|x| x as usize).ok_or_else(|| {
+            ModelError::Config(format!(
+                "config.json has no integer `{k}` (a qwen3_moe model)"
+            ))
+        })
+    };
+    let num_experts = match c["num_experts"].as_u64() {
+        Some(n) => n as usize,
+        None => u("num_local_experts")?,
+    };
+    let step = c["decoder_sparse_step"].as_u64().unwrap_or(1).max(1) as usize;
+    let only: Vec<usize> = c["mlp_only_layers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as usize)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(crate::config::MoeConfig {
+        num_experts,
+        top_k: u("num_experts_per_tok")?,
+        intermediate_size: u("moe_intermediate_size")?,
+        norm_topk_prob: c["norm_topk_prob"].as_bool().unwrap_or(false),
+        dense_layers: (0..num_layers)
+            .filter(|l| only.contains(l) || !(l + 1).is_multiple_of(step) || num_experts == 0)
+            .collect(),
+    })
+}
+
 /// SmolLM3's blocks without RoPE: those `no_rope_layers` marks 0, or, without the list, every
 /// `no_rope_layer_interval`-th (4 unless set), as SmolLM3Config builds it.
 fn smollm3_nope_layers(c: &Value, num_layers: usize) -> Result<Vec<usize>> {
@@ -578,14 +620,16 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         }
         Arch::SmolLm3 => (None, vec![]),
         Arch::Mistral | Arch::Phi3 => (window, vec![]),
-        Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() != Some(true) => {
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe
+            if c["use_sliding_window"].as_bool() != Some(true) =>
+        {
             (None, vec![])
         }
         _ if types.is_some() => {
             let types = types.expect("checked");
             on(&|l| types[l])
         }
-        Arch::Qwen2 | Arch::Qwen3 => {
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => {
             // transformers' default for Qwen2 and Qwen3 configs.
             let from = c["max_window_layers"].as_u64().unwrap_or(28) as usize;
             on(&|l| l >= from)

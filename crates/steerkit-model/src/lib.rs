@@ -32,11 +32,11 @@ pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{Activation, Arch, Config, Multipliers, RopeScaling};
+pub use config::{Activation, Arch, Config, MoeConfig, Multipliers, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generated, Sampling};
 pub use hooks::{Ablate, Add, Chain, Hook, HookCtx, HookPoint, NoHook, Record, Site};
-pub use model::{Block, KvCache, Linear, Mode, Model};
+pub use model::{Block, Experts, GatedMlp, KvCache, Linear, Mlp, Mode, Model};
 pub use prefix::SharedPrefix;
 pub use source::{
     describe_numerics, device_named, float_dtype, left_pad, load, pad_rows, shared_prefix_len,

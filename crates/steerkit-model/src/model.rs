@@ -62,9 +62,8 @@ pub struct Block {
     pub k_norm: Option<Tensor>,
     /// The MLP's input norm; `None` where the architecture has none (olmo2).
     pub mlp_norm: Option<Tensor>,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
+    /// The MLP: gated, or a mixture of gated experts.
+    pub mlp: Mlp,
     /// Norms of the attention's and the MLP's outputs before they join the residual (gemma),
     /// else `None`.
     pub post_attn_norm: Option<Tensor>,
@@ -78,9 +77,37 @@ fn gelu_tanh(x: &Tensor) -> candle_core::Result<Tensor> {
     (x * 0.5)? * (inner.tanh()? + 1.0)?
 }
 
-impl Block {
-    /// The MLP's input to the down projection, `act(h Gᵀ) * (h Uᵀ)`.
-    fn mlp_act(&self, h: &Tensor, act: Activation, mode: Mode) -> Result<Tensor> {
+/// Llama's gated MLP, `down(act(gate(h)) * up(h))`.
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// A mixture of experts ([`crate::MoeConfig`]): the router's weights `[experts, hidden]` and
+/// the experts.
+#[derive(Debug, Clone)]
+pub struct Experts {
+    pub router: Tensor,
+    pub experts: Vec<GatedMlp>,
+}
+
+/// A block's MLP.
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    Dense(GatedMlp),
+    Moe(Experts),
+}
+
+impl GatedMlp {
+    /// The output, `down(act(h Gᵀ) * (h Uᵀ))`.
+    fn forward(&self, h: &Tensor, act: Activation, mode: Mode) -> Result<Tensor> {
+        self.down.forward(&self.act(h, act, mode)?)
+    }
+
+    /// The input to the down projection, `act(h Gᵀ) * (h Uᵀ)`.
+    fn act(&self, h: &Tensor, act: Activation, mode: Mode) -> Result<Tensor> {
         let g = self.gate.forward(h)?;
         let g = match (act, mode) {
             (Activation::Silu, _) => g.silu()?,
@@ -90,6 +117,43 @@ impl Block {
             (Activation::GeluTanh, Mode::Differentiable) => gelu_tanh(&g)?,
         };
         Ok((g * self.up.forward(h)?)?)
+    }
+
+    fn named_linears_mut(&mut self) -> [(&'static str, &mut Linear); 3] {
+        [
+            ("gate_proj", &mut self.gate),
+            ("up_proj", &mut self.up),
+            ("down_proj", &mut self.down),
+        ]
+    }
+}
+
+impl Block {
+    /// The block's MLP when it is a plain (dense) one.
+    pub fn dense(&self) -> Option<&GatedMlp> {
+        match &self.mlp {
+            Mlp::Dense(m) => Some(m),
+            Mlp::Moe(_) => None,
+        }
+    }
+
+    /// [`Block::dense`], mutable.
+    pub fn dense_mut(&mut self) -> Option<&mut GatedMlp> {
+        match &mut self.mlp {
+            Mlp::Dense(m) => Some(m),
+            Mlp::Moe(_) => None,
+        }
+    }
+
+    /// Every matrix (and bias) that writes into the residual stream: the attention's output
+    /// projection and the MLP's down projection, or every expert's.
+    pub fn residual_writers_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = vec![&mut self.o];
+        match &mut self.mlp {
+            Mlp::Dense(m) => out.push(&mut m.down),
+            Mlp::Moe(e) => out.extend(e.experts.iter_mut().map(|x| &mut x.down)),
+        }
+        out
     }
 
     /// Every tensor of the block with its Hugging Face name suffix (after `model.layers.N.`),
@@ -115,15 +179,28 @@ impl Block {
                 out.push((name.into(), t));
             }
         }
-        for (name, lin) in [
-            ("self_attn.q_proj", &mut self.q),
-            ("self_attn.k_proj", &mut self.k),
-            ("self_attn.v_proj", &mut self.v),
-            ("self_attn.o_proj", &mut self.o),
-            ("mlp.gate_proj", &mut self.gate),
-            ("mlp.up_proj", &mut self.up),
-            ("mlp.down_proj", &mut self.down),
-        ] {
+        let mut linears: Vec<(String, &mut Linear)> = vec![
+            ("self_attn.q_proj".into(), &mut self.q),
+            ("self_attn.k_proj".into(), &mut self.k),
+            ("self_attn.v_proj".into(), &mut self.v),
+            ("self_attn.o_proj".into(), &mut self.o),
+        ];
+        match &mut self.mlp {
+            Mlp::Dense(m) => {
+                for (name, lin) in m.named_linears_mut() {
+                    linears.push((format!("mlp.{name}"), lin));
+                }
+            }
+            Mlp::Moe(e) => {
+                out.push(("mlp.gate.weight".into(), &mut e.router));
+                for (i, x) in e.experts.iter_mut().enumerate() {
+                    for (name, lin) in x.named_linears_mut() {
+                        linears.push((format!("mlp.experts.{i}.{name}"), lin));
+                    }
+                }
+            }
+        }
+        for (name, lin) in linears {
             for (i, t) in lin.tensors_mut().enumerate() {
                 let kind = if i == 0 { "weight" } else { "bias" };
                 out.push((format!("{name}.{kind}"), t));
@@ -532,7 +609,12 @@ impl Model {
         let a = self.post_norm(blk.o.forward(&mix)?, blk.post_attn_norm.as_ref(), mode)?;
         let x2 = (x + a)?;
         let h2 = self.pre_norm(&x2, blk.mlp_norm.as_ref(), mode)?;
-        let act = blk.mlp_act(&h2, self.cfg.hidden_act, Mode::Inference)?;
+        let Some(mlp) = blk.dense() else {
+            return Err(ModelError::Input(format!(
+                "block {layer} is a mixture of experts; gradient projection of its inputs is not implemented"
+            )));
+        };
+        let act = mlp.act(&h2, self.cfg.hidden_act, Mode::Inference)?;
         // Row indices of the real positions.
         let keep: Vec<u32> = pads
             .iter()
@@ -588,10 +670,77 @@ impl Model {
     /// the architecture has one).
     fn mlp(&self, blk: &Block, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let h = self.pre_norm(x, blk.mlp_norm.as_ref(), mode)?;
-        let m = blk
-            .down
-            .forward(&blk.mlp_act(&h, self.cfg.hidden_act, mode)?)?;
+        let m = match &blk.mlp {
+            Mlp::Dense(m) => m.forward(&h, self.cfg.hidden_act, mode)?,
+            Mlp::Moe(e) => self.experts(e, &h, mode)?,
+        };
         self.post_norm(m, blk.post_mlp_norm.as_ref(), mode)
+    }
+
+    /// A mixture of experts on `h: [.., hidden]` ([`crate::MoeConfig`]): the router's softmax
+    /// (in f32 for half precision), each token's `top_k` experts (ties to the lower index), their weights
+    /// renormalized where the configuration says, and the weighted sum of those experts'
+    /// outputs. Each expert runs on its own tokens only. In differentiable mode the gradient
+    /// reaches the router through the weights; which experts a token takes is a choice, with
+    /// none (as in transformers).
+    fn experts(&self, e: &Experts, h: &Tensor, mode: Mode) -> Result<Tensor> {
+        let moe = self.cfg.moe.as_ref().ok_or_else(|| {
+            ModelError::Config("a mixture-of-experts block without its configuration".into())
+        })?;
+        let dims = h.dims().to_vec();
+        let d = *dims.last().expect("hidden states have a last dimension");
+        let n = h.elem_count() / d;
+        let x = h.reshape((n, d))?;
+        let logits = Linear {
+            weight: e.router.clone(),
+            bias: None,
+        }
+        .forward(&x)?;
+        // In f32 for half precision, as transformers does.
+        let logits = match logits.dtype() {
+            DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
+            _ => logits,
+        };
+        let probs = match mode {
+            Mode::Inference => candle_nn::ops::softmax_last_dim(&logits)?,
+            Mode::Differentiable => candle_nn::ops::softmax(&logits, D::Minus1)?,
+        };
+        let (ne, k) = (moe.num_experts, moe.top_k);
+        // The choice, on the host: each token's k largest probabilities.
+        let values: Vec<Vec<f64>> = probs.to_dtype(DType::F64)?.to_vec2()?;
+        let mut chosen = Vec::with_capacity(n * k);
+        let mut tokens: Vec<Vec<u32>> = vec![vec![]; ne];
+        let mut slots: Vec<Vec<u32>> = vec![vec![]; ne];
+        for (row, p) in values.iter().enumerate() {
+            let mut order: Vec<usize> = (0..ne).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            for (j, &ex) in order.iter().take(k).enumerate() {
+                chosen.push((row * ne + ex) as u32);
+                tokens[ex].push(row as u32);
+                slots[ex].push((row * k + j) as u32);
+            }
+        }
+        let dev = x.device();
+        let picked = Tensor::new(chosen, dev)?;
+        let mut w = probs
+            .flatten_all()?
+            .index_select(&picked, 0)?
+            .reshape((n, k))?;
+        if moe.norm_topk_prob {
+            w = w.broadcast_div(&w.sum_keepdim(1)?)?;
+        }
+        let w = w.flatten_all()?.to_dtype(x.dtype())?;
+        let mut out = x.zeros_like()?;
+        for (ex, mlp) in e.experts.iter().enumerate() {
+            if tokens[ex].is_empty() {
+                continue;
+            }
+            let rows = Tensor::new(tokens[ex].as_slice(), dev)?;
+            let weights = w.index_select(&Tensor::new(slots[ex].as_slice(), dev)?, 0)?;
+            let y = mlp.forward(&x.index_select(&rows, 0)?, self.cfg.hidden_act, mode)?;
+            out = out.index_add(&rows, &y.broadcast_mul(&weights.unsqueeze(1)?)?, 0)?;
+        }
+        Ok(out.reshape(dims)?)
     }
 
     /// A sublayer's output `x` as it joins the residual: normed by `w` where the architecture

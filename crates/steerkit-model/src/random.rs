@@ -60,6 +60,14 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         } else {
             vec![]
         },
+        // Block 1 (the one the gradient checks train) routes among 4 experts, block 0 is dense.
+        moe: (arch == Arch::Qwen3Moe).then(|| crate::config::MoeConfig {
+            num_experts: 4,
+            top_k: 2,
+            intermediate_size: 24,
+            norm_topk_prob: true,
+            dense_layers: vec![0],
+        }),
         multipliers: (arch == Arch::Granite).then_some(crate::config::Multipliers {
             embedding: 3.0,
             residual: 0.5,

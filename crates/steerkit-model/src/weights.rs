@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::config::{Arch, Config};
 use crate::error::{ModelError, Result};
-use crate::model::{Block, Linear, Model};
+use crate::model::{Block, Experts, GatedMlp, Linear, Mlp, Model};
 
 /// One tensor the model needs: its name and the shape it must have.
 #[derive(Debug, Clone)]
@@ -52,11 +52,36 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
                 out.push(need(format!("{p}.self_attn.{n}_norm.weight"), vec![len]));
             }
         }
-        out.push(need(format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
-        out.push(need(format!("{p}.mlp.up_proj.weight"), vec![f, d]));
-        out.push(need(format!("{p}.mlp.down_proj.weight"), vec![d, f]));
+        match cfg.moe.as_ref().filter(|_| cfg.is_moe_layer(l)) {
+            Some(m) => {
+                out.push(need(format!("{p}.mlp.gate.weight"), vec![m.num_experts, d]));
+                for e in 0..m.num_experts {
+                    mlp_needs(
+                        &mut out,
+                        &format!("{p}.mlp.experts.{e}"),
+                        m.intermediate_size,
+                        d,
+                    );
+                }
+            }
+            None => mlp_needs(&mut out, &format!("{p}.mlp"), f, d),
+        }
     }
     out
+}
+
+/// A gated MLP's three matrices under `prefix`, of `f` channels over the hidden size `d`.
+fn mlp_needs(out: &mut Vec<Need>, prefix: &str, f: usize, d: usize) {
+    for (n, shape) in [
+        ("gate", vec![f, d]),
+        ("up", vec![f, d]),
+        ("down", vec![d, f]),
+    ] {
+        out.push(Need {
+            name: format!("{prefix}.{n}_proj.weight"),
+            shape,
+        });
+    }
 }
 
 /// The tensors an architecture's files store fused, as (the fused module, its parts in row
@@ -306,9 +331,22 @@ where
         } else {
             (None, None)
         };
-        let gate = lin(next(&format!("{p}.mlp.gate_proj.weight")));
-        let up = lin(next(&format!("{p}.mlp.up_proj.weight")));
-        let down = lin(next(&format!("{p}.mlp.down_proj.weight")));
+        let moe = cfg.moe.as_ref().filter(|_| cfg.is_moe_layer(l));
+        let router = moe.map(|_| next(&format!("{p}.mlp.gate.weight")));
+        let mut gated = |prefix: &str| GatedMlp {
+            gate: lin(next(&format!("{prefix}.gate_proj.weight"))),
+            up: lin(next(&format!("{prefix}.up_proj.weight"))),
+            down: lin(next(&format!("{prefix}.down_proj.weight"))),
+        };
+        let mlp = match (moe, router) {
+            (Some(m), Some(router)) => {
+                let experts = (0..m.num_experts)
+                    .map(|e| gated(&format!("{p}.mlp.experts.{e}")))
+                    .collect();
+                Mlp::Moe(Experts { router, experts })
+            }
+            _ => Mlp::Dense(gated(&format!("{p}.mlp"))),
+        };
         layers.push(Block {
             attn_norm,
             q,
@@ -318,9 +356,7 @@ where
             q_norm,
             k_norm,
             mlp_norm,
-            gate,
-            up,
-            down,
+            mlp,
             post_attn_norm,
             post_mlp_norm,
         });

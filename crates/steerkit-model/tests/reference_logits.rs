@@ -355,7 +355,11 @@ fn phi3_tiny_logits_match_reference() {
         _ => panic!("f32 on the CPU"),
     };
     let b = &m.layers[0];
-    for (name, w) in [("k", &b.k.weight), ("v", &b.v.weight), ("up", &b.up.weight)] {
+    for (name, w) in [
+        ("k", &b.k.weight),
+        ("v", &b.v.weight),
+        ("up", &b.dense().unwrap().up.weight),
+    ] {
         assert_eq!(
             held(w),
             w.elem_count(),
@@ -585,6 +589,54 @@ fn olmo2_tiny_logits_match_transformers() {
     let dir = out.path().join("saved");
     steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
     check_all_positions(&qwen3_model(&dir), &fx["cases"], "olmo2 tiny, saved again");
+}
+
+/// The tiny random Qwen3-MoE folder of `scripts/reference_qwen3_moe.py` (transformers' own
+/// Qwen3MoeForCausalLM in float64: blocks 0 and 2 route each token to 2 of 4 experts, block 1
+/// has a plain MLP): steerkit's logits at every position equal transformers', with the top-2
+/// weights renormalized (`norm_topk_prob`, the released models') and without; the same with
+/// the Hub's `num_experts` for transformers 5's `num_local_experts`, and after the folder is
+/// saved and read back.
+#[test]
+fn qwen3_moe_tiny_logits_match_transformers() {
+    let (m, fx) = gemma_fixture("qwen3_moe_tiny");
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::Qwen3Moe);
+    let moe = m.cfg.moe.clone().expect("a mixture of experts");
+    assert_eq!(
+        (moe.num_experts, moe.top_k, moe.intermediate_size),
+        (4, 2, 24)
+    );
+    assert_eq!(
+        (moe.norm_topk_prob, moe.dense_layers.clone()),
+        (true, vec![1])
+    );
+    assert!(m.layers[1].dense().is_some() && m.layers[2].dense().is_none());
+    check_all_positions(&m, &fx["cases"], "qwen3_moe tiny");
+    let plain = copy_with("qwen3_moe_tiny", |c| c["norm_topk_prob"] = false.into());
+    let unnormalized = &fx["cases_unnormalized"];
+    check_all_positions(
+        &qwen3_model(plain.path()),
+        unnormalized,
+        "qwen3_moe, unnormalized",
+    );
+    let hub = copy_with("qwen3_moe_tiny", |c| {
+        let o = c.as_object_mut().unwrap();
+        let n = o.remove("num_local_experts").unwrap();
+        o.insert("num_experts".into(), n);
+    });
+    check_all_positions(
+        &qwen3_model(hub.path()),
+        &fx["cases"],
+        "qwen3_moe, num_experts",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    check_all_positions(
+        &qwen3_model(&dir),
+        &fx["cases"],
+        "qwen3_moe tiny, saved again",
+    );
 }
 
 fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {

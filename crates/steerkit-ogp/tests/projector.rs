@@ -153,7 +153,11 @@ fn linear_inputs_reproduce_the_block() {
             &blk.post_attn_norm,
         );
         let d = post(
-            blk.down.forward(&ins["mlp.down_proj.weight"]).unwrap(),
+            blk.dense()
+                .unwrap()
+                .down
+                .forward(&ins["mlp.down_proj.weight"])
+                .unwrap(),
             &blk.post_mlp_norm,
         );
         let rebuilt = ((real(&x) + o).unwrap() + d).unwrap();
