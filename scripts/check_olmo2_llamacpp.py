@@ -20,19 +20,15 @@ Exit code 0 when llama.cpp agrees within 0.05 and the control does not; 1 otherw
 
 Dependencies: Python 3.9+, numpy, llama-cpp-python (tested with 0.3.36).
 """
-import json
 import os
-import shutil
-import struct
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_qwen3_llamacpp import as_f16_file, compare, tokenizer_folder  # noqa: E402
-from reference_qwen3 import attend, rmsnorm, rope, save_safetensors  # noqa: E402
+from llamacpp_check import Seeded, fixture_gap, run  # noqa: E402
+from reference_qwen3 import attend, rmsnorm, rope  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = {
     "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "hidden_size": 64,
     "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
@@ -73,82 +69,29 @@ def forward(cfg, w, ids):
     return h @ W.get("lm_head.weight", W["model.embed_tokens.weight"]).T
 
 
-def olmo2_weights(cfg, seed=20261127):
-    rng = np.random.default_rng(seed)
+def olmo2_weights(cfg):
     d, f, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
-    nh, nkv, v = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
-    w = {}
-    mat = lambda n, s: w.__setitem__(n, (rng.standard_normal(s) * 0.2).astype(np.float32))  # noqa: E731
-    norm = lambda n, s: w.__setitem__(n, (1 + 0.3 * rng.standard_normal(s)).astype(np.float32))  # noqa: E731
-    mat("model.embed_tokens.weight", (v, d))
-    mat("lm_head.weight", (v, d))
-    norm("model.norm.weight", d)
+    s = Seeded()
+    s.embeddings(cfg)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
-        mat(f"{p}.self_attn.q_proj.weight", (nh * hd, d))
-        mat(f"{p}.self_attn.k_proj.weight", (nkv * hd, d))
-        mat(f"{p}.self_attn.v_proj.weight", (nkv * hd, d))
-        mat(f"{p}.self_attn.o_proj.weight", (d, nh * hd))
-        norm(f"{p}.self_attn.q_norm.weight", nh * hd)
-        norm(f"{p}.self_attn.k_norm.weight", nkv * hd)
-        norm(f"{p}.post_attention_layernorm.weight", d)
-        norm(f"{p}.post_feedforward_layernorm.weight", d)
-        mat(f"{p}.mlp.gate_proj.weight", (f, d))
-        mat(f"{p}.mlp.up_proj.weight", (f, d))
-        mat(f"{p}.mlp.down_proj.weight", (d, f))
-    return w
-
-
-def read_safetensors(path):
-    with open(path, "rb") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]
-        header = json.loads(fh.read(n))
-        data = fh.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], dtype="<f4").reshape(info["shape"])
-    return out
-
-
-def check_forward_against_transformers():
-    """The numpy forward on tests/fixtures/olmo2_tiny equals transformers' logits there."""
-    fx = os.path.join(ROOT, "tests", "fixtures", "olmo2_tiny")
-    with open(os.path.join(fx, "config.json")) as fh:
-        cfg = json.load(fh)
-    cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
-    w = read_safetensors(os.path.join(fx, "model.safetensors"))
-    with open(os.path.join(fx, "logits.json")) as fh:
-        cases = json.load(fh)["cases"]
-    worst = max(float(np.abs(forward(cfg, w, c["ids"]) - np.array(c["logits"])).max())
-                for c in cases)
-    print(f"numpy forward vs transformers (tests/fixtures/olmo2_tiny): max abs {worst:.2e}")
-    return worst < 1e-5
+        s.attention(p, cfg, lambda heads: heads * hd)
+        s.norm(f"{p}.post_attention_layernorm.weight", d)
+        s.norm(f"{p}.post_feedforward_layernorm.weight", d)
+        s.mlp(f"{p}.mlp", f, d)
+    return s.w
 
 
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     steerkit, source, work = sys.argv[1:]
-    if not check_forward_against_transformers():
+    if fixture_gap("olmo2_tiny", forward, {"cases": {}}) >= 1e-5:
         print("FAIL: the numpy forward does not match transformers")
         return 1
-    tokens = os.path.join(work, "tokens")
-    vocab = tokenizer_folder(steerkit, source, work, tokens)
-    cfg = dict(CONFIG, vocab_size=vocab)
-    w = olmo2_weights(cfg)
-    folder = os.path.join(work, "olmo2")
-    os.makedirs(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(tokens, f), folder)
-    save_safetensors(w, os.path.join(folder, "model.safetensors"))
-    w16 = as_f16_file(w)
-    ok = compare(steerkit, folder, work, "olmo2", cfg, w16, w16, dict(cfg, qk_norm=False),
-                 forward=forward, what="without the q/k norms")
+    ok = run(steerkit, source, work, "olmo2", CONFIG, olmo2_weights, forward,
+             {"qk_norm": False}, "without the q/k norms")
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -470,7 +470,8 @@ fn granite_folder_trains_and_exports() {
 /// A Qwen3-MoE folder (tiny and random, with SmolLM2's tokenizer and template; block 1 routes
 /// each token to 2 of 4 experts): inspect, generation, ACTOR on its attention and MLP (the
 /// router and every expert), export as a patched folder that holds the trained experts; GGUF
-/// export is one clear error, with nothing written.
+/// export of a model llama.cpp's qwen3moe cannot express is one clear error, with nothing
+/// written.
 #[test]
 fn mixture_of_experts_folder_trains_and_exports() {
     let d = tmpdir("qwen3moe");
@@ -496,7 +497,8 @@ fn mixture_of_experts_folder_trains_and_exports() {
     }
     assert!(moved > 0, "no expert or router tensor was trained");
     let gguf = d.path().join("m.gguf");
-    assert_clean_error(&export_gguf(f, &[], &gguf), "mixture-of-experts");
+    // Block 0 of the tiny model has a plain MLP, which llama.cpp's qwen3moe has not.
+    assert_clean_error(&export_gguf(f, &[], &gguf), "has no GGUF form");
     assert!(!gguf.exists());
 }
 

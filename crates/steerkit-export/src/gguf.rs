@@ -156,10 +156,22 @@ pub fn metadata(
     name: &str,
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
-    if cfg.moe.is_some() {
+    // llama.cpp's qwen3moe routes in every block and renormalizes the chosen weights.
+    if let Some(m) = &cfg.moe {
+        if !m.dense_layers.is_empty() || !m.norm_topk_prob {
+            return Err(ModelError::Config(format!(
+                "this {} model has plain MLP blocks {:?} or leaves its top-{} weights unnormalized; llama.cpp's {arch} routes in every block and normalizes them, so it has no GGUF form; export it as safetensors",
+                cfg.arch.name(),
+                m.dense_layers,
+                m.top_k
+            )));
+        }
+    }
+    // llama.cpp's olmo2 takes the heads to span the hidden size.
+    if cfg.arch == Arch::Olmo2 && cfg.num_heads * cfg.head_dim != cfg.hidden_size {
         return Err(ModelError::Config(format!(
-            "GGUF export of a mixture-of-experts model ({}) is not implemented yet; export it as safetensors",
-            cfg.arch.name()
+            "this olmo2 model's {} heads of {} do not span its hidden size {}, as llama.cpp's olmo2 takes them to: it has no GGUF form; export it as safetensors",
+            cfg.num_heads, cfg.head_dim, cfg.hidden_size
         )));
     }
     if cfg.arch == Arch::SmolLm3
@@ -203,6 +215,16 @@ pub fn metadata(
         ("vocab_size", u(cfg.vocab_size)),
     ];
     m.extend(hp.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
+    if let Some(e) = &cfg.moe {
+        m.extend(
+            [
+                ("expert_count", u(e.num_experts)),
+                ("expert_used_count", u(e.top_k)),
+                ("expert_feed_forward_length", u(e.intermediate_size)),
+            ]
+            .map(|(k, v)| (format!("{arch}.{k}"), v)),
+        );
+    }
     if cfg.arch.gemma() {
         m.extend(gemma_keys(cfg)?);
     }
@@ -361,7 +383,12 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             ));
         }
     }
-    for (hf, t) in steerkit_model::weights::fuse(&model.cfg, model.named_tensors())? {
+    let mut named = stack_experts(&model.cfg, model.named_tensors())?;
+    // llama.cpp's olmo2 needs a head of its own: a tied one is written as a copy.
+    if model.cfg.arch == Arch::Olmo2 && model.lm_head.is_none() {
+        named.push(("lm_head.weight".into(), model.embed.clone()));
+    }
+    for (hf, t) in steerkit_model::weights::fuse(&model.cfg, named)? {
         let name = gguf_name(&hf, model.cfg.arch)
             .ok_or_else(|| ModelError::Weights(format!("no GGUF name for `{hf}`")))?;
         let mut t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
@@ -372,7 +399,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         if let Some(h) = heads(&hf).filter(|_| qk_permuted(model.cfg.arch)) {
             t = permute(&t, h)?;
         }
-        let ggml = if t.rank() == 2 && t.dim(1)? % 32 == 0 {
+        let ggml = if t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
             ty.ggml()
         } else {
             GgmlDType::F32
@@ -388,6 +415,46 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     kv.sort_by_key(|(k, _)| *k);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
     write_file(out, &kv, &refs)
+}
+
+/// The tensors with each mixture-of-experts block's experts stacked as GGUF stores them:
+/// `model.layers.N.mlp.experts.{gate,up,down}_proj.weight`, `[experts, rows, cols]`, in place
+/// of each expert's own (the names `steerkit_model::gguf::gguf_name` maps to `ffn_*_exps`).
+fn stack_experts(
+    cfg: &Config,
+    named: Vec<(String, candle_core::Tensor)>,
+) -> Result<Vec<(String, candle_core::Tensor)>, ModelError> {
+    let Some(moe) = &cfg.moe else {
+        return Ok(named);
+    };
+    let mut out = Vec::with_capacity(named.len());
+    let mut experts: std::collections::BTreeMap<String, Vec<Option<candle_core::Tensor>>> =
+        Default::default();
+    for (name, t) in named {
+        let split = name.split_once(".mlp.experts.").and_then(|(block, rest)| {
+            let (e, proj) = rest.split_once('.')?;
+            Some((
+                format!("{block}.mlp.experts.{proj}"),
+                e.parse::<usize>().ok()?,
+            ))
+        });
+        match split {
+            Some((stacked, e)) if e < moe.num_experts => {
+                experts
+                    .entry(stacked)
+                    .or_insert_with(|| vec![None; moe.num_experts])[e] = Some(t);
+            }
+            _ => out.push((name, t)),
+        }
+    }
+    for (stacked, parts) in experts {
+        let parts: Vec<candle_core::Tensor> = parts
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| ModelError::Weights(format!("`{stacked}` misses an expert")))?;
+        out.push((stacked, candle_core::Tensor::stack(&parts, 0)?));
+    }
+    Ok(out)
 }
 
 /// Writes a GGUF file whole or not at all: into `OUT.gguf.tmp`, flushed and synced (so that

@@ -763,26 +763,53 @@ fn granite_gguf_round_trip() {
 
 /// An OLMo 2 model exports to GGUF as llama.cpp's `olmo2` (output norms as
 /// `post_attention_norm` and `post_ffw_norm`, no input norms, q/k norms over the whole
-/// projections, q/k rows as they are) and loads back as OLMo 2 within f16 rounding of its
-/// logits (`scripts/check_olmo2_llamacpp.py` runs such a file in llama.cpp).
+/// projections, q/k rows as they are, a tied head written as `output.weight`, which
+/// llama.cpp's olmo2 needs) and loads back as OLMo 2 within f16 rounding of its logits
+/// (`scripts/check_olmo2_llamacpp.py` runs such a file in llama.cpp). Heads that do not span
+/// the hidden size, which llama.cpp's olmo2 cannot read, and a sliding window (OLMo 3, which
+/// llama.cpp's converter writes as olmo2) are refused.
 #[test]
 fn olmo2_gguf_round_trip() {
-    let (m, _d, out) = tiny_gguf(steerkit_model::Arch::Olmo2, 5, |_| {});
+    // 4 heads of 8 span the hidden size 32, as llama.cpp's olmo2 needs.
+    let (m, d, out) = tiny_gguf(steerkit_model::Arch::Olmo2, 5, |c| c.head_dim = 8);
+    assert!(m.cfg.tie_word_embeddings);
     assert_eq!(keys(&out)["general.architecture"], "String(\"olmo2\")");
-    let mut f = std::fs::File::open(&out).unwrap();
-    let infos = Content::read(&mut f).unwrap().tensor_infos;
+    let infos = tensor_infos(&out);
     for (name, len) in [
         ("blk.1.post_attention_norm.weight", 32),
         ("blk.1.post_ffw_norm.weight", 32),
-        ("blk.1.attn_q_norm.weight", 4 * 16),
-        ("blk.1.attn_k_norm.weight", 2 * 16),
+        ("blk.1.attn_q_norm.weight", 4 * 8),
+        ("blk.1.attn_k_norm.weight", 2 * 8),
     ] {
         assert_eq!(infos[name].shape.dims(), [len], "{name}");
     }
     assert!(!infos.contains_key("blk.1.attn_norm.weight"));
     assert!(!infos.contains_key("blk.1.ffn_norm.weight"));
+    assert!(infos.contains_key("output.weight"));
     let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(back.model.cfg.arch, steerkit_model::Arch::Olmo2);
+    let gap = last_logits_gap(&m, &back.model);
+    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let mut wide = m.cfg.clone();
+    wide.head_dim = 16;
+    let err = metadata(&wide, &tok, &g.chat_template(&tok).unwrap(), "x").unwrap_err();
+    assert!(err.to_string().contains("no GGUF form"), "{err}");
+    let windowed = d.path().join("windowed.gguf");
+    rewrite(&out, &windowed, |meta, _| {
+        meta.insert(
+            "olmo2.attention.sliding_window".into(),
+            candle_core::quantized::gguf_file::Value::U32(4),
+        );
+    });
+    let err = Gguf::open(&windowed).unwrap().config().unwrap_err();
+    assert!(err.to_string().contains("sliding window of 4"), "{err}");
+}
+
+/// The largest difference between two models' last logits on two short rows.
+fn last_logits_gap(a: &steerkit_model::Model, b: &steerkit_model::Model) -> f64 {
     let cpu = &candle_core::Device::Cpu;
     let rows = [vec![3u32, 1, 4, 1, 5], vec![9u32, 2, 6]];
     let (ids, pads) = steerkit_model::left_pad(&rows, 0, cpu).unwrap();
@@ -790,8 +817,15 @@ fn olmo2_gguf_round_trip() {
         m.last_logits(&ids, &pads, &mut steerkit_model::NoHook)
             .unwrap()
     };
-    let gap = steerkit_model::random::max_abs_diff(&logits(&m), &logits(&back.model)).unwrap();
-    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+    steerkit_model::random::max_abs_diff(&logits(a), &logits(b)).unwrap()
+}
+
+/// A GGUF file's tensors, by name.
+fn tensor_infos(
+    p: &Path,
+) -> std::collections::HashMap<String, candle_core::quantized::gguf_file::TensorInfo> {
+    let mut f = std::fs::File::open(p).unwrap();
+    Content::read(&mut f).unwrap().tensor_infos
 }
 
 /// A tiny random `arch` model with SmolLM2's tokenizer and template (its configuration
@@ -813,6 +847,44 @@ fn tiny_gguf(
     let meta = metadata(&m.cfg, &tok, &chat, arch.name()).unwrap();
     write(&m, &meta, GgufType::F16, &out).unwrap();
     (m, d, out)
+}
+
+/// A Qwen3-MoE model (every block routing, as llama.cpp's `qwen3moe` has it) exports to GGUF
+/// with its experts stacked (`ffn_gate_exps` `[experts, channels, hidden]`, the router as
+/// `ffn_gate_inp`) and the three expert keys, and loads back as the same mixture within f16
+/// rounding of its logits (`scripts/check_qwen3_moe_llamacpp.py` runs such a file in
+/// llama.cpp).
+#[test]
+fn qwen3_moe_gguf_round_trip() {
+    let (m, _d, out) = tiny_gguf(steerkit_model::Arch::Qwen3Moe, 7, |c| {
+        c.moe.as_mut().unwrap().dense_layers.clear()
+    });
+    let k = keys(&out);
+    assert_eq!(k["general.architecture"], "String(\"qwen3moe\")");
+    assert_eq!(k["qwen3moe.expert_count"], "U32(4)");
+    assert_eq!(k["qwen3moe.expert_used_count"], "U32(2)");
+    assert_eq!(k["qwen3moe.expert_feed_forward_length"], "U32(24)");
+    let infos = tensor_infos(&out);
+    for (name, dims) in [
+        ("blk.0.ffn_gate_inp.weight", vec![4, 32]),
+        ("blk.1.ffn_gate_exps.weight", vec![4, 24, 32]),
+        ("blk.1.ffn_up_exps.weight", vec![4, 24, 32]),
+        ("blk.1.ffn_down_exps.weight", vec![4, 32, 24]),
+    ] {
+        assert_eq!(infos[name].shape.dims(), dims.as_slice(), "{name}");
+    }
+    assert!(!infos.contains_key("blk.1.ffn_gate.weight"));
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.moe, m.cfg.moe);
+    let gap = last_logits_gap(&m, &back.model);
+    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+    // With a plain block, or weights left unnormalized, llama.cpp would compute otherwise.
+    let mut plain = m.cfg.clone();
+    plain.moe.as_mut().unwrap().norm_topk_prob = false;
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let err = metadata(&plain, &tok, &g.chat_template(&tok).unwrap(), "x").unwrap_err();
+    assert!(err.to_string().contains("no GGUF form"), "{err}");
 }
 
 /// Asserts that the model read back from GGUF, `back`, gives `m`'s last logits on `rows`

@@ -120,6 +120,7 @@ impl Gguf {
         // In GGUF, `gemma3` is the text model (config.json's gemma3_text).
         let arch = match name {
             "gemma3" => Arch::Gemma3,
+            "qwen3moe" => Arch::Qwen3Moe,
             other => Arch::parse(other)?,
         };
         let key = |k: &str| format!("{name}.{k}");
@@ -128,6 +129,14 @@ impl Gguf {
                 .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
         };
         let rope_scaling = self.rope_scaling(name)?;
+        // llama.cpp's converter writes OLMo 3 as `olmo2` with a sliding window (and a RoPE
+        // base of its own on the window's blocks), which llama.cpp obeys.
+        let window = self.meta_u(&key("attention.sliding_window"))?.unwrap_or(0);
+        if arch == Arch::Olmo2 && window > 0 {
+            return Err(ModelError::Config(format!(
+                "the GGUF is an olmo2 model with a sliding window of {window} (OLMo 3), which steerkit does not implement"
+            )));
+        }
         let num_layers = req("block_count")?;
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
@@ -186,7 +195,17 @@ impl Gguf {
                 Arch::SmolLm3 => llamacpp_nope_layers(num_layers),
                 _ => vec![],
             },
-            moe: None,
+            // llama.cpp's qwen3moe: every block routes, and renormalizes the chosen weights.
+            moe: match arch {
+                Arch::Qwen3Moe => Some(crate::config::MoeConfig {
+                    num_experts: req("expert_count")?,
+                    top_k: req("expert_used_count")?,
+                    intermediate_size: req("expert_feed_forward_length")?,
+                    norm_topk_prob: true,
+                    dense_layers: vec![],
+                }),
+                _ => None,
+            },
             multipliers: match arch {
                 Arch::Granite => Some(self.granite_multipliers(name, head_dim)?),
                 _ => None,
@@ -600,6 +619,12 @@ pub fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        // A mixture of experts: the router, and each matrix of every expert stacked
+        // `[experts, rows, cols]` (named so by `weights::with_fused`).
+        "mlp.gate" => "ffn_gate_inp",
+        "mlp.experts.gate_proj" => "ffn_gate_exps",
+        "mlp.experts.up_proj" => "ffn_up_exps",
+        "mlp.experts.down_proj" => "ffn_down_exps",
         _ => return None,
     };
     Some(format!("blk.{layer}.{g}.{kind}"))

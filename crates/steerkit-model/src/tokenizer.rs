@@ -176,7 +176,8 @@ pub(crate) fn bpe_from_gguf(
         // llama.cpp's name is `gpt-2`; steerkit wrote `gpt2` before it knew.
         "gpt-2" | "gpt2" | "default" => Sequence::new(vec![byte_level(true)]),
         "qwen2" => Sequence::new(vec![split(QWEN2_PATTERN)?, byte_level(false)]),
-        "llama-bpe" | "llama3" | "smaug-bpe" => Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level(false)]),
+        // llama.cpp splits `dbrx` (OLMo 2's cl100k tokenizer) as Llama 3's.
+        "llama-bpe" | "llama3" | "smaug-bpe" | "dbrx" => Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level(false)]),
         "gpt-4o" => Sequence::new(vec![split(GPT4O_PATTERN)?, byte_level(false)]),
         other => {
             return Err(ModelError::Tokenizer(format!(

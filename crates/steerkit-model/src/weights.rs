@@ -117,16 +117,39 @@ struct FusedSource {
     /// Which part, of how many.
     part: usize,
     parts: usize,
-    /// The part's first row, its rows, and the fused tensor's rows.
+    /// The part's first row, its rows, and the fused tensor's rows (a stack of experts
+    /// `[experts, rows, cols]` counts as `experts * rows` rows).
     start: usize,
     rows: usize,
     total: usize,
+    /// Columns: the hidden size, or the experts' channels for their down projections.
+    cols: usize,
 }
 
 fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
     let module = module.strip_suffix(".weight")?;
+    // An expert's matrix, in a file that stacks the experts (GGUF's `ffn_*_exps`):
+    // `mlp.experts.{proj}.weight`, `[experts, rows, cols]`.
+    if let (Some(m), Some(expert)) = (&cfg.moe, module.strip_prefix("mlp.experts.")) {
+        let (e, proj) = expert.split_once('.')?;
+        let e: usize = e.parse().ok()?;
+        let (rows, cols) = match proj {
+            "down_proj" => (cfg.hidden_size, m.intermediate_size),
+            "gate_proj" | "up_proj" => (m.intermediate_size, cfg.hidden_size),
+            _ => return None,
+        };
+        return Some(FusedSource {
+            name: format!("model.layers.{layer}.mlp.experts.{proj}.weight"),
+            part: e,
+            parts: m.num_experts,
+            start: e * rows,
+            rows,
+            total: m.num_experts * rows,
+            cols,
+        });
+    }
     fused_parts(cfg.arch).iter().find_map(|(fused, parts)| {
         let part = parts.iter().position(|p| *p == module)?;
         let rows = |ps: &[&str]| ps.iter().map(|p| part_rows(cfg, p)).sum();
@@ -137,6 +160,7 @@ fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
             start: rows(&parts[..part]),
             rows: part_rows(cfg, module),
             total: rows(parts),
+            cols: cfg.hidden_size,
         })
     })
 }
@@ -187,18 +211,18 @@ where
                 },
             }
         };
-        // Both fused tensors read the hidden state.
-        if t.dims() != [src.total, cfg.hidden_size] {
+        if t.elem_count() != src.total * src.cols || t.dims().last() != Some(&src.cols) {
             return Err(ModelError::Weights(format!(
-                "`{}` has shape {:?}, the configuration implies [{}, {}]",
+                "`{}` has shape {:?}, the configuration implies {} rows of {}",
                 src.name,
                 t.dims(),
                 src.total,
-                cfg.hidden_size
+                src.cols
             )));
         }
         // A copy of the part's rows only: a view would keep the whole fused tensor alive for
         // each part (twice or three times the memory).
+        let t = t.reshape((src.total, src.cols))?;
         Ok(Some(t.narrow(0, src.start, src.rows)?.force_contiguous()?))
     }
 }

@@ -569,7 +569,6 @@ fn multimodal_gemma3_folder_reads_its_text_model() {
     assert!(c.tie_word_embeddings);
 }
 
-/// A tiny Gemma fixture folder of `scripts/reference_gemma.py`, loaded, and its logits.json.
 /// The tiny random OLMo 2 folder of `scripts/reference_olmo2.py` (transformers' own
 /// Olmo2ForCausalLM in float64: no input norms, output norms on the attention and the MLP,
 /// q/k norms over the whole projections of 4 query and 2 key/value heads, every norm weight
@@ -639,6 +638,8 @@ fn qwen3_moe_tiny_logits_match_transformers() {
     );
 }
 
+/// A tiny fixture folder (`scripts/reference_gemma.py` and the others), loaded, and its
+/// logits.json.
 fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {
     let dir = common::root().join("tests/fixtures").join(name);
     let p = dir.join("logits.json");
