@@ -77,7 +77,8 @@ pub struct Args {
     /// Seed of the per-epoch shuffle of the training prompts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Which parts of the block train: attn (the q, k, v, o maps and their biases), mlp, norms
+    /// Which parts of the block train: attn (the q, k, v, o maps and their biases), mlp (gate,
+    /// up and down; in a mixture of experts the router and every expert), norms
     /// (the RMSNorm weights, with Qwen3's per-head q/k norms), comma-separated.
     #[arg(long = "train", default_value = "attn,mlp")]
     pub parts: String,
