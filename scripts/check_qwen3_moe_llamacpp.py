@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Check steerkit's GGUF export of Qwen3-MoE (`qwen3moe`) against llama.cpp (via llama-cpp-python).
+"""Check steerkit's GGUF export of Qwen3-MoE (`qwen3moe`) and Mixtral (`llama` with experts)
+against llama.cpp (via llama-cpp-python).
 
 No Qwen3-MoE checkpoint is here, so the script makes one: a random model of hidden 64 (4
 query and 2 key/value heads of 16 with Qwen3's per-head q/k norms, 3 blocks, each routing
@@ -9,9 +10,13 @@ below is Qwen3-MoE's; it is first checked against transformers' logits in
 tests/fixtures/qwen3_moe_tiny (scripts/reference_qwen3_moe.py; that fixture's block 1 is a
 plain MLP). The model is exported with `steerkit export --format gguf` (f16 matrices, each
 block's experts stacked as `ffn_{gate,up,down}_exps`, the router as `ffn_gate_inp`), and
-llama.cpp's logits at every position of three token sequences are compared with the numpy
-forward on the weights rounded to f16. Control: the same forward with the chosen weights left
-unnormalized, which llama.cpp must not match.
+llama.cpp's logits (keys and values cached in f32) at every position of three token sequences
+are compared with the numpy forward on the weights rounded to f16. Control: the same forward with the chosen weights left
+unnormalized, which llama.cpp must not match. Then the same for a Mixtral model of the same
+sizes (no q/k norms, experts of the MLP's 32 channels stored as `block_sparse_moe` `w1`,
+`w3`, `w2`; exported as llama.cpp's `llama` with experts, q/k rows permuted); its numpy
+forward is checked against transformers' logits in tests/fixtures/mixtral_tiny first (window
+of 4 there; none in the exported model).
 
 How to run (from the repository root):
   /work/venvs/llamacpp/bin/python scripts/check_qwen3_moe_llamacpp.py \\
@@ -40,10 +45,26 @@ CONFIG = {
 }
 
 
-def silu_mlp(x, W, p):
-    gate = x @ W[f"{p}.gate_proj.weight"].T
-    up = x @ W[f"{p}.up_proj.weight"].T
-    return (gate / (1.0 + np.exp(-gate)) * up) @ W[f"{p}.down_proj.weight"].T
+MIXTRAL = dict(
+    CONFIG, architectures=["MixtralForCausalLM"], model_type="mixtral", intermediate_size=32,
+    num_local_experts=8, sliding_window=None)
+
+
+def mixtral(cfg):
+    return cfg["model_type"] == "mixtral"
+
+
+def expert_names(cfg):
+    """The block's MLP module and each expert's gate, up and down, as the files name them."""
+    if mixtral(cfg):
+        return "block_sparse_moe", ("w1", "w3", "w2")
+    return "mlp", ("gate_proj", "up_proj", "down_proj")
+
+
+def silu_mlp(x, W, p, names=("gate_proj", "up_proj", "down_proj")):
+    gate = x @ W[f"{p}.{names[0]}.weight"].T
+    up = x @ W[f"{p}.{names[1]}.weight"].T
+    return (gate / (1.0 + np.exp(-gate)) * up) @ W[f"{p}.{names[2]}.weight"].T
 
 
 def moe(x, W, p, cfg):
@@ -54,18 +75,20 @@ def moe(x, W, p, cfg):
     probs /= probs.sum(-1, keepdims=True)
     k = cfg["num_experts_per_tok"]
     out = np.zeros_like(x)
+    names = expert_names(cfg)[1]
     for row in range(x.shape[0]):
         top = np.argsort(-probs[row], kind="stable")[:k]
         w = probs[row, top]
         if cfg.get("norm_topk_prob", False):
             w = w / w.sum()
         for e, we in zip(top, w):
-            out[row] += we * silu_mlp(x[row:row + 1], W, f"{p}.experts.{e}")[0]
+            out[row] += we * silu_mlp(x[row:row + 1], W, f"{p}.experts.{e}", names)[0]
     return out
 
 
 def forward(cfg, w, ids):
-    """Qwen3-MoE's forward pass in float64."""
+    """Qwen3-MoE's forward pass in float64, or Mixtral's (no q/k norms, a sliding window when
+    the config has one)."""
     W = {k: v.astype(np.float64) for k, v in w.items()}
     eps = cfg["rms_norm_eps"]
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
@@ -73,36 +96,46 @@ def forward(cfg, w, ids):
     t = len(ids)
     h = W["model.embed_tokens.weight"][ids]
     causal = np.triu(np.full((t, t), -np.inf), k=1)
+    if cfg.get("sliding_window"):
+        causal = causal + np.tril(np.full((t, t), -np.inf), k=-cfg["sliding_window"])
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // nh
+    cfg = dict(cfg, head_dim=hd)
+    module = expert_names(cfg)[0]
     heads = lambda y, n: y.reshape(t, n, hd).transpose(1, 0, 2)  # noqa: E731
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
         x = rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps)
-        q = rmsnorm(heads(x @ W[f"{p}.self_attn.q_proj.weight"].T, nh),
-                    W[f"{p}.self_attn.q_norm.weight"], eps)
-        k = rmsnorm(heads(x @ W[f"{p}.self_attn.k_proj.weight"].T, nkv),
-                    W[f"{p}.self_attn.k_norm.weight"], eps)
+        q = heads(x @ W[f"{p}.self_attn.q_proj.weight"].T, nh)
+        k = heads(x @ W[f"{p}.self_attn.k_proj.weight"].T, nkv)
+        if not mixtral(cfg):
+            q = rmsnorm(q, W[f"{p}.self_attn.q_norm.weight"], eps)
+            k = rmsnorm(k, W[f"{p}.self_attn.k_norm.weight"], eps)
         v = heads(x @ W[f"{p}.self_attn.v_proj.weight"].T, nkv)
         mix = attend(rope(q, cfg), rope(k, cfg), v, hd ** -0.5, causal)
         h = h + mix @ W[f"{p}.self_attn.o_proj.weight"].T
         x = rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps)
-        h = h + (silu_mlp(x, W, f"{p}.mlp") if layer in dense else moe(x, W, f"{p}.mlp", cfg))
+        h = h + (silu_mlp(x, W, f"{p}.mlp") if layer in dense else moe(x, W, f"{p}.{module}", cfg))
     h = rmsnorm(h, W["model.norm.weight"], eps)
     return h @ W.get("lm_head.weight", W["model.embed_tokens.weight"]).T
 
 
 def moe_weights(cfg):
     d, hd = cfg["hidden_size"], cfg["head_dim"]
-    f, ne = cfg["moe_intermediate_size"], cfg["num_experts"]
+    module, names = expert_names(cfg)
+    if mixtral(cfg):
+        f, ne, qk = cfg["intermediate_size"], cfg["num_local_experts"], None
+    else:
+        f, ne, qk = cfg["moe_intermediate_size"], cfg["num_experts"], (lambda heads: hd)
     s = Seeded()
     s.embeddings(cfg)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
         s.norm(f"{p}.input_layernorm.weight", d)
         s.norm(f"{p}.post_attention_layernorm.weight", d)
-        s.attention(p, cfg, lambda heads: hd)
-        s.mat(f"{p}.mlp.gate.weight", (ne, d))
+        s.attention(p, cfg, qk)
+        s.mat(f"{p}.{module}.gate.weight", (ne, d))
         for e in range(ne):
-            s.mlp(f"{p}.mlp.experts.{e}", f, d)
+            s.mlp(f"{p}.{module}.experts.{e}", f, d, names)
     return s.w
 
 
@@ -111,12 +144,20 @@ def main():
         sys.exit(__doc__)
     steerkit, source, work = sys.argv[1:]
     sets = {"cases": {"norm_topk_prob": True}, "cases_unnormalized": {"norm_topk_prob": False}}
-    if fixture_gap("qwen3_moe_tiny", forward, sets) >= 1e-5:
+    gaps = [fixture_gap("qwen3_moe_tiny", forward, sets),
+            fixture_gap("mixtral_tiny", forward, {"cases": {"norm_topk_prob": True}})]
+    if max(gaps) >= 1e-5:
         print("FAIL: the numpy forward does not match transformers")
         return 1
-    ok = run(steerkit, source, work, "qwen3moe", CONFIG, moe_weights, forward,
-             {"norm_topk_prob": False}, "with the chosen weights unnormalized")
+    ok = True
+    for label, cfg in [("qwen3moe", CONFIG), ("mixtral", dict(MIXTRAL, norm_topk_prob=True))]:
+        # llama.cpp's default f16 cache of keys and values alone moves Mixtral's logits by
+        # up to 4.4e-2 here; in f32 it is within 1.6e-2.
+        ok &= run(steerkit, source, work, label, cfg, moe_weights, forward,
+                  {"norm_topk_prob": False}, "with the chosen weights unnormalized",
+                  f32_cache=True)
     return 0 if ok else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

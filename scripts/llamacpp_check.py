@@ -70,27 +70,31 @@ class Seeded:
         self.norm("model.norm.weight", d)
 
     def attention(self, p, cfg, qk_norm):
-        """Block `p`'s q, k, v and o projections and q/k norms of `qk_norm(heads)` entries."""
+        """Block `p`'s q, k, v and o projections and q/k norms of `qk_norm(heads)` entries
+        (none when `qk_norm` is None)."""
         d, hd = cfg["hidden_size"], cfg["head_dim"]
         nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         self.mat(f"{p}.self_attn.q_proj.weight", (nh * hd, d))
         self.mat(f"{p}.self_attn.k_proj.weight", (nkv * hd, d))
         self.mat(f"{p}.self_attn.v_proj.weight", (nkv * hd, d))
         self.mat(f"{p}.self_attn.o_proj.weight", (d, nh * hd))
-        self.norm(f"{p}.self_attn.q_norm.weight", qk_norm(nh))
-        self.norm(f"{p}.self_attn.k_norm.weight", qk_norm(nkv))
+        if qk_norm is not None:
+            self.norm(f"{p}.self_attn.q_norm.weight", qk_norm(nh))
+            self.norm(f"{p}.self_attn.k_norm.weight", qk_norm(nkv))
 
-    def mlp(self, p, f, d):
-        """A gated MLP under `p` of `f` channels over the hidden size `d`."""
-        self.mat(f"{p}.gate_proj.weight", (f, d))
-        self.mat(f"{p}.up_proj.weight", (f, d))
-        self.mat(f"{p}.down_proj.weight", (d, f))
+    def mlp(self, p, f, d, names=("gate_proj", "up_proj", "down_proj")):
+        """A gated MLP under `p` of `f` channels over the hidden size `d`, its gate, up and
+        down named `names`."""
+        self.mat(f"{p}.{names[0]}.weight", (f, d))
+        self.mat(f"{p}.{names[1]}.weight", (f, d))
+        self.mat(f"{p}.{names[2]}.weight", (d, f))
 
 
-def run(steerkit, source, work, label, cfg, w, forward, control_cfg, what):
+def run(steerkit, source, work, label, cfg, w, forward, control_cfg, what, f32_cache=False):
     """Writes the folder WORK/LABEL (Qwen's tokenizer from the GGUF `source`, the weights
     `w`), exports it to GGUF and compares llama.cpp with `forward` on the f16-rounded
-    weights, and with it under `control_cfg`, which must differ. True when it passes."""
+    weights, and with it under `control_cfg`, which must differ (`f32_cache`: llama.cpp keeps
+    keys and values in f32, not its default f16). True when it passes."""
     tokens = os.path.join(work, "tokens")
     cfg = dict(cfg, vocab_size=tokenizer_folder(steerkit, source, work, tokens))
     w = w(cfg)
@@ -101,4 +105,4 @@ def run(steerkit, source, work, label, cfg, w, forward, control_cfg, what):
     save_safetensors(w, os.path.join(folder, "model.safetensors"))
     w16 = as_f16_file(w)
     return compare(steerkit, folder, work, label, cfg, w16, w16, dict(cfg, **control_cfg),
-                   forward=forward, what=what)
+                   forward=forward, what=what, f32_cache=f32_cache)

@@ -72,7 +72,8 @@ pub fn source_metadata(source: &Gguf) -> Metadata {
 /// llama.cpp's architecture name: its converter writes Mistral 7B models as `llama`.
 pub fn gguf_arch(arch: Arch) -> &'static str {
     match arch {
-        Arch::Llama | Arch::Mistral => "llama",
+        // Mixtral too, with experts.
+        Arch::Llama | Arch::Mistral | Arch::Mixtral => "llama",
         Arch::Qwen2 => "qwen2",
         Arch::Qwen3 => "qwen3",
         Arch::Gemma3 => "gemma3",
@@ -383,12 +384,37 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             ));
         }
     }
-    let mut named = stack_experts(&model.cfg, model.named_tensors())?;
+    let mut named = model.named_tensors();
     // llama.cpp's olmo2 needs a head of its own: a tied one is written as a copy.
     if model.cfg.arch == Arch::Olmo2 && model.lm_head.is_none() {
         named.push(("lm_head.weight".into(), model.embed.clone()));
     }
+    // Each block's experts are stacked `[experts, rows, cols]` as GGUF stores them, one
+    // stack at a time (the parts share the model's storage; only the stack is new).
+    let experts = model.cfg.moe.as_ref().map_or(0, |m| m.num_experts);
+    let mut groups: std::collections::HashMap<String, Vec<Option<candle_core::Tensor>>> =
+        Default::default();
     for (hf, t) in steerkit_model::weights::fuse(&model.cfg, named)? {
+        let (hf, t) = match expert_group(&hf).filter(|_| experts > 0) {
+            Some((group, e)) if e < experts => {
+                let parts = groups
+                    .entry(group.clone())
+                    .or_insert_with(|| vec![None; experts]);
+                parts[e] = Some(t);
+                if parts.iter().any(Option::is_none) {
+                    continue;
+                }
+                let parts: Vec<_> = groups
+                    .remove(&group)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .collect();
+                let t = candle_core::Tensor::stack(&parts, 0)?;
+                (group, t)
+            }
+            _ => (hf, t),
+        };
         let name = gguf_name(&hf, model.cfg.arch)
             .ok_or_else(|| ModelError::Weights(format!("no GGUF name for `{hf}`")))?;
         let mut t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
@@ -399,12 +425,18 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         if let Some(h) = heads(&hf).filter(|_| qk_permuted(model.cfg.arch)) {
             t = permute(&t, h)?;
         }
-        let ggml = if t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
+        // The router stays f32, as llama.cpp's converter and quantizer keep it: rounding it
+        // changes which experts a token takes.
+        let router = name.ends_with("ffn_gate_inp.weight");
+        let ggml = if !router && t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
             ty.ggml()
         } else {
             GgmlDType::F32
         };
         tensors.push((name, QTensor::quantize(&t, ggml)?));
+    }
+    if let Some(group) = groups.keys().next() {
+        return Err(ModelError::Weights(format!("`{group}` misses an expert")));
     }
     let mut kv: Vec<(&str, &Value)> = meta
         .iter()
@@ -417,44 +449,13 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     write_file(out, &kv, &refs)
 }
 
-/// The tensors with each mixture-of-experts block's experts stacked as GGUF stores them:
-/// `model.layers.N.mlp.experts.{gate,up,down}_proj.weight`, `[experts, rows, cols]`, in place
-/// of each expert's own (the names `steerkit_model::gguf::gguf_name` maps to `ffn_*_exps`).
-fn stack_experts(
-    cfg: &Config,
-    named: Vec<(String, candle_core::Tensor)>,
-) -> Result<Vec<(String, candle_core::Tensor)>, ModelError> {
-    let Some(moe) = &cfg.moe else {
-        return Ok(named);
-    };
-    let mut out = Vec::with_capacity(named.len());
-    let mut experts: std::collections::BTreeMap<String, Vec<Option<candle_core::Tensor>>> =
-        Default::default();
-    for (name, t) in named {
-        let split = name.split_once(".mlp.experts.").and_then(|(block, rest)| {
-            let (e, proj) = rest.split_once('.')?;
-            Some((
-                format!("{block}.mlp.experts.{proj}"),
-                e.parse::<usize>().ok()?,
-            ))
-        });
-        match split {
-            Some((stacked, e)) if e < moe.num_experts => {
-                experts
-                    .entry(stacked)
-                    .or_insert_with(|| vec![None; moe.num_experts])[e] = Some(t);
-            }
-            _ => out.push((name, t)),
-        }
-    }
-    for (stacked, parts) in experts {
-        let parts: Vec<candle_core::Tensor> = parts
-            .into_iter()
-            .collect::<Option<_>>()
-            .ok_or_else(|| ModelError::Weights(format!("`{stacked}` misses an expert")))?;
-        out.push((stacked, candle_core::Tensor::stack(&parts, 0)?));
-    }
-    Ok(out)
+/// A mixture-of-experts tensor's group when GGUF stores it stacked with the block's other
+/// experts': `model.layers.N.mlp.experts.{proj}.weight` (what `gguf_name` maps to
+/// `ffn_*_exps`) and the expert's index, for `model.layers.N.mlp.experts.E.{proj}.weight`.
+fn expert_group(name: &str) -> Option<(String, usize)> {
+    let (block, rest) = name.split_once(".mlp.experts.")?;
+    let (e, proj) = rest.split_once('.')?;
+    Some((format!("{block}.mlp.experts.{proj}"), e.parse().ok()?))
 }
 
 /// Writes a GGUF file whole or not at all: into `OUT.gguf.tmp`, flushed and synced (so that

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use steerkit_export::gguf::{metadata, write, GgufType};
 use steerkit_model::gguf::Gguf;
@@ -874,6 +875,15 @@ fn qwen3_moe_gguf_round_trip() {
         assert_eq!(infos[name].shape.dims(), dims.as_slice(), "{name}");
     }
     assert!(!infos.contains_key("blk.1.ffn_gate.weight"));
+    // The router stays f32, as llama.cpp keeps it; the experts are f16.
+    assert_eq!(
+        infos["blk.1.ffn_gate_inp.weight"].ggml_dtype,
+        GgmlDType::F32
+    );
+    assert_eq!(
+        infos["blk.1.ffn_gate_exps.weight"].ggml_dtype,
+        GgmlDType::F16
+    );
     let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(back.model.cfg.moe, m.cfg.moe);
     let gap = last_logits_gap(&m, &back.model);
@@ -885,6 +895,29 @@ fn qwen3_moe_gguf_round_trip() {
     let tok = g.tokenizer().unwrap();
     let err = metadata(&plain, &tok, &g.chat_template(&tok).unwrap(), "x").unwrap_err();
     assert!(err.to_string().contains("no GGUF form"), "{err}");
+}
+
+/// A Mixtral model exports to GGUF as llama.cpp's converter writes Mixtral: `llama` with
+/// experts (q/k rows permuted, the expert keys), and loads back as Mixtral within f16
+/// rounding of its logits (`scripts/check_qwen3_moe_llamacpp.py` runs such a file in
+/// llama.cpp).
+#[test]
+fn mixtral_gguf_round_trip() {
+    let (m, _d, out) = tiny_gguf(steerkit_model::Arch::Mixtral, 9, |_| {});
+    let k = keys(&out);
+    assert_eq!(k["general.architecture"], "String(\"llama\")");
+    assert_eq!(k["llama.expert_count"], "U32(4)");
+    assert_eq!(
+        tensor_infos(&out)["blk.1.ffn_down_exps.weight"]
+            .shape
+            .dims(),
+        [4, 32, 48]
+    );
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.arch, steerkit_model::Arch::Mixtral);
+    assert_eq!(back.model.cfg.moe, m.cfg.moe);
+    let gap = last_logits_gap(&m, &back.model);
+    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
 }
 
 /// Asserts that the model read back from GGUF, `back`, gives `m`'s last logits on `rows`

@@ -56,6 +56,11 @@ pub enum Arch {
     /// softmax weights.
     #[serde(rename = "qwen3_moe")]
     Qwen3Moe,
+    /// Mixtral (`mixtral`: Mixtral 8x7B, 8x22B): Mistral's attention with a mixture of experts
+    /// in place of the MLP, the router's top-2 weights renormalized; its files keep the
+    /// mixture under `block_sparse_moe` with the experts' gate, up and down as `w1`, `w3`,
+    /// `w2` ([`crate::weights::file_name`]). GGUF files hold it as `llama` with experts.
+    Mixtral,
 }
 
 impl Arch {
@@ -73,6 +78,7 @@ impl Arch {
             "smollm3" => Ok(Arch::SmolLm3),
             "olmo2" => Ok(Arch::Olmo2),
             "qwen3_moe" => Ok(Arch::Qwen3Moe),
+            "mixtral" => Ok(Arch::Mixtral),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -92,6 +98,7 @@ impl Arch {
             Arch::SmolLm3 => "smollm3",
             Arch::Olmo2 => "olmo2",
             Arch::Qwen3Moe => "qwen3_moe",
+            Arch::Mixtral => "mixtral",
         }
     }
 
@@ -705,6 +712,7 @@ impl Config {
             Arch::SmolLm3 => "SmolLM3ForCausalLM",
             Arch::Olmo2 => "Olmo2ForCausalLM",
             Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
+            Arch::Mixtral => "MixtralForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],
@@ -745,13 +753,22 @@ impl Config {
             j["attention_multiplier"] = m.attention.into();
             j["logits_scaling"] = m.logits_scaling.into();
         }
-        if let Some(m) = &self.moe {
-            j["num_experts"] = m.num_experts.into();
-            j["num_experts_per_tok"] = m.top_k.into();
-            j["moe_intermediate_size"] = m.intermediate_size.into();
-            j["norm_topk_prob"] = m.norm_topk_prob.into();
-            j["decoder_sparse_step"] = 1.into();
-            j["mlp_only_layers"] = m.dense_layers.clone().into();
+        match (&self.moe, self.arch) {
+            (Some(m), Arch::Mixtral) => {
+                j["num_local_experts"] = m.num_experts.into();
+                j["num_experts_per_tok"] = m.top_k.into();
+            }
+            (Some(m), _) => {
+                j["num_experts"] = m.num_experts.into();
+                j["num_experts_per_tok"] = m.top_k.into();
+                j["moe_intermediate_size"] = m.intermediate_size.into();
+                j["norm_topk_prob"] = m.norm_topk_prob.into();
+                j["decoder_sparse_step"] = 1.into();
+                j["mlp_only_layers"] = m.dense_layers.clone().into();
+            }
+            // A qwen3_moe configuration without experts (every block plain).
+            (None, Arch::Qwen3Moe) => j["num_experts"] = 0.into(),
+            (None, _) => {}
         }
         if let Some(r) = self.rotary_dim {
             // transformers turns `int(head_dim * factor)` dimensions: the factor must not
@@ -792,7 +809,7 @@ impl Config {
         // transformers gives Mistral and Gemma a window of 4096 when the key is absent, so
         // theirs is always written, null for none; Gemma's kinds of block too.
         let window = self.sliding_window.is_some();
-        if window || self.arch == Arch::Mistral || self.arch.gemma() {
+        if window || matches!(self.arch, Arch::Mistral | Arch::Mixtral) || self.arch.gemma() {
             j["sliding_window"] = self.sliding_window.into();
         }
         if self.arch.gemma() || (window && !full.is_empty()) {

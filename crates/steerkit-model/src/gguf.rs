@@ -118,9 +118,12 @@ impl Gguf {
     pub fn config(&self) -> Result<Config> {
         let name = self.arch_name()?;
         // In GGUF, `gemma3` is the text model (config.json's gemma3_text).
+        let experts = format!("{name}.expert_count");
         let arch = match name {
             "gemma3" => Arch::Gemma3,
             "qwen3moe" => Arch::Qwen3Moe,
+            // llama.cpp's converter writes Mixtral as llama with experts.
+            "llama" if self.meta_u(&experts)?.is_some_and(|n| n > 0) => Arch::Mixtral,
             other => Arch::parse(other)?,
         };
         let key = |k: &str| format!("{name}.{k}");
@@ -197,10 +200,14 @@ impl Gguf {
             },
             // llama.cpp's qwen3moe: every block routes, and renormalizes the chosen weights.
             moe: match arch {
-                Arch::Qwen3Moe => Some(crate::config::MoeConfig {
+                Arch::Qwen3Moe | Arch::Mixtral => Some(crate::config::MoeConfig {
                     num_experts: req("expert_count")?,
                     top_k: req("expert_used_count")?,
-                    intermediate_size: req("expert_feed_forward_length")?,
+                    // Mixtral's experts have the MLP's width (`feed_forward_length`).
+                    intermediate_size: match arch {
+                        Arch::Mixtral => req("feed_forward_length")?,
+                        _ => req("expert_feed_forward_length")?,
+                    },
                     norm_topk_prob: true,
                     dense_layers: vec![],
                 }),
@@ -520,7 +527,7 @@ pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn qk_permuted(arch: Arch) -> bool {
     matches!(
         arch,
-        Arch::Llama | Arch::Mistral | Arch::Granite | Arch::SmolLm3
+        Arch::Llama | Arch::Mistral | Arch::Granite | Arch::SmolLm3 | Arch::Mixtral
     )
 }
 

@@ -295,7 +295,18 @@ impl HfFolder {
             },
             // GraniteConfig's defaults: 1 each.
             moe: match arch {
+                // Without experts, transformers builds every block with a plain MLP.
+                Arch::Qwen3Moe if c["num_experts"].as_u64() == Some(0) => None,
                 Arch::Qwen3Moe => Some(qwen3_moe(c, num_layers)?),
+                // Mixtral's experts are of the configuration's intermediate size; its top
+                // weights are always renormalized.
+                Arch::Mixtral => Some(crate::config::MoeConfig {
+                    num_experts: u("num_local_experts")?,
+                    top_k: u("num_experts_per_tok")?,
+                    intermediate_size: u("intermediate_size")?,
+                    norm_topk_prob: true,
+                    dense_layers: vec![],
+                }),
                 _ => None,
             },
             multipliers: (arch == Arch::Granite).then(|| {
@@ -361,8 +372,9 @@ impl HfFolder {
             st.tensors().into_iter().map(|(n, _)| n).collect();
         let tied = cfg.tie_word_embeddings;
         let stored = stored_names(self.multimodal.is_some(), &names);
+        let arch = cfg.arch;
         let get = crate::weights::with_fused(&cfg, |name: &str| {
-            let name = &stored(name);
+            let name = &stored(&crate::weights::file_name(arch, name));
             if !names.contains(name) {
                 return Ok(None);
             }
@@ -490,7 +502,7 @@ fn qwen3_moe(c: &Value, num_layers: usize) -> Result<crate::config::MoeConfig> {
         intermediate_size: u("moe_intermediate_size")?,
         norm_topk_prob: c["norm_topk_prob"].as_bool().unwrap_or(false),
         dense_layers: (0..num_layers)
-            .filter(|l| only.contains(l) || !(l + 1).is_multiple_of(step) || num_experts == 0)
+            .filter(|l| only.contains(l) || !(l + 1).is_multiple_of(step))
             .collect(),
     })
 }
@@ -591,8 +603,8 @@ fn softcapping(c: &Value, arch: Arch) -> Result<(Option<f64>, Option<f64>)> {
 /// also choose the RoPE base.
 fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
     let window = match c.get("sliding_window") {
-        // Phi-3's default is none.
-        None if arch == Arch::Phi3 => None,
+        // Phi-3's and Mixtral's default is none.
+        None if matches!(arch, Arch::Phi3 | Arch::Mixtral) => None,
         None => Some(4096),
         Some(Value::Null) => None,
         Some(w) => Some(w.as_u64().ok_or_else(|| {
@@ -619,7 +631,7 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
             ))
         }
         Arch::SmolLm3 => (None, vec![]),
-        Arch::Mistral | Arch::Phi3 => (window, vec![]),
+        Arch::Mistral | Arch::Phi3 | Arch::Mixtral => (window, vec![]),
         Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe
             if c["use_sliding_window"].as_bool() != Some(true) =>
         {

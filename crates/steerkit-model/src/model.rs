@@ -93,6 +93,16 @@ pub struct Experts {
     pub experts: Vec<GatedMlp>,
 }
 
+/// Which rows of a mixture's input go to which expert ([`Model::route`]).
+struct Routing {
+    /// The row of each (row, expert) pair, grouped by expert.
+    rows: Tensor,
+    /// Each pair's weight.
+    weights: Tensor,
+    /// Each expert's pairs: `(start, len)` in `rows`.
+    spans: Vec<(usize, usize)>,
+}
+
 /// A block's MLP.
 #[derive(Debug, Clone)]
 pub enum Mlp {
@@ -609,12 +619,6 @@ impl Model {
         let a = self.post_norm(blk.o.forward(&mix)?, blk.post_attn_norm.as_ref(), mode)?;
         let x2 = (x + a)?;
         let h2 = self.pre_norm(&x2, blk.mlp_norm.as_ref(), mode)?;
-        let Some(mlp) = blk.dense() else {
-            return Err(ModelError::Input(format!(
-                "block {layer} is a mixture of experts; gradient projection of its inputs is not implemented"
-            )));
-        };
-        let act = mlp.act(&h2, self.cfg.hidden_act, Mode::Inference)?;
         // Row indices of the real positions.
         let keep: Vec<u32> = pads
             .iter()
@@ -626,16 +630,41 @@ impl Model {
             let d = m.dim(2)?;
             Ok(m.reshape((b * t, d))?.index_select(&keep, 0)?)
         };
-        let (h1, mix, h2, act) = (rows(&h1)?, rows(&mix)?, rows(&h2)?, rows(&act)?);
-        Ok(vec![
+        let (h1, mix, h2) = (rows(&h1)?, rows(&mix)?, rows(&h2)?);
+        let mut out = vec![
             ("self_attn.q_proj.weight".into(), h1.clone()),
             ("self_attn.k_proj.weight".into(), h1.clone()),
             ("self_attn.v_proj.weight".into(), h1),
             ("self_attn.o_proj.weight".into(), mix),
-            ("mlp.gate_proj.weight".into(), h2.clone()),
-            ("mlp.up_proj.weight".into(), h2),
-            ("mlp.down_proj.weight".into(), act),
-        ])
+        ];
+        let act = self.cfg.hidden_act;
+        let mut gated = |prefix: String, m: &GatedMlp, x: Tensor| -> Result<()> {
+            out.push((format!("{prefix}.down_proj.weight"), m.act(&x, act, mode)?));
+            out.push((format!("{prefix}.gate_proj.weight"), x.clone()));
+            out.push((format!("{prefix}.up_proj.weight"), x));
+            Ok(())
+        };
+        match &blk.mlp {
+            Mlp::Dense(m) => gated("mlp".into(), m, h2)?,
+            // The router reads every row; each expert the rows routed to it (an expert that
+            // none reaches has no inputs, and so no basis).
+            Mlp::Moe(e) => {
+                let r = self.route(e, &h2, mode)?;
+                let routed = h2.index_select(&r.rows, 0)?;
+                for (ex, m) in e.experts.iter().enumerate() {
+                    let (start, len) = r.spans[ex];
+                    if len > 0 {
+                        gated(
+                            format!("mlp.experts.{ex}"),
+                            m,
+                            routed.narrow(0, start, len)?,
+                        )?;
+                    }
+                }
+                out.push(("mlp.gate.weight".into(), h2));
+            }
+        }
+        Ok(out)
     }
 
     /// The final RMSNorm.
@@ -684,19 +713,41 @@ impl Model {
     /// reaches the router through the weights; which experts a token takes is a choice, with
     /// none (as in transformers).
     fn experts(&self, e: &Experts, h: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dims = h.dims().to_vec();
+        let d = *dims.last().expect("hidden states have a last dimension");
+        let x = h.reshape((h.elem_count() / d, d))?;
+        let r = self.route(e, &x, mode)?;
+        // Every (token, expert) pair, grouped by expert: one gather, each expert on its own
+        // slice, one scatter back.
+        let xs = x.index_select(&r.rows, 0)?;
+        let mut ys = Vec::new();
+        for (ex, mlp) in e.experts.iter().enumerate() {
+            let (start, len) = r.spans[ex];
+            if len > 0 {
+                ys.push(mlp.forward(&xs.narrow(0, start, len)?, self.cfg.hidden_act, mode)?);
+            }
+        }
+        let y = Tensor::cat(&ys, 0)?.broadcast_mul(&r.weights.unsqueeze(1)?)?;
+        Ok(x.zeros_like()?.index_add(&r.rows, &y, 0)?.reshape(dims)?)
+    }
+
+    /// The router's choice for the rows of `x: [n, hidden]` ([`crate::MoeConfig`]): the
+    /// softmax (in f32 for half precision), each row's `top_k` experts (ties to the lower
+    /// index), their weights renormalized where the configuration says. The pairs are
+    /// grouped by expert: `rows` and `weights` (`[n * top_k]`, in `x`'s dtype), and each
+    /// expert's `(start, len)` in them. In differentiable mode the gradient reaches the router
+    /// through the weights; which experts a row takes is a choice, with none (as in
+    /// transformers).
+    fn route(&self, e: &Experts, x: &Tensor, mode: Mode) -> Result<Routing> {
         let moe = self.cfg.moe.as_ref().ok_or_else(|| {
             ModelError::Config("a mixture-of-experts block without its configuration".into())
         })?;
-        let dims = h.dims().to_vec();
-        let d = *dims.last().expect("hidden states have a last dimension");
-        let n = h.elem_count() / d;
-        let x = h.reshape((n, d))?;
+        let n = x.dim(0)?;
         let logits = Linear {
             weight: e.router.clone(),
             bias: None,
         }
-        .forward(&x)?;
-        // In f32 for half precision, as transformers does.
+        .forward(x)?;
         let logits = match logits.dtype() {
             DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
             _ => logits,
@@ -706,41 +757,47 @@ impl Model {
             Mode::Differentiable => candle_nn::ops::softmax(&logits, D::Minus1)?,
         };
         let (ne, k) = (moe.num_experts, moe.top_k);
-        // The choice, on the host: each token's k largest probabilities.
-        let values: Vec<Vec<f64>> = probs.to_dtype(DType::F64)?.to_vec2()?;
+        // The choice, on the host (in f64 there: not every device converts to it).
+        let values: Vec<Vec<f64>> = probs
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .to_vec2()?;
+        let mut by_expert: Vec<Vec<(u32, u32)>> = vec![vec![]; ne];
         let mut chosen = Vec::with_capacity(n * k);
-        let mut tokens: Vec<Vec<u32>> = vec![vec![]; ne];
-        let mut slots: Vec<Vec<u32>> = vec![vec![]; ne];
         for (row, p) in values.iter().enumerate() {
             let mut order: Vec<usize> = (0..ne).collect();
-            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            let larger = |a: &usize, b: &usize| p[*b].total_cmp(&p[*a]).then(a.cmp(b));
+            if k < ne {
+                order.select_nth_unstable_by(k - 1, larger);
+            }
             for (j, &ex) in order.iter().take(k).enumerate() {
                 chosen.push((row * ne + ex) as u32);
-                tokens[ex].push(row as u32);
-                slots[ex].push((row * k + j) as u32);
+                by_expert[ex].push((row as u32, (row * k + j) as u32));
             }
         }
         let dev = x.device();
-        let picked = Tensor::new(chosen, dev)?;
         let mut w = probs
             .flatten_all()?
-            .index_select(&picked, 0)?
+            .index_select(&Tensor::new(chosen, dev)?, 0)?
             .reshape((n, k))?;
         if moe.norm_topk_prob {
             w = w.broadcast_div(&w.sum_keepdim(1)?)?;
         }
-        let w = w.flatten_all()?.to_dtype(x.dtype())?;
-        let mut out = x.zeros_like()?;
-        for (ex, mlp) in e.experts.iter().enumerate() {
-            if tokens[ex].is_empty() {
-                continue;
-            }
-            let rows = Tensor::new(tokens[ex].as_slice(), dev)?;
-            let weights = w.index_select(&Tensor::new(slots[ex].as_slice(), dev)?, 0)?;
-            let y = mlp.forward(&x.index_select(&rows, 0)?, self.cfg.hidden_act, mode)?;
-            out = out.index_add(&rows, &y.broadcast_mul(&weights.unsqueeze(1)?)?, 0)?;
+        let (mut rows, mut slots, mut spans) = (vec![], vec![], vec![]);
+        for pairs in &by_expert {
+            spans.push((rows.len(), pairs.len()));
+            rows.extend(pairs.iter().map(|p| p.0));
+            slots.extend(pairs.iter().map(|p| p.1));
         }
-        Ok(out.reshape(dims)?)
+        let weights = w
+            .flatten_all()?
+            .index_select(&Tensor::new(slots, dev)?, 0)?
+            .to_dtype(x.dtype())?;
+        Ok(Routing {
+            rows: Tensor::new(rows, dev)?,
+            weights,
+            spans,
+        })
     }
 
     /// A sublayer's output `x` as it joins the residual: normed by `w` where the architecture

@@ -61,13 +61,24 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
             vec![]
         },
         // Block 1 (the one the gradient checks train) routes among 4 experts, block 0 is dense.
-        moe: (arch == Arch::Qwen3Moe).then(|| crate::config::MoeConfig {
-            num_experts: 4,
-            top_k: 2,
-            intermediate_size: 24,
-            norm_topk_prob: true,
-            dense_layers: vec![0],
-        }),
+        moe: match arch {
+            Arch::Qwen3Moe => Some(crate::config::MoeConfig {
+                num_experts: 4,
+                top_k: 2,
+                intermediate_size: 24,
+                norm_topk_prob: true,
+                dense_layers: vec![0],
+            }),
+            // Every block routes; the experts have the MLP's width, as Mixtral's do.
+            Arch::Mixtral => Some(crate::config::MoeConfig {
+                num_experts: 4,
+                top_k: 2,
+                intermediate_size: 48,
+                norm_topk_prob: true,
+                dense_layers: vec![],
+            }),
+            _ => None,
+        },
         multipliers: (arch == Arch::Granite).then_some(crate::config::Multipliers {
             embedding: 3.0,
             residual: 0.5,

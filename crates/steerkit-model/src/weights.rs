@@ -84,6 +84,23 @@ fn mlp_needs(out: &mut Vec<Need>, prefix: &str, f: usize, d: usize) {
     }
 }
 
+/// The name a tensor (steerkit's name, `model.layers.3.mlp.experts.5.gate_proj.weight`) has in
+/// `arch`'s Hugging Face files: Mixtral keeps its mixture under `block_sparse_moe`, with each
+/// expert's gate, up and down as `w1`, `w3` and `w2`; the other architectures use steerkit's.
+pub fn file_name(arch: Arch, name: &str) -> String {
+    if arch != Arch::Mixtral || !name.contains(".mlp.") {
+        return name.to_string();
+    }
+    let name = name.replacen(".mlp.", ".block_sparse_moe.", 1);
+    match name.contains(".experts.") {
+        true => name
+            .replacen(".gate_proj.", ".w1.", 1)
+            .replacen(".up_proj.", ".w3.", 1)
+            .replacen(".down_proj.", ".w2.", 1),
+        false => name,
+    }
+}
+
 /// The tensors an architecture's files store fused, as (the fused module, its parts in row
 /// order), module names after `model.layers.N.`: Phi-3 keeps q, k and v as one `qkv_proj`, and
 /// gate and up as one `gate_up_proj`. steerkit holds the parts; loaders split the fused tensors
@@ -126,12 +143,13 @@ struct FusedSource {
     cols: usize,
 }
 
-fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
+/// An expert's matrix, in a file that stacks each block's experts (GGUF's `ffn_*_exps`):
+/// `mlp.experts.{proj}.weight`, `[experts, rows, cols]`. Read only: Hugging Face files keep
+/// each expert's own, so writers ([`fuse`]) leave them as they are.
+fn stacked_expert_source(cfg: &Config, name: &str) -> Option<FusedSource> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
     let module = module.strip_suffix(".weight")?;
-    // An expert's matrix, in a file that stacks the experts (GGUF's `ffn_*_exps`):
-    // `mlp.experts.{proj}.weight`, `[experts, rows, cols]`.
     if let (Some(m), Some(expert)) = (&cfg.moe, module.strip_prefix("mlp.experts.")) {
         let (e, proj) = expert.split_once('.')?;
         let e: usize = e.parse().ok()?;
@@ -150,6 +168,13 @@ fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
             cols,
         });
     }
+    None
+}
+
+fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let module = module.strip_suffix(".weight")?;
     fused_parts(cfg.arch).iter().find_map(|(fused, parts)| {
         let part = parts.iter().position(|p| *p == module)?;
         let rows = |ps: &[&str]| ps.iter().map(|p| part_rows(cfg, p)).sum();
@@ -187,7 +212,9 @@ where
         if let Some(t) = get(&need.name)? {
             return Ok(Some(t));
         }
-        let Some(src) = fused_source(&cfg, &need.name) else {
+        let src =
+            fused_source(&cfg, &need.name).or_else(|| stacked_expert_source(&cfg, &need.name));
+        let Some(src) = src else {
             return Ok(None);
         };
         let slot = {

@@ -631,10 +631,54 @@ fn qwen3_moe_tiny_logits_match_transformers() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("saved");
     steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    // Each expert under its own name, as transformers reads them.
+    let saved =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(
+        saved["model.layers.2.mlp.experts.3.down_proj.weight"].dims(),
+        [32, 24]
+    );
+    assert!(!saved.contains_key("model.layers.2.mlp.experts.down_proj.weight"));
     check_all_positions(
         &qwen3_model(&dir),
         &fx["cases"],
         "qwen3_moe tiny, saved again",
+    );
+}
+
+/// The tiny random Mixtral folder of `scripts/reference_mixtral.py` (transformers' own
+/// MixtralForCausalLM in float64: every block routes each token to 2 of 4 experts stored
+/// under `block_sparse_moe` as `w1`, `w3`, `w2`; a sliding window of 4): steerkit's logits at
+/// every position equal transformers', and again after the folder is saved (under Mixtral's
+/// names) and read back.
+#[test]
+fn mixtral_tiny_logits_match_transformers() {
+    let (m, fx) = gemma_fixture("mixtral_tiny");
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::Mixtral);
+    let moe = m.cfg.moe.clone().expect("a mixture of experts");
+    assert_eq!(
+        (moe.num_experts, moe.top_k, moe.intermediate_size),
+        (4, 2, 48)
+    );
+    assert_eq!((m.cfg.sliding_window, m.cfg.head_dim), (Some(4), 8));
+    check_all_positions(&m, &fx["cases"], "mixtral tiny");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    let names: Vec<String> =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_keys()
+            .collect();
+    assert!(
+        names.contains(&"model.layers.1.block_sparse_moe.experts.3.w2.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains(".mlp.")), "{names:?}");
+    check_all_positions(
+        &qwen3_model(&dir),
+        &fx["cases"],
+        "mixtral tiny, saved again",
     );
 }
 

@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 11] = [
+const ARCHS: [Arch; 12] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -30,6 +30,8 @@ const ARCHS: [Arch; 11] = [
     Arch::Olmo2,
     // Block 1 a mixture of 4 experts, 2 per token (tiny_config).
     Arch::Qwen3Moe,
+    // Every block a mixture of 4 experts, stored under Mixtral's names.
+    Arch::Mixtral,
 ];
 
 /// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as

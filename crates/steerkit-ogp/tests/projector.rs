@@ -272,3 +272,34 @@ fn gradient_basis_projection_is_orthogonal_to_every_gradient() {
     // A step of another shape is an error, not a panic.
     assert!(b.project(&dense(3, 3)).is_err());
 }
+
+/// In a mixture of experts (tiny Qwen3-MoE, block 1: 2 of 4 experts per token) the router's
+/// inputs are every real row and each expert's are the rows routed to it, two per row in all;
+/// an expert's down projection reads its gate and up maps' output on those rows.
+#[test]
+fn linear_inputs_of_a_mixture_of_experts() {
+    let m = random_model(tiny_config(Arch::Qwen3Moe, 64), DType::F64, 2).unwrap();
+    let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
+    let ins: HashMap<String, Tensor> = m
+        .linear_inputs(1, &x, &[0, 2])
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(ins["mlp.gate.weight"].dims(), &[8, 32]);
+    assert_eq!(ins["self_attn.o_proj.weight"].dims(), &[8, 64]);
+    let mut routed = 0;
+    let Some(steerkit_model::Mlp::Moe(e)) = m.layers.get(1).map(|b| &b.mlp) else {
+        panic!("block 1 is a mixture of experts")
+    };
+    for (ex, mlp) in e.experts.iter().enumerate() {
+        let Some(h) = ins.get(&format!("mlp.experts.{ex}.gate_proj.weight")) else {
+            continue;
+        };
+        routed += h.dim(0).unwrap();
+        let g = mlp.gate.forward(h).unwrap();
+        let act = (g.silu().unwrap() * mlp.up.forward(h).unwrap()).unwrap();
+        let down = &ins[&format!("mlp.experts.{ex}.down_proj.weight")];
+        assert_eq!(max_abs(&(act - down).unwrap()), 0.0, "expert {ex}");
+    }
+    assert_eq!(routed, 16);
+}

@@ -156,7 +156,10 @@ pub fn save(model: &Model, out: &Path, opts: &FolderSave) -> Result<()> {
                 let mut config = model.cfg.to_hf_json();
                 config["torch_dtype"] = dtype_name.into();
                 write_json(tmp, "config.json", &config)?;
-                let tensors = crate::weights::fuse(&model.cfg, model.named_tensors())?;
+                let tensors = crate::weights::fuse(&model.cfg, model.named_tensors())?
+                    .into_iter()
+                    .map(|(n, t)| (crate::weights::file_name(model.cfg.arch, &n), t))
+                    .collect();
                 write_tensors(tmp, tensors, opts.dtype)?;
                 if let Some(tok) = opts.tok {
                     write_tokenizer(tmp, tok, opts.chat)?;
