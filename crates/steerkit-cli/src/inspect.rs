@@ -62,6 +62,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(r) = c.rotary_dim {
         info["rotary_dim"] = r.into();
     }
+    if let Some(e) = &c.moe {
+        info["experts"] = serde_json::to_value(e)?;
+    }
     if let Some(w) = c.sliding_window {
         info["sliding_window"] = w.into();
         info["full_attention_layers"] = c.full_attention_layers.clone().into();

@@ -480,6 +480,10 @@ fn mixture_of_experts_folder_trains_and_exports() {
     let run = d.path().join("run");
     let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
     assert_eq!(v["architecture"].as_str(), Some("qwen3_moe"));
+    assert_eq!(
+        v["experts"],
+        serde_json::json!({"num_experts": 4, "top_k": 2, "intermediate_size": 24, "norm_topk_prob": true, "dense_layers": [0]})
+    );
     let back = export_patched(f, &run, &d.path().join("patched"));
     let original = folder_tensors(&folder);
     let mut moved = 0;
