@@ -2,8 +2,10 @@
 //!
 //! Three sources, one entry point ([`load`]): a GGUF file (dequantized to f32, Q/K rows
 //! un-permuted for llama, tokenizer built from the metadata with llama.cpp's ids), a Hugging
-//! Face folder, or a Hugging Face repo id already in the local cache. Architectures: llama,
-//! mistral, qwen2.
+//! Face folder, or a Hugging Face repo id already in the local cache. Architectures
+//! ([`Arch`]): llama, mistral, qwen2, qwen3, gemma2, gemma3 (and the text model of the
+//! multimodal gemma3 and mistral3), phi3, granite, smollm3, olmo2, and the mixtures of experts
+//! qwen3_moe and mixtral ([`MoeConfig`], [`Mlp::Moe`]).
 //!
 //! ```no_run
 //! use steerkit_model::{load, LoadOptions, SystemPrompt, NoHook};
