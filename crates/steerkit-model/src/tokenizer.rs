@@ -346,8 +346,8 @@ impl Tok {
     ///
     /// Byte-level BPE tokenizers whose pre-tokenizer llama.cpp knows by name, and
     /// SentencePiece-style ones (BPE with byte fallback: Llama 2, Mistral), can be written.
-    /// What is not in the JSON is found by behaviour: the tokenizer that [`bpe_from_gguf`] or
-    /// [`spm_from_gguf`] builds from the data (under each supported pre-tokenizer name, or
+    /// What is not in the JSON is found by behaviour: the tokenizer that `bpe_from_gguf` or
+    /// `spm_from_gguf` builds from the data (under each supported pre-tokenizer name, or
     /// with and without the space prefix) must give this tokenizer's ids on every text of a
     /// fixed check list; the first that does is chosen, and none is an error. The check
     /// includes chat turns with control tokens for byte-level BPE, not for SentencePiece,
