@@ -80,25 +80,30 @@ pub fn layer_bases(
         }
     }
     // q/k/v and gate/up share their inputs: one basis each.
-    let mut by_input: HashMap<&str, steerkit_ogp::Basis> = HashMap::new();
+    let mut by_input: HashMap<String, steerkit_ogp::Basis> = HashMap::new();
     let mut bases = HashMap::new();
     let mut summary = Vec::new();
     let mut names: Vec<&String> = rows.keys().collect();
     names.sort();
     for name in names {
-        let shared = match name.as_str() {
-            "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => {
-                "attention input"
-            }
-            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => "mlp input",
-            other => other,
+        // An MLP's (or an expert's) gate and up read the same rows.
+        let gated = name
+            .strip_suffix("gate_proj.weight")
+            .or_else(|| name.strip_suffix("up_proj.weight"));
+        let shared = match (name.as_str(), gated) {
+            (
+                "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight",
+                _,
+            ) => "attention input".to_string(),
+            (_, Some(prefix)) => format!("{prefix}input"),
+            (other, None) => other.to_string(),
         };
-        if !by_input.contains_key(shared) {
+        if !by_input.contains_key(&shared) {
             let a = Tensor::cat(&rows[name], 0)?;
             let b = gpm_basis(&a, energy, max_k).map_err(|e| ActorError::Input(e.to_string()))?;
-            by_input.insert(shared, b);
+            by_input.insert(shared.clone(), b);
         }
-        let b = &by_input[shared];
+        let b = &by_input[&shared];
         let full = format!("model.layers.{layer}.{name}");
         summary.push((full.clone(), b.u.dim(1)?, b.energy));
         bases.insert(full, b.u.to_dtype(candle_core::DType::F32)?);

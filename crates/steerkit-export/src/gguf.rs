@@ -157,6 +157,11 @@ pub fn metadata(
     name: &str,
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
+    if cfg.arch == Arch::Qwen3Moe && cfg.moe.is_none() {
+        return Err(ModelError::Config(
+            "this qwen3_moe model has no experts (every block plain), which llama.cpp's qwen3moe cannot read: it has no GGUF form; export it as safetensors".into(),
+        ));
+    }
     // llama.cpp's qwen3moe routes in every block and renormalizes the chosen weights.
     if let Some(m) = &cfg.moe {
         if !m.dense_layers.is_empty() || !m.norm_topk_prob {

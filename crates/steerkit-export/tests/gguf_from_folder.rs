@@ -893,8 +893,13 @@ fn qwen3_moe_gguf_round_trip() {
     plain.moe.as_mut().unwrap().norm_topk_prob = false;
     let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();
-    let err = metadata(&plain, &tok, &g.chat_template(&tok).unwrap(), "x").unwrap_err();
+    let chat = g.chat_template(&tok).unwrap();
+    let err = metadata(&plain, &tok, &chat, "x").unwrap_err();
     assert!(err.to_string().contains("no GGUF form"), "{err}");
+    // Without experts (a qwen3_moe configuration with none), neither.
+    plain.moe = None;
+    let err = metadata(&plain, &tok, &chat, "x").unwrap_err();
+    assert!(err.to_string().contains("no experts"), "{err}");
 }
 
 /// A Mixtral model exports to GGUF as llama.cpp's converter writes Mixtral: `llama` with
@@ -918,6 +923,19 @@ fn mixtral_gguf_round_trip() {
     assert_eq!(back.model.cfg.moe, m.cfg.moe);
     let gap = last_logits_gap(&m, &back.model);
     assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+    // llama.cpp's layout before 2024, one tensor per expert: a clear error, not a wrong model.
+    let old = _d.path().join("old.gguf");
+    rewrite(&out, &old, |_, tensors| {
+        let t =
+            candle_core::Tensor::zeros((48, 32), DType::F32, &candle_core::Device::Cpu).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&t, GgmlDType::F32).unwrap();
+        tensors.push(("blk.0.ffn_gate.0.weight".into(), q));
+    });
+    let err = Gguf::open(&old)
+        .unwrap()
+        .model(&candle_core::Device::Cpu, DType::F32)
+        .unwrap_err();
+    assert!(err.to_string().contains("layout before 2024"), "{err}");
 }
 
 /// Asserts that the model read back from GGUF, `back`, gives `m`'s last logits on `rows`

@@ -406,6 +406,16 @@ impl Gguf {
     /// Dequantizes every tensor to f32 and builds the model (Q/K rows un-permuted for llama).
     pub fn model(&self, device: &Device, dtype: DType) -> Result<Model> {
         let cfg = self.config()?;
+        if cfg.moe.is_some()
+            && self
+                .content
+                .tensor_infos
+                .contains_key("blk.0.ffn_gate.0.weight")
+        {
+            return Err(ModelError::Weights(
+                "the GGUF stores each expert as a tensor of its own (llama.cpp's layout before 2024); steerkit reads the stacked `ffn_*_exps` layout: convert the model again with a current llama.cpp".into(),
+            ));
+        }
         let permuted = qk_permuted(cfg.arch);
         let (nh, nkv, arch) = (cfg.num_heads, cfg.num_kv_heads, cfg.arch);
         let get = crate::weights::with_fused(&cfg, |hf: &str| {

@@ -174,6 +174,7 @@ impl HfFolder {
             Arch::Gemma3 => (131_072, 1e6),
             Arch::Gemma2 => (8192, 10_000.0),
             Arch::Olmo2 => (2048, 10_000.0),
+            Arch::Mixtral => (131_072, 1e6),
             _ => (4096, 10_000.0),
         };
         let max_position_embeddings =
@@ -264,9 +265,9 @@ impl HfFolder {
                 .as_u64()
                 .map_or(if arch.gemma() { 4 } else { heads }, |x| x as usize),
             head_dim,
-            // transformers' defaults: 1e-5 for Phi-3 and OLMo 2, 1e-6 for the others.
+            // transformers' defaults: 1e-5 for Phi-3, OLMo 2 and Mixtral, 1e-6 for the others.
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(
-                if matches!(arch, Arch::Phi3 | Arch::Olmo2) {
+                if matches!(arch, Arch::Phi3 | Arch::Olmo2 | Arch::Mixtral) {
                     1e-5
                 } else {
                     1e-6
@@ -296,7 +297,14 @@ impl HfFolder {
             // GraniteConfig's defaults: 1 each.
             moe: match arch {
                 // Without experts, transformers builds every block with a plain MLP.
-                Arch::Qwen3Moe if c["num_experts"].as_u64() == Some(0) => None,
+                Arch::Qwen3Moe
+                    if c["num_experts"]
+                        .as_u64()
+                        .or(c["num_local_experts"].as_u64())
+                        == Some(0) =>
+                {
+                    None
+                }
                 Arch::Qwen3Moe => Some(qwen3_moe(c, num_layers)?),
                 // Mixtral's experts are of the configuration's intermediate size; its top
                 // weights are always renormalized.

@@ -628,6 +628,15 @@ fn qwen3_moe_tiny_logits_match_transformers() {
         &fx["cases"],
         "qwen3_moe, num_experts",
     );
+    // Without experts (either key at 0) every block is plain, as transformers builds it.
+    for key in ["num_local_experts", "num_experts"] {
+        let none = copy_with("qwen3_moe_tiny", |c| c[key] = 0.into());
+        let cfg = steerkit_model::hf::HfFolder::open(none.path())
+            .unwrap()
+            .config()
+            .unwrap();
+        assert!(cfg.moe.is_none() && !cfg.is_moe_layer(0), "{key}");
+    }
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("saved");
     steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();

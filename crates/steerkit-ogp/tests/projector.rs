@@ -291,10 +291,26 @@ fn linear_inputs_of_a_mixture_of_experts() {
     let Some(steerkit_model::Mlp::Moe(e)) = m.layers.get(1).map(|b| &b.mlp) else {
         panic!("block 1 is a mixture of experts")
     };
+    // Each row's two largest router logits, recomputed here: the rows each expert must get.
+    let h2 = &ins["mlp.gate.weight"];
+    let logits: Vec<Vec<f64>> = h2
+        .matmul(&e.router.t().unwrap())
+        .unwrap()
+        .to_vec2()
+        .unwrap();
     for (ex, mlp) in e.experts.iter().enumerate() {
+        let want: Vec<u32> = (0..logits.len())
+            .filter(|&r| logits[r].iter().filter(|&&v| v > logits[r][ex]).count() < 2)
+            .map(|r| r as u32)
+            .collect();
         let Some(h) = ins.get(&format!("mlp.experts.{ex}.gate_proj.weight")) else {
+            assert!(want.is_empty(), "expert {ex} gets no rows");
             continue;
         };
+        let expected = h2
+            .index_select(&Tensor::new(want, &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        assert_eq!(max_abs(&(h - expected).unwrap()), 0.0, "expert {ex}'s rows");
         routed += h.dim(0).unwrap();
         let g = mlp.gate.forward(h).unwrap();
         let act = (g.silu().unwrap() * mlp.up.forward(h).unwrap()).unwrap();

@@ -347,7 +347,7 @@ fn multimodal_tensors(
     let mut tensors: Vec<(String, Tensor)> =
         crate::weights::fuse(&model.cfg, model.named_tensors())?
             .into_iter()
-            .map(|(n, t)| (stored(&n), t))
+            .map(|(n, t)| (stored(&crate::weights::file_name(model.cfg.arch, &n)), t))
             .collect();
     let text: HashSet<&String> = tensors.iter().map(|(n, _)| n).collect();
     let mut rest: Vec<String> = names
