@@ -25,29 +25,16 @@ Exit code 0 when llama.cpp agrees within 0.05 and each control does not; 1 other
 Dependencies: Python 3.9+, numpy, llama-cpp-python (tested with 0.3.36).
 """
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_granite as ref  # noqa: E402
 import reference_smollm3  # noqa: E402
-from check_qwen3_llamacpp import as_f16_file, compare, tokenizer_folder  # noqa: E402
-from reference_qwen3 import save_safetensors, weights  # noqa: E402
+from check_qwen3_llamacpp import tokenizer_folder  # noqa: E402
+from llamacpp_check import check as export_and_compare  # noqa: E402
+from reference_qwen3 import weights  # noqa: E402
 
 WIDE = {"hidden_size": 64, "intermediate_size": 96, "head_dim": 16, "max_position_embeddings": 512}
-
-
-def check(steerkit, work, tokens, name, cfg, w, control, what):
-    """Writes the folder WORK/NAME (tokenizer files from `tokens`), then runs `compare` with
-    the reference under `cfg` changed by `control` (`what` names it) as the control."""
-    folder = os.path.join(work, name)
-    os.makedirs(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(tokens, f), folder)
-    save_safetensors(w, os.path.join(folder, "model.safetensors"))
-    w16 = as_f16_file(w)
-    return compare(steerkit, folder, work, name, cfg, w16, w16, dict(cfg, **control),
-                   forward=ref.forward, what=f"with {what}")
 
 
 def main():
@@ -57,15 +44,16 @@ def main():
     tokens = os.path.join(work, "tokens")
     vocab = tokenizer_folder(steerkit, source, work, tokens)
     granite = dict(ref.CONFIG, **WIDE, vocab_size=vocab)
-    ok = check(steerkit, work, tokens, "granite", granite, ref.granite_weights(granite), {
-        "embedding_multiplier": 1.0, "residual_multiplier": 1.0,
-        "attention_multiplier": 16 ** -0.5, "logits_scaling": 1.0},
-        "Llama's block (every scalar 1)")
+    ok = export_and_compare(steerkit, work, tokens, "granite", granite,
+                            ref.granite_weights(granite), ref.forward, {
+                                "embedding_multiplier": 1.0, "residual_multiplier": 1.0,
+                                "attention_multiplier": 16 ** -0.5, "logits_scaling": 1.0},
+                            "with Llama's block (every scalar 1)")
     smollm3 = dict(reference_smollm3.CONFIG, **WIDE, vocab_size=vocab, num_hidden_layers=8,
                    no_rope_layers=[1, 1, 1, 0, 1, 1, 1, 0])
-    ok &= check(steerkit, work, tokens, "smollm3", smollm3,
-                weights(smollm3, seed=20261129, qk_norms=False),
-                {"no_rope_layers": [1] * 8}, "RoPE in every block")
+    ok &= export_and_compare(steerkit, work, tokens, "smollm3", smollm3,
+                             weights(smollm3, seed=20261129, qk_norms=False), ref.forward,
+                             {"no_rope_layers": [1] * 8}, "with RoPE in every block")
     return 0 if ok else 1
 
 

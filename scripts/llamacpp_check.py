@@ -1,6 +1,6 @@
-"""Shared steps of the llama.cpp checks of architectures made by transformers fixtures
-(check_olmo2_llamacpp.py, check_qwen3_moe_llamacpp.py): reading a fixture, seeded weights,
-and the export-and-compare run."""
+"""Shared steps of the llama.cpp checks of random models (check_olmo2_llamacpp.py,
+check_qwen3_moe_llamacpp.py, check_llama_variants_llamacpp.py): reading a transformers
+fixture, seeded weights, and the export-and-compare run."""
 import json
 import os
 import shutil
@@ -91,13 +91,20 @@ class Seeded:
 
 
 def run(steerkit, source, work, label, cfg, w, forward, control_cfg, what, f32_cache=False):
-    """Writes the folder WORK/LABEL (Qwen's tokenizer from the GGUF `source`, the weights
-    `w`), exports it to GGUF and compares llama.cpp with `forward` on the f16-rounded
-    weights, and with it under `control_cfg`, which must differ (`f32_cache`: llama.cpp keeps
-    keys and values in f32, not its default f16). True when it passes."""
+    """Makes WORK/tokens (Qwen's tokenizer from the GGUF `source`), then `check` with the
+    weights `w(cfg)` for `cfg` with that vocabulary. True when it passes."""
     tokens = os.path.join(work, "tokens")
     cfg = dict(cfg, vocab_size=tokenizer_folder(steerkit, source, work, tokens))
-    w = w(cfg)
+    return check(steerkit, work, tokens, label, cfg, w(cfg), forward, control_cfg, what,
+                 f32_cache)
+
+
+def check(steerkit, work, tokens, label, cfg, w, forward, control_cfg, what, f32_cache=False):
+    """Writes the folder WORK/LABEL (tokenizer files from `tokens`, the weights `w`), exports
+    it to GGUF and compares llama.cpp with `forward` on the f16-rounded weights, and with it
+    under `cfg` changed by `control_cfg`, which must differ (`what` names that control;
+    `f32_cache`: llama.cpp keeps keys and values in f32, not its default f16). True when it
+    passes."""
     folder = os.path.join(work, label)
     os.makedirs(folder)
     for f in ("tokenizer.json", "tokenizer_config.json"):

@@ -28,6 +28,8 @@ import gguf
 import llama_cpp
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from gguf_vocab import vocab_only_writer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
 CORPUS = os.path.join(ROOT, "..", "shared", "datasets", "harmless_train.jsonl")
@@ -87,17 +89,7 @@ def write_gguf(tok, path):
         tokens[i] = t
     types = [gguf.TokenType.CONTROL if t in SPECIAL else gguf.TokenType.NORMAL for t in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
-    w = gguf.GGUFWriter(path, "llama")
-    # Hyper-parameters llama.cpp reads even for a vocab-only load.
-    w.add_context_length(512)
-    w.add_embedding_length(64)
-    w.add_block_count(1)
-    w.add_feed_forward_length(128)
-    w.add_head_count(4)
-    w.add_head_count_kv(4)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-4o")
+    w = vocab_only_writer(path, "gpt2", "gpt-4o")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)

@@ -30,6 +30,8 @@ import gguf
 import llama_cpp
 import sentencepiece as spm
 
+from gguf_vocab import vocab_only_writer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
 
@@ -75,17 +77,7 @@ def train(tmp):
 
 
 def write_gguf(sp, path):
-    w = gguf.GGUFWriter(path, "llama")
-    # Hyper-parameters llama.cpp reads even for a vocab-only load.
-    w.add_context_length(512)
-    w.add_embedding_length(64)
-    w.add_block_count(1)
-    w.add_feed_forward_length(128)
-    w.add_head_count(4)
-    w.add_head_count_kv(4)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
+    w = vocab_only_writer(path, "llama", "default")
     tokens, scores, types = [], [], []
     for i in range(sp.get_piece_size()):
         tokens.append(sp.id_to_piece(i).encode("utf-8"))
