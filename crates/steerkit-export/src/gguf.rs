@@ -400,7 +400,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     let mut groups: std::collections::HashMap<String, Vec<Option<candle_core::Tensor>>> =
         Default::default();
     for (hf, t) in steerkit_model::weights::fuse(&model.cfg, named)? {
-        let (hf, t) = match expert_group(&hf).filter(|_| experts > 0) {
+        let (hf, t) = match steerkit_model::weights::expert_stack(&hf).filter(|_| experts > 0) {
             Some((group, e)) if e < experts => {
                 let parts = groups
                     .entry(group.clone())
@@ -452,15 +452,6 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     kv.sort_by_key(|(k, _)| *k);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
     write_file(out, &kv, &refs)
-}
-
-/// A mixture-of-experts tensor's group when GGUF stores it stacked with the block's other
-/// experts': `model.layers.N.mlp.experts.{proj}.weight` (what `gguf_name` maps to
-/// `ffn_*_exps`) and the expert's index, for `model.layers.N.mlp.experts.E.{proj}.weight`.
-fn expert_group(name: &str) -> Option<(String, usize)> {
-    let (block, rest) = name.split_once(".mlp.experts.")?;
-    let (e, proj) = rest.split_once('.')?;
-    Some((format!("{block}.mlp.experts.{proj}"), e.parse().ok()?))
 }
 
 /// Writes a GGUF file whole or not at all: into `OUT.gguf.tmp`, flushed and synced (so that

@@ -143,32 +143,35 @@ struct FusedSource {
     cols: usize,
 }
 
-/// An expert's matrix, in a file that stacks each block's experts (GGUF's `ffn_*_exps`):
-/// `mlp.experts.{proj}.weight`, `[experts, rows, cols]`. Read only: Hugging Face files keep
-/// each expert's own, so writers ([`fuse`]) leave them as they are.
+/// For an expert's matrix, `model.layers.N.mlp.experts.E.{proj}.weight`: the name of the
+/// stack of its block's experts' (`model.layers.N.mlp.experts.{proj}.weight`, `[experts, rows,
+/// cols]`, as GGUF stores them) and `E`.
+pub fn expert_stack(name: &str) -> Option<(String, usize)> {
+    let (block, rest) = name.split_once(".mlp.experts.")?;
+    let (e, proj) = rest.split_once('.')?;
+    Some((format!("{block}.mlp.experts.{proj}"), e.parse().ok()?))
+}
+
+/// An expert's matrix, in a file that stacks each block's experts ([`expert_stack`]). Read
+/// only: Hugging Face files keep each expert's own, so writers ([`fuse`]) leave them as they
+/// are.
 fn stacked_expert_source(cfg: &Config, name: &str) -> Option<FusedSource> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    let module = module.strip_suffix(".weight")?;
-    if let (Some(m), Some(expert)) = (&cfg.moe, module.strip_prefix("mlp.experts.")) {
-        let (e, proj) = expert.split_once('.')?;
-        let e: usize = e.parse().ok()?;
-        let (rows, cols) = match proj {
-            "down_proj" => (cfg.hidden_size, m.intermediate_size),
-            "gate_proj" | "up_proj" => (m.intermediate_size, cfg.hidden_size),
-            _ => return None,
-        };
-        return Some(FusedSource {
-            name: format!("model.layers.{layer}.mlp.experts.{proj}.weight"),
-            part: e,
-            parts: m.num_experts,
-            start: e * rows,
-            rows,
-            total: m.num_experts * rows,
-            cols,
-        });
-    }
-    None
+    let m = cfg.moe.as_ref()?;
+    let (stack, e) = expert_stack(name)?;
+    let (rows, cols) = match stack.rsplit('.').nth(1)? {
+        "down_proj" => (cfg.hidden_size, m.intermediate_size),
+        "gate_proj" | "up_proj" => (m.intermediate_size, cfg.hidden_size),
+        _ => return None,
+    };
+    Some(FusedSource {
+        name: stack,
+        part: e,
+        parts: m.num_experts,
+        start: e * rows,
+        rows,
+        total: m.num_experts * rows,
+        cols,
+    })
 }
 
 fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
