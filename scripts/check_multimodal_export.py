@@ -31,21 +31,10 @@ import tempfile
 import torch
 import transformers
 from safetensors.torch import load_file
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
+
+from export_check import ablation_hooks, direction_run, tokenizer_files
 
 VOCAB = 300
-
-
-def tokenizer_files(folder):
-    vocab = {f"w{i}": i for i in range(VOCAB)}
-    tok = Tokenizer(WordLevel(vocab, unk_token="w0"))
-    tok.pre_tokenizer = Whitespace()
-    tok.save(os.path.join(folder, "tokenizer.json"))
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as fh:
-        json.dump({"bos_token": "w2", "eos_token": "w1", "chat_template":
-                   "{% for m in messages %}w3 {{ m['content'] }} w4 w5{% endfor %}"}, fh)
 
 
 def gemma3():
@@ -82,47 +71,17 @@ def logits(model, ids, image):
         return model(input_ids=torch.tensor([ids]), **image).logits[0].double()
 
 
-def direction_run(steerkit, src, work):
-    rng = torch.Generator().manual_seed(1)
-    files = []
-    for role in ("harmful", "harmless"):
-        path = os.path.join(work, f"{role}.txt")
-        with open(path, "w") as fh:
-            for _ in range(8):
-                words = torch.randint(10, 290, (6,), generator=rng).tolist()
-                fh.write(" ".join(f"w{w}" for w in words) + "\n")
-        files.append(path)
-    run = os.path.join(work, "run-" + os.path.basename(src))
-    quiet = dict(check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([steerkit, "extract", "-m", src, "--harmful", files[0], "--harmless",
-                    files[1], "--limit", "8", "--out", run], **quiet)
-    subprocess.run([steerkit, "select", "-m", src, "--run", run, "--harmful-val", files[0],
-                    "--harmless-val", files[1], "--limit", "8", "--layer", "1", "--pos", "-1"],
-                   **quiet)
-    return run
-
-
 def ablated(model, r, ids, image):
     """Logits with r projected out of the input embeddings and every block's outputs."""
     lm = model.model.language_model
-    cut = lambda h: h - (h @ r)[..., None] * r
-    def embeds(_module, args, kwargs):
-        kwargs["inputs_embeds"] = cut(kwargs["inputs_embeds"])
-        return args, kwargs
-    hooks = [lm.register_forward_pre_hook(embeds, with_kwargs=True)]
-    for blk in lm.layers:
-        for m in (blk.self_attn.o_proj, blk.mlp.down_proj):
-            hooks.append(m.register_forward_hook(lambda _m, _a, out: cut(out)))
-    try:
+    writers = [m for blk in lm.layers for m in (blk.self_attn.o_proj, blk.mlp.down_proj)]
+    with ablation_hooks(lm, writers, r):
         return logits(model, ids, image)
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def check_orthogonalized(name, model, ids, image, steerkit, work):
     src = os.path.join(work, name)
-    run = direction_run(steerkit, src, work)
+    run = direction_run(steerkit, src, work, VOCAB - 10)
     out = os.path.join(work, f"{name}-orthogonalized")
     subprocess.run([steerkit, "export", "-m", src, "--run", run, "--orthogonalize", "--out", out],
                    check=True, stdout=subprocess.DEVNULL)
@@ -153,7 +112,7 @@ def check(name, made, steerkit, work):
     model.save_pretrained(src)
     with open(os.path.join(src, "preprocessor_config.json"), "w") as fh:
         json.dump(processor, fh)
-    tokenizer_files(src)
+    tokenizer_files(src, VOCAB)
     want = logits(model, ids, image)
     worst = 0.0
     for how, extra in [("whole", []), ("text-only", ["--text-only"])]:

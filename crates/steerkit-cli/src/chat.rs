@@ -68,7 +68,7 @@ pub fn run(a: Args) -> Result<()> {
                     }
                 }
             })?;
-        let answer = m.tok.decode(&g[0].ids, true)?;
+        let answer = m.tok.answer(&g[0].ids)?;
         if answer.len() > shown.len() && answer.starts_with(&shown) {
             print!("{}", &answer[shown.len()..]);
         }

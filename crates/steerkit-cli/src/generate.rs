@@ -56,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
             let i = chunk_i * a.batch_size + j;
             let line = json!({
                 "prompt": prompts[i],
-                "response": m.tok.decode(&g.ids, true)?,
+                "response": m.tok.answer(&g.ids)?,
                 "new_tokens": g.ids.len(),
                 "stopped": g.stopped,
             });

@@ -506,6 +506,52 @@ fn mixture_of_experts_folder_trains_and_exports() {
     assert!(!gguf.exists());
 }
 
+/// A gpt-oss folder (tiny and random, with SmolLM2's tokenizer and template; every block
+/// routes each token to 3 of 4 experts, whose files stack them with gate and up interleaved):
+/// inspect, generation, ACTOR on attention and MLP (sinks, biases, router, experts), export as
+/// a patched folder whose stacks hold the trained experts; GGUF export is one clear error,
+/// with nothing written.
+#[test]
+fn gpt_oss_folder_trains_and_exports() {
+    let d = tmpdir("gptoss");
+    let folder = tiny_folder_of(d.path(), Arch::GptOss);
+    let cpu = &candle_core::Device::Cpu;
+    let stored = candle_core::safetensors::load(folder.join("model.safetensors"), cpu).unwrap();
+    assert!(stored.contains_key("model.layers.1.mlp.experts.gate_up_proj"));
+    assert!(stored.contains_key("model.layers.1.mlp.router.bias"));
+    let f = folder.to_str().unwrap();
+    let run = d.path().join("run");
+    let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
+    assert_eq!(v["architecture"].as_str(), Some("gpt_oss"));
+    let back = export_patched(f, &run, &d.path().join("patched"));
+    let original = folder_tensors(&folder);
+    let mut moved = vec![];
+    for n in [
+        "self_attn.sinks",
+        "self_attn.o_proj.bias",
+        "mlp.gate.bias",
+        "mlp.experts.0.up_proj.bias",
+        "mlp.experts.2.gate_proj.weight",
+        "mlp.experts.3.down_proj.weight",
+    ] {
+        let n = format!("model.layers.1.{n}");
+        let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+            steerkit_model::random::max_abs_diff(a, b).unwrap()
+        };
+        assert_eq!(gap(&back[&n], &trained[&n]), 0.0, "{n}");
+        if gap(&back[&n], &original[&n]) > 0.0 {
+            moved.push(n);
+        }
+    }
+    assert!(moved.len() >= 4, "trained: {moved:?}");
+    let gguf = d.path().join("m.gguf");
+    assert_clean_error(
+        &export_gguf(f, &[], &gguf),
+        "does not write gpt-oss as GGUF",
+    );
+    assert!(!gguf.exists());
+}
+
 /// A Phi-3 folder (tiny and random, with SmolLM2's tokenizer and template), stored fused as
 /// Phi-3 checkpoints are (`qkv_proj`, `gate_up_proj`), with Phi-4-mini's partial rotation and
 /// LongRoPE: inspect, generation, ACTOR on attention and MLP, export as a patched folder whose

@@ -208,7 +208,7 @@ pub fn judge_with_model(
         let gens = generate(&m.model, &ids, &opts, &mut NoHook, &mut |_| {})?;
         let mut new = Vec::with_capacity(batch.len());
         for ((i, _), g) in batch.iter().zip(gens) {
-            new.push((keys[*i].clone(), m.tok.decode(&g.ids, true)?));
+            new.push((keys[*i].clone(), m.tok.answer(&g.ids)?));
         }
         cache.append(new)?;
         progress(batch.len());

@@ -276,7 +276,7 @@ pub fn evaluate(
                 let a = Answer {
                     i: *i,
                     prompt: set.items[*i].prompt.clone(),
-                    response: m.tok.decode(&g.ids, true)?,
+                    response: m.tok.answer(&g.ids)?,
                     new_tokens: g.ids.len(),
                     stopped: g.stopped,
                     refusal_score: refusal_score(lp, &refusal_ids),

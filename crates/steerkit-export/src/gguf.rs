@@ -83,6 +83,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::SmolLm3 => "smollm3",
         Arch::Olmo2 => "olmo2",
         Arch::Qwen3Moe => "qwen3moe",
+        Arch::GptOss => "gpt-oss",
     }
 }
 
@@ -157,6 +158,11 @@ pub fn metadata(
     name: &str,
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
+    if cfg.arch == Arch::GptOss {
+        return Err(ModelError::Config(
+            "steerkit does not write gpt-oss as GGUF yet: export it as safetensors (llama.cpp's convert_hf_to_gguf.py reads that folder), or as a control vector".into(),
+        ));
+    }
     if cfg.arch == Arch::Qwen3Moe && cfg.moe.is_none() {
         return Err(ModelError::Config(
             "this qwen3_moe model has no experts (every block plain), which llama.cpp's qwen3moe cannot read: it has no GGUF form; export it as safetensors".into(),

@@ -165,18 +165,23 @@ fn bf16_matrices_are_projected_in_f32() -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
-/// A mixture of experts (tiny Qwen3-MoE: block 1 routes each token to 2 of 4 experts)
+/// A mixture of experts (tiny Qwen3-MoE: block 1 routes each token to 2 of 4 experts; tiny
+/// gpt-oss: every block to 3 of 4, with biases on o and on every expert's down projection)
 /// orthogonalized computes what hook ablation at every point of the unmodified model does:
-/// every expert's down projection is projected, not only the ones a prompt happens to use.
+/// every expert's down projection (and bias) is projected, not only the ones a prompt happens
+/// to use.
 #[test]
 fn mixture_of_experts_orthogonalizes_every_expert() -> Result<(), Box<dyn std::error::Error>> {
+    for arch in [steerkit_model::Arch::Qwen3Moe, steerkit_model::Arch::GptOss] {
+        experts_orthogonalized(arch)?;
+    }
+    Ok(())
+}
+
+fn experts_orthogonalized(arch: steerkit_model::Arch) -> Result<(), Box<dyn std::error::Error>> {
     use candle_core::DType;
     use steerkit_model::random::{max_abs_diff, random_model, seeded_normal, tiny_config};
-    let m = random_model(
-        tiny_config(steerkit_model::Arch::Qwen3Moe, 64),
-        DType::F32,
-        3,
-    )?;
+    let m = random_model(tiny_config(arch, 64), DType::F32, 3)?;
     let r = seeded_normal(32, 5)?;
     let o = steerkit_export::orthogonalize(&m, &r)?;
     let rows = [vec![3u32, 1, 4, 1, 5, 9, 2, 6], vec![5u32, 3, 5]];
@@ -191,7 +196,7 @@ fn mixture_of_experts_orthogonalizes_every_expert() -> Result<(), Box<dyn std::e
     );
     assert!(
         gap < 1e-4 && effect > 1e-2,
-        "orthogonalized {gap}, ablation's effect {effect}"
+        "{arch:?}: orthogonalized {gap}, ablation's effect {effect}"
     );
     let Some(steerkit_model::Mlp::Moe(e)) = o.layers.get(1).map(|b| &b.mlp) else {
         panic!("block 1 is a mixture of experts")
@@ -202,6 +207,13 @@ fn mixture_of_experts_orthogonalizes_every_expert() -> Result<(), Box<dyn std::e
     for x in &e.experts {
         let left = unit.matmul(&x.down.weight)?;
         assert!(max_abs_diff(&left, &left.zeros_like()?)? < 1e-5);
+        if let Some(b) = &x.down.bias {
+            let along = unit.matmul(&b.unsqueeze(1)?)?;
+            assert!(
+                max_abs_diff(&along, &along.zeros_like()?)? < 1e-5,
+                "{arch:?}"
+            );
+        }
     }
     Ok(())
 }

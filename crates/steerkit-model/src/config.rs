@@ -61,6 +61,18 @@ pub enum Arch {
     /// mixture under `block_sparse_moe` with the experts' gate, up and down as `w1`, `w3`,
     /// `w2` ([`crate::weights::file_name`]). GGUF files hold it as `llama` with experts.
     Mixtral,
+    /// OpenAI's gpt-oss (`gpt_oss`: gpt-oss-20b, gpt-oss-120b): biases on q, k, v and o; a
+    /// learned sink logit per head that joins each query's softmax and takes its share of the
+    /// attention to nothing ([`crate::Block::sinks`]); every other block attends over a
+    /// sliding window; in place of the MLP a router with a bias picks each token's top experts
+    /// and weights them by the softmax of their logits, and each expert applies a clamped
+    /// SwiGLU ([`Activation::SwigluOai`]) with biases on its projections. Its files keep the
+    /// router as `mlp.router`, each block's experts stacked, gate and up interleaved in one
+    /// `gate_up_proj` (`[experts, hidden, 2 * channels]`), or as MXFP4 blocks and scales
+    /// (`gate_up_proj_blocks`, `gate_up_proj_scales`) as OpenAI ships them
+    /// ([`crate::weights::gpt_oss_expert_source`]).
+    #[serde(rename = "gpt_oss")]
+    GptOss,
 }
 
 impl Arch {
@@ -79,6 +91,7 @@ impl Arch {
             "olmo2" => Ok(Arch::Olmo2),
             "qwen3_moe" => Ok(Arch::Qwen3Moe),
             "mixtral" => Ok(Arch::Mixtral),
+            "gpt_oss" => Ok(Arch::GptOss),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -99,7 +112,14 @@ impl Arch {
             Arch::Olmo2 => "olmo2",
             Arch::Qwen3Moe => "qwen3_moe",
             Arch::Mixtral => "mixtral",
+            Arch::GptOss => "gpt_oss",
         }
+    }
+
+    /// Whether the attention's output projection, the router and the experts' projections
+    /// have biases, and each head a sink logit (gpt_oss).
+    pub fn gpt_oss(self) -> bool {
+        self == Arch::GptOss
     }
 
     /// Whether the blocks RMS-norm their queries and keys (`q_norm`, `k_norm`): each head
@@ -147,7 +167,7 @@ impl Arch {
 }
 
 /// The MLP's activation, applied to the gate projection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// `x sigmoid(x)` (llama, mistral, qwen).
@@ -155,6 +175,10 @@ pub enum Activation {
     Silu,
     /// gelu's tanh approximation, `gelu_pytorch_tanh` (gemma).
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU, which takes the up projection too: with `g` the gate
+    /// clamped above at `limit` and `u` the up projection clamped to `[-limit, limit]`, the
+    /// down projection's input is `(u + 1) g sigmoid(alpha g)` (gpt-oss: alpha 1.702, limit 7).
+    SwigluOai { alpha: f64, limit: f64 },
 }
 
 impl Activation {
@@ -547,6 +571,13 @@ impl Config {
         if self.sliding_window == Some(0) {
             return bad("a sliding window of 0 positions attends to nothing".into());
         }
+        if let Activation::SwigluOai { alpha, limit } = self.hidden_act {
+            if !(alpha.is_finite() && alpha > 0.0 && limit.is_finite() && limit > 0.0) {
+                return bad(format!(
+                    "the clamped SwiGLU needs a positive finite alpha and limit (alpha {alpha}, limit {limit})"
+                ));
+            }
+        }
         if let Some(l) = self.nope_layers.iter().find(|l| **l >= self.num_layers) {
             return bad(format!(
                 "block {l} without RoPE does not exist (the model has {})",
@@ -670,6 +701,10 @@ impl Config {
         if self.attention_bias {
             block += q + 2 * kv;
         }
+        if self.arch.gpt_oss() {
+            // The output projection's bias and a sink per head.
+            block += d + self.num_heads;
+        }
         if self.arch.qk_norm_whole() {
             block += q + kv;
         } else if self.arch.qk_norm() {
@@ -682,6 +717,11 @@ impl Config {
         };
         let mlps: usize = (0..self.num_layers)
             .map(|l| match (&self.moe, self.is_moe_layer(l)) {
+                // gpt-oss: the router's bias and each expert's three biases too.
+                (Some(m), true) if self.arch.gpt_oss() => {
+                    m.num_experts
+                        * (d + 1 + 3 * d * m.intermediate_size + 2 * m.intermediate_size + d)
+                }
                 (Some(m), true) => m.num_experts * (d + 3 * d * m.intermediate_size),
                 _ => 3 * d * f,
             })
@@ -713,6 +753,7 @@ impl Config {
             Arch::Olmo2 => "Olmo2ForCausalLM",
             Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
             Arch::Mixtral => "MixtralForCausalLM",
+            Arch::GptOss => "GptOssForCausalLM",
         };
         let mut j = serde_json::json!({
             "architectures": [arch_class],
@@ -736,6 +777,21 @@ impl Config {
             Activation::Silu => j["hidden_act"] = "silu".into(),
             // Gemma's configs name it so.
             Activation::GeluTanh => j["hidden_activation"] = "gelu_pytorch_tanh".into(),
+            Activation::SwigluOai { alpha, limit } => {
+                j["swiglu_alpha"] = alpha.into();
+                j["swiglu_limit"] = limit.into();
+            }
+        }
+        if self.arch.gpt_oss() {
+            // GptOssConfig puts YaRN (factor 32) in place of absent RoPE parameters: they are
+            // always written, in transformers 5's form.
+            let mut p = match &self.rope_scaling {
+                Some(r) => r.to_hf_json(self),
+                None => serde_json::json!({"rope_type": "default"}),
+            };
+            p["rope_theta"] = self.rope_theta.into();
+            j["rope_parameters"] = p;
+            j.as_object_mut().map(|o| o.remove("rope_scaling"));
         }
         if let Some(s) = self.query_pre_attn_scalar {
             // An integer where it is one: transformers 5.24's Gemma configs refuse 8.0.
@@ -754,7 +810,7 @@ impl Config {
             j["logits_scaling"] = m.logits_scaling.into();
         }
         match (&self.moe, self.arch) {
-            (Some(m), Arch::Mixtral) => {
+            (Some(m), Arch::Mixtral | Arch::GptOss) => {
                 j["num_local_experts"] = m.num_experts.into();
                 j["num_experts_per_tok"] = m.top_k.into();
             }
@@ -809,10 +865,12 @@ impl Config {
         // transformers gives Mistral and Gemma a window of 4096 when the key is absent, so
         // theirs is always written, null for none; Gemma's kinds of block too.
         let window = self.sliding_window.is_some();
-        if window || matches!(self.arch, Arch::Mistral | Arch::Mixtral) || self.arch.gemma() {
+        // gpt-oss's: 128, and every other block windowed, when the keys are absent.
+        let always = self.arch.gemma() || self.arch.gpt_oss();
+        if window || matches!(self.arch, Arch::Mistral | Arch::Mixtral) || always {
             j["sliding_window"] = self.sliding_window.into();
         }
-        if self.arch.gemma() || (window && !full.is_empty()) {
+        if always || (window && !full.is_empty()) {
             j["layer_types"] = layer_types();
         }
         if window && matches!(self.arch, Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe) {

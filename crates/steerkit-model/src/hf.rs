@@ -175,6 +175,7 @@ impl HfFolder {
             Arch::Gemma2 => (8192, 10_000.0),
             Arch::Olmo2 => (2048, 10_000.0),
             Arch::Mixtral => (131_072, 1e6),
+            Arch::GptOss => (131_072, 150_000.0),
             _ => (4096, 10_000.0),
         };
         let max_position_embeddings =
@@ -184,7 +185,13 @@ impl HfFolder {
         // the blocks differ (Gemma 3: sliding_attention and full_attention).
         let params = &c["rope_parameters"];
         let per_type = params.get("full_attention").is_some();
+        // GptOssConfig's RoPE where config.json gives none: YaRN, factor 32 over 4096.
+        let gpt_oss_yarn = serde_json::json!({
+            "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+            "truncate": false, "original_max_position_embeddings": 4096
+        });
         let rope = match params {
+            Value::Null if arch.gpt_oss() && c["rope_scaling"].is_null() => &gpt_oss_yarn,
             Value::Null => &c["rope_scaling"],
             // transformers' Phi-3 takes `rope_scaling` over `rope_parameters` when both are there.
             _ if arch == Arch::Phi3 && c["rope_scaling"].is_object() => &c["rope_scaling"],
@@ -235,9 +242,16 @@ impl HfFolder {
                 "config.json sets mlp_bias, biases on the MLP's projections, which steerkit does not implement".into(),
             ));
         }
-        if arch != Arch::Qwen2 && c["attention_bias"].as_bool() == Some(true) {
+        if !matches!(arch, Arch::Qwen2 | Arch::GptOss)
+            && c["attention_bias"].as_bool() == Some(true)
+        {
             return Err(ModelError::Config(
                 "config.json sets attention_bias, which gives this architecture an o_proj bias steerkit does not implement".into(),
+            ));
+        }
+        if arch.gpt_oss() && c["attention_bias"].as_bool() == Some(false) {
+            return Err(ModelError::Config(
+                "config.json turns gpt-oss's attention biases off; steerkit implements gpt-oss with them".into(),
             ));
         }
         let hidden = u("hidden_size")?;
@@ -267,7 +281,10 @@ impl HfFolder {
             head_dim,
             // transformers' defaults: 1e-5 for Phi-3, OLMo 2 and Mixtral, 1e-6 for the others.
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(
-                if matches!(arch, Arch::Phi3 | Arch::Olmo2 | Arch::Mixtral) {
+                if matches!(
+                    arch,
+                    Arch::Phi3 | Arch::Olmo2 | Arch::Mixtral | Arch::GptOss
+                ) {
                     1e-5
                 } else {
                     1e-6
@@ -277,7 +294,7 @@ impl HfFolder {
             max_position_embeddings,
             // transformers' default: tied for Gemma, untied otherwise.
             tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(arch.gemma()),
-            attention_bias: arch == Arch::Qwen2,
+            attention_bias: matches!(arch, Arch::Qwen2 | Arch::GptOss),
             rope_scaling,
             sliding_window,
             full_attention_layers,
@@ -311,6 +328,18 @@ impl HfFolder {
                 Arch::Mixtral => Some(crate::config::MoeConfig {
                     num_experts: u("num_local_experts")?,
                     top_k: u("num_experts_per_tok")?,
+                    intermediate_size: u("intermediate_size")?,
+                    norm_topk_prob: true,
+                    dense_layers: vec![],
+                }),
+                // GptOssConfig's defaults (gpt-oss-20b's shape); `num_experts` is an alias.
+                // Its softmax over the top logits is the softmax over all, renormalized.
+                Arch::GptOss => Some(crate::config::MoeConfig {
+                    num_experts: c["num_local_experts"]
+                        .as_u64()
+                        .or(c["num_experts"].as_u64())
+                        .unwrap_or(128) as usize,
+                    top_k: c["num_experts_per_tok"].as_u64().unwrap_or(4) as usize,
                     intermediate_size: u("intermediate_size")?,
                     norm_topk_prob: true,
                     dense_layers: vec![],
@@ -391,6 +420,8 @@ impl HfFolder {
             Ok(Some(match t.dtype() {
                 DType::F32 => t,
                 DType::BF16 if dtype == DType::BF16 => t,
+                // MXFP4 blocks and scales (gpt-oss), decoded where they are cut.
+                DType::U8 => t,
                 _ => t.to_dtype(DType::F32)?,
             }))
         });
@@ -555,8 +586,16 @@ fn stored_names(
 }
 
 /// The MLP's activation: `hidden_act` (`hidden_activation` in Gemma's configs), silu for
-/// every architecture but Gemma, whose is gelu's tanh approximation.
+/// every architecture but Gemma, whose is gelu's tanh approximation, and gpt-oss, whose is
+/// its clamped SwiGLU (`swiglu_alpha`, `swiglu_limit`; 1.702 and 7 when absent; its
+/// `hidden_act` is not read, as in transformers).
 fn activation(c: &Value, arch: Arch) -> Result<Activation> {
+    if arch.gpt_oss() {
+        return Ok(Activation::SwigluOai {
+            alpha: c["swiglu_alpha"].as_f64().unwrap_or(1.702),
+            limit: c["swiglu_limit"].as_f64().unwrap_or(7.0),
+        });
+    }
     let (want, name, act) = match arch.gemma() {
         true => (
             "hidden_activation",
@@ -611,8 +650,9 @@ fn softcapping(c: &Value, arch: Arch) -> Result<(Option<f64>, Option<f64>)> {
 /// also choose the RoPE base.
 fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
     let window = match c.get("sliding_window") {
-        // Phi-3's and Mixtral's default is none.
+        // Phi-3's and Mixtral's default is none, gpt-oss's 128.
         None if matches!(arch, Arch::Phi3 | Arch::Mixtral) => None,
+        None if arch.gpt_oss() => Some(128),
         None => Some(4096),
         Some(Value::Null) => None,
         Some(w) => Some(w.as_u64().ok_or_else(|| {
@@ -658,7 +698,8 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
             let every = c["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) as usize;
             on(&|l| (l + 1) % every != 0)
         }
-        Arch::Gemma2 => on(&|l| l % 2 == 0),
+        // Every other block from the first (Gemma 2's and gpt-oss's defaults).
+        Arch::Gemma2 | Arch::GptOss => on(&|l| l % 2 == 0),
     })
 }
 

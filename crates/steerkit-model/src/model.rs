@@ -60,6 +60,9 @@ pub struct Block {
     /// over the whole projection, `[heads * head_dim]` (olmo2); else `None`.
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
+    /// Each query head's sink logit `[heads]` (gpt_oss): a column of the attention's softmax
+    /// with no value behind it, so that a head may attend to nothing; else `None`.
+    pub sinks: Option<Tensor>,
     /// The MLP's input norm; `None` where the architecture has none (olmo2).
     pub mlp_norm: Option<Tensor>,
     /// The MLP: gated, or a mixture of gated experts.
@@ -85,11 +88,12 @@ pub struct GatedMlp {
     pub down: Linear,
 }
 
-/// A mixture of experts ([`crate::MoeConfig`]): the router's weights `[experts, hidden]` and
-/// the experts.
+/// A mixture of experts ([`crate::MoeConfig`]): the router's weights `[experts, hidden]`, its
+/// bias `[experts]` where the architecture has one (gpt_oss), and the experts.
 #[derive(Debug, Clone)]
 pub struct Experts {
     pub router: Tensor,
+    pub router_bias: Option<Tensor>,
     pub experts: Vec<GatedMlp>,
 }
 
@@ -116,15 +120,24 @@ impl GatedMlp {
         self.down.forward(&self.act(h, act, mode)?)
     }
 
-    /// The input to the down projection, `act(h Gᵀ) * (h Uᵀ)`.
+    /// The input to the down projection, `act(h Gᵀ) * (h Uᵀ)` (gpt-oss's clamped SwiGLU:
+    /// [`Activation::SwigluOai`]).
     fn act(&self, h: &Tensor, act: Activation, mode: Mode) -> Result<Tensor> {
         let g = self.gate.forward(h)?;
+        if let Activation::SwigluOai { alpha, limit } = act {
+            // `g sigmoid(alpha g)` is `silu(alpha g) / alpha` (silu has a gradient in candle).
+            let g = g.minimum(limit)?;
+            let glu = ((&g * alpha)?.silu()? / alpha)?;
+            let u = self.up.forward(h)?.clamp(-limit, limit)?;
+            return Ok(((u + 1.0)? * glu)?);
+        }
         let g = match (act, mode) {
             (Activation::Silu, _) => g.silu()?,
             (Activation::GeluTanh, Mode::Inference) => g.gelu()?,
             // candle's backward of `gelu` rounds its constants to six digits (gradients off
             // by up to about 2e-4 relative); built from tanh, the gradient is exact.
             (Activation::GeluTanh, Mode::Differentiable) => gelu_tanh(&g)?,
+            (Activation::SwigluOai { .. }, _) => unreachable!("computed above"),
         };
         Ok((g * self.up.forward(h)?)?)
     }
@@ -184,6 +197,7 @@ impl Block {
             ("post_feedforward_layernorm.weight", &mut self.post_mlp_norm),
             ("self_attn.q_norm.weight", &mut self.q_norm),
             ("self_attn.k_norm.weight", &mut self.k_norm),
+            ("self_attn.sinks", &mut self.sinks),
         ] {
             if let Some(t) = norm.as_mut() {
                 out.push((name.into(), t));
@@ -203,6 +217,9 @@ impl Block {
             }
             Mlp::Moe(e) => {
                 out.push(("mlp.gate.weight".into(), &mut e.router));
+                if let Some(b) = e.router_bias.as_mut() {
+                    out.push(("mlp.gate.bias".into(), b));
+                }
                 for (i, x) in e.experts.iter_mut().enumerate() {
                     for (name, lin) in x.named_linears_mut() {
                         linears.push((format!("mlp.experts.{i}.{name}"), lin));
@@ -590,7 +607,7 @@ impl Model {
         let h_tail = h.narrow(1, t - n, n)?;
         let q = self.rope(&self.queries(blk, &h_tail, mode)?, &cos, &sin, mode)?;
         let mask = self.attention_mask(pads, 0, t - n, n, layer)?;
-        let mix = self.attend(&q, &k, &v, &mask, mode)?;
+        let mix = self.attend(&q, &k, &v, &mask, blk.sinks.as_ref(), mode)?;
         let a = self.post_norm(blk.o.forward(&mix)?, blk.post_attn_norm.as_ref(), mode)?;
         let x = (x.narrow(1, t - n, n)? + a)?;
         Ok((&x + self.mlp(blk, &x, mode)?)?)
@@ -745,7 +762,7 @@ impl Model {
         let n = x.dim(0)?;
         let logits = Linear {
             weight: e.router.clone(),
-            bias: None,
+            bias: e.router_bias.clone(),
         }
         .forward(x)?;
         let logits = match logits.dtype() {
@@ -1039,7 +1056,7 @@ impl Model {
             Some(slot) => KvCache::append(slot, k, v)?,
             None => (k, v),
         };
-        self.attend(&q, &k, &v, mask, mode)
+        self.attend(&q, &k, &v, mask, blk.sinks.as_ref(), mode)
     }
 
     /// The query heads `[b, heads, t, hd]` of the normed residual `h`, before RoPE (each head
@@ -1092,13 +1109,16 @@ impl Model {
 
     /// Scaled dot-product attention of queries `q: [b, heads, t, hd]` (rotated) over keys and
     /// values `[b, kv_heads, tk, hd]` with the additive `mask: [b, 1, t, tk]`, returning the
-    /// heads' mixed values `[b, t, heads*hd]`.
+    /// heads' mixed values `[b, t, heads*hd]`. With `sinks` (`[heads]`, gpt_oss) each head's
+    /// softmax has one more column, its sink logit, whose share of the attention goes to no
+    /// value.
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         mask: &Tensor,
+        sinks: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
         let (b, _, t, _) = q.dims4()?;
@@ -1110,9 +1130,20 @@ impl Model {
         let att = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
         let att = softcap(att, self.cfg.attn_logit_softcapping)?;
         let att = att.broadcast_add(mask)?;
+        let att = match sinks {
+            Some(s) => {
+                let s = s.reshape((1, nh, 1, 1))?.broadcast_as((b, nh, t, 1))?;
+                Tensor::cat(&[&att, &s.to_dtype(att.dtype())?.contiguous()?], 3)?
+            }
+            None => att,
+        };
         let att = match mode {
             Mode::Inference => candle_nn::ops::softmax_last_dim(&att)?,
             Mode::Differentiable => candle_nn::ops::softmax(&att, D::Minus1)?,
+        };
+        let att = match sinks {
+            Some(_) => att.narrow(3, 0, tk)?.contiguous()?,
+            None => att,
         };
         let y = att.reshape((b, nkv, rep * t, tk))?.matmul(v)?; // [b, nkv, rep*t, hd]
         let y = y

@@ -16,9 +16,12 @@ use crate::model::Model;
 /// 2 and logits at 3; their attention is scaled by `8^-1/2`, not `16^-1/2`. phi3's turns 6
 /// of each head's 8 dimensions and scales RoPE with LongRoPE, as Phi-4-mini does (short
 /// factors 1, 1.5 and 4 below an original context of 64 positions, an attention factor of
-/// 1.25, exact in the f32 a GGUF file stores it in).
+/// 1.25, exact in the f32 a GGUF file stores it in). gpt_oss's second block attends over a
+/// window of 3 (its first over everything) and its experts clamp their SwiGLU at 0.5, so
+/// that random weights reach the clamp.
 pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
     let gemma = arch.gemma();
+    let oss = arch == Arch::GptOss;
     let gemma2 = arch == Arch::Gemma2;
     let phi3 = arch == Arch::Phi3;
     Config {
@@ -34,22 +37,25 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         rope_theta: 10_000.0,
         max_position_embeddings: 256,
         tie_word_embeddings: arch != Arch::Qwen2,
-        attention_bias: arch == Arch::Qwen2,
+        attention_bias: matches!(arch, Arch::Qwen2 | Arch::GptOss),
         rope_scaling: phi3.then(|| RopeScaling::LongRope {
             short_factor: vec![1.0, 1.5, 4.0],
             long_factor: vec![2.0, 6.0, 16.0],
             original_max_position_embeddings: 64.0,
             attention_factor: 1.25,
         }),
-        sliding_window: gemma.then_some(3),
+        sliding_window: (gemma || oss).then_some(3),
         // Block 1, which the gradient checks train, is the window's.
-        full_attention_layers: if gemma { vec![0] } else { vec![] },
+        full_attention_layers: if gemma || oss { vec![0] } else { vec![] },
         rope_local_theta: (arch == Arch::Gemma3).then_some(100.0),
         query_pre_attn_scalar: gemma.then_some(8.0),
-        hidden_act: if gemma {
-            Activation::GeluTanh
-        } else {
-            Activation::Silu
+        hidden_act: match arch {
+            _ if gemma => Activation::GeluTanh,
+            Arch::GptOss => Activation::SwigluOai {
+                alpha: 1.702,
+                limit: 0.5,
+            },
+            _ => Activation::Silu,
         },
         attn_logit_softcapping: gemma2.then_some(2.0),
         final_logit_softcapping: gemma2.then_some(3.0),
@@ -69,10 +75,12 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
                 norm_topk_prob: true,
                 dense_layers: vec![0],
             }),
-            // Every block routes; the experts have the MLP's width, as Mixtral's do.
-            Arch::Mixtral => Some(crate::config::MoeConfig {
+            // Every block routes; the experts have the MLP's width, as Mixtral's and gpt-oss's
+            // do (gpt-oss's router, with its bias, sends no token of the tests' rows to one
+            // of 4 experts when it picks 2: it picks 3).
+            Arch::Mixtral | Arch::GptOss => Some(crate::config::MoeConfig {
                 num_experts: 4,
-                top_k: 2,
+                top_k: if arch == Arch::GptOss { 3 } else { 2 },
                 intermediate_size: 48,
                 norm_topk_prob: true,
                 dense_layers: vec![],

@@ -85,6 +85,8 @@ impl ChatTemplate {
     /// (Qwen3's `enable_thinking`) are told not to: steerkit reads and judges the answer
     /// itself, in a budget of a few dozen tokens, and Qwen3's template then opens the answer
     /// with an empty `<think>` block, as `enable_thinking=False` does in transformers.
+    /// gpt-oss's template, which cannot turn reasoning off, is asked for the least
+    /// (`reasoning_effort` low).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
@@ -114,6 +116,7 @@ impl ChatTemplate {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             enable_thinking => false,
+            reasoning_effort => "low",
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })

@@ -41,6 +41,11 @@ pub struct Tok {
     pub pad_id: u32,
     /// Whether the model expects BOS before a prompt that does not already start with it.
     pub add_bos: bool,
+    /// Whether the model writes OpenAI's harmony format (gpt-oss): an answer is a reasoning
+    /// message (`<|channel|>analysis<|message|>...<|end|>`) and then the final one
+    /// (`<|start|>assistant<|channel|>final<|message|>...`), so `<|end|>` does not end the
+    /// turn and [`Tok::answer`] reads the final message.
+    pub harmony: bool,
 }
 
 /// Token strings that end a turn in the chat formats in use.
@@ -61,7 +66,17 @@ impl Tok {
         raw.set_encode_special_tokens(true);
         let mut stop_ids: Vec<u32> = eos_ids.to_vec();
         let added = tokenizer.get_added_tokens_decoder();
+        let special = |s: &str| {
+            tokenizer
+                .token_to_id(s)
+                .is_some_and(|id| added.get(&id).is_some_and(|t| t.special))
+        };
+        let harmony = special("<|channel|>") && special("<|message|>");
         for s in END_OF_TURN {
+            // In harmony `<|end|>` closes a message (the reasoning), not the turn.
+            if harmony && *s == "<|end|>" {
+                continue;
+            }
             // Only special tokens end a turn: a plain vocabulary entry spelled `</s>` does not.
             let special = |id: &u32| added.get(id).is_some_and(|t| t.special);
             if let Some(id) = tokenizer.token_to_id(s).filter(special) {
@@ -80,7 +95,27 @@ impl Tok {
             stop_ids,
             pad_id,
             add_bos,
+            harmony,
         }
+    }
+
+    /// The answer in generated ids `ids`, as the user reads it: their text without control
+    /// tokens, or for a harmony model ([`Tok::harmony`]) the final message's text, when the
+    /// answer got that far (else the whole text, reasoning included, without control tokens).
+    pub fn answer(&self, ids: &[u32]) -> Result<String> {
+        let header = (self.token_id("<|channel|>"), self.token_id("<|message|>"));
+        if let (true, (Some(channel), Some(message))) = (self.harmony, header) {
+            // The last channel header that names `final`: `<|channel|>final<|message|>`.
+            for at in (0..ids.len()).rev().filter(|i| ids[*i] == channel) {
+                let Some(len) = ids[at + 1..].iter().position(|t| *t == message) else {
+                    continue;
+                };
+                if self.decode(&ids[at + 1..at + 1 + len], true)?.trim() == "final" {
+                    return self.decode(&ids[at + 2 + len..], true);
+                }
+            }
+        }
+        self.decode(ids, true)
     }
 
     /// The underlying tokenizer (special tokens parsed).
@@ -602,5 +637,63 @@ mod tests {
             &[TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE, 1, 1, 1]
         );
         assert_eq!(&v.types[6..], &[TOKEN_UNUSED, TOKEN_UNUSED]);
+    }
+
+    /// A harmony answer (gpt-oss): `<|end|>` after the reasoning does not stop generation, and
+    /// the answer is the final message; without a final message it is the whole text, and a
+    /// tokenizer without harmony's tokens keeps `<|end|>` as the end of a turn.
+    #[test]
+    fn harmony_answers_are_the_final_message() {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::Whitespace;
+        let words = [
+            "<unk>",
+            "analysis",
+            "final",
+            "assistant",
+            "We",
+            "refuse",
+            "Sure",
+        ];
+        let specials = [
+            "<|start|>",
+            "<|channel|>",
+            "<|message|>",
+            "<|end|>",
+            "<|return|>",
+        ];
+        let vocab = words
+            .iter()
+            .chain(&specials)
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("<unk>".into())
+            .build()
+            .unwrap();
+        let mut tk = Tokenizer::new(model);
+        tk.with_pre_tokenizer(Some(Whitespace {}));
+        let make = |names: &[&str]| {
+            let mut tk = tk.clone();
+            tk.add_special_tokens(names.iter().map(|s| AddedToken::from(*s, true)))
+                .unwrap();
+            tk
+        };
+        let id = |s: &str| (words.len() + specials.iter().position(|x| *x == s).unwrap()) as u32;
+        let tok = Tok::new(make(&specials), None, &[id("<|return|>")], false);
+        assert!(tok.harmony);
+        assert_eq!(tok.stop_ids, [id("<|return|>")]);
+        let answer = "<|channel|>analysis<|message|>We refuse<|end|><|start|>assistant<|channel|>final<|message|>Sure";
+        let ids = tok.encode_chat(answer).unwrap();
+        assert_eq!(tok.answer(&ids).unwrap(), "Sure");
+        let unfinished = tok
+            .encode_chat("<|channel|>analysis<|message|>We refuse")
+            .unwrap();
+        assert_eq!(tok.answer(&unfinished).unwrap(), "analysis We refuse");
+        let plain = Tok::new(make(&["<|end|>"]), None, &[], false);
+        assert!(!plain.harmony);
+        assert_eq!(plain.stop_ids, [id("<|end|>")]);
     }
 }

@@ -43,6 +43,10 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
                 out.push(need(format!("{p}.self_attn.{n}_proj.bias"), vec![o]));
             }
         }
+        if cfg.arch.gpt_oss() {
+            out.push(need(format!("{p}.self_attn.o_proj.bias"), vec![d]));
+            out.push(need(format!("{p}.self_attn.sinks"), vec![cfg.num_heads]));
+        }
         if cfg.arch.qk_norm() {
             let (qn, kn) = match cfg.arch.qk_norm_whole() {
                 true => (q, kv),
@@ -55,13 +59,18 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
         match cfg.moe.as_ref().filter(|_| cfg.is_moe_layer(l)) {
             Some(m) => {
                 out.push(need(format!("{p}.mlp.gate.weight"), vec![m.num_experts, d]));
+                if cfg.arch.gpt_oss() {
+                    out.push(need(format!("{p}.mlp.gate.bias"), vec![m.num_experts]));
+                }
                 for e in 0..m.num_experts {
-                    mlp_needs(
-                        &mut out,
-                        &format!("{p}.mlp.experts.{e}"),
-                        m.intermediate_size,
-                        d,
-                    );
+                    let prefix = format!("{p}.mlp.experts.{e}");
+                    mlp_needs(&mut out, &prefix, m.intermediate_size, d);
+                    if cfg.arch.gpt_oss() {
+                        let f = m.intermediate_size;
+                        for (n, len) in [("gate", f), ("up", f), ("down", d)] {
+                            out.push(need(format!("{prefix}.{n}_proj.bias"), vec![len]));
+                        }
+                    }
                 }
             }
             None => mlp_needs(&mut out, &format!("{p}.mlp"), f, d),
@@ -86,8 +95,13 @@ fn mlp_needs(out: &mut Vec<Need>, prefix: &str, f: usize, d: usize) {
 
 /// The name a tensor (steerkit's name, `model.layers.3.mlp.experts.5.gate_proj.weight`) has in
 /// `arch`'s Hugging Face files: Mixtral keeps its mixture under `block_sparse_moe`, with each
-/// expert's gate, up and down as `w1`, `w3` and `w2`; the other architectures use steerkit's.
+/// expert's gate, up and down as `w1`, `w3` and `w2`; gpt-oss calls its router `mlp.router`
+/// (its experts are stacked: [`gpt_oss_expert_source`]); the other architectures use
+/// steerkit's.
 pub fn file_name(arch: Arch, name: &str) -> String {
+    if arch == Arch::GptOss {
+        return name.replacen(".mlp.gate.", ".mlp.router.", 1);
+    }
     if arch != Arch::Mixtral || !name.contains(".mlp.") {
         return name.to_string();
     }
@@ -174,6 +188,221 @@ fn stacked_expert_source(cfg: &Config, name: &str) -> Option<FusedSource> {
     })
 }
 
+/// Where gpt-oss keeps an expert's tensor (`model.layers.N.mlp.experts.E.{gate,up,down}_proj.
+/// {weight,bias}`): its block's experts stacked, `mlp.experts.gate_up_proj` (`[experts, hidden,
+/// 2 * channels]`, gate and up interleaved along the last axis: gate at even columns, up at
+/// odd) and `mlp.experts.down_proj` (`[experts, channels, hidden]`), their biases as
+/// `gate_up_proj_bias` (`[experts, 2 * channels]`, interleaved) and `down_proj_bias`. OpenAI's
+/// own files hold the two matrices as MXFP4 instead: `{stack}_blocks` (`[experts, out, in /
+/// 32, 16]`, two 4-bit e2m1 values a byte, the low nibble first) and `{stack}_scales`
+/// (`[experts, out, in / 32]`, a power of two `2^(s - 127)` per group of 32 values).
+pub struct GptOssSource {
+    /// The stack's name in the files (without `_blocks`/`_scales`).
+    pub stack: String,
+    pub expert: usize,
+    /// Whether the tensor is a bias.
+    pub bias: bool,
+    /// The gate (0) or the up projection (1) of an interleaved stack; `None` for down.
+    pub half: Option<usize>,
+    /// How many tensors are cut from the stack: every expert's one, or its two halves.
+    pub parts: usize,
+}
+
+impl GptOssSource {
+    /// The tensor's place among the stack's parts: expert by expert, gate before up.
+    fn slot(&self) -> usize {
+        match self.half {
+            Some(h) => 2 * self.expert + h,
+            None => self.expert,
+        }
+    }
+}
+
+/// [`GptOssSource`] for a name, `None` for other names and architectures.
+pub fn gpt_oss_expert_source(cfg: &Config, name: &str) -> Option<GptOssSource> {
+    if !cfg.arch.gpt_oss() {
+        return None;
+    }
+    let m = cfg.moe.as_ref()?;
+    let (stack, expert) = expert_stack(name)?;
+    let (block, proj) = stack.rsplit_once(".mlp.experts.")?;
+    let (module, kind) = proj.split_once('.')?;
+    let half = match module {
+        "gate_proj" => Some(0),
+        "up_proj" => Some(1),
+        "down_proj" => None,
+        _ => return None,
+    };
+    let bias = match kind {
+        "weight" => false,
+        "bias" => true,
+        _ => return None,
+    };
+    let file = match (half.is_some(), bias) {
+        (true, false) => "gate_up_proj",
+        (true, true) => "gate_up_proj_bias",
+        (false, false) => "down_proj",
+        (false, true) => "down_proj_bias",
+    };
+    (expert < m.num_experts).then(|| GptOssSource {
+        stack: format!("{block}.mlp.experts.{file}"),
+        expert,
+        bias,
+        half,
+        parts: m.num_experts * if half.is_some() { 2 } else { 1 },
+    })
+}
+
+/// The e2m1 values of MXFP4's 4-bit codes.
+const FP4: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
+
+/// MXFP4 rows as f32: `packed` holds, for each of `rows * groups` groups of 32 values, 16
+/// bytes of codes (two per byte, the low nibble first) and then the group's e8m0 scale byte
+/// (the value is `FP4[code] * 2^(scale - 127)`). A scale of 255 (NaN in e8m0) is an error.
+pub fn mxfp4_dequantize(packed: &[u8], rows: usize, groups: usize) -> Result<Vec<f32>> {
+    if packed.len() != rows * groups * 17 {
+        return Err(ModelError::Weights(format!(
+            "{} MXFP4 bytes for {rows} rows of {groups} groups of 32 (needs {})",
+            packed.len(),
+            rows * groups * 17
+        )));
+    }
+    let mut out = Vec::with_capacity(rows * groups * 32);
+    for g in packed.chunks_exact(17) {
+        let scale = g[16];
+        if scale == 255 {
+            return Err(ModelError::Weights(
+                "an MXFP4 scale of 255 (NaN in e8m0)".into(),
+            ));
+        }
+        let s = 2f32.powi(i32::from(scale) - 127);
+        for &b in &g[..16] {
+            out.push(FP4[usize::from(b & 0x0f)] * s);
+            out.push(FP4[usize::from(b >> 4)] * s);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a gpt-oss stack with `get`: the tensor as stored, or for a matrix stored as MXFP4 its
+/// blocks and scales joined into one byte tensor `[experts, out, groups, 17]` (the scale
+/// after each group's 16 bytes), which [`gpt_oss_cut`] decodes an expert at a time.
+fn gpt_oss_read<F>(get: &F, src: &GptOssSource) -> Result<Option<Tensor>>
+where
+    F: Fn(&str) -> Result<Option<Tensor>>,
+{
+    if let Some(t) = get(&src.stack)? {
+        return Ok(Some(t));
+    }
+    if src.bias {
+        return Ok(None);
+    }
+    let blocks = get(&format!("{}_blocks", src.stack))?;
+    let scales = get(&format!("{}_scales", src.stack))?;
+    let (Some(blocks), Some(scales)) = (blocks, scales) else {
+        return Ok(None);
+    };
+    let ok = blocks.dtype() == DType::U8
+        && scales.dtype() == DType::U8
+        && blocks.rank() == 4
+        && blocks.dim(3)? == 16
+        && blocks.dims()[..3] == *scales.dims();
+    if !ok {
+        return Err(ModelError::Weights(format!(
+            "`{0}_blocks` ({1:?} {2:?}) and `{0}_scales` ({3:?} {4:?}) are not MXFP4 blocks and scales (u8, [experts, rows, groups, 16] and [experts, rows, groups])",
+            src.stack,
+            blocks.dtype(),
+            blocks.dims(),
+            scales.dtype(),
+            scales.dims()
+        )));
+    }
+    Ok(Some(Tensor::cat(&[&blocks, &scales.unsqueeze(3)?], 3)?))
+}
+
+/// Cuts [`GptOssSource`]'s tensor from its stack `t` (as [`gpt_oss_read`] returns it) in
+/// steerkit's form: `[out, in]` for a matrix, `[out]` for a bias.
+fn gpt_oss_cut(cfg: &Config, src: &GptOssSource, t: &Tensor) -> Result<Tensor> {
+    let m = cfg.moe.as_ref().expect("a gpt-oss source has experts");
+    let (d, f, e) = (cfg.hidden_size, m.intermediate_size, m.num_experts);
+    // The stack's rows (outputs) and columns (inputs) in steerkit's orientation.
+    let (rows, cols) = match src.half {
+        Some(_) => (2 * f, d),
+        None => (d, f),
+    };
+    let bad = |want: String| {
+        ModelError::Weights(format!(
+            "`{}` has shape {:?} ({:?}); the configuration implies {want}",
+            src.stack,
+            t.dims(),
+            t.dtype()
+        ))
+    };
+    let x = if src.bias {
+        if t.dims() != [e, rows] {
+            return Err(bad(format!("[{e}, {rows}]")));
+        }
+        t.get(src.expert)?
+    } else if t.dtype() == DType::U8 {
+        let groups = cols / 32;
+        if !cols.is_multiple_of(32) || t.dims() != [e, rows, groups, 17] {
+            return Err(bad(format!(
+                "MXFP4 blocks [{e}, {rows}, {groups}, 16] (inputs in groups of 32)"
+            )));
+        }
+        let packed: Vec<u8> = t.get(src.expert)?.flatten_all()?.to_vec1()?;
+        let values = mxfp4_dequantize(&packed, rows, groups)?;
+        Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu)?
+    } else {
+        // Stored `[experts, in, out]`.
+        if t.dims() != [e, cols, rows] {
+            return Err(bad(format!("[{e}, {cols}, {rows}]")));
+        }
+        t.get(src.expert)?.t()?
+    };
+    let x = match src.half {
+        // Gate and up alternate along the outputs.
+        Some(h) => {
+            let mut shape = x.dims().to_vec();
+            shape[0] = f;
+            shape.insert(1, 2);
+            x.contiguous()?
+                .reshape(shape)?
+                .narrow(1, h, 1)?
+                .squeeze(1)?
+        }
+        None => x,
+    };
+    Ok(x.force_contiguous()?)
+}
+
+/// gpt-oss's expert tensors of one block stacked as its files store them
+/// ([`GptOssSource`]), from steerkit's (`parts`: each expert's tensor, or its gate and up in
+/// turn, expert by expert).
+fn gpt_oss_stack(src: &GptOssSource, parts: Vec<Tensor>) -> Result<Tensor> {
+    let per: Vec<Tensor> = match src.half {
+        // Gate and up interleaved along the outputs.
+        Some(_) => parts
+            .chunks_exact(2)
+            .map(|gu| {
+                let x = Tensor::stack(&[&gu[0], &gu[1]], 1)?;
+                let mut shape = gu[0].dims().to_vec();
+                shape[0] *= 2;
+                x.reshape(shape)
+            })
+            .collect::<candle_core::Result<_>>()?,
+        None => parts,
+    };
+    let t = Tensor::stack(&per, 0)?;
+    // Matrices are stored `[experts, in, out]`.
+    Ok(match src.bias {
+        true => t,
+        false => t.transpose(1, 2)?.contiguous()?,
+    })
+}
+
 fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
@@ -215,19 +444,22 @@ where
         if let Some(t) = get(&need.name)? {
             return Ok(Some(t));
         }
+        let oss = gpt_oss_expert_source(&cfg, &need.name);
         let src =
             fused_source(&cfg, &need.name).or_else(|| stacked_expert_source(&cfg, &need.name));
-        let Some(src) = src else {
-            return Ok(None);
+        let (key, parts) = match (&oss, &src) {
+            (Some(o), _) => (o.stack.clone(), o.parts),
+            (None, Some(s)) => (s.name.clone(), s.parts),
+            (None, None) => return Ok(None),
         };
         let slot = {
             let mut read = read.lock().expect("no panic holds it");
-            let (slot, asked) = read.entry(src.name.clone()).or_default();
+            let (slot, asked) = read.entry(key.clone()).or_default();
             *asked += 1;
             let slot = slot.clone();
             // The last part holds the slot itself: the tensor is freed once it is cut.
-            if *asked == src.parts {
-                read.remove(&src.name);
+            if *asked == parts {
+                read.remove(&key);
             }
             slot
         };
@@ -235,11 +467,22 @@ where
             let mut held = slot.lock().expect("no panic holds it");
             match &*held {
                 Some(t) => t.clone(),
-                None => match get(&src.name)? {
-                    Some(t) => held.insert(t).clone(),
-                    None => return Ok(None),
-                },
+                None => {
+                    let got = match &oss {
+                        Some(o) => gpt_oss_read(&get, o)?,
+                        None => get(&key)?,
+                    };
+                    match got {
+                        Some(t) => held.insert(t).clone(),
+                        None => return Ok(None),
+                    }
+                }
             }
+        };
+        let src = match (&oss, src) {
+            (Some(o), _) => return Ok(Some(gpt_oss_cut(&cfg, o, &t)?)),
+            (None, Some(s)) => s,
+            (None, None) => unreachable!("returned above"),
         };
         if t.elem_count() != src.total * src.cols || t.dims().last() != Some(&src.cols) {
             return Err(ModelError::Weights(format!(
@@ -258,11 +501,25 @@ where
 }
 
 /// Named tensors (Hugging Face names) in the form an architecture's files store them: the
-/// parts of each fused tensor ([`fused_parts`]) joined, where its last part was.
+/// parts of each fused tensor ([`fused_parts`]) joined, where its last part was; gpt-oss's
+/// experts stacked as its files hold them ([`GptOssSource`]; matrices in bf16 or f32, not
+/// MXFP4).
 pub fn fuse(cfg: &Config, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(tensors.len());
     let mut pending: std::collections::HashMap<String, Vec<Option<Tensor>>> = Default::default();
     for (name, t) in tensors {
+        if let Some(o) = gpt_oss_expert_source(cfg, &name) {
+            let got = pending
+                .entry(o.stack.clone())
+                .or_insert_with(|| vec![None; o.parts]);
+            got[o.slot()] = Some(t);
+            if got.iter().all(Option::is_some) {
+                let parts = pending.remove(&o.stack).expect("present");
+                let stack = gpt_oss_stack(&o, parts.into_iter().flatten().collect())?;
+                out.push((o.stack, stack));
+            }
+            continue;
+        }
         let Some(src) = fused_source(cfg, &name) else {
             out.push((name, t));
             continue;
@@ -371,11 +628,17 @@ where
         let mut q = lin(next(&format!("{p}.self_attn.q_proj.weight")));
         let mut k = lin(next(&format!("{p}.self_attn.k_proj.weight")));
         let mut v = lin(next(&format!("{p}.self_attn.v_proj.weight")));
-        let o = lin(next(&format!("{p}.self_attn.o_proj.weight")));
+        let mut o = lin(next(&format!("{p}.self_attn.o_proj.weight")));
         if cfg.attention_bias {
             q.bias = Some(next(&format!("{p}.self_attn.q_proj.bias")));
             k.bias = Some(next(&format!("{p}.self_attn.k_proj.bias")));
             v.bias = Some(next(&format!("{p}.self_attn.v_proj.bias")));
+        }
+        let gpt_oss = cfg.arch.gpt_oss();
+        let mut sinks = None;
+        if gpt_oss {
+            o.bias = Some(next(&format!("{p}.self_attn.o_proj.bias")));
+            sinks = Some(next(&format!("{p}.self_attn.sinks")));
         }
         let (q_norm, k_norm) = if cfg.arch.qk_norm() {
             (
@@ -387,19 +650,36 @@ where
         };
         let moe = cfg.moe.as_ref().filter(|_| cfg.is_moe_layer(l));
         let router = moe.map(|_| next(&format!("{p}.mlp.gate.weight")));
-        let mut gated = |prefix: &str| GatedMlp {
-            gate: lin(next(&format!("{prefix}.gate_proj.weight"))),
-            up: lin(next(&format!("{prefix}.up_proj.weight"))),
-            down: lin(next(&format!("{prefix}.down_proj.weight"))),
+        let router_bias = (moe.is_some() && gpt_oss).then(|| next(&format!("{p}.mlp.gate.bias")));
+        let mut gated = |prefix: &str, biased: bool| {
+            let mut m = GatedMlp {
+                gate: lin(next(&format!("{prefix}.gate_proj.weight"))),
+                up: lin(next(&format!("{prefix}.up_proj.weight"))),
+                down: lin(next(&format!("{prefix}.down_proj.weight"))),
+            };
+            if biased {
+                for (n, l) in [
+                    ("gate", &mut m.gate),
+                    ("up", &mut m.up),
+                    ("down", &mut m.down),
+                ] {
+                    l.bias = Some(next(&format!("{prefix}.{n}_proj.bias")));
+                }
+            }
+            m
         };
         let mlp = match (moe, router) {
             (Some(m), Some(router)) => {
                 let experts = (0..m.num_experts)
-                    .map(|e| gated(&format!("{p}.mlp.experts.{e}")))
+                    .map(|e| gated(&format!("{p}.mlp.experts.{e}"), gpt_oss))
                     .collect();
-                Mlp::Moe(Experts { router, experts })
+                Mlp::Moe(Experts {
+                    router,
+                    router_bias,
+                    experts,
+                })
             }
-            _ => Mlp::Dense(gated(&format!("{p}.mlp"))),
+            _ => Mlp::Dense(gated(&format!("{p}.mlp"), false)),
         };
         layers.push(Block {
             attn_norm,
@@ -409,6 +689,7 @@ where
             o,
             q_norm,
             k_norm,
+            sinks,
             mlp_norm,
             mlp,
             post_attn_norm,

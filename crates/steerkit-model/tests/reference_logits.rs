@@ -691,6 +691,123 @@ fn mixtral_tiny_logits_match_transformers() {
     );
 }
 
+/// The tiny random gpt-oss folder of `scripts/reference_gpt_oss.py` (transformers' own
+/// GptOssForCausalLM in float64: sink logits, biases on q/k/v/o, a window of 4 on blocks 0
+/// and 2, YaRN, a router with a bias, experts stacked with gate and up interleaved and a
+/// clamped SwiGLU whose limit 1 is reached): steerkit's logits at every position equal
+/// transformers', and again after the folder is saved (experts stacked again) and read back.
+/// Leaving the sinks out moves the logits far more than the tolerance, so the test would
+/// see them missing.
+#[test]
+fn gpt_oss_tiny_logits_match_transformers() {
+    use steerkit_model::{Activation, Arch, RopeScaling};
+    let (m, fx) = gemma_fixture("gpt_oss_tiny");
+    assert_eq!(m.cfg.arch, Arch::GptOss);
+    let moe = m.cfg.moe.clone().expect("a mixture of experts");
+    assert_eq!(
+        (moe.num_experts, moe.top_k, moe.intermediate_size),
+        (4, 2, 64)
+    );
+    assert_eq!(
+        m.cfg.hidden_act,
+        Activation::SwigluOai {
+            alpha: 1.702,
+            limit: 1.0
+        }
+    );
+    assert_eq!(
+        (m.cfg.sliding_window, m.cfg.full_attention_layers.clone()),
+        (Some(4), vec![1])
+    );
+    assert!(matches!(
+        m.cfg.rope_scaling,
+        Some(RopeScaling::Yarn {
+            truncate: false,
+            ..
+        })
+    ));
+    check_all_positions(&m, &fx["cases"], "gpt-oss tiny");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    let saved =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let source = candle_core::safetensors::load(
+        common::root().join("tests/fixtures/gpt_oss_tiny/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<&String> = saved.keys().collect();
+    let mut want: Vec<&String> = source.keys().collect();
+    names.sort();
+    want.sort();
+    assert_eq!(names, want, "the saved folder holds the source's names");
+    for name in [
+        "model.layers.2.mlp.experts.gate_up_proj",
+        "model.layers.0.mlp.experts.down_proj_bias",
+    ] {
+        let d = (&saved[name] - &source[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name} stacked as the source stores it");
+    }
+    check_all_positions(
+        &qwen3_model(&dir),
+        &fx["cases"],
+        "gpt-oss tiny, saved again",
+    );
+    // Without the sinks the logits move.
+    let mut no_sinks = m.clone();
+    for b in &mut no_sinks.layers {
+        b.sinks = None;
+    }
+    let ids =
+        candle_core::Tensor::new(&[[3u32, 95, 0, 47, 47, 8, 61, 20, 11]], &Device::Cpu).unwrap();
+    let a = m.last_logits(&ids, &[0], &mut NoHook).unwrap();
+    let b = no_sinks.last_logits(&ids, &[0], &mut NoHook).unwrap();
+    let moved = (&a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(moved > 1e-2, "the sinks move the logits by {moved}");
+    // Nor is the clamp idle: without it they move too.
+    let mut unclamped = m.clone();
+    unclamped.cfg.hidden_act = Activation::SwigluOai {
+        alpha: 1.702,
+        limit: 1e9,
+    };
+    let c = unclamped.last_logits(&ids, &[0], &mut NoHook).unwrap();
+    let moved = (a - c)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(moved > 1e-2, "the clamp moves the logits by {moved}");
+}
+
+/// The same model with its experts stored as OpenAI ships gpt-oss, MXFP4 blocks and scales
+/// (`scripts/reference_gpt_oss.py` quantized them and checked that transformers reads the
+/// folder back to the same logits): steerkit decodes them to the same logits.
+#[test]
+fn gpt_oss_mxfp4_logits_match_transformers() {
+    let (m, fx) = gemma_fixture("gpt_oss_mxfp4_tiny");
+    check_all_positions(&m, &fx["cases"], "gpt-oss tiny, MXFP4 experts");
+}
+
 /// A tiny fixture folder (`scripts/reference_gemma.py` and the others), loaded, and its
 /// logits.json.
 fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {

@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 12] = [
+const ARCHS: [Arch; 13] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -32,6 +32,9 @@ const ARCHS: [Arch; 12] = [
     Arch::Qwen3Moe,
     // Every block a mixture of 4 experts, stored under Mixtral's names.
     Arch::Mixtral,
+    // Sinks, biases on q/k/v/o, the router and the experts, a clamped SwiGLU, a window on
+    // block 1.
+    Arch::GptOss,
 ];
 
 /// A tiny random model. The Mistral one attends over a sliding window of 3 positions, as
