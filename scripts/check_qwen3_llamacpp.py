@@ -42,6 +42,13 @@ import reference_qwen3 as ref  # noqa: E402
 
 TOL = 0.05
 
+# Token sequences (Qwen's ids) whose logits are compared at every position.
+SEQS = [
+    [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    [9707, 11, 1879, 0, 2585, 525, 498, 30],
+]
+
 
 def main():
     if len(sys.argv) != 4:
@@ -105,11 +112,7 @@ def compare(steerkit, folder, work, label, cfg, w16, control, control_cfg,
         )
     cache = {"type_k": 0, "type_v": 0} if f32_cache else {}  # 0: GGML_TYPE_F32
     llm = Llama(model_path=gguf_path, n_ctx=64, logits_all=True, verbose=False, seed=0, **cache)
-    seqs = [
-        [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198],
-        [1, 2, 3, 4, 5, 6, 7, 8, 9],
-        [9707, 11, 1879, 0, 2585, 525, 498, 30],
-    ]
+    seqs = SEQS
     worst, ctl_min, spread = 0.0, float("inf"), 0.0
     for ids in seqs:
         llm.reset()

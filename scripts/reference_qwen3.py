@@ -187,8 +187,11 @@ def rope_params(cfg, t=0):
     def dim_of(turns):
         return hd * np.log(ctx / (2 * np.pi * turns)) / (2 * np.log(theta))
 
-    lo = max(np.floor(dim_of(beta_fast)), 0.0)
-    hi = min(np.ceil(dim_of(beta_slow)), hd - 1.0)
+    # The ramp's ends rounded outwards, unless `truncate` is false (gpt-oss).
+    lo, hi = dim_of(beta_fast), dim_of(beta_slow)
+    if sc.get("truncate", True):
+        lo, hi = np.floor(lo), np.ceil(hi)
+    lo, hi = max(lo, 0.0), min(hi, hd - 1.0)
     if lo == hi:
         hi += 0.001
     ramp = np.clip((np.arange(hd // 2) - lo) / (hi - lo), 0.0, 1.0)

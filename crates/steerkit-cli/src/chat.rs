@@ -59,8 +59,13 @@ pub fn run(a: Args) -> Result<()> {
         let g =
             steerkit_model::generate(&m.model, &[prompt.ids], &opts, &mut NoHook, &mut |new| {
                 ids.extend(new.iter().map(|p| p.1));
-                // Print the text decoded so far minus what is already shown (multi-byte safe).
-                if let Ok(t) = m.tok.decode(&ids, true) {
+                // Print the text decoded so far minus what is already shown (multi-byte safe);
+                // a harmony model's final message only, not its reasoning.
+                let text = match m.tok.harmony {
+                    true => m.tok.final_message(&ids).map(Option::unwrap_or_default),
+                    false => m.tok.decode(&ids, true),
+                };
+                if let Ok(t) = text {
                     if t.len() > shown.len() && t.starts_with(&shown) && !t.ends_with('\u{fffd}') {
                         print!("{}", &t[shown.len()..]);
                         let _ = std::io::stdout().flush();

@@ -185,8 +185,9 @@ pub fn run(a: Args) -> Result<()> {
                     "wrote {} ({gguf_type} matrices, f32 vectors, {source})",
                     a.out.display(),
                 );
-                // Gemma 3's window is in the file; the other architectures' is not.
-                if let Some(w) = model.cfg.sliding_window.filter(|_| !model.cfg.arch.gemma()) {
+                // Gemma's and gpt-oss's window is in the file; the other architectures' is not.
+                let kept = model.cfg.arch.gemma() || model.cfg.arch.gpt_oss();
+                if let Some(w) = model.cfg.sliding_window.filter(|_| !kept) {
                     // llama.cpp runs these architectures without a window (phi3: it ignores the key).
                     println!(
                         "note: the model attends over a sliding window of {w} positions; the GGUF file carries none, as llama.cpp runs this architecture over the whole context, so answers to prompts of more than {w} tokens will differ"
@@ -194,6 +195,14 @@ pub fn run(a: Args) -> Result<()> {
                 }
                 if let Some(kind) = multimodal {
                     vision_note(&m.path, kind, "llama.cpp reads a vision tower from a separate mmproj file, which steerkit does not write");
+                }
+                if let Some(steerkit_model::RopeScaling::Yarn {
+                    truncate: false, ..
+                }) = model.cfg.rope_scaling
+                {
+                    println!(
+                        "note: the model's YaRN does not round the ends of its ramp (truncate: false); llama.cpp rounds them, as in the gpt-oss files its own converter writes, so its logits differ slightly (see the README)"
+                    );
                 }
                 if let Some(steerkit_model::RopeScaling::LongRope {
                     original_max_position_embeddings: ctx,

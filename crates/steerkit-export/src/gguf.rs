@@ -87,6 +87,29 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
     }
 }
 
+/// Whether llama.cpp's gpt-oss computes this gpt-oss model: it fixes the experts' SwiGLU
+/// (alpha 1.702, limit 7) and puts the window, which it requires, on every other block from
+/// the first.
+fn gpt_oss_has_a_form(cfg: &Config) -> Result<(), ModelError> {
+    use steerkit_model::gguf::LLAMACPP_GPT_OSS_SWIGLU;
+    let no_form = |what: String| {
+        Err(ModelError::Config(format!(
+            "this gpt-oss model {what}, which llama.cpp's gpt-oss fixes otherwise: it has no GGUF form; export it as safetensors"
+        )))
+    };
+    if cfg.hidden_act != LLAMACPP_GPT_OSS_SWIGLU {
+        return no_form(format!("clamps its SwiGLU as {:?}", cfg.hidden_act));
+    }
+    let odd: Vec<usize> = (0..cfg.num_layers).filter(|l| l % 2 == 1).collect();
+    if cfg.sliding_window.is_none() || cfg.full_attention_layers != odd {
+        return no_form(format!(
+            "has a window of {:?} with blocks {:?} of the whole context",
+            cfg.sliding_window, cfg.full_attention_layers
+        ));
+    }
+    Ok(())
+}
+
 /// The keys llama.cpp reads for a Gemma model (the window's width, the soft-caps), after
 /// checking that the model is one llama.cpp computes: it fixes the rest (which blocks have the
 /// window, gemma3's base 10,000 for their RoPE, the attention scale), so a model that differs
@@ -159,9 +182,7 @@ pub fn metadata(
 ) -> Result<Metadata, ModelError> {
     let arch = gguf_arch(cfg.arch);
     if cfg.arch == Arch::GptOss {
-        return Err(ModelError::Config(
-            "steerkit does not write gpt-oss as GGUF yet: export it as safetensors (llama.cpp's convert_hf_to_gguf.py reads that folder), or as a control vector".into(),
-        ));
+        gpt_oss_has_a_form(cfg)?;
     }
     if cfg.arch == Arch::Qwen3Moe && cfg.moe.is_none() {
         return Err(ModelError::Config(
@@ -239,6 +260,9 @@ pub fn metadata(
     }
     if cfg.arch.gemma() {
         m.extend(gemma_keys(cfg)?);
+    }
+    if let (Arch::GptOss, Some(w)) = (cfg.arch, cfg.sliding_window) {
+        m.push((format!("{arch}.attention.sliding_window"), u(w)));
     }
     if let Some(g) = cfg.multipliers {
         let values = [g.embedding, g.residual, g.attention, g.logits_scaling];
@@ -348,8 +372,11 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         }) => {
             // llama.cpp computes the attention factor from the factor and rounds the ramp's
             // ends outwards; a model that does otherwise has no GGUF form it would read.
+            // gpt-oss's does not round them (`truncate: false`); llama.cpp runs it rounded all
+            // the same, as the files its own converter writes are (see the README).
             let standard = steerkit_model::config::yarn_attention_factor(*factor, None, None);
-            if (attention_factor - standard).abs() > 1e-6 * standard || !truncate {
+            let rounded = *truncate || model.cfg.arch == Arch::GptOss;
+            if (attention_factor - standard).abs() > 1e-6 * standard || !rounded {
                 return Err(ModelError::Config(format!(
                     "this model's YaRN scaling (attention factor {attention_factor}, truncate {truncate}) differs from llama.cpp's (attention factor {standard:.6}, ends rounded): it has no GGUF form; export it as safetensors"
                 )));
@@ -396,16 +423,21 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         }
     }
     let mut named = model.named_tensors();
-    // llama.cpp's olmo2 needs a head of its own: a tied one is written as a copy.
-    if model.cfg.arch == Arch::Olmo2 && model.lm_head.is_none() {
+    // llama.cpp's olmo2 and gpt-oss need a head of their own: a tied one is written as a copy.
+    if matches!(model.cfg.arch, Arch::Olmo2 | Arch::GptOss) && model.lm_head.is_none() {
         named.push(("lm_head.weight".into(), model.embed.clone()));
     }
+    // gpt-oss's folders stack and interleave its experts; GGUF stacks them its own way, below.
+    let named = match model.cfg.arch {
+        Arch::GptOss => named,
+        _ => steerkit_model::weights::fuse(&model.cfg, named)?,
+    };
     // Each block's experts are stacked `[experts, rows, cols]` as GGUF stores them, one
     // stack at a time (the parts share the model's storage; only the stack is new).
     let experts = model.cfg.moe.as_ref().map_or(0, |m| m.num_experts);
     let mut groups: std::collections::HashMap<String, Vec<Option<candle_core::Tensor>>> =
         Default::default();
-    for (hf, t) in steerkit_model::weights::fuse(&model.cfg, named)? {
+    for (hf, t) in named {
         let (hf, t) = match steerkit_model::weights::expert_stack(&hf).filter(|_| experts > 0) {
             Some((group, e)) if e < experts => {
                 let parts = groups
@@ -438,7 +470,9 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         }
         // The router stays f32, as llama.cpp's converter and quantizer keep it: rounding it
         // changes which experts a token takes.
-        let router = name.ends_with("ffn_gate_inp.weight");
+        // Biases stay f32 too, stacked ones (gpt-oss's experts') included: llama.cpp adds
+        // them only in f32.
+        let router = name.ends_with("ffn_gate_inp.weight") || name.ends_with(".bias");
         let ggml = if !router && t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
             ty.ggml()
         } else {

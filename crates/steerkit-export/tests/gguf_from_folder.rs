@@ -902,6 +902,67 @@ fn qwen3_moe_gguf_round_trip() {
     assert!(err.to_string().contains("no experts"), "{err}");
 }
 
+/// A gpt-oss model exports to GGUF as llama.cpp's `gpt-oss` reads it (sinks as
+/// `attn_sinks`, the MLP's input norm as `post_attention_norm`, biases on the attention's
+/// output, the router and every expert, each stacked `[experts, channels]`, the window's
+/// width) and loads back as the same model within f16 rounding of its logits
+/// (`scripts/check_gpt_oss_llamacpp.py` runs such a file in llama.cpp). A model whose SwiGLU
+/// or windows llama.cpp would compute otherwise is refused.
+#[test]
+fn gpt_oss_gguf_round_trip() {
+    let (m, _d, out) = tiny_gguf(steerkit_model::Arch::GptOss, 11, |c| {
+        c.hidden_act = steerkit_model::gguf::LLAMACPP_GPT_OSS_SWIGLU;
+        c.full_attention_layers = vec![1];
+    });
+    let k = keys(&out);
+    assert_eq!(k["general.architecture"], "String(\"gpt-oss\")");
+    assert_eq!(k["gpt-oss.attention.sliding_window"], "U32(3)");
+    assert_eq!(k["gpt-oss.expert_used_count"], "U32(3)");
+    let infos = tensor_infos(&out);
+    for (name, dims) in [
+        ("blk.0.attn_sinks.weight", vec![4]),
+        ("blk.0.attn_output.bias", vec![32]),
+        ("blk.0.post_attention_norm.weight", vec![32]),
+        ("blk.0.ffn_gate_inp.bias", vec![4]),
+        ("blk.1.ffn_gate_exps.bias", vec![4, 48]),
+        ("blk.1.ffn_down_exps.bias", vec![4, 32]),
+        ("blk.1.ffn_up_exps.weight", vec![4, 48, 32]),
+        ("output.weight", vec![m.cfg.vocab_size, 32]),
+    ] {
+        assert_eq!(infos[name].shape.dims(), dims.as_slice(), "{name}");
+    }
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let c = &back.model.cfg;
+    assert_eq!(c.arch, steerkit_model::Arch::GptOss);
+    assert_eq!(
+        (c.moe.clone(), c.hidden_act),
+        (m.cfg.moe.clone(), m.cfg.hidden_act)
+    );
+    assert_eq!(
+        (c.sliding_window, c.full_attention_layers.clone()),
+        (Some(3), vec![1])
+    );
+    let gap = last_logits_gap(&m, &back.model);
+    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let mut other = m.cfg.clone();
+    other.hidden_act = steerkit_model::Activation::SwigluOai {
+        alpha: 1.702,
+        limit: 0.5,
+    };
+    let err = metadata(&other, &tok, &chat, "x").unwrap_err().to_string();
+    assert!(
+        err.contains("clamps its SwiGLU") && err.contains("no GGUF form"),
+        "{err}"
+    );
+    other = m.cfg.clone();
+    other.full_attention_layers = vec![0];
+    let err = metadata(&other, &tok, &chat, "x").unwrap_err().to_string();
+    assert!(err.contains("no GGUF form"), "{err}");
+}
+
 /// A Mixtral model exports to GGUF as llama.cpp's converter writes Mixtral: `llama` with
 /// experts (q/k rows permuted, the expert keys), and loads back as Mixtral within f16
 /// rounding of its logits (`scripts/check_qwen3_moe_llamacpp.py` runs such a file in

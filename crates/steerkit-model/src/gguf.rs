@@ -122,6 +122,7 @@ impl Gguf {
         let arch = match name {
             "gemma3" => Arch::Gemma3,
             "qwen3moe" => Arch::Qwen3Moe,
+            "gpt-oss" => Arch::GptOss,
             // llama.cpp's converter writes Mixtral as llama with experts.
             "llama" if self.meta_u(&experts)?.is_some_and(|n| n > 0) => Arch::Mixtral,
             other => Arch::parse(other)?,
@@ -200,7 +201,7 @@ impl Gguf {
             },
             // llama.cpp's qwen3moe: every block routes, and renormalizes the chosen weights.
             moe: match arch {
-                Arch::Qwen3Moe | Arch::Mixtral => Some(crate::config::MoeConfig {
+                Arch::Qwen3Moe | Arch::Mixtral | Arch::GptOss => Some(crate::config::MoeConfig {
                     num_experts: req("expert_count")?,
                     top_k: req("expert_used_count")?,
                     // Mixtral's experts have the MLP's width (`feed_forward_length`).
@@ -218,9 +219,10 @@ impl Gguf {
                 _ => None,
             },
         };
-        let cfg = match arch.gemma() {
-            true => self.gemma(cfg, name)?,
-            false => cfg,
+        let cfg = match arch {
+            _ if arch.gemma() => self.gemma(cfg, name)?,
+            Arch::GptOss => llamacpp_gpt_oss(cfg, window),
+            _ => cfg,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -418,7 +420,7 @@ impl Gguf {
         }
         let permuted = qk_permuted(cfg.arch);
         let (nh, nkv, arch) = (cfg.num_heads, cfg.num_kv_heads, cfg.arch);
-        let get = crate::weights::with_fused(&cfg, |hf: &str| {
+        let get = crate::weights::with_stacked(&cfg, |hf: &str| {
             let Some(name) = gguf_name(hf, arch) else {
                 return Ok(None);
             };
@@ -533,6 +535,24 @@ pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape(w.shape())?)
 }
 
+/// What llama.cpp's gpt-oss fixes: its experts' SwiGLU (alpha 1.702, limit 7), a window (of
+/// `window` positions, when there is one) on every other block from the first.
+fn llamacpp_gpt_oss(mut cfg: Config, window: usize) -> Config {
+    cfg.hidden_act = LLAMACPP_GPT_OSS_SWIGLU;
+    if window > 0 {
+        cfg.sliding_window = Some(window);
+        cfg.full_attention_layers = (0..cfg.num_layers).filter(|l| l % 2 == 1).collect();
+    }
+    cfg
+}
+
+/// The clamped SwiGLU llama.cpp computes for gpt-oss whatever the file says.
+pub const LLAMACPP_GPT_OSS_SWIGLU: crate::config::Activation =
+    crate::config::Activation::SwigluOai {
+        alpha: 1.702,
+        limit: 7.0,
+    };
+
 /// Whether an architecture's GGUF files store q/k rows permuted.
 pub fn qk_permuted(arch: Arch) -> bool {
     matches!(
@@ -614,12 +634,15 @@ pub fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, name) = rest.split_once('.')?;
+    if name == "self_attn.sinks" {
+        return Some(format!("blk.{layer}.attn_sinks.weight"));
+    }
     let (module, kind) = name.rsplit_once('.')?;
     let g = match module {
         "input_layernorm" => "attn_norm",
         // Gemma's and OLMo 2's is the attention's output norm; Gemma's MLP input norm is the
-        // next.
-        "post_attention_layernorm" if arch.post_norms() => "post_attention_norm",
+        // next; gpt-oss's MLP input norm has that name.
+        "post_attention_layernorm" if arch.post_norms() || arch.gpt_oss() => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
         "pre_feedforward_layernorm" => "ffn_norm",
         "post_feedforward_layernorm" => "post_ffw_norm",

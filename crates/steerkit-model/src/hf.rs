@@ -258,11 +258,12 @@ impl HfFolder {
         let heads = u("num_attention_heads")?;
         let num_layers = u("num_hidden_layers")?;
         let (sliding_window, full_attention_layers) = sliding_window(c, arch, num_layers)?;
+        // transformers' defaults: Gemma's 256, gpt-oss's 64, hidden / heads otherwise.
         let head_dim = c["head_dim"].as_u64().map_or(
-            if arch.gemma() {
-                256
-            } else {
-                hidden / heads.max(1)
+            match arch {
+                _ if arch.gemma() => 256,
+                Arch::GptOss => 64,
+                _ => hidden / heads.max(1),
             },
             |x| x as usize,
         );
@@ -273,11 +274,16 @@ impl HfFolder {
             intermediate_size: u("intermediate_size")?,
             num_layers,
             num_heads: heads,
-            // transformers' defaults: Gemma's 4 heads of 256, the heads and hidden / heads
-            // otherwise.
-            num_kv_heads: c["num_key_value_heads"]
-                .as_u64()
-                .map_or(if arch.gemma() { 4 } else { heads }, |x| x as usize),
+            // transformers' defaults: Gemma's 4 heads of 256, gpt-oss's 8 of 64, the heads
+            // and hidden / heads otherwise.
+            num_kv_heads: c["num_key_value_heads"].as_u64().map_or(
+                match arch {
+                    _ if arch.gemma() => 4,
+                    Arch::GptOss => 8,
+                    _ => heads,
+                },
+                |x| x as usize,
+            ),
             head_dim,
             // transformers' defaults: 1e-5 for Phi-3, OLMo 2 and Mixtral, 1e-6 for the others.
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(
@@ -686,7 +692,7 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
             (None, vec![])
         }
         _ if types.is_some() => {
-            let types = types.expect("checked");
+            let types = types.as_ref().expect("checked");
             on(&|l| types[l])
         }
         Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => {
@@ -700,6 +706,17 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         }
         // Every other block from the first (Gemma 2's and gpt-oss's defaults).
         Arch::Gemma2 | Arch::GptOss => on(&|l| l % 2 == 0),
+    })
+    .and_then(|(w, full)| {
+        // transformers cannot run a gpt-oss whose sliding blocks have no window.
+        let sliding = types.as_ref().is_none_or(|t| t.contains(&true));
+        match arch.gpt_oss() && w.is_none() && sliding {
+            true => Err(ModelError::Config(
+                "config.json gives gpt-oss's sliding blocks no window (sliding_window null)"
+                    .into(),
+            )),
+            false => Ok((w, full)),
+        }
     })
 }
 

@@ -103,19 +103,28 @@ impl Tok {
     /// tokens, or for a harmony model ([`Tok::harmony`]) the final message's text, when the
     /// answer got that far (else the whole text, reasoning included, without control tokens).
     pub fn answer(&self, ids: &[u32]) -> Result<String> {
+        match self.final_message(ids)? {
+            Some(text) => Ok(text),
+            None => self.decode(ids, true),
+        }
+    }
+
+    /// A harmony answer's final message (after the last `<|channel|>final<|message|>`), or
+    /// `None` before it begins and for other models.
+    pub fn final_message(&self, ids: &[u32]) -> Result<Option<String>> {
         let header = (self.token_id("<|channel|>"), self.token_id("<|message|>"));
-        if let (true, (Some(channel), Some(message))) = (self.harmony, header) {
-            // The last channel header that names `final`: `<|channel|>final<|message|>`.
-            for at in (0..ids.len()).rev().filter(|i| ids[*i] == channel) {
-                let Some(len) = ids[at + 1..].iter().position(|t| *t == message) else {
-                    continue;
-                };
-                if self.decode(&ids[at + 1..at + 1 + len], true)?.trim() == "final" {
-                    return self.decode(&ids[at + 2 + len..], true);
-                }
+        let (true, (Some(channel), Some(message))) = (self.harmony, header) else {
+            return Ok(None);
+        };
+        for at in (0..ids.len()).rev().filter(|i| ids[*i] == channel) {
+            let Some(len) = ids[at + 1..].iter().position(|t| *t == message) else {
+                continue;
+            };
+            if self.decode(&ids[at + 1..at + 1 + len], true)?.trim() == "final" {
+                return self.decode(&ids[at + 2 + len..], true).map(Some);
             }
         }
-        self.decode(ids, true)
+        Ok(None)
     }
 
     /// The underlying tokenizer (special tokens parsed).
@@ -692,6 +701,7 @@ mod tests {
             .encode_chat("<|channel|>analysis<|message|>We refuse")
             .unwrap();
         assert_eq!(tok.answer(&unfinished).unwrap(), "analysis We refuse");
+        assert_eq!(tok.final_message(&unfinished).unwrap(), None);
         let plain = Tok::new(make(&["<|end|>"]), None, &[], false);
         assert!(!plain.harmony);
         assert_eq!(plain.stop_ids, [id("<|end|>")]);

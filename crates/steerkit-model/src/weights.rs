@@ -172,10 +172,15 @@ pub fn expert_stack(name: &str) -> Option<(String, usize)> {
 fn stacked_expert_source(cfg: &Config, name: &str) -> Option<FusedSource> {
     let m = cfg.moe.as_ref()?;
     let (stack, e) = expert_stack(name)?;
-    let (rows, cols) = match stack.rsplit('.').nth(1)? {
+    let (out, inp) = match stack.rsplit('.').nth(1)? {
         "down_proj" => (cfg.hidden_size, m.intermediate_size),
         "gate_proj" | "up_proj" => (m.intermediate_size, cfg.hidden_size),
         _ => return None,
+    };
+    // A stack of biases (gpt-oss), `[experts, out]`, is cut a row at a time.
+    let (rows, cols) = match stack.ends_with(".bias") {
+        true => (1, out),
+        false => (out, inp),
     };
     Some(FusedSource {
         name: stack,
@@ -301,8 +306,19 @@ where
     }
     let blocks = get(&format!("{}_blocks", src.stack))?;
     let scales = get(&format!("{}_scales", src.stack))?;
-    let (Some(blocks), Some(scales)) = (blocks, scales) else {
-        return Ok(None);
+    let (blocks, scales) = match (blocks, scales) {
+        (Some(b), Some(s)) => (b, s),
+        (None, None) => return Ok(None),
+        (b, _) => {
+            let (has, lacks) = match b.is_some() {
+                true => ("blocks", "scales"),
+                false => ("scales", "blocks"),
+            };
+            return Err(ModelError::Weights(format!(
+                "`{0}_{has}` is there but not `{0}_{lacks}`: MXFP4 needs both",
+                src.stack
+            )));
+        }
     };
     let ok = blocks.dtype() == DType::U8
         && scales.dtype() == DType::U8
@@ -352,9 +368,18 @@ fn gpt_oss_cut(cfg: &Config, src: &GptOssSource, t: &Tensor) -> Result<Tensor> {
                 "MXFP4 blocks [{e}, {rows}, {groups}, 16] (inputs in groups of 32)"
             )));
         }
-        let packed: Vec<u8> = t.get(src.expert)?.flatten_all()?.to_vec1()?;
-        let values = mxfp4_dequantize(&packed, rows, groups)?;
-        Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu)?
+        // Only the rows of the half asked for (gate and up alternate) are decoded.
+        let x = t.get(src.expert)?;
+        let (x, rows) = match src.half {
+            Some(h) => (x.reshape((f, 2, groups, 17))?.narrow(1, h, 1)?, f),
+            None => (x, rows),
+        };
+        let packed: Vec<u8> = x.flatten_all()?.to_vec1()?;
+        let values = mxfp4_dequantize(&packed, rows, groups).map_err(|e| {
+            ModelError::Weights(format!("`{}` expert {}: {e}", src.stack, src.expert))
+        })?;
+        let x = Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu)?;
+        return Ok(x);
     } else {
         // Stored `[experts, in, out]`.
         if t.dims() != [e, cols, rows] {
@@ -422,12 +447,37 @@ fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
     })
 }
 
-/// A loader for [`build`] that also serves the parts of fused tensors: `get` returns a stored
-/// tensor by name (`Ok(None)` when absent); a part that is not stored on its own is cut from
-/// its fused tensor, whose rows must be the parts' together. Each fused tensor is read once
-/// and kept until its last part has been cut from it.
+/// A loader for [`build`] that also serves the parts of fused tensors, as Hugging Face
+/// folders store them: `get` returns a stored tensor by name (`Ok(None)` when absent); a part
+/// that is not stored on its own is cut from its fused tensor, whose rows must be the parts'
+/// together, or from its block's stack of experts (gpt-oss's, [`GptOssSource`]; GGUF's,
+/// [`expert_stack`]). Each fused tensor is read once and kept until its last part has been
+/// cut from it.
 pub fn with_fused<'a, F>(
     cfg: &Config,
+    get: F,
+) -> impl Fn(&Need) -> Result<Option<Tensor>> + Sync + 'a
+where
+    F: Fn(&str) -> Result<Option<Tensor>> + Sync + 'a,
+{
+    loader(cfg, true, get)
+}
+
+/// [`with_fused`] for GGUF files, whose experts are stacked `[experts, rows, cols]` by
+/// [`expert_stack`]'s names, gpt-oss's too (their folder layout is not read).
+pub fn with_stacked<'a, F>(
+    cfg: &Config,
+    get: F,
+) -> impl Fn(&Need) -> Result<Option<Tensor>> + Sync + 'a
+where
+    F: Fn(&str) -> Result<Option<Tensor>> + Sync + 'a,
+{
+    loader(cfg, false, get)
+}
+
+fn loader<'a, F>(
+    cfg: &Config,
+    folder: bool,
     get: F,
 ) -> impl Fn(&Need) -> Result<Option<Tensor>> + Sync + 'a
 where
@@ -444,7 +494,7 @@ where
         if let Some(t) = get(&need.name)? {
             return Ok(Some(t));
         }
-        let oss = gpt_oss_expert_source(&cfg, &need.name);
+        let oss = gpt_oss_expert_source(&cfg, &need.name).filter(|_| folder);
         let src =
             fused_source(&cfg, &need.name).or_else(|| stacked_expert_source(&cfg, &need.name));
         let (key, parts) = match (&oss, &src) {
@@ -496,7 +546,14 @@ where
         // A copy of the part's rows only: a view would keep the whole fused tensor alive for
         // each part (twice or three times the memory).
         let t = t.reshape((src.total, src.cols))?;
-        Ok(Some(t.narrow(0, src.start, src.rows)?.force_contiguous()?))
+        let part = t.narrow(0, src.start, src.rows)?.force_contiguous()?;
+        // A bias's row, `[1, out]`, is the vector `[out]`.
+        Ok(Some(
+            match part.dims() == [1, need.shape.iter().product()] {
+                true => part.reshape(need.shape.as_slice())?,
+                false => part,
+            },
+        ))
     }
 }
 

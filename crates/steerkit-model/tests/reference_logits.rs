@@ -808,6 +808,90 @@ fn gpt_oss_mxfp4_logits_match_transformers() {
     check_all_positions(&m, &fx["cases"], "gpt-oss tiny, MXFP4 experts");
 }
 
+/// Bad gpt-oss folders are clear errors: blocks without their scales, a NaN scale (255), a
+/// null window for its sliding blocks; and config.json's absent keys take GptOssConfig's
+/// defaults (heads of 64, 8 key/value heads, a window of 128 on every other block, YaRN).
+#[test]
+fn gpt_oss_bad_folders_and_defaults() {
+    use candle_core::Tensor;
+    let src = common::root().join("tests/fixtures/gpt_oss_mxfp4_tiny");
+    let d = tempfile::tempdir().unwrap();
+    let copy = |name: &str,
+                edit: &dyn Fn(
+        &mut std::collections::HashMap<String, Tensor>,
+        &mut serde_json::Value,
+    )| {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut t =
+            candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        edit(&mut t, &mut c);
+        candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        steerkit_model::hf::HfFolder::open(&dir).unwrap()
+    };
+    let err = |f: steerkit_model::hf::HfFolder| {
+        f.model(&Device::Cpu, DType::F32).unwrap_err().to_string()
+    };
+    let f = copy("no-scales", &|t, _| {
+        t.remove("model.layers.1.mlp.experts.down_proj_scales");
+    });
+    let e = err(f);
+    assert!(
+        e.contains("down_proj_blocks` is there but not") && e.contains("_scales"),
+        "{e}"
+    );
+    let f = copy("nan-scale", &|t, _| {
+        let n = "model.layers.2.mlp.experts.gate_up_proj_scales";
+        let dims = t[n].dims().to_vec();
+        *t.get_mut(n).unwrap() = Tensor::full(255u8, dims, &Device::Cpu).unwrap();
+    });
+    let e = err(f);
+    assert!(
+        e.contains("255") && e.contains("layers.2.mlp.experts.gate_up_proj"),
+        "{e}"
+    );
+    let f = copy("null-window", &|_, c| {
+        c["sliding_window"] = serde_json::Value::Null
+    });
+    let e = f.config().unwrap_err().to_string();
+    assert!(e.contains("sliding_window null"), "{e}");
+    let f = copy("defaults", &|_, c| {
+        let o = c.as_object_mut().unwrap();
+        for k in [
+            "head_dim",
+            "num_key_value_heads",
+            "sliding_window",
+            "layer_types",
+            "rope_parameters",
+            "swiglu_limit",
+        ] {
+            o.remove(k);
+        }
+        o.insert("num_attention_heads".into(), 64.into());
+    });
+    let c = f.config().unwrap();
+    assert_eq!(
+        (c.head_dim, c.num_kv_heads, c.sliding_window),
+        (64, 8, Some(128))
+    );
+    assert_eq!(c.full_attention_layers, vec![1]);
+    assert_eq!(
+        c.hidden_act,
+        steerkit_model::Activation::SwigluOai {
+            alpha: 1.702,
+            limit: 7.0
+        }
+    );
+    assert!(matches!(
+        c.rope_scaling,
+        Some(steerkit_model::RopeScaling::Yarn { factor, truncate: false, .. }) if factor == 32.0
+    ));
+}
+
 /// A tiny fixture folder (`scripts/reference_gemma.py` and the others), loaded, and its
 /// logits.json.
 fn gemma_fixture(name: &str) -> (Model, serde_json::Value) {
