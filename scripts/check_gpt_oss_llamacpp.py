@@ -5,7 +5,7 @@ No gpt-oss checkpoint is here, so the script makes one: a random model of hidden
 and 2 key/value heads of 16 with biases and a sink logit each, 4 blocks alternating a window
 of 4 positions and the whole context, each block routing
 every token to 2 of 8 experts of 32 channels through a router with a bias, the experts' gate
-and up drawn 5 times larger than the rest so that the clamp at 7 acts, an untied head; YaRN
+and up drawn 3 times larger than the rest so that the clamp at 7 acts, an untied head; YaRN
 as gpt-oss's, factor 32 over 4096 positions) with
 Qwen's real tokenizer (taken from a Qwen2.5 GGUF through a folder export), stored as
 transformers stores gpt-oss (experts stacked, gate and up interleaved). The numpy forward
@@ -25,7 +25,7 @@ How to run (from the repository root):
   /work/venvs/llamacpp/bin/python scripts/check_gpt_oss_llamacpp.py \\
       target/release/steerkit checkpoints/models/qwen2.5-coder-0.5b-instruct.gguf /tmp/sk-oss
 Exit code 0 when llama.cpp agrees within 0.05 and neither control (no sinks, no clamp) does;
-1 otherwise. About a minute.
+1 otherwise. About 30 s.
 
 Dependencies: Python 3.9+, numpy, llama-cpp-python (tested with 0.3.36).
 """
@@ -132,7 +132,7 @@ def weights(cfg):
         s.mat(f"{p}.mlp.router.weight", (ne, d))
         s.mat(f"{p}.mlp.router.bias", (ne,))
         s.mat(f"{p}.mlp.experts.gate_up_proj", (ne, d, 2 * f))
-        s.w[f"{p}.mlp.experts.gate_up_proj"] *= 5
+        s.w[f"{p}.mlp.experts.gate_up_proj"] *= 3
         s.mat(f"{p}.mlp.experts.gate_up_proj_bias", (ne, 2 * f))
         s.mat(f"{p}.mlp.experts.down_proj", (ne, f, d))
         s.mat(f"{p}.mlp.experts.down_proj_bias", (ne, d))

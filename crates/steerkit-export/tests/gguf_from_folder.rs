@@ -961,6 +961,64 @@ fn gpt_oss_gguf_round_trip() {
     other.full_attention_layers = vec![0];
     let err = metadata(&other, &tok, &chat, "x").unwrap_err().to_string();
     assert!(err.contains("no GGUF form"), "{err}");
+    // Keys llama.cpp reads that steerkit's gpt-oss does not compute: refused on reading; a
+    // file without the window too.
+    use candle_core::quantized::gguf_file::Value as V;
+    for (key, value, needle) in [
+        (
+            "gpt-oss.attention.sliding_window_pattern",
+            V::U32(3),
+            "every other block",
+        ),
+        (
+            "gpt-oss.rope.freq_base_swa",
+            V::F32(500.0),
+            "RoPE base of their own",
+        ),
+        (
+            "gpt-oss.attention.sliding_window",
+            V::U32(0),
+            "which llama.cpp requires",
+        ),
+    ] {
+        let edited = _d.path().join("edited.gguf");
+        rewrite(&out, &edited, |kv, _| {
+            kv.insert(key.to_string(), value.clone());
+        });
+        let err = Gguf::open(&edited)
+            .unwrap()
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{key}: {err}");
+    }
+}
+
+/// A GGUF whose tensors are MXFP4 (GGML type 39, which llama.cpp's converter writes for
+/// gpt-oss's experts and candle cannot read) is one clear error that says what to load instead.
+#[test]
+fn mxfp4_gguf_is_a_clear_error() {
+    // A minimal GGUF v3: no key/values, one tensor of 32 values of type 39 (17 bytes).
+    let mut b: Vec<u8> = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(0u64.to_le_bytes()); // key/values
+    let name = b"blk.0.ffn_up_exps.weight";
+    b.extend((name.len() as u64).to_le_bytes());
+    b.extend(name);
+    b.extend(1u32.to_le_bytes()); // dimensions
+    b.extend(32u64.to_le_bytes());
+    b.extend(39u32.to_le_bytes()); // GGML_TYPE_MXFP4
+    b.extend(0u64.to_le_bytes()); // offset
+    b.resize(b.len().div_ceil(32) * 32 + 17, 0);
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("oss.gguf");
+    std::fs::write(&path, b).unwrap();
+    let err = Gguf::open(&path).err().expect("refused").to_string();
+    assert!(
+        err.contains("MXFP4") && err.contains("Hugging Face folder"),
+        "{err}"
+    );
 }
 
 /// A Mixtral model exports to GGUF as llama.cpp's converter writes Mixtral: `llama` with

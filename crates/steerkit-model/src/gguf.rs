@@ -24,9 +24,16 @@ impl Gguf {
     /// Reads the header and metadata.
     pub fn open(path: &Path) -> Result<Self> {
         let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let content = Content::read(&mut BufReader::new(f)).map_err(|e| ModelError::BadGguf {
-            path: path.into(),
-            why: e.to_string(),
+        let content = Content::read(&mut BufReader::new(f)).map_err(|e| {
+            let mut why = e.to_string();
+            // GGML type 39: llama.cpp's converter writes gpt-oss's experts so.
+            if why.contains("unknown dtype for tensor 39") {
+                why = "it stores tensors as MXFP4 (GGML type 39, as llama.cpp's converter writes gpt-oss's experts), which steerkit does not read; load the Hugging Face folder (OpenAI's MXFP4 safetensors are read) or a GGUF with f16, bf16 or q8_0 experts".into();
+            }
+            ModelError::BadGguf {
+                path: path.into(),
+                why,
+            }
         })?;
         // Catch a truncated file here, with one message, rather than tensor by tensor.
         let size = std::fs::metadata(path)
@@ -168,11 +175,20 @@ impl Gguf {
                 ))
             }
         };
+        if arch == Arch::GptOss {
+            self.gpt_oss_keys(name, window)?;
+        }
         let cfg = Config {
             arch,
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: req("feed_forward_length")?,
+            // llama.cpp's gpt-oss reads the experts' length only.
+            intermediate_size: match arch {
+                Arch::GptOss => self
+                    .meta_u(&key("feed_forward_length"))?
+                    .map_or_else(|| req("expert_feed_forward_length"), Ok)?,
+                _ => req("feed_forward_length")?,
+            },
             num_layers,
             num_heads: heads,
             num_kv_heads: kv_heads,
@@ -249,6 +265,34 @@ impl Gguf {
         cfg.query_pre_attn_scalar = Some(llamacpp_gemma_attn_scalar(&cfg));
         cfg.hidden_act = crate::config::Activation::GeluTanh;
         Ok(cfg)
+    }
+
+    /// What llama.cpp's gpt-oss reads beyond steerkit's fixed form: the window, which it
+    /// requires (0 would hide every position on the windowed blocks), and, refused unless they
+    /// say what steerkit computes, a window pattern other than every other block and a RoPE
+    /// base of the windowed blocks' own.
+    fn gpt_oss_keys(&self, name: &str, window: usize) -> Result<()> {
+        if window == 0 {
+            return Err(ModelError::Config(format!(
+                "the gpt-oss GGUF has no `{name}.attention.sliding_window` (or 0), which llama.cpp requires"
+            )));
+        }
+        let pattern = format!("{name}.attention.sliding_window_pattern");
+        if let Some(v) = self.content.metadata.get(&pattern) {
+            if v.to_u32().ok() != Some(2) && v.to_i32().ok() != Some(2) {
+                return Err(ModelError::Config(format!(
+                    "the GGUF sets `{pattern}`; steerkit reads gpt-oss with the window on every other block from the first only"
+                )));
+            }
+        }
+        let swa_base = format!("{name}.rope.freq_base_swa");
+        let base = self.meta_f(&format!("{name}.rope.freq_base"))?;
+        if let Some(b) = self.meta_f(&swa_base)?.filter(|b| Some(*b) != base) {
+            return Err(ModelError::Config(format!(
+                "the GGUF gives the windowed blocks a RoPE base of their own (`{swa_base}` {b}), which steerkit does not read for gpt-oss"
+            )));
+        }
+        Ok(())
     }
 
     /// Granite's scalars as llama.cpp stores and reads them: `embedding_scale`,
@@ -420,7 +464,7 @@ impl Gguf {
         }
         let permuted = qk_permuted(cfg.arch);
         let (nh, nkv, arch) = (cfg.num_heads, cfg.num_kv_heads, cfg.arch);
-        let get = crate::weights::with_stacked(&cfg, |hf: &str| {
+        let get = crate::weights::with_fused(&cfg, crate::weights::Layout::Gguf, |hf: &str| {
             let Some(name) = gguf_name(hf, arch) else {
                 return Ok(None);
             };

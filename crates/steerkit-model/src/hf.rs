@@ -258,11 +258,13 @@ impl HfFolder {
         let heads = u("num_attention_heads")?;
         let num_layers = u("num_hidden_layers")?;
         let (sliding_window, full_attention_layers) = sliding_window(c, arch, num_layers)?;
-        // transformers' defaults: Gemma's 256, gpt-oss's 64, hidden / heads otherwise.
+        // transformers' defaults: Gemma's 256, gpt-oss's 64 (hidden / heads for an explicit
+        // null), hidden / heads otherwise.
+        let absent = |k: &str| c.get(k).is_none();
         let head_dim = c["head_dim"].as_u64().map_or(
             match arch {
                 _ if arch.gemma() => 256,
-                Arch::GptOss => 64,
+                Arch::GptOss if absent("head_dim") => 64,
                 _ => hidden / heads.max(1),
             },
             |x| x as usize,
@@ -274,12 +276,12 @@ impl HfFolder {
             intermediate_size: u("intermediate_size")?,
             num_layers,
             num_heads: heads,
-            // transformers' defaults: Gemma's 4 heads of 256, gpt-oss's 8 of 64, the heads
-            // and hidden / heads otherwise.
+            // transformers' defaults: Gemma's 4 heads of 256, gpt-oss's 8 of 64 (the heads
+            // for an explicit null), the heads and hidden / heads otherwise.
             num_kv_heads: c["num_key_value_heads"].as_u64().map_or(
                 match arch {
                     _ if arch.gemma() => 4,
-                    Arch::GptOss => 8,
+                    Arch::GptOss if absent("num_key_value_heads") => 8,
                     _ => heads,
                 },
                 |x| x as usize,
@@ -416,7 +418,7 @@ impl HfFolder {
         let tied = cfg.tie_word_embeddings;
         let stored = stored_names(self.multimodal.is_some(), &names);
         let arch = cfg.arch;
-        let get = crate::weights::with_fused(&cfg, |name: &str| {
+        let get = crate::weights::with_fused(&cfg, crate::weights::Layout::Folder, |name: &str| {
             let name = &stored(&crate::weights::file_name(arch, name));
             if !names.contains(name) {
                 return Ok(None);

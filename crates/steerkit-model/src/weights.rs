@@ -447,37 +447,23 @@ fn fused_source(cfg: &Config, name: &str) -> Option<FusedSource> {
     })
 }
 
-/// A loader for [`build`] that also serves the parts of fused tensors, as Hugging Face
-/// folders store them: `get` returns a stored tensor by name (`Ok(None)` when absent); a part
-/// that is not stored on its own is cut from its fused tensor, whose rows must be the parts'
-/// together, or from its block's stack of experts (gpt-oss's, [`GptOssSource`]; GGUF's,
-/// [`expert_stack`]). Each fused tensor is read once and kept until its last part has been
-/// cut from it.
+/// Where a loader's tensors come from: a Hugging Face folder (gpt-oss's experts stacked its
+/// way, [`GptOssSource`]) or a GGUF file (every model's experts stacked by [`expert_stack`]'s
+/// names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Folder,
+    Gguf,
+}
+
+/// A loader for [`build`] that also serves the parts of fused tensors: `get` returns a stored
+/// tensor by name (`Ok(None)` when absent); a part that is not stored on its own is cut from
+/// its fused tensor, whose rows must be the parts' together, or from its block's stack of
+/// experts as `layout` stacks them. Each fused tensor is read once and kept until its last
+/// part has been cut from it.
 pub fn with_fused<'a, F>(
     cfg: &Config,
-    get: F,
-) -> impl Fn(&Need) -> Result<Option<Tensor>> + Sync + 'a
-where
-    F: Fn(&str) -> Result<Option<Tensor>> + Sync + 'a,
-{
-    loader(cfg, true, get)
-}
-
-/// [`with_fused`] for GGUF files, whose experts are stacked `[experts, rows, cols]` by
-/// [`expert_stack`]'s names, gpt-oss's too (their folder layout is not read).
-pub fn with_stacked<'a, F>(
-    cfg: &Config,
-    get: F,
-) -> impl Fn(&Need) -> Result<Option<Tensor>> + Sync + 'a
-where
-    F: Fn(&str) -> Result<Option<Tensor>> + Sync + 'a,
-{
-    loader(cfg, false, get)
-}
-
-fn loader<'a, F>(
-    cfg: &Config,
-    folder: bool,
+    layout: Layout,
     get: F,
 ) -> impl Fn(&Need) -> Result<Option<Tensor>> + Sync + 'a
 where
@@ -494,7 +480,7 @@ where
         if let Some(t) = get(&need.name)? {
             return Ok(Some(t));
         }
-        let oss = gpt_oss_expert_source(&cfg, &need.name).filter(|_| folder);
+        let oss = gpt_oss_expert_source(&cfg, &need.name).filter(|_| layout == Layout::Folder);
         let src =
             fused_source(&cfg, &need.name).or_else(|| stacked_expert_source(&cfg, &need.name));
         let (key, parts) = match (&oss, &src) {

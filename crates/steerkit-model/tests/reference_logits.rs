@@ -371,10 +371,14 @@ fn phi3_tiny_logits_match_reference() {
     let stored =
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let reads = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
-    let get = steerkit_model::weights::with_fused(c, |name: &str| {
-        *reads.lock().unwrap().entry(name.to_string()).or_insert(0) += 1;
-        Ok(stored.get(name).cloned())
-    });
+    let get = steerkit_model::weights::with_fused(
+        c,
+        steerkit_model::weights::Layout::Folder,
+        |name: &str| {
+            *reads.lock().unwrap().entry(name.to_string()).or_insert(0) += 1;
+            Ok(stored.get(name).cloned())
+        },
+    );
     let again = steerkit_model::weights::build(c.clone(), &Device::Cpu, DType::F32, get).unwrap();
     let reads = reads.into_inner().unwrap();
     for fused in ["self_attn.qkv_proj", "mlp.gate_up_proj"] {
@@ -700,6 +704,7 @@ fn mixtral_tiny_logits_match_transformers() {
 /// see them missing.
 #[test]
 fn gpt_oss_tiny_logits_match_transformers() {
+    use steerkit_model::random::max_abs_diff;
     use steerkit_model::{Activation, Arch, RopeScaling};
     let (m, fx) = gemma_fixture("gpt_oss_tiny");
     assert_eq!(m.cfg.arch, Arch::GptOss);
@@ -746,16 +751,7 @@ fn gpt_oss_tiny_logits_match_transformers() {
         "model.layers.2.mlp.experts.gate_up_proj",
         "model.layers.0.mlp.experts.down_proj_bias",
     ] {
-        let d = (&saved[name] - &source[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&saved[name], &source[name]).unwrap();
         assert_eq!(d, 0.0, "{name} stacked as the source stores it");
     }
     check_all_positions(
@@ -772,14 +768,7 @@ fn gpt_oss_tiny_logits_match_transformers() {
         candle_core::Tensor::new(&[[3u32, 95, 0, 47, 47, 8, 61, 20, 11]], &Device::Cpu).unwrap();
     let a = m.last_logits(&ids, &[0], &mut NoHook).unwrap();
     let b = no_sinks.last_logits(&ids, &[0], &mut NoHook).unwrap();
-    let moved = (&a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = max_abs_diff(&a, &b).unwrap();
     assert!(moved > 1e-2, "the sinks move the logits by {moved}");
     // Nor is the clamp idle: without it they move too.
     let mut unclamped = m.clone();
@@ -788,14 +777,7 @@ fn gpt_oss_tiny_logits_match_transformers() {
         limit: 1e9,
     };
     let c = unclamped.last_logits(&ids, &[0], &mut NoHook).unwrap();
-    let moved = (a - c)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = max_abs_diff(&a, &c).unwrap();
     assert!(moved > 1e-2, "the clamp moves the logits by {moved}");
 }
 
@@ -890,6 +872,13 @@ fn gpt_oss_bad_folders_and_defaults() {
         c.rope_scaling,
         Some(steerkit_model::RopeScaling::Yarn { factor, truncate: false, .. }) if factor == 32.0
     ));
+    // An explicit null is transformers' other default: hidden / heads, and the heads.
+    let f = copy("nulls", &|_, c| {
+        c["head_dim"] = serde_json::Value::Null;
+        c["num_key_value_heads"] = serde_json::Value::Null;
+    });
+    let c = f.config().unwrap();
+    assert_eq!((c.head_dim, c.num_kv_heads), (8, 4));
 }
 
 /// A tiny fixture folder (`scripts/reference_gemma.py` and the others), loaded, and its
