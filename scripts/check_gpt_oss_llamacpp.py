@@ -24,8 +24,15 @@ gpt-oss files do too).
 How to run (from the repository root):
   /work/venvs/llamacpp/bin/python scripts/check_gpt_oss_llamacpp.py \\
       target/release/steerkit checkpoints/models/qwen2.5-coder-0.5b-instruct.gguf /tmp/sk-oss
-Exit code 0 when llama.cpp agrees within 0.05 and neither control (no sinks, no clamp) does;
-1 otherwise. About 30 s.
+Then the same file with its experts in GGML's MXFP4 (gguf-py's quantizer, as llama.cpp's
+converter writes gpt-oss), and in q8_0 for comparison, every token taking every expert:
+llama.cpp must follow the MXFP4 values as closely as the q8_0 ones (its 8-bit activations for
+quantized matrices make neither exact), MXFP4's rounding must move the logits much further
+than that, and steerkit's reading of the MXFP4 file must equal the values gguf-py says the
+blocks stand for.
+
+Exit code 0 when llama.cpp agrees within 0.05, neither control (no sinks, no clamp) does, and
+the MXFP4 part passes; 1 otherwise. About a minute.
 
 Dependencies: Python 3.9+, numpy, llama-cpp-python (tested with 0.3.36).
 """
@@ -36,8 +43,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_qwen3_llamacpp import SEQS, compare, tokenizer_folder  # noqa: E402
-from llamacpp_check import Seeded, fixture_gap  # noqa: E402
+from check_qwen3_llamacpp import SEQS, TOL, compare, tokenizer_folder  # noqa: E402
+from llamacpp_check import Seeded, fixture_gap, read_safetensors  # noqa: E402
 from reference_qwen3 import rmsnorm, rope, save_safetensors  # noqa: E402
 
 YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
@@ -148,6 +155,93 @@ def as_gguf_f16(w):
     return {k: rounded(k, v) for k, v in w.items()}
 
 
+def quantized_copy(src, dst, kind, used):
+    """`src` (a GGUF) copied to `dst` with its experts' stacks quantized to `kind` by gguf-py
+    (MXFP4: as llama.cpp's converter stores gpt-oss's) and `used` experts a token; returns
+    the stacks' values (what the blocks stand for) by GGUF name, in numpy's order."""
+    import gguf
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(dst, arch=arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        ty = field.types[0]
+        sub = field.types[-1] if ty == gguf.GGUFValueType.ARRAY else None
+        value = used if field.name == f"{arch}.expert_used_count" else field.contents()
+        writer.add_key_value(field.name, value, ty, sub_type=sub)
+    values = {}
+    for t in reader.tensors:
+        data, ty = t.data, t.tensor_type
+        if "_exps.weight" in t.name:
+            data, ty = gguf.quants.quantize(gguf.quants.dequantize(data, ty), kind), kind
+            values[t.name] = gguf.quants.dequantize(data, kind)
+        writer.add_tensor(t.name, data, raw_dtype=ty)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return values
+
+
+def with_experts(w, values, cfg):
+    """The weights `w` with the experts' stacks `values` (GGUF names and layout) in their
+    place, as transformers stores them (gate and up interleaved)."""
+    w, f = dict(w), cfg["intermediate_size"]
+    for layer in range(cfg["num_hidden_layers"]):
+        gate, up = (values[f"blk.{layer}.ffn_{n}_exps.weight"] for n in ("gate", "up"))
+        gu = np.empty((gate.shape[0], 2 * f, gate.shape[2]), dtype=np.float32)
+        gu[:, 0::2], gu[:, 1::2] = gate, up
+        p = f"model.layers.{layer}.mlp.experts"
+        w[f"{p}.gate_up_proj"] = gu.transpose(0, 2, 1)
+        w[f"{p}.down_proj"] = values[f"blk.{layer}.ffn_down_exps.weight"].transpose(0, 2, 1)
+    return w
+
+
+def check_mxfp4(steerkit, work, cfg, w16):
+    """The f16 GGUF with its experts in GGML's MXFP4 (as llama.cpp's converter writes
+    gpt-oss), and, for comparison, in q8_0 (a layout not in question): llama.cpp's logits
+    against the forward on the values the blocks stand for must be as close for MXFP4 as for
+    q8_0 (llama.cpp rounds activations to 8 bits for quantized matrices, so neither is exact),
+    while MXFP4's rounding itself moves the logits far more; and steerkit's reading of the
+    MXFP4 file, exported as a folder, must equal those values. Every token takes every expert
+    here: with a choice, that 8-bit rounding flips near-ties of the router. True when it
+    passes."""
+    import subprocess
+    import gguf
+    from llama_cpp import Llama
+    cfg = dict(cfg, num_experts_per_tok=cfg["num_local_experts"])
+    src = os.path.join(work, "gpt-oss.gguf")
+    err, w = {}, {}
+    for kind in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.MXFP4):
+        dst = os.path.join(work, f"gpt-oss-{kind.name.lower()}.gguf")
+        w[kind.name] = with_experts(w16, quantized_copy(src, dst, kind, cfg["num_experts_per_tok"]), cfg)
+        llm = Llama(model_path=dst, n_ctx=64, logits_all=True, verbose=False, seed=0,
+                    type_k=0, type_v=0)
+        err[kind.name] = 0.0
+        for ids in SEQS:
+            llm.reset()
+            llm.eval(ids)
+            got = np.array(llm.scores[: len(ids)], dtype=np.float64)
+            err[kind.name] = max(err[kind.name], float(np.abs(got - forward(cfg, w[kind.name], ids)).max()))
+    moved = max(float(np.abs(forward(cfg, w["MXFP4"], ids) - forward(cfg, w16, ids)).max())
+                for ids in SEQS)
+    folder = os.path.join(work, "from-mxfp4")
+    subprocess.run([steerkit, "export", "-m", os.path.join(work, "gpt-oss-mxfp4.gguf"), "--out",
+                    folder], check=True, stdout=subprocess.DEVNULL)
+    read = read_safetensors(os.path.join(folder, "model.safetensors"))
+    gap = max(float(np.abs(read[k] - v).max()) for k, v in w["MXFP4"].items()
+              if ".experts." in k and "_bias" not in k)
+    # A misread layout would put llama.cpp about as far from the forward as MXFP4's rounding
+    # moves it.
+    ok = err["MXFP4"] <= 2 * err["Q8_0"] and moved > 4 * err["MXFP4"] and gap == 0.0
+    print(f"{'PASS' if ok else 'FAIL'}: gpt-oss GGUF with MXFP4 experts: llama.cpp vs the forward "
+          f"on the blocks' values max abs {err['MXFP4']:.2e} (q8_0 experts: {err['Q8_0']:.2e}; "
+          f"MXFP4's rounding moves the forward by {moved:.2f}); steerkit's reading of the "
+          f"file vs those values max abs {gap:.1e}")
+    return ok
+
+
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
@@ -185,6 +279,7 @@ def main():
           f"max abs {loose_gap:.2e}; control: without the clamp at least "
           f"{min(g[1] for g in gaps):.2f}")
     ok &= min(g[1] for g in gaps) > 0.5
+    ok &= check_mxfp4(steerkit, work, cfg, w16)
     return 0 if ok else 1
 
 

@@ -994,31 +994,129 @@ fn gpt_oss_gguf_round_trip() {
     }
 }
 
-/// A GGUF whose tensors are MXFP4 (GGML type 39, which llama.cpp's converter writes for
-/// gpt-oss's experts and candle cannot read) is one clear error that says what to load instead.
+/// `values` (`[.., cols]`, cols a multiple of 32) as GGML MXFP4 blocks, laid out as ggml's
+/// `block_mxfp4` (the e8m0 scale, then value j in the low nibble of byte j and value j + 16
+/// in its high nibble), and the values they stand for.
+fn mxfp4_blocks(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    const FP4: [f32; 16] = [
+        0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+    ];
+    let (mut bytes, mut back) = (vec![], vec![]);
+    for g in values.chunks_exact(32) {
+        let top = g.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
+        let e = (top / 6.0).log2().ceil() as i32;
+        let scale = 2f32.powi(e);
+        let code = |x: f32| {
+            (0..16)
+                .min_by(|a, b| {
+                    (x / scale - FP4[*a])
+                        .abs()
+                        .total_cmp(&(x / scale - FP4[*b]).abs())
+                })
+                .unwrap() as u8
+        };
+        let codes: Vec<u8> = g.iter().map(|x| code(*x)).collect();
+        bytes.push((e + 127) as u8);
+        bytes.extend((0..16).map(|j| codes[j] | (codes[j + 16] << 4)));
+        back.extend(codes.iter().map(|c| FP4[*c as usize] * scale));
+    }
+    (bytes, back)
+}
+
+/// A gpt-oss GGUF whose experts are GGML MXFP4 (type 39, which llama.cpp's converter writes
+/// for gpt-oss and candle cannot read): steerkit finds those tensors, decodes them and loads
+/// the model; its logits equal those of the same file with the experts stored as the f32
+/// values the blocks stand for. `scripts/check_gpt_oss_llamacpp.py` checks the layout
+/// against llama.cpp's own reading. A GGUF with only such a tensor and nothing else opens,
+/// and says what it lacks.
 #[test]
-fn mxfp4_gguf_is_a_clear_error() {
-    // A minimal GGUF v3: no key/values, one tensor of 32 values of type 39 (17 bytes).
-    let mut b: Vec<u8> = b"GGUF".to_vec();
-    b.extend(3u32.to_le_bytes());
-    b.extend(1u64.to_le_bytes()); // tensors
-    b.extend(0u64.to_le_bytes()); // key/values
-    let name = b"blk.0.ffn_up_exps.weight";
-    b.extend((name.len() as u64).to_le_bytes());
-    b.extend(name);
-    b.extend(1u32.to_le_bytes()); // dimensions
-    b.extend(32u64.to_le_bytes());
-    b.extend(39u32.to_le_bytes()); // GGML_TYPE_MXFP4
-    b.extend(0u64.to_le_bytes()); // offset
-    b.resize(b.len().div_ceil(32) * 32 + 17, 0);
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("oss.gguf");
-    std::fs::write(&path, b).unwrap();
-    let err = Gguf::open(&path).err().expect("refused").to_string();
+fn gpt_oss_gguf_with_mxfp4_experts() {
+    use candle_core::quantized::{ggml_file::qtensor_from_ggml, QTensor};
+    let (_m, d, out) = tiny_gguf(steerkit_model::Arch::GptOss, 11, |c| {
+        c.hidden_act = steerkit_model::gguf::LLAMACPP_GPT_OSS_SWIGLU;
+        c.full_attention_layers = vec![1];
+        c.moe.as_mut().unwrap().intermediate_size = 64;
+    });
+    let (plain, packed) = (d.path().join("plain.gguf"), d.path().join("mxfp4.gguf"));
+    let mut stacks: Vec<(String, Vec<usize>)> = vec![];
+    rewrite(&out, &plain, |_, tensors| {
+        for (name, t) in tensors.iter_mut() {
+            if name.contains("_exps.weight") {
+                let x = t.dequantize(&candle_core::Device::Cpu).unwrap();
+                let values: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let back = candle_core::Tensor::from_vec(
+                    mxfp4_blocks(&values).1,
+                    x.shape(),
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap();
+                *t = QTensor::quantize(&back, GgmlDType::F32).unwrap();
+                stacks.push((name.clone(), x.dims().to_vec()));
+            }
+        }
+    });
+    // The same stacks as MXFP4: written as q8_0 of half the rows (the same bytes: 34 per 32
+    // q8_0 values, 17 per 32 MXFP4 ones), then typed 39 with all the rows.
+    rewrite(&plain, &packed, |_, tensors| {
+        for (name, t) in tensors.iter_mut() {
+            if name.contains("_exps.weight") {
+                let x = t.dequantize(&candle_core::Device::Cpu).unwrap();
+                let values: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let mut dims = x.dims().to_vec();
+                dims[1] /= 2;
+                let raw = mxfp4_blocks(&values).0;
+                *t = qtensor_from_ggml(GgmlDType::Q8_0, &raw, dims, &candle_core::Device::Cpu)
+                    .unwrap();
+            }
+        }
+    });
+    let mut bytes = std::fs::read(&packed).unwrap();
+    for (name, dims) in &stacks {
+        let at = bytes
+            .windows(name.len())
+            .position(|w| w == name.as_bytes())
+            .unwrap()
+            + name.len();
+        assert_eq!(
+            bytes[at..at + 4],
+            3u32.to_le_bytes(),
+            "{name}: 3 dimensions"
+        );
+        // Dimensions innermost first: columns, rows, experts.
+        bytes[at + 12..at + 20].copy_from_slice(&(dims[1] as u64).to_le_bytes());
+        let ty = at + 4 + 3 * 8;
+        assert_eq!(bytes[ty..ty + 4], 8u32.to_le_bytes(), "{name}: q8_0");
+        bytes[ty..ty + 4].copy_from_slice(&39u32.to_le_bytes());
+    }
+    std::fs::write(&packed, &bytes).unwrap();
     assert!(
-        err.contains("MXFP4") && err.contains("Hugging Face folder"),
-        "{err}"
+        Content::read(&mut std::fs::File::open(&packed).unwrap()).is_err(),
+        "candle alone cannot read it"
     );
+    let a = load(plain.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let b = load(packed.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(last_logits_gap(&a.model, &b.model), 0.0);
+    // Only an MXFP4 tensor: the header opens; what is missing is said.
+    let mut lone: Vec<u8> = b"GGUF".to_vec();
+    lone.extend(3u32.to_le_bytes());
+    lone.extend(1u64.to_le_bytes());
+    lone.extend(0u64.to_le_bytes());
+    let name = b"blk.0.ffn_up_exps.weight";
+    lone.extend((name.len() as u64).to_le_bytes());
+    lone.extend(name);
+    lone.extend(1u32.to_le_bytes());
+    lone.extend(32u64.to_le_bytes());
+    lone.extend(39u32.to_le_bytes());
+    lone.extend(0u64.to_le_bytes());
+    lone.resize(lone.len().div_ceil(32) * 32 + 17, 0);
+    let path = d.path().join("lone.gguf");
+    std::fs::write(&path, &lone).unwrap();
+    let err = Gguf::open(&path).unwrap().config().unwrap_err().to_string();
+    assert!(err.contains("general.architecture"), "{err}");
+    lone.truncate(lone.len() - 1);
+    std::fs::write(&path, &lone).unwrap();
+    let err = Gguf::open(&path).err().expect("truncated").to_string();
+    assert!(err.contains("truncated"), "{err}");
 }
 
 /// A Mixtral model exports to GGUF as llama.cpp's converter writes Mixtral: `llama` with

@@ -1,6 +1,8 @@
 //! GGUF files: configuration, dequantized weights, tokenizer and chat template from one file.
 
-use std::collections::HashMap;
+mod mxfp4;
+
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -18,32 +20,41 @@ use crate::tokenizer::{bpe_from_gguf, spm_from_gguf, Tok};
 pub struct Gguf {
     path: PathBuf,
     content: Content,
+    /// The tensors stored as MXFP4 (typed f32 in `content`; read by [`mxfp4`]).
+    mxfp4: HashSet<String>,
 }
 
 impl Gguf {
     /// Reads the header and metadata.
     pub fn open(path: &Path) -> Result<Self> {
         let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let content = Content::read(&mut BufReader::new(f)).map_err(|e| {
-            let mut why = e.to_string();
-            // GGML type 39: llama.cpp's converter writes gpt-oss's experts so.
-            if why.contains("unknown dtype for tensor 39") {
-                why = "it stores tensors as MXFP4 (GGML type 39, as llama.cpp's converter writes gpt-oss's experts), which steerkit does not read; load the Hugging Face folder (OpenAI's MXFP4 safetensors are read) or a GGUF with f16, bf16 or q8_0 experts".into();
+        let (content, mxfp4) = match Content::read(&mut BufReader::new(f)) {
+            Ok(c) => (c, HashSet::new()),
+            // GGML type 39, MXFP4: llama.cpp's converter writes gpt-oss's experts so.
+            Err(e) if e.to_string().contains("unknown dtype for tensor 39") => {
+                mxfp4::read_header(path)?
             }
-            ModelError::BadGguf {
-                path: path.into(),
-                why,
+            Err(e) => {
+                return Err(ModelError::BadGguf {
+                    path: path.into(),
+                    why: e.to_string(),
+                })
             }
-        })?;
+        };
         // Catch a truncated file here, with one message, rather than tensor by tensor.
         let size = std::fs::metadata(path)
             .map_err(|e| ModelError::io(path, e))?
             .len();
         let end = content
             .tensor_infos
-            .values()
-            .map(|t| {
-                let n = t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+            .iter()
+            .map(|(name, t)| {
+                let n = match mxfp4.contains(name) {
+                    true => t.shape.elem_count() / 32 * mxfp4::BLOCK_BYTES,
+                    false => {
+                        t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()
+                    }
+                };
                 content.tensor_data_offset + t.offset + n as u64
             })
             .max()
@@ -57,6 +68,7 @@ impl Gguf {
         Ok(Gguf {
             path: path.into(),
             content,
+            mxfp4,
         })
     }
 
@@ -439,6 +451,9 @@ impl Gguf {
     /// One tensor, dequantized to f32 on the CPU.
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let mut f = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        if self.mxfp4.contains(name) {
+            return self.mxfp4_tensor(&mut f, name);
+        }
         let q = self
             .content
             .tensor(&mut f, name, &Device::Cpu)
@@ -447,6 +462,28 @@ impl Gguf {
                 why: format!("tensor `{name}`: {e}"),
             })?;
         Ok(q.dequantize(&Device::Cpu)?)
+    }
+
+    /// An MXFP4 tensor, decoded to f32.
+    fn mxfp4_tensor(&self, f: &mut File, name: &str) -> Result<Tensor> {
+        use std::io::{Read, Seek};
+        let info = &self.content.tensor_infos[name];
+        let n = info.shape.elem_count();
+        let bad = |why: String| ModelError::BadGguf {
+            path: self.path.clone(),
+            why: format!("tensor `{name}`: {why}"),
+        };
+        if !n.is_multiple_of(32) {
+            return Err(bad(format!("{n} MXFP4 values are not whole blocks of 32")));
+        }
+        let mut bytes = vec![0u8; n / 32 * mxfp4::BLOCK_BYTES];
+        f.seek(std::io::SeekFrom::Start(
+            self.content.tensor_data_offset + info.offset,
+        ))
+        .and_then(|_| f.read_exact(&mut bytes))
+        .map_err(|e| bad(e.to_string()))?;
+        let values = mxfp4::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+        Ok(Tensor::from_vec(values, info.shape.clone(), &Device::Cpu)?)
     }
 
     /// Dequantizes every tensor to f32 and builds the model (Q/K rows un-permuted for llama).
