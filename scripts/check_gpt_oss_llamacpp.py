@@ -130,9 +130,7 @@ def weights(cfg):
     s.embeddings(cfg)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
-        s.norm(f"{p}.input_layernorm.weight", d)
-        s.norm(f"{p}.post_attention_layernorm.weight", d)
-        s.attention(p, cfg, None)
+        s.block(p, cfg, None)
         for n, rows in [("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd), ("o", d)]:
             s.mat(f"{p}.self_attn.{n}_proj.bias", (rows,))
         s.norm(f"{p}.self_attn.sinks", nh)

@@ -130,9 +130,7 @@ def moe_weights(cfg):
     s.embeddings(cfg)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
-        s.norm(f"{p}.input_layernorm.weight", d)
-        s.norm(f"{p}.post_attention_layernorm.weight", d)
-        s.attention(p, cfg, qk)
+        s.block(p, cfg, qk)
         s.mat(f"{p}.{module}.gate.weight", (ne, d))
         for e in range(ne):
             s.mlp(f"{p}.{module}.experts.{e}", f, d, names)

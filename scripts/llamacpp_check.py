@@ -82,6 +82,13 @@ class Seeded:
             self.norm(f"{p}.self_attn.q_norm.weight", qk_norm(nh))
             self.norm(f"{p}.self_attn.k_norm.weight", qk_norm(nkv))
 
+    def block(self, p, cfg, qk_norm):
+        """Block `p`'s two input norms (attention's, MLP's) and its attention (`attention`)."""
+        d = cfg["hidden_size"]
+        self.norm(f"{p}.input_layernorm.weight", d)
+        self.norm(f"{p}.post_attention_layernorm.weight", d)
+        self.attention(p, cfg, qk_norm)
+
     def mlp(self, p, f, d, names=("gate_proj", "up_proj", "down_proj")):
         """A gated MLP under `p` of `f` channels over the hidden size `d`, its gate, up and
         down named `names`."""
