@@ -1117,6 +1117,22 @@ fn gpt_oss_gguf_with_mxfp4_experts() {
     std::fs::write(&path, &lone).unwrap();
     let err = Gguf::open(&path).err().expect("truncated").to_string();
     assert!(err.contains("truncated"), "{err}");
+    // A second tensor whose name claims 2^62 bytes: an error, not an allocation.
+    let mut huge: Vec<u8> = b"GGUF".to_vec();
+    huge.extend(3u32.to_le_bytes());
+    huge.extend(2u64.to_le_bytes());
+    huge.extend(0u64.to_le_bytes());
+    huge.extend((name.len() as u64).to_le_bytes());
+    huge.extend(name);
+    huge.extend(1u32.to_le_bytes());
+    huge.extend(32u64.to_le_bytes());
+    huge.extend(39u32.to_le_bytes());
+    huge.extend(0u64.to_le_bytes());
+    huge.extend((1u64 << 62).to_le_bytes());
+    huge.resize(huge.len() + 64, 0);
+    std::fs::write(&path, &huge).unwrap();
+    let err = Gguf::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("tensor name of"), "{err}");
 }
 
 /// A Mixtral model exports to GGUF as llama.cpp's converter writes Mixtral: `llama` with

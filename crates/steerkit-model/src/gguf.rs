@@ -1,6 +1,6 @@
 //! GGUF files: configuration, dequantized weights, tokenizer and chat template from one file.
 
-mod mxfp4;
+pub(crate) mod mxfp4;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -31,9 +31,7 @@ impl Gguf {
         let (content, mxfp4) = match Content::read(&mut BufReader::new(f)) {
             Ok(c) => (c, HashSet::new()),
             // GGML type 39, MXFP4: llama.cpp's converter writes gpt-oss's experts so.
-            Err(e) if e.to_string().contains("unknown dtype for tensor 39") => {
-                mxfp4::read_header(path)?
-            }
+            Err(e) if mxfp4::is_unknown_type(&e.to_string()) => mxfp4::read_header(path)?,
             Err(e) => {
                 return Err(ModelError::BadGguf {
                     path: path.into(),
@@ -45,6 +43,7 @@ impl Gguf {
         let size = std::fs::metadata(path)
             .map_err(|e| ModelError::io(path, e))?
             .len();
+        // In u128: offsets near u64::MAX must not wrap round to a small end.
         let end = content
             .tensor_infos
             .iter()
@@ -55,10 +54,11 @@ impl Gguf {
                         t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()
                     }
                 };
-                content.tensor_data_offset + t.offset + n as u64
+                u128::from(content.tensor_data_offset) + u128::from(t.offset) + n as u128
             })
             .max()
             .unwrap_or(0);
+        let size = u128::from(size);
         if end > size {
             return Err(ModelError::BadGguf {
                 path: path.into(),
@@ -466,24 +466,43 @@ impl Gguf {
 
     /// An MXFP4 tensor, decoded to f32.
     fn mxfp4_tensor(&self, f: &mut File, name: &str) -> Result<Tensor> {
+        let packed = self.mxfp4_packed(f, name)?;
+        let values = mxfp4::decode(&packed.flatten_all()?.to_vec1::<u8>()?).map_err(|e| {
+            ModelError::BadGguf {
+                path: self.path.clone(),
+                why: format!("tensor `{name}`: {e}"),
+            }
+        })?;
+        let shape = self.content.tensor_infos[name].shape.clone();
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+    }
+
+    /// An MXFP4 tensor's blocks as they are stored, `[.., rows, row_bytes]` (u8; each row
+    /// of `cols` values is `cols / 32` blocks of [`mxfp4::BLOCK_BYTES`]), for loaders that
+    /// decode a part at a time ([`crate::weights::with_fused`]: an expert of a stack).
+    fn mxfp4_packed(&self, f: &mut File, name: &str) -> Result<Tensor> {
         use std::io::{Read, Seek};
         let info = &self.content.tensor_infos[name];
-        let n = info.shape.elem_count();
         let bad = |why: String| ModelError::BadGguf {
             path: self.path.clone(),
             why: format!("tensor `{name}`: {why}"),
         };
-        if !n.is_multiple_of(32) {
-            return Err(bad(format!("{n} MXFP4 values are not whole blocks of 32")));
+        let mut dims = info.shape.dims().to_vec();
+        let cols = dims.last().copied().unwrap_or(0);
+        if !cols.is_multiple_of(32) || cols == 0 {
+            return Err(bad(format!(
+                "rows of {cols} MXFP4 values are not whole blocks of 32"
+            )));
         }
-        let mut bytes = vec![0u8; n / 32 * mxfp4::BLOCK_BYTES];
+        *dims.last_mut().expect("a dimension") = cols / 32 * mxfp4::BLOCK_BYTES;
+        // Within the file: open() checked every tensor's end against its size.
+        let mut bytes = vec![0u8; dims.iter().product()];
         f.seek(std::io::SeekFrom::Start(
             self.content.tensor_data_offset + info.offset,
         ))
         .and_then(|_| f.read_exact(&mut bytes))
         .map_err(|e| bad(e.to_string()))?;
-        let values = mxfp4::decode(&bytes).map_err(|e| bad(e.to_string()))?;
-        Ok(Tensor::from_vec(values, info.shape.clone(), &Device::Cpu)?)
+        Ok(Tensor::from_vec(bytes, dims, &Device::Cpu)?)
     }
 
     /// Dequantizes every tensor to f32 and builds the model (Q/K rows un-permuted for llama).
@@ -507,6 +526,11 @@ impl Gguf {
             };
             if !self.content.tensor_infos.contains_key(&name) {
                 return Ok(None);
+            }
+            // A stack of experts in MXFP4 is decoded an expert at a time by the loader.
+            if self.mxfp4.contains(&name) && name.contains("_exps.") {
+                let mut f = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+                return Ok(Some(self.mxfp4_packed(&mut f, &name)?));
             }
             let mut t = self.tensor(&name)?;
             let shift = stored_norm_shift(arch, &name);
@@ -584,8 +608,12 @@ impl Gguf {
     /// Tensor types present in the file, with counts (for `inspect`).
     pub fn tensor_types(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
-        for info in self.content.tensor_infos.values() {
-            *m.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        for (name, info) in &self.content.tensor_infos {
+            let ty = match self.mxfp4.contains(name) {
+                true => "MXFP4".to_string(),
+                false => format!("{:?}", info.ggml_dtype),
+            };
+            *m.entry(ty).or_insert(0) += 1;
         }
         m
     }

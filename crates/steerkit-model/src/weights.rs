@@ -520,6 +520,9 @@ where
             (None, Some(s)) => s,
             (None, None) => unreachable!("returned above"),
         };
+        if t.dtype() == DType::U8 {
+            return ggml_mxfp4_rows(&src, &t, need).map(Some);
+        }
         if t.elem_count() != src.total * src.cols || t.dims().last() != Some(&src.cols) {
             return Err(ModelError::Weights(format!(
                 "`{}` has shape {:?}, the configuration implies {} rows of {}",
@@ -541,6 +544,34 @@ where
             },
         ))
     }
+}
+
+/// The rows of `src`'s part from a stack of GGML MXFP4 rows `t` (a GGUF's experts, packed:
+/// `[.., rows, cols / 32 * 17]` u8), decoded to f32 in `need`'s shape.
+fn ggml_mxfp4_rows(src: &FusedSource, t: &Tensor, need: &Need) -> Result<Tensor> {
+    use crate::gguf::mxfp4;
+    let row_bytes = src.cols / 32 * mxfp4::BLOCK_BYTES;
+    if !src.cols.is_multiple_of(32) || t.elem_count() != src.total * row_bytes {
+        return Err(ModelError::Weights(format!(
+            "`{}` holds {} bytes of MXFP4; the configuration implies {} rows of {} values",
+            src.name,
+            t.elem_count(),
+            src.total,
+            src.cols
+        )));
+    }
+    let packed: Vec<u8> = t
+        .reshape((src.total, row_bytes))?
+        .narrow(0, src.start, src.rows)?
+        .flatten_all()?
+        .to_vec1()?;
+    let values =
+        mxfp4::decode(&packed).map_err(|e| ModelError::Weights(format!("`{}`: {e}", src.name)))?;
+    Ok(Tensor::from_vec(
+        values,
+        need.shape.as_slice(),
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 /// Named tensors (Hugging Face names) in the form an architecture's files store them: the

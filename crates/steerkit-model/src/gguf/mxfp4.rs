@@ -18,6 +18,17 @@ use crate::error::{ModelError, Result};
 /// GGML's type number for MXFP4.
 pub const TYPE: u32 = 39;
 
+/// Whether candle's error on a GGUF header is its refusal of type [`TYPE`].
+pub fn is_unknown_type(error: &str) -> bool {
+    error
+        .split("unknown dtype for tensor ")
+        .nth(1)
+        .is_some_and(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits == TYPE.to_string()
+        })
+}
+
 /// Bytes of one MXFP4 block of 32 values: the e8m0 scale, then 16 bytes of 4-bit codes.
 pub const BLOCK_BYTES: usize = 17;
 
@@ -64,7 +75,9 @@ pub fn read_header(path: &Path) -> Result<(Content, HashSet<String>)> {
         why,
     };
     let io = |e: std::io::Error| bad(format!("reading the header: {e}"));
-    let mut r = BufReader::new(File::open(path).map_err(|e| ModelError::io(path, e))?);
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let size = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let mut r = BufReader::new(file);
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic).map_err(io)?;
     let version = u32_le(&mut r).map_err(io)?;
@@ -83,8 +96,16 @@ pub fn read_header(path: &Path) -> Result<(Content, HashSet<String>)> {
     let (mut names, mut fields) = (HashSet::new(), vec![]);
     for _ in 0..tensors {
         let len = u64_le(&mut r).map_err(io)?;
-        let mut name = vec![0u8; usize::try_from(len).map_err(|_| bad("a huge name".into()))?];
+        // Bounded before anything is allocated (candle's own limit is 2^30 bytes).
+        if len > (1 << 30) || len > size {
+            return Err(bad(format!("a tensor name of {len} bytes")));
+        }
+        let mut name = vec![0u8; len as usize];
         r.read_exact(&mut name).map_err(io)?;
+        // As candle reads names: trailing NULs dropped.
+        while name.last() == Some(&0) {
+            name.pop();
+        }
         let dims = u32_le(&mut r).map_err(io)?;
         r.seek_relative(8 * i64::from(dims)).map_err(io)?;
         let at = r.stream_position().map_err(io)?;
@@ -123,7 +144,8 @@ fn skip_string(r: &mut BufReader<File>) -> std::io::Result<()> {
     r.seek_relative(i64::try_from(len).map_err(std::io::Error::other)?)
 }
 
-/// Skips a metadata value of GGUF type `ty` (arrays nest at most a few levels).
+/// Skips a metadata value of GGUF type `ty` (arrays nest at most 64 levels, as candle reads
+/// them).
 fn skip_value(r: &mut BufReader<File>, ty: u32, depth: usize) -> std::io::Result<()> {
     let fixed = |ty: u32| match ty {
         0 | 1 | 7 => Some(1),
@@ -134,7 +156,7 @@ fn skip_value(r: &mut BufReader<File>, ty: u32, depth: usize) -> std::io::Result
     };
     match ty {
         8 => skip_string(r),
-        9 if depth < 4 => {
+        9 if depth < 64 => {
             let inner = u32_le(r)?;
             let n = u64_le(r)?;
             match fixed(inner) {
@@ -169,5 +191,43 @@ mod tests {
         block[0] = 255;
         assert!(decode(&block).unwrap_err().to_string().contains("255"));
         assert!(decode(&block[..16]).is_err());
+    }
+
+    /// Four blocks (scales 0, 1, 127 and 254; every code) against what gguf-py's
+    /// `MXFP4.dequantize_blocks`, which follows ggml's `dequantize_row_mxfp4`, gives for them
+    /// (as f32 bits; ggml reads code 8 as +0, steerkit as -0, equal values).
+    #[test]
+    fn blocks_decode_as_gguf_py_does() {
+        const BLOCKS: [u8; 68] = [
+            0, 240, 225, 210, 195, 180, 165, 150, 135, 120, 105, 90, 75, 60, 45, 30, 15, 1, 35, 20,
+            5, 246, 231, 216, 201, 186, 171, 156, 141, 126, 111, 80, 65, 50, 127, 69, 54, 39, 24,
+            9, 250, 235, 220, 205, 190, 175, 144, 129, 114, 99, 84, 254, 103, 88, 73, 58, 43, 28,
+            13, 254, 239, 208, 193, 178, 163, 148, 133, 118,
+        ];
+        const VALUES: [u32; 128] = [
+            0x0, 0x200000, 0x400000, 0x600000, 0x800000, 0xc00000, 0x1000000, 0x1400000, 0x0,
+            0x80200000, 0x80400000, 0x80600000, 0x80800000, 0x80c00000, 0x81000000, 0x81400000,
+            0x81400000, 0x81000000, 0x80c00000, 0x80800000, 0x80600000, 0x80400000, 0x80200000,
+            0x0, 0x1400000, 0x1000000, 0xc00000, 0x800000, 0x600000, 0x400000, 0x200000, 0x0,
+            0xc00000, 0x1000000, 0x1400000, 0x1800000, 0x1c00000, 0x0, 0x80400000, 0x80800000,
+            0x80c00000, 0x81000000, 0x81400000, 0x81800000, 0x81c00000, 0x0, 0x400000, 0x800000,
+            0x800000, 0x400000, 0x0, 0x81c00000, 0x81800000, 0x81400000, 0x81000000, 0x80c00000,
+            0x80800000, 0x80400000, 0x0, 0x1c00000, 0x1800000, 0x1400000, 0x1000000, 0xc00000,
+            0x40400000, 0x40800000, 0x40c00000, 0x0, 0xbf000000, 0xbf800000, 0xbfc00000,
+            0xc0000000, 0xc0400000, 0xc0800000, 0xc0c00000, 0x0, 0x3f000000, 0x3f800000,
+            0x3fc00000, 0x40000000, 0x40000000, 0x3fc00000, 0x3f800000, 0x3f000000, 0x0,
+            0xc0c00000, 0xc0800000, 0xc0400000, 0xc0000000, 0xbfc00000, 0xbf800000, 0xbf000000,
+            0x0, 0x40c00000, 0x40800000, 0x40400000, 0x7f800000, 0x0, 0xfe800000, 0xff000000,
+            0xff400000, 0xff800000, 0xff800000, 0xff800000, 0xff800000, 0x0, 0x7e800000,
+            0x7f000000, 0x7f400000, 0x7f800000, 0x7f800000, 0x7f800000, 0x7f800000, 0x7f800000,
+            0x7f800000, 0x7f400000, 0x7f000000, 0x7e800000, 0x0, 0xff800000, 0xff800000,
+            0xff800000, 0xff800000, 0xff400000, 0xff000000, 0xfe800000, 0x0, 0x7f800000,
+        ];
+        let got = decode(&BLOCKS).unwrap();
+        for (i, (g, w)) in got.iter().zip(VALUES).enumerate() {
+            assert_eq!(*g, f32::from_bits(w), "value {i}");
+        }
+        assert!(is_unknown_type("unknown dtype for tensor 39"));
+        assert!(!is_unknown_type("unknown dtype for tensor 391"));
     }
 }
