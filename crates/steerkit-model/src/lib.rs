@@ -5,7 +5,8 @@
 //! Face folder, or a Hugging Face repo id already in the local cache. Architectures
 //! ([`Arch`]): llama, mistral, qwen2, qwen3, gemma2, gemma3 (and the text model of the
 //! multimodal gemma3 and mistral3), phi3, granite, smollm3, olmo2, and the mixtures of experts
-//! qwen3_moe and mixtral ([`MoeConfig`], [`Mlp::Moe`]).
+//! qwen3_moe, mixtral and gpt_oss ([`MoeConfig`], [`Mlp::Moe`]; gpt-oss's MXFP4 experts are
+//! decoded at loading, from its folders and from llama.cpp's GGUF files).
 //!
 //! ```no_run
 //! use steerkit_model::{load, LoadOptions, SystemPrompt, NoHook};

@@ -1,8 +1,8 @@
 //! The decoder: weights as plain tensors and a forward pass with hook points.
 //!
-//! One block serves llama, mistral, qwen2, qwen3, gemma3, gemma2 and phi3 (they differ in
-//! biases, per-head q/k norms, post-norms, soft-caps and the MLP's activation; phi3's fused
-//! tensors are split at loading; see [`Arch`](crate::Arch)). Shapes are
+//! One block serves every architecture (they differ in biases, q/k norms, post-norms,
+//! soft-caps, the MLP's activation, a mixture of experts in place of the MLP, and gpt_oss's
+//! attention sinks; phi3's fused tensors are split at loading; see [`Arch`](crate::Arch)). Shapes are
 //! written as `[batch, seq, hidden]` where they change. Sequences are left-padded: each row
 //! has `pad` leading pad columns that no query may attend to; positions (for RoPE) count real
 //! tokens only, so a padded row computes exactly what it would alone.
