@@ -1023,6 +1023,22 @@ fn mxfp4_blocks(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     (bytes, back)
 }
 
+/// The start of a GGUF v3 file that declares `tensors` tensors and no key/values, and whose
+/// first tensor is `name`, 32 MXFP4 values (GGML type 39) at offset 0.
+fn mxfp4_header(tensors: u64, name: &[u8]) -> Vec<u8> {
+    let mut b: Vec<u8> = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(tensors.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend((name.len() as u64).to_le_bytes());
+    b.extend(name);
+    b.extend(1u32.to_le_bytes());
+    b.extend(32u64.to_le_bytes());
+    b.extend(39u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b
+}
+
 /// A gpt-oss GGUF whose experts are GGML MXFP4 (type 39, which llama.cpp's converter writes
 /// for gpt-oss and candle cannot read): steerkit finds those tensors, decodes them and loads
 /// the model; its logits equal those of the same file with the experts stored as the f32
@@ -1097,17 +1113,8 @@ fn gpt_oss_gguf_with_mxfp4_experts() {
     let b = load(packed.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(last_logits_gap(&a.model, &b.model), 0.0);
     // Only an MXFP4 tensor: the header opens; what is missing is said.
-    let mut lone: Vec<u8> = b"GGUF".to_vec();
-    lone.extend(3u32.to_le_bytes());
-    lone.extend(1u64.to_le_bytes());
-    lone.extend(0u64.to_le_bytes());
     let name = b"blk.0.ffn_up_exps.weight";
-    lone.extend((name.len() as u64).to_le_bytes());
-    lone.extend(name);
-    lone.extend(1u32.to_le_bytes());
-    lone.extend(32u64.to_le_bytes());
-    lone.extend(39u32.to_le_bytes());
-    lone.extend(0u64.to_le_bytes());
+    let mut lone = mxfp4_header(1, name);
     lone.resize(lone.len().div_ceil(32) * 32 + 17, 0);
     let path = d.path().join("lone.gguf");
     std::fs::write(&path, &lone).unwrap();
@@ -1118,16 +1125,7 @@ fn gpt_oss_gguf_with_mxfp4_experts() {
     let err = Gguf::open(&path).err().expect("truncated").to_string();
     assert!(err.contains("truncated"), "{err}");
     // A second tensor whose name claims 2^62 bytes: an error, not an allocation.
-    let mut huge: Vec<u8> = b"GGUF".to_vec();
-    huge.extend(3u32.to_le_bytes());
-    huge.extend(2u64.to_le_bytes());
-    huge.extend(0u64.to_le_bytes());
-    huge.extend((name.len() as u64).to_le_bytes());
-    huge.extend(name);
-    huge.extend(1u32.to_le_bytes());
-    huge.extend(32u64.to_le_bytes());
-    huge.extend(39u32.to_le_bytes());
-    huge.extend(0u64.to_le_bytes());
+    let mut huge = mxfp4_header(2, name);
     huge.extend((1u64 << 62).to_le_bytes());
     huge.resize(huge.len() + 64, 0);
     std::fs::write(&path, &huge).unwrap();
