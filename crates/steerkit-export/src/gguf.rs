@@ -21,6 +21,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
 use steerkit_model::gguf::{gguf_name, permute, qk_permuted, stored_norm_shift, Gguf};
+use steerkit_model::weights::Layout;
 use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, RopeScaling, Tok};
 
 /// A RoPE scaling's original context as GGUF stores it: a whole number of positions.
@@ -427,11 +428,8 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     if matches!(model.cfg.arch, Arch::Olmo2 | Arch::GptOss) && model.lm_head.is_none() {
         named.push(("lm_head.weight".into(), model.embed.clone()));
     }
-    // gpt-oss's folders stack and interleave its experts; GGUF stacks them its own way, below.
-    let named = match model.cfg.arch {
-        Arch::GptOss => named,
-        _ => steerkit_model::weights::fuse(&model.cfg, named)?,
-    };
+    // Fused parts joined (Phi-3); the experts are stacked GGUF's way below.
+    let named = steerkit_model::weights::fuse(&model.cfg, Layout::Gguf, named)?;
     // Each block's experts are stacked `[experts, rows, cols]` as GGUF stores them, one
     // stack at a time (the parts share the model's storage; only the stack is new).
     let experts = model.cfg.moe.as_ref().map_or(0, |m| m.num_experts);
@@ -472,8 +470,8 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         // changes which experts a token takes.
         // Biases stay f32 too, stacked ones (gpt-oss's experts') included: llama.cpp adds
         // them only in f32.
-        let router = name.ends_with("ffn_gate_inp.weight") || name.ends_with(".bias");
-        let ggml = if !router && t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
+        let kept_f32 = name.ends_with("ffn_gate_inp.weight") || name.ends_with(".bias");
+        let ggml = if !kept_f32 && t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
             ty.ggml()
         } else {
             GgmlDType::F32

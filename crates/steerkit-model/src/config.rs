@@ -791,7 +791,9 @@ impl Config {
             };
             p["rope_theta"] = self.rope_theta.into();
             j["rope_parameters"] = p;
-            j.as_object_mut().map(|o| o.remove("rope_scaling"));
+            if let Some(o) = j.as_object_mut() {
+                o.remove("rope_scaling");
+            }
         }
         if let Some(s) = self.query_pre_attn_scalar {
             // An integer where it is one: transformers 5.24's Gemma configs refuse 8.0.

@@ -49,7 +49,7 @@ impl Gguf {
             .iter()
             .map(|(name, t)| {
                 let n = match mxfp4.contains(name) {
-                    true => t.shape.elem_count() / 32 * mxfp4::BLOCK_BYTES,
+                    true => t.shape.elem_count() / 32 * crate::mxfp4::BLOCK_BYTES,
                     false => {
                         t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()
                     }
@@ -467,7 +467,8 @@ impl Gguf {
     /// An MXFP4 tensor, decoded to f32.
     fn mxfp4_tensor(&self, f: &mut File, name: &str) -> Result<Tensor> {
         let packed = self.mxfp4_packed(f, name)?;
-        let values = mxfp4::decode(&packed.flatten_all()?.to_vec1::<u8>()?).map_err(|e| {
+        let bytes = packed.flatten_all()?.to_vec1::<u8>()?;
+        let values = crate::mxfp4::decode(&bytes, crate::mxfp4::Order::Halves).map_err(|e| {
             ModelError::BadGguf {
                 path: self.path.clone(),
                 why: format!("tensor `{name}`: {e}"),
@@ -478,7 +479,7 @@ impl Gguf {
     }
 
     /// An MXFP4 tensor's blocks as they are stored, `[.., rows, row_bytes]` (u8; each row
-    /// of `cols` values is `cols / 32` blocks of [`mxfp4::BLOCK_BYTES`]), for loaders that
+    /// of `cols` values is `cols / 32` blocks of [`crate::mxfp4::BLOCK_BYTES`]), for loaders that
     /// decode a part at a time ([`crate::weights::with_fused`]: an expert of a stack).
     fn mxfp4_packed(&self, f: &mut File, name: &str) -> Result<Tensor> {
         use std::io::{Read, Seek};
@@ -494,7 +495,7 @@ impl Gguf {
                 "rows of {cols} MXFP4 values are not whole blocks of 32"
             )));
         }
-        *dims.last_mut().expect("a dimension") = cols / 32 * mxfp4::BLOCK_BYTES;
+        *dims.last_mut().expect("a dimension") = cols / 32 * crate::mxfp4::BLOCK_BYTES;
         // Within the file: open() checked every tensor's end against its size.
         let mut bytes = vec![0u8; dims.iter().product()];
         f.seek(std::io::SeekFrom::Start(

@@ -28,6 +28,7 @@ pub mod gguf;
 pub mod hf;
 pub mod hooks;
 pub mod model;
+pub mod mxfp4;
 pub mod prefix;
 pub mod random;
 pub mod source;

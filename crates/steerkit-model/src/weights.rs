@@ -258,42 +258,10 @@ pub fn gpt_oss_expert_source(cfg: &Config, name: &str) -> Option<GptOssSource> {
     })
 }
 
-/// The e2m1 values of MXFP4's 4-bit codes.
-const FP4: [f32; 16] = [
-    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
-];
-
-/// MXFP4 rows as f32: `packed` holds, for each of `rows * groups` groups of 32 values, 16
-/// bytes of codes (two per byte, the low nibble first) and then the group's e8m0 scale byte
-/// (the value is `FP4[code] * 2^(scale - 127)`). A scale of 255 (NaN in e8m0) is an error.
-pub fn mxfp4_dequantize(packed: &[u8], rows: usize, groups: usize) -> Result<Vec<f32>> {
-    if packed.len() != rows * groups * 17 {
-        return Err(ModelError::Weights(format!(
-            "{} MXFP4 bytes for {rows} rows of {groups} groups of 32 (needs {})",
-            packed.len(),
-            rows * groups * 17
-        )));
-    }
-    let mut out = Vec::with_capacity(rows * groups * 32);
-    for g in packed.chunks_exact(17) {
-        let scale = g[16];
-        if scale == 255 {
-            return Err(ModelError::Weights(
-                "an MXFP4 scale of 255 (NaN in e8m0)".into(),
-            ));
-        }
-        let s = 2f32.powi(i32::from(scale) - 127);
-        for &b in &g[..16] {
-            out.push(FP4[usize::from(b & 0x0f)] * s);
-            out.push(FP4[usize::from(b >> 4)] * s);
-        }
-    }
-    Ok(out)
-}
-
 /// Reads a gpt-oss stack with `get`: the tensor as stored, or for a matrix stored as MXFP4 its
-/// blocks and scales joined into one byte tensor `[experts, out, groups, 17]` (the scale
-/// after each group's 16 bytes), which [`gpt_oss_cut`] decodes an expert at a time.
+/// scales and blocks joined into one byte tensor `[experts, out, groups, 17]` (each group's
+/// scale before its 16 bytes, as [`crate::mxfp4::decode`] takes them), which [`gpt_oss_cut`]
+/// decodes an expert at a time.
 fn gpt_oss_read<F>(get: &F, src: &GptOssSource) -> Result<Option<Tensor>>
 where
     F: Fn(&str) -> Result<Option<Tensor>>,
@@ -335,7 +303,7 @@ where
             scales.dims()
         )));
     }
-    Ok(Some(Tensor::cat(&[&blocks, &scales.unsqueeze(3)?], 3)?))
+    Ok(Some(Tensor::cat(&[&scales.unsqueeze(3)?, &blocks], 3)?))
 }
 
 /// Cuts [`GptOssSource`]'s tensor from its stack `t` (as [`gpt_oss_read`] returns it) in
@@ -375,7 +343,7 @@ fn gpt_oss_cut(cfg: &Config, src: &GptOssSource, t: &Tensor) -> Result<Tensor> {
             None => (x, rows),
         };
         let packed: Vec<u8> = x.flatten_all()?.to_vec1()?;
-        let values = mxfp4_dequantize(&packed, rows, groups).map_err(|e| {
+        let values = crate::mxfp4::decode(&packed, crate::mxfp4::Order::Pairs).map_err(|e| {
             ModelError::Weights(format!("`{}` expert {}: {e}", src.stack, src.expert))
         })?;
         let x = Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu)?;
@@ -549,7 +517,7 @@ where
 /// The rows of `src`'s part from a stack of GGML MXFP4 rows `t` (a GGUF's experts, packed:
 /// `[.., rows, cols / 32 * 17]` u8), decoded to f32 in `need`'s shape.
 fn ggml_mxfp4_rows(src: &FusedSource, t: &Tensor, need: &Need) -> Result<Tensor> {
-    use crate::gguf::mxfp4;
+    use crate::mxfp4;
     let row_bytes = src.cols / 32 * mxfp4::BLOCK_BYTES;
     if !src.cols.is_multiple_of(32) || t.elem_count() != src.total * row_bytes {
         return Err(ModelError::Weights(format!(
@@ -565,8 +533,8 @@ fn ggml_mxfp4_rows(src: &FusedSource, t: &Tensor, need: &Need) -> Result<Tensor>
         .narrow(0, src.start, src.rows)?
         .flatten_all()?
         .to_vec1()?;
-    let values =
-        mxfp4::decode(&packed).map_err(|e| ModelError::Weights(format!("`{}`: {e}", src.name)))?;
+    let values = mxfp4::decode(&packed, mxfp4::Order::Halves)
+        .map_err(|e| ModelError::Weights(format!("`{}`: {e}", src.name)))?;
     Ok(Tensor::from_vec(
         values,
         need.shape.as_slice(),
@@ -575,14 +543,20 @@ fn ggml_mxfp4_rows(src: &FusedSource, t: &Tensor, need: &Need) -> Result<Tensor>
 }
 
 /// Named tensors (Hugging Face names) in the form an architecture's files store them: the
-/// parts of each fused tensor ([`fused_parts`]) joined, where its last part was; gpt-oss's
-/// experts stacked as its files hold them ([`GptOssSource`]; matrices in bf16 or f32, not
-/// MXFP4).
-pub fn fuse(cfg: &Config, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+/// parts of each fused tensor ([`fused_parts`]) joined, where its last part was; for a folder
+/// ([`Layout::Folder`]), gpt-oss's experts stacked as its files hold them ([`GptOssSource`];
+/// matrices in the tensors' dtype, not MXFP4). GGUF writers stack every model's experts their
+/// own way.
+pub fn fuse(
+    cfg: &Config,
+    layout: Layout,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(tensors.len());
     let mut pending: std::collections::HashMap<String, Vec<Option<Tensor>>> = Default::default();
     for (name, t) in tensors {
-        if let Some(o) = gpt_oss_expert_source(cfg, &name) {
+        let oss = gpt_oss_expert_source(cfg, &name).filter(|_| layout == Layout::Folder);
+        if let Some(o) = oss {
             let got = pending
                 .entry(o.stack.clone())
                 .or_insert_with(|| vec![None; o.parts]);

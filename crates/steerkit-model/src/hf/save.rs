@@ -156,10 +156,14 @@ pub fn save(model: &Model, out: &Path, opts: &FolderSave) -> Result<()> {
                 let mut config = model.cfg.to_hf_json();
                 config["torch_dtype"] = dtype_name.into();
                 write_json(tmp, "config.json", &config)?;
-                let tensors = crate::weights::fuse(&model.cfg, model.named_tensors())?
-                    .into_iter()
-                    .map(|(n, t)| (crate::weights::file_name(model.cfg.arch, &n), t))
-                    .collect();
+                let tensors = crate::weights::fuse(
+                    &model.cfg,
+                    crate::weights::Layout::Folder,
+                    model.named_tensors(),
+                )?
+                .into_iter()
+                .map(|(n, t)| (crate::weights::file_name(model.cfg.arch, &n), t))
+                .collect();
                 write_tensors(tmp, tensors, opts.dtype)?;
                 if let Some(tok) = opts.tok {
                     write_tokenizer(tmp, tok, opts.chat)?;
@@ -344,11 +348,14 @@ fn multimodal_tensors(
     let st = src.mmap()?;
     let names: HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
     let stored = stored_names(true, &names);
-    let mut tensors: Vec<(String, Tensor)> =
-        crate::weights::fuse(&model.cfg, model.named_tensors())?
-            .into_iter()
-            .map(|(n, t)| (stored(&crate::weights::file_name(model.cfg.arch, &n)), t))
-            .collect();
+    let mut tensors: Vec<(String, Tensor)> = crate::weights::fuse(
+        &model.cfg,
+        crate::weights::Layout::Folder,
+        model.named_tensors(),
+    )?
+    .into_iter()
+    .map(|(n, t)| (stored(&crate::weights::file_name(model.cfg.arch, &n)), t))
+    .collect();
     let text: HashSet<&String> = tensors.iter().map(|(n, _)| n).collect();
     let mut rest: Vec<String> = names
         .iter()
