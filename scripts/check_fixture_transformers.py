@@ -3,16 +3,25 @@
 
 Usage (from the repository root, with torch and transformers installed):
     python3 scripts/check_fixture_transformers.py tests/fixtures/phi4_mini_tiny [...]
+    python3 scripts/check_fixture_transformers.py --export target/release/steerkit \
+        tests/fixtures/olmo3_tiny [...]
 
 For each folder: loads it with AutoModelForCausalLM in float64 (eager attention), runs every
 sequence of its logits.json ("cases") as one forward pass, and prints the largest absolute
 difference from the stored logits. Exits 1 when one is above 1e-5 (the stored values are
 rounded to 7 decimals), so the numpy forward passes of scripts/reference_*.py are checked
 against the definition they copy.
+
+With `--export STEERKIT`, each folder is first copied with a word-level tokenizer, exported
+by `steerkit export` (a Hugging Face folder, f32) and the export is checked instead: the
+folder steerkit writes must load in transformers to the same logits.
 """
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import torch
 import transformers
@@ -37,11 +46,33 @@ def check(folder):
     return worst
 
 
+def exported(steerkit, folder, work):
+    """`folder` copied into `work` with a word-level tokenizer, exported by steerkit, with
+    the fixture's logits.json beside: the exported folder's path."""
+    from export_check import tokenizer_files
+
+    name = os.path.basename(os.path.normpath(folder))
+    src, out = os.path.join(work, name), os.path.join(work, name + "-exported")
+    shutil.copytree(folder, src)
+    with open(os.path.join(src, "config.json")) as fh:
+        tokenizer_files(src, json.load(fh)["vocab_size"])
+    subprocess.run([steerkit, "export", "-m", src, "--out", out], check=True)
+    shutil.copy(os.path.join(folder, "logits.json"), out)
+    return out
+
+
 def main():
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    steerkit = None
+    if args[:1] == ["--export"]:
+        steerkit, args = args[1], args[2:]
+    if not args:
         sys.exit(__doc__)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    worst = max(check(f) for f in sys.argv[1:])
+    with tempfile.TemporaryDirectory() as work:
+        if steerkit:
+            args = [exported(steerkit, f, work) for f in args]
+        worst = max(check(f) for f in args)
     sys.exit(0 if worst <= 1e-5 else 1)
 
 

@@ -185,8 +185,9 @@ pub fn run(a: Args) -> Result<()> {
                     "wrote {} ({gguf_type} matrices, f32 vectors, {source})",
                     a.out.display(),
                 );
-                // Gemma's and gpt-oss's window is in the file; the other architectures' is not.
-                let kept = model.cfg.arch.gemma() || model.cfg.arch.gpt_oss();
+                // Gemma's, gpt-oss's and OLMo 3's window is in the file; the others' is not.
+                let arch = model.cfg.arch;
+                let kept = arch.gemma() || arch.gpt_oss() || arch == steerkit_model::Arch::Olmo3;
                 if let Some(w) = model.cfg.sliding_window.filter(|_| !kept) {
                     // llama.cpp runs these architectures without a window (phi3: it ignores the key).
                     println!(

@@ -82,7 +82,8 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Phi3 => "phi3",
         Arch::Granite => "granite",
         Arch::SmolLm3 => "smollm3",
-        Arch::Olmo2 => "olmo2",
+        // OLMo 3 too, with a window (llama.cpp's converter writes it so).
+        Arch::Olmo2 | Arch::Olmo3 => "olmo2",
         Arch::Qwen3Moe => "qwen3moe",
         Arch::GptOss => "gpt-oss",
     }
@@ -109,6 +110,60 @@ fn gpt_oss_has_a_form(cfg: &Config) -> Result<(), ModelError> {
         ));
     }
     Ok(())
+}
+
+/// The keys llama.cpp's olmo2 reads for an OLMo model: for OLMo 3 the window and which blocks
+/// have it (a flag per block). llama.cpp rotates the window's blocks without scaling, as
+/// OLMo 3 does, but with the others' base (it reads `rope.freq_base_swa` and does not use
+/// it), and every block without per-frequency divisors (it passes none to its RoPE); so a
+/// model with such scaling (llama3, LongRoPE, divisors), whose window's blocks have a base of
+/// their own, or which has blocks that rotate otherwise than the others without a window,
+/// has no GGUF form.
+fn olmo_keys(cfg: &Config) -> Result<Vec<(String, Value)>, ModelError> {
+    let no_form = |what: String| {
+        Err(ModelError::Config(format!(
+            "this {} model {what}, which llama.cpp's olmo2 does not compute: it has no GGUF form; export it as safetensors",
+            cfg.arch.name()
+        )))
+    };
+    if let Some(r) = cfg
+        .rope_scaling
+        .as_ref()
+        .filter(|r| !matches!(r, RopeScaling::Linear { .. } | RopeScaling::Yarn { .. }))
+    {
+        return no_form(format!("scales RoPE per frequency ({r:?})"));
+    }
+    let local = (0..cfg.num_layers).any(|l| cfg.local_rope(l));
+    if let Some(t) = cfg
+        .rope_local_theta
+        .filter(|t| local && *t != cfg.rope_theta)
+    {
+        return no_form(format!(
+            "rotates its sliding blocks with base {t}, the others with {}",
+            cfg.rope_theta
+        ));
+    }
+    let Some(w) = cfg.sliding_window else {
+        if local && cfg.rope_scaling.is_some() {
+            return no_form(
+                "rotates its sliding blocks otherwise than the others, without a window".into(),
+            );
+        }
+        return Ok(vec![]);
+    };
+    let flags = (0..cfg.num_layers)
+        .map(|l| Value::Bool(cfg.window_of(l).is_some()))
+        .collect();
+    Ok(vec![
+        (
+            "olmo2.attention.sliding_window".into(),
+            Value::U32(w as u32),
+        ),
+        (
+            "olmo2.attention.sliding_window_pattern".into(),
+            Value::Array(flags),
+        ),
+    ])
 }
 
 /// The keys llama.cpp reads for a Gemma model (the window's width, the soft-caps), after
@@ -202,10 +257,10 @@ pub fn metadata(
         }
     }
     // llama.cpp's olmo2 takes the heads to span the hidden size.
-    if cfg.arch == Arch::Olmo2 && cfg.num_heads * cfg.head_dim != cfg.hidden_size {
+    if cfg.arch.olmo() && cfg.num_heads * cfg.head_dim != cfg.hidden_size {
         return Err(ModelError::Config(format!(
-            "this olmo2 model's {} heads of {} do not span its hidden size {}, as llama.cpp's olmo2 takes them to: it has no GGUF form; export it as safetensors",
-            cfg.num_heads, cfg.head_dim, cfg.hidden_size
+            "this {} model's {} heads of {} do not span its hidden size {}, as llama.cpp's olmo2 takes them to: it has no GGUF form; export it as safetensors",
+            cfg.arch.name(), cfg.num_heads, cfg.head_dim, cfg.hidden_size
         )));
     }
     if cfg.arch == Arch::SmolLm3
@@ -261,6 +316,9 @@ pub fn metadata(
     }
     if cfg.arch.gemma() {
         m.extend(gemma_keys(cfg)?);
+    }
+    if cfg.arch.olmo() {
+        m.extend(olmo_keys(cfg)?);
     }
     if let (Arch::GptOss, Some(w)) = (cfg.arch, cfg.sliding_window) {
         m.push((format!("{arch}.attention.sliding_window"), u(w)));
@@ -425,7 +483,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     }
     let mut named = model.named_tensors();
     // llama.cpp's olmo2 and gpt-oss need a head of their own: a tied one is written as a copy.
-    if matches!(model.cfg.arch, Arch::Olmo2 | Arch::GptOss) && model.lm_head.is_none() {
+    if (model.cfg.arch.olmo() || model.cfg.arch.gpt_oss()) && model.lm_head.is_none() {
         named.push(("lm_head.weight".into(), model.embed.clone()));
     }
     // Fused parts joined (Phi-3); the experts are stacked GGUF's way below.

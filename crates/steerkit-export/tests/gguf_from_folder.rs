@@ -767,8 +767,10 @@ fn granite_gguf_round_trip() {
 /// projections, q/k rows as they are, a tied head written as `output.weight`, which
 /// llama.cpp's olmo2 needs) and loads back as OLMo 2 within f16 rounding of its logits
 /// (`scripts/check_olmo2_llamacpp.py` runs such a file in llama.cpp). Heads that do not span
-/// the hidden size, which llama.cpp's olmo2 cannot read, and a sliding window (OLMo 3, which
-/// llama.cpp's converter writes as olmo2) are refused.
+/// the hidden size, which llama.cpp's olmo2 cannot read, are refused. The same file with a
+/// window (as llama.cpp's converter writes OLMo 3) reads as OLMo 3: without a pattern on
+/// three blocks of four, with a numeric one on the blocks llama.cpp puts it on; with a window
+/// RoPE base of its own, which llama.cpp does not use, it is refused.
 #[test]
 fn olmo2_gguf_round_trip() {
     // 4 heads of 8 span the hidden size 32, as llama.cpp's olmo2 needs.
@@ -798,15 +800,88 @@ fn olmo2_gguf_round_trip() {
     wide.head_dim = 16;
     let err = metadata(&wide, &tok, &g.chat_template(&tok).unwrap(), "x").unwrap_err();
     assert!(err.to_string().contains("no GGUF form"), "{err}");
-    let windowed = d.path().join("windowed.gguf");
-    rewrite(&out, &windowed, |meta, _| {
-        meta.insert(
-            "olmo2.attention.sliding_window".into(),
-            candle_core::quantized::gguf_file::Value::U32(4),
-        );
+    use candle_core::quantized::gguf_file::Value;
+    let windowed = |extra: Vec<(&str, Value)>| {
+        let path = d.path().join("windowed.gguf");
+        rewrite(&out, &path, |meta, _| {
+            meta.insert("olmo2.attention.sliding_window".into(), Value::U32(4));
+            for (k, v) in extra {
+                meta.insert(k.into(), v);
+            }
+        });
+        Gguf::open(&path).unwrap().config()
+    };
+    let c = windowed(vec![]).unwrap();
+    assert_eq!(c.arch, steerkit_model::Arch::Olmo3);
+    assert_eq!(
+        (c.sliding_window, c.full_attention_layers),
+        (Some(4), vec![])
+    );
+    let pattern = "olmo2.attention.sliding_window_pattern";
+    let c = windowed(vec![(pattern, Value::U32(2))]).unwrap();
+    assert_eq!(c.full_attention_layers, vec![1]);
+    let c = windowed(vec![(pattern, Value::U32(0))]).unwrap();
+    assert!(c.full_attention_layers.is_empty());
+    let swa = ("olmo2.rope.freq_base_swa", Value::F32(10.0));
+    let err = windowed(vec![swa]).unwrap_err().to_string();
+    assert!(err.contains("freq_base_swa"), "{err}");
+    let flags = Value::Array(vec![Value::Bool(true)]);
+    let err = windowed(vec![(pattern, flags)]).unwrap_err().to_string();
+    assert!(err.contains("not a flag for each"), "{err}");
+}
+
+/// An OLMo 3 model (block 1 on a window of 3 with plain RoPE, block 0 on the whole context
+/// with YaRN) exports to GGUF as llama.cpp's converter writes it, `olmo2` with the window
+/// and a flag per block, and loads back as the same OLMo 3 within f16 rounding of its logits
+/// (`scripts/check_olmo2_llamacpp.py` runs such a file in llama.cpp). What llama.cpp's olmo2
+/// computes otherwise has no GGUF form: a window RoPE base of its own (llama.cpp uses the
+/// others'), per-frequency scaling (it passes no divisors), and, without a window, blocks
+/// that rotate unscaled beside YaRN ones.
+#[test]
+fn olmo3_gguf_round_trip() {
+    use candle_core::quantized::gguf_file::Value;
+    use steerkit_model::Arch;
+    let (m, _d, out) = tiny_gguf(Arch::Olmo3, 5, |c| {
+        c.head_dim = 8;
+        c.rope_local_theta = Some(c.rope_theta);
     });
-    let err = Gguf::open(&windowed).unwrap().config().unwrap_err();
-    assert!(err.to_string().contains("sliding window of 4"), "{err}");
+    let k = keys(&out);
+    assert_eq!(k["general.architecture"], "String(\"olmo2\")");
+    assert_eq!(k["olmo2.attention.sliding_window"], "U32(3)");
+    assert_eq!(
+        k["olmo2.attention.sliding_window_pattern"],
+        format!(
+            "{:?}",
+            Value::Array(vec![Value::Bool(false), Value::Bool(true)])
+        )
+    );
+    assert_eq!(k["olmo2.rope.scaling.type"], "String(\"yarn\")");
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let c = &back.model.cfg;
+    assert_eq!(c.arch, Arch::Olmo3);
+    assert_eq!(
+        (
+            c.sliding_window,
+            c.full_attention_layers.clone(),
+            c.rope_local_theta
+        ),
+        (Some(3), vec![0], Some(m.cfg.rope_theta))
+    );
+    let gap = last_logits_gap(&m, &back.model);
+    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let refused = |edit: &dyn Fn(&mut steerkit_model::Config)| {
+        let mut c = m.cfg.clone();
+        edit(&mut c);
+        let err = metadata(&c, &tok, &chat, "x").unwrap_err().to_string();
+        assert!(err.contains("no GGUF form"), "{err}");
+    };
+    refused(&|c| c.rope_local_theta = Some(100.0));
+    refused(&|c| c.rope_scaling = Some(steerkit_model::random::tiny_rope_scaling()));
+    refused(&|c| c.sliding_window = None);
 }
 
 /// The largest difference between two models' last logits on two short rows.

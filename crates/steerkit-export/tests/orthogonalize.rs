@@ -224,7 +224,8 @@ fn experts_orthogonalized(arch: steerkit_model::Arch) -> Result<(), Box<dyn std:
 fn gemma_is_refused() -> Result<(), Box<dyn std::error::Error>> {
     use candle_core::DType;
     use steerkit_model::random::{random_model, seeded_normal, tiny_config};
-    for arch in [steerkit_model::Arch::Gemma3, steerkit_model::Arch::Olmo2] {
+    use steerkit_model::Arch;
+    for arch in [Arch::Gemma3, Arch::Olmo2, Arch::Olmo3] {
         let m = random_model(tiny_config(arch, 64), DType::F32, 3)?;
         let err = steerkit_export::orthogonalize(&m, &seeded_normal(32, 5)?)
             .unwrap_err()

@@ -50,6 +50,11 @@ pub enum Arch {
     /// residual (`post_attention_layernorm`, `post_feedforward_layernorm`), and the queries
     /// and keys RMS-normed over the whole projection (all heads at once) before RoPE.
     Olmo2,
+    /// OLMo 3 (`olmo3`: Olmo3ForCausalLM): OLMo 2's block; three blocks of four attend over a
+    /// sliding window and rotate with plain RoPE of a base of their own
+    /// ([`Config::rope_local_theta`]), every fourth over the whole context with the scaled
+    /// RoPE (YaRN in the long-context models). GGUF files hold it as `olmo2` with a window.
+    Olmo3,
     /// Qwen3's mixture-of-experts models (`qwen3_moe`: Qwen3-30B-A3B, Qwen3-235B-A22B):
     /// Qwen3's attention; in place of the MLP, a router picks each token's top experts
     /// ([`Config::moe`]), Llama-shaped MLPs whose outputs are summed with the router's
@@ -89,6 +94,7 @@ impl Arch {
             "granite" => Ok(Arch::Granite),
             "smollm3" => Ok(Arch::SmolLm3),
             "olmo2" => Ok(Arch::Olmo2),
+            "olmo3" => Ok(Arch::Olmo3),
             "qwen3_moe" => Ok(Arch::Qwen3Moe),
             "mixtral" => Ok(Arch::Mixtral),
             "gpt_oss" => Ok(Arch::GptOss),
@@ -110,6 +116,7 @@ impl Arch {
             Arch::Granite => "granite",
             Arch::SmolLm3 => "smollm3",
             Arch::Olmo2 => "olmo2",
+            Arch::Olmo3 => "olmo3",
             Arch::Qwen3Moe => "qwen3_moe",
             Arch::Mixtral => "mixtral",
             Arch::GptOss => "gpt_oss",
@@ -122,30 +129,32 @@ impl Arch {
         self == Arch::GptOss
     }
 
-    /// Whether the blocks RMS-norm their queries and keys (`q_norm`, `k_norm`): each head
-    /// (qwen3, gemma3) or the whole projection ([`Arch::qk_norm_whole`]: olmo2).
-    pub fn qk_norm(self) -> bool {
-        matches!(
-            self,
-            Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3 | Arch::Olmo2
-        )
+    /// OLMo's block (olmo2, olmo3): its norms moved, the q/k norms over the whole projection.
+    pub fn olmo(self) -> bool {
+        matches!(self, Arch::Olmo2 | Arch::Olmo3)
     }
 
-    /// Whether the q/k norms take the whole projection, all heads at once (olmo2: weights of
+    /// Whether the blocks RMS-norm their queries and keys (`q_norm`, `k_norm`): each head
+    /// (qwen3, gemma3) or the whole projection ([`Arch::qk_norm_whole`]: olmo).
+    pub fn qk_norm(self) -> bool {
+        matches!(self, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3) || self.olmo()
+    }
+
+    /// Whether the q/k norms take the whole projection, all heads at once (olmo: weights of
     /// `heads * head_dim` entries), rather than each head.
     pub fn qk_norm_whole(self) -> bool {
-        self == Arch::Olmo2
+        self.olmo()
     }
 
     /// Whether the attention's and the MLP's outputs are normed before they join the residual
-    /// (gemma, olmo2).
+    /// (gemma, olmo).
     pub fn post_norms(self) -> bool {
-        self.gemma() || self == Arch::Olmo2
+        self.gemma() || self.olmo()
     }
 
-    /// Whether the attention's and the MLP's inputs are normed (every architecture but olmo2).
+    /// Whether the attention's and the MLP's inputs are normed (every architecture but olmo).
     pub fn pre_norms(self) -> bool {
-        self != Arch::Olmo2
+        !self.olmo()
     }
 
     /// Gemma's conventions: norms multiply by `1 + w`, the attention and MLP outputs are normed
@@ -568,6 +577,11 @@ impl Config {
                 ));
             }
         }
+        if self.arch == Arch::Olmo3 && self.rope_local_theta.is_none() {
+            return bad(
+                "an olmo3 model's sliding blocks rotate with plain RoPE of a base of their own: rope_local_theta must be set".into(),
+            );
+        }
         if self.sliding_window == Some(0) {
             return bad("a sliding window of 0 positions attends to nothing".into());
         }
@@ -751,6 +765,7 @@ impl Config {
             Arch::Granite => "GraniteForCausalLM",
             Arch::SmolLm3 => "SmolLM3ForCausalLM",
             Arch::Olmo2 => "Olmo2ForCausalLM",
+            Arch::Olmo3 => "Olmo3ForCausalLM",
             Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
             Arch::Mixtral => "MixtralForCausalLM",
             Arch::GptOss => "GptOssForCausalLM",
@@ -793,6 +808,24 @@ impl Config {
             j["rope_parameters"] = p;
             if let Some(o) = j.as_object_mut() {
                 o.remove("rope_scaling");
+            }
+        }
+        if self.arch == Arch::Olmo3 {
+            // Per layer type, in transformers 5's form: Olmo3Config gives the sliding blocks
+            // 500,000 whatever a top-level `rope_theta` says.
+            let mut full = match &self.rope_scaling {
+                Some(r) => r.to_hf_json(self),
+                None => serde_json::json!({"rope_type": "default"}),
+            };
+            full["rope_theta"] = self.rope_theta.into();
+            let local = self.rope_local_theta.unwrap_or(self.rope_theta);
+            j["rope_parameters"] = serde_json::json!({
+                "full_attention": full,
+                "sliding_attention": {"rope_type": "default", "rope_theta": local},
+            });
+            if let Some(o) = j.as_object_mut() {
+                o.remove("rope_scaling");
+                o.remove("rope_theta");
             }
         }
         if let Some(s) = self.query_pre_attn_scalar {
@@ -847,7 +880,7 @@ impl Config {
         {
             j["original_max_position_embeddings"] = context_json(*ctx);
         }
-        if let Some(theta) = self.rope_local_theta {
+        if let Some(theta) = self.rope_local_theta.filter(|_| self.arch.gemma()) {
             j["rope_local_base_freq"] = theta.into();
         }
         if self.arch.gemma() {
@@ -867,8 +900,9 @@ impl Config {
         // transformers gives Mistral and Gemma a window of 4096 when the key is absent, so
         // theirs is always written, null for none; Gemma's kinds of block too.
         let window = self.sliding_window.is_some();
-        // gpt-oss's: 128, and every other block windowed, when the keys are absent.
-        let always = self.arch.gemma() || self.arch.gpt_oss();
+        // gpt-oss's: 128, and every other block windowed, when the keys are absent; OLMo 3's
+        // 4096, and three blocks of four.
+        let always = self.arch.gemma() || self.arch.gpt_oss() || self.arch == Arch::Olmo3;
         if window || matches!(self.arch, Arch::Mistral | Arch::Mixtral) || always {
             j["sliding_window"] = self.sliding_window.into();
         }

@@ -138,28 +138,24 @@ impl Gguf {
         let name = self.arch_name()?;
         // In GGUF, `gemma3` is the text model (config.json's gemma3_text).
         let experts = format!("{name}.expert_count");
+        let key = |k: &str| format!("{name}.{k}");
+        // llama.cpp's converter writes OLMo 3 as `olmo2` with a sliding window, which llama.cpp
+        // obeys.
+        let window = self.meta_u(&key("attention.sliding_window"))?.unwrap_or(0);
         let arch = match name {
             "gemma3" => Arch::Gemma3,
+            "olmo2" if window > 0 => Arch::Olmo3,
             "qwen3moe" => Arch::Qwen3Moe,
             "gpt-oss" => Arch::GptOss,
             // llama.cpp's converter writes Mixtral as llama with experts.
             "llama" if self.meta_u(&experts)?.is_some_and(|n| n > 0) => Arch::Mixtral,
             other => Arch::parse(other)?,
         };
-        let key = |k: &str| format!("{name}.{k}");
         let req = |k: &str| -> Result<usize> {
             self.meta_u(&key(k))?
                 .ok_or_else(|| ModelError::Config(format!("GGUF has no `{}`", key(k))))
         };
         let rope_scaling = self.rope_scaling(name)?;
-        // llama.cpp's converter writes OLMo 3 as `olmo2` with a sliding window (and a RoPE
-        // base of its own on the window's blocks), which llama.cpp obeys.
-        let window = self.meta_u(&key("attention.sliding_window"))?.unwrap_or(0);
-        if arch == Arch::Olmo2 && window > 0 {
-            return Err(ModelError::Config(format!(
-                "the GGUF is an olmo2 model with a sliding window of {window} (OLMo 3), which steerkit does not implement"
-            )));
-        }
         let num_layers = req("block_count")?;
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
@@ -250,6 +246,7 @@ impl Gguf {
         let cfg = match arch {
             _ if arch.gemma() => self.gemma(cfg, name)?,
             Arch::GptOss => llamacpp_gpt_oss(cfg, window),
+            Arch::Olmo3 => self.olmo3(cfg, name, window)?,
             _ => cfg,
         };
         cfg.validate()?;
@@ -276,6 +273,52 @@ impl Gguf {
         }
         cfg.query_pre_attn_scalar = Some(llamacpp_gemma_attn_scalar(&cfg));
         cfg.hidden_act = crate::config::Activation::GeluTanh;
+        Ok(cfg)
+    }
+
+    /// OLMo 3 as llama.cpp's olmo2 reads it: the window (`window`, over 0) on the blocks
+    /// `attention.sliding_window_pattern` flags, or else on three of every `n` blocks (`n` that
+    /// key as a number, 4 when absent), and those blocks rotated unscaled with the others'
+    /// base. llama.cpp reads `rope.freq_base_swa` but does not use it: a file whose value
+    /// differs is refused, since what it says and what llama.cpp computes disagree.
+    fn olmo3(&self, mut cfg: Config, name: &str, window: usize) -> Result<Config> {
+        let pattern = format!("{name}.attention.sliding_window_pattern");
+        let n = cfg.num_layers;
+        let sliding: Vec<bool> = match self.content.metadata.get(&pattern) {
+            Some(Value::Array(flags)) => {
+                let flags: Option<Vec<bool>> = flags
+                    .iter()
+                    .map(|f| match f {
+                        Value::Bool(b) => Some(*b),
+                        _ => None,
+                    })
+                    .collect();
+                match flags {
+                    Some(f) if f.len() >= n => f[..n].to_vec(),
+                    _ => {
+                        return Err(ModelError::Config(format!(
+                            "the GGUF's `{pattern}` is not a flag for each of its {n} blocks"
+                        )))
+                    }
+                }
+            }
+            Some(_) => {
+                let every = self.meta_u(&pattern)?.unwrap_or(4);
+                (0..n)
+                    .map(|l| every == 0 || l % every < every - 1)
+                    .collect()
+            }
+            None => (0..n).map(|l| l % 4 < 3).collect(),
+        };
+        cfg.sliding_window = Some(window);
+        cfg.full_attention_layers = (0..n).filter(|l| !sliding[*l]).collect();
+        let swa_base = format!("{name}.rope.freq_base_swa");
+        if let Some(b) = self.meta_f(&swa_base)?.filter(|b| *b != cfg.rope_theta) {
+            return Err(ModelError::Config(format!(
+                "the GGUF gives OLMo 3's window blocks a RoPE base of their own (`{swa_base}` {b}), which llama.cpp's olmo2 does not use; steerkit does not guess which was meant"
+            )));
+        }
+        cfg.rope_local_theta = Some(cfg.rope_theta);
         Ok(cfg)
     }
 

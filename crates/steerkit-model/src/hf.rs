@@ -174,6 +174,7 @@ impl HfFolder {
             Arch::Gemma3 => (131_072, 1e6),
             Arch::Gemma2 => (8192, 10_000.0),
             Arch::Olmo2 => (2048, 10_000.0),
+            Arch::Olmo3 => (2048, OLMO3_THETA),
             Arch::Mixtral => (131_072, 1e6),
             Arch::GptOss => (131_072, 150_000.0),
             _ => (4096, 10_000.0),
@@ -185,6 +186,11 @@ impl HfFolder {
         // the blocks differ (Gemma 3: sliding_attention and full_attention).
         let params = &c["rope_parameters"];
         let per_type = params.get("full_attention").is_some();
+        if arch == Arch::Olmo3 && params.is_object() && !per_type {
+            return Err(ModelError::Config(
+                "config.json's rope_parameters for olmo3 are not per layer type (full_attention, sliding_attention), as Olmo3Config reads them".into(),
+            ));
+        }
         // GptOssConfig's RoPE where config.json gives none: YaRN, factor 32 over 4096.
         let gpt_oss_yarn = serde_json::json!({
             "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
@@ -196,16 +202,18 @@ impl HfFolder {
             // transformers' Phi-3 takes `rope_scaling` over `rope_parameters` when both are there.
             _ if arch == Arch::Phi3 && c["rope_scaling"].is_object() => &c["rope_scaling"],
             p if p.get("rope_type").is_some() || p.get("rope_theta").is_some() => p,
-            p if per_type && arch == Arch::Gemma3 => &p["full_attention"],
+            p if per_type && matches!(arch, Arch::Gemma3 | Arch::Olmo3) => &p["full_attention"],
             _ => {
                 return Err(ModelError::Config(
                     "config.json's rope_parameters are per layer type; steerkit implements one RoPE for every layer (and Gemma 3's two)".into(),
                 ))
             }
         };
-        let rope_local_theta = match arch == Arch::Gemma3 {
-            false => None,
-            true if per_type => {
+        // The sliding blocks' own base, unscaled: Gemma 3's (10,000 unless set) and OLMo 3's
+        // (Olmo3Config's 500,000 unless set per layer type: it gives a top-level `rope_theta`
+        // to the full-attention blocks only).
+        let rope_local_theta = match arch {
+            Arch::Gemma3 | Arch::Olmo3 if per_type => {
                 let local = &params["sliding_attention"];
                 if local["rope_type"].as_str().is_some_and(|t| t != "default") {
                     return Err(ModelError::Config(format!(
@@ -213,9 +221,24 @@ impl HfFolder {
                         local["rope_type"]
                     )));
                 }
-                Some(local["rope_theta"].as_f64().unwrap_or(10_000.0))
+                let base = match arch {
+                    Arch::Olmo3 => OLMO3_THETA,
+                    _ => 10_000.0,
+                };
+                Some(local["rope_theta"].as_f64().unwrap_or(base))
             }
-            true => Some(c["rope_local_base_freq"].as_f64().unwrap_or(10_000.0)),
+            Arch::Gemma3 => Some(c["rope_local_base_freq"].as_f64().unwrap_or(10_000.0)),
+            Arch::Olmo3 => match c["rope_theta"].as_f64() {
+                // transformers 4.57, in which OLMo 3 came out, and llama.cpp's converter give
+                // the sliding blocks the top-level base too; transformers 5 does not.
+                Some(t) if t != OLMO3_THETA => {
+                    return Err(ModelError::Config(format!(
+                        "config.json's rope_theta {t} is the full-attention blocks' base only for transformers 5 (its sliding blocks take {OLMO3_THETA}), and every block's for transformers 4.57 and llama.cpp; write rope_parameters per layer type to say which"
+                    )))
+                }
+                _ => Some(OLMO3_THETA),
+            },
+            _ => None,
         };
         // Partial rotation (Phi-4-mini): transformers' Phi-3 turns `int(head_dim * factor)`
         // dimensions; its other architectures here turn whole heads whatever the key says.
@@ -291,7 +314,7 @@ impl HfFolder {
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(
                 if matches!(
                     arch,
-                    Arch::Phi3 | Arch::Olmo2 | Arch::Mixtral | Arch::GptOss
+                    Arch::Phi3 | Arch::Olmo2 | Arch::Olmo3 | Arch::Mixtral | Arch::GptOss
                 ) {
                     1e-5
                 } else {
@@ -654,8 +677,9 @@ fn softcapping(c: &Value, arch: Arch) -> Result<(Option<f64>, Option<f64>)> {
 /// `use_sliding_window`, then on the blocks `layer_types` names, or else on those from
 /// `max_window_layers` up. Gemma's is on the blocks `layer_types` names, or else on every
 /// block but each `sliding_window_pattern`-th (Gemma 3, default 6), or on every other block
-/// from the first (Gemma 2); Gemma's kinds of block are kept without a window too, since they
-/// also choose the RoPE base.
+/// from the first (Gemma 2); OLMo 3's on the blocks `layer_types` names, or else on three of
+/// every four. Gemma's and OLMo 3's kinds of block are kept without a window too, since they
+/// also choose the RoPE.
 fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
     let window = match c.get("sliding_window") {
         // Phi-3's and Mixtral's default is none, gpt-oss's 128.
@@ -675,7 +699,7 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         let full: Vec<usize> = (0..num_layers).filter(|l| !sliding(*l)).collect();
         match window {
             Some(_) if full.len() < num_layers => (window, full),
-            _ if arch.gemma() => (window, full),
+            _ if arch.gemma() || arch == Arch::Olmo3 => (window, full),
             _ => (None, vec![]),
         }
     };
@@ -706,6 +730,8 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
             let every = c["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) as usize;
             on(&|l| (l + 1) % every != 0)
         }
+        // Olmo3Config's default: every fourth block attends to everything.
+        Arch::Olmo3 => on(&|l| (l + 1) % 4 != 0),
         // Every other block from the first (Gemma 2's and gpt-oss's defaults).
         Arch::Gemma2 | Arch::GptOss => on(&|l| l % 2 == 0),
     })
@@ -721,6 +747,9 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         }
     })
 }
+
+/// Olmo3Config's RoPE base (`default_theta`).
+const OLMO3_THETA: f64 = 500_000.0;
 
 /// transformers 5's `layer_types`, as whether each block is of the sliding kind; `None` when
 /// absent.

@@ -18,12 +18,14 @@ use crate::model::Model;
 /// factors 1, 1.5 and 4 below an original context of 64 positions, an attention factor of
 /// 1.25, exact in the f32 a GGUF file stores it in). gpt_oss's second block attends over a
 /// window of 3 (its first over everything) and its experts clamp their SwiGLU at 0.5, so
-/// that random weights reach the clamp.
+/// that random weights reach the clamp. olmo3's second block attends over a window of 3 with
+/// plain RoPE of base 100, its first over everything with YaRN (factor 4 over 64 positions).
 pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
     let gemma = arch.gemma();
     let oss = arch == Arch::GptOss;
     let gemma2 = arch == Arch::Gemma2;
     let phi3 = arch == Arch::Phi3;
+    let olmo3 = arch == Arch::Olmo3;
     Config {
         arch,
         vocab_size,
@@ -38,16 +40,31 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         max_position_embeddings: 256,
         tie_word_embeddings: arch != Arch::Qwen2,
         attention_bias: matches!(arch, Arch::Qwen2 | Arch::GptOss),
-        rope_scaling: phi3.then(|| RopeScaling::LongRope {
-            short_factor: vec![1.0, 1.5, 4.0],
-            long_factor: vec![2.0, 6.0, 16.0],
-            original_max_position_embeddings: 64.0,
-            attention_factor: 1.25,
-        }),
-        sliding_window: (gemma || oss).then_some(3),
+        rope_scaling: match arch {
+            Arch::Phi3 => Some(RopeScaling::LongRope {
+                short_factor: vec![1.0, 1.5, 4.0],
+                long_factor: vec![2.0, 6.0, 16.0],
+                original_max_position_embeddings: 64.0,
+                attention_factor: 1.25,
+            }),
+            Arch::Olmo3 => Some(RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 64.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: crate::config::yarn_attention_factor(4.0, None, None),
+                truncate: true,
+            }),
+            _ => None,
+        },
+        sliding_window: (gemma || oss || olmo3).then_some(3),
         // Block 1, which the gradient checks train, is the window's.
-        full_attention_layers: if gemma || oss { vec![0] } else { vec![] },
-        rope_local_theta: (arch == Arch::Gemma3).then_some(100.0),
+        full_attention_layers: if gemma || oss || olmo3 {
+            vec![0]
+        } else {
+            vec![]
+        },
+        rope_local_theta: (arch == Arch::Gemma3 || olmo3).then_some(100.0),
         query_pre_attn_scalar: gemma.then_some(8.0),
         hidden_act: match arch {
             _ if gemma => Activation::GeluTanh,

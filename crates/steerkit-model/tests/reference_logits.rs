@@ -594,6 +594,88 @@ fn olmo2_tiny_logits_match_transformers() {
     check_all_positions(&qwen3_model(&dir), &fx["cases"], "olmo2 tiny, saved again");
 }
 
+/// The tiny random OLMo 3 folder of `scripts/reference_olmo2.py --olmo3` (transformers' own
+/// Olmo3ForCausalLM in float64: blocks 0-2 on a window of 3 with plain RoPE of base 10,000,
+/// block 3 on the whole context with YaRN over base 500,000, RoPE per layer type):
+/// steerkit's logits at every position equal transformers', and again after the folder is
+/// saved and read back. Without the window, or with the sliding blocks on the full blocks'
+/// RoPE, the logits move far past the tolerance. config.json's other forms: `layer_types`
+/// absent (every fourth block full), the older top-level `rope_theta`/`rope_scaling`
+/// (sliding blocks on 500,000), and a top-level base that transformers 4.57 and 5 read
+/// differently (refused), as is a flat `rope_parameters`.
+#[test]
+fn olmo3_tiny_logits_match_transformers() {
+    use steerkit_model::random::max_abs_diff;
+    use steerkit_model::{Arch, RopeScaling};
+    let (m, fx) = gemma_fixture("olmo3_tiny");
+    assert_eq!(m.cfg.arch, Arch::Olmo3);
+    assert_eq!(windows(&m.cfg), (Some(3), vec![3], Some(10_000.0)));
+    assert_eq!(m.cfg.rope_theta, 500_000.0);
+    assert!(matches!(
+        m.cfg.rope_scaling,
+        Some(RopeScaling::Yarn { factor: 4.0, .. })
+    ));
+    assert!(m.layers[0].attn_norm.is_none());
+    check_all_positions(&m, &fx["cases"], "olmo3 tiny");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    let saved = qwen3_model(&dir);
+    assert_eq!(windows(&saved.cfg), windows(&m.cfg));
+    check_all_positions(&saved, &fx["cases"], "olmo3 tiny, saved again");
+    // The window and the sliding blocks' own RoPE each matter.
+    let ids =
+        candle_core::Tensor::new(&[[3u32, 95, 0, 47, 47, 8, 61, 20, 11]], &Device::Cpu).unwrap();
+    let a = m.last_logits(&ids, &[0], &mut NoHook).unwrap();
+    let moved = |edit: &dyn Fn(&mut steerkit_model::Config)| {
+        let mut other = m.clone();
+        edit(&mut other.cfg);
+        let b = other.last_logits(&ids, &[0], &mut NoHook).unwrap();
+        max_abs_diff(&a, &b).unwrap()
+    };
+    let no_window = moved(&|c| c.sliding_window = None);
+    let one_rope = moved(&|c| c.rope_local_theta = None);
+    assert!(
+        no_window > 1e-2 && one_rope > 1e-2,
+        "window {no_window}, sliding RoPE {one_rope}"
+    );
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let d = copy_with("olmo3_tiny", edit);
+        steerkit_model::hf::HfFolder::open(d.path())
+            .unwrap()
+            .config()
+    };
+    let c = config(&|c| {
+        c.as_object_mut().unwrap().remove("layer_types");
+        c["num_hidden_layers"] = 8.into();
+    })
+    .unwrap();
+    assert_eq!(c.full_attention_layers, vec![3, 7]);
+    // The form transformers 4.57 wrote: the base and YaRN at the top level.
+    let older = |theta: f64| {
+        move |c: &mut serde_json::Value| {
+            let o = c.as_object_mut().unwrap();
+            let p = o.remove("rope_parameters").unwrap();
+            let mut yarn = p["full_attention"].clone();
+            yarn.as_object_mut().unwrap().remove("rope_theta");
+            o.insert("rope_scaling".into(), yarn);
+            o.insert("rope_theta".into(), theta.into());
+        }
+    };
+    let c = config(&older(500_000.0)).unwrap();
+    assert_eq!(
+        (c.rope_theta, c.rope_local_theta),
+        (500_000.0, Some(500_000.0))
+    );
+    assert!(matches!(c.rope_scaling, Some(RopeScaling::Yarn { .. })));
+    let err = config(&older(10_000.0)).unwrap_err().to_string();
+    assert!(err.contains("transformers 4.57"), "{err}");
+    let err = config(&|c| c["rope_parameters"] = serde_json::json!({"rope_theta": 1e4}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("per layer type"), "{err}");
+}
+
 /// The tiny random Qwen3-MoE folder of `scripts/reference_qwen3_moe.py` (transformers' own
 /// Qwen3MoeForCausalLM in float64: blocks 0 and 2 route each token to 2 of 4 experts, block 1
 /// has a plain MLP): steerkit's logits at every position equal transformers', with the top-2

@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 13] = [
+const ARCHS: [Arch; 14] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -28,6 +28,8 @@ const ARCHS: [Arch; 13] = [
     Arch::SmolLm3,
     // Output norms only; q/k normed over the whole projection.
     Arch::Olmo2,
+    // OLMo 2's block; block 1 on a window with plain RoPE of its own base, block 0 with YaRN.
+    Arch::Olmo3,
     // Block 1 a mixture of 4 experts, 2 per token (tiny_config).
     Arch::Qwen3Moe,
     // Every block a mixture of 4 experts, stored under Mixtral's names.

@@ -113,10 +113,16 @@ fn basis_of_a_low_rank_input_and_orthogonal_projection() {
 /// The inputs `linear_inputs` returns rebuild block 1's output: `x + o(mix) + down(act)` on the
 /// real rows, and for Gemma (whose block 1 in the tiny config has the sliding window and the
 /// local RoPE) the same with each sublayer's output normed by its post-norm, `1 + w`; for
-/// OLMo 2 (no input norms: the maps read the residual itself) by its output norm, `w`.
+/// OLMo 2 and 3 (no input norms: the maps read the residual itself) by its output norm, `w`.
 #[test]
 fn linear_inputs_reproduce_the_block() {
-    for arch in [Arch::Qwen2, Arch::Gemma3, Arch::Gemma2, Arch::Olmo2] {
+    for arch in [
+        Arch::Qwen2,
+        Arch::Gemma3,
+        Arch::Gemma2,
+        Arch::Olmo2,
+        Arch::Olmo3,
+    ] {
         let m = random_model(tiny_config(arch, 64), DType::F64, 2).unwrap();
         let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
         let pads = [0usize, 2];

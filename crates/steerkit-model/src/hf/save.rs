@@ -155,6 +155,12 @@ pub fn save(model: &Model, out: &Path, opts: &FolderSave) -> Result<()> {
             None => {
                 let mut config = model.cfg.to_hf_json();
                 config["torch_dtype"] = dtype_name.into();
+                // The tokenizer's ids, which transformers otherwise takes from the
+                // architecture's defaults (OLMo 3's 50279, whatever the vocabulary).
+                if let Some(tok) = opts.tok {
+                    config["bos_token_id"] = tok.bos_id.into();
+                    config["eos_token_id"] = tok.eos_id.into();
+                }
                 write_json(tmp, "config.json", &config)?;
                 let tensors = crate::weights::fuse(
                     &model.cfg,
