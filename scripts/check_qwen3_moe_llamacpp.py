@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Check steerkit's GGUF export of Qwen3-MoE (`qwen3moe`) and Mixtral (`llama` with experts)
-against llama.cpp (via llama-cpp-python).
+"""Check steerkit's GGUF export of Qwen3-MoE (`qwen3moe`), Mixtral (`llama` with experts) and
+Qwen2-MoE (`qwen2moe`) against llama.cpp (via llama-cpp-python).
 
 No Qwen3-MoE checkpoint is here, so the script makes one: a random model of hidden 64 (4
 query and 2 key/value heads of 16 with Qwen3's per-head q/k norms, 3 blocks, each routing
@@ -16,7 +16,12 @@ unnormalized, which llama.cpp must not match. Then the same for a Mixtral model 
 sizes (no q/k norms, experts of the MLP's 32 channels stored as `block_sparse_moe` `w1`,
 `w3`, `w2`; exported as llama.cpp's `llama` with experts, q/k rows permuted); its numpy
 forward is checked against transformers' logits in tests/fixtures/mixtral_tiny first (window
-of 4 there; none in the exported model).
+of 4 there; none in the exported model). Then Qwen2-MoE of the same sizes (Qwen2's q/k/v
+biases, no q/k norms, the chosen weights left unnormalized as in the released models, and a
+shared expert of 48 channels scaled per token by the sigmoid of its one-row gate, exported as
+`ffn_{gate,up,down}_shexp` and the vector `ffn_gate_inp_shexp`); its forward is checked
+against tests/fixtures/qwen2_moe_tiny (scripts/reference_qwen2_moe.py) first. Its control:
+the forward without the shared expert.
 
 How to run (from the repository root):
   /work/venvs/llamacpp/bin/python scripts/check_qwen3_moe_llamacpp.py \\
@@ -50,8 +55,17 @@ MIXTRAL = dict(
     num_local_experts=8, sliding_window=None)
 
 
+QWEN2_MOE = dict(
+    CONFIG, architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe",
+    norm_topk_prob=False, shared_expert_intermediate_size=48, qkv_bias=True)
+
+
 def mixtral(cfg):
     return cfg["model_type"] == "mixtral"
+
+
+def qwen2(cfg):
+    return cfg["model_type"] == "qwen2_moe"
 
 
 def expert_names(cfg):
@@ -69,7 +83,8 @@ def silu_mlp(x, W, p, names=("gate_proj", "up_proj", "down_proj")):
 
 def moe(x, W, p, cfg):
     """Each row's top experts by the router's softmax, weights renormalized when the config
-    says, the weighted sum of their outputs."""
+    says, the weighted sum of their outputs; plus the shared expert under its sigmoid gate
+    where the weights have one (unless `shared: False` in the config)."""
     logits = x @ W[f"{p}.gate.weight"].T
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
@@ -83,15 +98,18 @@ def moe(x, W, p, cfg):
             w = w / w.sum()
         for e, we in zip(top, w):
             out[row] += we * silu_mlp(x[row:row + 1], W, f"{p}.experts.{e}", names)[0]
+    gate = W.get(f"{p}.shared_expert_gate.weight")
+    if gate is not None and cfg.get("shared", True):
+        out += silu_mlp(x, W, f"{p}.shared_expert") / (1.0 + np.exp(-(x @ gate.T)))
     return out
 
 
 def forward(cfg, w, ids):
     """Qwen3-MoE's forward pass in float64, or Mixtral's (no q/k norms, a sliding window when
-    the config has one)."""
+    the config has one), or Qwen2-MoE's (q/k/v biases, no q/k norms, a shared expert)."""
     W = {k: v.astype(np.float64) for k, v in w.items()}
     eps = cfg["rms_norm_eps"]
-    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     dense = set(cfg.get("mlp_only_layers", []))
     t = len(ids)
     h = W["model.embed_tokens.weight"][ids]
@@ -105,12 +123,12 @@ def forward(cfg, w, ids):
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}"
         x = rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps)
-        q = heads(x @ W[f"{p}.self_attn.q_proj.weight"].T, nh)
-        k = heads(x @ W[f"{p}.self_attn.k_proj.weight"].T, nkv)
-        if not mixtral(cfg):
+        proj = lambda n: x @ W[f"{p}.self_attn.{n}_proj.weight"].T + W.get(  # noqa: E731
+            f"{p}.self_attn.{n}_proj.bias", 0.0)
+        q, k, v = heads(proj("q"), nh), heads(proj("k"), nkv), heads(proj("v"), nkv)
+        if not (mixtral(cfg) or qwen2(cfg)):
             q = rmsnorm(q, W[f"{p}.self_attn.q_norm.weight"], eps)
             k = rmsnorm(k, W[f"{p}.self_attn.k_norm.weight"], eps)
-        v = heads(x @ W[f"{p}.self_attn.v_proj.weight"].T, nkv)
         mix = attend(rope(q, cfg), rope(k, cfg), v, hd ** -0.5, causal)
         h = h + mix @ W[f"{p}.self_attn.o_proj.weight"].T
         x = rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps)
@@ -124,6 +142,8 @@ def moe_weights(cfg):
     module, names = expert_names(cfg)
     if mixtral(cfg):
         f, ne, qk = cfg["intermediate_size"], cfg["num_local_experts"], None
+    elif qwen2(cfg):
+        f, ne, qk = cfg["moe_intermediate_size"], cfg["num_experts"], None
     else:
         f, ne, qk = cfg["moe_intermediate_size"], cfg["num_experts"], (lambda heads: hd)
     s = Seeded()
@@ -134,6 +154,12 @@ def moe_weights(cfg):
         s.mat(f"{p}.{module}.gate.weight", (ne, d))
         for e in range(ne):
             s.mlp(f"{p}.{module}.experts.{e}", f, d, names)
+        if qwen2(cfg):
+            for n, rows in [("q", cfg["num_attention_heads"]), ("k", cfg["num_key_value_heads"]),
+                            ("v", cfg["num_key_value_heads"])]:
+                s.mat(f"{p}.self_attn.{n}_proj.bias", (rows * hd,))
+            s.mlp(f"{p}.mlp.shared_expert", cfg["shared_expert_intermediate_size"], d)
+            s.mat(f"{p}.mlp.shared_expert_gate.weight", (1, d))
     return s.w
 
 
@@ -143,7 +169,9 @@ def main():
     steerkit, source, work = sys.argv[1:]
     sets = {"cases": {"norm_topk_prob": True}, "cases_unnormalized": {"norm_topk_prob": False}}
     gaps = [fixture_gap("qwen3_moe_tiny", forward, sets),
-            fixture_gap("mixtral_tiny", forward, {"cases": {"norm_topk_prob": True}})]
+            fixture_gap("mixtral_tiny", forward, {"cases": {"norm_topk_prob": True}}),
+            fixture_gap("qwen2_moe_tiny", forward, {"cases": {"norm_topk_prob": False},
+                                                    "cases_normalized": {"norm_topk_prob": True}})]
     if max(gaps) >= 1e-5:
         print("FAIL: the numpy forward does not match transformers")
         return 1
@@ -154,6 +182,8 @@ def main():
         ok &= run(steerkit, source, work, label, cfg, moe_weights, forward,
                   {"norm_topk_prob": False}, "with the chosen weights unnormalized",
                   f32_cache=True)
+    ok &= run(steerkit, source, work, "qwen2moe", QWEN2_MOE, moe_weights, forward,
+              {"shared": False}, "without the shared expert", f32_cache=True)
     return 0 if ok else 1
 
 

@@ -85,6 +85,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         // OLMo 3 too, with a window (llama.cpp's converter writes it so).
         Arch::Olmo2 | Arch::Olmo3 => "olmo2",
         Arch::Qwen3Moe => "qwen3moe",
+        Arch::Qwen2Moe => "qwen2moe",
         Arch::GptOss => "gpt-oss",
     }
 }
@@ -240,19 +241,33 @@ pub fn metadata(
     if cfg.arch == Arch::GptOss {
         gpt_oss_has_a_form(cfg)?;
     }
-    if cfg.arch == Arch::Qwen3Moe && cfg.moe.is_none() {
-        return Err(ModelError::Config(
-            "this qwen3_moe model has no experts (every block plain), which llama.cpp's qwen3moe cannot read: it has no GGUF form; export it as safetensors".into(),
-        ));
+    let qwen2moe = cfg.arch == Arch::Qwen2Moe;
+    if matches!(cfg.arch, Arch::Qwen3Moe | Arch::Qwen2Moe) && cfg.moe.is_none() {
+        return Err(ModelError::Config(format!(
+            "this {} model has no experts (every block plain), which llama.cpp's {arch} cannot read: it has no GGUF form; export it as safetensors",
+            cfg.arch.name()
+        )));
     }
-    // llama.cpp's qwen3moe routes in every block and renormalizes the chosen weights.
+    // llama.cpp's mixtures route in every block and renormalize the chosen weights, except
+    // qwen2moe, which leaves them as they are and always has a shared expert.
     if let Some(m) = &cfg.moe {
-        if !m.dense_layers.is_empty() || !m.norm_topk_prob {
+        if !m.dense_layers.is_empty() || m.norm_topk_prob == qwen2moe {
+            let (does, how) = match qwen2moe {
+                true => ("normalizes", "leaves them as they are"),
+                false => ("leaves unnormalized", "normalizes them"),
+            };
             return Err(ModelError::Config(format!(
-                "this {} model has plain MLP blocks {:?} or leaves its top-{} weights unnormalized; llama.cpp's {arch} routes in every block and normalizes them, so it has no GGUF form; export it as safetensors",
+                "this {} model has plain MLP blocks {:?} or {does} its top-{} weights; llama.cpp's {arch} routes in every block and {how}, so it has no GGUF form; export it as safetensors",
                 cfg.arch.name(),
                 m.dense_layers,
                 m.top_k
+            )));
+        }
+        if m.shared_intermediate_size.is_some() != qwen2moe {
+            return Err(ModelError::Config(format!(
+                "this {} model's shared expert ({:?} channels) is not what llama.cpp's {arch} computes: it has no GGUF form; export it as safetensors",
+                cfg.arch.name(),
+                m.shared_intermediate_size
             )));
         }
     }
@@ -313,6 +328,9 @@ pub fn metadata(
             ]
             .map(|(k, v)| (format!("{arch}.{k}"), v)),
         );
+        if let Some(s) = e.shared_intermediate_size {
+            m.push((format!("{arch}.expert_shared_feed_forward_length"), u(s)));
+        }
     }
     if cfg.arch.gemma() {
         m.extend(gemma_keys(cfg)?);
@@ -523,6 +541,10 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         }
         if let Some(h) = heads(&hf).filter(|_| qk_permuted(model.cfg.arch)) {
             t = permute(&t, h)?;
+        }
+        // The shared expert's gate, one row here, is a vector in GGUF (kept in f32).
+        if name.ends_with(".ffn_gate_inp_shexp.weight") {
+            t = t.flatten_all()?;
         }
         // The router stays f32, as llama.cpp's converter and quantizer keep it: rounding it
         // changes which experts a token takes.

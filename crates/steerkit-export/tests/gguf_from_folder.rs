@@ -825,7 +825,23 @@ fn olmo2_gguf_round_trip() {
     let swa = ("olmo2.rope.freq_base_swa", Value::F32(10.0));
     let err = windowed(vec![swa]).unwrap_err().to_string();
     assert!(err.contains("freq_base_swa"), "{err}");
+    // Flags as integers, and blocks past a short list without the window, as llama.cpp
+    // reads them; a list longer than the blocks is an error.
+    let flags = Value::Array(vec![Value::U32(1), Value::U32(0)]);
+    assert_eq!(
+        windowed(vec![(pattern, flags)])
+            .unwrap()
+            .full_attention_layers,
+        vec![1]
+    );
     let flags = Value::Array(vec![Value::Bool(true)]);
+    assert_eq!(
+        windowed(vec![(pattern, flags)])
+            .unwrap()
+            .full_attention_layers,
+        vec![1]
+    );
+    let flags = Value::Array(vec![Value::Bool(true); 3]);
     let err = windowed(vec![(pattern, flags)]).unwrap_err().to_string();
     assert!(err.contains("not a flag for each"), "{err}");
 }
@@ -869,6 +885,25 @@ fn olmo3_gguf_round_trip() {
     );
     let gap = last_logits_gap(&m, &back.model);
     assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+    // llama.cpp's converter writes config.json's YaRN attention factor, which llama.cpp
+    // recomputes from the factor: the standard value is read, another refused.
+    let with_attn = |v: f32| {
+        let p = out.with_extension("attn.gguf");
+        with_key(
+            &out,
+            &p,
+            "olmo2.rope.scaling.yarn_attn_factor",
+            Value::F32(v),
+        );
+        Gguf::open(&p).unwrap().config()
+    };
+    let standard = steerkit_model::config::yarn_attention_factor(4.0, None, None) as f32;
+    assert_eq!(
+        with_attn(standard).unwrap().rope_scaling,
+        m.cfg.rope_scaling
+    );
+    let err = with_attn(1.5).unwrap_err().to_string();
+    assert!(err.contains("yarn_attn_factor"), "{err}");
 
     let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();
@@ -975,6 +1010,55 @@ fn qwen3_moe_gguf_round_trip() {
     plain.moe = None;
     let err = metadata(&plain, &tok, &chat, "x").unwrap_err();
     assert!(err.to_string().contains("no experts"), "{err}");
+}
+
+/// A Qwen2-MoE model (every block routing, as llama.cpp's `qwen2moe` has it) exports to GGUF
+/// with its experts stacked and its shared expert as llama.cpp names it (`ffn_*_shexp`, the
+/// gate as the vector `ffn_gate_inp_shexp`, in f32) with its width
+/// (`expert_shared_feed_forward_length`), and loads back as the same mixture within f16
+/// rounding of its logits (`scripts/check_qwen3_moe_llamacpp.py` runs such a file in
+/// llama.cpp). llama.cpp's qwen2moe leaves the top weights unnormalized and always has a
+/// shared expert: a model that normalizes them, or has none, is refused.
+#[test]
+fn qwen2_moe_gguf_round_trip() {
+    let (m, _d, out) = tiny_gguf(steerkit_model::Arch::Qwen2Moe, 7, |c| {
+        c.moe.as_mut().unwrap().dense_layers.clear()
+    });
+    let k = keys(&out);
+    assert_eq!(k["general.architecture"], "String(\"qwen2moe\")");
+    assert_eq!(k["qwen2moe.expert_shared_feed_forward_length"], "U32(20)");
+    let infos = tensor_infos(&out);
+    for (name, dims) in [
+        ("blk.1.ffn_gate_exps.weight", vec![4, 24, 32]),
+        ("blk.1.ffn_gate_shexp.weight", vec![20, 32]),
+        ("blk.1.ffn_up_shexp.weight", vec![20, 32]),
+        ("blk.1.ffn_down_shexp.weight", vec![32, 20]),
+        ("blk.1.ffn_gate_inp_shexp.weight", vec![32]),
+        ("blk.1.attn_q.bias", vec![32]),
+    ] {
+        assert_eq!(infos[name].shape.dims(), dims.as_slice(), "{name}");
+    }
+    assert_eq!(
+        infos["blk.1.ffn_gate_inp_shexp.weight"].ggml_dtype,
+        GgmlDType::F32
+    );
+    let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(back.model.cfg.moe, m.cfg.moe);
+    assert_eq!(back.model.cfg.arch, steerkit_model::Arch::Qwen2Moe);
+    let gap = last_logits_gap(&m, &back.model);
+    assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    for edit in [
+        |m: &mut steerkit_model::MoeConfig| m.norm_topk_prob = true,
+        |m: &mut steerkit_model::MoeConfig| m.shared_intermediate_size = None,
+    ] {
+        let mut c = m.cfg.clone();
+        edit(c.moe.as_mut().unwrap());
+        let err = metadata(&c, &tok, &chat, "x").unwrap_err();
+        assert!(err.to_string().contains("no GGUF form"), "{err}");
+    }
 }
 
 /// A gpt-oss model exports to GGUF as llama.cpp's `gpt-oss` reads it (sinks as

@@ -166,13 +166,15 @@ fn bf16_matrices_are_projected_in_f32() -> Result<(), Box<dyn std::error::Error>
 }
 
 /// A mixture of experts (tiny Qwen3-MoE: block 1 routes each token to 2 of 4 experts; tiny
-/// gpt-oss: every block to 3 of 4, with biases on o and on every expert's down projection)
-/// orthogonalized computes what hook ablation at every point of the unmodified model does:
-/// every expert's down projection (and bias) is projected, not only the ones a prompt happens
+/// gpt-oss: every block to 3 of 4, with biases on o and on every expert's down projection;
+/// tiny Qwen2-MoE: Qwen3-MoE's routing beside a shared expert) orthogonalized computes what
+/// hook ablation at every point of the unmodified model does: every expert's down projection
+/// (and bias), the shared one's included, is projected, not only the ones a prompt happens
 /// to use.
 #[test]
 fn mixture_of_experts_orthogonalizes_every_expert() -> Result<(), Box<dyn std::error::Error>> {
-    for arch in [steerkit_model::Arch::Qwen3Moe, steerkit_model::Arch::GptOss] {
+    use steerkit_model::Arch;
+    for arch in [Arch::Qwen3Moe, Arch::GptOss, Arch::Qwen2Moe] {
         experts_orthogonalized(arch)?;
     }
     Ok(())
@@ -204,7 +206,8 @@ fn experts_orthogonalized(arch: steerkit_model::Arch) -> Result<(), Box<dyn std:
     let unit = r
         .broadcast_div(&r.sqr()?.sum_all()?.sqrt()?)?
         .unsqueeze(0)?;
-    for x in &e.experts {
+    assert_eq!(e.shared.is_some(), arch == steerkit_model::Arch::Qwen2Moe);
+    for x in e.experts.iter().chain(e.shared.as_ref().map(|s| &s.mlp)) {
         let left = unit.matmul(&x.down.weight)?;
         assert!(max_abs_diff(&left, &left.zeros_like()?)? < 1e-5);
         if let Some(b) = &x.down.bias {

@@ -61,6 +61,14 @@ pub enum Arch {
     /// softmax weights.
     #[serde(rename = "qwen3_moe")]
     Qwen3Moe,
+    /// Qwen2's mixture-of-experts models (`qwen2_moe`: Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B):
+    /// Qwen2's attention (q/k/v biases, `qkv_bias`); in place of the MLP, a router's top
+    /// experts as in [`Arch::Qwen3Moe`] (weights left unnormalized in the released models)
+    /// plus a shared expert every token takes, scaled per token by the sigmoid of its own
+    /// one-row gate ([`MoeConfig::shared_intermediate_size`], [`crate::Experts::shared`]).
+    /// GGUF files hold it as `qwen2moe`.
+    #[serde(rename = "qwen2_moe")]
+    Qwen2Moe,
     /// Mixtral (`mixtral`: Mixtral 8x7B, 8x22B): Mistral's attention with a mixture of experts
     /// in place of the MLP, the router's top-2 weights renormalized; its files keep the
     /// mixture under `block_sparse_moe` with the experts' gate, up and down as `w1`, `w3`,
@@ -96,6 +104,7 @@ impl Arch {
             "olmo2" => Ok(Arch::Olmo2),
             "olmo3" => Ok(Arch::Olmo3),
             "qwen3_moe" => Ok(Arch::Qwen3Moe),
+            "qwen2_moe" => Ok(Arch::Qwen2Moe),
             "mixtral" => Ok(Arch::Mixtral),
             "gpt_oss" => Ok(Arch::GptOss),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
@@ -118,6 +127,7 @@ impl Arch {
             Arch::Olmo2 => "olmo2",
             Arch::Olmo3 => "olmo3",
             Arch::Qwen3Moe => "qwen3_moe",
+            Arch::Qwen2Moe => "qwen2_moe",
             Arch::Mixtral => "mixtral",
             Arch::GptOss => "gpt_oss",
         }
@@ -279,6 +289,11 @@ pub struct MoeConfig {
     pub norm_topk_prob: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dense_layers: Vec<usize>,
+    /// The channels of a shared expert beside the routed ones, which every token takes
+    /// (Qwen2-MoE's `shared_expert_intermediate_size`); `None`: no shared expert (left out of
+    /// the serialized form then, so that fingerprints are what they were before it existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_intermediate_size: Option<usize>,
 }
 
 /// Granite's four scalars (transformers' GraniteConfig names; each 1 when config.json is
@@ -767,6 +782,7 @@ impl Config {
             Arch::Olmo2 => "Olmo2ForCausalLM",
             Arch::Olmo3 => "Olmo3ForCausalLM",
             Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
+            Arch::Qwen2Moe => "Qwen2MoeForCausalLM",
             Arch::Mixtral => "MixtralForCausalLM",
             Arch::GptOss => "GptOssForCausalLM",
         };
@@ -808,6 +824,13 @@ impl Config {
             j["rope_parameters"] = p;
             if let Some(o) = j.as_object_mut() {
                 o.remove("rope_scaling");
+            }
+        }
+        if self.arch == Arch::Qwen2Moe {
+            // Qwen2MoeConfig's name for the q/k/v biases (on unless it says otherwise).
+            j["qkv_bias"] = self.attention_bias.into();
+            if let Some(o) = j.as_object_mut() {
+                o.remove("attention_bias");
             }
         }
         if self.arch == Arch::Olmo3 {
@@ -856,9 +879,12 @@ impl Config {
                 j["norm_topk_prob"] = m.norm_topk_prob.into();
                 j["decoder_sparse_step"] = 1.into();
                 j["mlp_only_layers"] = m.dense_layers.clone().into();
+                if let Some(s) = m.shared_intermediate_size {
+                    j["shared_expert_intermediate_size"] = s.into();
+                }
             }
-            // A qwen3_moe configuration without experts (every block plain).
-            (None, Arch::Qwen3Moe) => j["num_experts"] = 0.into(),
+            // A configuration without experts (every block plain).
+            (None, Arch::Qwen3Moe | Arch::Qwen2Moe) => j["num_experts"] = 0.into(),
             (None, _) => {}
         }
         if let Some(r) = self.rotary_dim {

@@ -146,6 +146,7 @@ impl Gguf {
             "gemma3" => Arch::Gemma3,
             "olmo2" if window > 0 => Arch::Olmo3,
             "qwen3moe" => Arch::Qwen3Moe,
+            "qwen2moe" => Arch::Qwen2Moe,
             "gpt-oss" => Arch::GptOss,
             // llama.cpp's converter writes Mixtral as llama with experts.
             "llama" if self.meta_u(&experts)?.is_some_and(|n| n > 0) => Arch::Mixtral,
@@ -223,8 +224,23 @@ impl Gguf {
                 Arch::SmolLm3 => llamacpp_nope_layers(num_layers),
                 _ => vec![],
             },
-            // llama.cpp's qwen3moe: every block routes, and renormalizes the chosen weights.
+            // llama.cpp's qwen3moe: every block routes, and renormalizes the chosen weights;
+            // its qwen2moe does not renormalize them, and adds a shared expert of
+            // `expert_shared_feed_forward_length` channels (else `feed_forward_length`).
             moe: match arch {
+                Arch::Qwen2Moe => Some(crate::config::MoeConfig {
+                    num_experts: req("expert_count")?,
+                    top_k: req("expert_used_count")?,
+                    intermediate_size: req("expert_feed_forward_length")?,
+                    norm_topk_prob: false,
+                    dense_layers: vec![],
+                    shared_intermediate_size: Some(
+                        match self.meta_u(&key("expert_shared_feed_forward_length"))? {
+                            Some(n) if n > 0 => n,
+                            _ => req("feed_forward_length")?,
+                        },
+                    ),
+                }),
                 Arch::Qwen3Moe | Arch::Mixtral | Arch::GptOss => Some(crate::config::MoeConfig {
                     num_experts: req("expert_count")?,
                     top_k: req("expert_used_count")?,
@@ -235,6 +251,7 @@ impl Gguf {
                     },
                     norm_topk_prob: true,
                     dense_layers: vec![],
+                    shared_intermediate_size: None,
                 }),
                 _ => None,
             },
@@ -277,8 +294,9 @@ impl Gguf {
     }
 
     /// OLMo 3 as llama.cpp's olmo2 reads it: the window (`window`, over 0) on the blocks
-    /// `attention.sliding_window_pattern` flags, or else on three of every `n` blocks (`n` that
-    /// key as a number, 4 when absent), and those blocks rotated unscaled with the others'
+    /// `attention.sliding_window_pattern` flags (booleans or integers, blocks past the list
+    /// without it), or else on three of every `n` blocks (`n` that key as a number, 4 when
+    /// absent), and those blocks rotated unscaled with the others'
     /// base. llama.cpp reads `rope.freq_base_swa` but does not use it: a file whose value
     /// differs is refused, since what it says and what llama.cpp computes disagree.
     fn olmo3(&self, mut cfg: Config, name: &str, window: usize) -> Result<Config> {
@@ -290,11 +308,22 @@ impl Gguf {
                     .iter()
                     .map(|f| match f {
                         Value::Bool(b) => Some(*b),
+                        Value::U8(i) => Some(*i != 0),
+                        Value::I8(i) => Some(*i != 0),
+                        Value::U16(i) => Some(*i != 0),
+                        Value::I16(i) => Some(*i != 0),
+                        Value::U32(i) => Some(*i != 0),
+                        Value::I32(i) => Some(*i != 0),
+                        Value::U64(i) => Some(*i != 0),
+                        Value::I64(i) => Some(*i != 0),
                         _ => None,
                     })
                     .collect();
                 match flags {
-                    Some(f) if f.len() >= n => f[..n].to_vec(),
+                    Some(mut f) if f.len() <= n => {
+                        f.resize(n, false);
+                        f
+                    }
                     _ => {
                         return Err(ModelError::Config(format!(
                             "the GGUF's `{pattern}` is not a flag for each of its {n} blocks"
@@ -424,6 +453,25 @@ impl Gguf {
             )));
         }
         if scaling == "yarn" {
+            let factor = self.meta_f(&key(rope_keys::FACTOR))?.ok_or_else(|| {
+                ModelError::Config(format!(
+                    "GGUF YaRN scaling without `{}`",
+                    key(rope_keys::FACTOR)
+                ))
+            })?;
+            // llama.cpp's converter writes config.json's attention factor as
+            // `yarn_attn_factor` (OLMo 3's 1.2079 for factor 8), and llama.cpp computes the
+            // factor from `factor` under YaRN whatever it says: the standard value is read,
+            // another refused.
+            let standard = crate::config::yarn_attention_factor(factor, None, None);
+            let said_standard = |k: &String| {
+                k.ends_with("yarn_attn_factor")
+                    && self
+                        .meta_f(k)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| (v - standard).abs() <= 1e-6 * standard)
+            };
             let unknown: Vec<String> = [
                 "rope.scaling.yarn_attn_factor",
                 "rope.scaling.yarn_ext_factor",
@@ -431,7 +479,7 @@ impl Gguf {
             ]
             .iter()
             .map(|k| key(k))
-            .filter(|k| self.content.metadata.contains_key(k))
+            .filter(|k| self.content.metadata.contains_key(k) && !said_standard(k))
             .collect();
             if !unknown.is_empty() || has_divisors {
                 let what = if has_divisors {
@@ -443,12 +491,6 @@ impl Gguf {
                     "the GGUF's YaRN RoPE scaling comes with {what}, which steerkit does not implement (its logits would be wrong)"
                 )));
             }
-            let factor = self.meta_f(&key(rope_keys::FACTOR))?.ok_or_else(|| {
-                ModelError::Config(format!(
-                    "GGUF YaRN scaling without `{}`",
-                    key(rope_keys::FACTOR)
-                ))
-            })?;
             let ctx = match self.meta_u(&key(rope_keys::ORIGINAL_CONTEXT))? {
                 Some(c) => c,
                 None => self.meta_u(&key("context_length"))?.unwrap_or(4096),
@@ -458,7 +500,7 @@ impl Gguf {
                 original_max_position_embeddings: ctx as f64,
                 beta_fast: self.meta_f(&key(rope_keys::BETA_FAST))?.unwrap_or(32.0),
                 beta_slow: self.meta_f(&key(rope_keys::BETA_SLOW))?.unwrap_or(1.0),
-                attention_factor: crate::config::yarn_attention_factor(factor, None, None),
+                attention_factor: standard,
                 truncate: true,
             }));
         }
@@ -577,6 +619,10 @@ impl Gguf {
                 return Ok(Some(self.mxfp4_packed(&mut f, &name)?));
             }
             let mut t = self.tensor(&name)?;
+            // The shared expert's gate, a vector in GGUF, is one row of a matrix here.
+            if name.ends_with(".ffn_gate_inp_shexp.weight") {
+                t = t.unsqueeze(0)?;
+            }
             let shift = stored_norm_shift(arch, &name);
             if shift != 0.0 {
                 t = t.affine(1.0, -shift)?;
@@ -818,6 +864,11 @@ pub fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
         "mlp.experts.gate_proj" => "ffn_gate_exps",
         "mlp.experts.up_proj" => "ffn_up_exps",
         "mlp.experts.down_proj" => "ffn_down_exps",
+        // Qwen2-MoE's shared expert and its gate.
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
         _ => return None,
     };
     Some(format!("blk.{layer}.{g}.{kind}"))

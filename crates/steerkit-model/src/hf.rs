@@ -175,6 +175,7 @@ impl HfFolder {
             Arch::Gemma2 => (8192, 10_000.0),
             Arch::Olmo2 => (2048, 10_000.0),
             Arch::Olmo3 => (2048, OLMO3_THETA),
+            Arch::Qwen2Moe => (32_768, 10_000.0),
             Arch::Mixtral => (131_072, 1e6),
             Arch::GptOss => (131_072, 150_000.0),
             _ => (4096, 10_000.0),
@@ -196,13 +197,36 @@ impl HfFolder {
             "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
             "truncate": false, "original_max_position_embeddings": 4096
         });
+        // Gemma 3's and OLMo 3's configuration classes read the per-type parameters only (keys
+        // beside them are not read) and merge a top-level `rope_scaling` into the full
+        // blocks'; a scaling named by `type` alone stays `default` there (transformers 5)
+        // while older versions scaled, so that is refused rather than read one way.
+        let two_ropes = matches!(arch, Arch::Gemma3 | Arch::Olmo3);
+        let legacy = &c["rope_scaling"];
+        if two_ropes && legacy.get("type").is_some() && legacy.get("rope_type").is_none() {
+            return Err(ModelError::Config(format!(
+                "config.json's rope_scaling names its kind as `type` ({}), which transformers 5 does not read for {} (its full blocks then rotate unscaled) and earlier versions did; write `rope_type`",
+                legacy["type"],
+                arch.name()
+            )));
+        }
+        let merged = match per_type && two_ropes {
+            true => {
+                let mut full = params["full_attention"].clone();
+                if let (Some(f), Some(extra)) = (full.as_object_mut(), legacy.as_object()) {
+                    f.extend(extra.clone());
+                }
+                Some(full)
+            }
+            false => None,
+        };
         let rope = match params {
+            _ if merged.is_some() => merged.as_ref().expect("checked"),
             Value::Null if arch.gpt_oss() && c["rope_scaling"].is_null() => &gpt_oss_yarn,
             Value::Null => &c["rope_scaling"],
             // transformers' Phi-3 takes `rope_scaling` over `rope_parameters` when both are there.
             _ if arch == Arch::Phi3 && c["rope_scaling"].is_object() => &c["rope_scaling"],
             p if p.get("rope_type").is_some() || p.get("rope_theta").is_some() => p,
-            p if per_type && matches!(arch, Arch::Gemma3 | Arch::Olmo3) => &p["full_attention"],
             _ => {
                 return Err(ModelError::Config(
                     "config.json's rope_parameters are per layer type; steerkit implements one RoPE for every layer (and Gemma 3's two)".into(),
@@ -255,7 +279,7 @@ impl HfFolder {
         let rope_scaling = rope_scaling(rope, c, arch, max_position_embeddings)?;
         let rope_theta = rope["rope_theta"]
             .as_f64()
-            .or(params["rope_theta"].as_f64())
+            .or(params["rope_theta"].as_f64().filter(|_| merged.is_none()))
             .or(c["rope_theta"].as_f64())
             .unwrap_or(theta);
         // An output-projection bias comes with `attention_bias` outside qwen2; there is none
@@ -265,7 +289,8 @@ impl HfFolder {
                 "config.json sets mlp_bias, biases on the MLP's projections, which steerkit does not implement".into(),
             ));
         }
-        if !matches!(arch, Arch::Qwen2 | Arch::GptOss)
+        // (Qwen2MoeConfig reads `qkv_bias` instead.)
+        if !matches!(arch, Arch::Qwen2 | Arch::Qwen2Moe | Arch::GptOss)
             && c["attention_bias"].as_bool() == Some(true)
         {
             return Err(ModelError::Config(
@@ -325,7 +350,11 @@ impl HfFolder {
             max_position_embeddings,
             // transformers' default: tied for Gemma, untied otherwise.
             tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(arch.gemma()),
-            attention_bias: matches!(arch, Arch::Qwen2 | Arch::GptOss),
+            // Qwen2MoeConfig's `qkv_bias`, on unless it says otherwise.
+            attention_bias: match arch {
+                Arch::Qwen2Moe => c["qkv_bias"].as_bool().unwrap_or(true),
+                _ => matches!(arch, Arch::Qwen2 | Arch::GptOss),
+            },
             rope_scaling,
             sliding_window,
             full_attention_layers,
@@ -345,7 +374,7 @@ impl HfFolder {
             // GraniteConfig's defaults: 1 each.
             moe: match arch {
                 // Without experts, transformers builds every block with a plain MLP.
-                Arch::Qwen3Moe
+                Arch::Qwen3Moe | Arch::Qwen2Moe
                     if c["num_experts"]
                         .as_u64()
                         .or(c["num_local_experts"].as_u64())
@@ -353,7 +382,16 @@ impl HfFolder {
                 {
                     None
                 }
-                Arch::Qwen3Moe => Some(qwen3_moe(c, num_layers)?),
+                Arch::Qwen3Moe => Some(qwen_moe(c, arch, num_layers)?),
+                // Qwen2MoeConfig's default shared expert: 5632 channels.
+                Arch::Qwen2Moe => Some(crate::config::MoeConfig {
+                    shared_intermediate_size: Some(
+                        c["shared_expert_intermediate_size"]
+                            .as_u64()
+                            .unwrap_or(5632) as usize,
+                    ),
+                    ..qwen_moe(c, arch, num_layers)?
+                }),
                 // Mixtral's experts are of the configuration's intermediate size; its top
                 // weights are always renormalized.
                 Arch::Mixtral => Some(crate::config::MoeConfig {
@@ -362,6 +400,7 @@ impl HfFolder {
                     intermediate_size: u("intermediate_size")?,
                     norm_topk_prob: true,
                     dense_layers: vec![],
+                    shared_intermediate_size: None,
                 }),
                 // GptOssConfig's defaults (gpt-oss-20b's shape); `num_experts` is an alias.
                 // Its softmax over the top logits is the softmax over all, renormalized.
@@ -374,6 +413,7 @@ impl HfFolder {
                     intermediate_size: u("intermediate_size")?,
                     norm_topk_prob: true,
                     dense_layers: vec![],
+                    shared_intermediate_size: None,
                 }),
                 _ => None,
             },
@@ -539,16 +579,18 @@ impl HfFolder {
     }
 }
 
-/// Qwen3-MoE's mixture of experts, as Qwen3MoeConfig reads config.json: `num_experts` (or
+/// Qwen3-MoE's (and Qwen2-MoE's routed) mixture of experts, as their configuration classes
+/// read config.json: `num_experts` (or
 /// `num_local_experts`, as transformers 5 writes it), `num_experts_per_tok`,
 /// `moe_intermediate_size`, `norm_topk_prob` (false when absent), and the blocks with a plain
 /// MLP: those `mlp_only_layers` lists and those whose number plus one is not a multiple of
 /// `decoder_sparse_step` (1 when absent).
-fn qwen3_moe(c: &Value, num_layers: usize) -> Result<crate::config::MoeConfig> {
+fn qwen_moe(c: &Value, arch: Arch, num_layers: usize) -> Result<crate::config::MoeConfig> {
     let u = |k: &str| -> Result<usize> {
         c[k].as_u64().map(|x| x as usize).ok_or_else(|| {
             ModelError::Config(format!(
-                "config.json has no integer `{k}` (a qwen3_moe model)"
+                "config.json has no integer `{k}` (a {} model)",
+                arch.name()
             ))
         })
     };
@@ -574,6 +616,7 @@ fn qwen3_moe(c: &Value, num_layers: usize) -> Result<crate::config::MoeConfig> {
         dense_layers: (0..num_layers)
             .filter(|l| only.contains(l) || !(l + 1).is_multiple_of(step))
             .collect(),
+        shared_intermediate_size: None,
     })
 }
 
@@ -711,6 +754,12 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
             ))
         }
         Arch::SmolLm3 => (None, vec![]),
+        Arch::Qwen2Moe if c["use_sliding_window"].as_bool() == Some(true) => {
+            return Err(ModelError::Config(
+                "config.json asks for Qwen2-MoE's sliding window, which steerkit does not implement (the released models do not use it)".into(),
+            ))
+        }
+        Arch::Qwen2Moe => (None, vec![]),
         Arch::Mistral | Arch::Phi3 | Arch::Mixtral => (window, vec![]),
         Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe
             if c["use_sliding_window"].as_bool() != Some(true) =>
@@ -736,13 +785,13 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         Arch::Gemma2 | Arch::GptOss => on(&|l| l % 2 == 0),
     })
     .and_then(|(w, full)| {
-        // transformers cannot run a gpt-oss whose sliding blocks have no window.
+        // transformers cannot run a gpt-oss or an OLMo 3 whose sliding blocks have no window.
         let sliding = types.as_ref().is_none_or(|t| t.contains(&true));
-        match arch.gpt_oss() && w.is_none() && sliding {
-            true => Err(ModelError::Config(
-                "config.json gives gpt-oss's sliding blocks no window (sliding_window null)"
-                    .into(),
-            )),
+        match (arch.gpt_oss() || arch == Arch::Olmo3) && w.is_none() && sliding {
+            true => Err(ModelError::Config(format!(
+                "config.json gives {}'s sliding blocks no window (sliding_window null), which transformers cannot run",
+                arch.name()
+            ))),
             false => Ok((w, full)),
         }
     })

@@ -89,12 +89,23 @@ pub struct GatedMlp {
 }
 
 /// A mixture of experts ([`crate::MoeConfig`]): the router's weights `[experts, hidden]`, its
-/// bias `[experts]` where the architecture has one (gpt_oss), and the experts.
+/// bias `[experts]` where the architecture has one (gpt_oss), the experts, and the shared
+/// expert where there is one (qwen2_moe).
 #[derive(Debug, Clone)]
 pub struct Experts {
     pub router: Tensor,
     pub router_bias: Option<Tensor>,
     pub experts: Vec<GatedMlp>,
+    pub shared: Option<SharedExpert>,
+}
+
+/// An expert every token takes, its output scaled per token by `sigmoid(x gateᵀ)` (Qwen2-MoE's
+/// `shared_expert` and `shared_expert_gate`, `gate`: `[1, hidden]`), added to the routed
+/// experts' sum.
+#[derive(Debug, Clone)]
+pub struct SharedExpert {
+    pub mlp: GatedMlp,
+    pub gate: Tensor,
 }
 
 /// Which rows of a mixture's input go to which expert ([`Model::route`]).
@@ -174,7 +185,10 @@ impl Block {
         let mut out = vec![&mut self.o];
         match &mut self.mlp {
             Mlp::Dense(m) => out.push(&mut m.down),
-            Mlp::Moe(e) => out.extend(e.experts.iter_mut().map(|x| &mut x.down)),
+            Mlp::Moe(e) => {
+                out.extend(e.experts.iter_mut().map(|x| &mut x.down));
+                out.extend(e.shared.as_mut().map(|s| &mut s.mlp.down));
+            }
         }
         out
     }
@@ -223,6 +237,12 @@ impl Block {
                 for (i, x) in e.experts.iter_mut().enumerate() {
                     for (name, lin) in x.named_linears_mut() {
                         linears.push((format!("mlp.experts.{i}.{name}"), lin));
+                    }
+                }
+                if let Some(s) = e.shared.as_mut() {
+                    out.push(("mlp.shared_expert_gate.weight".into(), &mut s.gate));
+                    for (name, lin) in s.mlp.named_linears_mut() {
+                        linears.push((format!("mlp.shared_expert.{name}"), lin));
                     }
                 }
             }
@@ -678,6 +698,10 @@ impl Model {
                         )?;
                     }
                 }
+                if let Some(s) = &e.shared {
+                    gated("mlp.shared_expert".into(), &s.mlp, h2.clone())?;
+                    out.push(("mlp.shared_expert_gate.weight".into(), h2.clone()));
+                }
                 out.push(("mlp.gate.weight".into(), h2));
             }
         }
@@ -726,9 +750,10 @@ impl Model {
     /// A mixture of experts on `h: [.., hidden]` ([`crate::MoeConfig`]): the router's softmax
     /// (in f32 for half precision), each token's `top_k` experts (ties to the lower index), their weights
     /// renormalized where the configuration says, and the weighted sum of those experts'
-    /// outputs. Each expert runs on its own tokens only. In differentiable mode the gradient
-    /// reaches the router through the weights; which experts a token takes is a choice, with
-    /// none (as in transformers).
+    /// outputs, plus the shared expert's output scaled by its gate's sigmoid where there is one
+    /// ([`SharedExpert`]). Each routed expert runs on its own tokens only. In differentiable
+    /// mode the gradient reaches the router through the weights; which experts a token takes
+    /// is a choice, with none (as in transformers).
     fn experts(&self, e: &Experts, h: &Tensor, mode: Mode) -> Result<Tensor> {
         let dims = h.dims().to_vec();
         let d = *dims.last().expect("hidden states have a last dimension");
@@ -745,7 +770,17 @@ impl Model {
             }
         }
         let y = Tensor::cat(&ys, 0)?.broadcast_mul(&r.weights.unsqueeze(1)?)?;
-        Ok(x.zeros_like()?.index_add(&r.rows, &y, 0)?.reshape(dims)?)
+        let mut out = x.zeros_like()?.index_add(&r.rows, &y, 0)?;
+        if let Some(s) = &e.shared {
+            let gate = Linear {
+                weight: s.gate.clone(),
+                bias: None,
+            };
+            let scale = candle_nn::ops::sigmoid(&gate.forward(&x)?)?;
+            let y = s.mlp.forward(&x, self.cfg.hidden_act, mode)?;
+            out = (out + y.broadcast_mul(&scale)?)?;
+        }
+        Ok(out.reshape(dims)?)
     }
 
     /// The router's choice for the rows of `x: [n, hidden]` ([`crate::MoeConfig`]): the

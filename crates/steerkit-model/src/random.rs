@@ -39,7 +39,7 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         rope_theta: 10_000.0,
         max_position_embeddings: 256,
         tie_word_embeddings: arch != Arch::Qwen2,
-        attention_bias: matches!(arch, Arch::Qwen2 | Arch::GptOss),
+        attention_bias: matches!(arch, Arch::Qwen2 | Arch::Qwen2Moe | Arch::GptOss),
         rope_scaling: match arch {
             Arch::Phi3 => Some(RopeScaling::LongRope {
                 short_factor: vec![1.0, 1.5, 4.0],
@@ -85,12 +85,14 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
         },
         // Block 1 (the one the gradient checks train) routes among 4 experts, block 0 is dense.
         moe: match arch {
-            Arch::Qwen3Moe => Some(crate::config::MoeConfig {
+            // Qwen2-MoE's alike, its top weights left unnormalized, with a shared expert.
+            Arch::Qwen3Moe | Arch::Qwen2Moe => Some(crate::config::MoeConfig {
                 num_experts: 4,
                 top_k: 2,
                 intermediate_size: 24,
-                norm_topk_prob: true,
+                norm_topk_prob: arch == Arch::Qwen3Moe,
                 dense_layers: vec![0],
+                shared_intermediate_size: (arch == Arch::Qwen2Moe).then_some(20),
             }),
             // Every block routes; the experts have the MLP's width, as Mixtral's and gpt-oss's
             // do (gpt-oss's router, with its bias, sends no token of the tests' rows to one
@@ -101,6 +103,7 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
                 intermediate_size: 48,
                 norm_topk_prob: true,
                 dense_layers: vec![],
+                shared_intermediate_size: None,
             }),
             _ => None,
         },

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::config::{Arch, Config};
 use crate::error::{ModelError, Result};
-use crate::model::{Block, Experts, GatedMlp, Linear, Mlp, Model};
+use crate::model::{Block, Experts, GatedMlp, Linear, Mlp, Model, SharedExpert};
 
 /// One tensor the model needs: its name and the shape it must have.
 #[derive(Debug, Clone)]
@@ -71,6 +71,13 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
                             out.push(need(format!("{prefix}.{n}_proj.bias"), vec![len]));
                         }
                     }
+                }
+                if let Some(s) = m.shared_intermediate_size {
+                    mlp_needs(&mut out, &format!("{p}.mlp.shared_expert"), s, d);
+                    out.push(need(
+                        format!("{p}.mlp.shared_expert_gate.weight"),
+                        vec![1, d],
+                    ));
                 }
             }
             None => mlp_needs(&mut out, &format!("{p}.mlp"), f, d),
@@ -721,10 +728,18 @@ where
                 let experts = (0..m.num_experts)
                     .map(|e| gated(&format!("{p}.mlp.experts.{e}"), gpt_oss))
                     .collect();
+                let shared = m
+                    .shared_intermediate_size
+                    .map(|_| gated(&format!("{p}.mlp.shared_expert"), false));
+                let shared = shared.map(|mlp| SharedExpert {
+                    mlp,
+                    gate: next(&format!("{p}.mlp.shared_expert_gate.weight")),
+                });
                 Mlp::Moe(Experts {
                     router,
                     router_bias,
                     experts,
+                    shared,
                 })
             }
             _ => Mlp::Dense(gated(&format!("{p}.mlp"), false)),

@@ -601,8 +601,10 @@ fn olmo2_tiny_logits_match_transformers() {
 /// saved and read back. Without the window, or with the sliding blocks on the full blocks'
 /// RoPE, the logits move far past the tolerance. config.json's other forms: `layer_types`
 /// absent (every fourth block full), the older top-level `rope_theta`/`rope_scaling`
-/// (sliding blocks on 500,000), and a top-level base that transformers 4.57 and 5 read
-/// differently (refused), as is a flat `rope_parameters`.
+/// (sliding blocks on 500,000), keys beside the per-type ones (not read, as in
+/// transformers), a top-level `rope_scaling` beside them (merged into the full blocks'), and,
+/// refused, a top-level base or a `type`-named scaling that transformers 4.57 and 5 read
+/// differently, a flat `rope_parameters`, and a null window.
 #[test]
 fn olmo3_tiny_logits_match_transformers() {
     use steerkit_model::random::max_abs_diff;
@@ -674,6 +676,106 @@ fn olmo3_tiny_logits_match_transformers() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("per layer type"), "{err}");
+    // transformers 5's save of a flat YaRN: flat keys beside the per-type ones, unread.
+    let c = config(&|c| {
+        let p = &mut c["rope_parameters"];
+        p["full_attention"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
+        p["rope_type"] = "yarn".into();
+        p["factor"] = 4.0.into();
+        p["rope_theta"] = 1e4.into();
+    })
+    .unwrap();
+    assert_eq!((c.rope_theta, c.rope_scaling), (500_000.0, None));
+    // A top-level rope_scaling joins the full blocks' parameters.
+    let c = config(&|c| {
+        c["rope_parameters"]["full_attention"] =
+            serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
+        c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 2.0});
+    })
+    .unwrap();
+    assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+    let err = config(&|c| c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`type`"), "{err}");
+    let err = config(&|c| c["sliding_window"] = serde_json::Value::Null)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sliding_window null"), "{err}");
+}
+
+/// The tiny random Qwen2-MoE folder of `scripts/reference_qwen2_moe.py` (transformers' own
+/// Qwen2MoeForCausalLM in float64: blocks 0 and 2 route each token to 2 of 4 experts beside
+/// a shared expert of 40 channels under its sigmoid gate, block 1 has a plain MLP, q/k/v
+/// biases): steerkit's logits at every position equal transformers', with the top-2 weights
+/// left as they are (`norm_topk_prob` false, the released models') and renormalized, and
+/// after the folder is saved and read back. Without the shared expert, or with its gate
+/// left out, the logits move far past the tolerance. `qkv_bias: false` drops the biases; a
+/// sliding window is refused; no experts means every block plain.
+#[test]
+fn qwen2_moe_tiny_logits_match_transformers() {
+    use steerkit_model::random::max_abs_diff;
+    let (m, fx) = gemma_fixture("qwen2_moe_tiny");
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::Qwen2Moe);
+    let moe = m.cfg.moe.clone().expect("a mixture of experts");
+    assert_eq!(
+        (moe.top_k, moe.norm_topk_prob, moe.shared_intermediate_size),
+        (2, false, Some(40))
+    );
+    assert_eq!(moe.dense_layers, vec![1]);
+    assert!(m.cfg.attention_bias);
+    check_all_positions(&m, &fx["cases"], "qwen2_moe tiny");
+    let normalized = copy_with("qwen2_moe_tiny", |c| c["norm_topk_prob"] = true.into());
+    check_all_positions(
+        &qwen3_model(normalized.path()),
+        &fx["cases_normalized"],
+        "qwen2_moe tiny, normalized",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("saved");
+    steerkit_model::hf::save_folder(&m, None, None, &dir).unwrap();
+    check_all_positions(
+        &qwen3_model(&dir),
+        &fx["cases"],
+        "qwen2_moe tiny, saved again",
+    );
+    // The shared expert, and its gate, each matter.
+    let ids =
+        candle_core::Tensor::new(&[[3u32, 95, 0, 47, 47, 8, 61, 20, 11]], &Device::Cpu).unwrap();
+    let a = m.last_logits(&ids, &[0], &mut NoHook).unwrap();
+    let moved = |edit: &dyn Fn(&mut steerkit_model::SharedExpert)| {
+        let mut other = m.clone();
+        for b in &mut other.layers {
+            if let steerkit_model::Mlp::Moe(e) = &mut b.mlp {
+                edit(e.shared.as_mut().expect("a shared expert"));
+            }
+        }
+        let b = other.last_logits(&ids, &[0], &mut NoHook).unwrap();
+        max_abs_diff(&a, &b).unwrap()
+    };
+    let silent = moved(&|s| s.mlp.down.weight = s.mlp.down.weight.zeros_like().unwrap());
+    let open = moved(&|s| s.gate = s.gate.zeros_like().unwrap());
+    assert!(
+        silent > 1e-2 && open > 1e-2,
+        "shared expert {silent}, its gate {open}"
+    );
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let d = copy_with("qwen2_moe_tiny", edit);
+        steerkit_model::hf::HfFolder::open(d.path())
+            .unwrap()
+            .config()
+    };
+    assert!(
+        !config(&|c| c["qkv_bias"] = false.into())
+            .unwrap()
+            .attention_bias
+    );
+    let err = config(&|c| c["use_sliding_window"] = true.into()).unwrap_err();
+    assert!(err.to_string().contains("sliding window"), "{err}");
+    assert!(config(&|c| c["num_experts"] = 0.into())
+        .unwrap()
+        .moe
+        .is_none());
 }
 
 /// The tiny random Qwen3-MoE folder of `scripts/reference_qwen3_moe.py` (transformers' own

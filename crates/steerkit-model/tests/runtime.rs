@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 14] = [
+const ARCHS: [Arch; 15] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -32,6 +32,8 @@ const ARCHS: [Arch; 14] = [
     Arch::Olmo3,
     // Block 1 a mixture of 4 experts, 2 per token (tiny_config).
     Arch::Qwen3Moe,
+    // Block 1 a mixture of 4 experts, 2 per token, unnormalized, beside a shared expert.
+    Arch::Qwen2Moe,
     // Every block a mixture of 4 experts, stored under Mixtral's names.
     Arch::Mixtral,
     // Sinks, biases on q/k/v/o, the router and the experts, a clamped SwiGLU, a window on

@@ -325,3 +325,31 @@ fn linear_inputs_of_a_mixture_of_experts() {
     }
     assert_eq!(routed, 16);
 }
+
+/// Qwen2-MoE's shared expert (tiny config, block 1) reads every real row, as its gate does;
+/// its down projection reads its gate and up maps' output on them.
+#[test]
+fn linear_inputs_of_a_shared_expert() {
+    let m = random_model(tiny_config(Arch::Qwen2Moe, 64), DType::F64, 2).unwrap();
+    let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
+    let ins: HashMap<String, Tensor> = m
+        .linear_inputs(1, &x, &[0, 2])
+        .unwrap()
+        .into_iter()
+        .collect();
+    let h2 = &ins["mlp.gate.weight"];
+    for name in [
+        "mlp.shared_expert_gate.weight",
+        "mlp.shared_expert.gate_proj.weight",
+        "mlp.shared_expert.up_proj.weight",
+    ] {
+        assert_eq!(max_abs(&(&ins[name] - h2).unwrap()), 0.0, "{name}");
+    }
+    let Some(steerkit_model::Mlp::Moe(e)) = m.layers.get(1).map(|b| &b.mlp) else {
+        panic!("block 1 is a mixture of experts")
+    };
+    let s = &e.shared.as_ref().expect("a shared expert").mlp;
+    let act = (s.gate.forward(h2).unwrap().silu().unwrap() * s.up.forward(h2).unwrap()).unwrap();
+    let down = &ins["mlp.shared_expert.down_proj.weight"];
+    assert_eq!(max_abs(&(act - down).unwrap()), 0.0);
+}
