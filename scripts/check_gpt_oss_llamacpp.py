@@ -29,7 +29,10 @@ converter writes gpt-oss), and in q8_0 for comparison, every token taking every 
 llama.cpp must follow the MXFP4 values as closely as the q8_0 ones (its 8-bit activations for
 quantized matrices make neither exact), MXFP4's rounding must move the logits much further
 than that, and steerkit's reading of the MXFP4 file must equal the values gguf-py says the
-blocks stand for.
+blocks stand for. Last, steerkit's own `--gguf-type mxfp4` export of the f32 folder (experts
+MXFP4, the other matrices q8_0): each expert stack's bytes must equal gguf-py's quantization
+of the same f32 values (llama.cpp's quantizer), and llama.cpp's logits must follow the forward
+on what steerkit reads back from the file as closely as for the q8_0 copy above.
 
 Exit code 0 when llama.cpp agrees within 0.05, neither control (no sinks, no clamp) does, and
 the MXFP4 part passes; 1 otherwise. About a minute.
@@ -203,8 +206,8 @@ def check_mxfp4(steerkit, work, cfg, w16):
     q8_0 (llama.cpp rounds activations to 8 bits for quantized matrices, so neither is exact),
     while MXFP4's rounding itself moves the logits far more; and steerkit's reading of the
     MXFP4 file, exported as a folder, must equal those values. Every token takes every expert
-    here: with a choice, that 8-bit rounding flips near-ties of the router. True when it
-    passes."""
+    here: with a choice, that 8-bit rounding flips near-ties of the router. Whether it
+    passes, and llama.cpp's error on the q8_0 copy."""
     import subprocess
     import gguf
     from llama_cpp import Llama
@@ -237,6 +240,61 @@ def check_mxfp4(steerkit, work, cfg, w16):
           f"on the blocks' values max abs {err['MXFP4']:.2e} (q8_0 experts: {err['Q8_0']:.2e}; "
           f"MXFP4's rounding moves the forward by {moved:.2f}); steerkit's reading of the "
           f"file vs those values max abs {gap:.1e}")
+    return ok, err["Q8_0"]
+
+
+def gguf_stacks(w, cfg):
+    """The f32 expert stacks of `w` (transformers' layout) by GGUF name, in numpy's order:
+    gate and up `[experts, channels, hidden]`, down `[experts, hidden, channels]`."""
+    out = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        p, b = f"model.layers.{layer}.mlp.experts", f"blk.{layer}"
+        gu = w[f"{p}.gate_up_proj"]
+        out[f"{b}.ffn_gate_exps.weight"] = np.ascontiguousarray(gu[:, :, 0::2].transpose(0, 2, 1))
+        out[f"{b}.ffn_up_exps.weight"] = np.ascontiguousarray(gu[:, :, 1::2].transpose(0, 2, 1))
+        out[f"{b}.ffn_down_exps.weight"] = np.ascontiguousarray(
+            w[f"{p}.down_proj"].transpose(0, 2, 1))
+    return out
+
+
+def check_mxfp4_export(steerkit, work, cfg, w, q8_err):
+    """steerkit's `--gguf-type mxfp4` export of the f32 folder, every token taking every
+    expert: the stacks' bytes against gguf-py's quantizer, and llama.cpp against the forward
+    on steerkit's reading of the file, which must be within twice `q8_err` (llama.cpp's error
+    on the q8_0 copy of check_mxfp4). True when it passes."""
+    import shutil
+    import subprocess
+    import gguf
+    from llama_cpp import Llama
+    every = dict(cfg, num_experts_per_tok=cfg["num_local_experts"])
+    folder = os.path.join(work, "gpt-oss-every")
+    shutil.copytree(os.path.join(work, "gpt-oss"), folder)
+    with open(os.path.join(folder, "config.json"), "w") as fh:
+        json.dump(every, fh)
+    out = os.path.join(work, "steerkit-mxfp4.gguf")
+    quiet = dict(check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([steerkit, "export", "-m", folder, "--format", "gguf", "--gguf-type", "mxfp4",
+                    "--out", out], **quiet)
+    stacks = gguf_stacks(w, cfg)
+    mx = [t for t in gguf.GGUFReader(out).tensors
+          if t.tensor_type == gguf.GGMLQuantizationType.MXFP4]
+    same = sum(np.array_equal(np.asarray(t.data).reshape(-1), gguf.quants.quantize(
+        stacks[t.name], gguf.GGMLQuantizationType.MXFP4).reshape(-1)) for t in mx)
+    back = os.path.join(work, "from-steerkit-mxfp4")
+    subprocess.run([steerkit, "export", "-m", out, "--out", back], **quiet)
+    read = read_safetensors(os.path.join(back, "model.safetensors"))
+    llm = Llama(model_path=out, n_ctx=64, logits_all=True, verbose=False, seed=0,
+                type_k=0, type_v=0)
+    err = 0.0
+    for ids in SEQS:
+        llm.reset()
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        err = max(err, float(np.abs(got - forward(every, read, ids)).max()))
+    ok = len(mx) == 3 * cfg["num_hidden_layers"] and same == len(mx) and err <= 2 * q8_err
+    print(f"{'PASS' if ok else 'FAIL'}: steerkit's MXFP4 export: {same} of {len(mx)} expert "
+          f"stacks byte for byte gguf-py's quantization; llama.cpp vs the forward on steerkit's "
+          f"reading of the file max abs {err:.2e} (q8_0 experts above: {q8_err:.2e})")
     return ok
 
 
@@ -277,7 +335,9 @@ def main():
           f"max abs {loose_gap:.2e}; control: without the clamp at least "
           f"{min(g[1] for g in gaps):.2f}")
     ok &= min(g[1] for g in gaps) > 0.5
-    ok &= check_mxfp4(steerkit, work, cfg, w16)
+    passed, q8_err = check_mxfp4(steerkit, work, cfg, w16)
+    ok &= passed
+    ok &= check_mxfp4_export(steerkit, work, cfg, w, q8_err)
     return 0 if ok else 1
 
 

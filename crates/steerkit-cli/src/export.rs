@@ -23,11 +23,12 @@ pub struct Args {
     /// Output format.
     #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "gguf", "control-vector"])]
     pub format: String,
-    /// Matrix storage for --format gguf [default: f16]. A GGUF source's metadata is carried
-    /// over; for a Hugging Face folder it is built from config.json and tokenizer.json
-    /// (byte-level BPE tokenizers: Qwen2, Llama 3, SmolLM2, GPT-2 style; SentencePiece-style:
-    /// Llama 2, Mistral 7B).
-    #[arg(long, value_parser = ["f16", "q8_0"])]
+    /// Matrix storage for --format gguf [default: f16]; mxfp4 (mixtures of experts only):
+    /// the experts in MXFP4 as llama.cpp's gpt-oss files hold them, the other matrices q8_0.
+    /// A GGUF source's metadata is carried over; for a Hugging Face folder it is built from
+    /// config.json and tokenizer.json (byte-level BPE tokenizers: Qwen2, Llama 3, SmolLM2,
+    /// GPT-2 style; SentencePiece-style: Llama 2, Mistral 7B).
+    #[arg(long, value_parser = ["f16", "q8_0", "mxfp4"])]
     pub gguf_type: Option<String>,
     /// Tensor storage for --format safetensors [default: f32]. bf16 halves the folder (as
     /// most models are published) at the cost of rounding every weight to bf16, which moves
@@ -169,10 +170,10 @@ pub fn run(a: Args) -> Result<()> {
             let sp = spinner(&format!("writing {}", a.out.display()));
             if let Some(meta) = meta {
                 let gguf_type = a.gguf_type.as_deref().unwrap_or("f16");
-                let ty = if gguf_type == "q8_0" {
-                    steerkit_export::gguf::GgufType::Q8_0
-                } else {
-                    steerkit_export::gguf::GgufType::F16
+                let ty = match gguf_type {
+                    "q8_0" => steerkit_export::gguf::GgufType::Q8_0,
+                    "mxfp4" => steerkit_export::gguf::GgufType::Mxfp4Moe,
+                    _ => steerkit_export::gguf::GgufType::F16,
                 };
                 steerkit_export::gguf::write(&model, &meta, ty, &a.out)?;
                 sp.finish_and_clear();
@@ -181,8 +182,12 @@ pub fn run(a: Args) -> Result<()> {
                 } else {
                     "metadata from config.json and tokenizer.json"
                 };
+                let matrices = match gguf_type {
+                    "mxfp4" => "mxfp4 experts, q8_0 other".to_string(),
+                    t => t.to_string(),
+                };
                 println!(
-                    "wrote {} ({gguf_type} matrices, f32 vectors, {source})",
+                    "wrote {} ({matrices} matrices, f32 vectors, {source})",
                     a.out.display(),
                 );
                 // Gemma's, gpt-oss's and OLMo 3's window is in the file; the others' is not.

@@ -42,5 +42,6 @@ pub fn write(
             ("controlvector.layer_count", &count),
         ],
         &[(name.as_str(), &q)],
+        &Default::default(),
     )
 }

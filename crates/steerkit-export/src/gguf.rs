@@ -39,13 +39,18 @@ fn gguf_context(scaling: &str, ctx: f64) -> Result<u32, ModelError> {
 pub enum GgufType {
     F16,
     Q8_0,
+    /// A mixture of experts' stacked experts (`ffn_*_exps`) in GGML's MXFP4, as llama.cpp's
+    /// gpt-oss files hold them (4.25 bits a weight), the other matrices in q8_0; only for
+    /// models with experts.
+    Mxfp4Moe,
 }
 
 impl GgufType {
+    /// The type of the matrices that are not experts stored otherwise.
     fn ggml(self) -> GgmlDType {
         match self {
             GgufType::F16 => GgmlDType::F16,
-            GgufType::Q8_0 => GgmlDType::Q8_0,
+            GgufType::Q8_0 | GgufType::Mxfp4Moe => GgmlDType::Q8_0,
         }
     }
 
@@ -54,8 +59,37 @@ impl GgufType {
         match self {
             GgufType::F16 => 1,
             GgufType::Q8_0 => 7,
+            // LLAMA_FTYPE_MOSTLY_MXFP4_MOE.
+            GgufType::Mxfp4Moe => 38,
         }
     }
+}
+
+/// An expert stack `t` (`[experts, rows, cols]`, cols a multiple of 32) encoded as GGML MXFP4
+/// ([`steerkit_model::mxfp4::encode`], llama.cpp's quantizer), held as the q8_0 tensor of the
+/// same bytes that candle can write (one even dimension halved: 34 bytes per 32 q8_0 values,
+/// 17 per 32 MXFP4 ones), with the stack's own GGUF dimensions (innermost first) to set when
+/// the file is written; `None` when no dimension can be halved so.
+fn mxfp4_placeholder(t: &candle_core::Tensor) -> Result<Option<(QTensor, Vec<u64>)>, ModelError> {
+    let dims = t.dims().to_vec();
+    let last = dims.len() - 1;
+    let Some(half) = (0..last)
+        .find(|i| dims[*i].is_multiple_of(2))
+        .or(dims[last].is_multiple_of(64).then_some(last))
+    else {
+        return Ok(None);
+    };
+    let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    let bytes = steerkit_model::mxfp4::encode(&values, steerkit_model::mxfp4::Order::Halves)?;
+    let mut held = dims.clone();
+    held[half] /= 2;
+    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+        GgmlDType::Q8_0,
+        &bytes,
+        held,
+        &Device::Cpu,
+    )?;
+    Ok(Some((q, dims.iter().rev().map(|d| *d as u64).collect())))
 }
 
 /// GGUF key/value pairs, written before the tensors.
@@ -271,10 +305,11 @@ pub fn metadata(
             )));
         }
     }
-    // llama.cpp's olmo2 takes the heads to span the hidden size.
-    if cfg.arch.olmo() && cfg.num_heads * cfg.head_dim != cfg.hidden_size {
+    // llama.cpp's olmo2 and qwen2moe take the heads to span the hidden size.
+    let spanning = cfg.arch.olmo() || cfg.arch == Arch::Qwen2Moe;
+    if spanning && cfg.num_heads * cfg.head_dim != cfg.hidden_size {
         return Err(ModelError::Config(format!(
-            "this {} model's {} heads of {} do not span its hidden size {}, as llama.cpp's olmo2 takes them to: it has no GGUF form; export it as safetensors",
+            "this {} model's {} heads of {} do not span its hidden size {}, as llama.cpp's {arch} takes them to: it has no GGUF form; export it as safetensors",
             cfg.arch.name(), cfg.num_heads, cfg.head_dim, cfg.hidden_size
         )));
     }
@@ -499,9 +534,19 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             ));
         }
     }
+    if ty == GgufType::Mxfp4Moe && model.cfg.moe.is_none() {
+        return Err(ModelError::Input(format!(
+            "MXFP4 stores a mixture's experts; this {} model has none: write f16 or q8_0",
+            model.cfg.arch.name()
+        )));
+    }
+    let mut mxfp4 = std::collections::HashMap::new();
     let mut named = model.named_tensors();
-    // llama.cpp's olmo2 and gpt-oss need a head of their own: a tied one is written as a copy.
-    if (model.cfg.arch.olmo() || model.cfg.arch.gpt_oss()) && model.lm_head.is_none() {
+    // llama.cpp's olmo2, gpt-oss and qwen2moe need a head of their own: a tied one is
+    // written as a copy.
+    let own_head =
+        model.cfg.arch.olmo() || model.cfg.arch.gpt_oss() || model.cfg.arch == Arch::Qwen2Moe;
+    if own_head && model.lm_head.is_none() {
         named.push(("lm_head.weight".into(), model.embed.clone()));
     }
     // Fused parts joined (Phi-3); the experts are stacked GGUF's way below.
@@ -551,6 +596,14 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         // Biases stay f32 too, stacked ones (gpt-oss's experts') included: llama.cpp adds
         // them only in f32.
         let kept_f32 = name.ends_with("ffn_gate_inp.weight") || name.ends_with(".bias");
+        let stack = name.ends_with("_exps.weight") && t.rank() == 3;
+        if ty == GgufType::Mxfp4Moe && stack && t.dims().last().is_some_and(|c| c % 32 == 0) {
+            if let Some((q, dims)) = mxfp4_placeholder(&t)? {
+                mxfp4.insert(name.clone(), dims);
+                tensors.push((name, q));
+                continue;
+            }
+        }
         let ggml = if !kept_f32 && t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
             ty.ggml()
         } else {
@@ -569,16 +622,18 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         .collect();
     kv.sort_by_key(|(k, _)| *k);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
-    write_file(out, &kv, &refs)
+    write_file(out, &kv, &refs, &mxfp4)
 }
 
 /// Writes a GGUF file whole or not at all: into `OUT.gguf.tmp`, flushed and synced (so that
 /// an error such as a full disk stops it), then renamed to `out`; the temporary file is
-/// removed on error.
+/// removed on error. The tensors `mxfp4` names were given as q8_0 placeholders of MXFP4
+/// bytes ([`mxfp4_placeholder`]) and are marked MXFP4 with these dimensions before the rename.
 pub(crate) fn write_file(
     out: &Path,
     kv: &[(&str, &Value)],
     tensors: &[(&str, &QTensor)],
+    mxfp4: &std::collections::HashMap<String, Vec<u64>>,
 ) -> Result<(), ModelError> {
     let tmp = out.with_extension("gguf.tmp");
     let res = (|| -> Result<(), ModelError> {
@@ -586,6 +641,9 @@ pub(crate) fn write_file(
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?);
         gguf_file::write(&mut f, kv, tensors)?;
         let f = f.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+        if !mxfp4.is_empty() {
+            steerkit_model::gguf::mxfp4::retype(&tmp, mxfp4)?;
+        }
         f.sync_all().map_err(|e| io(&tmp, e))?;
         std::fs::rename(&tmp, out).map_err(|e| io(out, e))
     })();

@@ -825,8 +825,8 @@ fn olmo2_gguf_round_trip() {
     let swa = ("olmo2.rope.freq_base_swa", Value::F32(10.0));
     let err = windowed(vec![swa]).unwrap_err().to_string();
     assert!(err.contains("freq_base_swa"), "{err}");
-    // Flags as integers, and blocks past a short list without the window, as llama.cpp
-    // reads them; a list longer than the blocks is an error.
+    // Flags as 32-bit integers, blocks past a short list without the window, entries past
+    // the blocks unread, as llama.cpp reads them; flags of another type are an error.
     let flags = Value::Array(vec![Value::U32(1), Value::U32(0)]);
     assert_eq!(
         windowed(vec![(pattern, flags)])
@@ -842,6 +842,11 @@ fn olmo2_gguf_round_trip() {
         vec![1]
     );
     let flags = Value::Array(vec![Value::Bool(true); 3]);
+    assert!(windowed(vec![(pattern, flags)])
+        .unwrap()
+        .full_attention_layers
+        .is_empty());
+    let flags = Value::Array(vec![Value::U8(1); 2]);
     let err = windowed(vec![(pattern, flags)]).unwrap_err().to_string();
     assert!(err.contains("not a flag for each"), "{err}");
 }
@@ -1017,8 +1022,10 @@ fn qwen3_moe_gguf_round_trip() {
 /// gate as the vector `ffn_gate_inp_shexp`, in f32) with its width
 /// (`expert_shared_feed_forward_length`), and loads back as the same mixture within f16
 /// rounding of its logits (`scripts/check_qwen3_moe_llamacpp.py` runs such a file in
-/// llama.cpp). llama.cpp's qwen2moe leaves the top weights unnormalized and always has a
-/// shared expert: a model that normalizes them, or has none, is refused.
+/// llama.cpp); its tied head is written as `output.weight`, which llama.cpp's qwen2moe needs.
+/// The gate as llama.cpp's converter writes it, `{hidden, 1}`, reads the same. llama.cpp's
+/// qwen2moe leaves the top weights unnormalized and always has a shared expert: a model that
+/// normalizes them, or has none, is refused.
 #[test]
 fn qwen2_moe_gguf_round_trip() {
     let (m, _d, out) = tiny_gguf(steerkit_model::Arch::Qwen2Moe, 7, |c| {
@@ -1042,11 +1049,30 @@ fn qwen2_moe_gguf_round_trip() {
         infos["blk.1.ffn_gate_inp_shexp.weight"].ggml_dtype,
         GgmlDType::F32
     );
+    assert!(m.cfg.tie_word_embeddings && infos.contains_key("output.weight"));
     let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(back.model.cfg.moe, m.cfg.moe);
     assert_eq!(back.model.cfg.arch, steerkit_model::Arch::Qwen2Moe);
     let gap = last_logits_gap(&m, &back.model);
     assert!(gap < 0.02, "f16 GGUF against the f32 model: {gap}");
+    let converted = _d.path().join("converted.gguf");
+    rewrite(&out, &converted, |_, tensors| {
+        for (name, t) in tensors.iter_mut() {
+            if name.ends_with("ffn_gate_inp_shexp.weight") {
+                let row = t.dequantize(&candle_core::Device::Cpu).unwrap();
+                let row = row.reshape((1, row.elem_count())).unwrap();
+                *t = candle_core::quantized::QTensor::quantize(&row, GgmlDType::F32).unwrap();
+            }
+        }
+    });
+    assert_eq!(
+        tensor_infos(&converted)["blk.1.ffn_gate_inp_shexp.weight"]
+            .shape
+            .dims(),
+        [1, 32]
+    );
+    let again = load(converted.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(last_logits_gap(&back.model, &again.model), 0.0);
     let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();
     let chat = g.chat_template(&tok).unwrap();
@@ -1151,6 +1177,98 @@ fn gpt_oss_gguf_round_trip() {
             .to_string();
         assert!(err.contains(needle), "{key}: {err}");
     }
+}
+
+/// `--gguf-type mxfp4`: a gpt-oss model's experts written as GGML MXFP4 (type 39, file type
+/// 38, each stack with its own dimensions), the other matrices q8_0. Read back, each expert
+/// matrix is exactly llama.cpp's quantization of the original (steerkit's encoder, decoded),
+/// and the logits stay near the f32 model's; a Qwen3-MoE stack whose columns are not whole
+/// blocks stays q8_0 or f32; a model without experts is refused, with no file left.
+/// `scripts/check_gpt_oss_llamacpp.py` checks such a file in llama.cpp.
+#[test]
+fn mxfp4_export_of_experts() {
+    use steerkit_model::mxfp4::{decode, encode, Order};
+    let (m, d, _) = tiny_gguf(steerkit_model::Arch::GptOss, 11, |c| {
+        c.hidden_act = steerkit_model::gguf::LLAMACPP_GPT_OSS_SWIGLU;
+        c.full_attention_layers = vec![1];
+        c.moe.as_mut().unwrap().intermediate_size = 64;
+    });
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let chat = g.chat_template(&tok).unwrap();
+    let meta = metadata(&m.cfg, &tok, &chat, "x").unwrap();
+    let out = d.path().join("mxfp4.gguf");
+    write(&m, &meta, GgufType::Mxfp4Moe, &out).unwrap();
+    let back = Gguf::open(&out).unwrap();
+    assert_eq!(
+        format!("{:?}", back.metadata()["general.file_type"]),
+        "U32(38)"
+    );
+    let types = back.tensor_types();
+    // gate, up and down stacks of 2 blocks.
+    assert_eq!(types.get("MXFP4"), Some(&6), "{types:?}");
+    assert!(types.contains_key("Q8_0"), "{types:?}");
+    let loaded = back.model(&candle_core::Device::Cpu, DType::F32).unwrap();
+    // The f32 model with each expert matrix quantized and decoded in memory.
+    let mut rounded = m.clone();
+    for (b, (blk, read)) in rounded.layers.iter_mut().zip(&loaded.layers).enumerate() {
+        let (steerkit_model::Mlp::Moe(a), steerkit_model::Mlp::Moe(z)) = (&mut blk.mlp, &read.mlp)
+        else {
+            panic!("block {b} routes");
+        };
+        for (x, y) in a.experts.iter_mut().zip(&z.experts) {
+            for (p, q) in [
+                (&mut x.gate, &y.gate),
+                (&mut x.up, &y.up),
+                (&mut x.down, &y.down),
+            ] {
+                let v: Vec<f32> = p.weight.flatten_all().unwrap().to_vec1().unwrap();
+                let want = decode(&encode(&v, Order::Halves).unwrap(), Order::Halves).unwrap();
+                let got: Vec<f32> = q.weight.flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(got, want, "block {b}");
+                p.weight = candle_core::Tensor::from_vec(
+                    want,
+                    p.weight.shape(),
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap();
+            }
+        }
+    }
+    // Every other tensor is what a q8_0 export holds; MXFP4 moves the logits.
+    let q8 = d.path().join("q8.gguf");
+    write(&m, &meta, GgufType::Q8_0, &q8).unwrap();
+    let q8 = Gguf::open(&q8)
+        .unwrap()
+        .model(&candle_core::Device::Cpu, DType::F32)
+        .unwrap();
+    let theirs: std::collections::HashMap<String, candle_core::Tensor> =
+        q8.named_tensors().into_iter().collect();
+    for (name, t) in loaded.named_tensors() {
+        if !name.contains(".experts.") {
+            let gap = steerkit_model::random::max_abs_diff(&t, &theirs[&name]).unwrap();
+            assert_eq!(gap, 0.0, "{name}");
+        }
+    }
+    let moved = last_logits_gap(&m, &rounded);
+    assert!(moved > 1e-2, "MXFP4 experts move the logits by {moved}");
+
+    let (q, d2, _) = tiny_gguf(steerkit_model::Arch::Qwen3Moe, 7, |c| {
+        c.moe.as_mut().unwrap().dense_layers.clear()
+    });
+    let meta = metadata(&q.cfg, &tok, &chat, "x").unwrap();
+    let out = d2.path().join("mxfp4.gguf");
+    write(&q, &meta, GgufType::Mxfp4Moe, &out).unwrap();
+    let types = Gguf::open(&out).unwrap().tensor_types();
+    // gate and up ([4, 24, 32]) in MXFP4; down ([4, 32, 24]) cannot be.
+    assert_eq!(types.get("MXFP4"), Some(&4), "{types:?}");
+
+    let (plain, d3, _) = tiny_gguf(steerkit_model::Arch::Qwen2, 3, |_| {});
+    let meta = metadata(&plain.cfg, &tok, &chat, "x").unwrap();
+    let out = d3.path().join("none.gguf");
+    let err = write(&plain, &meta, GgufType::Mxfp4Moe, &out).unwrap_err();
+    assert!(err.to_string().contains("experts"), "{err}");
+    assert!(!out.exists() && !out.with_extension("gguf.tmp").exists());
 }
 
 /// `values` (`[.., cols]`, cols a multiple of 32) as GGML MXFP4 blocks, laid out as ggml's

@@ -592,6 +592,14 @@ impl Config {
                 ));
             }
         }
+        if let Some(s) = self.moe.as_ref().and_then(|m| m.shared_intermediate_size) {
+            if self.arch != Arch::Qwen2Moe || s == 0 {
+                return bad(format!(
+                    "a shared expert of {s} channels in a {} model (qwen2_moe's only, with channels)",
+                    self.arch.name()
+                ));
+            }
+        }
         if self.arch == Arch::Olmo3 && self.rope_local_theta.is_none() {
             return bad(
                 "an olmo3 model's sliding blocks rotate with plain RoPE of a base of their own: rope_local_theta must be set".into(),

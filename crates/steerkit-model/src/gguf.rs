@@ -1,6 +1,6 @@
 //! GGUF files: configuration, dequantized weights, tokenizer and chat template from one file.
 
-pub(crate) mod mxfp4;
+pub mod mxfp4;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -228,10 +228,15 @@ impl Gguf {
             // its qwen2moe does not renormalize them, and adds a shared expert of
             // `expert_shared_feed_forward_length` channels (else `feed_forward_length`).
             moe: match arch {
+                // llama.cpp's widths when the keys are absent: the MLP's over the experts a
+                // token takes, and the MLP's.
                 Arch::Qwen2Moe => Some(crate::config::MoeConfig {
                     num_experts: req("expert_count")?,
                     top_k: req("expert_used_count")?,
-                    intermediate_size: req("expert_feed_forward_length")?,
+                    intermediate_size: match self.meta_u(&key("expert_feed_forward_length"))? {
+                        Some(n) if n > 0 => n,
+                        _ => req("feed_forward_length")? / req("expert_used_count")?.max(1),
+                    },
                     norm_topk_prob: false,
                     dense_layers: vec![],
                     shared_intermediate_size: Some(
@@ -294,8 +299,8 @@ impl Gguf {
     }
 
     /// OLMo 3 as llama.cpp's olmo2 reads it: the window (`window`, over 0) on the blocks
-    /// `attention.sliding_window_pattern` flags (booleans or integers, blocks past the list
-    /// without it), or else on three of every `n` blocks (`n` that key as a number, 4 when
+    /// `attention.sliding_window_pattern` flags (booleans or 32-bit integers, as llama.cpp
+    /// takes them; blocks past the list without it, entries past the blocks unread), or else on three of every `n` blocks (`n` that key as a number, 4 when
     /// absent), and those blocks rotated unscaled with the others'
     /// base. llama.cpp reads `rope.freq_base_swa` but does not use it: a file whose value
     /// differs is refused, since what it says and what llama.cpp computes disagree.
@@ -308,19 +313,13 @@ impl Gguf {
                     .iter()
                     .map(|f| match f {
                         Value::Bool(b) => Some(*b),
-                        Value::U8(i) => Some(*i != 0),
-                        Value::I8(i) => Some(*i != 0),
-                        Value::U16(i) => Some(*i != 0),
-                        Value::I16(i) => Some(*i != 0),
                         Value::U32(i) => Some(*i != 0),
                         Value::I32(i) => Some(*i != 0),
-                        Value::U64(i) => Some(*i != 0),
-                        Value::I64(i) => Some(*i != 0),
                         _ => None,
                     })
                     .collect();
                 match flags {
-                    Some(mut f) if f.len() <= n => {
+                    Some(mut f) => {
                         f.resize(n, false);
                         f
                     }
@@ -619,9 +618,10 @@ impl Gguf {
                 return Ok(Some(self.mxfp4_packed(&mut f, &name)?));
             }
             let mut t = self.tensor(&name)?;
-            // The shared expert's gate, a vector in GGUF, is one row of a matrix here.
+            // The shared expert's gate is one row of a matrix here; GGUF holds it as a vector
+            // (steerkit) or as `{hidden, 1}` (llama.cpp's converter).
             if name.ends_with(".ffn_gate_inp_shexp.weight") {
-                t = t.unsqueeze(0)?;
+                t = t.reshape((1, t.elem_count()))?;
             }
             let shift = stored_norm_shift(arch, &name);
             if shift != 0.0 {

@@ -55,9 +55,110 @@ pub fn decode(bytes: &[u8], order: Order) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// `values` (a multiple of 32) as blocks of [`BLOCK_BYTES`] in `order`, by llama.cpp's
+/// reference quantizer (`quantize_row_mxfp4_ref`, gguf-py's `MXFP4.quantize_blocks`): the
+/// scale `2^(floor(log2 amax) - 2)` of the block's largest magnitude (values past 6 times
+/// it saturate there), each value the nearest e2m1 multiple of it, ties to the first in
+/// code order (`+0` before `-0`). `floor(log2 amax)` is read from the float's exponent, so a
+/// value within a rounding of a power of two may take the other scale than `log2f` gives.
+pub fn encode(values: &[f32], order: Order) -> Result<Vec<u8>> {
+    if !values.len().is_multiple_of(32) {
+        return Err(ModelError::Weights(format!(
+            "{} values are not whole MXFP4 blocks of 32",
+            values.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(values.len() / 32 * BLOCK_BYTES);
+    for x in values.chunks_exact(32) {
+        if let Some(v) = x.iter().find(|v| !v.is_finite()) {
+            return Err(ModelError::Weights(format!(
+                "a value of {v} has no MXFP4 form"
+            )));
+        }
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // floor(log2 amax) - 2 + 127 as an e8m0 byte (0 for a block of zeros or of
+        // subnormals, as llama.cpp's cast gives for those that reach it).
+        let e = match amax > 0.0 {
+            true => (floor_log2(amax) - 2 + 127).clamp(0, 254) as u8,
+            false => 0,
+        };
+        let d = 2f32.powi(i32::from(e) - 127);
+        // The first code of the smallest error (a strictly smaller one replaces it).
+        let code = |v: f32| -> u8 {
+            let err = |c: usize| (FP4[c] * d - v).abs();
+            (1..16).fold(0, |best, c| if err(c) < err(best) { c } else { best }) as u8
+        };
+        out.push(e);
+        for j in 0..16 {
+            let (lo, hi) = match order {
+                Order::Halves => (j, j + 16),
+                Order::Pairs => (2 * j, 2 * j + 1),
+            };
+            out.push(code(x[lo]) | (code(x[hi]) << 4));
+        }
+    }
+    Ok(out)
+}
+
+/// `floor(log2 x)` for a finite `x > 0`, from its bits (subnormals included).
+fn floor_log2(x: f32) -> i32 {
+    let bits = x.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32;
+    match exp {
+        // A subnormal is its mantissa m times 2^-149: floor(log2 m) - 149.
+        0 => 31 - (bits & 0x7f_ffff).leading_zeros() as i32 - 149,
+        _ => exp - 127,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encoding: values on the grid come back exactly, in both orders; a block by hand
+    /// (amax 7: scale 2^0, 7 saturates to 6, 0.25 ties between 0 and 0.5 and takes 0, -0.8
+    /// goes to -1); zeros; floor(log2) from the bits against f64's log2, subnormals too.
+    #[test]
+    fn encoding_follows_llama_cpp() {
+        // Block b: every e2m1 value twice, times 2^(b - 1) (its largest, 6, sets the scale).
+        let grid: Vec<f32> = (0..64)
+            .map(|i| FP4[i % 16] * 2f32.powi(i as i32 / 32 - 1))
+            .collect();
+        for order in [Order::Halves, Order::Pairs] {
+            let bytes = encode(&grid, order).unwrap();
+            assert_eq!(bytes.len(), 2 * BLOCK_BYTES);
+            assert_eq!(decode(&bytes, order).unwrap(), grid);
+        }
+        let mut x = vec![0f32; 32];
+        (x[0], x[1], x[2], x[17]) = (7.0, 0.25, -0.8, 2.6);
+        let y = decode(&encode(&x, Order::Halves).unwrap(), Order::Halves).unwrap();
+        assert_eq!((y[0], y[1], y[2], y[17]), (6.0, 0.0, -1.0, 3.0));
+        assert_eq!(
+            encode(&[0.0; 32], Order::Halves).unwrap(),
+            vec![0u8; BLOCK_BYTES]
+        );
+        assert!(encode(&[1.0; 31], Order::Halves).is_err());
+        assert!(encode(&[f32::NAN; 32], Order::Halves).is_err());
+        // Decoded blocks encode back to the same values (not always the same bytes: a block
+        // whose largest code is under 4 takes a smaller scale), so re-exporting a model
+        // read from MXFP4 changes none of its experts' values.
+        let mut bytes = vec![];
+        for b in 0..64u32 {
+            bytes.push(3 + (b * 37 % 248) as u8);
+            bytes.extend((0..16u32).map(|j| ((b * 131 + j * 29) % 256) as u8));
+            if b % 4 == 0 {
+                // Small codes only (|value| <= 1.5 times the scale).
+                let n = bytes.len();
+                bytes[n - 16..].iter_mut().for_each(|q| *q &= 0x33);
+            }
+        }
+        let values = decode(&bytes, Order::Halves).unwrap();
+        let again = decode(&encode(&values, Order::Halves).unwrap(), Order::Halves).unwrap();
+        assert_eq!(again, values);
+        for v in [1.0f32, 1.5, 0.75, 3.999, 4.0, 1e-3, 6.5e-40, 1e-45, 3e38] {
+            assert_eq!(floor_log2(v), (v as f64).log2().floor() as i32, "{v}");
+        }
+    }
 
     /// One block by hand: scale byte 128 (2^1), byte `1 + j` = code `j % 16` low and code
     /// `15 - j % 16` high, as ggml lays them out (value j low, value j + 16 high).

@@ -4,11 +4,13 @@
 //! The header is read twice: once here, to find the type field of every MXFP4 tensor, and
 //! once by candle, on a copy of the header in which those fields say f32 (candle reads no
 //! tensor data then, so the placeholder type is never used to read one). Such tensors are
-//! read by [`crate::gguf::Gguf`] and decoded by [`crate::mxfp4`].
+//! read by [`crate::gguf::Gguf`] and decoded by [`crate::mxfp4`]. Writing goes the other way
+//! ([`retype`]): candle writes each MXFP4 tensor as q8_0 of the same bytes, and its type and
+//! dimensions are set in place afterwards.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
@@ -41,42 +43,11 @@ pub fn read_header(path: &Path) -> Result<(Content, HashSet<String>)> {
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let size = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     let mut r = BufReader::new(file);
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic).map_err(io)?;
-    let version = u32_le(&mut r).map_err(io)?;
-    if &magic != b"GGUF" || !(2..=3).contains(&version) {
-        return Err(bad(format!(
-            "MXFP4 tensors in a GGUF file of version {version}; steerkit reads them in versions 2 and 3"
-        )));
-    }
-    let tensors = u64_le(&mut r).map_err(io)?;
-    let kvs = u64_le(&mut r).map_err(io)?;
-    for _ in 0..kvs {
-        skip_string(&mut r).map_err(io)?;
-        let ty = u32_le(&mut r).map_err(io)?;
-        skip_value(&mut r, ty, 0).map_err(io)?;
-    }
+    let infos = tensor_infos(&mut r, size).map_err(io)?;
     let (mut names, mut fields) = (HashSet::new(), vec![]);
-    for _ in 0..tensors {
-        let len = u64_le(&mut r).map_err(io)?;
-        // Bounded before anything is allocated (candle's own limit is 2^30 bytes).
-        if len > (1 << 30) || len > size {
-            return Err(bad(format!("a tensor name of {len} bytes")));
-        }
-        let mut name = vec![0u8; len as usize];
-        r.read_exact(&mut name).map_err(io)?;
-        // As candle reads names: trailing NULs dropped.
-        while name.last() == Some(&0) {
-            name.pop();
-        }
-        let dims = u32_le(&mut r).map_err(io)?;
-        r.seek_relative(8 * i64::from(dims)).map_err(io)?;
-        let at = r.stream_position().map_err(io)?;
-        if u32_le(&mut r).map_err(io)? == TYPE {
-            names.insert(String::from_utf8_lossy(&name).into_owned());
-            fields.push(at as usize);
-        }
-        u64_le(&mut r).map_err(io)?;
+    for info in infos.into_iter().filter(|i| i.ty == TYPE) {
+        names.insert(info.name);
+        fields.push(info.ty_at as usize);
     }
     let end = r.stream_position().map_err(io)? as usize;
     let mut header = vec![0u8; end];
@@ -88,6 +59,119 @@ pub fn read_header(path: &Path) -> Result<(Content, HashSet<String>)> {
     let content =
         Content::read(&mut std::io::Cursor::new(header)).map_err(|e| bad(format!("{e}")))?;
     Ok((content, names))
+}
+
+/// Where a tensor's description sits in a GGUF header.
+struct TensorInfo {
+    name: String,
+    /// Offset of its first dimension, and the dimensions (innermost first).
+    dims_at: u64,
+    dims: Vec<u64>,
+    /// Offset of its GGML type, and the type.
+    ty_at: u64,
+    ty: u32,
+}
+
+/// The tensor descriptions of the GGUF header at the start of `r` (after its version and
+/// key/values, which are skipped), `size` the file's length; `r` is left after them.
+fn tensor_infos(r: &mut BufReader<File>, size: u64) -> std::io::Result<Vec<TensorInfo>> {
+    let bad = |why: String| std::io::Error::other(why);
+    let mut magic = [0u8; 4];
+    r.seek(SeekFrom::Start(0))?;
+    r.read_exact(&mut magic)?;
+    let version = u32_le(r)?;
+    if &magic != b"GGUF" || !(2..=3).contains(&version) {
+        return Err(bad(format!(
+            "MXFP4 tensors in a GGUF file of version {version}; steerkit reads them in versions 2 and 3"
+        )));
+    }
+    let tensors = u64_le(r)?;
+    let kvs = u64_le(r)?;
+    for _ in 0..kvs {
+        skip_string(r)?;
+        let ty = u32_le(r)?;
+        skip_value(r, ty, 0)?;
+    }
+    let mut out = vec![];
+    for _ in 0..tensors {
+        let len = u64_le(r)?;
+        // Bounded before anything is allocated (candle's own limit is 2^30 bytes).
+        if len > (1 << 30) || len > size {
+            return Err(bad(format!("a tensor name of {len} bytes")));
+        }
+        let mut name = vec![0u8; len as usize];
+        r.read_exact(&mut name)?;
+        // As candle reads names: trailing NULs dropped.
+        while name.last() == Some(&0) {
+            name.pop();
+        }
+        let n = u32_le(r)?;
+        if n > 8 {
+            return Err(bad(format!("a tensor of {n} dimensions")));
+        }
+        let dims_at = r.stream_position()?;
+        let dims = (0..n).map(|_| u64_le(r)).collect::<std::io::Result<_>>()?;
+        let ty_at = r.stream_position()?;
+        let ty = u32_le(r)?;
+        u64_le(r)?;
+        out.push(TensorInfo {
+            name: String::from_utf8_lossy(&name).into_owned(),
+            dims_at,
+            dims,
+            ty_at,
+            ty,
+        });
+    }
+    Ok(out)
+}
+
+/// Marks the tensors `dims` names as MXFP4 in the GGUF file at `path`, in place: each was
+/// written as q8_0 of the same bytes (34 per 32 q8_0 values, 17 per 32 MXFP4 ones) with as
+/// many dimensions, and gets its own dimensions (innermost first) and type [`TYPE`].
+pub fn retype(path: &Path, dims: &HashMap<String, Vec<u64>>) -> Result<()> {
+    let bad = |why: String| ModelError::BadGguf {
+        path: path.into(),
+        why,
+    };
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let size = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let infos = tensor_infos(&mut BufReader::new(file), size).map_err(|e| bad(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| ModelError::io(path, e))?;
+    let mut done = 0;
+    for info in infos {
+        let Some(want) = dims.get(&info.name) else {
+            continue;
+        };
+        // Q8_0 (type 8) placeholders of as many elements' bytes only.
+        let placeholder: u64 = info.dims.iter().product();
+        if info.ty != 8
+            || want.len() != info.dims.len()
+            || 2 * placeholder != want.iter().product::<u64>()
+        {
+            return Err(bad(format!(
+                "`{}` is not a q8_0 placeholder of {want:?} MXFP4 values",
+                info.name
+            )));
+        }
+        let mut bytes: Vec<u8> = want.iter().flat_map(|d| d.to_le_bytes()).collect();
+        bytes.extend(TYPE.to_le_bytes());
+        f.seek(SeekFrom::Start(info.dims_at))
+            .and_then(|_| f.write_all(&bytes))
+            .map_err(|e| ModelError::io(path, e))?;
+        debug_assert_eq!(info.ty_at, info.dims_at + 8 * want.len() as u64);
+        done += 1;
+    }
+    match done == dims.len() {
+        true => Ok(()),
+        false => Err(bad(format!(
+            "{} of {} MXFP4 tensors found to mark",
+            done,
+            dims.len()
+        ))),
+    }
 }
 
 fn u32_le(r: &mut impl Read) -> std::io::Result<u32> {
