@@ -19,7 +19,8 @@ forward is checked against transformers' logits in tests/fixtures/mixtral_tiny f
 of 4 there; none in the exported model). Then Qwen2-MoE of the same sizes (Qwen2's q/k/v
 biases, no q/k norms, the chosen weights left unnormalized as in the released models, and a
 shared expert of 48 channels scaled per token by the sigmoid of its one-row gate, exported as
-`ffn_{gate,up,down}_shexp` and the vector `ffn_gate_inp_shexp`); its forward is checked
+`ffn_{gate,up,down}_shexp` and the vector `ffn_gate_inp_shexp`; a tied head, which the export
+writes as `output.weight` since llama.cpp's qwen2moe needs one); its forward is checked
 against tests/fixtures/qwen2_moe_tiny (scripts/reference_qwen2_moe.py) first. Its control:
 the forward without the shared expert.
 
@@ -57,7 +58,8 @@ MIXTRAL = dict(
 
 QWEN2_MOE = dict(
     CONFIG, architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe",
-    norm_topk_prob=False, shared_expert_intermediate_size=48, qkv_bias=True)
+    norm_topk_prob=False, shared_expert_intermediate_size=48, qkv_bias=True,
+    tie_word_embeddings=True)
 
 
 def mixtral(cfg):
@@ -160,6 +162,8 @@ def moe_weights(cfg):
                 s.mat(f"{p}.self_attn.{n}_proj.bias", (rows * hd,))
             s.mlp(f"{p}.mlp.shared_expert", cfg["shared_expert_intermediate_size"], d)
             s.mat(f"{p}.mlp.shared_expert_gate.weight", (1, d))
+    if cfg["tie_word_embeddings"]:
+        del s.w["lm_head.weight"]
     return s.w
 
 
