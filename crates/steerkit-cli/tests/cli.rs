@@ -899,7 +899,7 @@ fn bad_input_is_one_clear_error() {
     .unwrap();
     assert_clean_error(
         &steerkit(&["inspect", "-m", folder.to_str().unwrap()]),
-        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite, smollm3, olmo2, olmo3, qwen3_moe, qwen2_moe, mixtral, gpt_oss;",
+        "unsupported architecture `gpt_neox` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite, granitemoehybrid (attention only), smollm3, olmo2, olmo3, qwen3_moe, qwen2_moe, mixtral, gpt_oss;",
     );
     // Shapes that do not match config.json.
     std::fs::write(

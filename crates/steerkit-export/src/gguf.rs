@@ -114,7 +114,8 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Gemma3 => "gemma3",
         Arch::Gemma2 => "gemma2",
         Arch::Phi3 => "phi3",
-        Arch::Granite => "granite",
+        // Granite 4's attention-only models too, as llama.cpp's converter writes them.
+        Arch::Granite | Arch::GraniteHybrid => "granite",
         Arch::SmolLm3 => "smollm3",
         // OLMo 3 too, with a window (llama.cpp's converter writes it so).
         Arch::Olmo2 | Arch::Olmo3 => "olmo2",
@@ -376,6 +377,18 @@ pub fn metadata(
     if let (Arch::GptOss, Some(w)) = (cfg.arch, cfg.sliding_window) {
         m.push((format!("{arch}.attention.sliding_window"), u(w)));
     }
+    // llama.cpp's granite turns every block unless `rope.scaling.finetuned` is false, which
+    // turns none.
+    if cfg.arch.granite() && !cfg.nope_layers.is_empty() {
+        if cfg.nope_layers.len() != cfg.num_layers {
+            return Err(ModelError::Config(format!(
+                "this {} model turns some blocks and not others ({:?} without RoPE), which llama.cpp's granite cannot: it has no GGUF form; export it as safetensors",
+                cfg.arch.name(),
+                cfg.nope_layers
+            )));
+        }
+        m.push((format!("{arch}.rope.scaling.finetuned"), Value::Bool(false)));
+    }
     if let Some(g) = cfg.multipliers {
         let values = [g.embedding, g.residual, g.attention, g.logits_scaling];
         m.extend(
@@ -430,6 +443,18 @@ pub fn metadata(
 /// Writes `model` as a GGUF file with `meta` (temporary file, then rename). The file type
 /// and quantization version keys are set here.
 pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result<(), ModelError> {
+    // Granite 4's attention-only models compute what Granite's do: written as that, as
+    // llama.cpp's converter writes them (its MLP unfused, under Granite's names).
+    let as_granite;
+    let model = match model.cfg.arch {
+        Arch::GraniteHybrid => {
+            let mut m = model.clone();
+            m.cfg.arch = Arch::Granite;
+            as_granite = m;
+            &as_granite
+        }
+        _ => model,
+    };
     let heads = |name: &str| {
         if name.contains("q_proj") {
             Some(model.cfg.num_heads)

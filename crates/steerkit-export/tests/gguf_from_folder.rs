@@ -762,6 +762,49 @@ fn granite_gguf_round_trip() {
     assert_eq!((g.attention, g.residual), (1.0 / 8f64.sqrt(), 1.0));
 }
 
+/// A Granite 4 attention-only model exports to GGUF as llama.cpp's converter writes it,
+/// `granite` with the MLP unfused; with RoPE it loads back as Granite, without it
+/// (`rope.scaling.finetuned` false, which llama.cpp's granite obeys) as granitemoehybrid
+/// without RoPE, each within f16 rounding of its logits (`scripts/check_llama_variants_llamacpp.py`
+/// runs the second in llama.cpp). A model that turns some blocks and not others is refused.
+#[test]
+fn granite4_gguf_round_trip() {
+    use steerkit_model::Arch;
+    for nope in [false, true] {
+        let (m, _d, out) = tiny_gguf(Arch::GraniteHybrid, 5, |c| {
+            if nope {
+                c.nope_layers = (0..c.num_layers).collect();
+            }
+        });
+        let k = keys(&out);
+        assert_eq!(k["general.architecture"], "String(\"granite\")");
+        assert_eq!(
+            k.get("granite.rope.scaling.finetuned").map(String::as_str),
+            nope.then_some("Bool(false)")
+        );
+        assert!(tensor_infos(&out).contains_key("blk.1.ffn_gate.weight"));
+        let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let want = if nope {
+            Arch::GraniteHybrid
+        } else {
+            Arch::Granite
+        };
+        assert_eq!(back.model.cfg.arch, want);
+        assert_eq!(back.model.cfg.nope_layers, m.cfg.nope_layers);
+        let gap = last_logits_gap(&m, &back.model);
+        assert!(
+            gap < 0.02,
+            "nope {nope}: f16 GGUF against the f32 model: {gap}"
+        );
+    }
+    let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
+    let tok = g.tokenizer().unwrap();
+    let mut c = steerkit_model::random::tiny_config(Arch::Granite, tok.vocab_size());
+    c.nope_layers = vec![1];
+    let err = metadata(&c, &tok, &g.chat_template(&tok).unwrap(), "x").unwrap_err();
+    assert!(err.to_string().contains("no GGUF form"), "{err}");
+}
+
 /// An OLMo 2 model exports to GGUF as llama.cpp's `olmo2` (output norms as
 /// `post_attention_norm` and `post_ffw_norm`, no input norms, q/k norms over the whole
 /// projections, q/k rows as they are, a tied head written as `output.weight`, which

@@ -42,6 +42,13 @@ pub enum Arch {
     /// `attention_multiplier` (in place of `head_dim^-1/2`), and the logits divided by
     /// `logits_scaling`.
     Granite,
+    /// IBM Granite 4's attention-only models (`granitemoehybrid` whose every block is
+    /// attention and which has no experts: Granite-4.0-Micro): Granite's block and four
+    /// scalars, its MLP stored as `shared_mlp` (gate and up fused as `input_linear`, down as
+    /// `output_linear`: [`crate::weights::fused_parts`], [`crate::weights::file_name`]), with
+    /// RoPE or none (`position_embedding_type`). The hybrid models' Mamba blocks and the
+    /// mixtures of experts are not implemented. GGUF files hold it as `granite`.
+    GraniteHybrid,
     /// SmolLM3 (`smollm3`): Llama's block, with no RoPE in the blocks `no_rope_layers` marks 0
     /// (every fourth: [`Config::nope_layers`]).
     SmolLm3,
@@ -100,6 +107,7 @@ impl Arch {
             "gemma2" => Ok(Arch::Gemma2),
             "phi3" => Ok(Arch::Phi3),
             "granite" => Ok(Arch::Granite),
+            "granitemoehybrid" => Ok(Arch::GraniteHybrid),
             "smollm3" => Ok(Arch::SmolLm3),
             "olmo2" => Ok(Arch::Olmo2),
             "olmo3" => Ok(Arch::Olmo3),
@@ -123,6 +131,7 @@ impl Arch {
             Arch::Gemma2 => "gemma2",
             Arch::Phi3 => "phi3",
             Arch::Granite => "granite",
+            Arch::GraniteHybrid => "granitemoehybrid",
             Arch::SmolLm3 => "smollm3",
             Arch::Olmo2 => "olmo2",
             Arch::Olmo3 => "olmo3",
@@ -131,6 +140,11 @@ impl Arch {
             Arch::Mixtral => "mixtral",
             Arch::GptOss => "gpt_oss",
         }
+    }
+
+    /// Granite's four scalars ([`Config::multipliers`]): granite and granitemoehybrid.
+    pub fn granite(self) -> bool {
+        matches!(self, Arch::Granite | Arch::GraniteHybrid)
     }
 
     /// Whether the attention's output projection, the router and the experts' projections
@@ -600,6 +614,15 @@ impl Config {
                 ));
             }
         }
+        // granitemoehybrid turns every block or none.
+        if self.arch == Arch::GraniteHybrid
+            && !(self.nope_layers.is_empty() || self.nope_layers.len() == self.num_layers)
+        {
+            return bad(format!(
+                "a granitemoehybrid model turns every block or none, not all but {:?}",
+                self.nope_layers
+            ));
+        }
         if self.arch == Arch::Olmo3 && self.rope_local_theta.is_none() {
             return bad(
                 "an olmo3 model's sliding blocks rotate with plain RoPE of a base of their own: rope_local_theta must be set".into(),
@@ -786,6 +809,7 @@ impl Config {
             Arch::Gemma2 => "Gemma2ForCausalLM",
             Arch::Phi3 => "Phi3ForCausalLM",
             Arch::Granite => "GraniteForCausalLM",
+            Arch::GraniteHybrid => "GraniteMoeHybridForCausalLM",
             Arch::SmolLm3 => "SmolLM3ForCausalLM",
             Arch::Olmo2 => "Olmo2ForCausalLM",
             Arch::Olmo3 => "Olmo3ForCausalLM",
@@ -833,6 +857,27 @@ impl Config {
             if let Some(o) = j.as_object_mut() {
                 o.remove("rope_scaling");
             }
+        }
+        if self.arch == Arch::GraniteHybrid {
+            // Every block attention, no experts, the MLP's width as the shared MLP's; RoPE
+            // or none. The Mamba settings are unused; they are written so that
+            // GraniteMoeHybridConfig's check (heads times head size = twice the hidden size)
+            // holds.
+            let inner = 2 * self.hidden_size;
+            let heads = [128, 64, 32, 16, 8, 4, 2, 1]
+                .into_iter()
+                .find(|h| inner.is_multiple_of(*h))
+                .unwrap_or(1);
+            j["layer_types"] = vec!["attention"; self.num_layers].into();
+            j["num_local_experts"] = 0.into();
+            j["shared_intermediate_size"] = self.intermediate_size.into();
+            j["position_embedding_type"] = match self.nope_layers.is_empty() {
+                true => "rope".into(),
+                false => serde_json::Value::Null,
+            };
+            j["mamba_expand"] = 2.into();
+            j["mamba_n_heads"] = heads.into();
+            j["mamba_d_head"] = (inner / heads).into();
         }
         if self.arch == Arch::Qwen2Moe {
             // Qwen2MoeConfig's name for the q/k/v biases (on unless it says otherwise).

@@ -15,7 +15,7 @@ pub enum ModelError {
     #[error("{}: not a valid GGUF file: {why}", path.display())]
     BadGguf { path: PathBuf, why: String },
     /// An architecture this runtime does not implement.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite, smollm3, olmo2, olmo3, qwen3_moe, qwen2_moe, mixtral, gpt_oss; and the text model of gemma3 and mistral3 multimodal folders, and of gemma3 GGUF files; other multimodal models are not read)")]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite, granitemoehybrid (attention only), smollm3, olmo2, olmo3, qwen3_moe, qwen2_moe, mixtral, gpt_oss; and the text model of gemma3 and mistral3 multimodal folders, and of gemma3 GGUF files; other multimodal models are not read)")]
     UnsupportedArch(String),
     /// A required configuration value is missing or malformed.
     #[error("bad model configuration: {0}")]

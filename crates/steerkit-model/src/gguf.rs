@@ -150,6 +150,9 @@ impl Gguf {
             "gpt-oss" => Arch::GptOss,
             // llama.cpp's converter writes Mixtral as llama with experts.
             "llama" if self.meta_u(&experts)?.is_some_and(|n| n > 0) => Arch::Mixtral,
+            // llama.cpp's granite without RoPE (`rope.scaling.finetuned` false: Granite 4's
+            // attention-only models without it), which only granitemoehybrid folders say.
+            "granite" if self.no_rope(name) => Arch::GraniteHybrid,
             other => Arch::parse(other)?,
         };
         let req = |k: &str| -> Result<usize> {
@@ -222,6 +225,7 @@ impl Gguf {
             rotary_dim,
             nope_layers: match arch {
                 Arch::SmolLm3 => llamacpp_nope_layers(num_layers),
+                Arch::GraniteHybrid => (0..num_layers).collect(),
                 _ => vec![],
             },
             // llama.cpp's qwen3moe: every block routes, and renormalizes the chosen weights;
@@ -261,7 +265,7 @@ impl Gguf {
                 _ => None,
             },
             multipliers: match arch {
-                Arch::Granite => Some(self.granite_multipliers(name, head_dim)?),
+                _ if arch.granite() => Some(self.granite_multipliers(name, head_dim)?),
                 _ => None,
             },
         };
@@ -376,6 +380,12 @@ impl Gguf {
             )));
         }
         Ok(())
+    }
+
+    /// Whether a llama.cpp granite file turns off RoPE (`rope.scaling.finetuned` false).
+    fn no_rope(&self, name: &str) -> bool {
+        let key = format!("{name}.rope.scaling.finetuned");
+        self.meta(&key).and_then(|v| v.to_bool().ok()) == Some(false)
     }
 
     /// Granite's scalars as llama.cpp stores and reads them: `embedding_scale`,
@@ -756,7 +766,12 @@ pub const LLAMACPP_GPT_OSS_SWIGLU: crate::config::Activation =
 pub fn qk_permuted(arch: Arch) -> bool {
     matches!(
         arch,
-        Arch::Llama | Arch::Mistral | Arch::Granite | Arch::SmolLm3 | Arch::Mixtral
+        Arch::Llama
+            | Arch::Mistral
+            | Arch::Granite
+            | Arch::GraniteHybrid
+            | Arch::SmolLm3
+            | Arch::Mixtral
     )
 }
 

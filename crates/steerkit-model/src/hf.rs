@@ -321,7 +321,11 @@ impl HfFolder {
             arch,
             vocab_size: u("vocab_size")?,
             hidden_size: hidden,
-            intermediate_size: u("intermediate_size")?,
+            // granitemoehybrid's MLP is its shared MLP.
+            intermediate_size: match arch {
+                Arch::GraniteHybrid => u("shared_intermediate_size")?,
+                _ => u("intermediate_size")?,
+            },
             num_layers,
             num_heads: heads,
             // transformers' defaults: Gemma's 4 heads of 256, gpt-oss's 8 of 64 (the heads
@@ -369,6 +373,7 @@ impl HfFolder {
             rotary_dim: partial.map(|f| (head_dim as f64 * f) as usize),
             nope_layers: match arch {
                 Arch::SmolLm3 => smollm3_nope_layers(c, num_layers)?,
+                Arch::GraniteHybrid => granite_hybrid(c, num_layers)?,
                 _ => vec![],
             },
             // GraniteConfig's defaults: 1 each.
@@ -417,7 +422,7 @@ impl HfFolder {
                 }),
                 _ => None,
             },
-            multipliers: (arch == Arch::Granite).then(|| {
+            multipliers: arch.granite().then(|| {
                 let get = |k: &str| c[k].as_f64().unwrap_or(1.0);
                 crate::config::Multipliers {
                     embedding: get("embedding_multiplier"),
@@ -620,6 +625,31 @@ fn qwen_moe(c: &Value, arch: Arch, num_layers: usize) -> Result<crate::config::M
     })
 }
 
+/// What steerkit runs of a granitemoehybrid config.json: every block attention (`layer_types`
+/// `attention`, as Granite-4.0-Micro; GraniteMoeHybridConfig's default is every block Mamba)
+/// and no experts (`num_local_experts` 0; its default is 8); the blocks without RoPE: none
+/// with `position_embedding_type` `rope`, else all (its default, none, turns nothing).
+fn granite_hybrid(c: &Value, num_layers: usize) -> Result<Vec<usize>> {
+    let types = c["layer_types"].as_array();
+    let attention = |t: &Value| matches!(t.as_str(), Some("attention" | "full_attention"));
+    if !types.is_some_and(|t| t.len() == num_layers && t.iter().all(attention)) {
+        return Err(ModelError::Config(format!(
+            "config.json's layer_types ({}) are not {num_layers} attention blocks: the hybrid Granite 4 models' Mamba blocks are not implemented (Granite-4.0-Micro, attention only, is)",
+            c["layer_types"]
+        )));
+    }
+    let experts = c["num_local_experts"].as_u64().unwrap_or(8);
+    if experts > 0 {
+        return Err(ModelError::Config(format!(
+            "config.json gives this granitemoehybrid model {experts} experts (num_local_experts), which steerkit does not implement for it"
+        )));
+    }
+    Ok(match c["position_embedding_type"].as_str() {
+        Some("rope") => vec![],
+        _ => (0..num_layers).collect(),
+    })
+}
+
 /// SmolLM3's blocks without RoPE: those `no_rope_layers` marks 0, or, without the list, every
 /// `no_rope_layer_interval`-th (4 unless set), as SmolLM3Config builds it.
 fn smollm3_nope_layers(c: &Value, num_layers: usize) -> Result<Vec<usize>> {
@@ -724,6 +754,10 @@ fn softcapping(c: &Value, arch: Arch) -> Result<(Option<f64>, Option<f64>)> {
 /// every four. Gemma's and OLMo 3's kinds of block are kept without a window too, since they
 /// also choose the RoPE.
 fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
+    // Its `layer_types` say attention or Mamba (granite_hybrid checks them), not windows.
+    if arch == Arch::GraniteHybrid {
+        return Ok((None, vec![]));
+    }
     let window = match c.get("sliding_window") {
         // Phi-3's and Mixtral's default is none, gpt-oss's 128.
         None if matches!(arch, Arch::Phi3 | Arch::Mixtral) => None,
@@ -747,7 +781,7 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
         }
     };
     Ok(match arch {
-        Arch::Llama | Arch::Granite | Arch::Olmo2 => (None, vec![]),
+        Arch::Llama | Arch::Granite | Arch::Olmo2 | Arch::GraniteHybrid => (None, vec![]),
         Arch::SmolLm3 if c["use_sliding_window"].as_bool() == Some(true) => {
             return Err(ModelError::Config(
                 "config.json asks for SmolLM3's sliding window (on its NoPE blocks), which steerkit does not implement".into(),

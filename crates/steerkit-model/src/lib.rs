@@ -4,7 +4,8 @@
 //! un-permuted for llama, tokenizer built from the metadata with llama.cpp's ids), a Hugging
 //! Face folder, or a Hugging Face repo id already in the local cache. Architectures
 //! ([`Arch`]): llama, mistral, qwen2, qwen3, gemma2, gemma3 (and the text model of the
-//! multimodal gemma3 and mistral3), phi3, granite, smollm3, olmo2, olmo3, and the mixtures of
+//! multimodal gemma3 and mistral3), phi3, granite (and granitemoehybrid, attention only),
+//! smollm3, olmo2, olmo3, and the mixtures of
 //! experts qwen3_moe, qwen2_moe (with a shared expert), mixtral and gpt_oss ([`MoeConfig`],
 //! [`Mlp::Moe`]; gpt-oss's MXFP4 experts are decoded at loading, from its folders and from
 //! llama.cpp's GGUF files).

@@ -107,7 +107,7 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> Config {
             }),
             _ => None,
         },
-        multipliers: (arch == Arch::Granite).then_some(crate::config::Multipliers {
+        multipliers: arch.granite().then_some(crate::config::Multipliers {
             embedding: 3.0,
             residual: 0.5,
             attention: 0.2,

@@ -103,11 +103,15 @@ fn mlp_needs(out: &mut Vec<Need>, prefix: &str, f: usize, d: usize) {
 /// The name a tensor (steerkit's name, `model.layers.3.mlp.experts.5.gate_proj.weight`) has in
 /// `arch`'s Hugging Face files: Mixtral keeps its mixture under `block_sparse_moe`, with each
 /// expert's gate, up and down as `w1`, `w3` and `w2`; gpt-oss calls its router `mlp.router`
-/// (its experts are stacked: [`gpt_oss_expert_source`]); the other architectures use
-/// steerkit's.
+/// (its experts are stacked: [`gpt_oss_expert_source`]); Granite 4's down projection is
+/// `shared_mlp.output_linear` (its gate and up are fused: [`fused_parts`]); the other
+/// architectures use steerkit's.
 pub fn file_name(arch: Arch, name: &str) -> String {
     if arch == Arch::GptOss {
         return name.replacen(".mlp.gate.", ".mlp.router.", 1);
+    }
+    if arch == Arch::GraniteHybrid {
+        return name.replacen(".mlp.down_proj.", ".shared_mlp.output_linear.", 1);
     }
     if arch != Arch::Mixtral || !name.contains(".mlp.") {
         return name.to_string();
@@ -135,6 +139,8 @@ pub fn fused_parts(arch: Arch) -> &'static [(&'static str, &'static [&'static st
             ),
             ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]),
         ],
+        // Granite 4's shared MLP: gate and up as one `input_linear`.
+        Arch::GraniteHybrid => &[("shared_mlp.input_linear", &["mlp.gate_proj", "mlp.up_proj"])],
         _ => &[],
     }
 }

@@ -573,6 +573,61 @@ fn multimodal_gemma3_folder_reads_its_text_model() {
     assert!(c.tie_word_embeddings);
 }
 
+/// The tiny random Granite 4 attention-only folder of `scripts/reference_granite4.py`
+/// (transformers' own GraniteMoeHybridForCausalLM in float64: every block attention, no
+/// experts, the shared MLP's gate and up fused as `input_linear`, Granite's four scalars far
+/// from 1): steerkit's logits at every position equal transformers', with RoPE and without
+/// it (`position_embedding_type` null, the class's default), and again after the folder is
+/// saved and read back. Mamba blocks, absent layer types (Mamba by default) and experts are
+/// refused.
+#[test]
+fn granite4_tiny_logits_match_transformers() {
+    let (m, fx) = gemma_fixture("granite4_tiny");
+    assert_eq!(m.cfg.arch, steerkit_model::Arch::GraniteHybrid);
+    assert_eq!(m.cfg.intermediate_size, 40);
+    assert!(m.cfg.nope_layers.is_empty());
+    assert_eq!(m.cfg.multipliers.map(|g| g.embedding), Some(3.0));
+    check_all_positions(&m, &fx["cases"], "granite4 tiny");
+    let nope = copy_with("granite4_tiny", |c| {
+        c["position_embedding_type"] = serde_json::Value::Null
+    });
+    let nope = qwen3_model(nope.path());
+    assert_eq!(nope.cfg.nope_layers, vec![0, 1, 2]);
+    check_all_positions(&nope, &fx["cases_nope"], "granite4 tiny, no RoPE");
+    let out = tempfile::tempdir().unwrap();
+    for (model, cases, name) in [(&m, "cases", "rope"), (&nope, "cases_nope", "nope")] {
+        let dir = out.path().join(name);
+        steerkit_model::hf::save_folder(model, None, None, &dir).unwrap();
+        check_all_positions(&qwen3_model(&dir), &fx[cases], "granite4 tiny, saved again");
+    }
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let d = copy_with("granite4_tiny", edit);
+        steerkit_model::hf::HfFolder::open(d.path())
+            .unwrap()
+            .config()
+    };
+    for (edit, needle) in [
+        (
+            &(|c: &mut serde_json::Value| c["layer_types"][1] = "mamba".into())
+                as &dyn Fn(&mut serde_json::Value),
+            "Mamba",
+        ),
+        (
+            &|c: &mut serde_json::Value| {
+                c.as_object_mut().unwrap().remove("layer_types");
+            },
+            "Mamba",
+        ),
+        (
+            &|c: &mut serde_json::Value| c["num_local_experts"] = 4.into(),
+            "experts",
+        ),
+    ] {
+        let err = config(edit).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
 /// The tiny random OLMo 2 folder of `scripts/reference_olmo2.py` (transformers' own
 /// Olmo2ForCausalLM in float64: no input norms, output norms on the attention and the MLP,
 /// q/k norms over the whole projections of 4 query and 2 key/value heads, every norm weight

@@ -13,7 +13,7 @@ use steerkit_model::{
     Site,
 };
 
-const ARCHS: [Arch; 15] = [
+const ARCHS: [Arch; 16] = [
     Arch::Llama,
     Arch::Qwen2,
     Arch::Mistral,
@@ -24,6 +24,8 @@ const ARCHS: [Arch; 15] = [
     Arch::Phi3,
     // Embedding, residual, attention and logit multipliers (tiny_config).
     Arch::Granite,
+    // Granite's scalars, the MLP stored as Granite 4's shared MLP.
+    Arch::GraniteHybrid,
     // Block 1 without RoPE (tiny_config).
     Arch::SmolLm3,
     // Output norms only; q/k normed over the whole projection.
