@@ -271,6 +271,19 @@ def check_mxfp4_export(steerkit, work, cfg, w, q8_err):
     shutil.copytree(os.path.join(work, "gpt-oss"), folder)
     with open(os.path.join(folder, "config.json"), "w") as fh:
         json.dump(every, fh)
+    # Blocks whose largest magnitude sits where the scale is decided: powers of two, one ulp
+    # under them (where log2f rounds up), tiny ones; block h of expert 0's first down stack
+    # is its column h.
+    w = dict(w)
+    down = w["model.layers.0.mlp.experts.down_proj"].copy()
+    edges = [np.float32(2.0) ** k for k in (-5, -1, 0, 2, 3)]
+    edges += [np.nextafter(e, np.float32(0)) for e in edges] + [np.float32(2.0) ** -120]
+    for h, amax in enumerate(edges):
+        col = down[0, :, h]
+        down[0, :, h] = (col / np.abs(col).max() * amax).astype(np.float32)
+        down[0, int(np.abs(col).argmax()), h] = amax * np.sign(col[np.abs(col).argmax()])
+    w["model.layers.0.mlp.experts.down_proj"] = down
+    save_safetensors(w, os.path.join(folder, "model.safetensors"))
     out = os.path.join(work, "steerkit-mxfp4.gguf")
     quiet = dict(check=True, stdout=subprocess.DEVNULL)
     subprocess.run([steerkit, "export", "-m", folder, "--format", "gguf", "--gguf-type", "mxfp4",

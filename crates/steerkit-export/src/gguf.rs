@@ -639,6 +639,10 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     if let Some(group) = groups.keys().next() {
         return Err(ModelError::Weights(format!("`{group}` misses an expert")));
     }
+    // No stack could be MXFP4 (no columns in whole blocks): the file is q8_0's.
+    if ty == GgufType::Mxfp4Moe && mxfp4.is_empty() {
+        own[0].1 = Value::U32(GgufType::Q8_0.file_type());
+    }
     let mut kv: Vec<(&str, &Value)> = meta
         .iter()
         .filter(|(k, _)| own.iter().all(|(o, _)| o != k) && !scaling_keys.contains(k))
@@ -676,4 +680,24 @@ pub(crate) fn write_file(
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dimension halved for the q8_0 placeholder: an even outer one first, else the
+    /// columns when they hold whole pairs of blocks, else none (the stack stays q8_0); the
+    /// placeholder holds the MXFP4 bytes and the stack's own dimensions, innermost first.
+    #[test]
+    fn placeholders_halve_a_dimension_that_keeps_whole_blocks() {
+        let stack =
+            |dims: &[usize]| candle_core::Tensor::ones(dims, DType::F32, &Device::Cpu).unwrap();
+        let (q, dims) = mxfp4_placeholder(&stack(&[3, 4, 32])).unwrap().unwrap();
+        assert_eq!((q.shape().dims(), dims), (&[3, 2, 32][..], vec![32, 4, 3]));
+        let (q, _) = mxfp4_placeholder(&stack(&[3, 5, 64])).unwrap().unwrap();
+        assert_eq!(q.shape().dims(), &[3, 5, 32]);
+        assert_eq!(q.data().unwrap().len(), 3 * 5 * 2 * 17);
+        assert!(mxfp4_placeholder(&stack(&[3, 5, 32])).unwrap().is_none());
+    }
 }

@@ -59,8 +59,11 @@ pub fn decode(bytes: &[u8], order: Order) -> Result<Vec<f32>> {
 /// reference quantizer (`quantize_row_mxfp4_ref`, gguf-py's `MXFP4.quantize_blocks`): the
 /// scale `2^(floor(log2 amax) - 2)` of the block's largest magnitude (values past 6 times
 /// it saturate there), each value the nearest e2m1 multiple of it, ties to the first in
-/// code order (`+0` before `-0`). `floor(log2 amax)` is read from the float's exponent, so a
-/// value within a rounding of a power of two may take the other scale than `log2f` gives.
+/// code order (`+0` before `-0`). `floor(log2 amax)` is taken of the f32 `log2`, as llama.cpp
+/// takes `floorf(log2f(amax))` (a value a few ulps under a power of two rounds up to it
+/// there, and so here). One deliberate difference: a block whose largest magnitude is under
+/// 2^-125 gets scale byte 0, where llama.cpp's cast of a negative float to a byte wraps
+/// (2^-126 gives 255, NaN in e8m0).
 pub fn encode(values: &[f32], order: Order) -> Result<Vec<u8>> {
     if !values.len().is_multiple_of(32) {
         return Err(ModelError::Weights(format!(
@@ -79,7 +82,7 @@ pub fn encode(values: &[f32], order: Order) -> Result<Vec<u8>> {
         // floor(log2 amax) - 2 + 127 as an e8m0 byte (0 for a block of zeros or of
         // subnormals, as llama.cpp's cast gives for those that reach it).
         let e = match amax > 0.0 {
-            true => (floor_log2(amax) - 2 + 127).clamp(0, 254) as u8,
+            true => (amax.log2().floor() as i32 - 2 + 127).clamp(0, 254) as u8,
             false => 0,
         };
         let d = 2f32.powi(i32::from(e) - 127);
@@ -100,24 +103,15 @@ pub fn encode(values: &[f32], order: Order) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// `floor(log2 x)` for a finite `x > 0`, from its bits (subnormals included).
-fn floor_log2(x: f32) -> i32 {
-    let bits = x.to_bits();
-    let exp = ((bits >> 23) & 0xff) as i32;
-    match exp {
-        // A subnormal is its mantissa m times 2^-149: floor(log2 m) - 149.
-        0 => 31 - (bits & 0x7f_ffff).leading_zeros() as i32 - 149,
-        _ => exp - 127,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Encoding: values on the grid come back exactly, in both orders; a block by hand
     /// (amax 7: scale 2^0, 7 saturates to 6, 0.25 ties between 0 and 0.5 and takes 0, -0.8
-    /// goes to -1); zeros; floor(log2) from the bits against f64's log2, subnormals too.
+    /// goes to -1); zeros; the scale byte as llama.cpp and gguf-py compute it (the values a
+    /// review found: an amax one ulp under 2^-5 takes 2^-5's scale, 120; float max 253), and
+    /// 0 for a block under 2^-125.
     #[test]
     fn encoding_follows_llama_cpp() {
         // Block b: every e2m1 value twice, times 2^(b - 1) (its largest, 6, sets the scale).
@@ -155,8 +149,22 @@ mod tests {
         let values = decode(&bytes, Order::Halves).unwrap();
         let again = decode(&encode(&values, Order::Halves).unwrap(), Order::Halves).unwrap();
         assert_eq!(again, values);
-        for v in [1.0f32, 1.5, 0.75, 3.999, 4.0, 1e-3, 6.5e-40, 1e-45, 3e38] {
-            assert_eq!(floor_log2(v), (v as f64).log2().floor() as i32, "{v}");
+        let scale = |amax: f32| {
+            let mut x = [0f32; 32];
+            x[5] = -amax;
+            encode(&x, Order::Halves).unwrap()[0]
+        };
+        let under = f32::from_bits((2f32.powi(-5)).to_bits() - 1);
+        for (amax, e) in [
+            (1.0f32, 125),
+            (7.0, 127),
+            (2f32.powi(-5), 120),
+            (under, 120),
+            (f32::MAX, 253),
+            (2f32.powi(-126), 0),
+            (1e-45, 0),
+        ] {
+            assert_eq!(scale(amax), e, "{amax:e}");
         }
     }
 
