@@ -114,7 +114,7 @@ pub fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Gemma3 => "gemma3",
         Arch::Gemma2 => "gemma2",
         Arch::Phi3 => "phi3",
-        // Granite 4's attention-only models too, as llama.cpp's converter writes them.
+        // Granite 4's attention-only models too, as llama.cpp's converter names them.
         Arch::Granite | Arch::GraniteHybrid => "granite",
         Arch::SmolLm3 => "smollm3",
         // OLMo 3 too, with a window (llama.cpp's converter writes it so).
@@ -443,8 +443,8 @@ pub fn metadata(
 /// Writes `model` as a GGUF file with `meta` (temporary file, then rename). The file type
 /// and quantization version keys are set here.
 pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result<(), ModelError> {
-    // Granite 4's attention-only models compute what Granite's do: written as that, as
-    // llama.cpp's converter writes them (its MLP unfused, under Granite's names).
+    // Granite 4's attention-only models compute what Granite's do: written as that (the MLP
+    // unfused, under Granite's names), as llama.cpp's converter names them.
     let as_granite;
     let model = match model.cfg.arch {
         Arch::GraniteHybrid => {

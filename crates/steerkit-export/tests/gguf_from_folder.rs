@@ -762,13 +762,16 @@ fn granite_gguf_round_trip() {
     assert_eq!((g.attention, g.residual), (1.0 / 8f64.sqrt(), 1.0));
 }
 
-/// A Granite 4 attention-only model exports to GGUF as llama.cpp's converter writes it,
-/// `granite` with the MLP unfused; with RoPE it loads back as Granite, without it
-/// (`rope.scaling.finetuned` false, which llama.cpp's granite obeys) as granitemoehybrid
-/// without RoPE, each within f16 rounding of its logits (`scripts/check_llama_variants_llamacpp.py`
-/// runs the second in llama.cpp). A model that turns some blocks and not others is refused.
+/// A Granite 4 attention-only model exports to GGUF as llama.cpp's `granite` with the MLP
+/// unfused; with RoPE it loads back as Granite, without it (`rope.scaling.finetuned` false,
+/// which llama.cpp's granite obeys) as granitemoehybrid without RoPE, each within f16
+/// rounding of its logits (`scripts/check_llama_variants_llamacpp.py` runs the second in
+/// llama.cpp). Key/value heads given per block, as llama.cpp's converter writes them for
+/// these models, read the same; a 0 among them (a Mamba block) is refused. A model that
+/// turns some blocks and not others is refused.
 #[test]
 fn granite4_gguf_round_trip() {
+    use candle_core::quantized::gguf_file::Value;
     use steerkit_model::Arch;
     for nope in [false, true] {
         let (m, _d, out) = tiny_gguf(Arch::GraniteHybrid, 5, |c| {
@@ -796,6 +799,20 @@ fn granite4_gguf_round_trip() {
             gap < 0.02,
             "nope {nope}: f16 GGUF against the f32 model: {gap}"
         );
+        let per_block = |counts: [u32; 2]| {
+            let p = out.with_extension("kv.gguf");
+            let values = counts.iter().map(|c| Value::U32(*c)).collect();
+            with_key(
+                &out,
+                &p,
+                "granite.attention.head_count_kv",
+                Value::Array(values),
+            );
+            Gguf::open(&p).unwrap().config()
+        };
+        assert_eq!(per_block([2, 2]).unwrap().num_kv_heads, 2);
+        let err = per_block([2, 0]).unwrap_err().to_string();
+        assert!(err.contains("Mamba"), "{err}");
     }
     let g = Gguf::open(&model_path("smollm2-135m-instruct")).unwrap();
     let tok = g.tokenizer().unwrap();

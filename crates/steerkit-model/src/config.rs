@@ -48,6 +48,7 @@ pub enum Arch {
     /// `output_linear`: [`crate::weights::fused_parts`], [`crate::weights::file_name`]), with
     /// RoPE or none (`position_embedding_type`). The hybrid models' Mamba blocks and the
     /// mixtures of experts are not implemented. GGUF files hold it as `granite`.
+    #[serde(rename = "granitemoehybrid")]
     GraniteHybrid,
     /// SmolLM3 (`smollm3`): Llama's block, with no RoPE in the blocks `no_rope_layers` marks 0
     /// (every fourth: [`Config::nope_layers`]).

@@ -88,6 +88,27 @@ impl Gguf {
             .transpose()
     }
 
+    /// Key/value heads: one number, or one per block as llama.cpp's converter writes Granite
+    /// 4's (0 for a Mamba block), which steerkit reads when every block has the same, not 0.
+    fn kv_heads(&self, key: &str, blocks: usize) -> Result<Option<usize>> {
+        let Some(Value::Array(per)) = self.meta(key) else {
+            return self.meta_u(key);
+        };
+        let counts: Vec<u64> = per
+            .iter()
+            .map(|v| v.to_u32().map(u64::from).or_else(|_| v.to_u64()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| ModelError::Config(format!("GGUF key `{key}` holds a non-integer")))?;
+        match counts.first() {
+            Some(&n) if n > 0 && counts.len() == blocks && counts.iter().all(|c| *c == n) => {
+                Ok(Some(n as usize))
+            }
+            _ => Err(ModelError::Config(format!(
+                "GGUF key `{key}` gives the blocks {counts:?} key/value heads; steerkit reads {blocks} attention blocks of one count (a 0 is a Mamba block, which it does not implement)"
+            ))),
+        }
+    }
+
     fn meta_f(&self, key: &str) -> Result<Option<f64>> {
         self.meta(key)
             .map(|v| {
@@ -164,7 +185,7 @@ impl Gguf {
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
         let kv_heads = self
-            .meta_u(&key("attention.head_count_kv"))?
+            .kv_heads(&key("attention.head_count_kv"), num_layers)?
             .unwrap_or(heads);
         let head_dim = self
             .meta_u(&key("attention.key_length"))?

@@ -173,7 +173,7 @@ impl HfFolder {
         let (context, theta) = match arch {
             Arch::Gemma3 => (131_072, 1e6),
             Arch::Gemma2 => (8192, 10_000.0),
-            Arch::Olmo2 => (2048, 10_000.0),
+            Arch::Olmo2 | Arch::Granite | Arch::GraniteHybrid => (2048, 10_000.0),
             Arch::Olmo3 => (2048, OLMO3_THETA),
             Arch::Qwen2Moe => (32_768, 10_000.0),
             Arch::Mixtral => (131_072, 1e6),
