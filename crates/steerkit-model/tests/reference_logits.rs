@@ -225,11 +225,7 @@ fn smollm3_tiny_logits_match_reference() {
         "smollm3 tiny, saved again",
     );
     let config = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let d = copy_with("smollm3_tiny", edit);
-        steerkit_model::hf::HfFolder::open(d.path())
-            .unwrap()
-            .config()
-            .map_err(|e| e.to_string())
+        config_with("smollm3_tiny", edit).map_err(|e| e.to_string())
     };
     let c = config(&|c| {
         c.as_object_mut().unwrap().remove("no_rope_layers");
@@ -600,12 +596,7 @@ fn granite4_tiny_logits_match_transformers() {
         steerkit_model::hf::save_folder(model, None, None, &dir).unwrap();
         check_all_positions(&qwen3_model(&dir), &fx[cases], "granite4 tiny, saved again");
     }
-    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let d = copy_with("granite4_tiny", edit);
-        steerkit_model::hf::HfFolder::open(d.path())
-            .unwrap()
-            .config()
-    };
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| config_with("granite4_tiny", edit);
     for (edit, needle) in [
         (
             &(|c: &mut serde_json::Value| c["layer_types"][1] = "mamba".into())
@@ -696,12 +687,7 @@ fn olmo3_tiny_logits_match_transformers() {
         no_window > 1e-2 && one_rope > 1e-2,
         "window {no_window}, sliding RoPE {one_rope}"
     );
-    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let d = copy_with("olmo3_tiny", edit);
-        steerkit_model::hf::HfFolder::open(d.path())
-            .unwrap()
-            .config()
-    };
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| config_with("olmo3_tiny", edit);
     let c = config(&|c| {
         c.as_object_mut().unwrap().remove("layer_types");
         c["num_hidden_layers"] = 8.into();
@@ -814,12 +800,7 @@ fn qwen2_moe_tiny_logits_match_transformers() {
         silent > 1e-2 && open > 1e-2,
         "shared expert {silent}, its gate {open}"
     );
-    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let d = copy_with("qwen2_moe_tiny", edit);
-        steerkit_model::hf::HfFolder::open(d.path())
-            .unwrap()
-            .config()
-    };
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| config_with("qwen2_moe_tiny", edit);
     assert!(
         !config(&|c| c["qkv_bias"] = false.into())
             .unwrap()
@@ -1184,6 +1165,18 @@ fn gemma3_tiny_logits_match_reference() {
 /// A copy of the tiny Qwen3 folder with its config.json changed by `edit`.
 fn qwen3_copy_with(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
     copy_with("qwen3_tiny", edit)
+}
+
+/// The configuration steerkit reads from the fixture folder `name` with its config.json
+/// changed by `edit`.
+fn config_with(
+    name: &str,
+    edit: &dyn Fn(&mut serde_json::Value),
+) -> steerkit_model::Result<steerkit_model::Config> {
+    let d = copy_with(name, edit);
+    steerkit_model::hf::HfFolder::open(d.path())
+        .unwrap()
+        .config()
 }
 
 /// A copy of the fixture folder `name` with its config.json changed by `edit`.

@@ -284,13 +284,7 @@ fn gradient_basis_projection_is_orthogonal_to_every_gradient() {
 /// an expert's down projection reads its gate and up maps' output on those rows.
 #[test]
 fn linear_inputs_of_a_mixture_of_experts() {
-    let m = random_model(tiny_config(Arch::Qwen3Moe, 64), DType::F64, 2).unwrap();
-    let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
-    let ins: HashMap<String, Tensor> = m
-        .linear_inputs(1, &x, &[0, 2])
-        .unwrap()
-        .into_iter()
-        .collect();
+    let (m, ins) = block1_inputs(Arch::Qwen3Moe);
     assert_eq!(ins["mlp.gate.weight"].dims(), &[8, 32]);
     assert_eq!(ins["self_attn.o_proj.weight"].dims(), &[8, 64]);
     let mut routed = 0;
@@ -330,13 +324,7 @@ fn linear_inputs_of_a_mixture_of_experts() {
 /// its down projection reads its gate and up maps' output on them.
 #[test]
 fn linear_inputs_of_a_shared_expert() {
-    let m = random_model(tiny_config(Arch::Qwen2Moe, 64), DType::F64, 2).unwrap();
-    let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
-    let ins: HashMap<String, Tensor> = m
-        .linear_inputs(1, &x, &[0, 2])
-        .unwrap()
-        .into_iter()
-        .collect();
+    let (m, ins) = block1_inputs(Arch::Qwen2Moe);
     let h2 = &ins["mlp.gate.weight"];
     for name in [
         "mlp.shared_expert_gate.weight",
@@ -352,4 +340,17 @@ fn linear_inputs_of_a_shared_expert() {
     let act = (s.gate.forward(h2).unwrap().silu().unwrap() * s.up.forward(h2).unwrap()).unwrap();
     let down = &ins["mlp.shared_expert.down_proj.weight"];
     assert_eq!(max_abs(&(act - down).unwrap()), 0.0);
+}
+
+/// A tiny random `arch` model (f64) and the inputs of its block 1's maps on two random rows,
+/// the second with two padding positions.
+fn block1_inputs(arch: Arch) -> (steerkit_model::Model, HashMap<String, Tensor>) {
+    let m = random_model(tiny_config(arch, 64), DType::F64, 2).unwrap();
+    let x = Tensor::randn(0f64, 1.0, (2, 5, 32), &Device::Cpu).unwrap();
+    let ins = m
+        .linear_inputs(1, &x, &[0, 2])
+        .unwrap()
+        .into_iter()
+        .collect();
+    (m, ins)
 }
