@@ -105,6 +105,28 @@ fn folder_tensors(path: &Path) -> std::collections::BTreeMap<String, candle_core
         .collect()
 }
 
+/// Block 1's tensors `parts` (names after `model.layers.1.`): each must be exported as it was
+/// trained (`back` against `trained`); those training moved from `original`, by full name.
+fn exported_as_trained(
+    back: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    trained: &std::collections::HashMap<String, candle_core::Tensor>,
+    original: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    parts: &[&str],
+) -> Vec<String> {
+    let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        steerkit_model::random::max_abs_diff(a, b).unwrap()
+    };
+    let mut moved = vec![];
+    for part in parts {
+        let n = format!("model.layers.1.{part}");
+        assert_eq!(gap(&back[&n], &trained[&n]), 0.0, "{n}");
+        if gap(&back[&n], &original[&n]) > 0.0 {
+            moved.push(n);
+        }
+    }
+    moved
+}
+
 /// `steerkit export -m MODEL --run RUN --out OUT` (the patched folder), and its tensors.
 fn export_patched(
     model: &str,
@@ -485,21 +507,17 @@ fn mixture_of_experts_folder_trains_and_exports() {
         serde_json::json!({"num_experts": 4, "top_k": 2, "intermediate_size": 24, "norm_topk_prob": true, "dense_layers": [0]})
     );
     let back = export_patched(f, &run, &d.path().join("patched"));
-    let original = folder_tensors(&folder);
-    let mut moved = 0;
-    for n in [
-        "mlp.gate.weight",
-        "mlp.experts.0.down_proj.weight",
-        "mlp.experts.3.up_proj.weight",
-    ] {
-        let n = format!("model.layers.1.{n}");
-        let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-            steerkit_model::random::max_abs_diff(a, b).unwrap()
-        };
-        assert_eq!(gap(&back[&n], &trained[&n]), 0.0, "{n}");
-        moved += usize::from(gap(&back[&n], &original[&n]) > 0.0);
-    }
-    assert!(moved > 0, "no expert or router tensor was trained");
+    let moved = exported_as_trained(
+        &back,
+        &trained,
+        &folder_tensors(&folder),
+        &[
+            "mlp.gate.weight",
+            "mlp.experts.0.down_proj.weight",
+            "mlp.experts.3.up_proj.weight",
+        ],
+    );
+    assert!(!moved.is_empty(), "no expert or router tensor was trained");
     let gguf = d.path().join("m.gguf");
     // Block 0 of the tiny model has a plain MLP, which llama.cpp's qwen3moe has not.
     assert_clean_error(&export_gguf(f, &[], &gguf), "has no GGUF form");
@@ -525,25 +543,19 @@ fn gpt_oss_folder_trains_and_exports() {
     let (v, trained) = inspect_generate_train(f, &run, "attn,mlp");
     assert_eq!(v["architecture"].as_str(), Some("gpt_oss"));
     let back = export_patched(f, &run, &d.path().join("patched"));
-    let original = folder_tensors(&folder);
-    let mut moved = vec![];
-    for n in [
-        "self_attn.sinks",
-        "self_attn.o_proj.bias",
-        "mlp.gate.bias",
-        "mlp.experts.0.up_proj.bias",
-        "mlp.experts.2.gate_proj.weight",
-        "mlp.experts.3.down_proj.weight",
-    ] {
-        let n = format!("model.layers.1.{n}");
-        let gap = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-            steerkit_model::random::max_abs_diff(a, b).unwrap()
-        };
-        assert_eq!(gap(&back[&n], &trained[&n]), 0.0, "{n}");
-        if gap(&back[&n], &original[&n]) > 0.0 {
-            moved.push(n);
-        }
-    }
+    let moved = exported_as_trained(
+        &back,
+        &trained,
+        &folder_tensors(&folder),
+        &[
+            "self_attn.sinks",
+            "self_attn.o_proj.bias",
+            "mlp.gate.bias",
+            "mlp.experts.0.up_proj.bias",
+            "mlp.experts.2.gate_proj.weight",
+            "mlp.experts.3.down_proj.weight",
+        ],
+    );
     assert!(moved.len() >= 4, "trained: {moved:?}");
     let gguf = d.path().join("m.gguf");
     assert_clean_error(&export_gguf(f, &[], &gguf), "clamps its SwiGLU");

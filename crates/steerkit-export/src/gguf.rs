@@ -65,14 +65,18 @@ impl GgufType {
     }
 }
 
-/// An expert stack `t` (`[experts, rows, cols]`, cols a multiple of 32) encoded as GGML MXFP4
+/// An expert stack `t` (`[experts, rows, cols]`) encoded as GGML MXFP4
 /// ([`steerkit_model::mxfp4::encode`], llama.cpp's quantizer), held as the q8_0 tensor of the
 /// same bytes that candle can write (one even dimension halved: 34 bytes per 32 q8_0 values,
 /// 17 per 32 MXFP4 ones), with the stack's own GGUF dimensions (innermost first) to set when
-/// the file is written; `None` when no dimension can be halved so.
+/// the file is written; `None` when its columns are not whole blocks of 32 or no dimension
+/// can be halved so.
 fn mxfp4_placeholder(t: &candle_core::Tensor) -> Result<Option<(QTensor, Vec<u64>)>, ModelError> {
     let dims = t.dims().to_vec();
     let last = dims.len() - 1;
+    if !dims[last].is_multiple_of(32) {
+        return Ok(None);
+    }
     let Some(half) = (0..last)
         .find(|i| dims[*i].is_multiple_of(2))
         .or(dims[last].is_multiple_of(64).then_some(last))
@@ -474,10 +478,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
     };
     // Metadata first, so that a model GGUF cannot describe fails before any quantization.
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut own = vec![
-        ("general.file_type".to_string(), Value::U32(ty.file_type())),
-        ("general.quantization_version".into(), Value::U32(2)),
-    ];
+    let mut own = vec![("general.quantization_version".to_string(), Value::U32(2))];
     // RoPE scaling, as llama.cpp reads it: linear scaling as a frequency scale in the metadata,
     // YaRN as its type, factor, original context and (when not the defaults) betas, any other
     // as one divisor per frequency (`rope_freqs.weight`). These keys are the writer's, so a
@@ -622,7 +623,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         // them only in f32.
         let kept_f32 = name.ends_with("ffn_gate_inp.weight") || name.ends_with(".bias");
         let stack = name.ends_with("_exps.weight") && t.rank() == 3;
-        if ty == GgufType::Mxfp4Moe && stack && t.dims().last().is_some_and(|c| c % 32 == 0) {
+        if ty == GgufType::Mxfp4Moe && stack {
             if let Some((q, dims)) = mxfp4_placeholder(&t)? {
                 mxfp4.insert(name.clone(), dims);
                 tensors.push((name, q));
@@ -640,9 +641,14 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         return Err(ModelError::Weights(format!("`{group}` misses an expert")));
     }
     // No stack could be MXFP4 (no columns in whole blocks): the file is q8_0's.
-    if ty == GgufType::Mxfp4Moe && mxfp4.is_empty() {
-        own[0].1 = Value::U32(GgufType::Q8_0.file_type());
-    }
+    let file_type = match ty {
+        GgufType::Mxfp4Moe if mxfp4.is_empty() => GgufType::Q8_0,
+        _ => ty,
+    };
+    own.push((
+        "general.file_type".into(),
+        Value::U32(file_type.file_type()),
+    ));
     let mut kv: Vec<(&str, &Value)> = meta
         .iter()
         .filter(|(k, _)| own.iter().all(|(o, _)| o != k) && !scaling_keys.contains(k))
@@ -699,5 +705,6 @@ mod tests {
         assert_eq!(q.shape().dims(), &[3, 5, 32]);
         assert_eq!(q.data().unwrap().len(), 3 * 5 * 2 * 17);
         assert!(mxfp4_placeholder(&stack(&[3, 5, 32])).unwrap().is_none());
+        assert!(mxfp4_placeholder(&stack(&[4, 4, 24])).unwrap().is_none());
     }
 }

@@ -325,10 +325,11 @@ impl Gguf {
 
     /// OLMo 3 as llama.cpp's olmo2 reads it: the window (`window`, over 0) on the blocks
     /// `attention.sliding_window_pattern` flags (booleans or 32-bit integers, as llama.cpp
-    /// takes them; blocks past the list without it, entries past the blocks unread), or else on three of every `n` blocks (`n` that key as a number, 4 when
-    /// absent), and those blocks rotated unscaled with the others'
-    /// base. llama.cpp reads `rope.freq_base_swa` but does not use it: a file whose value
-    /// differs is refused, since what it says and what llama.cpp computes disagree.
+    /// takes them; blocks past the list without it, entries past the blocks unread), or else
+    /// on three of every `n` blocks (`n` that key as a number, 4 when absent), and those
+    /// blocks rotated unscaled with the others' base. llama.cpp reads `rope.freq_base_swa` but
+    /// does not use it: a file whose value differs is refused, since what it says and what
+    /// llama.cpp computes disagree.
     fn olmo3(&self, mut cfg: Config, name: &str, window: usize) -> Result<Config> {
         let pattern = format!("{name}.attention.sliding_window_pattern");
         let n = cfg.num_layers;
@@ -355,13 +356,12 @@ impl Gguf {
                     }
                 }
             }
-            Some(_) => {
+            _ => {
                 let every = self.meta_u(&pattern)?.unwrap_or(4);
                 (0..n)
                     .map(|l| every == 0 || l % every < every - 1)
                     .collect()
             }
-            None => (0..n).map(|l| l % 4 < 3).collect(),
         };
         cfg.sliding_window = Some(window);
         cfg.full_attention_layers = (0..n).filter(|l| !sliding[*l]).collect();

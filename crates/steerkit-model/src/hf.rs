@@ -754,10 +754,6 @@ fn softcapping(c: &Value, arch: Arch) -> Result<(Option<f64>, Option<f64>)> {
 /// every four. Gemma's and OLMo 3's kinds of block are kept without a window too, since they
 /// also choose the RoPE.
 fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
-    // Its `layer_types` say attention or Mamba (granite_hybrid checks them), not windows.
-    if arch == Arch::GraniteHybrid {
-        return Ok((None, vec![]));
-    }
     let window = match c.get("sliding_window") {
         // Phi-3's and Mixtral's default is none, gpt-oss's 128.
         None if matches!(arch, Arch::Phi3 | Arch::Mixtral) => None,
@@ -770,7 +766,12 @@ fn sliding_window(c: &Value, arch: Arch, num_layers: usize) -> Result<(Option<us
             ))
         })? as usize),
     };
-    let types = layer_types(c, num_layers)?;
+    // granitemoehybrid's `layer_types` say attention or Mamba (`granite_hybrid` checks
+    // them), not windows.
+    let types = match arch {
+        Arch::GraniteHybrid => None,
+        _ => layer_types(c, num_layers)?,
+    };
     // The window on the blocks for which `sliding` says so; the others attend to everything.
     let on = |sliding: &dyn Fn(usize) -> bool| -> (Option<usize>, Vec<usize>) {
         let full: Vec<usize> = (0..num_layers).filter(|l| !sliding(*l)).collect();

@@ -23,6 +23,16 @@ pub enum Order {
     Pairs,
 }
 
+impl Order {
+    /// The values code byte `j` holds: (low nibble, high nibble).
+    fn slots(self, j: usize) -> (usize, usize) {
+        match self {
+            Order::Halves => (j, j + 16),
+            Order::Pairs => (2 * j, 2 * j + 1),
+        }
+    }
+}
+
 /// Blocks of [`BLOCK_BYTES`], each its scale byte and then its codes in `order`, as f32. A
 /// scale of 255 (NaN in e8m0) is an error.
 pub fn decode(bytes: &[u8], order: Order) -> Result<Vec<f32>> {
@@ -44,10 +54,7 @@ pub fn decode(bytes: &[u8], order: Order) -> Result<Vec<f32>> {
         }
         let d = 2f32.powi(i32::from(b[0]) - 127);
         for (j, q) in b[1..].iter().enumerate() {
-            let (lo, hi) = match order {
-                Order::Halves => (j, j + 16),
-                Order::Pairs => (2 * j, 2 * j + 1),
-            };
+            let (lo, hi) = order.slots(j);
             y[lo] = FP4[usize::from(q & 0x0f)] * d;
             y[hi] = FP4[usize::from(q >> 4)] * d;
         }
@@ -93,10 +100,7 @@ pub fn encode(values: &[f32], order: Order) -> Result<Vec<u8>> {
         };
         out.push(e);
         for j in 0..16 {
-            let (lo, hi) = match order {
-                Order::Halves => (j, j + 16),
-                Order::Pairs => (2 * j, 2 * j + 1),
-            };
+            let (lo, hi) = order.slots(j);
             out.push(code(x[lo]) | (code(x[hi]) << 4));
         }
     }

@@ -20,6 +20,9 @@ use crate::error::{ModelError, Result};
 /// GGML's type number for MXFP4.
 pub const TYPE: u32 = 39;
 
+/// GGML's type number for q8_0, which [`retype`]'s placeholders have.
+const Q8_0: u32 = 8;
+
 /// Whether candle's error on a GGUF header is its refusal of type [`TYPE`].
 pub fn is_unknown_type(error: &str) -> bool {
     error
@@ -145,9 +148,9 @@ pub fn retype(path: &Path, dims: &HashMap<String, Vec<u64>>) -> Result<()> {
         let Some(want) = dims.get(&info.name) else {
             continue;
         };
-        // Q8_0 (type 8) placeholders of as many elements' bytes only.
+        // q8_0 placeholders of as many elements' bytes only.
         let placeholder: u64 = info.dims.iter().product();
-        if info.ty != 8
+        if info.ty != Q8_0
             || want.len() != info.dims.len()
             || 2 * placeholder != want.iter().product::<u64>()
         {
