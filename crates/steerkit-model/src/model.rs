@@ -100,12 +100,12 @@ pub struct Experts {
 }
 
 /// An expert every token takes, its output scaled per token by `sigmoid(x gateᵀ)` (Qwen2-MoE's
-/// `shared_expert` and `shared_expert_gate`, `gate`: `[1, hidden]`), added to the routed
-/// experts' sum.
+/// `shared_expert` and `shared_expert_gate`, `gate`: a map to one value, `[1, hidden]`), added
+/// to the routed experts' sum.
 #[derive(Debug, Clone)]
 pub struct SharedExpert {
     pub mlp: GatedMlp,
-    pub gate: Tensor,
+    pub gate: Linear,
 }
 
 /// Which rows of a mixture's input go to which expert ([`Model::route`]).
@@ -240,7 +240,7 @@ impl Block {
                     }
                 }
                 if let Some(s) = e.shared.as_mut() {
-                    out.push(("mlp.shared_expert_gate.weight".into(), &mut s.gate));
+                    linears.push(("mlp.shared_expert_gate".into(), &mut s.gate));
                     for (name, lin) in s.mlp.named_linears_mut() {
                         linears.push((format!("mlp.shared_expert.{name}"), lin));
                     }
@@ -772,11 +772,7 @@ impl Model {
         let y = Tensor::cat(&ys, 0)?.broadcast_mul(&r.weights.unsqueeze(1)?)?;
         let mut out = x.zeros_like()?.index_add(&r.rows, &y, 0)?;
         if let Some(s) = &e.shared {
-            let gate = Linear {
-                weight: s.gate.clone(),
-                bias: None,
-            };
-            let scale = candle_nn::ops::sigmoid(&gate.forward(&x)?)?;
+            let scale = candle_nn::ops::sigmoid(&s.gate.forward(&x)?)?;
             let y = s.mlp.forward(&x, self.cfg.hidden_act, mode)?;
             out = (out + y.broadcast_mul(&scale)?)?;
         }

@@ -739,7 +739,7 @@ where
                     .map(|_| gated(&format!("{p}.mlp.shared_expert"), false));
                 let shared = shared.map(|mlp| SharedExpert {
                     mlp,
-                    gate: next(&format!("{p}.mlp.shared_expert_gate.weight")),
+                    gate: lin(next(&format!("{p}.mlp.shared_expert_gate.weight"))),
                 });
                 Mlp::Moe(Experts {
                     router,

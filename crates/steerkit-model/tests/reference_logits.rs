@@ -795,7 +795,7 @@ fn qwen2_moe_tiny_logits_match_transformers() {
         max_abs_diff(&a, &b).unwrap()
     };
     let silent = moved(&|s| s.mlp.down.weight = s.mlp.down.weight.zeros_like().unwrap());
-    let open = moved(&|s| s.gate = s.gate.zeros_like().unwrap());
+    let open = moved(&|s| s.gate.weight = s.gate.weight.zeros_like().unwrap());
     assert!(
         silent > 1e-2 && open > 1e-2,
         "shared expert {silent}, its gate {open}"
