@@ -206,6 +206,21 @@ pub fn bar(len: u64, msg: &str) -> ProgressBar {
     pb
 }
 
+/// A progress bar of bytes written on stderr; its length is set by the first update.
+pub fn bytes_bar(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
 /// Value parser for a number flag: NaN and infinities are refused at the flag, before any work.
 pub fn finite(s: &str) -> std::result::Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|e| format!("`{s}`: {e}"))?;

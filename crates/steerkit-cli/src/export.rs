@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 
-use crate::common::{spinner, ModelArgs};
+use crate::common::ModelArgs;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -143,8 +143,10 @@ pub fn run(a: Args) -> Result<()> {
             if a.epoch.is_some() && !a.run.as_deref().is_some_and(crate::actor::is_actor_run) {
                 bail!("--epoch applies to ACTOR run folders only");
             }
-            // The direction orthogonalized against, when it is.
+            // The direction orthogonalized against, when it is, and the orthogonalization,
+            // applied to each tensor as it is written.
             let mut against = None;
+            let mut ortho = None;
             let model = match (&a.run, a.orthogonalize) {
                 (Some(run), false) if crate::actor::is_actor_run(run) => {
                     crate::actor::patched(&m, run, a.epoch)?
@@ -158,16 +160,29 @@ pub fn run(a: Args) -> Result<()> {
                         "orthogonalizing against the direction of layer {} position {}",
                         sel.layer, sel.pos
                     );
-                    let ortho = steerkit_export::orthogonalize(&m.model, &dir)?;
+                    let (untied, o) = steerkit_export::Orthogonalizer::new(&m.model, &dir)?;
                     against = Some(dir);
-                    ortho
+                    ortho = Some(o);
+                    untied
                 }
                 (Some(_), false) => bail!(
                     "--run without --orthogonalize exports nothing of the run; add --orthogonalize"
                 ),
                 _ => m.model.clone(),
             };
-            let sp = spinner(&format!("writing {}", a.out.display()));
+            let apply;
+            let map: Option<steerkit_model::weights::TensorMap> = match &ortho {
+                Some(o) => {
+                    apply = |name: &str, t| o.apply(name, t);
+                    Some(&apply)
+                }
+                None => None,
+            };
+            let sp = crate::common::bytes_bar(&format!("writing {}", a.out.display()));
+            let progress = |done: u64, total: u64| {
+                sp.set_length(total);
+                sp.set_position(done);
+            };
             if let Some(meta) = meta {
                 let gguf_type = a.gguf_type.as_deref().unwrap_or("f16");
                 let ty = match gguf_type {
@@ -175,7 +190,11 @@ pub fn run(a: Args) -> Result<()> {
                     "mxfp4" => steerkit_export::gguf::GgufType::Mxfp4Moe,
                     _ => steerkit_export::gguf::GgufType::F16,
                 };
-                steerkit_export::gguf::write(&model, &meta, ty, &a.out)?;
+                let opts = steerkit_export::gguf::WriteOptions {
+                    map,
+                    progress: Some(&progress),
+                };
+                steerkit_export::gguf::write_with(&model, &meta, ty, &a.out, &opts)?;
                 sp.finish_and_clear();
                 let source = if m.kind == steerkit_model::SourceKind::Gguf {
                     "the source's metadata"
@@ -236,7 +255,9 @@ pub fn run(a: Args) -> Result<()> {
                     text_only: a.text_only,
                     carried: carried
                         .as_ref()
-                        .map(|f| f as steerkit_model::hf::CarriedMap),
+                        .map(|f| f as steerkit_model::weights::TensorMap),
+                    map,
+                    progress: Some(&progress),
                 };
                 steerkit_model::hf::save(&model, &a.out, &opts)?;
                 sp.finish_and_clear();

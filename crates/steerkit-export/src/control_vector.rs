@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use steerkit_model::gguf::write::{Planned, Storage};
 use steerkit_model::ModelError;
 
 /// Writes `coeff * direction` as the control vector of block `layer` (temporary file, then rename).
@@ -29,19 +29,18 @@ pub fn write(
         )));
     }
     let v = (direction.to_dtype(DType::F32)?.to_device(&Device::Cpu)? * coeff)?;
-    let q = QTensor::quantize(&v, GgmlDType::F32)?;
     let name = format!("direction.{layer}");
     let arch = Value::String("controlvector".into());
     let hint = Value::String(model_hint.into());
     let count = Value::U32(1);
-    crate::gguf::write_file(
+    steerkit_model::gguf::write::write(
         out,
         &[
             ("general.architecture", &arch),
             ("controlvector.model_hint", &hint),
             ("controlvector.layer_count", &count),
         ],
-        &[(name.as_str(), &q)],
-        &Default::default(),
+        vec![Planned::ready(name, v, Storage::F32)],
+        &|_, _| {},
     )
 }

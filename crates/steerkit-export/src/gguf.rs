@@ -17,11 +17,11 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device};
+use steerkit_model::gguf::write::{Planned, Storage};
 use steerkit_model::gguf::{gguf_name, permute, qk_permuted, stored_norm_shift, Gguf};
-use steerkit_model::weights::Layout;
+use steerkit_model::weights::{Layout, Lazy, TensorMap};
 use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, RopeScaling, Tok};
 
 /// A RoPE scaling's original context as GGUF stores it: a whole number of positions.
@@ -46,11 +46,11 @@ pub enum GgufType {
 }
 
 impl GgufType {
-    /// The type of the matrices that are not experts stored otherwise.
-    fn ggml(self) -> GgmlDType {
+    /// The storage of the matrices that are not experts stored otherwise.
+    fn storage(self) -> Storage {
         match self {
-            GgufType::F16 => GgmlDType::F16,
-            GgufType::Q8_0 | GgufType::Mxfp4Moe => GgmlDType::Q8_0,
+            GgufType::F16 => Storage::F16,
+            GgufType::Q8_0 | GgufType::Mxfp4Moe => Storage::Q8_0,
         }
     }
 
@@ -63,37 +63,6 @@ impl GgufType {
             GgufType::Mxfp4Moe => 38,
         }
     }
-}
-
-/// An expert stack `t` (`[experts, rows, cols]`) encoded as GGML MXFP4
-/// ([`steerkit_model::mxfp4::encode`], llama.cpp's quantizer), held as the q8_0 tensor of the
-/// same bytes that candle can write (one even dimension halved: 34 bytes per 32 q8_0 values,
-/// 17 per 32 MXFP4 ones), with the stack's own GGUF dimensions (innermost first) to set when
-/// the file is written; `None` when its columns are not whole blocks of 32 or no dimension
-/// can be halved so.
-fn mxfp4_placeholder(t: &candle_core::Tensor) -> Result<Option<(QTensor, Vec<u64>)>, ModelError> {
-    let dims = t.dims().to_vec();
-    let last = dims.len() - 1;
-    if !dims[last].is_multiple_of(32) {
-        return Ok(None);
-    }
-    let Some(half) = (0..last)
-        .find(|i| dims[*i].is_multiple_of(2))
-        .or(dims[last].is_multiple_of(64).then_some(last))
-    else {
-        return Ok(None);
-    };
-    let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    let bytes = steerkit_model::mxfp4::encode(&values, steerkit_model::mxfp4::Order::Halves)?;
-    let mut held = dims.clone();
-    held[half] /= 2;
-    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-        GgmlDType::Q8_0,
-        &bytes,
-        held,
-        &Device::Cpu,
-    )?;
-    Ok(Some((q, dims.iter().rev().map(|d| *d as u64).collect())))
 }
 
 /// GGUF key/value pairs, written before the tensors.
@@ -444,9 +413,32 @@ pub fn metadata(
     Ok(m)
 }
 
-/// Writes `model` as a GGUF file with `meta` (temporary file, then rename). The file type
-/// and quantization version keys are set here.
+/// What [`write_with`] does besides writing the model.
+#[derive(Clone, Copy, Default)]
+pub struct WriteOptions<'a> {
+    /// Applied to every tensor as it is written, by its name in [`Model::named_tensors`]
+    /// (weight orthogonalization: [`crate::Orthogonalizer`]).
+    pub map: Option<TensorMap<'a>>,
+    /// Told the bytes written so far, and in all.
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
+}
+
+/// Writes `model` as a GGUF file with `meta` (temporary file, then rename), each tensor
+/// computed, stored and dropped in turn ([`steerkit_model::gguf::write`]). The file type and
+/// quantization version keys are set here.
 pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result<(), ModelError> {
+    write_with(model, meta, ty, out, &WriteOptions::default())
+}
+
+/// [`write`], with each tensor through `opts.map` and progress told to `opts.progress`.
+pub fn write_with(
+    model: &Model,
+    meta: &Metadata,
+    ty: GgufType,
+    out: &Path,
+    opts: &WriteOptions,
+) -> Result<(), ModelError> {
+    let map = opts.map;
     // Granite 4's attention-only models compute what Granite's do: written as that (the MLP
     // unfused, under Granite's names), as llama.cpp's converter names them.
     let as_granite;
@@ -477,7 +469,7 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         }
     };
     // Metadata first, so that a model GGUF cannot describe fails before any quantization.
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut tensors: Vec<Planned> = Vec::new();
     let mut own = vec![("general.quantization_version".to_string(), Value::U32(2))];
     // RoPE scaling, as llama.cpp reads it: linear scaling as a frequency scale in the metadata,
     // YaRN as its type, factor, original context and (when not the defaults) betas, any other
@@ -548,16 +540,13 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             let names = steerkit_model::gguf::LONGROPE_TENSORS;
             for (name, f) in names.iter().zip([long, short]) {
                 let t = candle_core::Tensor::new(f.as_slice(), &Device::Cpu)?;
-                tensors.push((name.to_string(), QTensor::quantize(&t, GgmlDType::F32)?));
+                tensors.push(Planned::ready(*name, t, Storage::F32));
             }
         }
         Some(_) => {
             let d = model.cfg.rope_divisors().expect("scaling has divisors");
             let t = candle_core::Tensor::new(d.as_slice(), &Device::Cpu)?;
-            tensors.push((
-                "rope_freqs.weight".into(),
-                QTensor::quantize(&t, GgmlDType::F32)?,
-            ));
+            tensors.push(Planned::ready("rope_freqs.weight", t, Storage::F32));
         }
     }
     if ty == GgufType::Mxfp4Moe && model.cfg.moe.is_none() {
@@ -566,22 +555,28 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
             model.cfg.arch.name()
         )));
     }
-    let mut mxfp4 = std::collections::HashMap::new();
-    let mut named = model.named_tensors();
+    let mut named: Vec<(String, Lazy)> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let lazy = Lazy::mapped(&n, t, map);
+            (n, lazy)
+        })
+        .collect();
     // llama.cpp's olmo2, gpt-oss and qwen2moe need a head of their own: a tied one is
-    // written as a copy.
+    // written as a copy (of the embedding as it is, not as `map` makes it).
     let own_head =
         model.cfg.arch.olmo() || model.cfg.arch.gpt_oss() || model.cfg.arch == Arch::Qwen2Moe;
     if own_head && model.lm_head.is_none() {
-        named.push(("lm_head.weight".into(), model.embed.clone()));
+        named.push(("lm_head.weight".into(), Lazy::ready(model.embed.clone())));
     }
     // Fused parts joined (Phi-3); the experts are stacked GGUF's way below.
     let named = steerkit_model::weights::fuse(&model.cfg, Layout::Gguf, named)?;
-    // Each block's experts are stacked `[experts, rows, cols]` as GGUF stores them, one
-    // stack at a time (the parts share the model's storage; only the stack is new).
+    // Each block's experts are stacked `[experts, rows, cols]` as GGUF stores them, when the
+    // stack is written.
     let experts = model.cfg.moe.as_ref().map_or(0, |m| m.num_experts);
-    let mut groups: std::collections::HashMap<String, Vec<Option<candle_core::Tensor>>> =
-        Default::default();
+    let mut groups: std::collections::HashMap<String, Vec<Option<Lazy>>> = Default::default();
+    let mut any_mxfp4 = false;
     for (hf, t) in named {
         let (hf, t) = match steerkit_model::weights::expert_stack(&hf).filter(|_| experts > 0) {
             Some((group, e)) if e < experts => {
@@ -592,57 +587,75 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
                 if parts.iter().any(Option::is_none) {
                     continue;
                 }
-                let parts: Vec<_> = groups
+                let parts: Vec<Lazy> = groups
                     .remove(&group)
                     .into_iter()
                     .flatten()
                     .flatten()
                     .collect();
-                let t = candle_core::Tensor::stack(&parts, 0)?;
-                (group, t)
+                let mut dims = vec![parts.len()];
+                dims.extend(&parts[0].dims);
+                let dtype = parts[0].dtype;
+                let stack = Lazy::new(dims, dtype, move || {
+                    let got = parts.iter().map(Lazy::get).collect::<Result<Vec<_>, _>>()?;
+                    Ok(candle_core::Tensor::stack(&got, 0)?)
+                });
+                (group, stack)
             }
             _ => (hf, t),
         };
         let name = gguf_name(&hf, model.cfg.arch)
             .ok_or_else(|| ModelError::Weights(format!("no GGUF name for `{hf}`")))?;
-        let mut t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let shift = stored_norm_shift(model.cfg.arch, &name);
-        if shift != 0.0 {
-            t = t.affine(1.0, shift)?;
-        }
-        if let Some(h) = heads(&hf).filter(|_| qk_permuted(model.cfg.arch)) {
-            t = permute(&t, h)?;
-        }
+        let heads = heads(&hf).filter(|_| qk_permuted(model.cfg.arch));
         // The shared expert's gate, one row here, is a vector in GGUF (kept in f32).
-        if name.ends_with(".ffn_gate_inp_shexp.weight") {
-            t = t.flatten_all()?;
-        }
+        let flat = name.ends_with(".ffn_gate_inp_shexp.weight");
+        let dims = match flat {
+            true => vec![t.dims.iter().product()],
+            false => t.dims.clone(),
+        };
         // The router stays f32, as llama.cpp's converter and quantizer keep it: rounding it
         // changes which experts a token takes.
         // Biases stay f32 too, stacked ones (gpt-oss's experts') included: llama.cpp adds
         // them only in f32.
         let kept_f32 = name.ends_with("ffn_gate_inp.weight") || name.ends_with(".bias");
-        let stack = name.ends_with("_exps.weight") && t.rank() == 3;
-        if ty == GgufType::Mxfp4Moe && stack {
-            if let Some((q, dims)) = mxfp4_placeholder(&t)? {
-                mxfp4.insert(name.clone(), dims);
-                tensors.push((name, q));
-                continue;
-            }
-        }
-        let ggml = if !kept_f32 && t.rank() >= 2 && t.dims().last().is_some_and(|c| c % 32 == 0) {
-            ty.ggml()
+        let stack = name.ends_with("_exps.weight") && dims.len() == 3;
+        let matrix = !kept_f32 && dims.len() >= 2;
+        let cols = *dims.last().unwrap_or(&0);
+        let storage = if ty == GgufType::Mxfp4Moe && stack && Storage::Mxfp4.fits(cols) {
+            any_mxfp4 = true;
+            Storage::Mxfp4
+        } else if matrix && cols.is_multiple_of(32) {
+            ty.storage()
         } else {
-            GgmlDType::F32
+            Storage::F32
         };
-        tensors.push((name, QTensor::quantize(&t, ggml)?));
+        let make = move || -> Result<candle_core::Tensor, ModelError> {
+            let mut t = t.get()?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            if shift != 0.0 {
+                t = t.affine(1.0, shift)?;
+            }
+            if let Some(h) = heads {
+                t = permute(&t, h)?;
+            }
+            if flat {
+                t = t.flatten_all()?;
+            }
+            Ok(t)
+        };
+        tensors.push(Planned {
+            name,
+            dims,
+            storage,
+            make: Box::new(make),
+        });
     }
     if let Some(group) = groups.keys().next() {
         return Err(ModelError::Weights(format!("`{group}` misses an expert")));
     }
     // No stack could be MXFP4 (no columns in whole blocks): the file is q8_0's.
     let file_type = match ty {
-        GgufType::Mxfp4Moe if mxfp4.is_empty() => GgufType::Q8_0,
+        GgufType::Mxfp4Moe if !any_mxfp4 => GgufType::Q8_0,
         _ => ty,
     };
     own.push((
@@ -656,55 +669,5 @@ pub fn write(model: &Model, meta: &Metadata, ty: GgufType, out: &Path) -> Result
         .chain(own.iter().map(|(k, v)| (k.as_str(), v)))
         .collect();
     kv.sort_by_key(|(k, _)| *k);
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
-    write_file(out, &kv, &refs, &mxfp4)
-}
-
-/// Writes a GGUF file whole or not at all: into `OUT.gguf.tmp`, flushed and synced (so that
-/// an error such as a full disk stops it), then renamed to `out`; the temporary file is
-/// removed on error. The tensors `mxfp4` names were given as q8_0 placeholders of MXFP4
-/// bytes ([`mxfp4_placeholder`]) and are marked MXFP4 with these dimensions before the rename.
-pub(crate) fn write_file(
-    out: &Path,
-    kv: &[(&str, &Value)],
-    tensors: &[(&str, &QTensor)],
-    mxfp4: &std::collections::HashMap<String, Vec<u64>>,
-) -> Result<(), ModelError> {
-    let tmp = out.with_extension("gguf.tmp");
-    let res = (|| -> Result<(), ModelError> {
-        let io = |p: &Path, e: std::io::Error| ModelError::Input(format!("{}: {e}", p.display()));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?);
-        gguf_file::write(&mut f, kv, tensors)?;
-        let f = f.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
-        if !mxfp4.is_empty() {
-            steerkit_model::gguf::mxfp4::retype(&tmp, mxfp4)?;
-        }
-        f.sync_all().map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, out).map_err(|e| io(out, e))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The dimension halved for the q8_0 placeholder: an even outer one first, else the
-    /// columns when they hold whole pairs of blocks, else none (the stack stays q8_0); the
-    /// placeholder holds the MXFP4 bytes and the stack's own dimensions, innermost first.
-    #[test]
-    fn placeholders_halve_a_dimension_that_keeps_whole_blocks() {
-        let stack =
-            |dims: &[usize]| candle_core::Tensor::ones(dims, DType::F32, &Device::Cpu).unwrap();
-        let (q, dims) = mxfp4_placeholder(&stack(&[3, 4, 32])).unwrap().unwrap();
-        assert_eq!((q.shape().dims(), dims), (&[3, 2, 32][..], vec![32, 4, 3]));
-        let (q, _) = mxfp4_placeholder(&stack(&[3, 5, 64])).unwrap().unwrap();
-        assert_eq!(q.shape().dims(), &[3, 5, 32]);
-        assert_eq!(q.data().unwrap().len(), 3 * 5 * 2 * 17);
-        assert!(mxfp4_placeholder(&stack(&[3, 5, 32])).unwrap().is_none());
-        assert!(mxfp4_placeholder(&stack(&[4, 4, 24])).unwrap().is_none());
-    }
+    steerkit_model::gguf::write::write(out, &kv, tensors, opts.progress.unwrap_or(&|_, _| {}))
 }

@@ -82,36 +82,102 @@ pub fn orthogonalize_carried(
     })
 }
 
-/// A copy of `model` with `direction` projected out of everything that writes to the residual.
-///
-/// Refused for Gemma and OLMo 2: their blocks norm their outputs before adding them to the
-/// residual, and a norm's per-channel weights turn an output orthogonal to the direction into
-/// one that is not.
-pub fn orthogonalize(model: &Model, direction: &Tensor) -> Result<Model, ModelError> {
-    if model.cfg.arch.post_norms() {
-        return Err(ModelError::Config(format!(
-            "weight orthogonalization is not exact for {}: its blocks norm their outputs before adding them to the residual, which brings the direction back; use hook-based ablation (`steerkit ablate`, `steerkit eval --intervention ablate`)",
-            model.cfg.arch.name()
-        )));
-    }
-    let d = model.cfg.hidden_size;
-    let unit = unit_direction(direction, d, &model.device)?;
-    let mut m = model.clone();
-    let dt = model.dtype;
-    if m.lm_head.is_none() {
-        m.lm_head = Some(m.embed.clone());
-        m.cfg.tie_word_embeddings = false;
-    }
-    // Embedding rows are residual vectors: E - (E r̂) r̂ᵀ.
-    m.embed = project_rows_out(&m.embed.t()?, &unit, dt)?
-        .t()?
-        .contiguous()?;
-    for blk in m.layers.iter_mut() {
-        for lin in blk.residual_writers_mut() {
-            lin.weight = project_rows_out(&lin.weight, &unit, dt)?;
-            if let Some(b) = lin.bias.as_mut() {
-                *b = project_rows_out(&b.reshape((d, 1))?, &unit, dt)?.flatten_all()?;
+/// Weight orthogonalization as a change made to each tensor by name
+/// ([`steerkit_model::weights::TensorMap`]): exporters apply it to one tensor at a time as
+/// they write, so that the projected model is never held beside the loaded one.
+pub struct Orthogonalizer {
+    unit: Tensor,
+    /// Names (as [`Model::named_tensors`] gives them) of the tensors that write to the residual.
+    writers: std::collections::HashSet<String>,
+    dtype: DType,
+    hidden: usize,
+}
+
+impl Orthogonalizer {
+    /// The orthogonalizer of `model` against `direction`, and `model` with a tied head untied
+    /// (the head is the embedding as it is; storage shared, nothing copied), which is the
+    /// model to apply it to.
+    ///
+    /// Refused for Gemma and OLMo 2: their blocks norm their outputs before adding them to
+    /// the residual, and a norm's per-channel weights turn an output orthogonal to the
+    /// direction into one that is not.
+    pub fn new(model: &Model, direction: &Tensor) -> Result<(Model, Self), ModelError> {
+        if model.cfg.arch.post_norms() {
+            return Err(ModelError::Config(format!(
+                "weight orthogonalization is not exact for {}: its blocks norm their outputs before adding them to the residual, which brings the direction back; use hook-based ablation (`steerkit ablate`, `steerkit eval --intervention ablate`)",
+                model.cfg.arch.name()
+            )));
+        }
+        let hidden = model.cfg.hidden_size;
+        let unit = unit_direction(direction, hidden, &model.device)?;
+        let mut m = model.clone();
+        if m.lm_head.is_none() {
+            m.lm_head = Some(m.embed.clone());
+            m.cfg.tie_word_embeddings = false;
+        }
+        // Embedding rows are residual vectors; in each block, the tensors of the maps that
+        // write to the residual, found by identity among the block's named tensors.
+        let mut writers = std::collections::HashSet::from(["model.embed_tokens.weight".into()]);
+        let mut blocks = m.layers.clone();
+        for (l, blk) in blocks.iter_mut().enumerate() {
+            let ids: std::collections::HashSet<_> = blk
+                .residual_writers_mut()
+                .into_iter()
+                .flat_map(|lin| {
+                    std::iter::once(lin.weight.id()).chain(lin.bias.as_ref().map(Tensor::id))
+                })
+                .collect();
+            for (name, t) in blk.named_tensors_mut() {
+                if ids.contains(&t.id()) {
+                    writers.insert(format!("model.layers.{l}.{name}"));
+                }
             }
+        }
+        let dtype = model.dtype;
+        Ok((
+            m,
+            Orthogonalizer {
+                unit,
+                writers,
+                dtype,
+                hidden,
+            },
+        ))
+    }
+
+    /// `t`, named `name`: with the direction projected out of its output side when it writes
+    /// to the residual (`W - r̂ r̂ᵀ W`; an embedding's rows, a bias), else as it is.
+    pub fn apply(&self, name: &str, t: Tensor) -> Result<Tensor, ModelError> {
+        if !self.writers.contains(name) {
+            return Ok(t);
+        }
+        let d = self.hidden;
+        let unit = self.unit.to_device(t.device())?;
+        match t.dims() {
+            [_, n] if name == "model.embed_tokens.weight" && *n == d => {
+                Ok(project_rows_out(&t.t()?, &unit, self.dtype)?
+                    .t()?
+                    .contiguous()?)
+            }
+            [rows, _] if *rows == d => project_rows_out(&t, &unit, self.dtype),
+            [rows] if *rows == d => {
+                Ok(project_rows_out(&t.reshape((d, 1))?, &unit, self.dtype)?.flatten_all()?)
+            }
+            dims => Err(ModelError::Weights(format!(
+                "`{name}` has shape {dims:?}; it writes to a residual stream of {d}"
+            ))),
+        }
+    }
+}
+
+/// A copy of `model` with `direction` projected out of everything that writes to the residual
+/// ([`Orthogonalizer`], applied to every tensor now).
+pub fn orthogonalize(model: &Model, direction: &Tensor) -> Result<Model, ModelError> {
+    let (mut m, o) = Orthogonalizer::new(model, direction)?;
+    m.embed = o.apply("model.embed_tokens.weight", m.embed.clone())?;
+    for (l, blk) in m.layers.iter_mut().enumerate() {
+        for (name, t) in blk.named_tensors_mut() {
+            *t = o.apply(&format!("model.layers.{l}.{name}"), t.clone())?;
         }
     }
     Ok(m)

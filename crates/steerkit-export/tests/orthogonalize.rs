@@ -108,13 +108,35 @@ fn orthogonalized_weights_equal_hook_ablation() {
     // As an f16 GGUF file with the source's tokenizer and template.
     let gguf = tmp.path().join("ortho.gguf");
     let src = steerkit_model::gguf::Gguf::open(&p).unwrap();
-    steerkit_export::gguf::write(
-        &ortho,
-        &steerkit_export::gguf::source_metadata(&src),
-        steerkit_export::gguf::GgufType::F16,
-        &gguf,
-    )
-    .unwrap();
+    let meta = steerkit_export::gguf::source_metadata(&src);
+    let f16 = steerkit_export::gguf::GgufType::F16;
+    steerkit_export::gguf::write(&ortho, &meta, f16, &gguf).unwrap();
+    // Orthogonalized as written, a tensor at a time (as `steerkit export` does): the same
+    // file, byte for byte, and the same folder.
+    let (untied, o) = steerkit_export::Orthogonalizer::new(&m.model, &dir).unwrap();
+    let map = |name: &str, t| o.apply(name, t);
+    let lazy = tmp.path().join("lazy.gguf");
+    let opts = steerkit_export::gguf::WriteOptions {
+        map: Some(&map),
+        progress: None,
+    };
+    steerkit_export::gguf::write_with(&untied, &meta, f16, &lazy, &opts).unwrap();
+    assert!(std::fs::read(&lazy).unwrap() == std::fs::read(&gguf).unwrap());
+    let lazy = tmp.path().join("lazy");
+    let opts = steerkit_model::hf::FolderSave {
+        tok: Some(&m.tok),
+        chat: Some(&m.chat),
+        map: Some(&map),
+        ..Default::default()
+    };
+    steerkit_model::hf::save(&untied, &lazy, &opts).unwrap();
+    for file in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let (a, b) = (out.join(file), lazy.join(file));
+        assert!(
+            std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+            "{file}"
+        );
+    }
     let back = load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(
         back.tok.encode_text("Hello world").unwrap(),
@@ -199,6 +221,23 @@ fn experts_orthogonalized(arch: steerkit_model::Arch) -> Result<(), Box<dyn std:
     assert!(
         gap < 1e-4 && effect > 1e-2,
         "{arch:?}: orthogonalized {gap}, ablation's effect {effect}"
+    );
+    // Orthogonalized as a folder is written (gpt-oss's experts stacked as its files hold
+    // them), and read back: what the orthogonalized model computes.
+    let (untied, ortho) = steerkit_export::Orthogonalizer::new(&m, &r)?;
+    let map = |name: &str, t| ortho.apply(name, t);
+    let dir = tempfile::tempdir()?;
+    let opts = steerkit_model::hf::FolderSave {
+        map: Some(&map),
+        ..Default::default()
+    };
+    steerkit_model::hf::save(&untied, &dir.path().join("m"), &opts)?;
+    let back = steerkit_model::hf::HfFolder::open(&dir.path().join("m"))?
+        .model(&Device::Cpu, DType::F32)?;
+    let read = back.last_logits(&ids, &pads, &mut NoHook)?;
+    assert!(
+        max_abs_diff(&read, &baked)? < 1e-5,
+        "{arch:?}: folder written orthogonalized"
     );
     let Some(steerkit_model::Mlp::Moe(e)) = o.layers.get(1).map(|b| &b.mlp) else {
         panic!("block 1 is a mixture of experts")

@@ -1,6 +1,7 @@
 //! GGUF files: configuration, dequantized weights, tokenizer and chat template from one file.
 
 pub mod mxfp4;
+pub mod write;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

@@ -15,7 +15,7 @@ use crate::template::ChatTemplate;
 use crate::tokenizer::Tok;
 
 mod save;
-pub use save::{save, save_folder, save_folder_as, CarriedMap, FolderSave, SHARD_BYTES};
+pub use save::{save, save_folder, save_folder_as, FolderSave, SHARD_BYTES};
 
 /// A Hugging Face model folder.
 pub struct HfFolder {

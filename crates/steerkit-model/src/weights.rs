@@ -555,29 +555,123 @@ fn ggml_mxfp4_rows(src: &FusedSource, t: &Tensor, need: &Need) -> Result<Tensor>
     )?)
 }
 
+/// A tensor to write, computed when its turn comes ([`Lazy::get`]): its shape and dtype are
+/// known without computing it, so that a writer can plan a file (its header, its shards)
+/// and then hold one tensor at a time instead of a whole second copy of the model. A
+/// [`TensorMap`] may compute a floating-point tensor in another floating-point dtype (weight
+/// orthogonalization of bf16 matrices gives f32 ones); writers store floats in their own.
+#[derive(Clone)]
+pub struct Lazy<'a> {
+    pub dims: Vec<usize>,
+    pub dtype: DType,
+    make: std::rc::Rc<dyn Fn() -> Result<Tensor> + 'a>,
+}
+
+/// A change made to tensors as they are written, by name: the tensor as it is, or changed
+/// (in shape as it was; a floating-point tensor stays floating-point). Weight
+/// orthogonalization is one.
+pub type TensorMap<'a> = &'a dyn Fn(&str, Tensor) -> Result<Tensor>;
+
+impl<'a> Lazy<'a> {
+    /// `t` as it is.
+    pub fn ready(t: Tensor) -> Self {
+        Lazy::new(t.dims().to_vec(), t.dtype(), move || Ok(t.clone()))
+    }
+
+    /// `t`, named `name`, through `map` when given.
+    pub fn mapped(name: &str, t: Tensor, map: Option<TensorMap<'a>>) -> Self {
+        match map {
+            None => Lazy::ready(t),
+            Some(f) => {
+                let name = name.to_string();
+                Lazy::new(t.dims().to_vec(), t.dtype(), move || f(&name, t.clone()))
+            }
+        }
+    }
+
+    /// A tensor of these dimensions and dtype that `make` computes.
+    pub fn new(dims: Vec<usize>, dtype: DType, make: impl Fn() -> Result<Tensor> + 'a) -> Self {
+        Lazy {
+            dims,
+            dtype,
+            make: std::rc::Rc::new(make),
+        }
+    }
+
+    /// The tensor, computed now; an error if it is not of the shape announced, or not of the
+    /// dtype announced (for a floating-point one: not floating-point).
+    pub fn get(&self) -> Result<Tensor> {
+        let t = (self.make)()?;
+        let dtype = match self.dtype.is_float() {
+            true => t.dtype().is_float(),
+            false => t.dtype() == self.dtype,
+        };
+        if t.dims() != self.dims || !dtype {
+            return Err(ModelError::Weights(format!(
+                "a tensor announced as {:?} {:?} was computed as {:?} {:?}",
+                self.dims,
+                self.dtype,
+                t.dims(),
+                t.dtype()
+            )));
+        }
+        Ok(t)
+    }
+}
+
+/// The dimensions of [`gpt_oss_stack`]'s result from its parts' (all alike).
+fn gpt_oss_stack_dims(src: &GptOssSource, part: &[usize]) -> Vec<usize> {
+    let (count, mut per) = match src.half {
+        Some(_) => (src.parts / 2, part.to_vec()),
+        None => (src.parts, part.to_vec()),
+    };
+    if src.half.is_some() {
+        per[0] *= 2;
+    }
+    let mut dims = vec![count];
+    dims.extend(per);
+    if !src.bias {
+        dims.swap(1, 2);
+    }
+    dims
+}
+
 /// Named tensors (Hugging Face names) in the form an architecture's files store them: the
 /// parts of each fused tensor ([`fused_parts`]) joined, where its last part was; for a folder
 /// ([`Layout::Folder`]), gpt-oss's experts stacked as its files hold them ([`GptOssSource`];
 /// matrices in the tensors' dtype, not MXFP4). GGUF writers stack every model's experts their
-/// own way.
-pub fn fuse(
+/// own way. Nothing is computed here: a joined tensor is computed from its parts when asked.
+pub fn fuse<'a>(
     cfg: &Config,
     layout: Layout,
-    tensors: Vec<(String, Tensor)>,
-) -> Result<Vec<(String, Tensor)>> {
+    tensors: Vec<(String, Lazy<'a>)>,
+) -> Result<Vec<(String, Lazy<'a>)>> {
     let mut out = Vec::with_capacity(tensors.len());
-    let mut pending: std::collections::HashMap<String, Vec<Option<Tensor>>> = Default::default();
+    let mut pending: std::collections::HashMap<String, Vec<Option<Lazy<'a>>>> = Default::default();
+    let mut gather = |stack: &str, parts: usize, slot: usize, t: Lazy<'a>| {
+        let got = pending
+            .entry(stack.to_string())
+            .or_insert_with(|| vec![None; parts]);
+        got[slot] = Some(t);
+        match got.iter().all(Option::is_some) {
+            true => pending
+                .remove(stack)
+                .map(|p| p.into_iter().flatten().collect()),
+            false => None,
+        }
+    };
     for (name, t) in tensors {
         let oss = gpt_oss_expert_source(cfg, &name).filter(|_| layout == Layout::Folder);
         if let Some(o) = oss {
-            let got = pending
-                .entry(o.stack.clone())
-                .or_insert_with(|| vec![None; o.parts]);
-            got[o.slot()] = Some(t);
-            if got.iter().all(Option::is_some) {
-                let parts = pending.remove(&o.stack).expect("present");
-                let stack = gpt_oss_stack(&o, parts.into_iter().flatten().collect())?;
-                out.push((o.stack, stack));
+            if let Some(parts) = gather(&o.stack, o.parts, o.slot(), t) {
+                let parts: Vec<Lazy<'a>> = parts;
+                let (dims, dtype) = (gpt_oss_stack_dims(&o, &parts[0].dims), parts[0].dtype);
+                let name = o.stack.clone();
+                let make = move || {
+                    let got = parts.iter().map(Lazy::get).collect::<Result<Vec<_>>>()?;
+                    gpt_oss_stack(&o, got)
+                };
+                out.push((name, Lazy::new(dims, dtype, make)));
             }
             continue;
         }
@@ -585,18 +679,16 @@ pub fn fuse(
             out.push((name, t));
             continue;
         };
-        let got = pending
-            .entry(src.name.clone())
-            .or_insert_with(|| vec![None; src.parts]);
-        got[src.part] = Some(t);
-        if got.iter().all(Option::is_some) {
-            let got: Vec<Tensor> = pending
-                .remove(&src.name)
-                .expect("present")
-                .into_iter()
-                .flatten()
-                .collect();
-            out.push((src.name, Tensor::cat(&got, 0)?));
+        if let Some(parts) = gather(&src.name, src.parts, src.part, t) {
+            let parts: Vec<Lazy<'a>> = parts;
+            let mut dims = parts[0].dims.clone();
+            dims[0] = parts.iter().map(|p| p.dims[0]).sum();
+            let dtype = parts[0].dtype;
+            let make = move || {
+                let got = parts.iter().map(Lazy::get).collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&got, 0)?)
+            };
+            out.push((src.name, Lazy::new(dims, dtype, make)));
         }
     }
     if let Some(fused) = pending.keys().min() {
@@ -800,6 +892,70 @@ where
     written
 }
 
+/// Writes a safetensors file at `path` from tensors computed one at a time, each dropped once
+/// written: the header (with `"format": "pt"`, as PyTorch's files have) comes from their
+/// announced shapes and dtypes; `progress` is told the bytes of data written so far. The
+/// tensors are laid out by element size, largest first, so that each starts on a multiple of
+/// its own (as the safetensors library lays them out). There is no temporary file: the
+/// callers write into a folder that is renamed when complete.
+pub fn write_safetensors(
+    path: &std::path::Path,
+    mut tensors: Vec<(String, Lazy)>,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
+    use std::io::Write;
+    tensors.sort_by_key(|(_, t)| std::cmp::Reverse(t.dtype.size_in_bytes()));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    let mut sizes = Vec::with_capacity(tensors.len());
+    for (name, t) in &tensors {
+        let size = t.dims.iter().product::<usize>() * t.dtype.size_in_bytes();
+        let info = serde_json::json!({
+            "dtype": safetensors::Dtype::from(t.dtype),
+            "shape": t.dims,
+            "data_offsets": [offset, offset + size],
+        });
+        if header.insert(name.clone(), info).is_some() || name == "__metadata__" {
+            return Err(ModelError::Weights(format!(
+                "`{name}` is written twice to {}",
+                path.display()
+            )));
+        }
+        offset += size;
+        sizes.push(size);
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    // The data starts on a multiple of 8 bytes, as the safetensors library writes files.
+    text.push_str(&" ".repeat((8 - (8 + text.len()) % 8) % 8));
+    let io = |e: std::io::Error| ModelError::io(path, e);
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(text.as_bytes()).map_err(io)?;
+    let mut done = 0u64;
+    for ((name, t), size) in tensors.into_iter().zip(sizes) {
+        let want = t.dtype;
+        let t = t.get()?;
+        let data = safetensors::View::data(&t);
+        if data.len() != size || t.dtype() != want {
+            return Err(ModelError::Weights(format!(
+                "`{name}`: {} bytes of {} computed, {size} of {} announced",
+                data.len(),
+                t.dtype().as_str(),
+                want.as_str()
+            )));
+        }
+        w.write_all(&data).map_err(io)?;
+        done += size as u64;
+        progress(done);
+    }
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    readable(path)
+}
+
 /// Mode 0644 on Unix (whatever the umask: these are model files, meant to be served).
 fn readable(path: &std::path::Path) -> Result<()> {
     #[cfg(unix)]
@@ -809,4 +965,82 @@ fn readable(path: &std::path::Path) -> Result<()> {
             .map_err(|e| ModelError::io(path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The safetensors library reads what [`write_safetensors`] writes (data on a multiple of
+    /// 8 bytes, PyTorch's format key), tensor by tensor as computed; a tensor computed in
+    /// another dtype than announced, or a name given twice, is an error.
+    #[test]
+    fn safetensors_written_a_tensor_at_a_time() {
+        let cpu = &Device::Cpu;
+        let a = Tensor::new(&[[1f32, -2.5, 3.0]], cpu).unwrap();
+        let b = Tensor::new(&[7u32, 8], cpu).unwrap();
+        let c = Tensor::new(&[0.5f32, 0.25], cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let calls = std::cell::Cell::new(0);
+        let counted = Lazy::new(vec![2], DType::BF16, || {
+            calls.set(calls.get() + 1);
+            Ok(c.clone())
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let seen = std::cell::RefCell::new(vec![]);
+        let d = Tensor::new(&[-9i64], cpu).unwrap();
+        let e = Tensor::new(&[5i32, -6], cpu).unwrap();
+        let tensors = vec![
+            ("a".to_string(), Lazy::ready(a.clone())),
+            ("b".to_string(), Lazy::ready(b.clone())),
+            ("c".to_string(), counted),
+            ("d".to_string(), Lazy::ready(d)),
+            ("e".to_string(), Lazy::ready(e)),
+        ];
+        write_safetensors(&path, tensors, &|d| seen.borrow_mut().push(d)).unwrap();
+        // Laid out by element size: d (8 bytes), a, b, e (4), c (2).
+        assert_eq!(
+            (calls.get(), seen.into_inner()),
+            (1, vec![8, 20, 28, 36, 40])
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(header % 8, 0);
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let format = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("format").cloned());
+        assert_eq!(format.as_deref(), Some("pt"));
+        let back = candle_core::safetensors::load(&path, cpu).unwrap();
+        assert_eq!(
+            back["a"].to_vec2::<f32>().unwrap(),
+            a.to_vec2::<f32>().unwrap()
+        );
+        assert_eq!(back["b"].to_vec1::<u32>().unwrap(), [7, 8]);
+        assert_eq!(back["d"].to_vec1::<i64>().unwrap(), [-9]);
+        assert_eq!(back["e"].to_vec1::<i32>().unwrap(), [5, -6]);
+        assert_eq!(meta.info("c").unwrap().data_offsets, (36, 40));
+        assert_eq!(back["c"].dtype(), DType::BF16);
+        assert_eq!(
+            back["c"]
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            [0.5, 0.25]
+        );
+        let other = Lazy::new(vec![1, 3], DType::F16, move || Ok(a.clone()));
+        let err = write_safetensors(&path, vec![("a".into(), other)], &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("of f32 computed"), "{err}");
+        let twice = vec![
+            ("b".to_string(), Lazy::ready(b.clone())),
+            ("b".to_string(), Lazy::ready(b)),
+        ];
+        let err = write_safetensors(&path, twice, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("written twice"), "{err}");
+    }
 }

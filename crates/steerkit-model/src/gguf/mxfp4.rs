@@ -4,13 +4,12 @@
 //! The header is read twice: once here, to find the type field of every MXFP4 tensor, and
 //! once by candle, on a copy of the header in which those fields say f32 (candle reads no
 //! tensor data then, so the placeholder type is never used to read one). Such tensors are
-//! read by [`crate::gguf::Gguf`] and decoded by [`crate::mxfp4`]. Writing goes the other way
-//! ([`retype`]): candle writes each MXFP4 tensor as q8_0 of the same bytes, and its type and
-//! dimensions are set in place afterwards.
+//! read by [`crate::gguf::Gguf`] and decoded by [`crate::mxfp4`]. They are written by
+//! [`crate::gguf::write`], steerkit's own writer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
@@ -19,9 +18,6 @@ use crate::error::{ModelError, Result};
 
 /// GGML's type number for MXFP4.
 pub const TYPE: u32 = 39;
-
-/// GGML's type number for q8_0, which [`retype`]'s placeholders have.
-const Q8_0: u32 = 8;
 
 /// Whether candle's error on a GGUF header is its refusal of type [`TYPE`].
 pub fn is_unknown_type(error: &str) -> bool {
@@ -67,9 +63,6 @@ pub fn read_header(path: &Path) -> Result<(Content, HashSet<String>)> {
 /// Where a tensor's description sits in a GGUF header.
 struct TensorInfo {
     name: String,
-    /// Offset of its first dimension, and the dimensions (innermost first).
-    dims_at: u64,
-    dims: Vec<u64>,
     /// Offset of its GGML type, and the type.
     ty_at: u64,
     ty: u32,
@@ -112,69 +105,19 @@ fn tensor_infos(r: &mut BufReader<File>, size: u64) -> std::io::Result<Vec<Tenso
         if n > 8 {
             return Err(bad(format!("a tensor of {n} dimensions")));
         }
-        let dims_at = r.stream_position()?;
-        let dims = (0..n).map(|_| u64_le(r)).collect::<std::io::Result<_>>()?;
+        for _ in 0..n {
+            u64_le(r)?;
+        }
         let ty_at = r.stream_position()?;
         let ty = u32_le(r)?;
         u64_le(r)?;
         out.push(TensorInfo {
             name: String::from_utf8_lossy(&name).into_owned(),
-            dims_at,
-            dims,
             ty_at,
             ty,
         });
     }
     Ok(out)
-}
-
-/// Marks the tensors `dims` names as MXFP4 in the GGUF file at `path`, in place: each was
-/// written as q8_0 of the same bytes (34 per 32 q8_0 values, 17 per 32 MXFP4 ones) with as
-/// many dimensions, and gets its own dimensions (innermost first) and type [`TYPE`].
-pub fn retype(path: &Path, dims: &HashMap<String, Vec<u64>>) -> Result<()> {
-    let bad = |why: String| ModelError::BadGguf {
-        path: path.into(),
-        why,
-    };
-    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let size = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
-    let infos = tensor_infos(&mut BufReader::new(file), size).map_err(|e| bad(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| ModelError::io(path, e))?;
-    let mut done = 0;
-    for info in infos {
-        let Some(want) = dims.get(&info.name) else {
-            continue;
-        };
-        // q8_0 placeholders of as many elements' bytes only.
-        let placeholder: u64 = info.dims.iter().product();
-        if info.ty != Q8_0
-            || want.len() != info.dims.len()
-            || 2 * placeholder != want.iter().product::<u64>()
-        {
-            return Err(bad(format!(
-                "`{}` is not a q8_0 placeholder of {want:?} MXFP4 values",
-                info.name
-            )));
-        }
-        let mut bytes: Vec<u8> = want.iter().flat_map(|d| d.to_le_bytes()).collect();
-        bytes.extend(TYPE.to_le_bytes());
-        f.seek(SeekFrom::Start(info.dims_at))
-            .and_then(|_| f.write_all(&bytes))
-            .map_err(|e| ModelError::io(path, e))?;
-        debug_assert_eq!(info.ty_at, info.dims_at + 8 * want.len() as u64);
-        done += 1;
-    }
-    match done == dims.len() {
-        true => Ok(()),
-        false => Err(bad(format!(
-            "{} of {} MXFP4 tensors found to mark",
-            done,
-            dims.len()
-        ))),
-    }
 }
 
 fn u32_le(r: &mut impl Read) -> std::io::Result<u32> {

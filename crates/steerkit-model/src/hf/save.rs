@@ -13,11 +13,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use candle_core::safetensors::MmapedSafetensors;
+
 use super::{stored_names, HfFolder};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tok;
+use crate::weights::{Lazy, TensorMap};
 
 /// Largest safetensors shard written by [`save`].
 pub const SHARD_BYTES: usize = 2 << 30;
@@ -44,10 +47,6 @@ const MULTIMODAL_FILES: [&str; 11] = [
     "tekken.json",
 ];
 
-/// A change made to the tensors a multimodal source's whole export carries (vision tower,
-/// projector), by their stored name: the tensor as it is, or changed.
-pub type CarriedMap<'a> = &'a dyn Fn(&str, Tensor) -> Result<Tensor>;
-
 /// What [`save`] writes besides the weights, and how.
 #[derive(Clone, Copy)]
 pub struct FolderSave<'a> {
@@ -68,8 +67,13 @@ pub struct FolderSave<'a> {
     pub text_only: bool,
     /// Applied to every tensor a multimodal source's whole export carries (weight
     /// orthogonalization projects the direction out of the projector that writes image
-    /// features into the residual stream).
-    pub carried: Option<CarriedMap<'a>>,
+    /// features into the residual stream), by its stored name.
+    pub carried: Option<TensorMap<'a>>,
+    /// Applied to every tensor of the text model as it is written, by its name in
+    /// [`Model::named_tensors`] (weight orthogonalization, computed a tensor at a time).
+    pub map: Option<TensorMap<'a>>,
+    /// Told the bytes of tensor data written so far, and in all.
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
 }
 
 impl Default for FolderSave<'_> {
@@ -81,6 +85,8 @@ impl Default for FolderSave<'_> {
             source: None,
             text_only: false,
             carried: None,
+            map: None,
+            progress: None,
         }
     }
 }
@@ -137,6 +143,16 @@ pub fn save(model: &Model, out: &Path, opts: &FolderSave) -> Result<()> {
     let whole = opts
         .source
         .filter(|s| s.multimodal.is_some() && !opts.text_only);
+    let progress = opts.progress.unwrap_or(&|_, _| {});
+    let text = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let lazy = Lazy::mapped(&n, t, opts.map);
+            (n, lazy)
+        })
+        .collect();
+    let text = crate::weights::fuse(&model.cfg, crate::weights::Layout::Folder, text)?;
     atomically(out, |tmp| {
         match whole {
             Some(src) => {
@@ -145,10 +161,12 @@ pub fn save(model: &Model, out: &Path, opts: &FolderSave) -> Result<()> {
                     "config.json",
                     &multimodal_config(src, model, dtype_name)?,
                 )?;
+                let st = src.mmap()?;
                 write_tensors(
                     tmp,
-                    multimodal_tensors(src, model, opts.carried)?,
+                    multimodal_tensors(&st, model, text, opts.carried)?,
                     opts.dtype,
+                    progress,
                 )?;
                 copy_files(src, tmp, &MULTIMODAL_FILES)?;
             }
@@ -162,15 +180,11 @@ pub fn save(model: &Model, out: &Path, opts: &FolderSave) -> Result<()> {
                     config["eos_token_id"] = tok.eos_id.into();
                 }
                 write_json(tmp, "config.json", &config)?;
-                let tensors = crate::weights::fuse(
-                    &model.cfg,
-                    crate::weights::Layout::Folder,
-                    model.named_tensors(),
-                )?
-                .into_iter()
-                .map(|(n, t)| (crate::weights::file_name(model.cfg.arch, &n), t))
-                .collect();
-                write_tensors(tmp, tensors, opts.dtype)?;
+                let tensors = text
+                    .into_iter()
+                    .map(|(n, t)| (crate::weights::file_name(model.cfg.arch, &n), t))
+                    .collect();
+                write_tensors(tmp, tensors, opts.dtype, progress)?;
                 if let Some(tok) = opts.tok {
                     write_tokenizer(tmp, tok, opts.chat)?;
                 }
@@ -224,52 +238,67 @@ fn copy_files(src: &HfFolder, dir: &Path, names: &[&str]) -> Result<()> {
 }
 
 /// The tensors, floating-point ones in `dtype`, in safetensors files of at most
-/// [`SHARD_BYTES`], with an index when there is more than one.
-fn write_tensors(dir: &Path, tensors: Vec<(String, Tensor)>, dtype: DType) -> Result<()> {
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+/// [`SHARD_BYTES`], with an index when there is more than one. Each tensor is computed,
+/// converted and written in turn ([`write_safetensors`]), so that no second copy of the model
+/// is held.
+fn write_tensors(
+    dir: &Path,
+    tensors: Vec<(String, Lazy)>,
+    dtype: DType,
+    progress: &dyn Fn(u64, u64),
+) -> Result<()> {
+    let stored = |t: &Lazy| match t.dtype.is_float() {
+        true => dtype,
+        false => t.dtype,
+    };
+    let bytes = |t: &Lazy| t.dims.iter().product::<usize>() * stored(t).size_in_bytes();
+    let mut shards: Vec<Vec<(String, Lazy)>> = vec![vec![]];
     let mut size = 0usize;
     for (n, t) in tensors {
-        let t = match t.dtype().is_float() {
-            true => t.to_dtype(dtype)?,
-            false => t,
-        }
-        .to_device(&Device::Cpu)?;
-        // f16 tops out at 65,504: a larger weight would be written as infinity.
-        if t.dtype() == DType::F16 {
-            let top = t
-                .to_dtype(DType::F32)?
-                .abs()?
-                .max_all()?
-                .to_scalar::<f32>()?;
-            if !top.is_finite() {
-                return Err(ModelError::Weights(format!(
-                    "`{n}` has values beyond f16's range; write the folder in bf16 or f32"
-                )));
-            }
-        }
-        let bytes = t.elem_count() * t.dtype().size_in_bytes();
-        if size + bytes > SHARD_BYTES && !shards.last().expect("non-empty").is_empty() {
+        let b = bytes(&t);
+        if size + b > SHARD_BYTES && !shards.last().expect("non-empty").is_empty() {
             shards.push(vec![]);
             size = 0;
         }
-        size += bytes;
+        size += b;
         shards.last_mut().expect("non-empty").push((n, t));
     }
     let count = shards.len();
+    let total: usize = shards.iter().flatten().map(|(_, t)| bytes(t)).sum();
     let mut weight_map = serde_json::Map::new();
-    let mut total = 0usize;
+    let mut done = 0u64;
     for (i, shard) in shards.into_iter().enumerate() {
         let name = if count == 1 {
             "model.safetensors".to_string()
         } else {
             format!("model-{:05}-of-{count:05}.safetensors", i + 1)
         };
+        let mut shard_bytes = 0u64;
         for (n, t) in &shard {
             weight_map.insert(n.clone(), Value::String(name.clone()));
-            total += t.elem_count() * t.dtype().size_in_bytes();
+            shard_bytes += bytes(t) as u64;
         }
-        let map: std::collections::HashMap<String, Tensor> = shard.into_iter().collect();
-        crate::weights::save_safetensors(&map, &dir.join(&name))?;
+        let shard = shard
+            .into_iter()
+            .map(|(n, t)| {
+                let (to, dims) = (stored(&t), t.dims.clone());
+                let named = n.clone();
+                let make = move || {
+                    let t = t.get()?.to_dtype(to)?.to_device(&Device::Cpu)?;
+                    // f16 tops out at 65,504: a larger weight would be written as infinity.
+                    if to == DType::F16 && !finite(&t)? {
+                        return Err(ModelError::Weights(format!(
+                            "`{named}` has values beyond f16's range; write the folder in bf16 or f32"
+                        )));
+                    }
+                    Ok(t)
+                };
+                (n, Lazy::new(dims, to, make))
+            })
+            .collect();
+        let path = dir.join(&name);
+        crate::weights::write_safetensors(&path, shard, &|b| progress(done + b, total as u64))?;
+        done += shard_bytes;
     }
     if count > 1 {
         write_json(
@@ -279,6 +308,16 @@ fn write_tensors(dir: &Path, tensors: Vec<(String, Tensor)>, dtype: DType) -> Re
         )?;
     }
     Ok(())
+}
+
+/// Whether every value of `t` is finite.
+fn finite(t: &Tensor) -> Result<bool> {
+    let top = t
+        .to_dtype(DType::F32)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    Ok(top.is_finite())
 }
 
 /// tokenizer.json and a tokenizer_config.json with the special tokens and the chat template.
@@ -343,25 +382,22 @@ fn multimodal_config(src: &HfFolder, model: &Model, dtype_name: &str) -> Result<
     Ok(c)
 }
 
-/// The tensors of the multimodal source's folder with its text model's replaced by
-/// `model`'s (under the source's names; a head `model` has untied is added beside them). The
-/// others (vision tower, projector) are read from the source, through `carried` when given.
-fn multimodal_tensors(
-    src: &HfFolder,
+/// The tensors of the multimodal source's folder (`st`, memory-mapped) with its text model's
+/// replaced by `text`, `model`'s own (fused, under the source's names; a head `model` has
+/// untied is added beside them). The others (vision tower, projector) are read from the
+/// source when written, through `carried` when given.
+fn multimodal_tensors<'a>(
+    st: &'a MmapedSafetensors,
     model: &Model,
-    carried: Option<CarriedMap>,
-) -> Result<Vec<(String, Tensor)>> {
-    let st = src.mmap()?;
+    text: Vec<(String, Lazy<'a>)>,
+    carried: Option<TensorMap<'a>>,
+) -> Result<Vec<(String, Lazy<'a>)>> {
     let names: HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
     let stored = stored_names(true, &names);
-    let mut tensors: Vec<(String, Tensor)> = crate::weights::fuse(
-        &model.cfg,
-        crate::weights::Layout::Folder,
-        model.named_tensors(),
-    )?
-    .into_iter()
-    .map(|(n, t)| (stored(&crate::weights::file_name(model.cfg.arch, &n)), t))
-    .collect();
+    let mut tensors: Vec<(String, Lazy)> = text
+        .into_iter()
+        .map(|(n, t)| (stored(&crate::weights::file_name(model.cfg.arch, &n)), t))
+        .collect();
     let text: HashSet<&String> = tensors.iter().map(|(n, _)| n).collect();
     let mut rest: Vec<String> = names
         .iter()
@@ -370,12 +406,21 @@ fn multimodal_tensors(
         .collect();
     rest.sort();
     for n in rest {
-        let t = st.load(&n, &Device::Cpu)?;
-        let t = match carried {
-            Some(f) => f(&n, t)?,
-            None => t,
+        // Read once for its shape and dtype as candle loads it (u16 widened to u32), then
+        // dropped: one tensor at a time, read again when written.
+        let (dims, dtype) = {
+            let t = st.load(&n, &Device::Cpu)?;
+            (t.dims().to_vec(), t.dtype())
         };
-        tensors.push((n, t));
+        let name = n.clone();
+        let make = move || {
+            let t = st.load(&name, &Device::Cpu)?;
+            match carried {
+                Some(f) => f(&name, t),
+                None => Ok(t),
+            }
+        };
+        tensors.push((n, Lazy::new(dims, dtype, make)));
     }
     Ok(tensors)
 }
