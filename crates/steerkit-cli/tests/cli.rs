@@ -920,6 +920,19 @@ fn bad_input_is_one_clear_error() {
     )
     .unwrap();
     assert_clean_error(&steerkit(&["inspect", "-m", folder.to_str().unwrap()]), "`model.layers.0.mlp.gate_proj.weight` has shape [48, 32], the configuration implies [64, 32]");
+    // Weights that cannot fit in this machine's memory (over a terabyte as f32): refused
+    // before anything is read, not killed part way through loading.
+    std::fs::write(
+        &cfg_path,
+        cfg.replace(
+            "\"intermediate_size\": 48",
+            "\"intermediate_size\": 4000000000",
+        ),
+    )
+    .unwrap();
+    let out = steerkit(&["inspect", "-m", folder.to_str().unwrap()]);
+    assert_clean_error(&out, "not enough memory: this model's weights take");
+    assert_clean_error(&out, "even with --dtype bf16");
     // Non-finite, out-of-range or zero numbers are refused at the flag, before anything is
     // written (NaN once trained and saved all-NaN weights with exit status 0).
     let out_dir = d.path().join("never");

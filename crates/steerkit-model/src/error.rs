@@ -29,6 +29,9 @@ pub enum ModelError {
     /// Chat template rendering failed.
     #[error("chat template: {0}")]
     Template(String),
+    /// The model's weights do not fit in the memory the system has free.
+    #[error("not enough memory: {0}")]
+    Memory(String),
     /// Invalid input to a runtime call (empty prompt, bad sampling parameter, ...).
     #[error("invalid input: {0}")]
     Input(String),
