@@ -930,9 +930,25 @@ fn bad_input_is_one_clear_error() {
         ),
     )
     .unwrap();
-    let out = steerkit(&["inspect", "-m", folder.to_str().unwrap()]);
-    assert_clean_error(&out, "not enough memory: this model's weights take");
-    assert_clean_error(&out, "even with --dtype bf16");
+    let huge = |skip: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_steerkit"));
+        c.args(["inspect", "-m", folder.to_str().unwrap()]);
+        match skip {
+            Some(v) => c.env("STEERKIT_SKIP_MEMORY_CHECK", v),
+            None => c.env_remove("STEERKIT_SKIP_MEMORY_CHECK"),
+        };
+        c.output().unwrap()
+    };
+    for skip in [None, Some("0")] {
+        let out = huge(skip);
+        assert_clean_error(&out, "not enough memory: this model's weights alone take");
+        assert_clean_error(&out, "even with --dtype bf16");
+    }
+    // Skipped on request: the first tensor read is found not to match.
+    assert_clean_error(
+        &huge(Some("1")),
+        "the configuration implies [4000000000, 32]",
+    );
     // Non-finite, out-of-range or zero numbers are refused at the flag, before anything is
     // written (NaN once trained and saved all-NaN weights with exit status 0).
     let out_dir = d.path().join("never");

@@ -729,13 +729,15 @@ pub fn storage_dtypes(device: &Device, dtype: DType) -> (DType, DType) {
 /// (stored as [`storage_dtypes`] says).
 pub fn weight_bytes(cfg: &Config, device: &Device, dtype: DType) -> u64 {
     let (matrices, rest) = storage_dtypes(device, dtype);
-    needs(cfg)
-        .iter()
-        .map(|n| {
-            let dt = if n.shape.len() == 2 { matrices } else { rest };
-            (n.shape.iter().product::<usize>() * dt.size_in_bytes()) as u64
-        })
-        .sum()
+    // Saturating: a corrupt configuration's shapes are refused by the shape check, not here.
+    needs(cfg).iter().fold(0u64, |sum, n| {
+        let dt = if n.shape.len() == 2 { matrices } else { rest };
+        let elems = n
+            .shape
+            .iter()
+            .fold(1u64, |a, d| a.saturating_mul(*d as u64));
+        sum.saturating_add(elems.saturating_mul(dt.size_in_bytes() as u64))
+    })
 }
 
 /// Memory this process can still be given, from `/proc/meminfo` (Linux): `MemAvailable` (free
@@ -743,7 +745,11 @@ pub fn weight_bytes(cfg: &Config, device: &Device, dtype: DType) -> u64 {
 /// where it cannot be read. A container's own memory limit is not read (its usage counts
 /// caches that would be given back, so limit minus usage would refuse models that fit).
 pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    available_in_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// [`available_memory`] from the text of `/proc/meminfo`.
+fn available_in_meminfo(info: &str) -> Option<u64> {
     let field = |key: &str| -> Option<u64> {
         let line = info.lines().find(|l| l.starts_with(key))?;
         let kb: u64 = line[key.len()..]
@@ -763,7 +769,9 @@ pub const SKIP_MEMORY_CHECK: &str = "STEERKIT_SKIP_MEMORY_CHECK";
 /// An error, before anything is read, when the weights of `cfg` loaded as `dtype` on the CPU
 /// (`need` bytes; `bf16` bytes with bf16 matrices) cannot fit in `available` bytes, instead of
 /// the kernel killing the process part way through loading. The message says what bf16
-/// matrices would take when `dtype` is f32.
+/// matrices would take when `dtype` is f32. Only the weights are counted, not what loading
+/// holds for a moment beside them (a tensor being converted), so that no model that would
+/// load is refused; one whose weights nearly fill the memory may still fail.
 pub fn check_fits(need: u64, bf16: u64, dtype: DType, available: Option<u64>) -> Result<()> {
     let Some(available) = available.filter(|a| need > *a) else {
         return Ok(());
@@ -771,7 +779,7 @@ pub fn check_fits(need: u64, bf16: u64, dtype: DType, available: Option<u64>) ->
     let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
     let hint = match dtype {
         DType::F32 if bf16 <= available => format!(
-            "; --dtype bf16 keeps its matrices in bf16 ({}), which fits",
+            "; --dtype bf16 (`dtype = \"bf16\"` in a run config) keeps its matrices in bf16 ({}), which should fit",
             gb(bf16)
         ),
         DType::F32 => format!(
@@ -781,7 +789,7 @@ pub fn check_fits(need: u64, bf16: u64, dtype: DType, available: Option<u64>) ->
         _ => "; use a machine with more memory or a GPU".into(),
     };
     Err(ModelError::Memory(format!(
-        "this model's weights take {} as {} on the CPU, and {} are available (free memory and swap){hint}. Set {SKIP_MEMORY_CHECK}=1 to try anyway",
+        "this model's weights alone take {} as {} on the CPU, and {} are available (free memory and swap){hint}. Set {SKIP_MEMORY_CHECK}=1 to try anyway",
         gb(need),
         dtype.as_str(),
         gb(available)
@@ -802,7 +810,8 @@ where
             "Gemma's activations overflow f16; use --dtype bf16 or f32".into(),
         ));
     }
-    if device.is_cpu() && std::env::var_os(SKIP_MEMORY_CHECK).is_none() {
+    let skip = std::env::var(SKIP_MEMORY_CHECK).is_ok_and(|v| v == "1");
+    if device.is_cpu() && !skip {
         let need = weight_bytes(&cfg, device, dtype);
         let bf16 = weight_bytes(&cfg, device, DType::BF16);
         check_fits(need, bf16, dtype, available_memory())?;
@@ -1065,7 +1074,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("--dtype bf16") && e.contains("which fits"),
+            e.contains("--dtype bf16") && e.contains("which should fit"),
             "{e}"
         );
         assert!(e.contains(SKIP_MEMORY_CHECK), "{e}");
@@ -1073,8 +1082,18 @@ mod tests {
         assert!(e.to_string().contains("even with --dtype bf16"), "{e}");
         let e = check_fits(bf16, bf16, DType::BF16, Some(500_000_000)).unwrap_err();
         assert!(!e.to_string().contains("--dtype"), "{e}");
-        let here = available_memory().expect("/proc/meminfo is read");
-        assert!(here > 100_000_000, "{here} bytes available");
+        let info = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\nSwapTotal:       4000000 kB\nSwapFree:        3000000 kB\n";
+        assert_eq!(available_in_meminfo(info), Some(23_000_000 * 1024));
+        let no_swap = "MemTotal: 8 kB\nMemAvailable: 5 kB\n";
+        assert_eq!(available_in_meminfo(no_swap), Some(5 * 1024));
+        assert_eq!(
+            available_in_meminfo("MemTotal: 8 kB\nMemFree: 5 kB\n"),
+            None
+        );
+        if cfg!(target_os = "linux") {
+            let here = available_memory().expect("/proc/meminfo is read");
+            assert!(here > 100_000_000, "{here} bytes available");
+        }
     }
 
     /// The safetensors library reads what [`write_safetensors`] writes (data on a multiple of
