@@ -29,6 +29,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod hooks;
+pub mod memory;
 pub mod model;
 pub mod mxfp4;
 pub mod prefix;

@@ -740,66 +740,10 @@ pub fn weight_bytes(cfg: &Config, device: &Device, dtype: DType) -> u64 {
     })
 }
 
-/// Memory this process can still be given, from `/proc/meminfo` (Linux): `MemAvailable` (free
-/// memory and reclaimable caches, memory-mapped model files included) plus `SwapFree`; `None`
-/// where it cannot be read. A container's own memory limit is not read (its usage counts
-/// caches that would be given back, so limit minus usage would refuse models that fit).
-pub fn available_memory() -> Option<u64> {
-    available_in_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
-}
-
-/// [`available_memory`] from the text of `/proc/meminfo`.
-fn available_in_meminfo(info: &str) -> Option<u64> {
-    let field = |key: &str| -> Option<u64> {
-        let line = info.lines().find(|l| l.starts_with(key))?;
-        let kb: u64 = line[key.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
-    };
-    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
-}
-
-/// The environment variable that skips [`check_fits`] at loading.
-pub const SKIP_MEMORY_CHECK: &str = "STEERKIT_SKIP_MEMORY_CHECK";
-
-/// An error, before anything is read, when the weights of `cfg` loaded as `dtype` on the CPU
-/// (`need` bytes; `bf16` bytes with bf16 matrices) cannot fit in `available` bytes, instead of
-/// the kernel killing the process part way through loading. The message says what bf16
-/// matrices would take when `dtype` is f32. Only the weights are counted, not what loading
-/// holds for a moment beside them (a tensor being converted), so that no model that would
-/// load is refused; one whose weights nearly fill the memory may still fail.
-pub fn check_fits(need: u64, bf16: u64, dtype: DType, available: Option<u64>) -> Result<()> {
-    let Some(available) = available.filter(|a| need > *a) else {
-        return Ok(());
-    };
-    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
-    let hint = match dtype {
-        DType::F32 if bf16 <= available => format!(
-            "; --dtype bf16 (`dtype = \"bf16\"` in a run config) keeps its matrices in bf16 ({}), which should fit",
-            gb(bf16)
-        ),
-        DType::F32 => format!(
-            "; even with --dtype bf16 its matrices take {}: use a machine with more memory or a GPU",
-            gb(bf16)
-        ),
-        _ => "; use a machine with more memory or a GPU".into(),
-    };
-    Err(ModelError::Memory(format!(
-        "this model's weights alone take {} as {} on the CPU, and {} are available (free memory and swap){hint}. Set {SKIP_MEMORY_CHECK}=1 to try anyway",
-        gb(need),
-        dtype.as_str(),
-        gb(available)
-    )))
-}
-
 /// Loads every needed tensor with `get` (in parallel), checks shapes, converts to the dtypes of
 /// [`storage_dtypes`] on `device`, and builds the model. `get` returns `Ok(None)` for an absent
 /// tensor. On the CPU, weights that cannot fit in the memory available are refused before
-/// anything is read ([`check_fits`]).
+/// anything is read ([`crate::memory::check_fits`]).
 pub fn build<F>(cfg: Config, device: &Device, dtype: DType, get: F) -> Result<Model>
 where
     F: Fn(&Need) -> Result<Option<Tensor>> + Sync,
@@ -810,11 +754,11 @@ where
             "Gemma's activations overflow f16; use --dtype bf16 or f32".into(),
         ));
     }
-    let skip = std::env::var(SKIP_MEMORY_CHECK).is_ok_and(|v| v == "1");
+    let skip = std::env::var(crate::memory::SKIP_MEMORY_CHECK).is_ok_and(|v| v == "1");
     if device.is_cpu() && !skip {
         let need = weight_bytes(&cfg, device, dtype);
         let bf16 = weight_bytes(&cfg, device, DType::BF16);
-        check_fits(need, bf16, dtype, available_memory())?;
+        crate::memory::check_fits(need, bf16, dtype, crate::memory::available_memory())?;
     }
     let (matrix_dtype, dtype) = storage_dtypes(device, dtype);
     let needs = needs(&cfg);
@@ -1048,53 +992,6 @@ fn readable(path: &std::path::Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Qwen2.5-Coder-0.5B's weights as its GGUF file holds them (630 million parameters: 494
-    /// million and a head of its own) take 2.52 GB as f32 and a little over half that with
-    /// bf16 matrices (the norms and biases stay f32); a machine with less is told so, and
-    /// pointed to bf16 when that fits; this machine's free memory is read.
-    #[test]
-    fn weights_that_do_not_fit_are_refused_before_loading() {
-        let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../checkpoints/models/qwen2.5-coder-0.5b-instruct.gguf");
-        assert!(p.is_file(), "run scripts/fetch-models.sh");
-        let cfg = crate::gguf::Gguf::open(&p).unwrap().config().unwrap();
-        let cpu = &Device::Cpu;
-        let f32 = weight_bytes(&cfg, cpu, DType::F32);
-        let bf16 = weight_bytes(&cfg, cpu, DType::BF16);
-        assert_eq!(f32, 630_167_424 * 4);
-        assert!(bf16 > f32 / 2 && bf16 < f32 * 53 / 100, "{bf16}");
-        assert!(check_fits(f32, bf16, DType::F32, Some(f32)).is_ok());
-        assert!(check_fits(f32, bf16, DType::F32, None).is_ok());
-        let e = check_fits(f32, bf16, DType::F32, Some(1_500_000_000))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("take 2.5 GB as f32") && e.contains("1.5 GB are available"),
-            "{e}"
-        );
-        assert!(
-            e.contains("--dtype bf16") && e.contains("which should fit"),
-            "{e}"
-        );
-        assert!(e.contains(SKIP_MEMORY_CHECK), "{e}");
-        let e = check_fits(f32, bf16, DType::F32, Some(500_000_000)).unwrap_err();
-        assert!(e.to_string().contains("even with --dtype bf16"), "{e}");
-        let e = check_fits(bf16, bf16, DType::BF16, Some(500_000_000)).unwrap_err();
-        assert!(!e.to_string().contains("--dtype"), "{e}");
-        let info = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\nSwapTotal:       4000000 kB\nSwapFree:        3000000 kB\n";
-        assert_eq!(available_in_meminfo(info), Some(23_000_000 * 1024));
-        let no_swap = "MemTotal: 8 kB\nMemAvailable: 5 kB\n";
-        assert_eq!(available_in_meminfo(no_swap), Some(5 * 1024));
-        assert_eq!(
-            available_in_meminfo("MemTotal: 8 kB\nMemFree: 5 kB\n"),
-            None
-        );
-        if cfg!(target_os = "linux") {
-            let here = available_memory().expect("/proc/meminfo is read");
-            assert!(here > 100_000_000, "{here} bytes available");
-        }
-    }
 
     /// The safetensors library reads what [`write_safetensors`] writes (data on a multiple of
     /// 8 bytes, PyTorch's format key), tensor by tensor as computed; a tensor computed in
