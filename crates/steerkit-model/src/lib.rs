@@ -35,6 +35,7 @@ pub mod mxfp4;
 pub mod prefix;
 pub mod random;
 pub mod source;
+pub mod space;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;

@@ -118,10 +118,13 @@ pub fn write(
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     let io = |p: &Path, e: std::io::Error| ModelError::io(p, e);
+    let sizes = sizes(&tensors)?;
+    let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
+    crate::space::ensure_room(data as u64, out)?;
     let res = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
-        write_to(&mut w, kv, tensors, progress).map_err(|e| match e {
+        write_to(&mut w, kv, tensors, sizes, progress).map_err(|e| match e {
             Written::Io(e) => io(&tmp, e),
             Written::Model(e) => e,
         })?;
@@ -159,22 +162,28 @@ impl From<ModelError> for Written {
     }
 }
 
+/// The stored bytes of each tensor; an error for one whose rows are not whole blocks.
+fn sizes(tensors: &[Planned]) -> Result<Vec<usize>> {
+    tensors
+        .iter()
+        .map(|t| {
+            t.storage.bytes(&t.dims).ok_or_else(|| {
+                ModelError::Weights(format!(
+                    "`{}` ({:?}) cannot be stored as {:?}: its rows are not whole blocks",
+                    t.name, t.dims, t.storage
+                ))
+            })
+        })
+        .collect()
+}
+
 fn write_to<W: Write + Seek>(
     w: &mut W,
     kv: &[(&str, &Value)],
     tensors: Vec<Planned>,
+    sizes: Vec<usize>,
     progress: &dyn Fn(u64, u64),
 ) -> std::result::Result<(), Written> {
-    let mut sizes = Vec::with_capacity(tensors.len());
-    for t in &tensors {
-        let size = t.storage.bytes(&t.dims).ok_or_else(|| {
-            ModelError::Weights(format!(
-                "`{}` ({:?}) cannot be stored as {:?}: its rows are not whole blocks",
-                t.name, t.dims, t.storage
-            ))
-        })?;
-        sizes.push(size);
-    }
     w.write_all(b"GGUF")?;
     w.write_all(&3u32.to_le_bytes())?;
     w.write_all(&(tensors.len() as u64).to_le_bytes())?;

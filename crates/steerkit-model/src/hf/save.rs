@@ -265,6 +265,7 @@ fn write_tensors(
     }
     let count = shards.len();
     let total: usize = shards.iter().flatten().map(|(_, t)| bytes(t)).sum();
+    crate::space::ensure_room(total as u64, dir)?;
     let mut weight_map = serde_json::Map::new();
     let mut done = 0u64;
     for (i, shard) in shards.into_iter().enumerate() {
