@@ -265,7 +265,8 @@ fn write_tensors(
     }
     let count = shards.len();
     let total: usize = shards.iter().flatten().map(|(_, t)| bytes(t)).sum();
-    crate::space::ensure_room(total as u64, dir)?;
+    // The temporary folder sits beside the output, on the same disk; the message names its parent.
+    crate::space::ensure_room(total as u64, dir.parent().unwrap_or(dir))?;
     let mut weight_map = serde_json::Map::new();
     let mut done = 0u64;
     for (i, shard) in shards.into_iter().enumerate() {
