@@ -1,6 +1,7 @@
 //! `steerkit inspect`.
 
 use anyhow::Result;
+use candle_core::DType;
 use clap::Args as ClapArgs;
 use serde_json::json;
 use steerkit_model::SystemPrompt;
@@ -45,6 +46,9 @@ pub fn run(a: Args) -> Result<()> {
         "parameters": c.num_parameters(),
         "dtype": format!("{:?}", m.model.matrix_dtype()).to_lowercase(),
         "compute_dtype": format!("{:?}", m.model.dtype).to_lowercase(),
+        "weight_bytes": m.model.weight_bytes(),
+        "weight_bytes_bf16": steerkit_model::weights::weight_bytes(c, &m.model.device, DType::BF16),
+        "memory_available": steerkit_model::memory::available_memory(),
         "tied_embeddings": c.tie_word_embeddings,
         "attention_bias": c.attention_bias,
         "rope_theta": c.rope_theta,

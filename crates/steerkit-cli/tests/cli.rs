@@ -231,6 +231,11 @@ fn inspect_reports_the_architecture() {
         (&v["dtype"], &v["compute_dtype"]),
         (&"f32".into(), &"f32".into())
     );
+    // The loaded weights' bytes: 4 a parameter; the bf16 figure (what the memory check
+    // counts) is what a bf16 load then holds.
+    assert_eq!(v["weight_bytes"], 134_515_008u64 * 4);
+    assert!(v["memory_available"].as_u64().unwrap() > 100_000_000);
+    let bf16 = v["weight_bytes_bf16"].clone();
     // bf16 on the CPU: bf16 matrices, f32 computation; f16 is for GPUs only.
     let out = steerkit(&["inspect", "--json", "--dtype", "bf16", "-m", &model(SMOL)]);
     assert_ok(&out);
@@ -238,6 +243,11 @@ fn inspect_reports_the_architecture() {
     assert_eq!(
         (&v["dtype"], &v["compute_dtype"]),
         (&"bf16".into(), &"f32".into())
+    );
+    assert_eq!(v["weight_bytes"], bf16);
+    assert!(
+        bf16.as_u64().unwrap() < 134_515_008 * 2 + 1_000_000,
+        "{bf16}"
     );
     assert_clean_error(
         &steerkit(&["inspect", "--dtype", "f16", "-m", &model(SMOL)]),
