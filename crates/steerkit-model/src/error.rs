@@ -29,6 +29,9 @@ pub enum ModelError {
     /// Chat template rendering failed.
     #[error("chat template: {0}")]
     Template(String),
+    /// An output does not fit on its disk.
+    #[error("not enough disk space: {0}")]
+    Disk(String),
     /// The model's weights do not fit in the memory the system has free.
     #[error("not enough memory: {0}")]
     Memory(String),

@@ -119,12 +119,22 @@ pub fn write(
     let tmp = std::path::PathBuf::from(tmp);
     let io = |p: &Path, e: std::io::Error| ModelError::io(p, e);
     let sizes = sizes(&tensors)?;
+    // The header is built first (a few MB at most: the vocabulary), so the room checked is
+    // the whole file's; a temporary file left by an interrupted run is not counted as used.
+    let mut header = std::io::Cursor::new(Vec::new());
+    write_header(&mut header, kv, &tensors, &sizes).map_err(|e| match e {
+        Written::Io(e) => io(out, e),
+        Written::Model(e) => e,
+    })?;
+    let header = header.into_inner();
     let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
-    crate::space::ensure_room(data as u64, out)?;
+    let _ = std::fs::remove_file(&tmp);
+    crate::space::ensure_room((header.len() + data) as u64, out)?;
     let res = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
-        write_to(&mut w, kv, tensors, sizes, progress).map_err(|e| match e {
+        w.write_all(&header).map_err(|e| io(&tmp, e))?;
+        write_data(&mut w, tensors, sizes, progress).map_err(|e| match e {
             Written::Io(e) => io(&tmp, e),
             Written::Model(e) => e,
         })?;
@@ -177,12 +187,13 @@ fn sizes(tensors: &[Planned]) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn write_to<W: Write + Seek>(
+/// The header: version, counts, key/values, tensor descriptions, and the padding up to the
+/// data.
+fn write_header<W: Write + Seek>(
     w: &mut W,
     kv: &[(&str, &Value)],
-    tensors: Vec<Planned>,
-    sizes: Vec<usize>,
-    progress: &dyn Fn(u64, u64),
+    tensors: &[Planned],
+    sizes: &[usize],
 ) -> std::result::Result<(), Written> {
     w.write_all(b"GGUF")?;
     w.write_all(&3u32.to_le_bytes())?;
@@ -194,7 +205,7 @@ fn write_to<W: Write + Seek>(
         write_value(w, key, value)?;
     }
     let mut offset = 0usize;
-    for (t, size) in tensors.iter().zip(&sizes) {
+    for (t, size) in tensors.iter().zip(sizes) {
         write_string(w, &t.name)?;
         w.write_all(&(t.dims.len() as u32).to_le_bytes())?;
         for d in t.dims.iter().rev() {
@@ -204,8 +215,21 @@ fn write_to<W: Write + Seek>(
         w.write_all(&(offset as u64).to_le_bytes())?;
         offset += size.next_multiple_of(ALIGNMENT);
     }
-    let total = offset as u64;
     pad(w)?;
+    Ok(())
+}
+
+/// The tensors' data after the header, each computed, stored and dropped in turn.
+fn write_data<W: Write + Seek>(
+    w: &mut W,
+    tensors: Vec<Planned>,
+    sizes: Vec<usize>,
+    progress: &dyn Fn(u64, u64),
+) -> std::result::Result<(), Written> {
+    let total: u64 = sizes
+        .iter()
+        .map(|s| s.next_multiple_of(ALIGNMENT) as u64)
+        .sum();
     let mut done = 0u64;
     for (t, size) in tensors.into_iter().zip(sizes) {
         let made = (t.make)()?;

@@ -205,11 +205,25 @@ fn atomically(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        out.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
-        std::process::id()
-    ));
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let stem = format!(".{name}.tmp-");
+    // Temporary folders of runs that were killed (their process is gone) are removed, so
+    // that their bytes do not count against the room the new one needs.
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for e in entries.flatten() {
+            let pid = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&stem)?.parse::<u32>().ok());
+            let gone = pid.is_some_and(|p| {
+                cfg!(target_os = "linux") && !Path::new(&format!("/proc/{p}")).exists()
+            });
+            if gone {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let tmp = parent.join(format!("{stem}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     let res =
@@ -265,8 +279,9 @@ fn write_tensors(
     }
     let count = shards.len();
     let total: usize = shards.iter().flatten().map(|(_, t)| bytes(t)).sum();
-    // The temporary folder sits beside the output, on the same disk; the message names its parent.
-    crate::space::ensure_room(total as u64, dir.parent().unwrap_or(dir))?;
+    // The temporary folder sits beside the output, on the same disk; the message names its
+    // parent. 64 MB more for the files' headers, the tokenizer and the configuration.
+    crate::space::ensure_room(total as u64 + (64 << 20), dir.parent().unwrap_or(dir))?;
     let mut weight_map = serde_json::Map::new();
     let mut done = 0u64;
     for (i, shard) in shards.into_iter().enumerate() {
@@ -425,4 +440,42 @@ fn multimodal_tensors<'a>(
         tensors.push((n, Lazy::new(dims, dtype, make)));
     }
     Ok(tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary folder left by a killed run (its process gone) is removed when the same
+    /// output is written again; one of a live process is left alone; a failed fill leaves
+    /// nothing.
+    #[test]
+    fn folders_of_killed_runs_are_cleared() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("m");
+        // Above Linux's largest process id (2^22): no such process.
+        let dead = d.path().join(".m.tmp-4194400");
+        let live = d.path().join(".m.tmp-1");
+        for dir in [&dead, &live] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("model.safetensors"), b"partial").unwrap();
+        }
+        let failed = atomically(&out, |_| Err(ModelError::Input("stop".into())));
+        assert!(failed.is_err() && !out.exists());
+        if cfg!(target_os = "linux") {
+            assert!(!dead.exists(), "the dead run's folder is removed");
+        }
+        assert!(live.exists(), "a live process's folder is kept");
+        atomically(&out, |tmp| {
+            std::fs::write(tmp.join("x"), b"1").map_err(|e| ModelError::io(tmp, e))
+        })
+        .unwrap();
+        assert!(out.join("x").is_file());
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
 }
