@@ -21,7 +21,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device};
 use steerkit_model::gguf::write::{Planned, Storage};
 use steerkit_model::gguf::{gguf_name, permute, qk_permuted, stored_norm_shift, Gguf};
-use steerkit_model::weights::{Layout, Lazy, TensorMap};
+use steerkit_model::weights::{Gathering, Layout, Lazy, TensorMap};
 use steerkit_model::{Arch, ChatTemplate, Config, Model, ModelError, RopeScaling, Tok};
 
 /// A RoPE scaling's original context as GGUF stores it: a whole number of positions.
@@ -575,32 +575,18 @@ pub fn write_with(
     // Each block's experts are stacked `[experts, rows, cols]` as GGUF stores them, when the
     // stack is written.
     let experts = model.cfg.moe.as_ref().map_or(0, |m| m.num_experts);
-    let mut groups: std::collections::HashMap<String, Vec<Option<Lazy>>> = Default::default();
+    let mut groups = Gathering::default();
     let mut any_mxfp4 = false;
     for (hf, t) in named {
         let (hf, t) = match steerkit_model::weights::expert_stack(&hf).filter(|_| experts > 0) {
             Some((group, e)) if e < experts => {
-                let parts = groups
-                    .entry(group.clone())
-                    .or_insert_with(|| vec![None; experts]);
-                parts[e] = Some(t);
-                if parts.iter().any(Option::is_none) {
+                let Some(parts) = groups.add(&group, experts, e, t) else {
                     continue;
-                }
-                let parts: Vec<Lazy> = groups
-                    .remove(&group)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .collect();
+                };
                 let mut dims = vec![parts.len()];
                 dims.extend(&parts[0].dims);
-                let dtype = parts[0].dtype;
-                let stack = Lazy::new(dims, dtype, move || {
-                    let got = parts.iter().map(Lazy::get).collect::<Result<Vec<_>, _>>()?;
-                    Ok(candle_core::Tensor::stack(&got, 0)?)
-                });
-                (group, stack)
+                let stack = |got: Vec<_>| Ok(candle_core::Tensor::stack(&got, 0)?);
+                (group, Lazy::joined(parts, dims, stack))
             }
             _ => (hf, t),
         };
@@ -650,7 +636,7 @@ pub fn write_with(
             make: Box::new(make),
         });
     }
-    if let Some(group) = groups.keys().next() {
+    if let Some(group) = groups.incomplete() {
         return Err(ModelError::Weights(format!("`{group}` misses an expert")));
     }
     // No stack could be MXFP4 (no columns in whole blocks): the file is q8_0's.

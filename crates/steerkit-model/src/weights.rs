@@ -598,6 +598,18 @@ impl<'a> Lazy<'a> {
         }
     }
 
+    /// A tensor of dimensions `dims` that `join` computes from `parts` (its dtype theirs).
+    pub fn joined(
+        parts: Vec<Lazy<'a>>,
+        dims: Vec<usize>,
+        join: impl Fn(Vec<Tensor>) -> Result<Tensor> + 'a,
+    ) -> Self {
+        let dtype = parts[0].dtype;
+        Lazy::new(dims, dtype, move || {
+            join(parts.iter().map(Lazy::get).collect::<Result<Vec<_>>>()?)
+        })
+    }
+
     /// The tensor, computed now; an error if it is not of the shape announced, or not of the
     /// dtype announced (for a floating-point one: not floating-point).
     pub fn get(&self) -> Result<Tensor> {
@@ -619,15 +631,54 @@ impl<'a> Lazy<'a> {
     }
 }
 
+/// Parts of tensors to be joined, collected as they come, by the name of the tensor they join
+/// into.
+pub struct Gathering<T> {
+    pending: std::collections::HashMap<String, Vec<Option<T>>>,
+}
+
+impl<T> Default for Gathering<T> {
+    fn default() -> Self {
+        Gathering {
+            pending: Default::default(),
+        }
+    }
+}
+
+impl<T> Gathering<T> {
+    /// `t`, part `slot` of the `parts` of `whole`; all of them, in order, once the last
+    /// arrives.
+    pub fn add(&mut self, whole: &str, parts: usize, slot: usize, t: T) -> Option<Vec<T>> {
+        let got = self
+            .pending
+            .entry(whole.to_string())
+            .or_insert_with(|| (0..parts).map(|_| None).collect());
+        got[slot] = Some(t);
+        match got.iter().all(Option::is_some) {
+            true => self
+                .pending
+                .remove(whole)
+                .map(|p| p.into_iter().flatten().collect()),
+            false => None,
+        }
+    }
+
+    /// The first (by name) of the tensors still missing a part.
+    pub fn incomplete(&self) -> Option<&String> {
+        self.pending.keys().min()
+    }
+}
+
 /// The dimensions of [`gpt_oss_stack`]'s result from its parts' (all alike).
 fn gpt_oss_stack_dims(src: &GptOssSource, part: &[usize]) -> Vec<usize> {
-    let (count, mut per) = match src.half {
-        Some(_) => (src.parts / 2, part.to_vec()),
-        None => (src.parts, part.to_vec()),
+    let mut per = part.to_vec();
+    let count = match src.half {
+        Some(_) => {
+            per[0] *= 2;
+            src.parts / 2
+        }
+        None => src.parts,
     };
-    if src.half.is_some() {
-        per[0] *= 2;
-    }
     let mut dims = vec![count];
     dims.extend(per);
     if !src.bias {
@@ -647,31 +698,17 @@ pub fn fuse<'a>(
     tensors: Vec<(String, Lazy<'a>)>,
 ) -> Result<Vec<(String, Lazy<'a>)>> {
     let mut out = Vec::with_capacity(tensors.len());
-    let mut pending: std::collections::HashMap<String, Vec<Option<Lazy<'a>>>> = Default::default();
-    let mut gather = |stack: &str, parts: usize, slot: usize, t: Lazy<'a>| {
-        let got = pending
-            .entry(stack.to_string())
-            .or_insert_with(|| vec![None; parts]);
-        got[slot] = Some(t);
-        match got.iter().all(Option::is_some) {
-            true => pending
-                .remove(stack)
-                .map(|p| p.into_iter().flatten().collect()),
-            false => None,
-        }
-    };
+    let mut pending = Gathering::default();
     for (name, t) in tensors {
         let oss = gpt_oss_expert_source(cfg, &name).filter(|_| layout == Layout::Folder);
         if let Some(o) = oss {
-            if let Some(parts) = gather(&o.stack, o.parts, o.slot(), t) {
-                let parts: Vec<Lazy<'a>> = parts;
-                let (dims, dtype) = (gpt_oss_stack_dims(&o, &parts[0].dims), parts[0].dtype);
+            if let Some(parts) = pending.add(&o.stack, o.parts, o.slot(), t) {
+                let dims = gpt_oss_stack_dims(&o, &parts[0].dims);
                 let name = o.stack.clone();
-                let make = move || {
-                    let got = parts.iter().map(Lazy::get).collect::<Result<Vec<_>>>()?;
-                    gpt_oss_stack(&o, got)
-                };
-                out.push((name, Lazy::new(dims, dtype, make)));
+                out.push((
+                    name,
+                    Lazy::joined(parts, dims, move |got| gpt_oss_stack(&o, got)),
+                ));
             }
             continue;
         }
@@ -679,19 +716,14 @@ pub fn fuse<'a>(
             out.push((name, t));
             continue;
         };
-        if let Some(parts) = gather(&src.name, src.parts, src.part, t) {
-            let parts: Vec<Lazy<'a>> = parts;
+        if let Some(parts) = pending.add(&src.name, src.parts, src.part, t) {
             let mut dims = parts[0].dims.clone();
             dims[0] = parts.iter().map(|p| p.dims[0]).sum();
-            let dtype = parts[0].dtype;
-            let make = move || {
-                let got = parts.iter().map(Lazy::get).collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(&got, 0)?)
-            };
-            out.push((src.name, Lazy::new(dims, dtype, make)));
+            let cat = |got: Vec<Tensor>| Ok(Tensor::cat(&got, 0)?);
+            out.push((src.name, Lazy::joined(parts, dims, cat)));
         }
     }
-    if let Some(fused) = pending.keys().min() {
+    if let Some(fused) = pending.incomplete() {
         return Err(ModelError::Weights(format!("`{fused}` is missing a part")));
     }
     Ok(out)
@@ -891,9 +923,8 @@ where
 }
 
 /// Writes `tensors` as a safetensors file at `path`, through `PATH.tmp` and a rename, so an
-/// interrupted write never leaves a torn file (nor, on an error, the temporary one). On Unix
-/// the file is made 0644, whatever the umask: candle creates safetensors files 0600, which a
-/// serving stack running as another user could not read.
+/// interrupted write never leaves a torn file (nor, on an error, the temporary one); tensors
+/// in name order, written by [`write_safetensors`] (so the file is 0644 on Unix).
 pub fn save_safetensors<K>(
     tensors: &std::collections::HashMap<K, Tensor>,
     path: &std::path::Path,
@@ -904,9 +935,13 @@ where
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
-    let written = candle_core::safetensors::save(tensors, &tmp)
-        .map_err(ModelError::from)
-        .and_then(|()| readable(&tmp))
+    let mut named: Vec<(&K, &Tensor)> = tensors.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let lazy = named
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), Lazy::ready(t.clone())))
+        .collect();
+    let written = write_safetensors(&tmp, lazy, &|_| {})
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e)));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

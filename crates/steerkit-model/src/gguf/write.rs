@@ -122,10 +122,7 @@ pub fn write(
     // The header is built first (a few MB at most: the vocabulary), so the room checked is
     // the whole file's; a temporary file left by an interrupted run is not counted as used.
     let mut header = std::io::Cursor::new(Vec::new());
-    write_header(&mut header, kv, &tensors, &sizes).map_err(|e| match e {
-        Written::Io(e) => io(out, e),
-        Written::Model(e) => e,
-    })?;
+    write_header(&mut header, kv, &tensors, &sizes).map_err(|e| e.at(out))?;
     let header = header.into_inner();
     let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
     let _ = std::fs::remove_file(&tmp);
@@ -134,10 +131,7 @@ pub fn write(
         let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         w.write_all(&header).map_err(|e| io(&tmp, e))?;
-        write_data(&mut w, tensors, sizes, progress).map_err(|e| match e {
-            Written::Io(e) => io(&tmp, e),
-            Written::Model(e) => e,
-        })?;
+        write_data(&mut w, tensors, sizes, progress).map_err(|e| e.at(&tmp))?;
         let file = w.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|e| io(&tmp, e))?;
         std::fs::rename(&tmp, out).map_err(|e| io(out, e))
@@ -152,6 +146,16 @@ pub fn write(
 enum Written {
     Io(std::io::Error),
     Model(ModelError),
+}
+
+impl Written {
+    /// The error, an I/O one told of the file `path`.
+    fn at(self, path: &Path) -> ModelError {
+        match self {
+            Written::Io(e) => ModelError::io(path, e),
+            Written::Model(e) => e,
+        }
+    }
 }
 
 impl From<std::io::Error> for Written {
