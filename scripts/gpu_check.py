@@ -39,7 +39,11 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-FIXTURES = ["qwen3_tiny", "gemma2_tiny", "gemma3_tiny", "phi3_tiny"]
+# Every tiny random model of the tests (tests/fixtures/*/config.json): dense, MoE (Mixtral,
+# Qwen2/Qwen3-MoE, gpt-oss, MXFP4 gpt-oss), hybrid (Granite 4) and the rest.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = sorted(d for d in os.listdir(os.path.join(ROOT, "tests", "fixtures"))
+                  if os.path.exists(os.path.join(ROOT, "tests", "fixtures", d, "config.json")))
 TOK_FILES = ["tokenizer.json", "tokenizer_config.json"]
 # The device under test; `--dry` runs everything on the CPU to check the script itself.
 GPU = "cuda"
@@ -101,8 +105,13 @@ def torch_logits(folder, ids, pads, dtype):
     cfg = AutoConfig.from_pretrained(folder)
     if getattr(cfg, "pad_token_id", None) is not None and cfg.pad_token_id >= cfg.vocab_size:
         cfg.pad_token_id = None  # the tiny fixtures' vocabularies are smaller than the default's
+    extra = {}
+    if getattr(cfg, "quantization_config", None):
+        # MXFP4 experts: transformers' own dequantization (no download of its GPU kernels).
+        from transformers import Mxfp4Config
+        extra["quantization_config"] = Mxfp4Config(dequantize=True)
     m = AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=dtype,
-                                             attn_implementation="eager")
+                                             attn_implementation="eager", **extra)
     m = m.to(GPU).eval()
     rows = []
     with torch.no_grad():
@@ -196,6 +205,9 @@ def check_cli(rep, bins, folder, work):
                                             "--run", d, "--orthogonalize", "--format",
                                             "safetensors", "--out",
                                             os.path.join(work, f"ortho-{dev}")]),
+                ("export --orthogonalize --format gguf",
+                 [sk, "export", "-m", folder, "--device", on(dev), "--run", d, "--orthogonalize",
+                  "--format", "gguf", "--out", os.path.join(work, f"ortho-{dev}.gguf")]),
             ]
             for what, cmd in steps:
                 ok, out, dt = sh(rep, cmd)
@@ -207,6 +219,13 @@ def check_cli(rep, bins, folder, work):
             e = max(compare_files(os.path.join(a, f), os.path.join(b, f)) for f in shards(b))
             res["orthogonalized weights cuda vs cpu"] = e
             rep.line(f"orthogonalized weights, cuda vs cpu: max relative difference {e:.2e}")
+        if all(res.get(f"export --orthogonalize --format gguf on {d}") for d in ["cpu", "cuda"]):
+            a, b = (np.fromfile(os.path.join(work, f"ortho-{d}.gguf"), dtype=np.uint8)
+                    for d in ["cuda", "cpu"])
+            same = float((a == b).mean()) if len(a) == len(b) else 0.0
+            res["orthogonalized gguf, bytes equal"] = same
+            rep.line(f"orthogonalized f16 GGUF, cuda vs cpu: {len(a)} and {len(b)} bytes, "
+                     f"{100 * same:.3f}% of bytes equal")
     # actor: 2 epochs on 16 prompts of each set at the middle block.
     # The second variant adds the KL term (blocks above and the head in the backward pass) and
     # gradient projection (act).
@@ -226,6 +245,18 @@ def check_cli(rep, bins, folder, work):
             rep.line(f"actor {variant} log.csv, cpu:\n```\n{logs['cpu']}```\n"
                      f"cuda:\n```\n{logs['cuda']}```")
             res[f"actor {variant} logs"] = logs
+    # The KL and gradient-projection variant computing in bf16 on the GPU: its log beside the
+    # f32 ones above (the KL and loss are taken in f32 from bf16 states).
+    d = os.path.join(work, "actor-kl-ogp-bf16-cuda")
+    ok, out, dt = sh(rep, [sk, "actor", "-m", folder, "--device", on("cuda"), "--dtype", "bf16",
+                           "--limit", "16", "--pseudo-limit", "16", "--layer", "12", "--epochs",
+                           "2", "--min-silhouette", "-1", "--kl-weight", "0.1", "--ogp", "act",
+                           "--ogp-limit", "8", "--out", d], timeout=200)
+    rep.line(f"actor kl-ogp on cuda in bf16: {dt:.1f} s")
+    if ok:
+        log = open(os.path.join(d, "log.csv")).read()
+        rep.line(f"```\n{log}```")
+        res["actor kl-ogp bf16 log"] = log
     # eval: 8 prompts of two built-in sets, KL against the model itself.
     for dev in ["cpu", "cuda"]:
         d = os.path.join(work, f"eval-{dev}")
@@ -351,6 +382,7 @@ def main():
     ap.add_argument("--work", default="/tmp/gpu_check")
     ap.add_argument("--speed-only", action="store_true",
                     help="only the speed of steerkit on the GPU and of transformers")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
     ap.add_argument("--dry", action="store_true", help="everything on the CPU (checks the script)")
     ap.add_argument("--only", help="comma-separated model names to check (default: all)")
     ap.add_argument("--cli", help="comma-separated real models for the CLI and speed checks "
@@ -377,11 +409,22 @@ def main():
         n = random_model(os.path.join(a.tok, name), dst)
         folders[name] = dst
         rep.line(f"random {name}: {n / 1e6:.1f} M parameters, built in {time.time() - t:.1f} s")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for f in FIXTURES:
         if only and f not in only:
             continue
-        folders[f] = os.path.join(root, "tests", "fixtures", f)
+        folders[f] = os.path.join(ROOT, "tests", "fixtures", f)
+    big = [n for n in folders if n not in FIXTURES and (not a.cli or n in a.cli.split(","))]
+    # The CLI first: it runs the commands users run, from saved run folders.
+    for name in [] if a.speed_only else big:
+        rep.line(f"\n## CLI on {name}\n")
+        try:
+            check_cli(rep, a.bin, folders[name], os.path.join(a.work, "cli-" + name))
+        except Exception:
+            rep.line(f"CLI check failed\n```\n{traceback.format_exc()[-1500:]}\n```")
+        try:
+            check_pipeline(rep, a.bin, folders[name], os.path.join(a.work, "cli-" + name))
+        except Exception:
+            rep.line(f"pipeline check failed\n```\n{traceback.format_exc()[-1500:]}\n```")
     rep.line("\n## Logits and gradients\n")
     rep.line("| model | run | logits, relative error vs transformers f32 | top-1 agrees | "
              "gradients, cuda vs cpu |")
@@ -391,18 +434,7 @@ def main():
             check_numerics(rep, a.bin, name, folder, a.work)
         except Exception:
             rep.line(f"{name}: check failed\n```\n{traceback.format_exc()[-1500:]}\n```")
-    big = [n for n in folders if n not in FIXTURES and (not a.cli or n in a.cli.split(","))]
-    for name in big:
-        if not a.speed_only:
-            rep.line(f"\n## CLI on {name}\n")
-            try:
-                check_cli(rep, a.bin, folders[name], os.path.join(a.work, "cli-" + name))
-            except Exception:
-                rep.line(f"CLI check failed\n```\n{traceback.format_exc()[-1500:]}\n```")
-            try:
-                check_pipeline(rep, a.bin, folders[name], os.path.join(a.work, "cli-" + name))
-            except Exception:
-                rep.line(f"pipeline check failed\n```\n{traceback.format_exc()[-1500:]}\n```")
+    for name in [] if a.no_speed else big:
         rep.line(f"\n## steerkit's speed on {name}\n")
         steerkit_speed(rep, a.bin, folders[name], ["cuda"] if a.speed_only else ["cpu", "cuda"])
         rep.line(f"\n## transformers' speed on {name}\n")
@@ -410,7 +442,6 @@ def main():
             torch_speed(rep, folders[name])
         except Exception:
             rep.line(f"speed failed\n```\n{traceback.format_exc()[-1500:]}\n```")
-
 
 if __name__ == "__main__":
     sys.exit(main())

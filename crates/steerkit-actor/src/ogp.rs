@@ -37,7 +37,7 @@ pub fn capability_projector(
     ) {
         if let Ok((k, summary)) = serde_json::from_str::<(String, BasisSummary)>(&old) {
             if k == key {
-                return Ok((Projector::new(t), summary));
+                return Ok((Projector::new(t).to_device(&model.device)?, summary));
             }
         }
     }
@@ -49,7 +49,7 @@ pub fn capability_projector(
             .expect("serializes")
             .as_bytes(),
     )?;
-    Ok((Projector::new(bases), summary))
+    Ok((Projector::new(bases).to_device(&model.device)?, summary))
 }
 
 /// The GPM bases (`[in, k]`, f32, named `model.layers.L.…weight`) of every linear map of block

@@ -498,8 +498,8 @@ fn current_states(
     for chunk in inputs.chunks(batch.max(1)) {
         parts.push(
             block_tail(model, layer, chunk, n, Mode::Inference)?
-                .to_dtype(DType::F64)?
-                .to_device(&Device::Cpu)?,
+                .to_device(&Device::Cpu)?
+                .to_dtype(DType::F64)?,
         );
     }
     // Detached: the targets are constants for the loss.
@@ -603,8 +603,17 @@ pub fn targets(
     Ok((t, r, proj))
 }
 
-/// `mean(1 - cos(h, t))` over rows.
+/// `t` in f32 when it is in a half-precision dtype (f16, bf16), else unchanged.
+fn widened(t: &Tensor) -> candle_core::Result<Tensor> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    }
+}
+
+/// `mean(1 - cos(h, t))` over rows, in f32 at least (squares of f16 states overflow).
 pub fn cosine_loss(h: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+    let (h, t) = (&widened(h)?, &widened(t)?);
     let dot = (h * t)?.sum(D::Minus1)?;
     let nh = h.sqr()?.sum(D::Minus1)?.sqrt()?;
     let nt = t.sqr()?.sum(D::Minus1)?.sqrt()?;
@@ -612,7 +621,8 @@ pub fn cosine_loss(h: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
     cos.affine(-1.0, 1.0)?.mean_all()
 }
 
-/// Log-probabilities of the first answer token, `[rows, vocab]` in the model's dtype, for rows of
+/// Log-probabilities of the first answer token, `[rows, vocab]` (f32 for half-precision
+/// models, else the model's dtype), for rows of
 /// cached inputs of block `layer`: blocks `layer..` at every position, the last block at the
 /// last one, the final norm and the head. Differentiable in `mode`.
 pub fn first_token_log_probs(
@@ -627,7 +637,8 @@ pub fn first_token_log_probs(
     let y = model.forward_layers(x, &pads, layer..n - 1, None, &mut NoHook, mode)?;
     let y = model.block_last(n - 1, &y, &pads, mode)?;
     let h = model.final_norm(&y, mode)?;
-    Ok(log_softmax(&model.logits(&h)?)?)
+    // Not in bf16: its log-probabilities are too coarse for a KL of a few hundredths.
+    Ok(log_softmax(&widened(&model.logits(&h)?)?)?)
 }
 
 /// Mean `KL(reference ‖ current)` over rows of first-token log-probabilities `[rows, vocab]`.
@@ -825,11 +836,11 @@ pub fn train_projected(
                     &reference.index_select(&at, 0)?,
                     &first_token_log_probs(model, layer, &rows, Mode::Differentiable)?,
                 )?;
-                kl_sum += kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                kl_sum += steerkit_ogp::scalar_f64(&kl)?;
                 kl_n += 1;
                 loss = (loss + (kl * cfg.kl_weight)?)?;
             }
-            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let lv = steerkit_ogp::scalar_f64(&loss)?;
             let (gs, gn) = steerkit_ogp::capability::gradients(&loss, opt.vars())?;
             if !lv.is_finite() || !gn.is_finite() {
                 return Err(ActorError::Diverged(format!(

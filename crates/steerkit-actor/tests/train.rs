@@ -677,3 +677,35 @@ fn bad_settings_are_clear_errors() {
     assert!("attn,ffn".parse::<Parts>().is_err());
     assert!("".parse::<Parts>().is_err());
 }
+
+/// States of a half-precision model whose squares overflow f16 (entries of 300: 300² > 65504)
+/// still give the loss of the same states in f32.
+#[test]
+fn the_loss_of_large_f16_states_is_finite_and_exact() {
+    let h: Vec<f32> = (0..64).map(|k| 300.0 - 10.0 * (k % 7) as f32).collect();
+    let t: Vec<f32> = (0..64).map(|k| 280.0 + 20.0 * (k % 3) as f32).collect();
+    let h = Tensor::from_vec(h, (2, 32), &Device::Cpu).unwrap();
+    let t = Tensor::from_vec(t, (2, 32), &Device::Cpu).unwrap();
+    let f32_loss = cosine_loss(&h, &t).unwrap().to_scalar::<f32>().unwrap();
+    let (h16, t16) = (
+        h.to_dtype(DType::F16).unwrap(),
+        t.to_dtype(DType::F16).unwrap(),
+    );
+    let loss = cosine_loss(&h16, &t16).unwrap().to_scalar::<f32>().unwrap();
+    assert!(f32_loss > 1e-4, "{f32_loss}");
+    assert!((loss - f32_loss).abs() < 1e-6, "f16 {loss}, f32 {f32_loss}");
+}
+
+/// A model that computes in bf16 gives first-token log-probabilities in f32 (the KL term's
+/// reference and current distributions): they sum to one to f32 rounding, where bf16
+/// log-probabilities are off by their own spacing.
+#[test]
+fn half_precision_first_token_log_probs_are_f32() {
+    let d = data(DType::F32);
+    let rows: Vec<&Tensor> = [12, 13, 14].iter().map(|&i| &d[i].1).collect();
+    let lp = first_token_log_probs(&computing_in(DType::BF16), 1, &rows, Mode::Inference).unwrap();
+    assert_eq!(lp.dtype(), DType::F32);
+    for row in lp.exp().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap() {
+        assert!((row - 1.0).abs() < 1e-5, "probabilities sum to {row}");
+    }
+}

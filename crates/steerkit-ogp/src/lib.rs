@@ -59,9 +59,17 @@ fn orthonormalise(v: &mut [Vec<f64>]) {
     }
 }
 
+/// A one-element tensor's value (any dtype, any device) as f64, widened on the host: not every
+/// device converts to f64 (Metal does not).
+pub fn scalar_f64(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
+}
+
 /// The sum of the squares of a tensor's entries (any dtype), in f64: a squared Frobenius norm.
 pub fn sum_squares(t: &Tensor) -> candle_core::Result<f64> {
-    t.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    scalar_f64(&t.sqr()?.sum_all()?)
 }
 
 /// The top `k` eigenvectors (columns of `[n, k]`) and eigenvalues of a symmetric positive
@@ -69,7 +77,7 @@ pub fn sum_squares(t: &Tensor) -> candle_core::Result<f64> {
 pub fn top_eigen(c: &Tensor, k: usize, iters: usize) -> Result<(Tensor, Vec<f64>), OgpError> {
     let n = c.dim(0)?;
     let k = k.min(n).max(1);
-    let c = c.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
+    let c = c.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     // A deterministic, well-spread start: a hashed pseudo-random matrix.
     let mut cols: Vec<Vec<f64>> = (0..k)
         .map(|j| {
@@ -177,7 +185,7 @@ pub fn gpm_basis(acts: &Tensor, energy: f64, max_k: usize) -> Result<Basis, OgpE
     if !(0.0..=1.0).contains(&energy) {
         return Err(OgpError::Input(format!("energy {energy} is not in [0, 1]")));
     }
-    let a = acts.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
+    let a = acts.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let c = a.t()?.matmul(&a)?; // [in, in]
     let total: f64 = a.sqr()?.sum_all()?.to_scalar()?;
     if total <= 0.0 {
@@ -210,6 +218,16 @@ impl Projector {
     /// A projector over `bases` (`name -> U: [in, k]`).
     pub fn new(bases: HashMap<String, Tensor>) -> Self {
         Projector { bases }
+    }
+
+    /// The same projector with its bases moved to `device` once, rather than at every step.
+    pub fn to_device(self, device: &Device) -> Result<Self, OgpError> {
+        let bases = self
+            .bases
+            .into_iter()
+            .map(|(name, u)| Ok((name, u.to_device(device)?)))
+            .collect::<Result<_, OgpError>>()?;
+        Ok(Projector { bases })
     }
 
     /// The bases, for saving.
@@ -274,7 +292,11 @@ impl GradBasis {
                     g.dims()
                 )));
             }
-            let mut v: Vec<f64> = g.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let mut v: Vec<f64> = g
+                .flatten_all()?
+                .to_device(&Device::Cpu)?
+                .to_dtype(DType::F64)?
+                .to_vec1()?;
             let n0 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
             // Twice, for numerical orthogonality.
             for _ in 0..2 {
@@ -295,6 +317,8 @@ impl GradBasis {
             .then(|| {
                 Tensor::from_vec(q.concat(), (k, numel), &Device::Cpu)
                     .and_then(|t| t.to_dtype(DType::F32))
+                    // Kept where the gradients are: each step is projected there.
+                    .and_then(|t| t.to_device(first.device()))
             })
             .transpose()?;
         Ok(GradBasis { q, dims })
@@ -320,13 +344,14 @@ impl GradBasis {
         let flat = u
             .flatten_all()?
             .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
+            .to_device(q.device())?
             .unsqueeze(0)?; // [1, numel]
         let coeffs = flat.matmul(&q.t()?)?; // [1, k]
                                             // [1, k] x [k, numel]: q is used as stored (no transposed copy of it per step).
         let removed = coeffs.matmul(q)?; // [1, numel]
                                          // q is orthonormal: |removed| = |coeffs|.
         let norm = coeffs
+            .to_device(&Device::Cpu)?
             .to_dtype(DType::F64)?
             .sqr()?
             .sum_all()?

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::{AdamW, AdamWConfig};
 use steerkit_actor::train::{append_ogp_rows, load_layers, non_finite, save_safetensors};
@@ -255,7 +255,7 @@ pub fn train(
                     bases
                 }
             };
-            Some(Projector::new(bases))
+            Some(Projector::new(bases).to_device(&model.device)?)
         }
         _ => None,
     };
@@ -298,7 +298,7 @@ pub fn train(
         }
         if matches!(cfg.ogp, Ogp::Grad { .. }) {
             let gb = dir.join(GRAD_BASES);
-            let bases = candle_core::safetensors::load(&gb, &Device::Cpu)
+            let bases = candle_core::safetensors::load(&gb, &model.device)
                 .map_err(|e| SftError::Input(format!("{}: {e}", gb.display())))?;
             for (name, t) in bases {
                 grad_proj.bases.insert(name, GradBasis::from_tensor(&t)?);
@@ -343,7 +343,7 @@ pub fn train(
         let rows: Vec<&Tensor> = idx.iter().map(|&i| &inputs[i]).collect();
         let ex: Vec<&Example> = idx.iter().map(|&i| &data[i]).collect();
         let loss = answer_loss(model, a, &rows, &ex)?;
-        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let lv = steerkit_ogp::scalar_f64(&loss)?;
         let (gs, gn) = gradients(&loss, &vars)?;
         if !lv.is_finite() || !gn.is_finite() {
             return Err(SftError::Diverged(format!(
