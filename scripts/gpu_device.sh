@@ -18,6 +18,7 @@ export LD_LIBRARY_PATH=$L:${LD_LIBRARY_PATH:-}
   nvidia-smi -L
   ldd /tmp/steerkit-bin/steerkit | grep -E "cuda|cublas|curand|not found"
   /tmp/steerkit-bin/steerkit --version
+  cat /tmp/steerkit-bin/SOURCE 2>/dev/null
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 PYTHONUNBUFFERED=1 timeout "${1:-500}" python3 scripts/gpu_check.py --bin /tmp/steerkit-bin \

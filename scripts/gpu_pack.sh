@@ -8,6 +8,15 @@
 # of scripts/fetch-models.sh. The first build takes about 20 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What the binaries are built from: the commit, and a hash of uncommitted changes if any
+# (packed beside them as SOURCE; scripts/gpu_device.sh prints it).
+source_state() {
+  echo "commit $(git rev-parse HEAD)"
+  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    echo "uncommitted changes, diff sha256 $(git diff HEAD | sha256sum | cut -c1-16)"
+  fi
+}
+before=$(source_state)
 eval "$(../shared/tools/cuda-toolkit.sh)"
 # A target folder of its own, so that the CPU build in target/ is not rebuilt.
 cuda=${CUDA_TARGET_DIR:-target-cuda}
@@ -17,8 +26,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp" gpu.new' EXIT
 cp "$cuda/release/steerkit" "$cuda/release/examples/device_check" "$tmp/"
 strip "$tmp/steerkit" "$tmp/device_check"
+{
+  echo "$before"
+  [ "$(source_state)" = "$before" ] || echo "WARNING: the sources changed during the build"
+  echo "built $(date -u +%Y-%m-%dT%H:%MZ)"
+} > "$tmp/SOURCE"
 mkdir -p gpu.new/tok
-tar -C "$tmp" -cJf gpu.new/bins.tar.xz steerkit device_check
+tar -C "$tmp" -cJf gpu.new/bins.tar.xz steerkit device_check SOURCE
 cargo build --release -p steerkit-cli
 for m in qwen:qwen2.5-coder-0.5b-instruct smol:smollm2-135m-instruct; do
   name=${m%%:*}

@@ -861,6 +861,8 @@ pub fn train_projected(
             }) = &projection
             {
                 if step % every.max(&1) == 0 {
+                    // The old basis is freed first: it is as large as k gradients.
+                    drop(grad_basis.take());
                     grad_basis = Some(steerkit_ogp::capability::grad_projector(
                         model,
                         layer,

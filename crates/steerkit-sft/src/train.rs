@@ -326,6 +326,8 @@ pub fn train(
         if let Ogp::Grad { k, every } = cfg.ogp {
             if step % every == 0 || grad_proj.bases.is_empty() {
                 let t = Instant::now();
+                // The old bases are freed first: each is as large as k gradients.
+                grad_proj.bases.clear();
                 grad_proj = grad_projector(
                     model,
                     a,
