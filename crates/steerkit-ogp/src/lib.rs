@@ -269,22 +269,23 @@ impl Subspace for Projector {
 /// matrix: the gradient-based capability subspace.
 #[derive(Debug, Clone)]
 pub struct GradBasis {
-    /// Orthonormal directions as rows `[k, numel]` (orthonormalised in f64, stored in f32:
-    /// a projection reads them once per step, and memory traffic is its cost); `None` when
-    /// `k = 0`.
+    /// Orthonormal directions as rows `[k, numel]`, f32, on the device of the gradients they
+    /// came from (a projection reads them once per step, and memory traffic is its cost);
+    /// `None` when `k = 0`.
     q: Option<Tensor>,
     dims: Vec<usize>,
 }
 
 impl GradBasis {
-    /// The basis of `grads` (all of one shape); directions that add less than 1e-6 of their
-    /// norm to the span are dropped.
+    /// The basis of `grads` (all of one shape), by Gram-Schmidt run twice (numerically
+    /// orthogonal in f32), on the gradients' device; directions that add less than 1e-4 of their
+    /// norm to the span (f32 rounding of a dependent one) are dropped.
     pub fn new(grads: &[Tensor]) -> Result<Self, OgpError> {
         let Some(first) = grads.first() else {
             return Err(OgpError::Input("no gradients for the basis".into()));
         };
         let dims = first.dims().to_vec();
-        let mut q: Vec<Vec<f64>> = Vec::new();
+        let mut q: Option<Tensor> = None; // [j, numel]
         for g in grads {
             if g.dims() != dims.as_slice() {
                 return Err(OgpError::Input(format!(
@@ -292,35 +293,23 @@ impl GradBasis {
                     g.dims()
                 )));
             }
-            let mut v: Vec<f64> = g
-                .flatten_all()?
-                .to_device(&Device::Cpu)?
-                .to_dtype(DType::F64)?
-                .to_vec1()?;
-            let n0 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            // Twice, for numerical orthogonality.
-            for _ in 0..2 {
-                for b in &q {
-                    let d: f64 = b.iter().zip(&v).map(|(a, c)| a * c).sum();
-                    v.iter_mut().zip(b).for_each(|(c, a)| *c -= d * a);
+            let mut v = g.flatten_all()?.to_dtype(DType::F32)?.unsqueeze(0)?; // [1, numel]
+            let n0 = sum_squares(&v)?.sqrt();
+            if let Some(q) = &q {
+                for _ in 0..2 {
+                    let c = v.matmul(&q.t()?)?; // [1, j]
+                    v = (v - c.matmul(q)?)?;
                 }
             }
-            let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            if n0 > 0.0 && n > 1e-6 * n0 {
-                v.iter_mut().for_each(|c| *c /= n);
-                q.push(v);
+            let n = sum_squares(&v)?.sqrt();
+            if n0 > 0.0 && n > 1e-4 * n0 {
+                let v = (v / n)?;
+                q = Some(match q {
+                    Some(q) => Tensor::cat(&[&q, &v], 0)?,
+                    None => v,
+                });
             }
         }
-        let k = q.len();
-        let numel = first.elem_count();
-        let q = (k > 0)
-            .then(|| {
-                Tensor::from_vec(q.concat(), (k, numel), &Device::Cpu)
-                    .and_then(|t| t.to_dtype(DType::F32))
-                    // Kept where the gradients are: each step is projected there.
-                    .and_then(|t| t.to_device(first.device()))
-            })
-            .transpose()?;
         Ok(GradBasis { q, dims })
     }
 

@@ -269,7 +269,8 @@ fn gradient_basis_projection_is_orthogonal_to_every_gradient() {
         .to_scalar::<f64>()
         .unwrap()
         .sqrt();
-    assert!((n - removed).abs() < 1e-9 * n.max(1.0), "{n} vs {removed}");
+    // The basis is orthonormal to f32 rounding.
+    assert!((n - removed).abs() < 1e-6 * n.max(1.0), "{n} vs {removed}");
     assert!(removed > 0.0);
     // Saved and loaded (f32) it projects the same way.
     let again = steerkit_ogp::GradBasis::from_tensor(&b.to_tensor().unwrap()).unwrap();
