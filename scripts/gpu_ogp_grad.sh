@@ -8,7 +8,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/b "$OUT"
-[ -n "${SK:-}" ] || tar -C /tmp/b -xJf gpu/bins.tar.xz
+if [ -n "${SK:-}" ]; then rm -f /tmp/b/SOURCE; else tar -C /tmp/b -xJf gpu/bins.tar.xz; fi
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda-13.0/lib64:${LD_LIBRARY_PATH:-}
 sk=${SK:-/tmp/b/steerkit}
 {
@@ -21,6 +21,8 @@ AutoModelForCausalLM.from_config(cfg).save_pretrained("/tmp/smol")
 for f in ["tokenizer.json", "tokenizer_config.json"]: shutil.copy("gpu/tok/smol/" + f, "/tmp/smol")
 PY
 for dev in ${DEVS:-cuda cpu}; do
+  # Fresh run folders: a rerun on a warm machine must not resume finished runs.
+  rm -rf /tmp/a-$dev /tmp/s-$dev /tmp/r-$dev
   SECONDS=0
   timeout 120 $sk actor -m /tmp/smol --device $dev --limit 16 --pseudo-limit 16 --layer 12 \
     --epochs 2 --min-silhouette -1 --ogp grad --ogp-limit 8 --ogp-k 2 --ogp-every 2 \

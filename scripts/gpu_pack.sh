@@ -8,12 +8,15 @@
 # of scripts/fetch-models.sh. The first build takes about 20 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# What the binaries are built from: the commit, and a hash of uncommitted changes if any
-# (packed beside them as SOURCE; scripts/gpu_device.sh prints it).
+# What the binaries are built from: the commit, and a hash of uncommitted changes (new files
+# that git does not ignore included) if any (packed beside them as SOURCE;
+# scripts/gpu_device.sh prints it).
 source_state() {
   echo "commit $(git rev-parse HEAD)"
-  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-    echo "uncommitted changes, diff sha256 $(git diff HEAD | sha256sum | cut -c1-16)"
+  if [ -n "$(git status --porcelain)" ]; then
+    local h
+    h=$({ git diff HEAD; git ls-files -o --exclude-standard -z | xargs -0 -r cat; } | sha256sum)
+    echo "uncommitted changes, sha256 ${h:0:16}"
   fi
 }
 before=$(source_state)
