@@ -18,7 +18,8 @@ What it checks, writing OUT/report.md (and OUT/results.json) as it goes:
    the size of bf16's own rounding. Relative error: max |a - b| / max |b| over each row's
    last-position logits; top-1 agreement over the 4 rows.
 2. gradients of the middle block (the path ACTOR trains through): cuda f32 against cpu f32.
-3. the CLI on the random real-size models: generate, extract, actor and eval on cuda and on
+3. the CLI on the random real-size models: generate, extract, actor (plain, with the KL term
+   and `--ogp act`, with `--ogp grad`) and eval on cuda and on
    the cpu, their outputs compared; then select, eval --intervention ablate, ablate --mode add
    and export --orthogonalize from the direction saved by extract (read back on the CPU), and
    the two orthogonalized exports compared; `steerkit run` through every phase (built-in
@@ -229,8 +230,11 @@ def check_cli(rep, bins, folder, work):
     # actor: 2 epochs on 16 prompts of each set at the middle block.
     # The second variant adds the KL term (blocks above and the head in the backward pass) and
     # gradient projection (act).
-    for variant, extra in [("plain", []), ("kl-ogp", ["--kl-weight", "0.1", "--ogp", "act",
-                                                        "--ogp-limit", "8"])]:
+    # The third uses gradient bases (`--ogp grad`), built and kept on the device.
+    for variant, extra in [("plain", []),
+                           ("kl-ogp", ["--kl-weight", "0.1", "--ogp", "act", "--ogp-limit", "8"]),
+                           ("ogp-grad", ["--ogp", "grad", "--ogp-limit", "8", "--ogp-k", "2",
+                                         "--ogp-every", "2", "--ogp-answer-tokens", "8"])]:
         logs = {}
         for dev in ["cpu", "cuda"]:
             d = os.path.join(work, f"actor-{variant}-{dev}")
