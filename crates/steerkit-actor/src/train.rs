@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use steerkit_eval::run::write_atomic;
 use steerkit_eval::score::refusal_score;
-use steerkit_model::{Mode, Model, NoHook};
+use steerkit_model::{widened, Mode, Model, NoHook};
 
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::states::{log_softmax, pad_rows};
@@ -601,14 +601,6 @@ pub fn targets(
         }
     });
     Ok((t, r, proj))
-}
-
-/// `t` in f32 when it is in a half-precision dtype (f16, bf16), else unchanged.
-fn widened(t: &Tensor) -> candle_core::Result<Tensor> {
-    match t.dtype() {
-        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
-        _ => Ok(t.clone()),
-    }
 }
 
 /// `mean(1 - cos(h, t))` over rows, in f32 at least (squares of f16 states overflow).

@@ -196,28 +196,27 @@ pub fn spinner(msg: &str) -> ProgressBar {
 
 /// A progress bar on stderr.
 pub fn bar(len: u64, msg: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg.to_string());
-    pb
+    styled_bar(len, msg, "{pos}/{len}")
 }
 
 /// A progress bar of bytes written on stderr; its length is set by the first update.
 pub fn bytes_bar(msg: &str) -> ProgressBar {
-    let pb = ProgressBar::new(0);
+    let pb = styled_bar(0, msg, "{bytes}/{total_bytes}");
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
+/// A bar of `len` on stderr counting with `count` (an indicatif template fragment).
+fn styled_bar(len: u64, msg: &str, count: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed}, eta {eta})",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {count} ({{elapsed}}, eta {{eta}})"
+        ))
         .expect("valid template")
         .progress_chars("=> "),
     );
     pb.set_message(msg.to_string());
-    pb.enable_steady_tick(std::time::Duration::from_millis(200));
     pb
 }
 

@@ -44,7 +44,9 @@ pub use config::{Activation, Arch, Config, MoeConfig, Multipliers, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generated, Sampling};
 pub use hooks::{Ablate, Add, Chain, Hook, HookCtx, HookPoint, NoHook, Record, Site};
-pub use model::{Block, Experts, GatedMlp, KvCache, Linear, Mlp, Mode, Model, SharedExpert};
+pub use model::{
+    widened, Block, Experts, GatedMlp, KvCache, Linear, Mlp, Mode, Model, SharedExpert,
+};
 pub use prefix::SharedPrefix;
 pub use source::{
     describe_numerics, device_named, float_dtype, left_pad, load, pad_rows, shared_prefix_len,

@@ -74,6 +74,15 @@ pub struct Block {
 }
 
 /// `0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))` from differentiable primitives.
+/// `t` in f32 when it is in a half-precision dtype (f16, bf16), else unchanged (f32, and f64
+/// for gradient checks): where sums, softmaxes and norms of half-precision values are taken.
+pub fn widened(t: &Tensor) -> candle_core::Result<Tensor> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    }
+}
+
 fn gelu_tanh(x: &Tensor) -> candle_core::Result<Tensor> {
     let c = (2.0 / std::f64::consts::PI).sqrt();
     let inner = ((x + ((x.sqr()? * x)? * 0.044715)?)? * c)?;
@@ -796,10 +805,7 @@ impl Model {
             bias: e.router_bias.clone(),
         }
         .forward(x)?;
-        let logits = match logits.dtype() {
-            DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
-            _ => logits,
-        };
+        let logits = widened(&logits)?;
         let probs = match mode {
             Mode::Inference => candle_nn::ops::softmax_last_dim(&logits)?,
             Mode::Differentiable => candle_nn::ops::softmax(&logits, D::Minus1)?,
@@ -892,10 +898,7 @@ impl Model {
             _ => {
                 // Half precision is normalised in f32; f32 and f64 stay as they are.
                 let dt = x.dtype();
-                let x = match dt {
-                    DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
-                    _ => x.clone(),
-                };
+                let x = widened(x)?;
                 let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
                 let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
                 Ok(y.to_dtype(dt)?.broadcast_mul(w)?)

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -178,12 +178,7 @@ pub fn answer_loss(
     let tgt = Tensor::new(tgt, &model.device)?.unsqueeze(1)?;
     let hs = h.reshape((b * t, d))?.index_select(&pos, 0)?;
     // Half-precision logits are lifted to f32 for the softmax; f64 (gradient checks) stays.
-    let logits = model.logits(&hs)?;
-    let logits = match logits.dtype() {
-        DType::F64 => logits,
-        _ => logits.to_dtype(DType::F32)?,
-    };
-    let lp = log_softmax(&logits)?;
+    let lp = log_softmax(&steerkit_model::widened(&model.logits(&hs)?)?)?;
     Ok(lp.gather(&tgt, 1)?.neg()?.mean_all()?)
 }
 

@@ -75,10 +75,7 @@ pub fn sum_squares(t: &Tensor) -> candle_core::Result<f64> {
     if t.elem_count() == 0 {
         return Ok(0.0);
     }
-    let t = match t.dtype() {
-        DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
-        _ => t.clone(),
-    };
+    let t = steerkit_model::widened(t)?;
     // Squared first: its output is contiguous, so the reshape below copies nothing.
     let sq = t.sqr()?;
     let rows = match sq.rank() {
