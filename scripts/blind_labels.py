@@ -70,7 +70,11 @@ def paired(pairs):
     (l1, u1), (l2, u2) = wilson(a, n), wilson(b, n)
     d = p2 - p1
     den = (both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)
-    phi = (both * neither - only_a * only_b) / math.sqrt(den) if den > 0 else 0.0
+    # phi with Newcombe's continuity correction of a positive numerator (as steerkit's stats.rs).
+    num = both * neither - only_a * only_b
+    if num > 0:
+        num = max(num - n / 2, 0.0)
+    phi = num / math.sqrt(den) if den > 0 else 0.0
     dl = math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
     du = math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
     return f"{100 * d:+.1f} pts [{100 * (d - dl):+.1f}, {100 * (d + du):+.1f}]"

@@ -234,10 +234,30 @@ pub fn svg_bars(title: &str, bars: &[Bar], min: f64, max: f64) -> String {
 pub struct SetComparison {
     pub name: String,
     pub kind: SetKind,
+    /// A's and B's refusal rates over the prompts both runs answered (the pairs of `diff`).
     pub a: Rate,
     pub b: Rate,
     /// B minus A over the prompts both runs answered.
     pub diff: PairedDiff,
+    /// How many prompts of this set each run answered (more than `diff.n` where one run
+    /// answered prompts the other did not).
+    pub a_answered: usize,
+    pub b_answered: usize,
+}
+
+/// Pairs two runs' outcomes by prompt: the k-th copy of a prompt in `a` with the k-th copy of
+/// it in `b` (so a set that repeats a prompt pairs each copy once); prompts only one run
+/// answered are left out.
+fn pair_by_prompt(a: (&[String], &[bool]), b: (&[String], &[bool])) -> Vec<(bool, bool)> {
+    let mut in_b: std::collections::HashMap<&str, std::collections::VecDeque<bool>> =
+        std::collections::HashMap::new();
+    for (p, &r) in b.0.iter().zip(b.1) {
+        in_b.entry(p.as_str()).or_default().push_back(r);
+    }
+    a.0.iter()
+        .zip(a.1)
+        .filter_map(|(p, &ra)| Some((ra, in_b.get_mut(p.as_str())?.pop_front()?)))
+        .collect()
 }
 
 /// Compares two reports set by set, pairing answers by prompt.
@@ -247,18 +267,7 @@ pub fn compare(a: &Report, b: &Report) -> Result<Vec<SetComparison>, EvalError> 
         let Some(sb) = b.sets.iter().find(|s| s.name == sa.name) else {
             continue;
         };
-        let map: std::collections::HashMap<&str, bool> = sb
-            .prompts
-            .iter()
-            .map(String::as_str)
-            .zip(sb.refused.iter().copied())
-            .collect();
-        let pairs: Vec<(bool, bool)> = sa
-            .prompts
-            .iter()
-            .zip(&sa.refused)
-            .filter_map(|(p, &ra)| map.get(p.as_str()).map(|&rb| (ra, rb)))
-            .collect();
+        let pairs = pair_by_prompt((&sa.prompts, &sa.refused), (&sb.prompts, &sb.refused));
         if pairs.is_empty() {
             return Err(EvalError::Mismatch(format!(
                 "set `{}`: the two reports share no prompt (other files, or other samples of one?)",
@@ -273,12 +282,17 @@ pub fn compare(a: &Report, b: &Report) -> Result<Vec<SetComparison>, EvalError> 
                 kind_str(sb.kind)
             )));
         }
+        let rate = |f: fn(&(bool, bool)) -> bool| {
+            Rate::new(pairs.iter().filter(|p| f(p)).count(), pairs.len())
+        };
         out.push(SetComparison {
             name: sa.name.clone(),
             kind: sa.kind,
-            a: sa.refusal,
-            b: sb.refusal,
+            a: rate(|p| p.0),
+            b: rate(|p| p.1),
             diff: paired_diff(&pairs),
+            a_answered: sa.prompts.len(),
+            b_answered: sb.prompts.len(),
         });
     }
     if out.is_empty() {
@@ -333,9 +347,26 @@ pub fn compare_utility(a: &Report, b: &Report) -> Vec<(String, f64, f64, PairedD
 /// The comparison as a Markdown table.
 pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> String {
     let mut s = format!(
-        "# Comparison\n\nA: `{}` ({}) · B: `{}` ({})\n\n| set | kind | refusal A | refusal B | B − A (paired) |\n|---|---|---|---|---|\n",
+        "# Comparison\n\nA: `{}` ({}) · B: `{}` ({})\n\n",
         a.model, a.condition, b.model, b.condition
     );
+    // Settings besides the model and the condition that differ, so that a difference is
+    // not read as the patch's when part of it is theirs.
+    let differ = [
+        ("system prompt", a.system.clone(), b.system.clone()),
+        ("judge", a.judge.clone(), b.judge.clone()),
+        (
+            "new tokens per answer",
+            a.max_new_tokens.to_string(),
+            b.max_new_tokens.to_string(),
+        ),
+    ];
+    for (what, x, y) in differ.iter().filter(|(_, x, y)| x != y) {
+        s.push_str(&format!(
+            "The runs differ in more than the model and the condition: {what} A `{x}`, B `{y}`.\n\n"
+        ));
+    }
+    s.push_str("| set | kind | refusal A | refusal B | B − A (paired) |\n|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:+.1} pts [{:+.1}, {:+.1}] (n={}) |\n",
@@ -349,7 +380,16 @@ pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> Strin
             r.diff.n
         ));
     }
-    s.push_str("\nDifferences over the prompts both runs answered, with 95% intervals (Newcombe's method for paired proportions).\n");
+    s.push_str("\nRates and differences over the prompts both runs answered, with 95% intervals (Wilson; Newcombe's method 10 for the paired differences).\n");
+    for r in rows
+        .iter()
+        .filter(|r| r.diff.n < r.a_answered.max(r.b_answered))
+    {
+        s.push_str(&format!(
+            "`{}`: A answered {} prompts and B {}; the row is over the {} both answered.\n",
+            r.name, r.a_answered, r.b_answered, r.diff.n
+        ));
+    }
     let util = compare_utility(a, b);
     if !util.is_empty() {
         s.push_str("\n| utility | A | B | B − A (paired, 95% interval) |\n|---|---|---|---|\n");
@@ -362,4 +402,88 @@ pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> Strin
         s.push_str("\nUtility differences are means of per-item differences (tokens, prompts) with a normal-approximation interval.\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report of one harmful set whose prompts were judged `refused`.
+    fn report(prompts: &[&str], refused: &[bool], system: &str) -> Report {
+        let k = refused.iter().filter(|r| **r).count();
+        let rate = Rate::new(k, refused.len());
+        Report {
+            model: "m".into(),
+            fingerprint: "f".into(),
+            condition: "none".into(),
+            judge: "rules".into(),
+            max_new_tokens: 8,
+            system: system.into(),
+            sets: vec![SetReport {
+                name: "s".into(),
+                kind: SetKind::Harmful,
+                source: "s.jsonl".into(),
+                n: refused.len(),
+                full_refusal: rate,
+                refusal: rate,
+                compliance: Rate::new(refused.len() - k, refused.len()),
+                phrase_match: rate,
+                mean_refusal_score: 0.0,
+                refused: refused.to_vec(),
+                prompts: prompts.iter().map(|p| p.to_string()).collect(),
+            }],
+            utility: Utility {
+                plain_text_cross_entropy: crate::utility::CrossEntropy {
+                    mean_nats: 1.0,
+                    tokens: 0,
+                    per_token: Vec::new(),
+                },
+                first_token_kl: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_repeated_prompt_pairs_each_copy_once() {
+        // p is asked twice: refused the first time by A and the second time by B. Each copy
+        // pairs with the same copy in the other run: one discordant pair each way, no
+        // difference (pairing by text alone paired both A copies with B's last, +25 points).
+        let a = report(&["p", "q", "p", "r"], &[true, false, false, false], "");
+        let b = report(&["p", "q", "p", "r"], &[false, false, true, false], "");
+        let rows = compare(&a, &b).unwrap();
+        assert_eq!(rows[0].diff.n, 4);
+        assert_eq!(rows[0].diff.diff, 0.0);
+        assert_eq!((rows[0].a.k, rows[0].b.k), (1, 1));
+    }
+
+    #[test]
+    fn rates_are_over_the_pairs_and_differences_are_named() {
+        // B answered two more prompts than A (both refused): the columns and the difference
+        // are over the two prompts both answered, and the table says so.
+        let a = report(&["p", "q"], &[false, false], "");
+        let b = report(
+            &["p", "q", "x", "y"],
+            &[false, false, true, true],
+            "Be careful.",
+        );
+        let rows = compare(&a, &b).unwrap();
+        let r = &rows[0];
+        assert_eq!((r.a.k, r.a.n, r.b.k, r.b.n, r.diff.n), (0, 2, 0, 2, 2));
+        assert_eq!((r.a_answered, r.b_answered), (2, 4));
+        let md = compare_markdown(&a, &b, &rows);
+        assert!(md.contains("A answered 2 prompts and B 4"), "{md}");
+        assert!(md.contains("system prompt A ``, B `Be careful.`"), "{md}");
+        assert!(md.contains("| 0.0% [0.0, 65.8] (0/2) |"), "{md}");
+        // Settings that agree are not mentioned.
+        let md = compare_markdown(&a, &a, &compare(&a, &a).unwrap());
+        assert!(
+            !md.contains("differ in more") && !md.contains("answered 2"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn an_empty_rate_reads_not_applicable() {
+        assert_eq!(Rate::new(0, 0).display(), "n/a (0/0)");
+    }
 }

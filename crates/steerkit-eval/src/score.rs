@@ -18,21 +18,35 @@ pub fn refusal_token_ids(tok: &Tok) -> Vec<u32> {
     ids
 }
 
-/// The refusal score from first-token log-probabilities.
+/// The refusal score from first-token log-probabilities (the whole vocabulary): `log p(R)`
+/// and `log(1 - p(R))` each as a log-sum-exp, of the refusal tokens and of all the others, so
+/// that a model all but certain of a refusal token (its f32 log-probability rounds to 0) still
+/// scores a finite, exact log-odds. Bounded to ±1000, so a report never holds an infinity.
 pub fn refusal_score(logprobs: &[f32], refusal_ids: &[u32]) -> f64 {
-    let lp: Vec<f64> = refusal_ids
-        .iter()
-        .map(|&i| logprobs[i as usize] as f64)
-        .collect();
-    let max = lp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    // log p(R), then log(1 - p(R)) computed without cancellation.
-    let log_p = max + lp.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-    let log_not = if log_p > -std::f64::consts::LN_2 {
-        (-log_p.exp_m1()).ln()
-    } else {
-        (-log_p.exp()).ln_1p()
+    let mut is_refusal = vec![false; logprobs.len()];
+    for &i in refusal_ids {
+        is_refusal[i as usize] = true;
+    }
+    let lse = |want: bool| {
+        let lp = || {
+            logprobs
+                .iter()
+                .zip(&is_refusal)
+                .filter(move |(_, r)| **r == want)
+                .map(|(&l, _)| l as f64)
+        };
+        let max = lp().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            return max;
+        }
+        max + lp().map(|l| (l - max).exp()).sum::<f64>().ln()
     };
-    log_p - log_not
+    let score = lse(true) - lse(false);
+    if score.is_nan() {
+        0.0
+    } else {
+        score.clamp(-1000.0, 1000.0)
+    }
 }
 
 /// KL(p || q) of two log-probability vectors.
@@ -64,6 +78,14 @@ mod tests {
         // Extreme probabilities stay finite.
         let lp = [-1e-9f32, -25.0, -30.0];
         assert!(refusal_score(&lp, &[0]).is_finite() && refusal_score(&lp, &[1]).is_finite());
+        // A refusal token whose f32 log-probability rounds to 0 (logit gap over ~17): the
+        // log-odds is that of the other tokens' mass, -(-20) = 20 here, alone or with another
+        // refusal token (this was +inf, and NaN, which a report cannot hold).
+        let lp = [0.0f32, -20.0, -40.0];
+        assert!((refusal_score(&lp, &[0]) - 20.0).abs() < 1e-6);
+        assert!((refusal_score(&lp, &[0, 2]) - 20.0).abs() < 1e-6);
+        // Every token a refusal token: bounded, not infinite.
+        assert_eq!(refusal_score(&lp, &[0, 1, 2]), 1000.0);
     }
 
     #[test]

@@ -32,8 +32,11 @@ impl Rate {
         }
     }
 
-    /// `41.2% [36.1, 46.5] (103/250)`.
+    /// `41.2% [36.1, 46.5] (103/250)`; `n/a (0/0)` for an empty sample.
     pub fn display(&self) -> String {
+        if self.n == 0 {
+            return "n/a (0/0)".into();
+        }
         format!(
             "{:.1}% [{:.1}, {:.1}] ({}/{})",
             100.0 * self.rate,
@@ -59,7 +62,8 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
 }
 
 /// Difference of two paired proportions (the same prompts under two conditions), with a 95%
-/// interval (Newcombe's method 10, from the Wilson intervals of each margin).
+/// interval (Newcombe's method 10: the Wilson intervals of each margin, combined through the
+/// table's continuity-corrected phi).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PairedDiff {
     pub n: usize,
@@ -91,14 +95,7 @@ pub fn paired_diff(pairs: &[(bool, bool)]) -> PairedDiff {
     let (l1, u1) = wilson(a, n);
     let (l2, u2) = wilson(b, n);
     let d = p2 - p1;
-    // Correlation correction (phi) of Newcombe (1998), method 10.
-    let denom =
-        ((both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)) as f64;
-    let phi = if denom > 0.0 {
-        ((both * neither) as f64 - (only_a * only_b) as f64) / denom.sqrt()
-    } else {
-        0.0
-    };
+    let phi = newcombe_phi(both, only_a, only_b, neither);
     let dl = ((p2 - l2).powi(2) - 2.0 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1).powi(2))
         .max(0.0)
         .sqrt();
@@ -111,6 +108,22 @@ pub fn paired_diff(pairs: &[(bool, bool)]) -> PairedDiff {
         lo: (d - dl).max(-1.0),
         hi: (d + du).min(1.0),
     }
+}
+
+/// The correlation of a paired 2x2 table as Newcombe's method 10 uses it: phi, with the
+/// continuity correction of its numerator (`ad - bc` becomes `max(ad - bc - n/2, 0)` when
+/// positive); 0 when a margin is empty. In f64 throughout, so large tables do not overflow.
+fn newcombe_phi(both: usize, only_a: usize, only_b: usize, neither: usize) -> f64 {
+    let [a, b, c, d] = [both, only_a, only_b, neither].map(|x| x as f64);
+    let denom = (a + b) * (c + d) * (a + c) * (b + d);
+    if denom <= 0.0 {
+        return 0.0;
+    }
+    let mut num = a * d - b * c;
+    if num > 0.0 {
+        num = (num - (a + b + c + d) / 2.0).max(0.0);
+    }
+    num / denom.sqrt()
 }
 
 /// Mean of paired differences `b_i - a_i` with a 95% normal-approximation interval
@@ -172,6 +185,43 @@ mod tests {
         // 100 prompts at 50% give about ±9.6 points (METHODS.md: about ±9).
         let (lo, hi) = wilson(50, 100);
         assert!((hi - lo - 0.192).abs() < 0.005);
+    }
+
+    #[test]
+    fn paired_difference_matches_newcombe() {
+        // Newcombe (1998), table III, method 10: e, f, g, h = 20, 12, 2, 16 (both, only the
+        // first, only the second, neither): 0.2, 95% interval 0.0562 to 0.3292. B - A here is
+        // the negative of the paper's first minus second.
+        let table = |both, only_a, only_b, neither| {
+            let mut p = vec![(true, true); both];
+            p.extend(vec![(true, false); only_a]);
+            p.extend(vec![(false, true); only_b]);
+            p.extend(vec![(false, false); neither]);
+            paired_diff(&p)
+        };
+        let close = |d: PairedDiff, lo: f64, hi: f64| {
+            assert!(
+                (d.lo - lo).abs() < 5e-5 && (d.hi - hi).abs() < 5e-5,
+                "{d:?} against [{lo}, {hi}]"
+            );
+        };
+        close(table(20, 12, 2, 16), -0.3292, -0.0562);
+        // Further rows of the same table, where the continuity correction of phi shows.
+        close(table(35, 14, 0, 1), -0.4175, -0.1461);
+        close(table(18, 14, 0, 18), -0.3963, -0.1441);
+        // A negative correlation is not corrected: 59, 6, 16, 80 (R's contingencytables,
+        // Cavo's example: -0.0621, -0.1186 to -0.0046).
+        close(table(59, 6, 16, 80), 0.0046, 0.1186);
+        // Every pair concordant, both outcomes present: no difference, but not certainty.
+        let d = table(20, 0, 0, 20);
+        assert!(d.diff == 0.0 && d.lo < -0.04 && d.hi > 0.04, "{d:?}");
+        // A table whose margins' product passes 2^64 does not overflow phi (f64 products):
+        // 0, -0.00343 to 0.00343.
+        let big = table(40_000, 30_000, 30_000, 40_000);
+        assert!(
+            (big.lo + 0.003429).abs() < 1e-6 && (big.hi - 0.003429).abs() < 1e-6,
+            "{big:?}"
+        );
     }
 
     #[test]
