@@ -145,17 +145,7 @@ enum Pass {
 /// Runs one phase as the command line `argv` would, naming the phase in an error (other
 /// passes than `Run` only check the arguments, with the command's own checks).
 fn phase(name: &str, argv: &[String], log: &mut Vec<String>, pass: Pass) -> Result<()> {
-    let shown: Vec<String> = argv
-        .iter()
-        .map(|a| {
-            if a.contains(' ') || a.is_empty() {
-                format!("'{a}'")
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
-    let line = format!("steerkit {}", shown.join(" "));
+    let line = shell_line(argv);
     if pass != Pass::Check {
         println!("\n== {name}: {line}");
     }
@@ -179,6 +169,21 @@ fn phase(name: &str, argv: &[String], log: &mut Vec<String>, pass: Pass) -> Resu
             .map_err(|e| anyhow::anyhow!("phase {name}: bad configuration: {e:#}"));
     }
     crate::dispatch(cli.command).with_context(|| format!("phase {name} failed (fix the config or the inputs and rerun: finished phases are kept)"))
+}
+
+/// `steerkit ARGV` as a POSIX shell would need it typed: an argument with anything but
+/// letters, digits and `_-./=:,+@%` in it is single-quoted (a quote inside as `'\''`).
+fn shell_line(argv: &[String]) -> String {
+    let quoted = argv.iter().map(|a| {
+        let plain = !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c));
+        match plain {
+            true => a.clone(),
+            false => format!("'{}'", a.replace('\'', r"'\''")),
+        }
+    });
+    format!("steerkit {}", quoted.collect::<Vec<_>>().join(" "))
 }
 
 /// A phase whose output is kept while its inputs are unchanged: `marker_path` holds `marker()`
@@ -219,33 +224,103 @@ impl Fresh<'_> {
                 self.output.display(),
                 self.holds
             );
-            log.push(format!("steerkit {}", argv.join(" ")));
+            log.push(shell_line(argv));
             return Ok(());
         }
         let _ = std::fs::remove_file(self.marker_path);
         if let Some(c) = self.clear {
-            remove_dir(c)?;
+            remove_path(c).with_context(|| format!("phase {name}"))?;
         }
         phase(name, argv, log, pass)?;
         write_atomic(self.marker_path, marker.as_bytes())?;
-        remove_dir(self.stale)
+        remove_path(self.stale).with_context(|| format!("phase {name}"))
     }
 }
 
-/// Removes a folder, if there.
-fn remove_dir(p: &Path) -> Result<()> {
-    if p.exists() {
-        std::fs::remove_dir_all(p).with_context(|| p.display().to_string())?;
-    }
-    Ok(())
+/// Removes a folder or a file, if there.
+fn remove_path(p: &Path) -> Result<()> {
+    let gone = match p.is_dir() {
+        true => std::fs::remove_dir_all(p),
+        false if p.exists() => std::fs::remove_file(p),
+        false => Ok(()),
+    };
+    gone.with_context(|| format!("{}: cannot remove", p.display()))
 }
 
-/// The export marker: which checkpoint the exported folder holds, and how it was written (the
-/// `[export]` flags: another format or dtype is another export).
-fn export_marker(actor_run: &Path, flags: &[String]) -> Result<String> {
-    let state = std::fs::read_to_string(actor_run.join("state.json"))
-        .with_context(|| format!("{}: no state.json", actor_run.display()))?;
-    Ok(format!("{state}\nexport {}", flags.join(" ")))
+/// The export marker: the export's command line and the sha256 of the checkpoint it takes,
+/// so that a retrained block (other prompts, other settings, after `actor/` was deleted) is
+/// exported again even where the epoch counts agree.
+fn export_marker(argv: &[String], checkpoint: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(checkpoint)
+        .with_context(|| format!("{}: cannot read", checkpoint.display()))?;
+    Ok(format!(
+        "{}\ncheckpoint {:x}",
+        argv.join("\u{1f}"),
+        Sha256::digest(&bytes)
+    ))
+}
+
+/// The value of flag `name` in `argv` (`--name VALUE`), if given.
+fn flag_value<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .map(String::as_str)
+}
+
+/// The epoch the export takes: `[export] epoch` when set; else the config's `[actor] epochs`
+/// when an earlier run trained further (its later checkpoints stay in the folder, and
+/// training never goes back), added to `export_flags`; else the last. With the number of
+/// completed epochs.
+fn export_epoch(actor_run: &Path, export_flags: &mut Vec<String>) -> Result<(usize, usize)> {
+    let Some((last, _)) = steerkit_actor::train::last_checkpoint(actor_run)? else {
+        bail!("{}: no completed epoch to export", actor_run.display());
+    };
+    if let Some(e) = flag_value(export_flags, "--epoch") {
+        let e = e
+            .parse()
+            .with_context(|| format!("[export] epoch = {e}: not a number"))?;
+        return Ok((e, last));
+    }
+    let meta: crate::actor::ActorMeta = serde_json::from_slice(
+        &std::fs::read(actor_run.join("actor.json")).context("actor.json")?,
+    )?;
+    let want = meta.config.epochs;
+    if want < last {
+        export_flags.extend(["--epoch".into(), want.to_string()]);
+        return Ok((want, last));
+    }
+    Ok((last, last))
+}
+
+/// Runs an evaluation phase, whose answers in `folder` resume an interrupted run. When the
+/// phase's command line differs from the one that wrote them (`folder` + `.args`: another
+/// limit, other sets, another token budget...), the saved answers are removed first, with a
+/// line saying so, rather than the phase stopping on answers to other prompts.
+fn eval_phase(
+    name: &str,
+    argv: &[String],
+    folder: &Path,
+    log: &mut Vec<String>,
+    pass: Pass,
+) -> Result<()> {
+    if pass == Pass::Run {
+        let marker_path = folder.with_extension("args");
+        let marker = argv.join("\u{1f}");
+        let saved = std::fs::read_to_string(&marker_path).ok();
+        if folder.exists() && saved.as_ref().is_some_and(|m| *m != marker) {
+            println!(
+                "\n== {name}: the evaluation settings changed; removing the answers saved in {}",
+                folder.display()
+            );
+            remove_path(folder).with_context(|| format!("phase {name}"))?;
+        }
+        if saved.as_deref() != Some(marker.as_str()) {
+            write_atomic(&marker_path, marker.as_bytes())?;
+        }
+    }
+    phase(name, argv, log, pass)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -280,14 +355,27 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
     if let Some(s) = top(&t, "system")? {
         system.extend(["--system".into(), s]);
     }
-    if t.get("no_system").and_then(|v| v.as_bool()) == Some(true) {
-        system.push("--no-system".into());
+    match t.get("no_system") {
+        None | Some(toml::Value::Boolean(false)) => {}
+        Some(toml::Value::Boolean(true)) => system.push("--no-system".into()),
+        Some(v) => bail!("`no_system` must be true or false, not {}", v.type_str()),
+    }
+    // The model is there: a real run stops before its first phase when it is not; a dry run
+    // (of a template for a model fetched later, say) says so and goes on.
+    if let Err(e) = steerkit_model::locate(&model) {
+        match pass {
+            Pass::DryRun => println!("note: `model` {model}: {e}; a real run needs it"),
+            _ => bail!("`model` {model}: {e}"),
+        }
     }
     let t0 = std::time::Instant::now();
     let dry = pass;
     let mut log = Vec::new();
     let actor_run = out.join("actor");
-    let patched = out.join("patched");
+    let mut export_flags = flags(&t, "export")?;
+    // A GGUF export is one file, a safetensors export a folder.
+    let gguf = flag_value(&export_flags, "--format") == Some("gguf");
+    let patched = out.join(if gguf { "patched.gguf" } else { "patched" });
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
     // A command line: the command, the model, the device flags, the system prompt flags when
@@ -369,41 +457,45 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
         dry,
     )?;
 
-    // 3. Export, unless the folder already holds this checkpoint, written this way.
-    let export_flags = flags(&t, "export")?;
+    // 3. Export, unless the output already holds this checkpoint, written this way.
+    let epochs = match pass {
+        Pass::Run => Some(export_epoch(&actor_run, &mut export_flags)?),
+        _ => None,
+    };
+    let argv = command(
+        "export",
+        &model,
+        false,
+        &export_flags,
+        &[
+            "--run".into(),
+            path(&actor_run),
+            "--out".into(),
+            path(&patched),
+        ],
+    );
+    let checkpoint = steerkit_actor::train::block_file(&actor_run, epochs.map_or(0, |e| e.0));
+    let holds = format!("the checkpoint of epoch {}", epochs.map_or(0, |e| e.0));
     let fresh = Fresh {
         output: &patched,
-        complete: &patched.join("config.json"),
+        complete: &match gguf {
+            true => patched.clone(),
+            false => patched.join("config.json"),
+        },
         clear: Some(&patched),
-        holds: "the last checkpoint",
+        holds: &holds,
         marker_path: &out.join("patched.state.json"),
-        marker: &|| export_marker(&actor_run, &export_flags),
+        marker: &|| export_marker(&argv, &checkpoint),
         // Answers of an earlier patched model are stale.
         stale: &out.join("eval-after"),
     };
-    fresh.run_unless_fresh(
-        "export",
-        &command(
-            "export",
-            &model,
-            false,
-            &export_flags,
-            &[
-                "--run".into(),
-                path(&actor_run),
-                "--out".into(),
-                path(&patched),
-            ],
-        ),
-        &mut log,
-        dry,
-    )?;
+    fresh.run_unless_fresh("export", &argv, &mut log, dry)?;
 
     // 4. Evaluations (resumable: saved answers are kept).
     let eval_flags = flags(&t, "eval")?;
     let before = out.join("eval-before");
     let after = out.join("eval-after");
-    phase(
+    eval_phase(
         "evaluate before",
         &command(
             "eval",
@@ -412,10 +504,11 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
             &eval_flags,
             &["--out".into(), path(&before)],
         ),
+        &before,
         &mut log,
         dry,
     )?;
-    phase(
+    eval_phase(
         "evaluate after",
         &command(
             "eval",
@@ -429,12 +522,13 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
                 path(&after),
             ],
         ),
+        &after,
         &mut log,
         dry,
     )?;
     let ablated = out.join("eval-ablated");
     if with_direction {
-        phase(
+        eval_phase(
             "evaluate ablated",
             &command(
                 "eval",
@@ -451,6 +545,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
                     path(&ablated),
                 ],
             ),
+            &ablated,
             &mut log,
             dry,
         )?;
@@ -495,6 +590,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
         &a.config,
         &model,
         &actor_run,
+        epochs.expect("a real run knows the exported epoch").0,
         &rb,
         &ra,
         &compare_markdown(&rb, &ra, &rows),
@@ -540,16 +636,7 @@ fn ablation_md(
         r.sets
             .iter()
             .find(|x| x.name == name)
-            .map(|x| {
-                format!(
-                    "{:.1}% [{:.1}, {:.1}] ({}/{})",
-                    100.0 * x.refusal.rate,
-                    100.0 * x.refusal.lo,
-                    100.0 * x.refusal.hi,
-                    x.refusal.k,
-                    x.refusal.n
-                )
-            })
+            .map(|x| x.refusal.display())
             .unwrap_or_else(|| "-".into())
     };
     let mut s = format!(
@@ -581,6 +668,7 @@ fn report_md(
     config: &Path,
     model: &str,
     actor_run: &Path,
+    exported_epoch: usize,
     before: &Report,
     after: &Report,
     comparison: &str,
@@ -594,7 +682,7 @@ fn report_md(
         serde_json::from_slice(&std::fs::read(actor_run.join("log.json")).context("log.json")?)?;
     let secs: f64 = logs.iter().map(|l| l.seconds).sum();
     let mut s = format!(
-        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts{} for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}{}{}, lr = {}, refresh = {}). Loss and validation curves: `actor/loss.svg`.\n\n",
+        "# steerkit report\n\nModel `{model}`, configuration `{}`.\n\n## What was done\n\nACTOR trained block {} (silhouette-chosen unless set) on {} harmful, {} harmless and {} pseudo-harmful prompts{} for {} epochs ({secs:.0} s of training; α = {}, α_harmful = {}{}{}, lr = {}, refresh = {}){}. Loss and validation curves: `actor/loss.svg`.\n\n",
         config.display(),
         meta.layer,
         meta.harmful,
@@ -618,6 +706,12 @@ fn report_md(
         meta.config.extras(),
         meta.config.adamw.lr,
         meta.config.refresh,
+        match exported_epoch < logs.len() {
+            true => format!(
+                "; the model exported and evaluated is epoch {exported_epoch}'s checkpoint"
+            ),
+            false => String::new(),
+        },
     );
     s.push_str("## Refusal rates, before and after\n\nSafe sets: lower is better (over-refusal). Harmful sets: higher is better.\n\n");
     s.push_str(&format!(

@@ -2282,7 +2282,10 @@ kl_set = "harmless"
     let second = steerkit(&["run", c]);
     let so = String::from_utf8_lossy(&second.stdout);
     assert_ok(&second);
-    assert!(so.contains("holds the last checkpoint; skipped"), "{so}");
+    assert!(
+        so.contains("holds the checkpoint of epoch 1; skipped"),
+        "{so}"
+    );
     assert!(so.contains("holds this selection; skipped"), "{so}");
     assert!(so.contains("reused"), "{so}");
     assert_eq!(
@@ -2310,7 +2313,7 @@ kl_set = "harmless"
         so.contains("epoch 2: loss") && !so.contains("epoch 1: loss"),
         "{so}"
     );
-    assert!(!so.contains("holds the last checkpoint"), "{so}");
+    assert!(!so.contains("holds the checkpoint"), "{so}");
     // Another export setting is another export: the folder is rewritten in bf16.
     let fourth = steerkit(&[
         "run",
@@ -2325,6 +2328,63 @@ kl_set = "harmless"
     assert!(!so.contains("holds the last checkpoint"), "{so}");
     let cfg = std::fs::read_to_string(out.join("patched/config.json")).unwrap();
     assert!(cfg.contains("bfloat16"), "{cfg}");
+    // Fewer epochs than were trained: training never goes back, so the export takes that
+    // epoch's checkpoint, and the report says which (it exported epoch 2 and called it 1).
+    let e1 = ["--set", "actor.epochs=1"];
+    let fifth = steerkit(&[&["run", c][..], &e1].concat());
+    let so = String::from_utf8_lossy(&fifth.stdout);
+    assert_ok(&fifth);
+    assert!(
+        so.contains("--epoch 1") && so.contains("block 1 from epoch 1"),
+        "{so}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("for 2 epochs") && report.contains("epoch 1's checkpoint"),
+        "{report}"
+    );
+    // Other evaluation settings: the saved answers are replaced, not a stop with advice
+    // that a config cannot follow.
+    let tokens = [&e1[..], &["--set", "eval.max_new_tokens=3"]].concat();
+    let sixth = steerkit(&[&["run", c][..], &tokens].concat());
+    let so = String::from_utf8_lossy(&sixth.stdout);
+    assert_ok(&sixth);
+    assert_eq!(
+        so.matches("the evaluation settings changed").count(),
+        3,
+        "{so}"
+    );
+    // Trained again from scratch on other prompts (after `actor/` was deleted): the same
+    // epoch count, but another block, so the export and its answers are redone.
+    std::fs::remove_dir_all(out.join("actor")).unwrap();
+    let other = [&tokens[..], &["--set", "actor.limit=3"]].concat();
+    let seventh = steerkit(&[&["run", c][..], &other].concat());
+    let so = String::from_utf8_lossy(&seventh.stdout);
+    assert_ok(&seventh);
+    assert!(!so.contains("holds the checkpoint"), "{so}");
+    assert_eq!(
+        so.matches("all answers were already saved").count(),
+        2,
+        "{so}"
+    );
+    // A GGUF export is a file, `patched.gguf`; a rerun keeps it (it failed on a folder
+    // operation).
+    let gguf = [&other[..], &["--set", "export.format=gguf"]].concat();
+    for (i, needle) in ["wrote", "holds the checkpoint of epoch 1; skipped"]
+        .iter()
+        .enumerate()
+    {
+        let r = steerkit(&[&["run", c][..], &gguf].concat());
+        let so = String::from_utf8_lossy(&r.stdout);
+        assert_ok(&r);
+        assert!(so.contains(needle), "run {i}: {so}");
+    }
+    assert!(out.join("patched.gguf").is_file());
+    // Arguments a shell needs quoted are quoted in the commands shown (and in the report).
+    let quoted = steerkit(&["run", c, "--dry-run", "--set", "system=Don't refuse; ok?"]);
+    let so = String::from_utf8_lossy(&quoted.stdout);
+    assert_ok(&quoted);
+    assert!(so.contains(r"--system 'Don'\''t refuse; ok?'"), "{so}");
     // Bad configurations: one clear error naming the phase or the file.
     let bad = d.path().join("bad.toml");
     std::fs::write(
@@ -2349,6 +2409,20 @@ kl_set = "harmless"
     assert_clean_error(
         &steerkit(&["run", bad.to_str().unwrap()]),
         "`model` must be a string, not boolean",
+    );
+    std::fs::write(
+        &bad,
+        format!("model = \"{}\"\nno_system = 1\n", tiny.display()),
+    )
+    .unwrap();
+    assert_clean_error(
+        &steerkit(&["run", bad.to_str().unwrap()]),
+        "`no_system` must be true or false, not integer",
+    );
+    std::fs::write(&bad, "model = \"/no/such/model.gguf\"\n").unwrap();
+    assert_clean_error(
+        &steerkit(&["run", bad.to_str().unwrap()]),
+        "`model` /no/such/model.gguf: model not found",
     );
     std::fs::write(&bad, "model = [\n").unwrap();
     assert_clean_error(&steerkit(&["run", bad.to_str().unwrap()]), "bad.toml");

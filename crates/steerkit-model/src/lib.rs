@@ -49,8 +49,8 @@ pub use model::{
 };
 pub use prefix::SharedPrefix;
 pub use source::{
-    describe_numerics, device_named, float_dtype, left_pad, load, pad_rows, shared_prefix_len,
-    split_fingerprint, unpad_rows, LoadOptions, Loaded, SourceKind,
+    describe_numerics, device_named, float_dtype, left_pad, load, locate, pad_rows,
+    shared_prefix_len, split_fingerprint, unpad_rows, LoadOptions, Loaded, SourceKind,
 };
 pub use template::{ChatTemplate, Message, Prompt, SystemPrompt};
 pub use tokenizer::Tok;

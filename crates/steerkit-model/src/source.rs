@@ -161,11 +161,26 @@ pub fn describe_numerics(mark: &str) -> String {
     }
 }
 
-/// Loads a model from a GGUF file, a Hugging Face folder, or a cached repo id (`owner/name`).
-pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
+/// The file or folder a model spec names, and its kind: a .gguf file, a Hugging Face folder,
+/// or a repo id (owner/name) found in the local HF cache. Reads no weights.
+pub fn locate(spec: &str) -> Result<(PathBuf, SourceKind)> {
     let path = Path::new(spec);
     if path.is_file() {
-        let g = Gguf::open(path)?;
+        Ok((path.into(), SourceKind::Gguf))
+    } else if path.is_dir() {
+        Ok((path.into(), SourceKind::HfFolder))
+    } else if looks_like_repo_id(spec) {
+        Ok((resolve_repo(spec)?, SourceKind::HfCache))
+    } else {
+        Err(ModelError::NotFound(spec.into()))
+    }
+}
+
+/// Loads a model from a GGUF file, a Hugging Face folder, or a cached repo id (`owner/name`).
+pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
+    let (path, kind) = locate(spec)?;
+    if kind == SourceKind::Gguf {
+        let g = Gguf::open(&path)?;
         let tok = g.tokenizer()?;
         let chat = g.chat_template(&tok)?;
         let model = g.model(&opts.device, opts.dtype)?;
@@ -173,17 +188,11 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
             model,
             tok,
             chat,
-            kind: SourceKind::Gguf,
-            path: path.into(),
+            kind,
+            path,
         });
     }
-    let (dir, kind) = if path.is_dir() {
-        (path.to_path_buf(), SourceKind::HfFolder)
-    } else if looks_like_repo_id(spec) {
-        (resolve_repo(spec)?, SourceKind::HfCache)
-    } else {
-        return Err(ModelError::NotFound(spec.into()));
-    };
+    let dir = path;
     let f = HfFolder::open(&dir)?;
     let tok = f.tokenizer()?;
     let chat = f.chat_template()?;
