@@ -49,6 +49,9 @@ fn read_config(a: &Args) -> Result<toml::Table> {
             .unwrap_or_else(|| toml::Value::String(value.to_string()));
         let mut table = &mut t;
         let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            bail!("--set {o}: `{key}` is not a key (SECTION.KEY or a top-level KEY)");
+        }
         for p in &parts[..parts.len() - 1] {
             table = table
                 .entry(p.to_string())
@@ -108,6 +111,11 @@ fn flags(t: &toml::Table, section: &str) -> Result<Vec<String>> {
         match v {
             toml::Value::Boolean(true) => out.push(flag),
             toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) if items.is_empty() => {
+                bail!(
+                    "[{section}] {k}: an empty list (leave the key out for the command's default)"
+                )
+            }
             toml::Value::Array(items) => {
                 for it in items {
                     out.push(flag.clone());
@@ -198,8 +206,10 @@ struct Fresh<'a> {
     holds: &'a str,
     marker_path: &'a Path,
     marker: &'a dyn Fn() -> Result<String>,
-    /// A folder of outputs derived from an earlier `output`, removed when the phase runs again.
-    stale: &'a Path,
+    /// Outputs derived from an earlier `output` (answers of an earlier model, say), removed
+    /// before the phase runs again, so that an interruption cannot leave them beside a new
+    /// marker.
+    stale: &'a [&'a Path],
 }
 
 impl Fresh<'_> {
@@ -228,12 +238,12 @@ impl Fresh<'_> {
             return Ok(());
         }
         let _ = std::fs::remove_file(self.marker_path);
-        if let Some(c) = self.clear {
-            remove_path(c).with_context(|| format!("phase {name}"))?;
+        for p in self.clear.iter().chain(self.stale) {
+            remove_path(p).with_context(|| format!("phase {name}"))?;
         }
         phase(name, argv, log, pass)?;
         write_atomic(self.marker_path, marker.as_bytes())?;
-        remove_path(self.stale).with_context(|| format!("phase {name}"))
+        Ok(())
     }
 }
 
@@ -247,17 +257,28 @@ fn remove_path(p: &Path) -> Result<()> {
     gone.with_context(|| format!("{}: cannot remove", p.display()))
 }
 
-/// The export marker: the export's command line and the sha256 of the checkpoint it takes,
-/// so that a retrained block (other prompts, other settings, after `actor/` was deleted) is
-/// exported again even where the epoch counts agree.
+/// The export marker: the export's command line, less `--device` (an export on another
+/// device writes the same weights, and answers of f32 models on either are kept alike), and
+/// the sha256 of the checkpoint it takes, so that a retrained block (other prompts, other
+/// settings, after `actor/` was deleted) is exported again even where the epoch counts agree.
 fn export_marker(argv: &[String], checkpoint: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(checkpoint)
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(checkpoint)
         .with_context(|| format!("{}: cannot read", checkpoint.display()))?;
+    std::io::copy(&mut f, &mut h).with_context(|| format!("{}", checkpoint.display()))?;
+    let mut shown: Vec<&str> = Vec::new();
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--device" => drop(it.next()),
+            a => shown.push(a),
+        }
+    }
     Ok(format!(
         "{}\ncheckpoint {:x}",
-        argv.join("\u{1f}"),
-        Sha256::digest(&bytes)
+        shown.join("\u{1f}"),
+        h.finalize()
     ))
 }
 
@@ -278,9 +299,12 @@ fn export_epoch(actor_run: &Path, export_flags: &mut Vec<String>) -> Result<(usi
         bail!("{}: no completed epoch to export", actor_run.display());
     };
     if let Some(e) = flag_value(export_flags, "--epoch") {
-        let e = e
+        let e: usize = e
             .parse()
             .with_context(|| format!("[export] epoch = {e}: not a number"))?;
+        if !(1..=last).contains(&e) {
+            bail!("[export] epoch = {e}: not a completed epoch of the ACTOR run (epochs 1..={last} are)");
+        }
         return Ok((e, last));
     }
     let meta: crate::actor::ActorMeta = serde_json::from_slice(
@@ -294,10 +318,11 @@ fn export_epoch(actor_run: &Path, export_flags: &mut Vec<String>) -> Result<(usi
     Ok((last, last))
 }
 
-/// Runs an evaluation phase, whose answers in `folder` resume an interrupted run. When the
-/// phase's command line differs from the one that wrote them (`folder` + `.args`: another
-/// limit, other sets, another token budget...), the saved answers are removed first, with a
-/// line saying so, rather than the phase stopping on answers to other prompts.
+/// Runs an evaluation phase, whose answers in `folder` resume an interrupted run. When
+/// `folder` holds answers made with other settings (another model, token budget, system
+/// prompt, condition, or other prompts: `steerkit eval`'s own check), they are removed, with a
+/// line saying so, and the phase runs again, rather than stopping with advice (another
+/// `--out`) that a config cannot follow.
 fn eval_phase(
     name: &str,
     argv: &[String],
@@ -305,21 +330,23 @@ fn eval_phase(
     log: &mut Vec<String>,
     pass: Pass,
 ) -> Result<()> {
-    if pass == Pass::Run {
-        let marker_path = folder.with_extension("args");
-        let marker = argv.join("\u{1f}");
-        let saved = std::fs::read_to_string(&marker_path).ok();
-        if folder.exists() && saved.as_ref().is_some_and(|m| *m != marker) {
-            println!(
-                "\n== {name}: the evaluation settings changed; removing the answers saved in {}",
-                folder.display()
-            );
-            remove_path(folder).with_context(|| format!("phase {name}"))?;
-        }
-        if saved.as_deref() != Some(marker.as_str()) {
-            write_atomic(&marker_path, marker.as_bytes())?;
-        }
-    }
+    let logged = log.len();
+    let Err(e) = phase(name, argv, log, pass) else {
+        return Ok(());
+    };
+    let other = e.chain().find_map(|c| match c.downcast_ref() {
+        Some(steerkit_eval::run::EvalError::SavedForOtherSettings(why)) => Some(why.clone()),
+        _ => None,
+    });
+    let Some(why) = other.filter(|_| pass == Pass::Run) else {
+        return Err(e);
+    };
+    println!(
+        "\n== {name}: {}; removing them and answering again",
+        why.trim_end_matches("; choose another --out")
+    );
+    remove_path(folder).with_context(|| format!("phase {name}"))?;
+    log.truncate(logged);
     phase(name, argv, log, pass)
 }
 
@@ -373,9 +400,19 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
     let mut log = Vec::new();
     let actor_run = out.join("actor");
     let mut export_flags = flags(&t, "export")?;
-    // A GGUF export is one file, a safetensors export a folder.
-    let gguf = flag_value(&export_flags, "--format") == Some("gguf");
-    let patched = out.join(if gguf { "patched.gguf" } else { "patched" });
+    // A GGUF export is one file, a safetensors export a folder (a control vector is not a
+    // patched model: `steerkit export --run DIRECTION --format control-vector` writes one).
+    let gguf = match flag_value(&export_flags, "--format") {
+        None | Some("safetensors") => false,
+        Some("gguf") => true,
+        Some(f) => bail!(
+            "[export] format = \"{f}\": `run` exports the patched model as safetensors or gguf"
+        ),
+    };
+    let (patched, other_format) = match gguf {
+        true => (out.join("patched.gguf"), out.join("patched")),
+        false => (out.join("patched"), out.join("patched.gguf")),
+    };
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
     // A command line: the command, the model, the device flags, the system prompt flags when
@@ -438,7 +475,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
             marker_path: &direction.join("select.args"),
             marker: &marker,
             // Answers under an earlier direction are stale.
-            stale: &out.join("eval-ablated"),
+            stale: &[&out.join("eval-ablated")],
         };
         fresh.run_unless_fresh("select", &argv, &mut log, dry)?;
     }
@@ -486,8 +523,9 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
         holds: &holds,
         marker_path: &out.join("patched.state.json"),
         marker: &|| export_marker(&argv, &checkpoint),
-        // Answers of an earlier patched model are stale.
-        stale: &out.join("eval-after"),
+        // Answers of an earlier patched model are stale, and so is an export in the other
+        // format.
+        stale: &[&out.join("eval-after"), &other_format],
     };
     fresh.run_unless_fresh("export", &argv, &mut log, dry)?;
 

@@ -2350,7 +2350,7 @@ kl_set = "harmless"
     let so = String::from_utf8_lossy(&sixth.stdout);
     assert_ok(&sixth);
     assert_eq!(
-        so.matches("the evaluation settings changed").count(),
+        so.matches("removing them and answering again").count(),
         3,
         "{so}"
     );
@@ -2370,7 +2370,8 @@ kl_set = "harmless"
     // A GGUF export is a file, `patched.gguf`; a rerun keeps it (it failed on a folder
     // operation).
     let gguf = [&other[..], &["--set", "export.format=gguf"]].concat();
-    for (i, needle) in ["wrote", "holds the checkpoint of epoch 1; skipped"]
+    let wrote = format!("wrote {}", out.join("patched.gguf").display());
+    for (i, needle) in [wrote.as_str(), "holds the checkpoint of epoch 1; skipped"]
         .iter()
         .enumerate()
     {
@@ -2379,7 +2380,13 @@ kl_set = "harmless"
         assert_ok(&r);
         assert!(so.contains(needle), "run {i}: {so}");
     }
-    assert!(out.join("patched.gguf").is_file());
+    assert!(out.join("patched.gguf").is_file() && !out.join("patched").exists());
+    // An epoch the run has not trained is refused before the export, naming the range.
+    let late = [&gguf[..], &["--set", "export.epoch=5"]].concat();
+    assert_clean_error(
+        &steerkit(&[&["run", c][..], &late].concat()),
+        "[export] epoch = 5: not a completed epoch of the ACTOR run (epochs 1..=1 are)",
+    );
     // Arguments a shell needs quoted are quoted in the commands shown (and in the report).
     let quoted = steerkit(&["run", c, "--dry-run", "--set", "system=Don't refuse; ok?"]);
     let so = String::from_utf8_lossy(&quoted.stdout);
@@ -2479,6 +2486,12 @@ fn shipped_configs_are_valid() {
         ("bogus=1", "unknown top-level key `bogus`"),
         ("alpha=1.5", "unknown top-level key `alpha`"),
         ("actor=1", "`actor` must be a section ([actor])"),
+        ("actor.=1", "`actor.` is not a key"),
+        ("eval.set=[]", "[eval] set: an empty list"),
+        (
+            "export.format=control-vector",
+            "`run` exports the patched model as safetensors or gguf",
+        ),
         // The commands' own checks run in a dry run too, and before a real run's first phase.
         (
             "export.gguf_type=q8_0",

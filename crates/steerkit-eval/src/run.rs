@@ -33,6 +33,11 @@ pub enum EvalError {
     },
     #[error("{0}")]
     Mismatch(String),
+    /// The output folder holds answers made with other settings (another model or numerics,
+    /// condition, token budget, system prompt, or other prompts in a set): they cannot be
+    /// resumed, and a caller that owns the folder may remove it and answer again.
+    #[error("{0}")]
+    SavedForOtherSettings(String),
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
@@ -183,7 +188,7 @@ pub fn evaluate(
         let (old_source, old_mark) = steerkit_model::split_fingerprint(&old.fingerprint);
         let (new_source, new_mark) = steerkit_model::split_fingerprint(&meta.fingerprint);
         if old_source == new_source && old_mark != new_mark {
-            return Err(EvalError::Mismatch(format!(
+            return Err(EvalError::SavedForOtherSettings(format!(
                 "{} holds a run of this model with {}, not {}; choose another --out",
                 out.display(),
                 steerkit_model::describe_numerics(old_mark),
@@ -191,7 +196,7 @@ pub fn evaluate(
             )));
         }
         if old.fingerprint != meta.fingerprint {
-            return Err(EvalError::Mismatch(format!(
+            return Err(EvalError::SavedForOtherSettings(format!(
                 "{} holds a run of another model ({}); choose another --out",
                 out.display(),
                 old.model
@@ -205,7 +210,7 @@ pub fn evaluate(
         if (condition, old.max_new_tokens, &old.system)
             != (&meta.condition, meta.max_new_tokens, &meta.system)
         {
-            return Err(EvalError::Mismatch(format!(
+            return Err(EvalError::SavedForOtherSettings(format!(
                 "{} holds a run with other settings (condition {}, {} new tokens, system {}); choose another --out",
                 out.display(),
                 old.condition,
@@ -216,7 +221,7 @@ pub fn evaluate(
         for (name, hash) in old.sets {
             match meta.sets.get(&name) {
                 Some(h) if *h != hash => {
-                    return Err(EvalError::Mismatch(format!(
+                    return Err(EvalError::SavedForOtherSettings(format!(
                         "{}: set `{name}` has other prompts than in the saved run; choose another --out",
                         out.display()
                     )))

@@ -18,35 +18,42 @@ pub fn refusal_token_ids(tok: &Tok) -> Vec<u32> {
     ids
 }
 
-/// The refusal score from first-token log-probabilities (the whole vocabulary): `log p(R)`
-/// and `log(1 - p(R))` each as a log-sum-exp, of the refusal tokens and of all the others, so
-/// that a model all but certain of a refusal token (its f32 log-probability rounds to 0) still
-/// scores a finite, exact log-odds. Bounded to ±1000, so a report never holds an infinity.
+/// The refusal score from first-token log-probabilities (the whole vocabulary). `log p(R)` is
+/// the log-sum-exp of the refusal tokens; `log(1 - p(R))` comes from it, except where the
+/// model is all but certain of a refusal (p(R) > 0.999, a score above 6.9), where the f32
+/// log-probabilities leave too little of `1 - p(R)` (it rounds to 0 past a logit gap of about
+/// 17) and it is the log-sum-exp of the other tokens instead. Bounded to ±1000, so a report
+/// never holds an infinity; an empty `refusal_ids` scores -1000 (p(R) = 0), and NaN
+/// log-probabilities (a broken forward pass) give NaN.
 pub fn refusal_score(logprobs: &[f32], refusal_ids: &[u32]) -> f64 {
-    let mut is_refusal = vec![false; logprobs.len()];
-    for &i in refusal_ids {
-        is_refusal[i as usize] = true;
-    }
-    let lse = |want: bool| {
-        let lp = || {
+    let log_p = log_sum_exp(refusal_ids.iter().map(|&i| logprobs[i as usize] as f64));
+    let log_not = if log_p > -1e-3 {
+        let mut is_refusal = vec![false; logprobs.len()];
+        for &i in refusal_ids {
+            is_refusal[i as usize] = true;
+        }
+        log_sum_exp(
             logprobs
                 .iter()
                 .zip(&is_refusal)
-                .filter(move |(_, r)| **r == want)
-                .map(|(&l, _)| l as f64)
-        };
-        let max = lp().fold(f64::NEG_INFINITY, f64::max);
-        if max == f64::NEG_INFINITY {
-            return max;
-        }
-        max + lp().map(|l| (l - max).exp()).sum::<f64>().ln()
-    };
-    let score = lse(true) - lse(false);
-    if score.is_nan() {
-        0.0
+                .filter(|(_, r)| !**r)
+                .map(|(&l, _)| l as f64),
+        )
+    } else if log_p > -std::f64::consts::LN_2 {
+        (-log_p.exp_m1()).ln()
     } else {
-        score.clamp(-1000.0, 1000.0)
+        (-log_p.exp()).ln_1p()
+    };
+    (log_p - log_not).clamp(-1000.0, 1000.0)
+}
+
+/// `log(sum(exp(x)))` of log-probabilities, shifted by their maximum; -inf for none.
+fn log_sum_exp(x: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = x.clone().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
     }
+    max + x.map(|l| (l - max).exp()).sum::<f64>().ln()
 }
 
 /// KL(p || q) of two log-probability vectors.

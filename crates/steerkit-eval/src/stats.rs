@@ -206,12 +206,16 @@ mod tests {
             );
         };
         close(table(20, 12, 2, 16), -0.3292, -0.0562);
-        // Further rows of the same table, where the continuity correction of phi shows.
+        // Two more tables where the correction moves the limits (values computed from the
+        // formula): 35, 14, 0, 1 and 18, 14, 0, 18.
         close(table(35, 14, 0, 1), -0.4175, -0.1461);
         close(table(18, 14, 0, 18), -0.3963, -0.1441);
-        // A negative correlation is not corrected: 59, 6, 16, 80 (R's contingencytables,
-        // Cavo's example: -0.0621, -0.1186 to -0.0046).
+        // R's contingencytables package, Cavo's example 59, 6, 16, 80: -0.0621, -0.1186 to
+        // -0.0046 (a positive ad - bc, corrected).
         close(table(59, 6, 16, 80), 0.0046, 0.1186);
+        // A negative ad - bc (36 * 0 - 12 * 2) is left as it is: 36, 12, 2, 0 gives 0.2,
+        // 0.0569 to 0.3404 (from the formula).
+        close(table(36, 12, 2, 0), -0.3404, -0.0569);
         // Every pair concordant, both outcomes present: no difference, but not certainty.
         let d = table(20, 0, 0, 20);
         assert!(d.diff == 0.0 && d.lo < -0.04 && d.hi > 0.04, "{d:?}");
