@@ -192,6 +192,17 @@ pub(crate) fn select_sets(a: &SelectArgs) -> Result<(PromptSet, PromptSet)> {
 
 pub fn run_select(a: SelectArgs) -> Result<()> {
     let c = Candidates::load(&a.run)?;
+    if let Some((layer, pos)) = a.layer.zip(a.pos) {
+        // Before the model is loaded and the baselines are scored.
+        let (n, p) = (c.meta.num_layers, c.meta.positions as isize);
+        if layer >= n || !(-p..=-1).contains(&pos) {
+            bail!(
+                "{}: no candidate at --layer {layer} --pos {pos} (the extraction has layers 0..={} and positions -{p}..=-1)",
+                a.run.display(),
+                n - 1
+            );
+        }
+    }
     let (harmful, harmless) = select_sets(&a)?;
     let m = a.model.load()?;
     c.check_model(&m, &a.run)?;

@@ -1532,6 +1532,16 @@ fn directions_pipeline_and_bad_runs() {
         std::fs::read_to_string(ab.join("results.csv")).unwrap(),
         csv
     );
+    // Another selection in the run folder: its conditions' saved answers are not resumed
+    // as if made under it (they were, beside KL figures of the new direction).
+    assert_ok(&select(&["--limit", "3", "--layer", "9", "--pos", "-1"]));
+    assert_clean_error(&steerkit(&sweep_args), "holds a run with other settings");
+    assert_ok(&select(&["--limit", "3", "--layer", "10", "--pos", "-1"]));
+    // A candidate outside the extraction is refused naming the run folder and the range.
+    assert_clean_error(
+        &select(&["--limit", "3", "--layer", "99", "--pos", "-1"]),
+        "no candidate at --layer 99 --pos -1 (the extraction has layers 0..=29",
+    );
     let ab2 = d.path().join("ablate2");
     let ab2 = ab2.to_str().unwrap();
     assert_clean_error(

@@ -86,8 +86,18 @@ pub fn run_condition(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Row, RunError> {
     let mut hook = iv.hook(direction)?;
+    // The condition names the direction, so answers under another direction (after a new
+    // selection into the same run folder) are not resumed as this one's.
+    let condition = match iv {
+        Intervention::None => iv.label(),
+        _ => format!(
+            "{} (direction {})",
+            iv.label(),
+            crate::intervene::direction_id(direction)?
+        ),
+    };
     let opts = EvalOptions {
-        condition: iv.label(),
+        condition,
         earlier_labels: Vec::new(),
         ..opts.clone()
     };

@@ -89,9 +89,17 @@ impl Candidates {
         Ok(self.candidates.get(layer)?.get((p + pos) as usize)?)
     }
 
-    /// Writes the tensors and metadata (temporary files, then renames).
+    /// Writes the tensors and metadata (temporary files, then renames). The old metadata goes
+    /// first, so that an interruption between the two renames leaves a folder that is not
+    /// reused (new tensors beside the old metadata would pass for the old extraction).
     pub fn save(&self, dir: &Path) -> Result<(), RunError> {
         std::fs::create_dir_all(dir).map_err(|e| run_err(dir, e.to_string()))?;
+        match std::fs::remove_file(dir.join(META)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(run_err(&dir.join(META), e.to_string()))
+            }
+            _ => {}
+        }
         let map: std::collections::HashMap<String, Tensor> = [
             ("mean_harmful".to_string(), self.mean_harmful.clone()),
             ("mean_harmless".to_string(), self.mean_harmless.clone()),

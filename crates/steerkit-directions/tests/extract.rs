@@ -60,4 +60,14 @@ fn candidates_are_differences_of_means_and_are_reused() {
     )
     .unwrap();
     assert!(!reused);
+    // Saving removes the old metadata before it writes the tensors: when that write fails
+    // (here: a folder where the file goes), the folder holds no metadata to pass the old
+    // extraction's tensors, or a torn mix, off as these.
+    let (c, _) =
+        steerkit_directions::extract(&m, &harmful, &harmless, &sys, 2, &dir, &mut |_| {}).unwrap();
+    let blocked = tmp.path().join("blocked");
+    std::fs::create_dir_all(blocked.join("directions.safetensors")).unwrap();
+    std::fs::write(blocked.join("extract.json"), "{}").unwrap();
+    assert!(c.save(&blocked).is_err());
+    assert!(!blocked.join("extract.json").exists());
 }

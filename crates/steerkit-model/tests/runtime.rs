@@ -964,6 +964,36 @@ fn fingerprints_mark_the_numerics() {
     assert_eq!(describe_numerics("+f16-compute"), "f16 arithmetic");
 }
 
+/// The fingerprint reads more than the file's ends: a change in the middle of the weights,
+/// where a re-exported model with another trained block differs (same size, same header),
+/// gives another fingerprint when it spans 2 MiB; an unchanged copy elsewhere gives the same.
+#[test]
+fn fingerprints_see_the_middle_of_the_weights() {
+    use steerkit_model::{load, LoadOptions};
+    let path = common::model_path("smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    let fp = |p: &std::path::Path| {
+        load(p.to_str().unwrap(), &LoadOptions::default())
+            .unwrap()
+            .source_fingerprint()
+            .unwrap()
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    let copy = dir.path().join("copy.gguf");
+    std::fs::write(&copy, &bytes).unwrap();
+    let original = fp(std::path::Path::new(&path));
+    assert_eq!(fp(&copy), original);
+    // The low bit of 2 MiB of quantized weights from 50 MB in (of 98 MB; an offset off the
+    // sampling grid): finite values still.
+    let (mid, n) = (50_000_000, 2 << 20);
+    assert!(mid > (1 << 20) && bytes.len() - mid - n > (1 << 20));
+    for b in &mut bytes[mid..mid + n] {
+        *b ^= 1;
+    }
+    std::fs::write(&copy, &bytes).unwrap();
+    assert_ne!(fp(&copy), original);
+}
+
 /// Folders in f16 say so in config.json and load back as the rounded weights; a weight beyond
 /// f16's range is an error naming it, and nothing is left at the output path.
 #[test]
