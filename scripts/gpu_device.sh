@@ -8,12 +8,7 @@
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT" /tmp/steerkit-bin && tar -C /tmp/steerkit-bin -xJf gpu/bins.tar.xz
-L=/usr/local/nvidia/lib64:/usr/local/cuda-13.0/lib64:/usr/local/cuda/lib64
-for l in libcublas.so.13 libcurand.so.10 libcudart.so.13 libcublasLt.so.13; do
-  f=$(find /usr/local /opt /usr/lib -name "$l*" 2>/dev/null | head -1)
-  if [ -n "$f" ]; then L=$L:$(dirname "$f"); fi
-done
-export LD_LIBRARY_PATH=$L:${LD_LIBRARY_PATH:-}
+. scripts/cuda_libs.sh
 {
   nvidia-smi -L
   ldd /tmp/steerkit-bin/steerkit | grep -E "cuda|cublas|curand|not found"
