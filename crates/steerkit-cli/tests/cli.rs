@@ -1290,6 +1290,35 @@ fn eval_resumes_and_refuses_a_foreign_folder() {
         &steerkit(&["eval", "-m", &smol, "--set", &spec, "--out", o]),
         "no prompts",
     );
+    // The same file path, re-exported with other weights in its middle only (same size and
+    // ends, as an export with another trained block): its answers are not taken for these.
+    let copy = d.path().join("copy.gguf");
+    let mut bytes = std::fs::read(&smol).unwrap();
+    std::fs::write(&copy, &bytes).unwrap();
+    let c = d.path().join("c");
+    let args = [
+        "eval",
+        "-m",
+        copy.to_str().unwrap(),
+        "--set",
+        "harmful",
+        "--limit",
+        "1",
+    ];
+    let args = [
+        &args[..],
+        &["--max-new-tokens", "2", "--out", c.to_str().unwrap()],
+    ]
+    .concat();
+    assert_ok(&steerkit(&args));
+    for b in &mut bytes[50_000_000..50_000_000 + (2 << 20)] {
+        *b ^= 1;
+    }
+    std::fs::write(&copy, &bytes).unwrap();
+    assert_clean_error(
+        &steerkit(&args),
+        "other weights between (exported again to the same path?)",
+    );
 }
 
 #[test]

@@ -91,6 +91,10 @@ pub struct Answer {
 struct Meta {
     model: String,
     fingerprint: String,
+    /// [`steerkit_model::Loaded::sampled_fingerprint`] (absent in folders made before
+    /// 2026-11-28, which resume on the fingerprint alone).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    sampled: String,
     condition: String,
     max_new_tokens: usize,
     system: String,
@@ -169,6 +173,7 @@ pub fn evaluate(
     let meta = Meta {
         model: m.path.display().to_string(),
         fingerprint: m.fingerprint()?,
+        sampled: m.sampled_fingerprint()?,
         condition: opts.condition.clone(),
         max_new_tokens: opts.max_new_tokens,
         system: system_label(&opts.system),
@@ -193,6 +198,16 @@ pub fn evaluate(
                 out.display(),
                 steerkit_model::describe_numerics(old_mark),
                 steerkit_model::describe_numerics(new_mark)
+            )));
+        }
+        if old.fingerprint == meta.fingerprint
+            && !old.sampled.is_empty()
+            && old.sampled != meta.sampled
+        {
+            return Err(EvalError::SavedForOtherSettings(format!(
+                "{} holds answers of a model with the same size and ends as {} but other weights between (exported again to the same path?); choose another --out",
+                out.display(),
+                old.model
             )));
         }
         if old.fingerprint != meta.fingerprint {

@@ -102,12 +102,24 @@ impl Loaded {
     }
 
     /// A fingerprint of the weights: sha256 over the configuration, the size of every weight
-    /// file, its first and last MiB, and 64 KiB of every 2 MiB between. Cheap (about 3% of the
-    /// file, read from the page cache after loading), and it changes when the weights differ
-    /// throughout any stretch of 2 MiB or more (such a stretch holds a sampled byte): a
-    /// re-exported model with another trained block, which keeps the file's size and header,
-    /// is not taken for the earlier one.
+    /// file and its first and last MiB. Cheap (no full read), and what run folders record to
+    /// tell models apart. A file that differs only in its middle (a model re-exported with
+    /// another trained block keeps its size, header and ends) has the same fingerprint:
+    /// [`Loaded::sampled_fingerprint`] tells those apart.
     pub fn source_fingerprint(&self) -> Result<String> {
+        self.hash_weights(false)
+    }
+
+    /// [`Loaded::source_fingerprint`] that also hashes 64 KiB of every 2 MiB of each weight
+    /// file (about 3% of it, read from the page cache after loading): it changes when the
+    /// weights differ throughout any stretch of 2 MiB or more (such a stretch holds a sampled
+    /// byte). Evaluation folders record it beside the fingerprint, so that answers of a model
+    /// re-exported to the same path are not resumed as the earlier model's.
+    pub fn sampled_fingerprint(&self) -> Result<String> {
+        self.hash_weights(true)
+    }
+
+    fn hash_weights(&self, sampled: bool) -> Result<String> {
         use sha2::{Digest, Sha256};
         use std::io::{Read, Seek, SeekFrom};
         const END: u64 = 1 << 20;
@@ -125,8 +137,9 @@ impl Loaded {
             let len = file.metadata().map_err(|e| ModelError::io(&f, e))?.len();
             h.update(len.to_le_bytes());
             let ends = [(0, END.min(len)), (len.saturating_sub(END), END.min(len))];
-            let samples =
-                (1..len.div_ceil(STRIDE)).map(|k| (k * STRIDE, SAMPLE.min(len - k * STRIDE)));
+            let samples = (1..len.div_ceil(STRIDE))
+                .filter(|_| sampled)
+                .map(|k| (k * STRIDE, SAMPLE.min(len - k * STRIDE)));
             for (start, n) in ends.into_iter().chain(samples) {
                 let chunk = &mut buf[..n as usize];
                 file.seek(SeekFrom::Start(start))

@@ -964,25 +964,28 @@ fn fingerprints_mark_the_numerics() {
     assert_eq!(describe_numerics("+f16-compute"), "f16 arithmetic");
 }
 
-/// The fingerprint reads more than the file's ends: a change in the middle of the weights,
-/// where a re-exported model with another trained block differs (same size, same header),
-/// gives another fingerprint when it spans 2 MiB; an unchanged copy elsewhere gives the same.
+/// The sampled fingerprint reads more than the file's ends: a change throughout 2 MiB in the
+/// middle of the weights (where a re-exported model with another trained block differs: same
+/// size, same header) gives another one, while the fingerprint run folders record stays (it
+/// reads the ends only, as it always has); an unchanged copy elsewhere gives the same of both.
 #[test]
-fn fingerprints_see_the_middle_of_the_weights() {
+fn sampled_fingerprints_see_the_middle_of_the_weights() {
     use steerkit_model::{load, LoadOptions};
     let path = common::model_path("smollm2-135m-instruct");
     let dir = tempfile::tempdir().unwrap();
     let fp = |p: &std::path::Path| {
-        load(p.to_str().unwrap(), &LoadOptions::default())
-            .unwrap()
-            .source_fingerprint()
-            .unwrap()
+        let m = load(p.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        (
+            m.source_fingerprint().unwrap(),
+            m.sampled_fingerprint().unwrap(),
+        )
     };
     let mut bytes = std::fs::read(&path).unwrap();
     let copy = dir.path().join("copy.gguf");
     std::fs::write(&copy, &bytes).unwrap();
-    let original = fp(std::path::Path::new(&path));
-    assert_eq!(fp(&copy), original);
+    let (ends, sampled) = fp(std::path::Path::new(&path));
+    assert_ne!(ends, sampled);
+    assert_eq!(fp(&copy), (ends.clone(), sampled.clone()));
     // The low bit of 2 MiB of quantized weights from 50 MB in (of 98 MB; an offset off the
     // sampling grid): finite values still.
     let (mid, n) = (50_000_000, 2 << 20);
@@ -991,7 +994,9 @@ fn fingerprints_see_the_middle_of_the_weights() {
         *b ^= 1;
     }
     std::fs::write(&copy, &bytes).unwrap();
-    assert_ne!(fp(&copy), original);
+    let (ends2, sampled2) = fp(&copy);
+    assert_eq!(ends2, ends);
+    assert_ne!(sampled2, sampled);
 }
 
 /// Folders in f16 say so in config.json and load back as the rounded weights; a weight beyond
