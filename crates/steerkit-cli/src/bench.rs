@@ -16,8 +16,9 @@ pub struct Args {
     /// Prompts per prefill batch.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// New tokens per sequence in the decode measurements.
-    #[arg(long, default_value_t = 32)]
+    /// New tokens per sequence in the decode measurements (at least 2: the first comes from
+    /// the prefill).
+    #[arg(long, default_value_t = 32, value_parser = at_least_two)]
     pub decode_tokens: usize,
     /// Timed repetitions of the prefill (the best is reported, after one warm-up).
     #[arg(long, default_value_t = 3)]
@@ -108,7 +109,6 @@ pub fn run(a: Args) -> Result<()> {
         let secs = t.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64());
         Ok((rows.len() * (a.decode_tokens - 1)) as f64 / secs)
     };
-    anyhow::ensure!(a.decode_tokens >= 2, "--decode-tokens must be at least 2");
     let d1 = decode(1)?;
     let dn = decode(a.batch)?;
     let peak = peak_rss();
@@ -195,4 +195,12 @@ pub fn run(a: Args) -> Result<()> {
         println!("host memory    {:.2} GiB peak resident", gib(p));
     }
     Ok(())
+}
+
+/// Value parser for `--decode-tokens`: at least 2, checked before the model loads.
+fn at_least_two(s: &str) -> std::result::Result<usize, String> {
+    match crate::common::positive(s)? {
+        1 => Err("must be at least 2".into()),
+        v => Ok(v),
+    }
 }

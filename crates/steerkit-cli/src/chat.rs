@@ -38,10 +38,15 @@ pub fn run(a: Args) -> Result<()> {
     loop {
         write!(out, "> ")?;
         out.flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
+        let mut bytes = Vec::new();
+        if stdin.lock().read_until(b'\n', &mut bytes)? == 0 {
+            println!();
             break;
         }
+        let Ok(line) = String::from_utf8(bytes) else {
+            eprintln!("that line is not UTF-8 text; it was left out");
+            continue;
+        };
         let line = line.trim_end_matches(['\n', '\r']);
         match line.trim() {
             "" => continue,
@@ -54,6 +59,16 @@ pub fn run(a: Args) -> Result<()> {
         }
         history.push(Message::new("user", line));
         let prompt = m.chat.conversation(&m.tok, &history)?;
+        let ctx = m.model.cfg.max_position_embeddings;
+        if prompt.ids.len() + opts.max_new_tokens > ctx {
+            history.pop();
+            eprintln!(
+                "the conversation ({} tokens with this message) and {} new tokens would not fit in the model's context of {ctx} tokens; /reset starts a new one",
+                prompt.ids.len(),
+                opts.max_new_tokens
+            );
+            continue;
+        }
         let mut shown = String::new();
         let mut ids = Vec::new();
         let g =

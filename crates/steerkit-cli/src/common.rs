@@ -118,7 +118,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 128, value_parser = crate::common::positive)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 means greedy decoding.
-    #[arg(long, default_value_t = 0.0, value_parser = crate::common::finite)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::common::non_negative)]
     pub temperature: f64,
     /// Nucleus sampling: keep the smallest set of tokens with this much probability.
     #[arg(long, default_value_t = 1.0, value_parser = crate::common::fraction)]
@@ -130,9 +130,6 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn options(&self, loaded: &Loaded) -> Result<steerkit_model::GenerateOptions> {
-        if self.temperature < 0.0 {
-            bail!("--temperature must be >= 0");
-        }
         let sampling = if self.temperature == 0.0 {
             steerkit_model::Sampling::Greedy
         } else {

@@ -32,6 +32,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let prompts = match (&a.prompt, &a.prompts) {
+        (Some(p), _) if p.trim().is_empty() => bail!("--prompt is empty"),
         (Some(p), _) => vec![p.clone()],
         (None, Some(f)) => steerkit_data::sets::read_file(f, &Default::default())?
             .into_iter()

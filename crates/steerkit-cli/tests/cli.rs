@@ -831,6 +831,34 @@ fn chat_keeps_a_conversation() {
     assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches("> ").count(), 3, "three prompts shown: {text}");
+    // A line that is not UTF-8 is left out, not the end of the session; a message that
+    // would not fit in the context with the answer is refused and the session goes on.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args(["chat", "-m", &model(SMOL), "--max-new-tokens", "8190"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = b"caf\xe9\n".to_vec();
+    input.extend_from_slice(&"word ".repeat(100).into_bytes());
+    input.extend_from_slice(b"\n/exit\n");
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("that line is not UTF-8 text; it was left out"),
+        "{err}"
+    );
+    assert!(
+        err.contains("would not fit in the model's context of 8192 tokens"),
+        "{err}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("> ").count(),
+        3
+    );
 }
 
 #[test]
@@ -884,6 +912,25 @@ fn a_hugging_face_folder_and_a_cached_repo_id_load() {
 #[test]
 fn bad_input_is_one_clear_error() {
     let d = tmpdir("bad");
+    let smol = model(SMOL);
+    // Past the model's context (SmolLM2: 8192 tokens), before any token is generated.
+    assert_clean_error(
+        &steerkit(&[
+            "generate",
+            "-m",
+            &smol,
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "9000",
+        ]),
+        "exceed the model's context of 8192 tokens",
+    );
+    assert_clean_error(
+        &steerkit(&["generate", "-m", &smol, "--prompt", " "]),
+        "--prompt is empty",
+    );
+
     // Missing path.
     assert_clean_error(
         &steerkit(&["inspect", "-m", "/no/such/model.gguf"]),
@@ -992,6 +1039,22 @@ fn bad_input_is_one_clear_error() {
         (
             vec!["chat", "-m", &smol, "--top-p", "1.5"],
             "must be in (0, 1]",
+        ),
+        // Checked when the flags are parsed, not after the model has loaded.
+        (
+            vec![
+                "generate",
+                "-m",
+                &smol,
+                "--prompt",
+                "Hi",
+                "--temperature=-1",
+            ],
+            "must be >= 0",
+        ),
+        (
+            vec!["bench", "-m", &smol, "--decode-tokens", "1"],
+            "must be at least 2",
         ),
         (
             vec!["actor", "-m", &smol, "--ogp-energy", "2", "--out", o],

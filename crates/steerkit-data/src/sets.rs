@@ -138,8 +138,10 @@ fn item(prompt: String, category: Option<String>, label: Option<String>) -> Prom
     }
 }
 
-/// Non-blank lines with their 1-based numbers; a line that is not UTF-8 is an error.
+/// Non-blank lines with their 1-based numbers, without a UTF-8 byte-order mark at the start
+/// (some editors write one); a line that is not UTF-8 is an error.
 pub(crate) fn lines<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<(usize, &'a str)>, DataError> {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let mut out = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let s = std::str::from_utf8(raw).map_err(|_| line_err(path, i + 1, "not valid UTF-8"))?;
@@ -156,6 +158,13 @@ fn parse_jsonl(path: &Path, bytes: &[u8], field: &str) -> Result<Vec<PromptItem>
     for (n, line) in lines(path, bytes)? {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| line_err(path, n, format!("invalid JSON: {e}")))?;
+        if v.is_array() {
+            return Err(line_err(
+                path,
+                n,
+                "a JSON array; prompt files are JSON Lines (one object a line)",
+            ));
+        }
         let p = match &v[field] {
             serde_json::Value::String(s) if !s.trim().is_empty() => s.clone(),
             serde_json::Value::Null => {

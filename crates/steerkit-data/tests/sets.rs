@@ -348,3 +348,30 @@ fn xstest_splits_itself_and_the_registry_knows_kinds() {
     assert!("x:maybe=f.txt".parse::<SetSpec>().is_err());
     assert!("bad name=f.txt".parse::<SetSpec>().is_err());
 }
+
+/// A byte-order mark at the start of a prompt file (some editors write one) is not part of
+/// the first prompt, in text and JSON Lines files alike; a JSON array says that JSON Lines
+/// are expected.
+#[test]
+fn byte_order_marks_and_json_arrays() {
+    let d = tempfile::tempdir().unwrap();
+    let txt = d.path().join("p.txt");
+    std::fs::write(&txt, b"\xef\xbb\xbfHi\nThere\n").unwrap();
+    let items = read_file(&txt, &Default::default()).unwrap();
+    assert_eq!(items[0].prompt, "Hi");
+    let jsonl = d.path().join("p.jsonl");
+    std::fs::write(&jsonl, b"\xef\xbb\xbf{\"prompt\": \"Hi\"}\n").unwrap();
+    assert_eq!(
+        read_file(&jsonl, &Default::default()).unwrap()[0].prompt,
+        "Hi"
+    );
+    let json = d.path().join("p.json");
+    std::fs::write(&json, "[{\"prompt\": \"Hi\"}]\n").unwrap();
+    let e = read_file(&json, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a JSON array; prompt files are JSON Lines"),
+        "{e}"
+    );
+}
