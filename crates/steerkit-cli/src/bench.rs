@@ -199,8 +199,9 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Value parser for `--decode-tokens`: at least 2, checked before the model loads.
 fn at_least_two(s: &str) -> std::result::Result<usize, String> {
-    match crate::common::positive(s)? {
-        1 => Err("must be at least 2".into()),
-        v => Ok(v),
+    match s.trim().parse::<usize>() {
+        Ok(v) if v < 2 => Err("must be at least 2".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("`{s}`: {e}")),
     }
 }

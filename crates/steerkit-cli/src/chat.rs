@@ -59,15 +59,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         history.push(Message::new("user", line));
         let prompt = m.chat.conversation(&m.tok, &history)?;
-        let ctx = m.model.cfg.max_position_embeddings;
-        if prompt.ids.len() + opts.max_new_tokens > ctx {
-            history.pop();
-            eprintln!(
-                "the conversation ({} tokens with this message) and {} new tokens would not fit in the model's context of {ctx} tokens; /reset starts a new one",
-                prompt.ids.len(),
-                opts.max_new_tokens
-            );
-            continue;
+        if let Some(note) =
+            crate::common::context_note(&m.model.cfg, prompt.ids.len(), opts.max_new_tokens)
+        {
+            eprintln!("{note} (/reset starts a new conversation)");
         }
         let mut shown = String::new();
         let mut ids = Vec::new();

@@ -263,3 +263,26 @@ pub fn create_parent(path: &std::path::Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A note for stderr when generating from a prompt of `prompt_tokens` with `new_tokens` new
+/// ones reaches past the model's declared context (`max_position_embeddings`; the last new
+/// token is not fed back, so `prompt + new - 1` positions are used). Not an error: RoPE
+/// scaling (YaRN, say) can make a model usable past what its config declares, but answers
+/// from positions it was never trained on are unreliable, and a long prompt costs time.
+pub fn context_note(
+    cfg: &steerkit_model::Config,
+    prompt_tokens: usize,
+    new_tokens: usize,
+) -> Option<String> {
+    let ctx = cfg.max_position_embeddings;
+    let used = (prompt_tokens + new_tokens).saturating_sub(1);
+    (ctx > 0 && used > ctx).then(|| {
+        format!(
+            "note: a prompt of {prompt_tokens} tokens and {new_tokens} new tokens reach past the model's context of {ctx} tokens{}; answers from there are unreliable",
+            match cfg.rope_scaling.is_some() {
+                true => " (before its RoPE scaling)",
+                false => "",
+            }
+        )
+    })
+}

@@ -47,6 +47,10 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|p| m.chat.prompt(&m.tok, p, &system))
         .collect::<steerkit_model::Result<Vec<_>>>()?;
+    let longest = formatted.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+    if let Some(note) = crate::common::context_note(&m.model.cfg, longest, opts.max_new_tokens) {
+        eprintln!("{note}");
+    }
     let pb = bar(prompts.len() as u64, "generating");
     let stdout = std::io::stdout();
     for (chunk_i, chunk) in formatted.chunks(a.batch_size).enumerate() {

@@ -156,15 +156,15 @@ pub(crate) fn lines<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<(usize, &'a 
 fn parse_jsonl(path: &Path, bytes: &[u8], field: &str) -> Result<Vec<PromptItem>, DataError> {
     let mut out = Vec::new();
     for (n, line) in lines(path, bytes)? {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| line_err(path, n, format!("invalid JSON: {e}")))?;
-        if v.is_array() {
+        if n == 1 && line.trim_start().starts_with('[') {
             return Err(line_err(
                 path,
                 n,
                 "a JSON array; prompt files are JSON Lines (one object a line)",
             ));
         }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| line_err(path, n, format!("invalid JSON: {e}")))?;
         let p = match &v[field] {
             serde_json::Value::String(s) if !s.trim().is_empty() => s.clone(),
             serde_json::Value::Null => {

@@ -366,12 +366,14 @@ fn byte_order_marks_and_json_arrays() {
         "Hi"
     );
     let json = d.path().join("p.json");
-    std::fs::write(&json, "[{\"prompt\": \"Hi\"}]\n").unwrap();
-    let e = read_file(&json, &Default::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("a JSON array; prompt files are JSON Lines"),
-        "{e}"
-    );
+    for text in ["[{\"prompt\": \"Hi\"}]\n", "[\n  {\"prompt\": \"Hi\"}\n]\n"] {
+        std::fs::write(&json, text).unwrap();
+        let e = read_file(&json, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a JSON array; prompt files are JSON Lines"),
+            "{e}"
+        );
+    }
 }

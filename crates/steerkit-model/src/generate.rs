@@ -90,16 +90,6 @@ pub fn generate(
     if n == 0 || opts.max_new_tokens == 0 {
         return Ok(out);
     }
-    // Positions past the model's context were never trained: refuse rather than answer from
-    // there (RoPE computes any position, so nothing else would stop it).
-    let ctx = model.cfg.max_position_embeddings;
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if ctx > 0 && longest + opts.max_new_tokens > ctx {
-        return Err(ModelError::Input(format!(
-            "a prompt of {longest} tokens and {} new tokens exceed the model's context of {ctx} tokens; shorten the prompt or lower the new-token budget",
-            opts.max_new_tokens
-        )));
-    }
     let mut rngs: Vec<StdRng> = (0..n)
         .map(|_| match opts.sampling {
             Sampling::Sample { seed, .. } => StdRng::seed_from_u64(seed),
