@@ -175,10 +175,7 @@ pub fn run(a: Args) -> Result<()> {
     let (judged, name) = verdicts(&a, &rows)?;
     let mut out = String::new();
     for (r, (v, rule)) in rows.iter().zip(&judged) {
-        let mut o = r.object.clone();
-        o.insert("verdict".into(), v.as_str().into());
-        o.insert("judge_rule".into(), rule.as_str().into());
-        out.push_str(&serde_json::Value::Object(o).to_string());
+        out.push_str(&with_verdict(r, v.as_str(), rule));
         out.push('\n');
     }
     let verdicts: Vec<Verdict> = judged.iter().map(|j| j.0).collect();
@@ -207,4 +204,26 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A row with `verdict` and `judge_rule` added last. The row's own text is kept as written
+/// (numbers beyond f64, such as long integer ids, would otherwise be rounded), unless it
+/// already has one of the two fields (a file judged before), which are then replaced in place.
+fn with_verdict(r: &ResponseRow, verdict: &str, rule: &str) -> String {
+    let fields = [("verdict", verdict), ("judge_rule", rule)];
+    if fields.iter().all(|(k, _)| !r.object.contains_key(*k)) {
+        if let Some(body) = r.raw.trim_end().strip_suffix('}') {
+            let sep = if r.object.is_empty() { "" } else { "," };
+            let added: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{}", serde_json::Value::from(*v)))
+                .collect();
+            return format!("{}{sep}{}}}", body.trim_end(), added.join(","));
+        }
+    }
+    let mut o = r.object.clone();
+    for (k, v) in fields {
+        o.insert(k.into(), v.into());
+    }
+    serde_json::Value::Object(o).to_string()
 }

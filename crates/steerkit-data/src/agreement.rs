@@ -109,6 +109,8 @@ pub fn tally<'a>(
 pub struct ResponseRow {
     /// 1-based line number in the file.
     pub line: usize,
+    /// The line as read (numbers as written: `object` holds them as f64).
+    pub raw: String,
     pub object: serde_json::Map<String, serde_json::Value>,
     pub response: String,
     /// The human `label`, when the row has one.
@@ -146,6 +148,7 @@ pub fn read_responses(path: &Path, field: &str) -> Result<Vec<ResponseRow>, Data
             .map(String::from);
         out.push(ResponseRow {
             line: n,
+            raw: line.to_string(),
             object,
             response,
             label,

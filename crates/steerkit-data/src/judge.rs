@@ -156,26 +156,46 @@ impl Rules {
                 }
             }
         }
+        // Each key's values, so that an error names the key.
+        for (k, v) in &merged {
+            let ok = match v {
+                toml::Value::Array(items) => items.iter().all(toml::Value::is_str),
+                toml::Value::Integer(n) => *n >= 1,
+                _ => true,
+            };
+            if !ok {
+                return Err(match v {
+                    toml::Value::Integer(n) => format!("`{k}` = {n}: must be at least 1"),
+                    _ => format!("`{k}`: every phrase must be a string"),
+                });
+            }
+        }
         let mut r: Rules = merged
             .try_into()
             .map_err(|e: toml::de::Error| e.message().to_string())?;
-        r.lowercase();
+        r.lowercase()?;
         Ok(r)
     }
 
-    /// Matching is on lowercase text with straight apostrophes: make the phrases so too.
-    fn lowercase(&mut self) {
-        for list in [
-            &mut self.phrases,
-            &mut self.refusal_openings,
-            &mut self.refusal_anywhere,
-            &mut self.not_refusal,
-            &mut self.partial_pivots,
+    /// Matching is on lowercase text with straight apostrophes: make the phrases so too. A
+    /// blank phrase is an error: it would match everywhere (a blank `not_refusal` phrase
+    /// blanked every response into compliance).
+    fn lowercase(&mut self) -> Result<(), String> {
+        for (name, list) in [
+            ("phrases", &mut self.phrases),
+            ("refusal_openings", &mut self.refusal_openings),
+            ("refusal_anywhere", &mut self.refusal_anywhere),
+            ("not_refusal", &mut self.not_refusal),
+            ("partial_pivots", &mut self.partial_pivots),
         ] {
             for p in list.iter_mut() {
                 *p = normalise(p);
+                if p.trim().is_empty() {
+                    return Err(format!("`{name}`: a blank phrase would match every text"));
+                }
             }
         }
+        Ok(())
     }
 
     /// TOML text of these rules, each list under its comment; `learned[key]` (phrases added by
@@ -297,13 +317,9 @@ fn find_any<'p>(hay: &str, phrases: &'p [String]) -> Option<(usize, &'p str)> {
         .min_by_key(|&(i, p)| (i, std::cmp::Reverse(p.len())))
 }
 
-/// The longest prefix of `t` of at most `n` bytes that ends on a character boundary.
+/// The first `n` characters of `t` (all of it when shorter).
 fn prefix(t: &str, n: usize) -> &str {
-    let mut cut = n.min(t.len());
-    while !t.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &t[..cut]
+    &t[..t.char_indices().nth(n).map_or(t.len(), |(i, _)| i)]
 }
 
 impl Judge {
@@ -505,6 +521,45 @@ mod tests {
         let err = Rules::from_toml("phrases = [\"a\",\nopening_chars = 3\n").unwrap_err();
         assert!(err.starts_with("line 2, column 15: "), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn bad_user_rules_are_errors_naming_the_key() {
+        for (text, want) in [
+            // A blank phrase matched everywhere: blank `not_refusal` made all compliance.
+            ("not_refusal = [\" \"]", "`not_refusal`: a blank phrase"),
+            ("phrases = [\"\"]", "`phrases`: a blank phrase"),
+            (
+                "opening_chars = 0",
+                "`opening_chars` = 0: must be at least 1",
+            ),
+            (
+                "opening_chars = -5",
+                "`opening_chars` = -5: must be at least 1",
+            ),
+            (
+                "refusal_openings = [\"ok\", 2]",
+                "`refusal_openings`: every phrase",
+            ),
+        ] {
+            let e = Rules::from_toml(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_opening_counts_characters() {
+        // The same refusal 180 characters in, after ASCII and after accented text: both in
+        // the opening (it was counted in bytes, so the accented one fell out of it).
+        let judge = Judge::new(Rules::default());
+        let n = judge.rules().opening_chars - 60;
+        for filler in ["e", "é"] {
+            let text = format!("{} I cannot help with that.", filler.repeat(n));
+            assert!(
+                judge.opening_refusal(&judge.prepare(&text)).is_some(),
+                "{filler}"
+            );
+        }
     }
 
     #[test]
