@@ -29,7 +29,22 @@ pub fn capability_projector(
     settings: &OgpSettings,
     dir: &Path,
 ) -> Result<(Projector, BasisSummary), ActorError> {
-    let key = serde_json::to_string(&(layer, settings)).expect("serializes");
+    // The settings and the inputs themselves: bases of other capability prompts (another
+    // system prompt, model or set) are not reused.
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for t in inputs {
+        h.update(format!("{:?}", t.dims()).as_bytes());
+        for x in t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+        {
+            h.update(x.to_le_bytes());
+        }
+    }
+    let inputs_hash = format!("{:x}", h.finalize());
+    let key = serde_json::to_string(&(layer, settings, inputs_hash)).expect("serializes");
     let meta_path = dir.join(META);
     if let (Ok(old), Ok(t)) = (
         std::fs::read_to_string(&meta_path),
@@ -109,4 +124,52 @@ pub fn layer_bases(
         bases.insert(full, b.u.to_dtype(candle_core::DType::F32)?);
     }
     Ok((bases, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use steerkit_model::random::{random_model, seeded_normal, tiny_config};
+    use steerkit_model::Arch;
+
+    /// Saved bases are reused for the same inputs only: inputs of other capability prompts
+    /// (another system prompt, say) get their own, as a fresh folder would.
+    #[test]
+    fn saved_bases_follow_the_inputs() {
+        let model = random_model(tiny_config(Arch::Llama, 64), DType::F32, 3).unwrap();
+        let settings = OgpSettings {
+            data: "harmless".into(),
+            n: 2,
+            energy: 0.9,
+            max_k: 8,
+            estimator: Default::default(),
+        };
+        let inputs = |seed| {
+            vec![seeded_normal(5 * 32, seed)
+                .unwrap()
+                .reshape((5, 32))
+                .unwrap()]
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // Names and sizes exactly, energies to rounding (the sums run in parallel).
+        let same = |a: &BasisSummary, b: &BasisSummary| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.0 == y.0 && x.1 == y.1 && (x.2 - y.2).abs() < 1e-9)
+        };
+        let (_, first) =
+            capability_projector(&model, 1, &inputs(1), &settings, dir.path()).unwrap();
+        let (_, reused) =
+            capability_projector(&model, 1, &inputs(1), &settings, dir.path()).unwrap();
+        assert!(same(&first, &reused));
+        let (_, other) =
+            capability_projector(&model, 1, &inputs(2), &settings, dir.path()).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let (_, want) =
+            capability_projector(&model, 1, &inputs(2), &settings, fresh.path()).unwrap();
+        assert!(same(&other, &want), "{other:?} against {want:?}");
+        assert!(!same(&other, &first), "the first inputs' bases were reused");
+    }
 }

@@ -346,7 +346,17 @@ struct State {
 }
 
 const STATE: &str = "state.json";
+/// The optimizer state of run folders made before 2026-11-28 (one file, overwritten each
+/// epoch); now one file per epoch ([`optimizer_file`]).
 const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// The optimizer state after epoch `epoch`. One file per epoch, the previous one removed only
+/// after the epoch is committed (`state.json`): a kill between the files and the commit leaves
+/// the committed epoch's state intact (one overwritten file held the next epoch's moments
+/// beside the committed epoch's weights, and the resumed run trained from a mix).
+fn optimizer_file(dir: &Path, epoch: usize) -> std::path::PathBuf {
+    dir.join(format!("optimizer-epoch{epoch}.safetensors"))
+}
 
 /// The checkpoint file of an epoch.
 pub fn block_file(dir: &Path, epoch: usize) -> PathBuf {
@@ -771,7 +781,9 @@ pub fn train_projected(
         .collect();
     let mut opt = AdamW::new(trained, cfg.adamw)?;
     if let Some(step) = resume_state {
-        let p = dir.join(OPTIMIZER);
+        let p = Some(optimizer_file(dir, start))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| dir.join(OPTIMIZER));
         let st = candle_core::safetensors::load(&p, &model.device)
             .map_err(|e| crate::run_err(&p, e.to_string()))?;
         if !opt.restore(&st, step) {
@@ -926,7 +938,7 @@ pub fn train_projected(
             )?;
         }
         save_safetensors(&block, &block_file(dir, epoch))?;
-        save_safetensors(&opt.state(), &dir.join(OPTIMIZER))?;
+        save_safetensors(&opt.state(), &optimizer_file(dir, epoch))?;
         let state = State {
             epochs_done: epoch,
             step: opt.step,
@@ -936,6 +948,14 @@ pub fn train_projected(
             &dir.join(STATE),
             &serde_json::to_vec_pretty(&state).expect("serializes"),
         )?;
+        for old in [optimizer_file(dir, epoch - 1), dir.join(OPTIMIZER)] {
+            match std::fs::remove_file(&old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(crate::run_err(&old, e.to_string()))
+                }
+                _ => {}
+            }
+        }
         logs.push(log);
         write_log(dir, &logs)?;
         progress(Progress::Done(logs.last().expect("pushed")));

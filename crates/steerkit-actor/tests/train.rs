@@ -579,6 +579,24 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
             diff < 1e-6,
             "refresh {refresh}, KL {kl_weight}: max difference {diff}"
         );
+        // A kill after epoch 4's files were written but before it was committed: a rerun
+        // resumes from epoch 3's optimizer state, not epoch 4's written beside it.
+        let mut e = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+        train(&mut e, &d, &[], &[], &cfg(4), straight.path(), &mut |_| {}).unwrap();
+        let want = block_values(&e);
+        for f in ["block-epoch4.safetensors", "optimizer-epoch4.safetensors"] {
+            std::fs::copy(straight.path().join(f), resumed.path().join(f)).unwrap();
+        }
+        let mut g = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+        train(&mut g, &d, &[], &[], &cfg(4), resumed.path(), &mut |_| {}).unwrap();
+        let got = block_values(&g);
+        let diff = want
+            .iter()
+            .zip(&got)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "after a torn commit: max difference {diff}");
+        assert!(!resumed.path().join("optimizer-epoch3.safetensors").exists());
         // Other settings in the same folder are refused.
         let mut other = cfg(4);
         other.alpha = 0.5;
