@@ -85,6 +85,10 @@ pub struct SafetyMeta {
     pub harmless: usize,
     pub capability: usize,
     pub config: SftConfig,
+    /// sha256 of what the examples are made from: the prompts, the system prompt, the
+    /// refusal texts and the own-answer budget (absent in runs made before 2026-11-28).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub inputs: String,
 }
 
 fn parse_layers(s: &str, n: usize) -> Result<(usize, usize)> {
@@ -130,8 +134,71 @@ pub fn run(a: Args) -> Result<()> {
         Some(s) => parse_layers(s, n)?,
         None => (n - n / 3, n),
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let cfg = SftConfig {
+        layers,
+        adamw: AdamWConfig {
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            ..Default::default()
+        },
+        steps: a.steps,
+        batch: a.batch_size,
+        clip: a.clip,
+        seed: a.seed,
+        parts,
+        ogp: match a.proj.ogp.as_str() {
+            "act" => Ogp::Act {
+                energy: a.proj.ogp_energy,
+                max_k: a.proj.ogp_max_k,
+            },
+            "grad" => Ogp::Grad {
+                k: a.proj.ogp_k,
+                every: a.ogp_every,
+            },
+            _ => Ogp::None,
+        },
+        save_every: a.save_every,
+    };
+    // A run folder holds one training run: another model, this one with bf16 matrices instead
+    // of f32 (or the reverse), other settings or other examples would resume from checkpoints
+    // they did not make. Checked before anything is generated or written there.
+    let fingerprint = m.fingerprint()?;
     let system = a.system.choice();
+    let inputs = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let sets = [Some(&harmful), Some(&harmless), capability.as_ref()];
+        for p in sets.iter().flatten().flat_map(|s| s.prompts()) {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        h.update(format!("{system:?}|{refusals:?}|{}", a.answer_tokens).as_bytes());
+        format!("{:x}", h.finalize())
+    };
+    let earlier = a.out.join("safety.json");
+    if let Ok(bytes) = std::fs::read(&earlier) {
+        let old = crate::common::RunOrigin::parse(&earlier, &bytes)?;
+        if old.fingerprint != fingerprint {
+            bail!(
+                "{} holds a safety-tuning run of {} (another model, or another --dtype); use another --out or delete it",
+                a.out.display(),
+                old.model
+            );
+        }
+        let started = a.out.join("state.json").is_file();
+        if let (true, Ok(old)) = (started, serde_json::from_slice::<SafetyMeta>(&bytes)) {
+            let mut same = old.config.clone();
+            same.steps = cfg.steps;
+            same.save_every = cfg.save_every;
+            if same != cfg || (!old.inputs.is_empty() && old.inputs != inputs) {
+                bail!(
+                    "{} holds a safety-tuning run with other settings or other examples (prompts, system prompt, refusals, answer tokens); only --steps and --save-every may change on a resume: use another --out or delete it",
+                    a.out.display()
+                );
+            }
+        }
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let t0 = std::time::Instant::now();
     let mut prompts: Vec<&str> = harmless.prompts();
     if let Some(c) = &capability {
@@ -159,45 +226,6 @@ pub fn run(a: Args) -> Result<()> {
         layers.1,
         t0.elapsed().as_secs_f64()
     );
-    let cfg = SftConfig {
-        layers,
-        adamw: AdamWConfig {
-            lr: a.lr,
-            weight_decay: a.weight_decay,
-            ..Default::default()
-        },
-        steps: a.steps,
-        batch: a.batch_size,
-        clip: a.clip,
-        seed: a.seed,
-        parts,
-        ogp: match a.proj.ogp.as_str() {
-            "act" => Ogp::Act {
-                energy: a.proj.ogp_energy,
-                max_k: a.proj.ogp_max_k,
-            },
-            "grad" => Ogp::Grad {
-                k: a.proj.ogp_k,
-                every: a.ogp_every,
-            },
-            _ => Ogp::None,
-        },
-        save_every: a.save_every,
-    };
-    // A run folder holds one model's training: another model, or this one with bf16 matrices
-    // instead of f32 (or the reverse), would resume from checkpoints it did not make.
-    let fingerprint = m.fingerprint()?;
-    let earlier = a.out.join("safety.json");
-    if let Ok(bytes) = std::fs::read(&earlier) {
-        let old = crate::common::RunOrigin::parse(&earlier, &bytes)?;
-        if old.fingerprint != fingerprint {
-            bail!(
-                "{} holds a safety-tuning run of {} (another model, or another --dtype); use another --out or delete it",
-                a.out.display(),
-                old.model
-            );
-        }
-    }
     let meta = SafetyMeta {
         model: m.path.display().to_string(),
         fingerprint,
@@ -205,6 +233,7 @@ pub fn run(a: Args) -> Result<()> {
         harmless: harmless.items.len(),
         capability: cap_examples.len(),
         config: cfg.clone(),
+        inputs,
     };
     write_atomic(
         &a.out.join("safety.json"),

@@ -2744,10 +2744,21 @@ fn safety_tune_trains_resumes_and_exports() {
     ] {
         assert!(run.join(f).is_file(), "{f}");
     }
-    assert_clean_error(
-        &run_with(&["--steps", "6", "--layers", "1..2", "--seed", "3"]),
-        "other settings",
-    );
+    // Other settings or other examples are refused before anything in the folder changes
+    // (safety.json took the new lr, answers.json new answers, and other prompts resumed).
+    let kept = |f: &str| std::fs::read(run.join(f)).unwrap();
+    let (meta, answers) = (kept("safety.json"), kept("answers.json"));
+    for extra in [
+        &["--seed", "3"][..],
+        &["--weight-decay", "0.5"],
+        &["--harmless", "pseudo_harmful"],
+        &["--system", "You are a pirate."],
+    ] {
+        let args = [&["--steps", "6", "--layers", "1..2"][..], extra].concat();
+        assert_clean_error(&run_with(&args), "other settings or other examples");
+        assert_eq!(kept("safety.json"), meta, "{extra:?}");
+        assert_eq!(kept("answers.json"), answers, "{extra:?}");
+    }
     assert_clean_error(&run_with(&["--steps", "1", "--layers", "1..9"]), "--layers");
     // The same model with bf16 matrices does not resume this f32 run.
     assert_clean_error(
