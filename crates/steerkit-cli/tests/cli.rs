@@ -828,23 +828,23 @@ fn a_closed_pipe_ends_the_output_quietly() {
     assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
 }
 
-#[test]
-fn chat_keeps_a_conversation() {
+/// `steerkit chat -m MODEL --max-new-tokens N` fed `input` on stdin.
+fn chat_session(model: &str, max_new: &str, input: &[u8]) -> Output {
+    use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_steerkit"))
-        .args(["chat", "-m", &model(SMOL), "--max-new-tokens", "6"])
+        .args(["chat", "-m", model, "--max-new-tokens", max_new])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Hello!\nWhat did I just say?\n/exit\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_keeps_a_conversation() {
+    let out = chat_session(&model(SMOL), "6", b"Hello!\nWhat did I just say?\n/exit\n");
     assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches("> ").count(), 3, "three prompts shown: {text}");
@@ -852,26 +852,11 @@ fn chat_keeps_a_conversation() {
     // reaches past the model's context (the tiny model's: 256 tokens) is noted, not refused.
     let d = tmpdir("chat");
     let tiny = tiny_folder(d.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steerkit"))
-        .args([
-            "chat",
-            "-m",
-            tiny.to_str().unwrap(),
-            "--max-new-tokens",
-            "250",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"caf\xe9\nHello there\n/exit\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = chat_session(
+        tiny.to_str().unwrap(),
+        "250",
+        b"caf\xe9\nHello there\n/exit\n",
+    );
     assert_ok(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
