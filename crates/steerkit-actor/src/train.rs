@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use steerkit_eval::run::write_atomic;
+use steerkit_eval::run::{remove_if_there, write_atomic};
 use steerkit_eval::score::refusal_score;
 use steerkit_model::{widened, Mode, Model, NoHook};
 
@@ -949,12 +949,7 @@ pub fn train_projected(
             &serde_json::to_vec_pretty(&state).expect("serializes"),
         )?;
         for old in [optimizer_file(dir, epoch - 1), dir.join(OPTIMIZER)] {
-            match std::fs::remove_file(&old) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(crate::run_err(&old, e.to_string()))
-                }
-                _ => {}
-            }
+            remove_if_there(&old).map_err(|e| crate::run_err(&old, e.to_string()))?;
         }
         logs.push(log);
         write_log(dir, &logs)?;

@@ -292,9 +292,8 @@ fn flag_value<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
 
 /// The epoch the export takes: `[export] epoch` when set; else the config's `[actor] epochs`
 /// when an earlier run trained further (its later checkpoints stay in the folder, and
-/// training never goes back), added to `export_flags`; else the last. With the number of
-/// completed epochs.
-fn export_epoch(actor_run: &Path, export_flags: &mut Vec<String>) -> Result<(usize, usize)> {
+/// training never goes back), added to `export_flags`; else the last.
+fn export_epoch(actor_run: &Path, export_flags: &mut Vec<String>) -> Result<usize> {
     let Some((last, _)) = steerkit_actor::train::last_checkpoint(actor_run)? else {
         bail!("{}: no completed epoch to export", actor_run.display());
     };
@@ -305,7 +304,7 @@ fn export_epoch(actor_run: &Path, export_flags: &mut Vec<String>) -> Result<(usi
         if !(1..=last).contains(&e) {
             bail!("[export] epoch = {e}: not a completed epoch of the ACTOR run (epochs 1..={last} are)");
         }
-        return Ok((e, last));
+        return Ok(e);
     }
     let meta: crate::actor::ActorMeta = serde_json::from_slice(
         &std::fs::read(actor_run.join("actor.json")).context("actor.json")?,
@@ -313,9 +312,9 @@ fn export_epoch(actor_run: &Path, export_flags: &mut Vec<String>) -> Result<(usi
     let want = meta.config.epochs;
     if want < last {
         export_flags.extend(["--epoch".into(), want.to_string()]);
-        return Ok((want, last));
+        return Ok(want);
     }
-    Ok((last, last))
+    Ok(last)
 }
 
 /// Runs an evaluation phase, whose answers in `folder` resume an interrupted run. When
@@ -495,7 +494,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
     )?;
 
     // 3. Export, unless the output already holds this checkpoint, written this way.
-    let epochs = match pass {
+    let epoch = match pass {
         Pass::Run => Some(export_epoch(&actor_run, &mut export_flags)?),
         _ => None,
     };
@@ -511,8 +510,8 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
             path(&patched),
         ],
     );
-    let checkpoint = steerkit_actor::train::block_file(&actor_run, epochs.map_or(0, |e| e.0));
-    let holds = format!("the checkpoint of epoch {}", epochs.map_or(0, |e| e.0));
+    let checkpoint = steerkit_actor::train::block_file(&actor_run, epoch.unwrap_or(0));
+    let holds = format!("the checkpoint of epoch {}", epoch.unwrap_or(0));
     let fresh = Fresh {
         output: &patched,
         complete: &match gguf {
@@ -628,7 +627,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
         &a.config,
         &model,
         &actor_run,
-        epochs.expect("a real run knows the exported epoch").0,
+        epoch.expect("a real run knows the exported epoch"),
         &rb,
         &ra,
         &compare_markdown(&rb, &ra, &rows),

@@ -168,9 +168,8 @@ pub fn run(a: Args) -> Result<()> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let sets = [Some(&harmful), Some(&harmless), capability.as_ref()];
-        for p in sets.iter().flatten().flat_map(|s| s.prompts()) {
-            h.update((p.len() as u64).to_le_bytes());
-            h.update(p.as_bytes());
+        for s in sets.iter().flatten() {
+            h.update(s.hash());
         }
         h.update(format!("{system:?}|{refusals:?}|{}", a.answer_tokens).as_bytes());
         format!("{:x}", h.finalize())
@@ -187,10 +186,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         let started = a.out.join("state.json").is_file();
         if let (true, Ok(old)) = (started, serde_json::from_slice::<SafetyMeta>(&bytes)) {
-            let mut same = old.config.clone();
-            same.steps = cfg.steps;
-            same.save_every = cfg.save_every;
-            if same != cfg || (!old.inputs.is_empty() && old.inputs != inputs) {
+            if !old.config.same_run(&cfg) || (!old.inputs.is_empty() && old.inputs != inputs) {
                 bail!(
                     "{} holds a safety-tuning run with other settings or other examples (prompts, system prompt, refusals, answer tokens); only --steps and --save-every may change on a resume: use another --out or delete it",
                     a.out.display()

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use steerkit_data::PromptSet;
+use steerkit_eval::run::remove_if_there;
 use steerkit_model::{Loaded, Mode, ModelError, NoHook, Record, SharedPrefix, Site, SystemPrompt};
 
 /// Failures around a run folder.
@@ -94,12 +95,8 @@ impl Candidates {
     /// reused (new tensors beside the old metadata would pass for the old extraction).
     pub fn save(&self, dir: &Path) -> Result<(), RunError> {
         std::fs::create_dir_all(dir).map_err(|e| run_err(dir, e.to_string()))?;
-        match std::fs::remove_file(dir.join(META)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(run_err(&dir.join(META), e.to_string()))
-            }
-            _ => {}
-        }
+        let meta_path = dir.join(META);
+        remove_if_there(&meta_path).map_err(|e| run_err(&meta_path, e.to_string()))?;
         let map: std::collections::HashMap<String, Tensor> = [
             ("mean_harmful".to_string(), self.mean_harmful.clone()),
             ("mean_harmless".to_string(), self.mean_harmless.clone()),
@@ -108,7 +105,7 @@ impl Candidates {
         .into();
         steerkit_model::weights::save_safetensors(&map, &dir.join(TENSORS))?;
         let meta = serde_json::to_vec_pretty(&self.meta).expect("serializes");
-        steerkit_eval::run::write_atomic(&dir.join(META), &meta)?;
+        steerkit_eval::run::write_atomic(&meta_path, &meta)?;
         Ok(())
     }
 
@@ -280,12 +277,8 @@ pub fn extract(
     // `steerkit select`'s outputs scored the candidates about to be replaced: remove them
     // first, so that an interrupted or finished extraction never sits beside a stale selection.
     for f in STALE_AFTER_EXTRACTION {
-        match std::fs::remove_file(dir.join(f)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(run_err(&dir.join(f), e.to_string()))
-            }
-            _ => {}
-        }
+        let p = dir.join(f);
+        remove_if_there(&p).map_err(|e| run_err(&p, e.to_string()))?;
     }
     let mean_harmful = mean_activations(m, harmful, system, positions, batch, progress)?;
     let mean_harmless = mean_activations(m, harmless, system, positions, batch, progress)?;

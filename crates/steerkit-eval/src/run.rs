@@ -101,6 +101,14 @@ struct Meta {
     sets: BTreeMap<String, String>,
 }
 
+/// Removes the file at `path`; one that is not there is no error.
+pub fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file (`PATH.tmp`, removed on failure) and a
 /// rename. A directory at `path` is an error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {

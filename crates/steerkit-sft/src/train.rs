@@ -55,7 +55,9 @@ pub struct SftConfig {
 }
 
 impl SftConfig {
-    fn same_run(&self, other: &SftConfig) -> bool {
+    /// Settings that may resume `other`'s run: equal but for the steps and the saving
+    /// interval.
+    pub fn same_run(&self, other: &SftConfig) -> bool {
         let mut a = self.clone();
         a.steps = other.steps;
         a.save_every = other.save_every;
