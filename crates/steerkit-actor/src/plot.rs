@@ -20,9 +20,10 @@ fn panel(
     );
     for t in [lo, (lo + hi) / 2.0, hi] {
         s.push_str(&format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{t:.3}</text>\n",
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
             x0 + left - 4.0,
-            y(t) + 4.0
+            y(t) + 4.0,
+            tick_label(t, hi - lo)
         ));
     }
     s.push_str(&format!(
@@ -54,6 +55,21 @@ fn panel(
         ));
     }
     s
+}
+
+/// A tick label on an axis spanning `span`: enough decimals that the three ticks (0, 1/2 and
+/// all of the span apart) read differently (with three, losses 0.0398 and 0.0399 gave three
+/// ticks of "0.040"), and exponent notation for very large or small values.
+fn tick_label(t: f64, span: f64) -> String {
+    if t != 0.0 && !(1e-4..1e6).contains(&t.abs()) {
+        return format!("{t:.3e}");
+    }
+    let decimals = if span > 0.0 && span.is_finite() {
+        ((-(span / 2.0).log10()).ceil() as i64 + 1).clamp(3, 12) as usize
+    } else {
+        3
+    };
+    format!("{t:.decimals$}")
 }
 
 /// Loss and validation refusal share by epoch.
@@ -100,4 +116,22 @@ pub fn loss_svg(logs: &[EpochLog]) -> String {
     ));
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_label;
+
+    #[test]
+    fn ticks_of_a_narrow_axis_differ() {
+        for (lo, hi) in [(0.0398, 0.0399), (0.5, 0.50001), (0.0, 1.0), (2.0, 40.0)] {
+            let t: Vec<String> = [lo, (lo + hi) / 2.0, hi]
+                .iter()
+                .map(|&t| tick_label(t, hi - lo))
+                .collect();
+            assert!(t[0] != t[1] && t[1] != t[2], "{lo}..{hi}: {t:?}");
+        }
+        assert_eq!(tick_label(0.5, 1.0), "0.500");
+        assert_eq!(tick_label(3.77e24, 3.0e24), "3.770e24");
+    }
 }

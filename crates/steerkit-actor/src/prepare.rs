@@ -119,6 +119,16 @@ fn load_cache(dir: &Path, key: &str) -> Option<Prepared> {
     })
 }
 
+/// Fails when the silhouette at the training layer is below `min`: no refusal signal there.
+fn check_signal(layer: usize, sil: f64, min: f64) -> Result<(), ActorError> {
+    if sil < min {
+        return Err(ActorError::Input(format!(
+            "no refusal signal at layer {layer}: harmful and harmless states are not separable (silhouette {sil:.3} < {min}); this model may not refuse, or choose another --layer"
+        )));
+    }
+    Ok(())
+}
+
 /// Chooses the layer (unless given), screens the pseudo-harmful prompts (when asked) and caches
 /// the block inputs of every training and validation prompt in `dir`.
 /// `progress(phase, n)` is told about every `n` prompts done.
@@ -151,8 +161,13 @@ pub fn prepare(
         }
     }
     let key = cache_key(m, [harmful, harmless, pseudo], vals, opts)?;
+    // A cache made with a lower --min-silhouette (or none) is checked against this one: the
+    // silhouette at the cached layer is in it.
     if let Some(p) = load_cache(dir, &key) {
-        return Ok(p);
+        if let Some(&(_, sil)) = p.silhouettes.iter().find(|(l, _)| *l == p.layer) {
+            check_signal(p.layer, sil, opts.min_silhouette)?;
+            return Ok(p);
+        }
     }
     // Caching anew where training has started would resume that training on other prompts.
     if crate::train::has_started(dir) && read_meta(dir).is_some_and(|m| m.key != key) {
@@ -221,12 +236,7 @@ pub fn prepare(
             silhouette(&Tensor::cat(&outs, 0)?, &labels)?.unwrap_or(0.0)
         }
     };
-    if sil_at < opts.min_silhouette {
-        return Err(ActorError::Input(format!(
-            "no refusal signal at layer {layer}: harmful and harmless states are not separable (silhouette {sil_at:.3} < {}); this model may not refuse, or choose another --layer",
-            opts.min_silhouette
-        )));
-    }
+    check_signal(layer, sil_at, opts.min_silhouette)?;
     let mut caching = |p: &[&str], screen: bool| {
         block_inputs(
             m,

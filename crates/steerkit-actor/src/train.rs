@@ -385,6 +385,44 @@ pub fn non_finite(map: &HashMap<String, Tensor>) -> candle_core::Result<Option<S
     Ok(None)
 }
 
+/// A training step that must stop the run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepFault {
+    /// A NaN or infinite loss or gradient norm.
+    NonFinite(String),
+    /// A gradient norm of exactly 0 at a loss above 1e-3: a step too large (a learning rate
+    /// of 1e6, say) drove the outputs where no gradient reaches them (a cross-entropy stuck at
+    /// `ln(vocabulary)`, a cosine loss at 1), and every later step would be a no-op. The
+    /// weights that gave it are broken, not only the step.
+    Saturated(String),
+}
+
+impl std::fmt::Display for StepFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepFault::NonFinite(m) | StepFault::Saturated(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What is wrong with a training step's loss and global gradient norm, if anything. An
+/// ordinary batch never has an exactly zero gradient; one already at its targets (loss near
+/// 0) may, and is not a fault.
+pub fn step_fault(loss: f64, grad_norm: f64) -> Option<StepFault> {
+    if !loss.is_finite() || !grad_norm.is_finite() {
+        Some(StepFault::NonFinite(format!(
+            "loss {loss}, gradient norm {grad_norm}"
+        )))
+    } else if grad_norm == 0.0 && loss > 1e-3 {
+        Some(StepFault::Saturated(format!(
+            "loss {loss:.6} with a gradient norm of 0: the outputs saturated and no step can \
+             move them (a learning rate too high?)"
+        )))
+    } else {
+        None
+    }
+}
+
 /// The last completed epoch of a run folder and its checkpoint (None: nothing trained yet).
 pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, ActorError> {
     let p = dir.join(STATE);
@@ -514,6 +552,17 @@ fn current_states(
     }
     // Detached: the targets are constants for the loss.
     Ok(Tensor::cat(&parts, 0)?.detach())
+}
+
+/// How much the block's states may grow in one epoch before the epoch counts as diverged.
+/// ACTOR shifts states by a few times `R`; a block whose outputs grow a hundredfold has been
+/// blown up by its steps (their loss can stay finite, and their gradients vanish).
+const MAX_GROWTH: f64 = 100.0;
+
+/// The mean L2 norm of the rows (last dimension) of states `[examples, positions, hidden]`.
+fn mean_row_norm(a: &Tensor) -> Result<f64, ActorError> {
+    let norms = a.to_dtype(DType::F64)?.sqr()?.sum(D::Minus1)?.sqrt()?;
+    Ok(norms.mean_all()?.to_scalar::<f64>()?)
 }
 
 /// [`targets`] at each position of states `a: [examples, n, hidden]`, each with the refusal
@@ -794,11 +843,16 @@ pub fn train_projected(
         }
     }
     let mut grad_basis: Option<steerkit_ogp::GradProjector> = None;
+    // The states with the current weights, computed at the end of the previous epoch.
+    let mut states_now: Option<Tensor> = None;
     for epoch in start + 1..=cfg.epochs {
         let t0 = Instant::now();
         // The states with the current weights: new targets when refreshing, and the logged
         // projections and |R| either way.
-        let a = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
+        let a = match states_now.take() {
+            Some(a) => a,
+            None => current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?,
+        };
         let now = position_targets(&a, &groups, cfg.rule())?;
         if cfg.refresh || fixed.is_none() {
             fixed = Some(now.clone());
@@ -846,11 +900,31 @@ pub fn train_projected(
             }
             let lv = steerkit_ogp::scalar_f64(&loss)?;
             let (gs, gn) = steerkit_ogp::capability::gradients(&loss, opt.vars())?;
-            if !lv.is_finite() || !gn.is_finite() {
+            if let Some(fault) = step_fault(lv, gn) {
+                // The weights that gave this loss are the previous step's: at an epoch's first
+                // step, those of the last checkpoint.
+                let kept = if epoch == 1 {
+                    "nothing was saved".to_string()
+                } else if step == 0 && matches!(fault, StepFault::Saturated(_)) {
+                    format!(
+                        "the last checkpoint ({}) holds the weights that gave it: delete {} and train again with a lower --lr",
+                        block_file(dir, epoch - 1).display(),
+                        dir.display()
+                    )
+                } else if step == 0 {
+                    format!(
+                        "the last checkpoint is kept ({}), but this loss came from its weights: it may be broken too",
+                        block_file(dir, epoch - 1).display()
+                    )
+                } else {
+                    format!(
+                        "the last good checkpoint is kept ({})",
+                        block_file(dir, epoch - 1).display()
+                    )
+                };
                 return Err(ActorError::Diverged(format!(
-                    "epoch {epoch}, step {}: loss {lv}, gradient norm {gn}; the last good checkpoint is kept{}",
-                    step + 1,
-                    if epoch > 1 { format!(" ({})", block_file(dir, epoch - 1).display()) } else { String::new() }
+                    "epoch {epoch}, step {}: {fault}; {kept}",
+                    step + 1
                 )));
             }
             let gs = steerkit_ogp::capability::clip_to_norm(gs, gn, cfg.clip)?;
@@ -918,17 +992,43 @@ pub fn train_projected(
             ogp_removed: (removed_n > 0).then(|| removed_sum / removed_n as f64),
             kl: (kl_n > 0).then(|| kl_sum / kl_n as f64),
         };
-        // Checkpoint: block, optimizer, then state.json (the commit point), then the log.
+        // Checkpoint: block, optimizer, log, then state.json (the commit point). A kill
+        // before the commit leaves a log row past the committed epoch, which the resume
+        // truncates; written after it, the row of a kill in between was lost.
         let block: HashMap<String, Tensor> = all
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        if let Some(name) = non_finite(&block)? {
+        // Finite weights can still give non-finite states (huge ones overflow): such a block
+        // is not saved either. The states serve the next epoch.
+        let next = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
+        let broken = match non_finite(&block)? {
+            Some(name) => Some(format!("`{name}` holds NaN or infinite values")),
+            None => match (mean_row_norm(&a)?, mean_row_norm(&next)?) {
+                (_, after) if !after.is_finite() => {
+                    Some("its states hold NaN or infinite values".to_string())
+                }
+                (before, after) if after > MAX_GROWTH * before => Some(format!(
+                    "its states grew {:.1e}-fold in one epoch (mean norm {before:.3e} -> {after:.3e}; a learning rate too high?)",
+                    after / before
+                )),
+                _ => None,
+            },
+        };
+        if let Some(what) = broken {
             return Err(ActorError::Diverged(format!(
-                "epoch {epoch}: `{name}` holds NaN or infinite values after training; nothing of this epoch is saved{}",
-                if epoch > 1 { format!(" (the last good checkpoint: {})", block_file(dir, epoch - 1).display()) } else { String::new() }
+                "epoch {epoch}: after training, {what}; nothing of this epoch is saved{}",
+                if epoch > 1 {
+                    format!(
+                        " (the last good checkpoint: {})",
+                        block_file(dir, epoch - 1).display()
+                    )
+                } else {
+                    String::new()
+                }
             )));
         }
+        states_now = Some(next);
         if projection.is_some() {
             append_ogp_rows(
                 dir,
@@ -939,6 +1039,8 @@ pub fn train_projected(
         }
         save_safetensors(&block, &block_file(dir, epoch))?;
         save_safetensors(&opt.state(), &optimizer_file(dir, epoch))?;
+        logs.push(log);
+        write_log(dir, &logs)?;
         let state = State {
             epochs_done: epoch,
             step: opt.step,
@@ -951,8 +1053,6 @@ pub fn train_projected(
         for old in [optimizer_file(dir, epoch - 1), dir.join(OPTIMIZER)] {
             remove_if_there(&old).map_err(|e| crate::run_err(&old, e.to_string()))?;
         }
-        logs.push(log);
-        write_log(dir, &logs)?;
         progress(Progress::Done(logs.last().expect("pushed")));
     }
     Ok(logs)

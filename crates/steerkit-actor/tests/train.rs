@@ -605,6 +605,100 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     }
 }
 
+/// An epoch's log row is written before the epoch is committed: a kill between the commit and
+/// the log write lost the row. Here the commit itself fails (`state.json` is a folder), and
+/// the row is on disk; a rerun then drops rows past the committed epoch.
+#[test]
+fn the_log_row_is_written_before_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("state.json")).unwrap();
+    let d = data(DType::F32);
+    let mut m = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    assert!(train(&mut m, &d, &[], &[], &config(1), dir.path(), &mut |_| {}).is_err());
+    let log: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("log.json")).unwrap()).unwrap();
+    assert_eq!(log.len(), 1, "the row of the epoch being committed");
+    assert_eq!(log[0]["epoch"], 1);
+    // Two committed epochs, then a third whose log row was written but never committed.
+    let straight = tempfile::tempdir().unwrap();
+    let mut a = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    let want = train(
+        &mut a,
+        &d,
+        &[],
+        &[],
+        &config(3),
+        straight.path(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let part = tempfile::tempdir().unwrap();
+    let mut b = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    train(&mut b, &d, &[], &[], &config(2), part.path(), &mut |_| {}).unwrap();
+    let mut torn = want.clone();
+    torn[2].loss = 123.0;
+    std::fs::write(
+        part.path().join("log.json"),
+        serde_json::to_vec(&torn).unwrap(),
+    )
+    .unwrap();
+    let mut c = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+    let got = train(&mut c, &d, &[], &[], &config(3), part.path(), &mut |_| {}).unwrap();
+    assert_eq!(
+        got.iter().map(|l| l.epoch).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!((got[2].loss - want[2].loss).abs() < 1e-6, "{got:?}");
+    let csv = std::fs::read_to_string(part.path().join("log.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(!csv.contains("123"), "{csv}");
+}
+
+/// A learning rate far too high blows the block up in its first epoch: the weights stay
+/// finite, but the states grow by orders of magnitude (the next epoch's loss was NaN, and the
+/// epoch's checkpoint was saved). Now the epoch is not saved. A reasonable rate passes.
+#[test]
+fn a_blown_up_epoch_is_not_saved() {
+    let d = data(DType::F32);
+    let mut cfg = config(2);
+    cfg.batch = d.len();
+    for (lr, ok) in [(1e-2, true), (1e4, false)] {
+        cfg.adamw.lr = lr;
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = random_model(tiny_config(Arch::Llama, 64), DType::F32, 5).unwrap();
+        let r = train(&mut model, &d, &[], &[], &cfg, dir.path(), &mut |_| {});
+        if ok {
+            assert_eq!(r.unwrap().len(), 2);
+            continue;
+        }
+        let err = r.unwrap_err();
+        assert!(matches!(err, ActorError::Diverged(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("epoch 1: after training, its states grew"),
+            "{err}"
+        );
+        assert!(last_checkpoint(dir.path()).unwrap().is_none());
+        assert!(!dir.path().join("block-epoch1.safetensors").exists());
+    }
+    // The step check: a NaN, and a zero gradient at a loss that is not ~0 (saturation).
+    use steerkit_actor::train::{step_fault, StepFault};
+    assert!(step_fault(1e-7, 0.0).is_none());
+    assert!(step_fault(0.5, 1e-9).is_none());
+    assert!(matches!(
+        step_fault(0.5, 0.0),
+        Some(StepFault::Saturated(_))
+    ));
+    assert!(matches!(
+        step_fault(f64::NAN, 1.0),
+        Some(StepFault::NonFinite(_))
+    ));
+    assert!(matches!(
+        step_fault(0.5, f64::INFINITY),
+        Some(StepFault::NonFinite(_))
+    ));
+}
+
 #[test]
 fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();

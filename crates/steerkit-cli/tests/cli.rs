@@ -2062,6 +2062,79 @@ fn actor_trains_resumes_and_exports() {
         ]),
         "no refusal signal",
     );
+    // A folder cached without the check (-1) still checks on a rerun that asks for it.
+    let sep = |min: &'static str| {
+        let mut args = vec!["actor", "-m", t, "--limit", "4", "--pseudo-limit", "2"];
+        args.extend([
+            "--layer",
+            "1",
+            "--epochs",
+            "1",
+            "--min-silhouette",
+            min,
+            "--out",
+            b,
+        ]);
+        steerkit(&args)
+    };
+    assert_ok(&sep("-1"));
+    assert_clean_error(&sep("0.99"), "no refusal signal");
+}
+
+/// `--lr 1e6` on the real SmolLM2: one step saturates it (a cosine loss of 1, a cross-entropy
+/// of ln(49152) = 10.80, no gradient left). Training stops there instead of running on to the
+/// end and saving the broken block; ACTOR saves nothing, safety tuning says which checkpoint
+/// holds the saturated weights.
+#[test]
+fn a_learning_rate_far_too_high_stops_training() {
+    let d = tmpdir("lr");
+    let smol = model(SMOL);
+    let out = d.path().join("actor");
+    let o = out.to_str().unwrap();
+    let actor = |batch: &'static str| {
+        let _ = std::fs::remove_dir_all(&out);
+        let mut args = vec!["actor", "-m", &smol, "--limit", "6", "--pseudo-limit", "6"];
+        args.extend(["--min-silhouette", "-1", "--layer", "20", "--lr", "1e6"]);
+        args.extend(["--epochs", "2"]);
+        args.extend(["--batch-size", batch, "--out", o]);
+        steerkit(&args)
+    };
+    // One step an epoch: the epoch's states grew by orders of magnitude.
+    assert_clean_error(&actor("32"), "epoch 1: after training, its states grew");
+    assert!(!out.join("block-epoch1.safetensors").exists());
+    // Several: the second step has no gradient.
+    assert_clean_error(
+        &actor("4"),
+        "epoch 1, step 2: loss 1.000000 with a gradient norm of 0",
+    );
+    assert!(!out.join("block-epoch1.safetensors").exists());
+    let st = d.path().join("sft");
+    let out = steerkit(&[
+        "safety-tune",
+        "-m",
+        &smol,
+        "--limit",
+        "4",
+        "--answer-tokens",
+        "4",
+        "--steps",
+        "3",
+        "--save-every",
+        "1",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e6",
+        "--out",
+        st.to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, "step 2: loss 10.80");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gradient norm of 0") && err.contains("checkpoint (step 1) holds the weights"),
+        "{err}"
+    );
+    assert!(!st.join("trained-step2.safetensors").exists());
 }
 
 #[test]
@@ -2724,8 +2797,8 @@ fn safety_tune_trains_resumes_and_exports() {
     for f in [
         "safety.json",
         "answers.json",
-        "trained.safetensors",
-        "ogp_grad.safetensors",
+        "trained-step4.safetensors",
+        "ogp_grad-step4.safetensors",
     ] {
         assert!(run.join(f).is_file(), "{f}");
     }
@@ -2761,11 +2834,11 @@ fn safety_tune_trains_resumes_and_exports() {
         exported.to_str().unwrap(),
     ]);
     assert_ok(&ex);
-    assert_export_holds(t, &run.join("trained.safetensors"), &exported, 1);
+    assert_export_holds(t, &run.join("trained-step4.safetensors"), &exported, 1);
     // A resume whose optimizer state is gone names the file (it said only "No such file").
-    std::fs::remove_file(run.join("optimizer.safetensors")).unwrap();
+    std::fs::remove_file(run.join("optimizer-step4.safetensors")).unwrap();
     assert_clean_error(
         &run_with(&["--steps", "5", "--layers", "1..2"]),
-        "optimizer.safetensors",
+        "optimizer-step4.safetensors",
     );
 }

@@ -40,8 +40,13 @@ pub enum OgpError {
 }
 
 /// Orthonormalises the columns of `v` (`n` rows, column-major `k` columns) in place by modified
-/// Gram-Schmidt; a column that collapses (dependent) is replaced by zeros.
+/// Gram-Schmidt; a column that collapses (dependent) is replaced by zeros. Collapse is judged
+/// against the largest column: a residual under `1e-10` of it is rounding noise (with fewer
+/// inputs than dimensions, subspace iteration's extra columns are all noise), and normalising
+/// it would make a column that is neither orthogonal to the others nor meaningful.
 fn orthonormalise(v: &mut [Vec<f64>]) {
+    let norm = |c: &[f64]| c.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let tol = 1e-10 * v.iter().map(|c| norm(c)).fold(0.0, f64::max);
     for j in 0..v.len() {
         let (done, rest) = v.split_at_mut(j);
         let col = &mut rest[0];
@@ -51,8 +56,8 @@ fn orthonormalise(v: &mut [Vec<f64>]) {
                 *c -= d * p;
             }
         }
-        let norm = col.iter().map(|c| c * c).sum::<f64>().sqrt();
-        let s = if norm > 1e-12 { 1.0 / norm } else { 0.0 };
+        let n = norm(col);
+        let s = if n > tol && n > 0.0 { 1.0 / n } else { 0.0 };
         for c in col.iter_mut() {
             *c *= s;
         }
@@ -211,6 +216,9 @@ pub fn gpm_basis(acts: &Tensor, energy: f64, max_k: usize) -> Result<Basis, OgpE
         return Err(OgpError::Input("the capability inputs are all zero".into()));
     }
     let (u, vals) = top_eigen(&c, max_k, 12)?;
+    // Columns past the inputs' rank come back as zeros with eigenvalue 0: never kept.
+    let rank = vals.iter().take_while(|&&v| v > 0.0).count().max(1);
+    let vals = &vals[..rank];
     let mut acc = 0.0;
     let mut k = vals.len();
     for (i, v) in vals.iter().enumerate() {

@@ -389,3 +389,30 @@ fn gradient_basis_rows_of_a_large_matrix_have_unit_length() {
         assert!((n.sqrt() - 1.0).abs() < 1e-6, "row {j}: |q| = {}", n.sqrt());
     }
 }
+
+/// Fewer capability rows than dimensions: the basis must stay orthonormal and keep at most
+/// all of the energy, however many columns `max_k` allows.
+#[test]
+fn basis_of_fewer_rows_than_dimensions() {
+    for (rows, cols, scale) in [
+        (8, 64, 1.0),
+        (8, 896, 30.0),
+        (3, 64, 1e-3),
+        (40, 896, 100.0),
+    ] {
+        let x = (dense(rows, cols) * scale).unwrap();
+        for energy in [0.5, 0.95, 0.999, 1.0] {
+            let b = gpm_basis(&x, energy, 256).unwrap();
+            let k = b.u.dim(1).unwrap();
+            assert!(k >= 1 && k <= rows, "{rows}x{cols}: basis of {k}");
+            assert!(
+                b.energy <= 1.0 + 1e-9 && b.energy >= energy.min(1.0 - 1e-9) - 1e-9,
+                "{rows}x{cols} at {energy}: energy {}",
+                b.energy
+            );
+            let eye = b.u.t().unwrap().matmul(&b.u).unwrap();
+            let err = max_abs(&(eye - Tensor::eye(k, DType::F64, &Device::Cpu).unwrap()).unwrap());
+            assert!(err < 1e-6, "{rows}x{cols}: not orthonormal ({err})");
+        }
+    }
+}

@@ -2,15 +2,17 @@
 //! optional gradient projection of every step, checkpoints every few steps and exact resume.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::{AdamW, AdamWConfig};
-use steerkit_actor::train::{append_ogp_rows, load_layers, non_finite, save_safetensors};
+use steerkit_actor::train::{
+    append_ogp_rows, load_layers, non_finite, save_safetensors, step_fault, StepFault,
+};
 use steerkit_actor::Parts;
-use steerkit_eval::run::write_atomic;
+use steerkit_eval::run::{remove_if_there, write_atomic};
 use steerkit_model::{pad_rows, unpad_rows, Mode, Model, NoHook};
 pub use steerkit_ogp::capability::{answer_loss, block_inputs};
 use steerkit_ogp::capability::{batch_indices, clip_to_norm, grad_projector, gradients, Example};
@@ -112,22 +114,88 @@ struct State {
 }
 
 const STATE: &str = "state.json";
-const WEIGHTS: &str = "trained.safetensors";
-const OPTIMIZER: &str = "optimizer.safetensors";
-const GRAD_BASES: &str = "ogp_grad.safetensors";
 const LOG: &str = "log.json";
 const ACT_BASES: &str = "ogp_act.safetensors";
 const ACT_KEY: &str = "ogp_act.key";
 
+/// The files of one checkpoint: the trained blocks, the optimizer state and (with `grad`
+/// projection) the gradient bases. Each checkpoint has its own files, and the previous ones
+/// are removed only after `state.json` commits the new step: a kill between the files and the
+/// commit leaves the committed step's files intact (overwritten in place, they held the next
+/// checkpoint's weights beside the committed step's optimizer, and a resume trained on a mix).
+/// Run folders made before 2026-11-28 hold one unnumbered set (`trained.safetensors`, ...),
+/// read when the numbered file is not there.
+#[derive(Clone, Copy)]
+enum File {
+    Weights,
+    Optimizer,
+    GradBases,
+}
+
+impl File {
+    const ALL: [File; 3] = [File::Weights, File::Optimizer, File::GradBases];
+
+    fn stem(self) -> &'static str {
+        match self {
+            File::Weights => "trained",
+            File::Optimizer => "optimizer",
+            File::GradBases => "ogp_grad",
+        }
+    }
+
+    /// The file of checkpoint `step`.
+    fn at(self, dir: &Path, step: usize) -> PathBuf {
+        dir.join(format!("{}-step{step}.safetensors", self.stem()))
+    }
+
+    /// The file of checkpoint `step` to read: the numbered one, or a legacy folder's.
+    fn read(self, dir: &Path, step: usize) -> PathBuf {
+        let p = self.at(dir, step);
+        let legacy = dir.join(format!("{}.safetensors", self.stem()));
+        if !p.is_file() && legacy.is_file() {
+            legacy
+        } else {
+            p
+        }
+    }
+}
+
+/// Removes every checkpoint file but step `keep`'s: the previous checkpoint's, a legacy
+/// folder's unnumbered ones, and those an interrupted run wrote but never committed.
+fn remove_other_checkpoints(dir: &Path, keep: usize) -> Result<(), SftError> {
+    let io = |p: &Path, e: std::io::Error| SftError::Input(format!("{}: {e}", p.display()));
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let ours = File::ALL.iter().any(|f| {
+            let numbered = name
+                .strip_prefix(f.stem())
+                .and_then(|r| r.strip_prefix("-step"))
+                .and_then(|r| r.strip_suffix(".safetensors"))
+                .and_then(|n| n.parse::<usize>().ok());
+            match numbered {
+                Some(step) => step != keep,
+                None => name == format!("{}.safetensors", f.stem()),
+            }
+        });
+        if ours {
+            remove_if_there(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// The last checkpoint of a run folder: the step and the trained blocks' file.
-pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, std::path::PathBuf)>, SftError> {
+pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, SftError> {
     let p = dir.join(STATE);
     let Ok(b) = std::fs::read(&p) else {
         return Ok(None);
     };
     let s: State = serde_json::from_slice(&b)
         .map_err(|e| SftError::Input(format!("{}: unreadable: {e}", p.display())))?;
-    Ok((s.step > 0).then(|| (s.step, dir.join(WEIGHTS))))
+    Ok((s.step > 0).then(|| (s.step, File::Weights.read(dir, s.step))))
 }
 
 /// Blocks `layers` run on the original weights: the block inputs at each of them, from those
@@ -275,7 +343,7 @@ pub fn train(
             )));
         }
         if s.step > 0 {
-            load_layers(model, &dir.join(WEIGHTS))?;
+            load_layers(model, &File::Weights.read(dir, s.step))?;
             start = s.step;
         }
     }
@@ -289,7 +357,7 @@ pub fn train(
     let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
     let mut grad_proj = GradProjector::default();
     if start > 0 {
-        let p = dir.join(OPTIMIZER);
+        let p = File::Optimizer.read(dir, start);
         let st = candle_core::safetensors::load(&p, &model.device)
             .map_err(|e| SftError::Input(format!("{}: {e}", p.display())))?;
         if !opt.restore(&st, start) {
@@ -299,7 +367,7 @@ pub fn train(
             )));
         }
         if matches!(cfg.ogp, Ogp::Grad { .. }) {
-            let gb = dir.join(GRAD_BASES);
+            let gb = File::GradBases.read(dir, start);
             let bases = candle_core::safetensors::load(&gb, &model.device)
                 .map_err(|e| SftError::Input(format!("{}: {e}", gb.display())))?;
             for (name, t) in bases {
@@ -349,9 +417,21 @@ pub fn train(
         let loss = answer_loss(model, a, &rows, &ex)?;
         let lv = steerkit_ogp::scalar_f64(&loss)?;
         let (gs, gn) = gradients(&loss, &vars)?;
-        if !lv.is_finite() || !gn.is_finite() {
+        if let Some(fault) = step_fault(lv, gn) {
+            // The weights that gave this loss are those after the previous step.
+            let kept = if last_saved == 0 {
+                "nothing was saved".to_string()
+            } else if last_saved == step && matches!(fault, StepFault::Saturated(_)) {
+                format!(
+                    "the last checkpoint (step {last_saved}) holds the weights that gave it: \
+                     delete {} and train again with a lower --lr",
+                    dir.display()
+                )
+            } else {
+                format!("the last checkpoint (step {last_saved}) is kept")
+            };
             return Err(SftError::Diverged(format!(
-                "step {}: loss {lv}, gradient norm {gn}; the last checkpoint is kept",
+                "step {}: {fault}; {kept}",
                 step + 1
             )));
         }
@@ -391,15 +471,16 @@ pub fn train(
                     step + 1
                 )));
             }
-            save_safetensors(&weights, &dir.join(WEIGHTS))?;
-            save_safetensors(&opt.state(), &dir.join(OPTIMIZER))?;
+            let step_done = step + 1;
+            save_safetensors(&weights, &File::Weights.at(dir, step_done))?;
+            save_safetensors(&opt.state(), &File::Optimizer.at(dir, step_done))?;
             if matches!(cfg.ogp, Ogp::Grad { .. }) {
                 let bases = grad_proj
                     .bases
                     .iter()
                     .map(|(n, b)| Ok((n.clone(), b.to_tensor()?)))
                     .collect::<Result<HashMap<_, _>, steerkit_ogp::OgpError>>()?;
-                save_safetensors(&bases, &dir.join(GRAD_BASES))?;
+                save_safetensors(&bases, &File::GradBases.at(dir, step_done))?;
             }
             if subspace_used {
                 append_ogp_rows(
@@ -410,7 +491,6 @@ pub fn train(
                 )?;
                 ogp_rows.clear();
             }
-            last_saved = step + 1;
             write_atomic(
                 &dir.join(LOG),
                 &serde_json::to_vec(&logs).expect("serializes"),
@@ -418,10 +498,12 @@ pub fn train(
             write_atomic(&dir.join("log.csv"), log_csv(&logs).as_bytes())?;
             // The commit point: a crash before it resumes from the previous checkpoint.
             let state = State {
-                step: step + 1,
+                step: step_done,
                 config: cfg.clone(),
             };
             write_atomic(&sp, &serde_json::to_vec_pretty(&state).expect("serializes"))?;
+            remove_other_checkpoints(dir, step_done)?;
+            last_saved = step_done;
         }
     }
     let ran = &logs[start.min(logs.len())..];

@@ -174,6 +174,98 @@ fn training_lowers_the_loss_and_resumes_exactly() {
     }
 }
 
+/// Each checkpoint has its own files. A kill after step 6's files were written but before
+/// `state.json` committed them resumes from step 4 exactly (the files of one checkpoint were
+/// overwritten in place, and such a resume trained step 4's weights with step 6's optimizer
+/// state); a run folder of the old layout (unnumbered files) resumes too.
+#[test]
+fn a_torn_checkpoint_resumes_from_the_committed_step() {
+    let data = examples(12, 2);
+    let cap = examples(8, 3);
+    let ogp = Ogp::Grad { k: 2, every: 3 };
+    let run = |steps: usize, dir: &std::path::Path| {
+        let mut m = model(DType::F32, 5);
+        train(
+            &mut m,
+            &data,
+            &cap,
+            &config(steps, ogp.clone()),
+            dir,
+            &mut |_| {},
+        )
+        .unwrap();
+        weights(&m)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let want = run(8, straight.path());
+    let names = |dir: &std::path::Path| {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("-step"))
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(straight.path()),
+        [
+            "ogp_grad-step8.safetensors",
+            "optimizer-step8.safetensors",
+            "trained-step8.safetensors"
+        ]
+    );
+    // Step 6's files, never committed, beside a run committed at step 4.
+    let mid = tempfile::tempdir().unwrap();
+    run(6, mid.path());
+    let torn = tempfile::tempdir().unwrap();
+    run(4, torn.path());
+    for f in ["trained", "optimizer", "ogp_grad"] {
+        let name = format!("{f}-step6.safetensors");
+        std::fs::copy(mid.path().join(&name), torn.path().join(&name)).unwrap();
+    }
+    let got = run(8, torn.path());
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-6,
+        "resumed past a torn checkpoint: differs by {worst}"
+    );
+    assert_eq!(
+        names(torn.path()),
+        names(straight.path()),
+        "stray files removed"
+    );
+    // The old layout: step 4's files under their unnumbered names.
+    let legacy = tempfile::tempdir().unwrap();
+    run(4, legacy.path());
+    for f in ["trained", "optimizer", "ogp_grad"] {
+        std::fs::rename(
+            legacy.path().join(format!("{f}-step4.safetensors")),
+            legacy.path().join(format!("{f}.safetensors")),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        last_checkpoint(legacy.path()).unwrap().unwrap().1,
+        legacy.path().join("trained.safetensors")
+    );
+    let got = run(8, legacy.path());
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-6,
+        "resumed from the old layout: differs by {worst}"
+    );
+    assert!(!legacy.path().join("trained.safetensors").exists());
+}
+
 /// The output of block 1 on the capability sequences (all positions).
 fn block_out(m: &Model, cap_inputs: &[Tensor]) -> Vec<f32> {
     cap_inputs
