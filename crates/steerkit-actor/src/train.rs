@@ -821,7 +821,11 @@ pub fn train_projected(
             resume_state = Some(s.step);
         }
     }
-    logs.truncate(start);
+    if logs.len() > start {
+        // Rows of an epoch written but never committed (a kill before the commit).
+        logs.truncate(start);
+        write_log(dir, &logs)?;
+    }
     let all = model.trainable_block(layer)?;
     let trained: Vec<(String, Var)> = all
         .iter()
@@ -846,13 +850,15 @@ pub fn train_projected(
     // The states with the current weights, computed at the end of the previous epoch.
     let mut states_now: Option<Tensor> = None;
     for epoch in start + 1..=cfg.epochs {
-        let t0 = Instant::now();
         // The states with the current weights: new targets when refreshing, and the logged
         // projections and |R| either way.
         let a = match states_now.take() {
             Some(a) => a,
             None => current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?,
         };
+        // An epoch's time counts the states at its end (those at its start are the previous
+        // epoch's end, or, for the first epoch of a run, not counted).
+        let t0 = Instant::now();
         let now = position_targets(&a, &groups, cfg.rule())?;
         if cfg.refresh || fixed.is_none() {
             fixed = Some(now.clone());
@@ -907,13 +913,13 @@ pub fn train_projected(
                     "nothing was saved".to_string()
                 } else if step == 0 && matches!(fault, StepFault::Saturated(_)) {
                     format!(
-                        "the last checkpoint ({}) holds the weights that gave it: delete {} and train again with a lower --lr",
+                        "the last checkpoint ({}) holds the weights that gave it: train again with a lower --lr in another --out (epochs before {} can still be exported with --epoch)",
                         block_file(dir, epoch - 1).display(),
-                        dir.display()
+                        epoch - 1
                     )
                 } else if step == 0 {
                     format!(
-                        "the last checkpoint is kept ({}), but this loss came from its weights: it may be broken too",
+                        "the last checkpoint is kept ({}); this loss came from its weights, so unless the data caused it (a NaN in a prompt's states), it is broken too",
                         block_file(dir, epoch - 1).display()
                     )
                 } else {
@@ -979,6 +985,9 @@ pub fn train_projected(
             let (share, mean) = val_refusal(model, layer, &v.inputs, refusal_ids, cfg.batch * 2)?;
             val.push((v.name.clone(), share, mean));
         }
+        // Finite weights can still give non-finite states (huge ones overflow): such a block
+        // is not saved either. The states serve the next epoch.
+        let next = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
         let log = EpochLog {
             epoch,
             loss: loss_sum / steps as f64,
@@ -999,9 +1008,6 @@ pub fn train_projected(
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        // Finite weights can still give non-finite states (huge ones overflow): such a block
-        // is not saved either. The states serve the next epoch.
-        let next = current_states(model, layer, &inputs, cfg.batch * 2, cfg.positions)?;
         let broken = match non_finite(&block)? {
             Some(name) => Some(format!("`{name}` holds NaN or infinite values")),
             None => match (mean_row_norm(&a)?, mean_row_norm(&next)?) {

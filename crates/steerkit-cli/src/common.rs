@@ -45,9 +45,23 @@ impl DeviceArgs {
         if device.is_cpu() && dtype == DType::F16 {
             bail!("--dtype f16 is for GPUs; use f32 or bf16 on the CPU");
         }
-        let sp = spinner(&format!("loading {spec}"));
+        // A spinner while the files are opened and checked, then a bar over the weights' bytes.
+        // The file or folder name alone: a long path wrapped the bar's line.
+        let name = std::path::Path::new(spec)
+            .file_name()
+            .map_or(spec.into(), |n| n.to_string_lossy());
+        let bar = spinner(&format!("loading {name}"));
+        let shown = bar.clone();
+        steerkit_model::weights::watch_loading(Some(std::sync::Arc::new(move |done, total| {
+            if shown.length() != Some(total) {
+                shown.set_length(total);
+                shown.set_style(bar_style("{bytes}/{total_bytes}"));
+            }
+            shown.set_position(done);
+        })));
         let m = load(spec, &LoadOptions { device, dtype });
-        sp.finish_and_clear();
+        steerkit_model::weights::watch_loading(None);
+        bar.finish_and_clear();
         Ok(m?)
     }
 }
@@ -206,15 +220,18 @@ pub fn bytes_bar(msg: &str) -> ProgressBar {
 /// A bar of `len` on stderr counting with `count` (an indicatif template fragment).
 fn styled_bar(len: u64, msg: &str, count: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{msg}} [{{bar:30}}] {count} ({{elapsed}}, eta {{eta}})"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    pb.set_style(bar_style(count));
     pb.set_message(msg.to_string());
     pb
+}
+
+/// The style of every bar: message, bar, `count` (an indicatif template fragment), times.
+fn bar_style(count: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{{msg}} [{{bar:30}}] {count} ({{elapsed}}, eta {{eta}})"
+    ))
+    .expect("valid template")
+    .progress_chars("=> ")
 }
 
 /// Value parser for a number flag: NaN and infinities are refused at the flag, before any work.

@@ -772,6 +772,20 @@ pub fn weight_bytes(cfg: &Config, device: &Device, dtype: DType) -> u64 {
     })
 }
 
+/// Told, after each tensor [`build`] loads, the bytes loaded so far and the bytes of all the
+/// weights (in the dtypes they are stored in): what a progress bar needs.
+pub type LoadWatcher = dyn Fn(u64, u64) + Send + Sync;
+
+static WATCHER: std::sync::RwLock<Option<std::sync::Arc<LoadWatcher>>> =
+    std::sync::RwLock::new(None);
+
+/// Sets the process's load watcher (`None` clears it); every later [`build`] reports to it.
+/// Process-wide, for a command-line tool's progress bar: libraries loading models on several
+/// threads at once should leave it unset.
+pub fn watch_loading(w: Option<std::sync::Arc<LoadWatcher>>) {
+    *WATCHER.write().unwrap_or_else(|e| e.into_inner()) = w;
+}
+
 /// Loads every needed tensor with `get` (in parallel), checks shapes, converts to the dtypes of
 /// [`storage_dtypes`] on `device`, and builds the model. `get` returns `Ok(None)` for an absent
 /// tensor. On the CPU, weights that cannot fit in the memory available are refused before
@@ -792,6 +806,9 @@ where
         let bf16 = weight_bytes(&cfg, device, DType::BF16);
         crate::memory::check_fits(need, bf16, dtype, crate::memory::available_memory())?;
     }
+    let watcher = WATCHER.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let total = weight_bytes(&cfg, device, dtype);
+    let done = std::sync::atomic::AtomicU64::new(0);
     let (matrix_dtype, dtype) = storage_dtypes(device, dtype);
     let needs = needs(&cfg);
     let loaded: Vec<Tensor> = needs
@@ -808,7 +825,13 @@ where
                 )));
             }
             let dt = if t.rank() == 2 { matrix_dtype } else { dtype };
-            Ok(t.to_dtype(dt)?.to_device(device)?)
+            let t = t.to_dtype(dt)?.to_device(device)?;
+            if let Some(w) = &watcher {
+                let bytes = (t.elem_count() * dt.size_in_bytes()) as u64;
+                let now = done.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
+                w(now, total);
+            }
+            Ok(t)
         })
         .collect::<Vec<Result<Tensor>>>()
         // The first failure in file order, so the message does not depend on thread timing.

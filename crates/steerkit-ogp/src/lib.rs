@@ -212,6 +212,11 @@ pub fn gpm_basis(acts: &Tensor, energy: f64, max_k: usize) -> Result<Basis, OgpE
     let a = acts.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let c = a.t()?.matmul(&a)?; // [in, in]
     let total: f64 = a.sqr()?.sum_all()?.to_scalar()?;
+    if !total.is_finite() {
+        return Err(OgpError::Input(
+            "the capability inputs hold NaN or infinite values".into(),
+        ));
+    }
     if total <= 0.0 {
         return Err(OgpError::Input("the capability inputs are all zero".into()));
     }

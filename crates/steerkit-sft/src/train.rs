@@ -160,9 +160,10 @@ impl File {
     }
 }
 
-/// Removes every checkpoint file but step `keep`'s: the previous checkpoint's, a legacy
-/// folder's unnumbered ones, and those an interrupted run wrote but never committed.
-fn remove_other_checkpoints(dir: &Path, keep: usize) -> Result<(), SftError> {
+/// Removes every checkpoint file but step `keep`'s: the previous checkpoint's, those an
+/// interrupted run wrote but never committed (and their temporary files), and, with `legacy`,
+/// a legacy folder's unnumbered ones (not before a checkpoint replaces them).
+fn remove_other_checkpoints(dir: &Path, keep: usize, legacy: bool) -> Result<(), SftError> {
     let io = |p: &Path, e: std::io::Error| SftError::Input(format!("{}: {e}", p.display()));
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let path = entry.map_err(|e| io(dir, e))?.path();
@@ -170,14 +171,21 @@ fn remove_other_checkpoints(dir: &Path, keep: usize) -> Result<(), SftError> {
             continue;
         };
         let ours = File::ALL.iter().any(|f| {
-            let numbered = name
-                .strip_prefix(f.stem())
-                .and_then(|r| r.strip_prefix("-step"))
-                .and_then(|r| r.strip_suffix(".safetensors"))
-                .and_then(|n| n.parse::<usize>().ok());
+            let Some(rest) = name.strip_prefix(f.stem()) else {
+                return false;
+            };
+            let numbered = rest.strip_prefix("-step").and_then(|r| {
+                let (n, tmp) = match r.strip_suffix(".safetensors.tmp") {
+                    Some(n) => (n, true),
+                    None => (r.strip_suffix(".safetensors")?, false),
+                };
+                n.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| n.parse::<usize>().ok().map(|n| (n, tmp)))?
+            });
             match numbered {
-                Some(step) => step != keep,
-                None => name == format!("{}.safetensors", f.stem()),
+                Some((step, tmp)) => tmp || step != keep,
+                None => legacy && rest == ".safetensors",
             }
         });
         if ours {
@@ -345,6 +353,9 @@ pub fn train(
         if s.step > 0 {
             load_layers(model, &File::Weights.read(dir, s.step))?;
             start = s.step;
+            // Files of checkpoints never committed, or not yet removed, go now: a rerun that
+            // trains no further would otherwise keep them for good.
+            remove_other_checkpoints(dir, s.step, false)?;
         }
     }
     let mut vars: Vec<(String, Var)> = Vec::new();
@@ -423,12 +434,21 @@ pub fn train(
                 "nothing was saved".to_string()
             } else if last_saved == step && matches!(fault, StepFault::Saturated(_)) {
                 format!(
-                    "the last checkpoint (step {last_saved}) holds the weights that gave it: \
-                     delete {} and train again with a lower --lr",
-                    dir.display()
+                    "the last checkpoint (step {last_saved}, {}) holds the weights that gave \
+                     it: train again with a lower --lr in another --out",
+                    File::Weights.read(dir, last_saved).display()
+                )
+            } else if last_saved == step {
+                format!(
+                    "the last checkpoint is kept (step {last_saved}, {}); this loss came from \
+                     its weights, so it may be broken too",
+                    File::Weights.read(dir, last_saved).display()
                 )
             } else {
-                format!("the last checkpoint (step {last_saved}) is kept")
+                format!(
+                    "the last checkpoint is kept (step {last_saved}, {})",
+                    File::Weights.read(dir, last_saved).display()
+                )
             };
             return Err(SftError::Diverged(format!(
                 "step {}: {fault}; {kept}",
@@ -502,7 +522,7 @@ pub fn train(
                 config: cfg.clone(),
             };
             write_atomic(&sp, &serde_json::to_vec_pretty(&state).expect("serializes"))?;
-            remove_other_checkpoints(dir, step_done)?;
+            remove_other_checkpoints(dir, step_done, true)?;
             last_saved = step_done;
         }
     }

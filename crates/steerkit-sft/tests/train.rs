@@ -220,10 +220,28 @@ fn a_torn_checkpoint_resumes_from_the_committed_step() {
     run(6, mid.path());
     let torn = tempfile::tempdir().unwrap();
     run(4, torn.path());
-    for f in ["trained", "optimizer", "ogp_grad"] {
-        let name = format!("{f}-step6.safetensors");
-        std::fs::copy(mid.path().join(&name), torn.path().join(&name)).unwrap();
-    }
+    let copy_step6 = || {
+        for f in ["trained", "optimizer", "ogp_grad"] {
+            let name = format!("{f}-step6.safetensors");
+            std::fs::copy(mid.path().join(&name), torn.path().join(&name)).unwrap();
+        }
+    };
+    copy_step6();
+    // A rerun that trains no further clears them, and a temporary file of a torn write;
+    // other files stay.
+    std::fs::write(torn.path().join("trained-step8.safetensors.tmp"), b"torn").unwrap();
+    std::fs::write(torn.path().join("trained-step6-notes.txt"), b"mine").unwrap();
+    run(4, torn.path());
+    assert_eq!(
+        names(torn.path()),
+        [
+            "ogp_grad-step4.safetensors",
+            "optimizer-step4.safetensors",
+            "trained-step4.safetensors",
+            "trained-step6-notes.txt"
+        ]
+    );
+    copy_step6();
     let got = run(8, torn.path());
     let worst = want
         .iter()
@@ -234,11 +252,10 @@ fn a_torn_checkpoint_resumes_from_the_committed_step() {
         worst < 1e-6,
         "resumed past a torn checkpoint: differs by {worst}"
     );
-    assert_eq!(
-        names(torn.path()),
-        names(straight.path()),
-        "stray files removed"
-    );
+    let mut want_names = names(straight.path());
+    want_names.push("trained-step6-notes.txt".into());
+    want_names.sort();
+    assert_eq!(names(torn.path()), want_names, "stray files removed");
     // The old layout: step 4's files under their unnumbered names.
     let legacy = tempfile::tempdir().unwrap();
     run(4, legacy.path());
