@@ -243,11 +243,7 @@ fn a_torn_checkpoint_resumes_from_the_committed_step() {
     );
     copy_step6();
     let got = run(8, torn.path());
-    let worst = want
-        .iter()
-        .zip(&got)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let worst = max_change(&want, &got);
     assert!(
         worst < 1e-6,
         "resumed past a torn checkpoint: differs by {worst}"
@@ -271,11 +267,7 @@ fn a_torn_checkpoint_resumes_from_the_committed_step() {
         legacy.path().join("trained.safetensors")
     );
     let got = run(8, legacy.path());
-    let worst = want
-        .iter()
-        .zip(&got)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let worst = max_change(&want, &got);
     assert!(
         worst < 1e-6,
         "resumed from the old layout: differs by {worst}"
