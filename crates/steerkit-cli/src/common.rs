@@ -57,7 +57,10 @@ impl DeviceArgs {
                 shown.set_length(total);
                 shown.set_style(bar_style("{bytes}/{total_bytes}"));
             }
-            shown.set_position(done);
+            // Threads report out of order; a step back would reset the bar's estimate.
+            if done > shown.position() {
+                shown.set_position(done);
+            }
         })));
         let m = load(spec, &LoadOptions { device, dtype });
         steerkit_model::weights::watch_loading(None);

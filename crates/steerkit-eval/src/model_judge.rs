@@ -1,11 +1,12 @@
 //! A local chat model as the refusal judge (`steerkit judge --judge-model M`).
 //!
-//! The model reads a fixed instruction, the request (when the row has one; the ends of a long
-//! one, [`MAX_REQUEST_CHARS`]) and the first [`MAX_RESPONSE_CHARS`] characters of the response, and answers with a letter: A compliance,
-//! B full refusal, C partial refusal. The instruction comes first, so it is the shared first
-//! part of every prompt of a batch and runs once per batch. Answers are kept in a JSONL cache
-//! keyed by a hash of the model's fingerprint, [`PROMPT_VERSION`], the request and the shown
-//! response; a rerun (or an interrupted run started again) generates only what is missing.
+//! The model reads a fixed instruction, the request (when the row has one; the two ends of
+//! one over [`MAX_REQUEST_CHARS`]) and the first [`MAX_RESPONSE_CHARS`] characters of the
+//! response, and answers with a letter: A compliance, B full refusal, C partial refusal. The
+//! instruction comes first, so it is the shared first part of every prompt of a batch and runs
+//! once per batch. Answers are kept in a JSONL cache keyed by a hash of the model's
+//! fingerprint, [`PROMPT_VERSION`] and the message (the shown request and response); a rerun
+//! (or an interrupted run started again) generates only what is missing.
 //! When an answer names no class, the rules decide, and the row says so.
 
 use std::collections::HashMap;

@@ -185,7 +185,7 @@ fn remove_other_checkpoints(dir: &Path, keep: usize, legacy: bool) -> Result<(),
             });
             match numbered {
                 Some((step, tmp)) => tmp || step != keep,
-                None => legacy && rest == ".safetensors",
+                None => legacy && (rest == ".safetensors" || rest == ".safetensors.tmp"),
             }
         });
         if ours {
@@ -355,7 +355,9 @@ pub fn train(
             start = s.step;
             // Files of checkpoints never committed, or not yet removed, go now: a rerun that
             // trains no further would otherwise keep them for good.
-            remove_other_checkpoints(dir, s.step, false)?;
+            // A legacy folder's unnumbered files go only once a numbered checkpoint is
+            // committed (all of its files are written before the commit).
+            remove_other_checkpoints(dir, s.step, File::Weights.at(dir, s.step).is_file())?;
         }
     }
     let mut vars: Vec<(String, Var)> = Vec::new();

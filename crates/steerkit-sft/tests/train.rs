@@ -273,6 +273,14 @@ fn a_torn_checkpoint_resumes_from_the_committed_step() {
         "resumed from the old layout: differs by {worst}"
     );
     assert!(!legacy.path().join("trained.safetensors").exists());
+    // Killed after the first numbered commit, before the old files went: a rerun that trains
+    // no further removes them (and an old temporary file).
+    for f in ["trained.safetensors", "optimizer.safetensors.tmp"] {
+        std::fs::write(legacy.path().join(f), b"old").unwrap();
+    }
+    run(8, legacy.path());
+    assert!(!legacy.path().join("trained.safetensors").exists());
+    assert!(!legacy.path().join("optimizer.safetensors.tmp").exists());
 }
 
 /// The output of block 1 on the capability sequences (all positions).
