@@ -2131,7 +2131,9 @@ fn a_learning_rate_far_too_high_stops_training() {
     assert_clean_error(&out, "step 2: loss 10.80");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("gradient norm of 0") && err.contains("checkpoint (step 1) holds the weights"),
+        err.contains("gradient norm of 0")
+            && err.contains("checkpoint (step 1, ")
+            && err.contains("trained-step1.safetensors) holds the weights"),
         "{err}"
     );
     assert!(!st.join("trained-step2.safetensors").exists());
