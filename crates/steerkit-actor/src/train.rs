@@ -290,14 +290,22 @@ pub fn check_resumable(dir: &Path, cfg: &TrainConfig, layer_known: bool) -> Resu
     if s.config.same_run(&want) {
         Ok(())
     } else {
-        Err(other_settings(dir))
+        Err(other_settings(dir, &s.config, &want))
     }
 }
 
-fn other_settings(dir: &Path) -> ActorError {
+/// The folder holds a run of `saved` settings, which `wanted` may not resume: the error names
+/// the settings that differ (but the number of epochs, which may).
+fn other_settings(dir: &Path, saved: &TrainConfig, wanted: &TrainConfig) -> ActorError {
+    let mut wanted = wanted.clone();
+    wanted.epochs = saved.epochs;
+    let keys = steerkit_eval::run::differing_settings(saved, &wanted);
     crate::run_err(
         dir,
-        "holds a training run with other settings; use another --out or delete it",
+        format!(
+            "holds a training run with other settings ({}); use another --out or delete it",
+            keys.join(", ")
+        ),
     )
 }
 
@@ -806,7 +814,7 @@ pub fn train_projected(
     let mut resume_state = None;
     if let Some(s) = read_state(dir)? {
         if !s.config.same_run(cfg) {
-            return Err(other_settings(dir));
+            return Err(other_settings(dir, &s.config, cfg));
         }
         if s.epochs_done > 0 {
             if !cfg.refresh && s.epochs_done < cfg.epochs {

@@ -600,8 +600,13 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         // Other settings in the same folder are refused.
         let mut other = cfg(4);
         other.alpha = 0.5;
+        other.adamw.lr *= 2.0;
         let err = train(&mut c, &d, &[], &[], &other, resumed.path(), &mut |_| {}).unwrap_err();
-        assert!(err.to_string().contains("other settings"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("other settings (adamw.lr, alpha); use another --out"),
+            "{err}"
+        );
     }
 }
 

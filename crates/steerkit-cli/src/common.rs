@@ -182,6 +182,63 @@ impl RunOrigin {
     }
 }
 
+/// The kinds of run folder the commands write, each known by the files it writes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Direction,
+    Ablate,
+    Eval,
+    Actor,
+    SafetyTune,
+}
+
+impl RunKind {
+    const ALL: [RunKind; 5] = [
+        RunKind::Direction,
+        RunKind::Ablate,
+        RunKind::Eval,
+        RunKind::Actor,
+        RunKind::SafetyTune,
+    ];
+
+    /// Files only this kind of folder holds.
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            RunKind::Direction => &["extract.json"],
+            RunKind::Ablate => &["results.csv"],
+            RunKind::Eval => &["meta.json"],
+            RunKind::Actor => &["actor.json", "inputs.json"],
+            RunKind::SafetyTune => &["safety.json"],
+        }
+    }
+
+    /// What the folder holds, and the command that writes it.
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            RunKind::Direction => ("a refusal-direction run", "extract"),
+            RunKind::Ablate => ("intervention experiments", "ablate"),
+            RunKind::Eval => ("an evaluation", "eval"),
+            RunKind::Actor => ("an ACTOR run", "actor"),
+            RunKind::SafetyTune => ("a safety-tuning run", "safety-tune"),
+        }
+    }
+}
+
+/// Fails when folder `out` holds a run of another kind than `own` (a command writing there
+/// would mix its files with that run's, or read them as its own).
+pub fn refuse_other_kind(out: &std::path::Path, own: RunKind) -> Result<()> {
+    for kind in RunKind::ALL.into_iter().filter(|&k| k != own) {
+        if let Some(f) = kind.markers().iter().find(|f| out.join(f).is_file()) {
+            let (what, command) = kind.describe();
+            bail!(
+                "--out {} holds {what} (its {f} is written by `steerkit {command}`); use another --out",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Checks that the training run in `run` (meta file `meta`) was trained on `m`'s weights, so
 /// that its checkpoint may be put into `m` (in whatever dtype either was loaded).
 pub fn check_trained_on(m: &Loaded, run: &std::path::Path, meta: &str) -> Result<()> {

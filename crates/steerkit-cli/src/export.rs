@@ -95,6 +95,13 @@ pub fn validate(a: &Args) -> Result<()> {
                 if a.orthogonalize { "--orthogonalize" } else { "a control vector" }
             );
         }
+        // Neither a training run nor a direction run (an evaluation's folder, a typo).
+        if training.is_none() && !run.join("extract.json").is_file() {
+            bail!(
+                "--run {}: not an ACTOR, safety-tuning or refusal-direction run folder (it has no actor.json, safety.json or extract.json)",
+                run.display()
+            );
+        }
     }
     Ok(())
 }

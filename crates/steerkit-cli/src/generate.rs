@@ -11,15 +11,16 @@ use steerkit_model::NoHook;
 use crate::common::{bar, ModelArgs, SamplingArgs, SystemArgs};
 
 #[derive(ClapArgs, Debug)]
+#[group(id = "input", required = true, multiple = false)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// One prompt (the user's message).
-    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    /// One prompt (the user's message); or --prompts FILE.
+    #[arg(long, group = "input")]
     pub prompt: Option<String>,
     /// A file of prompts: JSON lines (.jsonl, .json) or CSV (.csv) with a `prompt` field,
-    /// anything else one prompt per line.
-    #[arg(long)]
+    /// anything else one prompt per line; or --prompt TEXT.
+    #[arg(long, group = "input")]
     pub prompts: Option<PathBuf>,
     /// Prompts per batch.
     #[arg(long, default_value_t = 16, value_parser = crate::common::positive)]

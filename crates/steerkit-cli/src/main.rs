@@ -78,6 +78,18 @@ pub(crate) fn validate(command: &Command) -> anyhow::Result<()> {
             out.display()
         );
     }
+    // A run folder of another command: refused before anything is written into it.
+    let kind = match command {
+        Command::Eval(a) => Some((&a.out, common::RunKind::Eval)),
+        Command::Extract(a) => Some((&a.out, common::RunKind::Direction)),
+        Command::Ablate(a) => Some((&a.out, common::RunKind::Ablate)),
+        Command::Actor(a) => Some((&a.out, common::RunKind::Actor)),
+        Command::SafetyTune(a) => Some((&a.out, common::RunKind::SafetyTune)),
+        _ => None,
+    };
+    if let Some((out, kind)) = kind {
+        common::refuse_other_kind(out, kind)?;
+    }
     match command {
         Command::Ablate(a) => ablate::validate(a),
         Command::Export(a) => export::validate(a),

@@ -187,9 +187,16 @@ pub fn run(a: Args) -> Result<()> {
         let started = a.out.join("state.json").is_file();
         if let (true, Ok(old)) = (started, serde_json::from_slice::<SafetyMeta>(&bytes)) {
             if !old.config.same_run(&cfg) || (!old.inputs.is_empty() && old.inputs != inputs) {
+                let mut now = cfg.clone();
+                (now.steps, now.save_every) = (old.config.steps, old.config.save_every);
+                let mut what = steerkit_eval::run::differing_settings(&old.config, &now);
+                if !old.inputs.is_empty() && old.inputs != inputs {
+                    what.push("examples".into());
+                }
                 bail!(
-                    "{} holds a safety-tuning run with other settings or other examples (prompts, system prompt, refusals, answer tokens); only --steps and --save-every may change on a resume: use another --out or delete it",
-                    a.out.display()
+                    "{} holds a safety-tuning run with other settings or other examples (here: {}; examples are the prompts, system prompt, refusals and answer tokens); only --steps and --save-every may change on a resume: use another --out or delete it",
+                    a.out.display(),
+                    what.join(", ")
                 );
             }
         }

@@ -740,6 +740,13 @@ fn qwen3_folder_inspects_trains_and_exports() {
 
 #[test]
 fn generate_answers_a_file_of_prompts() {
+    // Neither --prompt nor --prompts: the error names both (it named --prompt alone).
+    let none = steerkit(&["generate", "-m", &model(SMOL)]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        !none.status.success() && err.contains("--prompt <PROMPT>|--prompts <PROMPTS>"),
+        "{err}"
+    );
     let d = tmpdir("gen");
     let f = d.path().join("p.jsonl");
     std::fs::write(
@@ -1884,13 +1891,13 @@ fn actor_trains_resumes_and_exports() {
     assert!(meta.contains("\"shift\": \"harmless-mean\""), "{meta}");
     let mut args = base.to_vec();
     args.extend(["--epochs", "3", "--shift", "harmless-mean"]);
-    assert_clean_error(&steerkit(&args), "other settings");
+    assert_clean_error(&steerkit(&args), "other settings (shift)");
     // Other settings in the same folder: refused.
     let mut args = base.to_vec();
     args.extend(["--epochs", "3", "--alpha", "0.5"]);
     let cache = std::fs::read(run.join("inputs.json")).unwrap();
     let other = steerkit(&args);
-    assert_clean_error(&other, "other settings");
+    assert_clean_error(&other, "other settings (alpha)");
     // ... before any preparation (no layer line: nothing was cached or loaded from the cache).
     let said = String::from_utf8_lossy(&other.stdout);
     assert!(!said.contains("silhouette"), "{said}");
@@ -2079,6 +2086,56 @@ fn actor_trains_resumes_and_exports() {
     };
     assert_ok(&sep("-1"));
     assert_clean_error(&sep("0.99"), "no refusal signal");
+}
+
+/// A command whose --out holds another command's run refuses it before writing anything:
+/// safety-tune wrote its answers and settings into an ACTOR folder, then failed on its
+/// state.json; extract wrote candidates beside an evaluation's reports.
+#[test]
+fn a_run_folder_of_another_command_is_refused() {
+    let d = tmpdir("kinds");
+    let smol = model(SMOL);
+    for (marker, what, command) in [
+        ("actor.json", "an ACTOR run", "safety-tune"),
+        ("inputs.json", "an ACTOR run", "extract"),
+        ("safety.json", "a safety-tuning run", "actor"),
+        ("meta.json", "an evaluation", "extract"),
+        ("extract.json", "a refusal-direction run", "eval"),
+        ("results.csv", "intervention experiments", "actor"),
+    ] {
+        let dir = d.path().join(format!("{command}-{marker}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(marker), b"{}").unwrap();
+        let o = dir.to_str().unwrap();
+        let mut args = vec![command, "-m", &smol, "--out", o];
+        if command == "eval" {
+            args.extend(["--set", "harmful"]);
+        }
+        assert_clean_error(&steerkit(&args), &format!("holds {what} (its {marker}"));
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(
+            left.len(),
+            1,
+            "{command} into a folder with {marker} wrote there"
+        );
+    }
+    // export --run of a folder that is no run it can take (it said "add --orthogonalize",
+    // then "missing extract.json").
+    let ev = d.path().join("extract-meta.json");
+    let out = d.path().join("patched");
+    assert_clean_error(
+        &steerkit(&[
+            "export",
+            "-m",
+            &smol,
+            "--run",
+            ev.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "not an ACTOR, safety-tuning or refusal-direction run folder",
+    );
+    assert!(!out.exists());
 }
 
 /// `--lr 1e6` on the real SmolLM2: one step saturates it (a cosine loss of 1, a cross-entropy
@@ -2808,14 +2865,16 @@ fn safety_tune_trains_resumes_and_exports() {
     // (safety.json took the new lr, answers.json new answers, and other prompts resumed).
     let kept = |f: &str| std::fs::read(run.join(f)).unwrap();
     let (meta, answers) = (kept("safety.json"), kept("answers.json"));
-    for extra in [
-        &["--seed", "3"][..],
-        &["--weight-decay", "0.5"],
-        &["--harmless", "pseudo_harmful"],
-        &["--system", "You are a pirate."],
+    for (extra, what) in [
+        (&["--seed", "3"][..], "here: seed;"),
+        (&["--weight-decay", "0.5"], "here: adamw.weight_decay;"),
+        (&["--harmless", "pseudo_harmful"], "here: examples;"),
+        (&["--system", "You are a pirate."], "here: examples;"),
     ] {
         let args = [&["--steps", "6", "--layers", "1..2"][..], extra].concat();
         assert_clean_error(&run_with(&args), "other settings or other examples");
+        let err = String::from_utf8_lossy(&run_with(&args).stderr).to_string();
+        assert!(err.contains(what), "{extra:?}: {err}");
         assert_eq!(kept("safety.json"), meta, "{extra:?}");
         assert_eq!(kept("answers.json"), answers, "{extra:?}");
     }

@@ -134,7 +134,23 @@ pub fn read_responses(path: &Path, field: &str) -> Result<Vec<ResponseRow>, Data
         };
         let response = match object.get(field) {
             Some(serde_json::Value::String(s)) => s.clone(),
-            None => return Err(err(format!("no field `{field}`"))),
+            None => {
+                // Name the text fields the row has: `steerkit eval`'s answers are `response`.
+                let strings: Vec<String> = object
+                    .iter()
+                    .filter(|(_, v)| v.is_string())
+                    .map(|(k, _)| format!("`{k}`"))
+                    .collect();
+                let hint = if strings.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (its text fields: {}; choose one with --field)",
+                        strings.join(", ")
+                    )
+                };
+                return Err(err(format!("no field `{field}`{hint}")));
+            }
             Some(_) => return Err(err(format!("field `{field}` is not a string"))),
         };
         let label = match object.get("label") {
@@ -234,6 +250,11 @@ mod tests {
         assert_eq!(ok[1].line, 3);
         assert_eq!(labelled(&ok).len(), 1);
         let e = read("{\"completion\": \"a\"}\n{\"text\": \"b\"}\n").unwrap_err();
+        assert!(
+            e.ends_with("r.jsonl:2: no field `completion` (its text fields: `text`; choose one with --field)"),
+            "{e}"
+        );
+        let e = read("{\"completion\": \"a\"}\n{\"n\": 2}\n").unwrap_err();
         assert!(e.ends_with("r.jsonl:2: no field `completion`"), "{e}");
         let e = read("{\"completion\": \"a\", \"label\": \"refusal\"}").unwrap_err();
         assert!(

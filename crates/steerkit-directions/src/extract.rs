@@ -274,15 +274,17 @@ pub fn extract(
             return Ok((old, true));
         }
     }
+    let mean_harmful = mean_activations(m, harmful, system, positions, batch, progress)?;
+    let mean_harmless = mean_activations(m, harmless, system, positions, batch, progress)?;
+    let candidates = (&mean_harmful - &mean_harmless)?;
     // `steerkit select`'s outputs scored the candidates about to be replaced: remove them
-    // first, so that an interrupted or finished extraction never sits beside a stale selection.
+    // before the new candidates are written, so that a finished or half-written extraction
+    // never sits beside a stale selection, but not earlier: an extraction interrupted while
+    // it computes leaves the old candidates, and their selection, as they were.
     for f in STALE_AFTER_EXTRACTION {
         let p = dir.join(f);
         remove_if_there(&p).map_err(|e| run_err(&p, e.to_string()))?;
     }
-    let mean_harmful = mean_activations(m, harmful, system, positions, batch, progress)?;
-    let mean_harmless = mean_activations(m, harmless, system, positions, batch, progress)?;
-    let candidates = (&mean_harmful - &mean_harmless)?;
     let c = Candidates {
         meta,
         mean_harmful,

@@ -70,4 +70,24 @@ fn candidates_are_differences_of_means_and_are_reused() {
     std::fs::write(blocked.join("extract.json"), "{}").unwrap();
     assert!(c.save(&blocked).is_err());
     assert!(!blocked.join("extract.json").exists());
+    // An extraction of other prompts interrupted while it computes (here: its progress
+    // callback panics, as a Ctrl-C ends it) leaves the old candidates and their selection;
+    // a finished one removes the selection, which scored other candidates.
+    std::fs::write(dir.join("selected.json"), "{}").unwrap();
+    let other = harmful.clone().limit(3);
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        steerkit_directions::extract(&m, &other, &harmless, &sys, 2, &dir, &mut |_| {
+            panic!("interrupted")
+        })
+    }));
+    assert!(interrupted.is_err());
+    assert!(
+        dir.join("selected.json").is_file(),
+        "the selection was removed"
+    );
+    let (_, reused) =
+        steerkit_directions::extract(&m, &harmful, &harmless, &sys, 2, &dir, &mut |_| {}).unwrap();
+    assert!(reused, "the old candidates are intact");
+    steerkit_directions::extract(&m, &other, &harmless, &sys, 2, &dir, &mut |_| {}).unwrap();
+    assert!(!dir.join("selected.json").exists());
 }

@@ -101,6 +101,46 @@ struct Meta {
     sets: BTreeMap<String, String>,
 }
 
+/// The settings in which two records differ, as dotted paths of their JSON form
+/// (`adamw.lr`, `alpha`), for an error that says what changed. Arrays and values compare
+/// whole; a key only one side has counts as a difference.
+pub fn differing_settings<T: Serialize>(a: &T, b: &T) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        &p,
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(if path.is_empty() {
+                "(all)".into()
+            } else {
+                path.into()
+            }),
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk(&a, &b, "", &mut out);
+    out
+}
+
 /// Removes the file at `path`; one that is not there is no error.
 pub fn remove_if_there(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
