@@ -141,6 +141,18 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Ctrl-C (SIGINT, or SIGTERM): the outputs being written are temporary files or folders
+    // renamed when complete; remove them, so that an interrupted export does not leave
+    // gigabytes behind, then end as the signal would (exit code 130). Everything complete
+    // stays: runs resume from it.
+    let _ = ctrlc::set_handler(|| {
+        let unfinished = steerkit_model::scratch::tracked();
+        steerkit_model::scratch::remove_all();
+        for p in unfinished {
+            eprintln!("\ninterrupted: removed the unfinished {}", p.display());
+        }
+        std::process::exit(130);
+    });
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli.command) {
         // One line: candle errors carry a backtrace after the message when RUST_BACKTRACE is set.

@@ -2138,6 +2138,43 @@ fn a_run_folder_of_another_command_is_refused() {
     assert!(!out.exists());
 }
 
+/// Ctrl-C during an export removes the unfinished temporary file (it stayed, a gigabyte for
+/// Qwen's f16 GGUF, until the same output was written again) and ends with code 130.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_export_leaves_nothing() {
+    let d = tmpdir("sigint");
+    let out = d.path().join("q.gguf");
+    let tmp = d.path().join("q.gguf.tmp");
+    let qwen = model(QWEN);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steerkit"))
+        .args(["export", "-m", &qwen, "--format", "gguf", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted once the data is being written.
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&tmp).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(t0.elapsed().as_secs() < 120, "no temporary file appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the interrupt"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: a signal to the child this test started and still owns.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: removed the unfinished"), "{err}");
+    assert!(!tmp.exists() && !out.exists());
+}
+
 /// `--lr 1e6` on the real SmolLM2: one step saturates it (a cosine loss of 1, a cross-entropy
 /// of ln(49152) = 10.80, no gradient left). Training stops there instead of running on to the
 /// end and saving the broken block; ACTOR saves nothing, safety tuning says which checkpoint

@@ -34,6 +34,7 @@ pub mod model;
 pub mod mxfp4;
 pub mod prefix;
 pub mod random;
+pub mod scratch;
 pub mod source;
 pub mod space;
 pub mod template;

@@ -958,6 +958,7 @@ where
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
+    let _tracked = crate::scratch::track(&tmp);
     let mut named: Vec<(&K, &Tensor)> = tensors.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     let lazy = named

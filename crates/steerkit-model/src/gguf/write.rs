@@ -127,6 +127,7 @@ pub fn write(
     let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
     let _ = std::fs::remove_file(&tmp);
     crate::space::ensure_room((header.len() + data) as u64, out)?;
+    let _tracked = crate::scratch::track(&tmp);
     let res = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
