@@ -95,13 +95,6 @@ pub fn validate(a: &Args) -> Result<()> {
                 if a.orthogonalize { "--orthogonalize" } else { "a control vector" }
             );
         }
-        // Neither a training run nor a direction run (an evaluation's folder, a typo).
-        if training.is_none() && !run.join("extract.json").is_file() {
-            bail!(
-                "--run {}: not an ACTOR, safety-tuning or refusal-direction run folder (it has no actor.json, safety.json or extract.json)",
-                run.display()
-            );
-        }
     }
     Ok(())
 }
@@ -109,6 +102,18 @@ pub fn validate(a: &Args) -> Result<()> {
 pub fn run(a: Args) -> Result<()> {
     if a.out.exists() {
         bail!("{} already exists", a.out.display());
+    }
+    // Neither a training run nor a direction run (an evaluation's folder, a typo). Checked
+    // here, not in `validate`: `steerkit run` validates every phase before the first runs,
+    // when its export phase's run folder is not made yet.
+    if let Some(run) = &a.run {
+        let known = ["actor.json", "safety.json", "extract.json"];
+        if !known.iter().any(|f| run.join(f).is_file()) {
+            bail!(
+                "--run {}: not an ACTOR, safety-tuning or refusal-direction run folder (it has no actor.json, safety.json or extract.json)",
+                run.display()
+            );
+        }
     }
     // The output's folder is made up front, not found missing after the work.
     crate::common::create_parent(&a.out)?;

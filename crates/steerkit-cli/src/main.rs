@@ -146,9 +146,7 @@ fn main() {
     // gigabytes behind, then end as the signal would (exit code 130). Everything complete
     // stays: runs resume from it.
     let _ = ctrlc::set_handler(|| {
-        let unfinished = steerkit_model::scratch::tracked();
-        steerkit_model::scratch::remove_all();
-        for p in unfinished {
+        for p in steerkit_model::scratch::remove_all() {
             eprintln!("\ninterrupted: removed the unfinished {}", p.display());
         }
         std::process::exit(130);

@@ -41,26 +41,36 @@ pub fn tracked() -> Vec<PathBuf> {
 }
 
 /// Removes every temporary output being written (for an interrupt handler: the writers are
-/// still running, and the process must end right after). A folder is removed a few times
-/// over, since a writer may add a file to it meanwhile.
-pub fn remove_all() {
-    remove(&tracked());
+/// still running, and the process must end right after); returns those it removed.
+pub fn remove_all() -> Vec<PathBuf> {
+    remove(&tracked())
 }
 
-/// Removes files and folders, each tried a few times.
-fn remove(paths: &[PathBuf]) {
+/// Removes files and folders; returns those it removed. A folder is first renamed out of the
+/// way (its writer may be renaming it into place at this moment: whichever rename comes
+/// first wins, and a folder already in place is never emptied), then removed, a few times
+/// over if a writer adds a file meanwhile.
+fn remove(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     for p in paths {
-        for _ in 0..5 {
-            let gone = if p.is_dir() {
-                std::fs::remove_dir_all(p).is_ok()
-            } else {
-                std::fs::remove_file(p).is_ok()
-            };
-            if gone || !p.exists() {
-                break;
+        if p.is_dir() {
+            let mut trash = p.as_os_str().to_os_string();
+            trash.push(".interrupted");
+            let trash = PathBuf::from(trash);
+            if std::fs::rename(p, &trash).is_err() {
+                continue;
             }
+            for _ in 0..5 {
+                if std::fs::remove_dir_all(&trash).is_ok() || !trash.exists() {
+                    break;
+                }
+            }
+            removed.push(p.clone());
+        } else if std::fs::remove_file(p).is_ok() {
+            removed.push(p.clone());
         }
     }
+    removed
 }
 
 #[cfg(test)]
@@ -87,7 +97,7 @@ mod tests {
             .filter(|p| p.starts_with(d.path()))
             .collect();
         assert_eq!(mine, [f.clone(), folder.clone()]);
-        remove(&mine);
+        assert_eq!(remove(&mine), mine);
         assert!(!f.exists() && !folder.exists());
         assert!(done.exists(), "released: left alone");
     }
