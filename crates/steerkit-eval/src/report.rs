@@ -109,8 +109,13 @@ impl Report {
     /// The Markdown table.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "# Evaluation\n\nmodel `{}` · condition `{}` · greedy, {} new tokens · system prompt: {} · judge: {}\n\n",
-            self.model, self.condition, self.max_new_tokens, self.system, self.judge
+            "# Evaluation\n\nmodel `{}` ({}) · condition `{}` · greedy, {} new tokens · system prompt: {} · judge: {}\n\n",
+            self.model,
+            steerkit_model::describe_numerics(steerkit_model::split_fingerprint(&self.fingerprint).1),
+            self.condition,
+            self.max_new_tokens,
+            self.system,
+            self.judge
         );
         s.push_str("| set | kind | n | refusal (full + partial) | full refusal | compliance | phrase match | mean refusal score |\n");
         s.push_str("|---|---|---|---|---|---|---|---|\n");
@@ -360,6 +365,12 @@ pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> Strin
             a.max_new_tokens.to_string(),
             b.max_new_tokens.to_string(),
         ),
+        // The same model file loaded as f32 and as bf16 reads the same in the header.
+        (
+            "numerics",
+            steerkit_model::describe_numerics(steerkit_model::split_fingerprint(&a.fingerprint).1),
+            steerkit_model::describe_numerics(steerkit_model::split_fingerprint(&b.fingerprint).1),
+        ),
     ];
     for (what, x, y) in differ.iter().filter(|(_, x, y)| x != y) {
         s.push_str(&format!(
@@ -443,6 +454,13 @@ mod tests {
         }
     }
 
+    /// `r` as a run with bf16 matrices on the CPU.
+    fn bf16_marked(r: &Report) -> Report {
+        let mut r = r.clone();
+        r.fingerprint.push_str("+bf16");
+        r
+    }
+
     #[test]
     fn a_repeated_prompt_pairs_each_copy_once() {
         // p is asked twice: refused the first time by A and the second time by B. Each copy
@@ -474,6 +492,19 @@ mod tests {
         assert!(md.contains("A answered 2 prompts and B 4"), "{md}");
         assert!(md.contains("system prompt A ``, B `Be careful.`"), "{md}");
         assert!(md.contains("| 0.0% [0.0, 65.8] (0/2) |"), "{md}");
+        assert!(!md.contains("numerics"), "{md}");
+        assert!(
+            bf16_marked(&b)
+                .markdown()
+                .contains("model `m` (bf16 matrices on the CPU) ·"),
+            "{}",
+            bf16_marked(&b).markdown()
+        );
+        let md = compare_markdown(&a, &bf16_marked(&b), &rows);
+        assert!(
+            md.contains("numerics A `f32 weights and arithmetic`, B `bf16 matrices on the CPU`"),
+            "{md}"
+        );
         // Settings that agree are not mentioned.
         let md = compare_markdown(&a, &a, &compare(&a, &a).unwrap());
         assert!(
