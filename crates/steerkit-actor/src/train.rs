@@ -250,11 +250,22 @@ impl TrainConfig {
         s
     }
 
-    /// Settings that must match to resume a run (all but the number of epochs).
-    fn same_run(&self, other: &TrainConfig) -> bool {
+    /// These settings with what a resume may change (the number of epochs) taken from
+    /// `other`.
+    fn as_resume_of(&self, other: &TrainConfig) -> TrainConfig {
         let mut a = self.clone();
         a.epochs = other.epochs;
-        a == *other
+        a
+    }
+
+    /// Settings that must match to resume a run (all but the number of epochs).
+    fn same_run(&self, other: &TrainConfig) -> bool {
+        self.as_resume_of(other) == *other
+    }
+
+    /// The settings that keep `other` from resuming this run, by name.
+    fn resume_differences(&self, other: &TrainConfig) -> Vec<String> {
+        steerkit_eval::run::differing_settings(&self.as_resume_of(other), other)
     }
 }
 
@@ -295,11 +306,9 @@ pub fn check_resumable(dir: &Path, cfg: &TrainConfig, layer_known: bool) -> Resu
 }
 
 /// The folder holds a run of `saved` settings, which `wanted` may not resume: the error names
-/// the settings that differ (but the number of epochs, which may).
+/// the settings that differ.
 fn other_settings(dir: &Path, saved: &TrainConfig, wanted: &TrainConfig) -> ActorError {
-    let mut wanted = wanted.clone();
-    wanted.epochs = saved.epochs;
-    let keys = steerkit_eval::run::differing_settings(saved, &wanted);
+    let keys = saved.resume_differences(wanted);
     crate::run_err(
         dir,
         format!(

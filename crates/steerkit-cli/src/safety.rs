@@ -186,11 +186,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         let started = a.out.join("state.json").is_file();
         if let (true, Ok(old)) = (started, serde_json::from_slice::<SafetyMeta>(&bytes)) {
-            if !old.config.same_run(&cfg) || (!old.inputs.is_empty() && old.inputs != inputs) {
-                let mut now = cfg.clone();
-                (now.steps, now.save_every) = (old.config.steps, old.config.save_every);
-                let mut what = steerkit_eval::run::differing_settings(&old.config, &now);
-                if !old.inputs.is_empty() && old.inputs != inputs {
+            let other_examples = !old.inputs.is_empty() && old.inputs != inputs;
+            if !old.config.same_run(&cfg) || other_examples {
+                let mut what = old.config.resume_differences(&cfg);
+                if other_examples {
                     what.push("examples".into());
                 }
                 bail!(

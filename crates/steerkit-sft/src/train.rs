@@ -57,13 +57,24 @@ pub struct SftConfig {
 }
 
 impl SftConfig {
-    /// Settings that may resume `other`'s run: equal but for the steps and the saving
-    /// interval.
-    pub fn same_run(&self, other: &SftConfig) -> bool {
+    /// These settings with what a resume may change (the steps and the saving interval)
+    /// taken from `other`.
+    fn as_resume_of(&self, other: &SftConfig) -> SftConfig {
         let mut a = self.clone();
         a.steps = other.steps;
         a.save_every = other.save_every;
-        a == *other
+        a
+    }
+
+    /// Settings that may resume `other`'s run: equal but for the steps and the saving
+    /// interval.
+    pub fn same_run(&self, other: &SftConfig) -> bool {
+        self.as_resume_of(other) == *other
+    }
+
+    /// The settings that keep `other` from resuming this run, by name (`adamw.lr`, `seed`).
+    pub fn resume_differences(&self, other: &SftConfig) -> Vec<String> {
+        steerkit_eval::run::differing_settings(&self.as_resume_of(other), other)
     }
 }
 
