@@ -422,6 +422,26 @@ impl std::fmt::Display for StepFault {
     }
 }
 
+impl StepFault {
+    /// What the error of a run stopped by this fault says of its last checkpoint: `last`
+    /// names it (`None`: nothing was saved), and `from_it` says the failing step ran on its
+    /// weights (the first step after it), so the fault may be the checkpoint's own.
+    pub fn about_checkpoint(&self, last: Option<&str>, from_it: bool) -> String {
+        match (last, from_it, self) {
+            (None, ..) => "nothing was saved".into(),
+            (Some(c), true, StepFault::Saturated(_)) => format!(
+                "the last checkpoint ({c}) holds the weights that gave it: train again with a \
+                 lower --lr in another --out"
+            ),
+            (Some(c), true, StepFault::NonFinite(_)) => format!(
+                "the last checkpoint is kept ({c}); this loss came from its weights, so unless \
+                 the data caused it (a NaN in a prompt's states), it is broken too"
+            ),
+            (Some(c), false, _) => format!("the last good checkpoint is kept ({c})"),
+        }
+    }
+}
+
 /// What is wrong with a training step's loss and global gradient norm, if anything. An
 /// ordinary batch never has an exactly zero gradient; one already at its targets (loss near
 /// 0) may, and is not a fault.
@@ -926,25 +946,14 @@ pub fn train_projected(
             if let Some(fault) = step_fault(lv, gn) {
                 // The weights that gave this loss are the previous step's: at an epoch's first
                 // step, those of the last checkpoint.
-                let kept = if epoch == 1 {
-                    "nothing was saved".to_string()
-                } else if step == 0 && matches!(fault, StepFault::Saturated(_)) {
-                    format!(
-                        "the last checkpoint ({}) holds the weights that gave it: train again with a lower --lr in another --out (epochs before {} can still be exported with --epoch)",
-                        block_file(dir, epoch - 1).display(),
+                let last = (epoch > 1).then(|| block_file(dir, epoch - 1).display().to_string());
+                let mut kept = fault.about_checkpoint(last.as_deref(), step == 0);
+                if last.is_some() && step == 0 && matches!(fault, StepFault::Saturated(_)) {
+                    kept.push_str(&format!(
+                        " (epochs before {} can still be exported with --epoch)",
                         epoch - 1
-                    )
-                } else if step == 0 {
-                    format!(
-                        "the last checkpoint is kept ({}); this loss came from its weights, so unless the data caused it (a NaN in a prompt's states), it is broken too",
-                        block_file(dir, epoch - 1).display()
-                    )
-                } else {
-                    format!(
-                        "the last good checkpoint is kept ({})",
-                        block_file(dir, epoch - 1).display()
-                    )
-                };
+                    ));
+                }
                 return Err(ActorError::Diverged(format!(
                     "epoch {epoch}, step {}: {fault}; {kept}",
                     step + 1

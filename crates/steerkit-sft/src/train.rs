@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::{AdamW, AdamWConfig};
 use steerkit_actor::train::{
-    append_ogp_rows, load_layers, non_finite, save_safetensors, step_fault, StepFault,
+    append_ogp_rows, load_layers, non_finite, save_safetensors, step_fault,
 };
 use steerkit_actor::Parts;
 use steerkit_eval::run::{remove_if_there, write_atomic};
@@ -443,26 +443,11 @@ pub fn train(
         let (gs, gn) = gradients(&loss, &vars)?;
         if let Some(fault) = step_fault(lv, gn) {
             // The weights that gave this loss are those after the previous step.
-            let kept = if last_saved == 0 {
-                "nothing was saved".to_string()
-            } else if last_saved == step && matches!(fault, StepFault::Saturated(_)) {
-                format!(
-                    "the last checkpoint (step {last_saved}, {}) holds the weights that gave \
-                     it: train again with a lower --lr in another --out",
-                    File::Weights.read(dir, last_saved).display()
-                )
-            } else if last_saved == step {
-                format!(
-                    "the last checkpoint is kept (step {last_saved}, {}); this loss came from \
-                     its weights, so it may be broken too",
-                    File::Weights.read(dir, last_saved).display()
-                )
-            } else {
-                format!(
-                    "the last checkpoint is kept (step {last_saved}, {})",
-                    File::Weights.read(dir, last_saved).display()
-                )
-            };
+            let last = (last_saved > 0).then(|| {
+                let file = File::Weights.read(dir, last_saved);
+                format!("step {last_saved}, {}", file.display())
+            });
+            let kept = fault.about_checkpoint(last.as_deref(), last_saved == step);
             return Err(SftError::Diverged(format!(
                 "step {}: {fault}; {kept}",
                 step + 1
