@@ -615,31 +615,24 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
 /// the row is on disk; a rerun then drops rows past the committed epoch.
 #[test]
 fn the_log_row_is_written_before_the_commit() {
+    let d = data(DType::F32);
+    // Each run a fresh process: the original weights, then `epochs` in `dir`.
+    let run = |epochs: usize, dir: &std::path::Path| {
+        let mut m = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
+        train(&mut m, &d, &[], &[], &config(epochs), dir, &mut |_| {})
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("state.json")).unwrap();
-    let d = data(DType::F32);
-    let mut m = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
-    assert!(train(&mut m, &d, &[], &[], &config(1), dir.path(), &mut |_| {}).is_err());
+    assert!(run(1, dir.path()).is_err());
     let log: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(dir.path().join("log.json")).unwrap()).unwrap();
     assert_eq!(log.len(), 1, "the row of the epoch being committed");
     assert_eq!(log[0]["epoch"], 1);
     // Two committed epochs, then a third whose log row was written but never committed.
     let straight = tempfile::tempdir().unwrap();
-    let mut a = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
-    let want = train(
-        &mut a,
-        &d,
-        &[],
-        &[],
-        &config(3),
-        straight.path(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let want = run(3, straight.path()).unwrap();
     let part = tempfile::tempdir().unwrap();
-    let mut b = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
-    train(&mut b, &d, &[], &[], &config(2), part.path(), &mut |_| {}).unwrap();
+    run(2, part.path()).unwrap();
     let mut torn = want.clone();
     torn[2].loss = 123.0;
     std::fs::write(
@@ -647,8 +640,7 @@ fn the_log_row_is_written_before_the_commit() {
         serde_json::to_vec(&torn).unwrap(),
     )
     .unwrap();
-    let mut c = random_model(tiny_config(Arch::Qwen2, 64), DType::F32, 9).unwrap();
-    let got = train(&mut c, &d, &[], &[], &config(3), part.path(), &mut |_| {}).unwrap();
+    let got = run(3, part.path()).unwrap();
     assert_eq!(
         got.iter().map(|l| l.epoch).collect::<Vec<_>>(),
         vec![1, 2, 3]

@@ -32,10 +32,11 @@ pub struct Args {
     pub judge_rules: Option<PathBuf>,
     /// Judge with a local chat model instead (a .gguf file, a Hugging Face folder or a cached
     /// repo id): it reads a fixed instruction, the request (the first and last 1,000
-    /// characters of one over 2,000) and the response's first 600 characters and answers A (compliance), B (full refusal) or C (partial refusal); where
-    /// its answer names no class, the rules decide. Slow on a CPU: 1.4 rows/s with
-    /// Qwen2.5-Coder-0.5B on 2 cores, and that model is a poor judge (57% binary agreement
-    /// with people on XSTest's completions; README).
+    /// characters of one over 2,000) and the response's first 600 characters and answers A
+    /// (compliance), B (full refusal) or C (partial refusal); where its answer names no
+    /// class, the rules decide. Slow on a CPU: 1.4 rows/s with Qwen2.5-Coder-0.5B on 2 cores,
+    /// and that model is a poor judge (57% binary agreement with people on XSTest's
+    /// completions; README).
     #[arg(long)]
     pub judge_model: Option<String>,
     /// The field holding the request shown to the judge model (rows without it are judged on

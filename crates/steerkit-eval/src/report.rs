@@ -92,6 +92,12 @@ pub fn kind_str(k: SetKind) -> &'static str {
 }
 
 impl Report {
+    /// The numerics of the evaluated model in words (f32, bf16 matrices, ...), from the mark
+    /// on its fingerprint.
+    pub fn numerics(&self) -> String {
+        steerkit_model::describe_numerics(steerkit_model::split_fingerprint(&self.fingerprint).1)
+    }
+
     /// Reads `report.json` from a run folder.
     pub fn read(dir: &Path) -> Result<Report, EvalError> {
         let p = dir.join("report.json");
@@ -111,7 +117,7 @@ impl Report {
         let mut s = format!(
             "# Evaluation\n\nmodel `{}` ({}) · condition `{}` · greedy, {} new tokens · system prompt: {} · judge: {}\n\n",
             self.model,
-            steerkit_model::describe_numerics(steerkit_model::split_fingerprint(&self.fingerprint).1),
+            self.numerics(),
             self.condition,
             self.max_new_tokens,
             self.system,
@@ -366,11 +372,7 @@ pub fn compare_markdown(a: &Report, b: &Report, rows: &[SetComparison]) -> Strin
             b.max_new_tokens.to_string(),
         ),
         // The same model file loaded as f32 and as bf16 reads the same in the header.
-        (
-            "numerics",
-            steerkit_model::describe_numerics(steerkit_model::split_fingerprint(&a.fingerprint).1),
-            steerkit_model::describe_numerics(steerkit_model::split_fingerprint(&b.fingerprint).1),
-        ),
+        ("numerics", a.numerics(), b.numerics()),
     ];
     for (what, x, y) in differ.iter().filter(|(_, x, y)| x != y) {
         s.push_str(&format!(

@@ -158,10 +158,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
             path.display()
         )));
     }
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let _tracked = steerkit_model::scratch::track(&tmp);
+    let (tmp, _tracked) = steerkit_model::scratch::temporary_for(path);
     let written = std::fs::write(&tmp, bytes)
         .map_err(io(&tmp))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));

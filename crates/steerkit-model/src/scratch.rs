@@ -18,6 +18,16 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 #[must_use = "the path is tracked only while this lives"]
 pub struct Tracked(u64);
 
+/// The temporary name an output file is written under before it is renamed to `path`
+/// (`PATH.tmp`), tracked until the returned guard is dropped.
+pub fn temporary_for(path: &Path) -> (PathBuf, Tracked) {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let tracked = track(&tmp);
+    (tmp, tracked)
+}
+
 /// Tracks `path` (a file or a folder) until the returned guard is dropped.
 pub fn track(path: &Path) -> Tracked {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);

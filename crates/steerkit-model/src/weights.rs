@@ -955,10 +955,7 @@ pub fn save_safetensors<K>(
 where
     K: AsRef<str> + Ord + std::fmt::Display,
 {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let _tracked = crate::scratch::track(&tmp);
+    let (tmp, _tracked) = crate::scratch::temporary_for(path);
     let mut named: Vec<(&K, &Tensor)> = tensors.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     let lazy = named

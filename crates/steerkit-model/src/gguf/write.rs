@@ -114,9 +114,7 @@ pub fn write(
     tensors: Vec<Planned>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
-    let mut tmp = out.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
+    let (tmp, _tracked) = crate::scratch::temporary_for(out);
     let io = |p: &Path, e: std::io::Error| ModelError::io(p, e);
     let sizes = sizes(&tensors)?;
     // The header is built first (a few MB at most: the vocabulary), so the room checked is
@@ -127,7 +125,6 @@ pub fn write(
     let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
     let _ = std::fs::remove_file(&tmp);
     crate::space::ensure_room((header.len() + data) as u64, out)?;
-    let _tracked = crate::scratch::track(&tmp);
     let res = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
