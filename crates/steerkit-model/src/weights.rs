@@ -800,14 +800,14 @@ where
             "Gemma's activations overflow f16; use --dtype bf16 or f32".into(),
         ));
     }
+    // What the weights take loaded: checked against the memory, and the load bar's total.
+    let total = weight_bytes(&cfg, device, dtype);
     let skip = std::env::var(crate::memory::SKIP_MEMORY_CHECK).is_ok_and(|v| v == "1");
     if device.is_cpu() && !skip {
-        let need = weight_bytes(&cfg, device, dtype);
         let bf16 = weight_bytes(&cfg, device, DType::BF16);
-        crate::memory::check_fits(need, bf16, dtype, crate::memory::available_memory())?;
+        crate::memory::check_fits(total, bf16, dtype, crate::memory::available_memory())?;
     }
     let watcher = WATCHER.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let total = weight_bytes(&cfg, device, dtype);
     let done = std::sync::atomic::AtomicU64::new(0);
     let (matrix_dtype, dtype) = storage_dtypes(device, dtype);
     let needs = needs(&cfg);
