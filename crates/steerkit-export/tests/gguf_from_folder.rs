@@ -87,16 +87,28 @@ fn f16_values(t: &candle_core::Tensor) -> Vec<f32> {
         .unwrap()
 }
 
-/// Every tensor of `back` (loaded from an f16 GGUF) is `src`'s, as the file holds it.
-fn assert_same_f16_weights(src: &steerkit_model::Model, back: &steerkit_model::Model, name: &str) {
+/// A tensor's values rounded to bf16, as a bf16 folder holds them.
+fn bf16_values(t: &candle_core::Tensor) -> Vec<f32> {
+    let t = t
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Every tensor of `back` equals `src`'s as `stored` (the file's rounding) gives them.
+fn assert_same_weights(
+    src: &steerkit_model::Model,
+    back: &steerkit_model::Model,
+    stored: fn(&candle_core::Tensor) -> Vec<f32>,
+    name: &str,
+) {
     let theirs: BTreeMap<String, candle_core::Tensor> = back.named_tensors().into_iter().collect();
     let ours = src.named_tensors();
     assert_eq!(ours.len(), theirs.len(), "{name}: tensor count");
     for (n, t) in ours {
-        assert!(
-            f16_values(&t) == f16_values(&theirs[&n]),
-            "{name}: tensor {n}"
-        );
+        assert!(stored(&t) == stored(&theirs[&n]), "{name}: tensor {n}");
     }
 }
 
@@ -131,13 +143,17 @@ fn check(name: &str) {
     let path = model_path(name);
     let d = tempfile::tempdir().unwrap();
     let src = load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    // A bf16 folder, as Hugging Face publishes most models, removed once loaded: the disk holds
+    // one of the two files at a time (Qwen's are 1.0 and 1.3 GB; CI machines may have little).
     let folder = d.path().join("folder");
-    steerkit_model::hf::save_folder(&src.model, Some(&src.tok), Some(&src.chat), &folder).unwrap();
+    let (tok, chat) = (Some(&src.tok), Some(&src.chat));
+    steerkit_model::hf::save_folder_as(&src.model, tok, chat, &folder, DType::BF16).unwrap();
     let hf = load(folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    std::fs::remove_dir_all(&folder).unwrap();
+    assert_same_weights(&src.model, &hf.model, bf16_values, name);
     let out = d.path().join("model.gguf");
     let meta = metadata(&hf.model.cfg, &hf.tok, &hf.chat, "folder").unwrap();
     write(&hf.model, &meta, GgufType::F16, &out).unwrap();
-    drop(hf);
 
     // Every hyper-parameter and tokenizer key of llama.cpp's file is written with its value,
     // but for three llama.cpp writes from files a folder does not have here.
@@ -158,7 +174,8 @@ fn check(name: &str) {
 
     // The weights: what the folder holds, rounded to f16 (vectors kept in f32).
     let back = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_same_f16_weights(&src.model, &back.model, name);
+    assert_same_weights(&hf.model, &back.model, f16_values, name);
+    drop(hf);
 
     // Token ids of the re-loaded file equal llama.cpp's on the fixture texts and chat prompts.
     let fx = fixture("llamacpp_token_ids.json");
@@ -543,7 +560,7 @@ fn qwen3_exports_to_folder_and_gguf() {
         (back.model.cfg.arch, back.model.cfg.head_dim),
         (Arch::Qwen3, 16)
     );
-    assert_same_f16_weights(&m, &back.model, "qwen3");
+    assert_same_weights(&m, &back.model, f16_values, "qwen3");
 }
 
 /// Gemma 3 and Gemma 2 models of the shape llama.cpp computes (a window on every block but
