@@ -66,7 +66,9 @@ pub struct Args {
     /// grad: steps between refreshes.
     #[arg(long, default_value_t = 50, value_parser = crate::common::positive)]
     pub ogp_every: usize,
-    /// Checkpoint every N steps.
+    /// Checkpoint every N steps (and after the last). A checkpoint is written once the next
+    /// step's loss and gradient on its weights are sound (after the last step, one more batch
+    /// checks them), so a step that saturated the outputs is never saved.
     #[arg(long, default_value_t = 25, value_parser = crate::common::positive)]
     pub save_every: usize,
     #[command(flatten)]

@@ -2202,35 +2202,40 @@ fn a_learning_rate_far_too_high_stops_training() {
         "epoch 1, step 2: loss 1.000000 with a gradient norm of 0",
     );
     assert!(!out.join("block-epoch1.safetensors").exists());
+    // Safety tuning: step 1 saturates the outputs, which step 2's zero gradient shows; the
+    // checkpoint of step 1 is never committed. With one step, one more batch checks it.
     let st = d.path().join("sft");
-    let out = steerkit(&[
-        "safety-tune",
-        "-m",
-        &smol,
-        "--limit",
-        "4",
-        "--answer-tokens",
-        "4",
-        "--steps",
-        "3",
-        "--save-every",
-        "1",
-        "--batch-size",
-        "4",
-        "--lr",
-        "1e6",
-        "--out",
-        st.to_str().unwrap(),
-    ]);
-    assert_clean_error(&out, "step 2: loss 10.80");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("gradient norm of 0")
-            && err.contains("checkpoint (step 1, ")
-            && err.contains("trained-step1.safetensors) holds the weights"),
-        "{err}"
-    );
-    assert!(!st.join("trained-step2.safetensors").exists());
+    let tune = |steps: &str| {
+        let _ = std::fs::remove_dir_all(&st);
+        let mut args = vec![
+            "safety-tune",
+            "-m",
+            &smol,
+            "--limit",
+            "4",
+            "--answer-tokens",
+        ];
+        args.extend(["4", "--save-every", "1", "--batch-size", "4", "--lr", "1e6"]);
+        args.extend(["--steps", steps, "--out", st.to_str().unwrap()]);
+        steerkit(&args)
+    };
+    for (steps, at) in [
+        ("3", "step 2: loss 10.80"),
+        (
+            "1",
+            "the weights after step 1, checked on one more batch: loss 10.80",
+        ),
+    ] {
+        let out = tune(steps);
+        assert_clean_error(&out, at);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("gradient norm of 0") && err.contains("; nothing was saved"),
+            "{err}"
+        );
+        assert!(!st.join("trained-step1.safetensors").exists());
+        assert!(!st.join("state.json").exists());
+    }
 }
 
 #[test]

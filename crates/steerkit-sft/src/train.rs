@@ -413,12 +413,21 @@ pub fn train(
     let mut ogp_rows = String::new();
     let mut last_saved = start;
     let subspace_used = cfg.ogp != Ogp::None;
-    for step in start..cfg.steps {
+    // A checkpoint is committed only once the next step's loss and gradient, computed on its
+    // weights, show them sound: a step that saturates the outputs (zero gradient) is seen one
+    // step later, and its weights must not become the run's result. After the last step, one
+    // more batch checks the final weights.
+    let mut pending = false;
+    for step in start..=cfg.steps {
+        let check_only = step == cfg.steps;
+        if check_only && !pending {
+            break;
+        }
         let t0 = Instant::now();
         let mut ogp_secs = 0.0;
         // Gradient bases: refreshed on schedule with the current weights.
         if let Ogp::Grad { k, every } = cfg.ogp {
-            if step % every == 0 || grad_proj.bases.is_empty() {
+            if !check_only && (step % every == 0 || grad_proj.bases.is_empty()) {
                 let t = Instant::now();
                 // The old bases are freed first: each is as large as k gradients.
                 grad_proj.bases.clear();
@@ -448,10 +457,63 @@ pub fn train(
                 format!("step {last_saved}, {}", file.display())
             });
             let kept = fault.about_checkpoint(last.as_deref(), last_saved == step);
-            return Err(SftError::Diverged(format!(
-                "step {}: {fault}; {kept}",
-                step + 1
-            )));
+            let at = if check_only {
+                format!("the weights after step {step}, checked on one more batch")
+            } else {
+                format!("step {}", step + 1)
+            };
+            return Err(SftError::Diverged(format!("{at}: {fault}; {kept}")));
+        }
+        // This step's loss vouches for the weights it ran on: the pending checkpoint commits.
+        let save_secs = if pending {
+            let t = Instant::now();
+            let weights: HashMap<String, Tensor> = all
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect();
+            if let Some(name) = non_finite(&weights)? {
+                return Err(SftError::Diverged(format!(
+                    "step {step}: `{name}` holds NaN or infinite values; the last checkpoint is kept"
+                )));
+            }
+            save_safetensors(&weights, &File::Weights.at(dir, step))?;
+            save_safetensors(&opt.state(), &File::Optimizer.at(dir, step))?;
+            if matches!(cfg.ogp, Ogp::Grad { .. }) {
+                let bases = grad_proj
+                    .bases
+                    .iter()
+                    .map(|(n, b)| Ok((n.clone(), b.to_tensor()?)))
+                    .collect::<Result<HashMap<_, _>, steerkit_ogp::OgpError>>()?;
+                save_safetensors(&bases, &File::GradBases.at(dir, step))?;
+            }
+            if subspace_used {
+                append_ogp_rows(
+                    dir,
+                    "step,matrix,step_norm,removed_norm",
+                    last_saved + 1,
+                    &ogp_rows,
+                )?;
+                ogp_rows.clear();
+            }
+            write_atomic(
+                &dir.join(LOG),
+                &serde_json::to_vec(&logs).expect("serializes"),
+            )?;
+            write_atomic(&dir.join("log.csv"), log_csv(&logs).as_bytes())?;
+            // The commit point: a crash before it resumes from the previous checkpoint.
+            let state = State {
+                step,
+                config: cfg.clone(),
+            };
+            write_atomic(&sp, &serde_json::to_vec_pretty(&state).expect("serializes"))?;
+            remove_other_checkpoints(dir, step, true)?;
+            last_saved = step;
+            t.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        if check_only {
+            break;
         }
         let gs = clip_to_norm(gs, gn, cfg.clip)?;
         let subspace: Option<&dyn Subspace> = match &cfg.ogp {
@@ -471,58 +533,14 @@ pub fn train(
             removed: projected.mean_share().unwrap_or(0.0),
             tokens: ex.iter().map(|e| e.ids.len()).sum(),
             answer_tokens: ex.iter().map(|e| e.answer_len()).sum(),
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: t0.elapsed().as_secs_f64() - save_secs,
             ogp_seconds: ogp_secs,
         });
         progress(Progress::Step {
             step: step + 1,
             loss: lv,
         });
-        if (step + 1) % cfg.save_every == 0 || step + 1 == cfg.steps {
-            let weights: HashMap<String, Tensor> = all
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                .collect();
-            if let Some(name) = non_finite(&weights)? {
-                return Err(SftError::Diverged(format!(
-                    "step {}: `{name}` holds NaN or infinite values; the last checkpoint is kept",
-                    step + 1
-                )));
-            }
-            let step_done = step + 1;
-            save_safetensors(&weights, &File::Weights.at(dir, step_done))?;
-            save_safetensors(&opt.state(), &File::Optimizer.at(dir, step_done))?;
-            if matches!(cfg.ogp, Ogp::Grad { .. }) {
-                let bases = grad_proj
-                    .bases
-                    .iter()
-                    .map(|(n, b)| Ok((n.clone(), b.to_tensor()?)))
-                    .collect::<Result<HashMap<_, _>, steerkit_ogp::OgpError>>()?;
-                save_safetensors(&bases, &File::GradBases.at(dir, step_done))?;
-            }
-            if subspace_used {
-                append_ogp_rows(
-                    dir,
-                    "step,matrix,step_norm,removed_norm",
-                    last_saved + 1,
-                    &ogp_rows,
-                )?;
-                ogp_rows.clear();
-            }
-            write_atomic(
-                &dir.join(LOG),
-                &serde_json::to_vec(&logs).expect("serializes"),
-            )?;
-            write_atomic(&dir.join("log.csv"), log_csv(&logs).as_bytes())?;
-            // The commit point: a crash before it resumes from the previous checkpoint.
-            let state = State {
-                step: step_done,
-                config: cfg.clone(),
-            };
-            write_atomic(&sp, &serde_json::to_vec_pretty(&state).expect("serializes"))?;
-            remove_other_checkpoints(dir, step_done, true)?;
-            last_saved = step_done;
-        }
+        pending = (step + 1) % cfg.save_every == 0 || step + 1 == cfg.steps;
     }
     let ran = &logs[start.min(logs.len())..];
     let secs: f64 = ran.iter().map(|l| l.seconds).sum();
