@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use steerkit_actor::adamw::{AdamW, AdamWConfig};
 use steerkit_actor::train::{
-    append_ogp_rows, load_layers, non_finite, save_safetensors, step_fault,
+    append_ogp_rows, load_layers, non_finite, save_safetensors, step_fault, StepFault,
 };
 use steerkit_actor::Parts;
 use steerkit_eval::run::{remove_if_there, write_atomic};
@@ -425,37 +425,19 @@ pub fn train(
         }
         let t0 = Instant::now();
         let mut ogp_secs = 0.0;
-        // Gradient bases: refreshed on schedule with the current weights.
-        if let Ogp::Grad { k, every } = cfg.ogp {
-            if !check_only && (step % every == 0 || grad_proj.bases.is_empty()) {
-                let t = Instant::now();
-                // The old bases are freed first: each is as large as k gradients.
-                grad_proj.bases.clear();
-                grad_proj = grad_projector(
-                    model,
-                    a,
-                    &vars,
-                    &cap_inputs,
-                    capability,
-                    k,
-                    cfg.batch,
-                    step / every,
-                )?;
-                ogp_secs += t.elapsed().as_secs_f64();
-            }
-        }
         let idx = batch_indices(data.len(), cfg.batch, step, cfg.seed);
         let rows: Vec<&Tensor> = idx.iter().map(|&i| &inputs[i]).collect();
         let ex: Vec<&Example> = idx.iter().map(|&i| &data[i]).collect();
         let loss = answer_loss(model, a, &rows, &ex)?;
         let lv = steerkit_ogp::scalar_f64(&loss)?;
         let (gs, gn) = gradients(&loss, &vars)?;
+        // The last committed checkpoint, named for an error.
+        let last = (last_saved > 0).then(|| {
+            let file = File::Weights.read(dir, last_saved);
+            format!("step {last_saved}, {}", file.display())
+        });
         if let Some(fault) = step_fault(lv, gn) {
             // The weights that gave this loss are those after the previous step.
-            let last = (last_saved > 0).then(|| {
-                let file = File::Weights.read(dir, last_saved);
-                format!("step {last_saved}, {}", file.display())
-            });
             let kept = fault.about_checkpoint(last.as_deref(), last_saved == step);
             let at = if check_only {
                 format!("the weights after step {step}, checked on one more batch")
@@ -472,9 +454,9 @@ pub fn train(
                 .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
                 .collect();
             if let Some(name) = non_finite(&weights)? {
-                return Err(SftError::Diverged(format!(
-                    "step {step}: `{name}` holds NaN or infinite values; the last checkpoint is kept"
-                )));
+                let fault = StepFault::NonFinite(format!("`{name}` holds NaN or infinite values"));
+                let kept = fault.about_checkpoint(last.as_deref(), false);
+                return Err(SftError::Diverged(format!("step {step}: {fault}; {kept}")));
             }
             save_safetensors(&weights, &File::Weights.at(dir, step))?;
             save_safetensors(&opt.state(), &File::Optimizer.at(dir, step))?;
@@ -514,6 +496,26 @@ pub fn train(
         };
         if check_only {
             break;
+        }
+        // Gradient bases: refreshed on schedule with the current weights (after the commit, so
+        // that a checkpoint holds the bases its own step used).
+        if let Ogp::Grad { k, every } = cfg.ogp {
+            if step % every == 0 || grad_proj.bases.is_empty() {
+                let t = Instant::now();
+                // The old bases are freed first: each is as large as k gradients.
+                grad_proj.bases.clear();
+                grad_proj = grad_projector(
+                    model,
+                    a,
+                    &vars,
+                    &cap_inputs,
+                    capability,
+                    k,
+                    cfg.batch,
+                    step / every,
+                )?;
+                ogp_secs += t.elapsed().as_secs_f64();
+            }
         }
         let gs = clip_to_norm(gs, gn, cfg.clip)?;
         let subspace: Option<&dyn Subspace> = match &cfg.ogp {

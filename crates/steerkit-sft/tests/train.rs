@@ -123,54 +123,60 @@ fn training_lowers_the_loss_and_resumes_exactly() {
         assert_eq!(s.steps_run, 6);
         let after = loss_on(&a, &data);
         assert!(after < before - 0.05, "{ogp:?}: loss {before} -> {after}");
-        // Interrupted after 4 steps (a checkpoint), then resumed to 6 in a fresh process.
-        let part = tempfile::tempdir().unwrap();
-        let mut b = model(DType::F32, 5);
-        train(
-            &mut b,
-            &data,
-            &cap,
-            &config(4, ogp.clone()),
-            part.path(),
-            &mut |_| {},
-        )
-        .unwrap();
-        assert_eq!(last_checkpoint(part.path()).unwrap().unwrap().0, 4);
-        let mut c = model(DType::F32, 5);
-        let s = train(
-            &mut c,
-            &data,
-            &cap,
-            &config(6, ogp.clone()),
-            part.path(),
-            &mut |_| {},
-        )
-        .unwrap();
-        assert_eq!(s.steps_run, 2, "resumed after step 4");
-        if matches!(ogp, Ogp::Act { .. }) {
-            assert!(part.path().join("ogp_act.key").is_file(), "act bases saved");
+        // Interrupted after 3 or 4 steps (a checkpoint; 3 is where `grad` refreshes its bases),
+        // then resumed to 6 in a fresh process.
+        for stop in [3, 4] {
+            let part = tempfile::tempdir().unwrap();
+            let mut b = model(DType::F32, 5);
+            train(
+                &mut b,
+                &data,
+                &cap,
+                &config(stop, ogp.clone()),
+                part.path(),
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(last_checkpoint(part.path()).unwrap().unwrap().0, stop);
+            let mut c = model(DType::F32, 5);
+            let s = train(
+                &mut c,
+                &data,
+                &cap,
+                &config(6, ogp.clone()),
+                part.path(),
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(s.steps_run, 6 - stop, "resumed after step {stop}");
+            if matches!(ogp, Ogp::Act { .. }) {
+                assert!(part.path().join("ogp_act.key").is_file(), "act bases saved");
+            }
+            let (wa, wc) = (weights(&a), weights(&c));
+            let worst = wa
+                .iter()
+                .zip(&wc)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-6,
+                "{ogp:?}: resumed after {stop}, differs by {worst}"
+            );
+            // Other settings in the same folder are refused.
+            let mut other = config(6, ogp.clone());
+            other.adamw.lr = 1e-3;
+            let err = train(
+                &mut model(DType::F32, 5),
+                &data,
+                &cap,
+                &other,
+                part.path(),
+                &mut |_| {},
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("other settings"), "{err}");
         }
-        let (wa, wc) = (weights(&a), weights(&c));
-        let worst = wa
-            .iter()
-            .zip(&wc)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-6, "{ogp:?}: resumed run differs by {worst}");
-        // Other settings in the same folder are refused.
-        let mut other = config(6, ogp.clone());
-        other.adamw.lr = 1e-3;
-        let err = train(
-            &mut model(DType::F32, 5),
-            &data,
-            &cap,
-            &other,
-            part.path(),
-            &mut |_| {},
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("other settings"), "{err}");
     }
 }
 
