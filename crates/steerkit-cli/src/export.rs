@@ -72,6 +72,12 @@ pub fn validate(a: &Args) -> Result<()> {
             a.format
         );
     }
+    if a.orthogonalize && a.format == "control-vector" {
+        bail!(
+            "--orthogonalize applies to --format safetensors or gguf; a control vector carries \
+             the direction itself"
+        );
+    }
     if a.scale.is_some() && a.format != "control-vector" {
         bail!(
             "--scale applies to --format control-vector, not {}",

@@ -145,8 +145,11 @@ fn main() {
     // renamed when complete; remove them, so that an interrupted export does not leave
     // gigabytes behind, then end as the signal would (exit code 130). Everything complete
     // stays: runs resume from it.
+    // The registry of temporary outputs stays held until the end, so that no writer makes a
+    // new one meanwhile.
     let _ = ctrlc::set_handler(|| {
-        for p in steerkit_model::scratch::remove_all() {
+        let (removed, _held) = steerkit_model::scratch::remove_all();
+        for p in removed {
             eprintln!("\ninterrupted: removed the unfinished {}", p.display());
         }
         std::process::exit(130);

@@ -206,6 +206,9 @@ struct Fresh<'a> {
     holds: &'a str,
     marker_path: &'a Path,
     marker: &'a dyn Fn() -> Result<String>,
+    /// The run folder: paths inside it are written into the marker relative to it, so that a
+    /// run folder copied or moved elsewhere keeps its outputs.
+    root: &'a Path,
     /// Outputs derived from an earlier `output` (answers of an earlier model, say), removed
     /// before the phase runs again, so that an interruption cannot leave them beside a new
     /// marker.
@@ -225,10 +228,11 @@ impl Fresh<'_> {
         if pass != Pass::Run {
             return phase(name, argv, log, pass);
         }
-        let marker = (self.marker)()?;
-        if self.complete.is_file()
-            && std::fs::read_to_string(self.marker_path).ok().as_deref() == Some(marker.as_str())
-        {
+        let raw = (self.marker)()?;
+        let marker = relocatable(&raw, self.root);
+        // Markers written before 2026-11-28 hold the paths as given.
+        let saved = std::fs::read_to_string(self.marker_path).ok();
+        if self.complete.is_file() && (saved.as_ref() == Some(&marker) || saved == Some(raw)) {
             println!(
                 "\n== {name}: {} holds {}; skipped",
                 self.output.display(),
@@ -245,6 +249,20 @@ impl Fresh<'_> {
         write_atomic(self.marker_path, marker.as_bytes())?;
         Ok(())
     }
+}
+
+/// `marker` (arguments joined by U+001F, then what they read) with every argument inside
+/// `root` written as `<out>/...`.
+fn relocatable(marker: &str, root: &Path) -> String {
+    let inside = format!("{}/", root.to_string_lossy());
+    marker
+        .split('\u{1f}')
+        .map(|arg| match arg.strip_prefix(&inside) {
+            Some(rest) => format!("<out>/{rest}"),
+            None => arg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }
 
 /// Removes a folder or a file, if there.
@@ -473,6 +491,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
             holds: "this selection",
             marker_path: &direction.join("select.args"),
             marker: &marker,
+            root: &out,
             // Answers under an earlier direction are stale.
             stale: &[&out.join("eval-ablated")],
         };
@@ -522,6 +541,7 @@ fn execute(a: &Args, pass: Pass) -> Result<()> {
         holds: &holds,
         marker_path: &out.join("patched.state.json"),
         marker: &|| export_marker(&argv, &checkpoint),
+        root: &out,
         // Answers of an earlier patched model are stale, and so is an export in the other
         // format.
         stale: &[&out.join("eval-after"), &other_format],

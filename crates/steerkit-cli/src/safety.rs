@@ -277,10 +277,15 @@ pub fn run(a: Args) -> Result<()> {
         summary.tokens_per_s,
         match cfg.ogp {
             Ogp::None => String::new(),
-            _ => format!(
+            Ogp::Act { .. } => format!(
                 "; projection {:.1}% of the step time (+{:.1} s to build act bases)",
                 100.0 * summary.ogp_share,
                 summary.ogp_setup_seconds
+            ),
+            // Building grad bases is part of the steps that refresh them.
+            Ogp::Grad { .. } => format!(
+                "; projection and grad bases {:.1}% of the step time",
+                100.0 * summary.ogp_share
             ),
         }
     );

@@ -1182,6 +1182,11 @@ fn bad_input_is_one_clear_error() {
         &steerkit(&["export", "-m", &smol, "--gguf-type", "q8_0", "--out", o]),
         "--gguf-type applies to --format gguf",
     );
+    let cv = ["--format", "control-vector", "--orthogonalize", "--run", o];
+    assert_clean_error(
+        &steerkit(&[&["export", "-m", &smol][..], &cv, &["--out", o]].concat()),
+        "--orthogonalize applies to --format safetensors or gguf",
+    );
     assert_clean_error(
         &steerkit(&[
             "export",
@@ -1633,7 +1638,10 @@ fn directions_pipeline_and_bad_runs() {
     // Another selection in the run folder: its conditions' saved answers are not resumed
     // as if made under it (they were, beside KL figures of the new direction).
     assert_ok(&select(&["--limit", "3", "--layer", "9", "--pos", "-1"]));
-    assert_clean_error(&steerkit(&sweep_args), "holds a run with other settings");
+    assert_clean_error(
+        &steerkit(&sweep_args),
+        "holds a run with other settings (saved -> here: condition ",
+    );
     assert_ok(&select(&["--limit", "3", "--layer", "10", "--pos", "-1"]));
     // A candidate outside the extraction is refused naming the run folder and the range.
     assert_clean_error(
@@ -2559,8 +2567,13 @@ kl_set = "harmless"
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    // Again: extraction, selection and export are skipped, training and answers are reused.
-    let second = steerkit(&["run", c]);
+    // Again, in the folder moved elsewhere: extraction, selection and export are skipped,
+    // training and answers are reused (the markers hold paths inside the folder relative to
+    // it; the selection and the export were redone, and the answers after them).
+    let moved = out.with_file_name("moved");
+    std::fs::rename(&out, &moved).unwrap();
+    let second = steerkit(&["run", c, "--set", &format!("out={}", moved.display())]);
+    std::fs::rename(&moved, &out).unwrap();
     let so = String::from_utf8_lossy(&second.stdout);
     assert_ok(&second);
     assert!(

@@ -158,10 +158,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
             path.display()
         )));
     }
-    let (tmp, _tracked) = steerkit_model::scratch::temporary_for(path);
-    let written = std::fs::write(&tmp, bytes)
+    let tmp = steerkit_model::scratch::temporary_for(path);
+    let (mut file, _tracked) = steerkit_model::scratch::create_file(&tmp).map_err(io(path))?;
+    let written = std::io::Write::write_all(&mut file, bytes)
         .map_err(io(&tmp))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));
+    drop(file);
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -268,15 +270,25 @@ pub fn evaluate(
         } else {
             &old.condition
         };
-        if (condition, old.max_new_tokens, &old.system)
-            != (&meta.condition, meta.max_new_tokens, &meta.system)
-        {
+        // What differs, saved -> here.
+        let mut differs = Vec::new();
+        if condition != &meta.condition {
+            differs.push(format!("condition {} -> {}", old.condition, meta.condition));
+        }
+        if old.max_new_tokens != meta.max_new_tokens {
+            differs.push(format!(
+                "new tokens {} -> {}",
+                old.max_new_tokens, meta.max_new_tokens
+            ));
+        }
+        if old.system != meta.system {
+            differs.push(format!("system {} -> {}", old.system, meta.system));
+        }
+        if !differs.is_empty() {
             return Err(EvalError::SavedForOtherSettings(format!(
-                "{} holds a run with other settings (condition {}, {} new tokens, system {}); choose another --out",
+                "{} holds a run with other settings (saved -> here: {}); choose another --out",
                 out.display(),
-                old.condition,
-                old.max_new_tokens,
-                old.system
+                differs.join(", ")
             )));
         }
         for (name, hash) in old.sets {

@@ -955,14 +955,16 @@ pub fn save_safetensors<K>(
 where
     K: AsRef<str> + Ord + std::fmt::Display,
 {
-    let (tmp, _tracked) = crate::scratch::temporary_for(path);
+    let tmp = crate::scratch::temporary_for(path);
+    let (file, _tracked) =
+        crate::scratch::create_file(&tmp).map_err(|e| ModelError::io(path, e))?;
     let mut named: Vec<(&K, &Tensor)> = tensors.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     let lazy = named
         .into_iter()
         .map(|(k, t)| (k.to_string(), Lazy::ready(t.clone())))
         .collect();
-    let written = write_safetensors(&tmp, lazy, &|_| {})
+    let written = write_safetensors_to(file, &tmp, lazy, &|_| {})
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e)));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -977,6 +979,17 @@ where
 /// its own (as the safetensors library lays them out). There is no temporary file: the
 /// callers write into a folder that is renamed when complete.
 pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: Vec<(String, Lazy)>,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
+    write_safetensors_to(file, path, tensors, progress)
+}
+
+/// [`write_safetensors`] into `file`, opened (empty) at `path`.
+fn write_safetensors_to(
+    file: std::fs::File,
     path: &std::path::Path,
     mut tensors: Vec<(String, Lazy)>,
     progress: &dyn Fn(u64),
@@ -1007,7 +1020,6 @@ pub fn write_safetensors(
     // The data starts on a multiple of 8 bytes, as the safetensors library writes files.
     text.push_str(&" ".repeat((8 - (8 + text.len()) % 8) % 8));
     let io = |e: std::io::Error| ModelError::io(path, e);
-    let file = std::fs::File::create(path).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     w.write_all(&(text.len() as u64).to_le_bytes())
         .map_err(io)?;

@@ -361,6 +361,16 @@ pub fn train(
                 dir.display()
             )));
         }
+        if s.step > cfg.steps {
+            return Err(SftError::Input(format!(
+                "{} holds a run trained to step {}, past --steps {}: training never goes back \
+                 (give --steps {} or more to continue it, or use another --out)",
+                dir.display(),
+                s.step,
+                cfg.steps,
+                s.step
+            )));
+        }
         if s.step > 0 {
             load_layers(model, &File::Weights.read(dir, s.step))?;
             start = s.step;

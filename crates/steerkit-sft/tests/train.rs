@@ -176,6 +176,18 @@ fn training_lowers_the_loss_and_resumes_exactly() {
             .unwrap_err()
             .to_string();
             assert!(err.contains("other settings"), "{err}");
+            // Fewer steps than trained: refused, not reported as step 5 with step 6's loss.
+            let err = train(
+                &mut model(DType::F32, 5),
+                &data,
+                &cap,
+                &config(5, ogp.clone()),
+                part.path(),
+                &mut |_| {},
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("trained to step 6, past --steps 5"), "{err}");
         }
     }
 }

@@ -114,7 +114,7 @@ pub fn write(
     tensors: Vec<Planned>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
-    let (tmp, _tracked) = crate::scratch::temporary_for(out);
+    let tmp = crate::scratch::temporary_for(out);
     let io = |p: &Path, e: std::io::Error| ModelError::io(p, e);
     let sizes = sizes(&tensors)?;
     // The header is built first (a few MB at most: the vocabulary), so the room checked is
@@ -123,10 +123,11 @@ pub fn write(
     write_header(&mut header, kv, &tensors, &sizes).map_err(|e| e.at(out))?;
     let header = header.into_inner();
     let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
-    let _ = std::fs::remove_file(&tmp);
-    crate::space::ensure_room((header.len() + data) as u64, out)?;
+    // Made (emptied if an interrupted run left it) before the room is checked, and refused
+    // while another process writes it.
+    let (file, _tracked) = crate::scratch::create_file(&tmp).map_err(|e| io(out, e))?;
     let res = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        crate::space::ensure_room((header.len() + data) as u64, out)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         w.write_all(&header).map_err(|e| io(&tmp, e))?;
         write_data(&mut w, tensors, sizes, progress).map_err(|e| e.at(&tmp))?;

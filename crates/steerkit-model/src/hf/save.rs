@@ -225,10 +225,20 @@ fn atomically(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
     }
     let tmp = parent.join(format!("{stem}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let _tracked = crate::scratch::track(&tmp);
-    let res =
-        fill(&tmp).and_then(|()| std::fs::rename(&tmp, out).map_err(|e| ModelError::io(out, e)));
+    let _tracked = crate::scratch::create_dir(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    let res = fill(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, out).map_err(|e| {
+            if out.exists() {
+                // Another process wrote it meanwhile (it did not exist when this one began).
+                ModelError::Input(format!(
+                    "{} was written by another process meanwhile; this one is not kept",
+                    out.display()
+                ))
+            } else {
+                ModelError::io(out, e)
+            }
+        })
+    });
     if res.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
