@@ -254,7 +254,8 @@ impl Fresh<'_> {
 /// `marker` (arguments joined by U+001F, then what they read) with every argument inside
 /// `root` written as `<out>/...`.
 fn relocatable(marker: &str, root: &Path) -> String {
-    let inside = format!("{}/", root.to_string_lossy());
+    // `runs/x/` and `runs/x` are one folder (the phases' paths are `runs/x/direction`).
+    let inside = format!("{}/", root.to_string_lossy().trim_end_matches('/'));
     marker
         .split('\u{1f}')
         .map(|arg| match arg.strip_prefix(&inside) {

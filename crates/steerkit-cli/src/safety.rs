@@ -202,6 +202,8 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
+    // Before the answers are made and the settings recorded.
+    steerkit_sft::train::check_steps(&a.out, cfg.steps)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let t0 = std::time::Instant::now();
     let mut prompts: Vec<&str> = harmless.prompts();

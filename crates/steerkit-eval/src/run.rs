@@ -163,10 +163,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     let written = std::io::Write::write_all(&mut file, bytes)
         .map_err(io(&tmp))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));
-    drop(file);
+    // Removed while still open (locked): a second writer cannot take it over meanwhile.
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    drop(file);
     written
 }
 

@@ -38,24 +38,73 @@ pub fn temporary_for(path: &Path) -> PathBuf {
 /// remove it; a file left by a killed process holds no lock and is reused.
 pub fn create_file(tmp: &Path) -> std::io::Result<(File, Tracked)> {
     let mut paths = lock();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(tmp)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ResourceBusy,
-                "being written by another process (its temporary file is locked)",
-            ))
+    // A few tries: the file opened may be renamed into place by its writer between the open
+    // and the lock (then it is that writer's finished output, not a temporary file).
+    for _ in 0..5 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(tmp)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    "being written by another process (its temporary file is locked)",
+                ))
+            }
+            // A file system without locks: written unlocked, as before.
+            Err(std::fs::TryLockError::Error(_)) => {}
         }
-        // A file system without locks: written unlocked, as before.
-        Err(std::fs::TryLockError::Error(_)) => {}
+        if !same_file(&file, tmp) {
+            continue;
+        }
+        if let Err(e) = file.set_len(0) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(e);
+        }
+        return Ok((file, register(&mut paths, tmp)));
     }
-    file.set_len(0)?;
-    Ok((file, register(&mut paths, tmp)))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::ResourceBusy,
+        "being written by another process (its temporary file keeps being renamed)",
+    ))
+}
+
+/// Whether `file` is the file at `path` now.
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
+}
+
+/// Moves the finished temporary file `tmp` to `out`, which must not exist: an output another
+/// process wrote there meanwhile is not replaced (a hard link, which fails on an existing
+/// name, then the temporary name removed; a rename where the file system has no links).
+pub fn rename_new(tmp: &Path, out: &Path) -> std::io::Result<()> {
+    let exists = || {
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "written by another process meanwhile; this one is not kept",
+        )
+    };
+    match std::fs::hard_link(tmp, out) {
+        Ok(()) => std::fs::remove_file(tmp),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists()),
+        Err(_) if out.exists() => Err(exists()),
+        Err(_) => std::fs::rename(tmp, out),
+    }
 }
 
 /// Makes the temporary folder `tmp` (and its parents), tracked until the guard is dropped;
@@ -197,5 +246,24 @@ mod tests {
             0,
             "a stale file is emptied"
         );
+    }
+
+    /// A finished temporary file does not replace an output written meanwhile.
+    #[test]
+    fn a_new_output_never_replaces_one_written_meanwhile() {
+        let d = tempfile::tempdir().unwrap();
+        let (tmp, out) = (d.path().join("o.tmp"), d.path().join("o"));
+        std::fs::write(&tmp, b"mine").unwrap();
+        std::fs::write(&out, b"theirs").unwrap();
+        let err = rename_new(&tmp, &out).unwrap_err();
+        assert!(
+            err.to_string().contains("written by another process"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"theirs");
+        std::fs::remove_file(&out).unwrap();
+        rename_new(&tmp, &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"mine");
+        assert!(!tmp.exists());
     }
 }

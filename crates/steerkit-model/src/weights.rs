@@ -964,11 +964,13 @@ where
         .into_iter()
         .map(|(k, t)| (k.to_string(), Lazy::ready(t.clone())))
         .collect();
-    let written = write_safetensors_to(file, &tmp, lazy, &|_| {})
+    let written = write_safetensors_to(&file, &tmp, lazy, &|_| {})
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e)));
+    // Renamed, or removed, while still open (locked): a second writer cannot take it over.
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    drop(file);
     written
 }
 
@@ -984,12 +986,12 @@ pub fn write_safetensors(
     progress: &dyn Fn(u64),
 ) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
-    write_safetensors_to(file, path, tensors, progress)
+    write_safetensors_to(&file, path, tensors, progress)
 }
 
 /// [`write_safetensors`] into `file`, opened (empty) at `path`.
 fn write_safetensors_to(
-    file: std::fs::File,
+    file: &std::fs::File,
     path: &std::path::Path,
     mut tensors: Vec<(String, Lazy)>,
     progress: &dyn Fn(u64),

@@ -217,6 +217,19 @@ pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, SftError>
     Ok((s.step > 0).then(|| (s.step, File::Weights.read(dir, s.step))))
 }
 
+/// Refuses `steps` below the step the run folder `dir` was trained to: training never goes
+/// back (checked by [`train`], and by a caller before its own preparation).
+pub fn check_steps(dir: &Path, steps: usize) -> Result<(), SftError> {
+    match last_checkpoint(dir)? {
+        Some((done, _)) if done > steps => Err(SftError::Input(format!(
+            "{} holds a run trained to step {done}, past --steps {steps}: training never goes \
+             back (give --steps {done} or more to continue it, or use another --out)",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Blocks `layers` run on the original weights: the block inputs at each of them, from those
 /// at the first.
 fn inputs_at_each_layer(
@@ -361,16 +374,7 @@ pub fn train(
                 dir.display()
             )));
         }
-        if s.step > cfg.steps {
-            return Err(SftError::Input(format!(
-                "{} holds a run trained to step {}, past --steps {}: training never goes back \
-                 (give --steps {} or more to continue it, or use another --out)",
-                dir.display(),
-                s.step,
-                cfg.steps,
-                s.step
-            )));
-        }
+        check_steps(dir, cfg.steps)?;
         if s.step > 0 {
             load_layers(model, &File::Weights.read(dir, s.step))?;
             start = s.step;

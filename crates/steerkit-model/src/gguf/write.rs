@@ -125,19 +125,24 @@ pub fn write(
     let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
     // Made (emptied if an interrupted run left it) before the room is checked, and refused
     // while another process writes it.
-    let (file, _tracked) = crate::scratch::create_file(&tmp).map_err(|e| io(out, e))?;
+    let (file, _tracked) = crate::scratch::create_file(&tmp).map_err(|e| io(&tmp, e))?;
     let res = (|| -> Result<()> {
         crate::space::ensure_room((header.len() + data) as u64, out)?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let mut w = BufWriter::with_capacity(1 << 20, &file);
         w.write_all(&header).map_err(|e| io(&tmp, e))?;
         write_data(&mut w, tensors, sizes, progress).map_err(|e| e.at(&tmp))?;
-        let file = w.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, out).map_err(|e| io(out, e))
+        w.into_inner()
+            .map_err(|e| io(&tmp, e.into_error()))?
+            .sync_all()
+            .map_err(|e| io(&tmp, e))?;
+        // The output did not exist when the caller began; one written meanwhile is kept.
+        crate::scratch::rename_new(&tmp, out).map_err(|e| io(out, e))
     })();
+    // Removed while still open (locked): a second writer cannot take it over meanwhile.
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    drop(file);
     res
 }
 
