@@ -158,17 +158,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
             path.display()
         )));
     }
-    let tmp = steerkit_model::scratch::temporary_for(path);
-    let (mut file, _tracked) = steerkit_model::scratch::create_file(&tmp).map_err(io(path))?;
-    let written = std::io::Write::write_all(&mut file, bytes)
-        .map_err(io(&tmp))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));
-    // Removed while still open (locked): a second writer cannot take it over meanwhile.
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drop(file);
-    written
+    steerkit_model::scratch::write_through(
+        path,
+        true,
+        |p, e| io(p)(e),
+        |mut file, tmp| std::io::Write::write_all(&mut file, bytes).map_err(io(tmp)),
+    )
 }
 
 /// Reads the complete lines of a responses file, dropping a torn last line (a kill mid-write)

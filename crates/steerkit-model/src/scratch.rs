@@ -1,10 +1,11 @@
 //! Temporary outputs being written (`OUT.tmp` files, `.OUT.tmp-PID` folders), so that an
 //! interrupt can remove them before the process ends.
 //!
-//! Every writer here writes to a temporary name and renames it when complete; a process
-//! killed part way leaves the temporary file, which the next write of the same output
-//! removes. A command-line tool that catches Ctrl-C calls [`remove_all`] first, so that an
-//! interrupted export does not leave gigabytes behind until then.
+//! Every writer here writes to a temporary name and renames it when complete
+//! ([`write_through`] for a file); a process killed part way leaves the temporary file, which
+//! the next write of the same output reuses. A command-line tool that catches Ctrl-C calls
+//! [`remove_all`] first, so that an interrupted export does not leave gigabytes behind until
+//! then.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,35 @@ pub fn create_file(tmp: &Path) -> std::io::Result<(File, Tracked)> {
     ))
 }
 
+/// Writes the file `out` through its temporary file ([`temporary_for`], made by
+/// [`create_file`]): `write` fills it (given the file and its path), then it is renamed to
+/// `out`, over an existing file when `replace`, else never over one written meanwhile
+/// ([`rename_new`]); on any error the temporary file is removed. The file stays open, and so
+/// locked, until it is renamed or removed, so that no second writer takes it over between.
+/// `io` turns an I/O error at a path into the caller's error.
+pub fn write_through<E>(
+    out: &Path,
+    replace: bool,
+    io: impl Fn(&Path, std::io::Error) -> E,
+    write: impl FnOnce(&File, &Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let tmp = temporary_for(out);
+    let (file, _tracked) = create_file(&tmp).map_err(|e| io(out, e))?;
+    let res = write(&file, &tmp).and_then(|()| {
+        let moved = if replace {
+            std::fs::rename(&tmp, out)
+        } else {
+            rename_new(&tmp, out)
+        };
+        moved.map_err(|e| io(out, e))
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drop(file);
+    res
+}
+
 /// Whether `file` is the file at `path` now.
 fn same_file(file: &File, path: &Path) -> bool {
     #[cfg(unix)]
@@ -133,7 +163,11 @@ fn lock() -> MutexGuard<'static, Registry> {
 
 /// The temporary outputs being written now.
 pub fn tracked() -> Vec<PathBuf> {
-    lock().iter().map(|(_, p)| p.clone()).collect()
+    paths_of(&lock())
+}
+
+fn paths_of(registry: &Registry) -> Vec<PathBuf> {
+    registry.iter().map(|(_, p)| p.clone()).collect()
 }
 
 /// The registry held by [`remove_all`]: until it is dropped, no writer can make a temporary
@@ -146,8 +180,7 @@ pub struct Held(#[allow(dead_code)] MutexGuard<'static, Registry>);
 /// none of them makes a new one meanwhile. Returns those it removed.
 pub fn remove_all() -> (Vec<PathBuf>, Held) {
     let paths = lock();
-    let all: Vec<PathBuf> = paths.iter().map(|(_, p)| p.clone()).collect();
-    (remove(&all), Held(paths))
+    (remove(&paths_of(&paths)), Held(paths))
 }
 
 /// Removes files and folders; returns those it removed. A folder is first renamed out of the

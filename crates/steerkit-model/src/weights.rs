@@ -955,23 +955,16 @@ pub fn save_safetensors<K>(
 where
     K: AsRef<str> + Ord + std::fmt::Display,
 {
-    let tmp = crate::scratch::temporary_for(path);
-    let (file, _tracked) =
-        crate::scratch::create_file(&tmp).map_err(|e| ModelError::io(path, e))?;
     let mut named: Vec<(&K, &Tensor)> = tensors.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     let lazy = named
         .into_iter()
         .map(|(k, t)| (k.to_string(), Lazy::ready(t.clone())))
         .collect();
-    let written = write_safetensors_to(&file, &tmp, lazy, &|_| {})
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e)));
-    // Renamed, or removed, while still open (locked): a second writer cannot take it over.
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drop(file);
-    written
+    let io = |p: &std::path::Path, e| ModelError::io(p, e);
+    crate::scratch::write_through(path, true, io, |file, tmp| {
+        write_safetensors_to(file, tmp, lazy, &|_| {})
+    })
 }
 
 /// Writes a safetensors file at `path` from tensors computed one at a time, each dropped once

@@ -221,13 +221,21 @@ pub fn last_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, SftError>
 /// back (checked by [`train`], and by a caller before its own preparation).
 pub fn check_steps(dir: &Path, steps: usize) -> Result<(), SftError> {
     match last_checkpoint(dir)? {
-        Some((done, _)) if done > steps => Err(SftError::Input(format!(
-            "{} holds a run trained to step {done}, past --steps {steps}: training never goes \
-             back (give --steps {done} or more to continue it, or use another --out)",
-            dir.display()
-        ))),
-        _ => Ok(()),
+        Some((done, _)) => steps_reach(dir, done, steps),
+        None => Ok(()),
     }
+}
+
+/// Refuses `steps` below `done`, the step the run folder `dir` was trained to.
+fn steps_reach(dir: &Path, done: usize, steps: usize) -> Result<(), SftError> {
+    if done <= steps {
+        return Ok(());
+    }
+    Err(SftError::Input(format!(
+        "{} holds a run trained to step {done}, past --steps {steps}: training never goes \
+         back (give --steps {done} or more to continue it, or use another --out)",
+        dir.display()
+    )))
 }
 
 /// Blocks `layers` run on the original weights: the block inputs at each of them, from those
@@ -374,7 +382,7 @@ pub fn train(
                 dir.display()
             )));
         }
-        check_steps(dir, cfg.steps)?;
+        steps_reach(dir, s.step, cfg.steps)?;
         if s.step > 0 {
             load_layers(model, &File::Weights.read(dir, s.step))?;
             start = s.step;
@@ -446,13 +454,15 @@ pub fn train(
         let lv = steerkit_ogp::scalar_f64(&loss)?;
         let (gs, gn) = gradients(&loss, &vars)?;
         // The last committed checkpoint, named for an error.
-        let last = (last_saved > 0).then(|| {
-            let file = File::Weights.read(dir, last_saved);
-            format!("step {last_saved}, {}", file.display())
-        });
+        let last = |saved: usize| {
+            (saved > 0).then(|| {
+                let file = File::Weights.read(dir, saved);
+                format!("step {saved}, {}", file.display())
+            })
+        };
         if let Some(fault) = step_fault(lv, gn) {
             // The weights that gave this loss are those after the previous step.
-            let kept = fault.about_checkpoint(last.as_deref(), last_saved == step);
+            let kept = fault.about_checkpoint(last(last_saved).as_deref(), last_saved == step);
             let at = if check_only {
                 format!("the weights after step {step}, checked on one more batch")
             } else {
@@ -469,7 +479,7 @@ pub fn train(
                 .collect();
             if let Some(name) = non_finite(&weights)? {
                 let fault = StepFault::NonFinite(format!("`{name}` holds NaN or infinite values"));
-                let kept = fault.about_checkpoint(last.as_deref(), false);
+                let kept = fault.about_checkpoint(last(last_saved).as_deref(), false);
                 return Err(SftError::Diverged(format!("step {step}: {fault}; {kept}")));
             }
             save_safetensors(&weights, &File::Weights.at(dir, step))?;

@@ -114,36 +114,26 @@ pub fn write(
     tensors: Vec<Planned>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
-    let tmp = crate::scratch::temporary_for(out);
     let io = |p: &Path, e: std::io::Error| ModelError::io(p, e);
     let sizes = sizes(&tensors)?;
     // The header is built first (a few MB at most: the vocabulary), so the room checked is
-    // the whole file's; a temporary file left by an interrupted run is not counted as used.
+    // the whole file's; a temporary file left by an interrupted run is emptied before the
+    // check, so it is not counted as used.
     let mut header = std::io::Cursor::new(Vec::new());
     write_header(&mut header, kv, &tensors, &sizes).map_err(|e| e.at(out))?;
     let header = header.into_inner();
     let data: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGNMENT)).sum();
-    // Made (emptied if an interrupted run left it) before the room is checked, and refused
-    // while another process writes it.
-    let (file, _tracked) = crate::scratch::create_file(&tmp).map_err(|e| io(&tmp, e))?;
-    let res = (|| -> Result<()> {
+    // The output did not exist when the caller began; one written meanwhile is kept.
+    crate::scratch::write_through(out, false, io, |file, tmp| {
         crate::space::ensure_room((header.len() + data) as u64, out)?;
-        let mut w = BufWriter::with_capacity(1 << 20, &file);
-        w.write_all(&header).map_err(|e| io(&tmp, e))?;
-        write_data(&mut w, tensors, sizes, progress).map_err(|e| e.at(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&header).map_err(|e| io(tmp, e))?;
+        write_data(&mut w, tensors, sizes, progress).map_err(|e| e.at(tmp))?;
         w.into_inner()
-            .map_err(|e| io(&tmp, e.into_error()))?
+            .map_err(|e| io(tmp, e.into_error()))?
             .sync_all()
-            .map_err(|e| io(&tmp, e))?;
-        // The output did not exist when the caller began; one written meanwhile is kept.
-        crate::scratch::rename_new(&tmp, out).map_err(|e| io(out, e))
-    })();
-    // Removed while still open (locked): a second writer cannot take it over meanwhile.
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drop(file);
-    res
+            .map_err(|e| io(tmp, e))
+    })
 }
 
 /// Why a write stopped: the output's I/O, or a tensor that could not be made.
